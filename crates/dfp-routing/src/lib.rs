@@ -1,0 +1,23 @@
+//! The routing model: which service owns which URL path, and which instance gets the next request.
+//!
+//! This crate owns the data the data plane reads on every request and the control plane
+//! replaces on every reconfigure:
+//!
+//! - [`PathPrefix`]: a service path, validated once when it is configured, never re-checked on
+//!   the hot path.
+//! - [`RouteTableBuilder`] / [`RouteTable`]: an immutable table built off to the side. Building
+//!   refuses a path owned by two services, so a table that exists is consistent.
+//! - [`TableHandle`]: the one `ArcSwap` through which a whole table is published. Readers never
+//!   lock and never see a half-built table; writers swap, they never patch in place.
+//! - [`Backend`]: a routed service's instances with an exact, lock-free round robin.
+//!
+//! It must not do IO: no sockets, no tokio, no hyper, no serde. Nothing here can fail at
+//! request time; a lookup either finds a backend or it does not.
+
+mod prefix;
+mod table;
+
+pub use prefix::{PathPrefix, PrefixError};
+pub use table::{
+    Backend, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, TableHandle,
+};
