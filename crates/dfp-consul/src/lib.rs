@@ -1,1 +1,14 @@
-//! placeholder
+//! The only crate that talks to Consul.
+//!
+//! It owns the HTTP conversation with one or more Consul agents: which URL to call, how long
+//! to wait, which agent to try next when one is down, and how to read Consul's JSON. It hands
+//! back plain values ([`Instance`]); Consul's own JSON types stay private to this crate.
+//!
+//! It must not know about routes, tables or the proxy: callers decide what an instance list
+//! means. It never retries forever: every call is bounded by the client's timeout per agent.
+
+mod client;
+mod model;
+
+pub use client::{ConsulClient, ConsulError, ServiceLookup};
+pub use model::Instance;

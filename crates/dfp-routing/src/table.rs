@@ -342,18 +342,21 @@ mod tests {
         assert_eq!(got.as_deref(), expected, "routes {routes:?}, path {path:?}");
     }
 
-    const BOOKS: &[(&str, &[&str])] = &[("books", &["/api/v1/books"])];
-    const NESTED: &[(&str, &[&str])] = &[
+    /// A table as data: (service, its paths).
+    type Routes = &'static [(&'static str, &'static [&'static str])];
+
+    const BOOKS: Routes = &[("books", &["/api/v1/books"])];
+    const NESTED: Routes = &[
         ("api", &["/api"]),
         ("books", &["/api/v1/books"]),
         ("authors", &["/api/v1/authors", "/authors"]),
     ];
-    const WITH_ROOT: &[(&str, &[&str])] = &[("web", &["/"]), ("books", &["/api/v1/books"])];
+    const WITH_ROOT: Routes = &[("web", &["/"]), ("books", &["/api/v1/books"])];
 
     #[test]
     fn routing_semantics() {
         #[rustfmt::skip]
-        let cases: &[(&[(&str, &[&str])], &str, Option<&str>)] = &[
+        let cases: &[(Routes, &str, Option<&str>)] = &[
             // segment-aware prefix
             (BOOKS, "/api/v1/books", Some("books")),
             (BOOKS, "/api/v1/books/", Some("books")),

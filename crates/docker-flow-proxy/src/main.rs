@@ -1,1 +1,60 @@
-fn main() {}
+//! `docker-flow-proxy`: the binary. Parses the command line, sets up logging and wires the
+//! crates together; the only place that uses `anyhow`.
+
+mod cli;
+mod client;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One TLS provider for the whole process (reqwest is built without one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match cli.command {
+        Command::Server(args) => {
+            init_logging(&args.log_format);
+            server::run(args)
+        }
+        Command::Reconfigure(args) => run_client(&args.admin.admin, "reconfigure", args.query()),
+        Command::Remove(args) => run_client(
+            &args.admin.admin,
+            "remove",
+            vec![("serviceName".to_owned(), args.service_name.clone())],
+        ),
+        Command::Ping(args) => run_client(&args.admin, "ping", Vec::new()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("docker-flow-proxy: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client(admin: &str, endpoint: &str, query: Vec<(String, String)>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(client::call(admin, endpoint, &query))
+}
+
+fn init_logging(format: &str) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,317 @@
+//! The admin listener: Docker Flow Proxy's HTTP API over the [`Controller`].
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::controller::{Controller, ReconfigureReport, RemoveReport};
+use crate::params::{service_name_from_pairs, ReconfigureRequest};
+use crate::AdminError;
+
+const PREFIX: &str = "/v1/docker-flow-proxy/";
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    controller: Arc<Controller>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let controller = controller.clone();
+        let service = service_fn(move |request| {
+            let controller = controller.clone();
+            async move { Ok::<_, Infallible>(handle(&controller, request).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, error = %err, "admin connection ended with an error");
+            }
+        });
+    }
+    // Admin calls are short; give the ones under way a moment, then go.
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
+}
+
+/// Answers one admin request.
+pub async fn handle(controller: &Controller, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let query = request.uri().query().unwrap_or_default();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    route(controller, request.method(), request.uri().path(), &pairs)
+        .await
+        .unwrap_or_else(|err| failure(&err))
+}
+
+async fn route(
+    controller: &Controller,
+    method: &Method,
+    path: &str,
+    pairs: &[(&str, &str)],
+) -> Result<Response<Full<Bytes>>, AdminError> {
+    let endpoint = path.strip_prefix(PREFIX).map(|e| e.trim_end_matches('/'));
+    match (endpoint, path) {
+        (Some("reconfigure"), _) => {
+            allow(method, path, &[Method::GET, Method::PUT], "GET or PUT")?;
+            let request = ReconfigureRequest::from_pairs(pairs.iter().copied())?;
+            let report = controller.reconfigure(request).await?;
+            Ok(json(StatusCode::OK, &reconfigured(&report)))
+        }
+        (Some("remove"), _) => {
+            allow(
+                method,
+                path,
+                &[Method::GET, Method::PUT, Method::DELETE],
+                "GET, PUT or DELETE",
+            )?;
+            let name = service_name_from_pairs(pairs.iter().copied())?;
+            let report = controller.remove(&name).await?;
+            Ok(json(StatusCode::OK, &removed(&report)))
+        }
+        (Some("config"), _) => {
+            allow(method, path, &[Method::GET], "GET")?;
+            Ok(json(StatusCode::OK, &config(controller)))
+        }
+        (Some("ping"), _) => {
+            allow(method, path, &[Method::GET, Method::HEAD], "GET")?;
+            Ok(json(
+                StatusCode::OK,
+                &Answer {
+                    status: "OK",
+                    message: "pong".to_owned(),
+                },
+            ))
+        }
+        (_, "/metrics") => {
+            allow(method, path, &[Method::GET], "GET")?;
+            Ok(metrics(controller))
+        }
+        _ => Err(AdminError::NoSuchEndpoint(path.to_owned())),
+    }
+}
+
+fn allow(
+    method: &Method,
+    path: &str,
+    allowed: &[Method],
+    names: &'static str,
+) -> Result<(), AdminError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(AdminError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_owned(),
+            allowed: names,
+        })
+    }
+}
+
+fn failure(err: &AdminError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    tracing::warn!(status = status.as_u16(), error = %err, "admin call failed");
+    json(
+        status,
+        &Answer {
+            status: "NOK",
+            message: err.to_string(),
+        },
+    )
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"Status\":\"NOK\"}".to_vec());
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Answer {
+    status: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReconfigureAnswer {
+    status: &'static str,
+    message: String,
+    service_name: String,
+    service_path: Vec<String>,
+    instances: Vec<String>,
+    table_version: u64,
+    warnings: Vec<String>,
+}
+
+fn reconfigured(report: &ReconfigureReport) -> ReconfigureAnswer {
+    let paths: Vec<String> = report.service_paths.iter().map(|p| p.to_string()).collect();
+    let mut message = format!(
+        "{} is routed on {} to {} instance{}",
+        report.service_name,
+        paths.join(","),
+        report.instances.len(),
+        if report.instances.len() == 1 { "" } else { "s" }
+    );
+    for warning in &report.warnings {
+        let _ = write!(message, "; warning: {warning}");
+    }
+    ReconfigureAnswer {
+        status: "OK",
+        message,
+        service_name: report.service_name.clone(),
+        service_path: paths,
+        instances: report.instances.iter().map(ToString::to_string).collect(),
+        table_version: report.table_version,
+        warnings: report.warnings.clone(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RemoveAnswer {
+    status: &'static str,
+    message: String,
+    service_name: String,
+    table_version: u64,
+}
+
+fn removed(report: &RemoveReport) -> RemoveAnswer {
+    RemoveAnswer {
+        status: "OK",
+        message: format!("{} is no longer routed", report.service_name),
+        service_name: report.service_name.clone(),
+        table_version: report.table_version,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ConfigAnswer {
+    status: &'static str,
+    mode: &'static str,
+    table_version: u64,
+    services: Vec<ServiceView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceView {
+    service_name: String,
+    service_path: Vec<String>,
+    instances: Vec<String>,
+}
+
+/// The live table as the data plane sees it right now.
+fn config(controller: &Controller) -> ConfigAnswer {
+    let table = controller.table().snapshot();
+    ConfigAnswer {
+        status: "OK",
+        mode: controller.discovery().mode(),
+        table_version: table.version(),
+        services: table
+            .services()
+            .map(|s| ServiceView {
+                service_name: s.backend.service().to_owned(),
+                service_path: s.prefixes.iter().map(ToString::to_string).collect(),
+                instances: s
+                    .backend
+                    .instances()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Prometheus text exposition of the control plane's state.
+fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
+    let table = controller.table().snapshot();
+    let counters = controller.counters();
+    let instances: usize = table.services().map(|s| s.backend.instances().len()).sum();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "dfp_table_version",
+        "Version of the live routing table.",
+        table.version(),
+    );
+    gauge(
+        "dfp_services",
+        "Services in the live routing table.",
+        table.services().len() as u64,
+    );
+    gauge(
+        "dfp_instances",
+        "Instances in the live routing table, over all services.",
+        instances as u64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dfp_admin_calls_total Admin calls that change the table, by outcome.\n\
+         # TYPE dfp_admin_calls_total counter\n\
+         dfp_admin_calls_total{{call=\"reconfigure\",result=\"ok\"}} {}\n\
+         dfp_admin_calls_total{{call=\"reconfigure\",result=\"error\"}} {}\n\
+         dfp_admin_calls_total{{call=\"remove\",result=\"ok\"}} {}\n\
+         dfp_admin_calls_total{{call=\"remove\",result=\"error\"}} {}",
+        counters.reconfigure_ok.load(Ordering::Relaxed),
+        counters.reconfigure_failed.load(Ordering::Relaxed),
+        counters.remove_ok.load(Ordering::Relaxed),
+        counters.remove_failed.load(Ordering::Relaxed),
+    );
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}

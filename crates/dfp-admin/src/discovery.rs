@@ -1,0 +1,145 @@
+//! Where a service's instances come from: Consul, or DNS in standalone mode.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use dfp_consul::{ConsulClient, ConsulError, ServiceLookup};
+
+use crate::AdminError;
+
+/// How long a DNS lookup of one name may take before the reconfigure gives up.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The source of instances for a reconfigure.
+#[derive(Debug)]
+pub enum Discovery {
+    /// Instances are the passing entries of Consul's health endpoint.
+    Consul(ConsulClient),
+    /// Standalone: instances are every address the service name resolves to, at `port`.
+    Dns,
+}
+
+/// The instances found for a service, and anything the caller should be told about them.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    pub(crate) instances: Vec<SocketAddr>,
+    pub(crate) warnings: Vec<String>,
+}
+
+impl Discovery {
+    /// A short name for messages and the `config` answer.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Discovery::Consul(_) => "consul",
+            Discovery::Dns => "standalone",
+        }
+    }
+
+    /// Finds the instances of `service`. Unknown services and unreachable registries are
+    /// errors; a known service with no live instance is an empty list with a warning.
+    pub(crate) async fn instances(
+        &self,
+        service: &str,
+        port: Option<u16>,
+    ) -> Result<Found, AdminError> {
+        match self {
+            Discovery::Consul(consul) => consul_instances(consul, service, port).await,
+            Discovery::Dns => dns_instances(service, port).await,
+        }
+    }
+}
+
+async fn consul_instances(
+    consul: &ConsulClient,
+    service: &str,
+    port: Option<u16>,
+) -> Result<Found, AdminError> {
+    let lookup = consul
+        .lookup_service(service)
+        .await
+        .map_err(|err| match err {
+            ConsulError::Unreachable { .. } => AdminError::RegistryUnavailable {
+                what: err.to_string(),
+            },
+            other => AdminError::RegistryUnavailable {
+                what: format!("Consul lookup failed: {other}"),
+            },
+        })?;
+    let registered = match lookup {
+        ServiceLookup::Unknown => {
+            return Err(AdminError::UnknownService {
+                service: service.to_owned(),
+                registry: "Consul",
+            })
+        }
+        ServiceLookup::Known(instances) => instances,
+    };
+    let mut found = Found::default();
+    if port.is_some() {
+        found.warnings.push(
+            "parameter port is ignored with Consul: the port is each instance's Service.Port"
+                .to_owned(),
+        );
+    }
+    for instance in registered {
+        match resolve(&instance.address, instance.port).await {
+            Ok(addrs) => found.instances.extend(addrs),
+            Err(reason) => found.warnings.push(format!(
+                "instance {} skipped: its address {:?} {reason}",
+                instance.id, instance.address
+            )),
+        }
+    }
+    finish(&mut found, service, "has no passing instance in Consul");
+    Ok(found)
+}
+
+async fn dns_instances(service: &str, port: Option<u16>) -> Result<Found, AdminError> {
+    let Some(port) = port else {
+        return Err(AdminError::MissingParameter {
+            name: "port",
+            example: "port=8080 (standalone mode routes to serviceName:port as resolved by DNS)",
+        });
+    };
+    let mut found = Found::default();
+    match resolve(service, port).await {
+        Ok(addrs) => found.instances = addrs,
+        Err(reason) => {
+            return Err(AdminError::UnknownService {
+                service: service.to_owned(),
+                registry: if reason.contains("timed out") {
+                    "DNS (the lookup timed out)"
+                } else {
+                    "DNS"
+                },
+            })
+        }
+    }
+    finish(&mut found, service, "resolves to no address");
+    Ok(found)
+}
+
+fn finish(found: &mut Found, service: &str, none_message: &str) {
+    found.instances.sort_unstable();
+    found.instances.dedup();
+    if found.instances.is_empty() {
+        found.warnings.push(format!(
+            "service {service:?} {none_message}; its paths answer 503 until one is available"
+        ));
+    }
+}
+
+/// An IP address as is; a name through the system resolver, bounded in time.
+async fn resolve(address: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if address.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((address, port))).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(err)) => Err(format!("does not resolve ({err})")),
+        Err(_) => Err(format!("timed out resolving after {DNS_TIMEOUT:?}")),
+    }
+}

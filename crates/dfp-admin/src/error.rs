@@ -1,0 +1,71 @@
+//! Why an admin call failed, and the one place each failure gets its status code.
+
+use dfp_routing::{BuildError, PrefixError};
+
+/// A failed admin call. Whatever the variant, the live table is as it was before the call.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("parameter {name} is missing; add it, e.g. {example}")]
+    MissingParameter {
+        name: &'static str,
+        example: &'static str,
+    },
+    #[error("parameter {name}={value:?} is invalid: {reason}")]
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("parameter servicePath is invalid: {source}")]
+    InvalidPath {
+        #[source]
+        source: PrefixError,
+    },
+    #[error(
+        "service {service:?} is unknown to {registry}; check the name (is it registered, e.g. by \
+         Registrator?) and call reconfigure again"
+    )]
+    UnknownService {
+        service: String,
+        registry: &'static str,
+    },
+    #[error("service {0:?} is not routed by this proxy; GET /v1/docker-flow-proxy/config lists those that are")]
+    NotRouted(String),
+    #[error("{source}")]
+    PathConflict {
+        #[source]
+        source: BuildError,
+    },
+    #[error("{what}; the routing table was left unchanged, call again once it is reachable")]
+    RegistryUnavailable { what: String },
+    #[error("internal error: {0}; the routing table was left unchanged")]
+    Internal(String),
+    #[error(
+        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, reconfigure, remove, ping"
+    )]
+    NoSuchEndpoint(String),
+    #[error("method {method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+}
+
+impl AdminError {
+    /// The HTTP status of this failure: the client's mistakes are 4xx, an unreachable registry
+    /// is 503. Exhaustive on purpose: a new variant must choose its status here.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::MissingParameter { .. }
+            | AdminError::InvalidParameter { .. }
+            | AdminError::InvalidPath { .. } => 400,
+            AdminError::UnknownService { .. } | AdminError::NotRouted(_) => 404,
+            AdminError::NoSuchEndpoint(_) => 404,
+            AdminError::MethodNotAllowed { .. } => 405,
+            AdminError::PathConflict { .. } => 409,
+            AdminError::Internal(_) => 500,
+            AdminError::RegistryUnavailable { .. } => 503,
+        }
+    }
+}

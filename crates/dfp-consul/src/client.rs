@@ -1,0 +1,339 @@
+//! The HTTP client: one or more agents, tried in order, every call bounded in time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::model::{CatalogEntry, HealthEntry};
+use crate::Instance;
+
+/// What went wrong talking to Consul. Messages say what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("no Consul address given; set --consul-address or CONSUL_ADDRESS, e.g. http://127.0.0.1:8500")]
+    NoAddress,
+    #[error(
+        "invalid Consul address {address:?}: {reason}; give a URL such as http://127.0.0.1:8500"
+    )]
+    InvalidAddress { address: String, reason: String },
+    #[error(
+        "Consul is unreachable (tried {tried}): {last}; check that the Consul agent runs and that \
+         CONSUL_ADDRESS points at it"
+    )]
+    Unreachable { tried: String, last: String },
+    #[error("Consul refused {url} with {status}: {body}")]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("Consul's answer to {url} could not be read: {source}")]
+    Decode {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the HTTP client for Consul could not be set up: {0}")]
+    Setup(#[source] reqwest::Error),
+}
+
+/// What Consul knows of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceLookup {
+    /// The catalog knows the service; these are its instances whose checks all pass (possibly
+    /// none right now).
+    Known(Vec<Instance>),
+    /// The catalog has never heard of the service: most likely a typo.
+    Unknown,
+}
+
+/// A client for one or more Consul agents (the comma-separated `CONSUL_ADDRESS`).
+///
+/// Every call tries the agent that answered last, then the others in the order given, and
+/// gives up with [`ConsulError::Unreachable`] when none answers within the timeout.
+pub struct ConsulClient {
+    http: reqwest::Client,
+    agents: Vec<Url>,
+    preferred: AtomicUsize,
+}
+
+impl ConsulClient {
+    /// A client for `addresses` (one URL or a comma-separated list; `host:port` means
+    /// `http://host:port`), each call to one agent bounded by `timeout`.
+    pub fn new(addresses: &str, timeout: Duration) -> Result<Self, ConsulError> {
+        let agents = parse_addresses(addresses)?;
+        // reqwest is built without a default TLS provider so that the whole binary uses one;
+        // installing it twice is harmless (the second call reports the first is in place).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .map_err(ConsulError::Setup)?;
+        Ok(ConsulClient {
+            http,
+            agents,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// The agents this client talks to, in order.
+    pub fn agents(&self) -> impl Iterator<Item = &str> {
+        self.agents.iter().map(Url::as_str)
+    }
+
+    /// Looks a service up: its passing instances, or whether the catalog knows it at all.
+    pub async fn lookup_service(&self, service: &str) -> Result<ServiceLookup, ConsulError> {
+        let instances = self.passing_instances(service).await?;
+        if !instances.is_empty() {
+            return Ok(ServiceLookup::Known(instances));
+        }
+        let catalog: Vec<CatalogEntry> = self
+            .get_json(&["v1", "catalog", "service", service], &[])
+            .await?;
+        Ok(if catalog.is_empty() {
+            ServiceLookup::Unknown
+        } else {
+            ServiceLookup::Known(Vec::new())
+        })
+    }
+
+    /// The instances of `service` whose checks all pass (`/v1/health/service/<name>?passing`).
+    pub async fn passing_instances(&self, service: &str) -> Result<Vec<Instance>, ConsulError> {
+        let entries: Vec<HealthEntry> = self
+            .get_json(
+                &["v1", "health", "service", service],
+                &[("passing", "true")],
+            )
+            .await?;
+        Ok(entries.into_iter().map(Instance::from).collect())
+    }
+
+    /// `GET` a JSON document, trying each agent in turn until one answers.
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<T, ConsulError> {
+        let first = self.preferred.load(Ordering::Relaxed) % self.agents.len();
+        let mut last_failure = String::new();
+        for step in 0..self.agents.len() {
+            let agent = (first + step) % self.agents.len();
+            let url = endpoint(&self.agents[agent], segments, query);
+            match self.get_once(&url).await {
+                Ok(body) => {
+                    self.preferred.store(agent, Ordering::Relaxed);
+                    return serde_json::from_slice(&body).map_err(|source| ConsulError::Decode {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+                Err(Attempt::Refused(err)) => return Err(err),
+                Err(Attempt::TryNext(reason)) => {
+                    tracing::warn!(agent = %self.agents[agent], %reason, "consul agent failed");
+                    last_failure = reason;
+                }
+            }
+        }
+        Err(ConsulError::Unreachable {
+            tried: self.agents_list(),
+            last: last_failure,
+        })
+    }
+
+    async fn get_once(&self, url: &Url) -> Result<bytes::Bytes, Attempt> {
+        let response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| Attempt::TryNext(describe_transport_error(&e)))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Attempt::TryNext(describe_transport_error(&e)))?;
+        if status.is_server_error() {
+            return Err(Attempt::TryNext(format!(
+                "{url} answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        if !status.is_success() {
+            return Err(Attempt::Refused(ConsulError::Refused {
+                url: url.to_string(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            }));
+        }
+        Ok(body)
+    }
+
+    fn agents_list(&self) -> String {
+        self.agents
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulClient")
+            .field("agents", &self.agents_list())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one attempt at one agent ended.
+enum Attempt {
+    /// The agent is down, timed out or failed internally: another agent may answer.
+    TryNext(String),
+    /// The agent answered and said no: another agent would say the same.
+    Refused(ConsulError),
+}
+
+fn describe_transport_error(err: &reqwest::Error) -> String {
+    let what = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // reqwest's Display hides the cause (e.g. "Connection refused"); walk the chain for it.
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    match err.url() {
+        Some(url) if cause.is_empty() => format!("{url}: {what}"),
+        Some(url) => format!("{url}: {what} ({cause})"),
+        None => format!("{what}: {err}"),
+    }
+}
+
+fn endpoint(agent: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+    let mut url = agent.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    url
+}
+
+/// Parses `CONSUL_ADDRESS`: URLs or `host:port`, separated by commas.
+fn parse_addresses(addresses: &str) -> Result<Vec<Url>, ConsulError> {
+    let mut agents = Vec::new();
+    for raw in addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let with_scheme = if raw.contains("://") {
+            raw.to_owned()
+        } else {
+            format!("http://{raw}")
+        };
+        let invalid = |reason: String| ConsulError::InvalidAddress {
+            address: raw.to_owned(),
+            reason,
+        };
+        let url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "scheme {:?} is not http or https",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("it has no host".to_owned()));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid("it must not have a query or fragment".to_owned()));
+        }
+        agents.push(url);
+    }
+    if agents.is_empty() {
+        return Err(ConsulError::NoAddress);
+    }
+    Ok(agents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        let agents =
+            parse_addresses("http://consul:8500, 10.0.0.2:8500,https://c.example/").expect("valid");
+        let got: Vec<_> = agents.iter().map(Url::as_str).collect();
+        assert_eq!(
+            got,
+            [
+                "http://consul:8500/",
+                "http://10.0.0.2:8500/",
+                "https://c.example/"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_addresses_say_which() {
+        for bad in [
+            "",
+            " , ",
+            "ftp://consul:8500",
+            "http://",
+            "http://c:99999",
+            "http://c:8500/?x=1",
+        ] {
+            let err = parse_addresses(bad).expect_err(bad);
+            assert!(!err.to_string().is_empty(), "{bad}");
+        }
+        let err = parse_addresses("ok:1,ftp://x").expect_err("second is bad");
+        assert!(err.to_string().contains("ftp://x"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_escape_names() {
+        let agent = Url::parse("http://c:8500/prefix/").expect("valid");
+        let url = endpoint(
+            &agent,
+            &["v1", "health", "service", "a/b c"],
+            &[("passing", "true")],
+        );
+        assert_eq!(
+            url.as_str(),
+            "http://c:8500/prefix/v1/health/service/a%2Fb%20c?passing=true"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_agents_are_all_named() {
+        // Port 1 on loopback refuses at once.
+        let client = ConsulClient::new("127.0.0.1:1,127.0.0.1:2", Duration::from_secs(2))
+            .expect("valid addresses");
+        let err = client
+            .lookup_service("books-ms")
+            .await
+            .expect_err("nothing listens there");
+        let msg = err.to_string();
+        assert!(matches!(err, ConsulError::Unreachable { .. }), "{msg}");
+        assert!(
+            msg.contains("127.0.0.1:1") && msg.contains("127.0.0.1:2"),
+            "{msg}"
+        );
+    }
+}

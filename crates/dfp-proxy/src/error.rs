@@ -1,0 +1,60 @@
+//! Why a request could not be forwarded, classified by who is at fault, and the one place that
+//! turns each case into the status a client sees.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use crate::forward::ProxyBody;
+
+/// A request the proxy answers itself instead of forwarding.
+#[derive(Debug)]
+pub(crate) enum ProxyError {
+    /// The client's fault: the request cannot be routed as sent.
+    BadRequest(&'static str),
+    /// No service owns the path.
+    NoRoute,
+    /// A service owns the path but has no live instance right now.
+    NoInstance,
+    /// The instance refused the connection, reset it, or broke off before answering.
+    UpstreamUnreachable,
+    /// The instance did not answer within the server timeout.
+    UpstreamTimeout,
+}
+
+impl ProxyError {
+    fn status_and_text(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+            ProxyError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "no service is routed for this path\n",
+            ),
+            ProxyError::NoInstance => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service has no live instance right now\n",
+            ),
+            ProxyError::UpstreamUnreachable => (
+                StatusCode::BAD_GATEWAY,
+                "the service instance could not be reached\n",
+            ),
+            ProxyError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the service instance did not answer in time\n",
+            ),
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        let (status, text) = self.status_and_text();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}

@@ -1,0 +1,246 @@
+//! The command line: every flag also reads the environment variable shown in `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A reverse proxy for services registered in Consul, reconfigured live without reloads.
+#[derive(Debug, Parser)]
+#[command(name = "docker-flow-proxy", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the proxy: the data plane on --listen and the admin API on --admin-listen.
+    Server(ServerArgs),
+    /// Route URL paths to a service's instances (a client of the admin API).
+    Reconfigure(ReconfigureArgs),
+    /// Stop routing a service (a client of the admin API).
+    Remove(RemoveArgs),
+    /// Check that a running proxy answers on its admin API; exits non-zero if not.
+    Ping(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Address of the proxy (data plane).
+    #[arg(long, env = "DFP_LISTEN", default_value = "0.0.0.0:80")]
+    pub(crate) listen: SocketAddr,
+
+    /// Address of the admin API.
+    #[arg(long, env = "DFP_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub(crate) admin_listen: SocketAddr,
+
+    /// Consul agent URL, or several separated by commas (tried in order). Without it the
+    /// proxy runs standalone: reconfigure names instances by `port`, resolved by DNS.
+    #[arg(long, env = "CONSUL_ADDRESS")]
+    pub(crate) consul_address: Option<String>,
+
+    /// Data-plane worker threads (default: the number of cores).
+    #[arg(long, env = "DFP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) threads: Option<u16>,
+
+    /// Consul KV namespace of this proxy's routes; replicas sharing it share routes.
+    #[arg(long, env = "PROXY_INSTANCE_NAME", default_value = "docker-flow")]
+    pub(crate) instance_name: String,
+
+    /// How long to wait for a connection to an instance (e.g. 5s, 500ms).
+    #[arg(long, env = "DFP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
+
+    /// How long to wait for an instance's response headers before answering 504.
+    #[arg(long, env = "DFP_SERVER_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) server_timeout: Duration,
+
+    /// How long a client may take to send a request's headers.
+    #[arg(long, env = "DFP_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) header_timeout: Duration,
+
+    /// How long each call to Consul may take before the next agent is tried.
+    #[arg(long, env = "DFP_CONSUL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) consul_timeout: Duration,
+
+    /// How long in-flight requests may run on after SIGTERM or SIGINT.
+    #[arg(long, env = "DFP_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "DFP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub(crate) log_format: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AdminArgs {
+    /// URL of the proxy's admin API.
+    #[arg(long, env = "DFP_ADMIN", default_value = "http://127.0.0.1:8080")]
+    pub(crate) admin: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReconfigureArgs {
+    /// The service to route to: its Consul name (or, standalone, its DNS name).
+    #[arg(long)]
+    pub(crate) service_name: String,
+
+    /// URL path the service owns; repeat the flag or separate paths with commas.
+    #[arg(long, required = true, num_args = 1)]
+    pub(crate) service_path: Vec<String>,
+
+    /// Standalone mode: the port the service's instances listen on.
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+
+    /// Host-based routing: the domain(s) the service answers for.
+    #[arg(long)]
+    pub(crate) service_domain: Option<String>,
+
+    /// Regular expression applied to the path before forwarding.
+    #[arg(long)]
+    pub(crate) req_path_search: Option<String>,
+
+    /// Replacement for --req-path-search.
+    #[arg(long)]
+    pub(crate) req_path_replace: Option<String>,
+
+    /// Redirect plain HTTP requests to HTTPS.
+    #[arg(long)]
+    pub(crate) https_only: Option<bool>,
+
+    /// Basic-auth users, `user:password` separated by commas.
+    #[arg(long)]
+    pub(crate) users: Option<String>,
+
+    /// `http` or `tcp`.
+    #[arg(long)]
+    pub(crate) req_mode: Option<String>,
+
+    /// Any other reconfigure parameter, as `name=value` (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub(crate) params: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    /// The service to stop routing.
+    #[arg(long)]
+    pub(crate) service_name: String,
+
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+impl ReconfigureArgs {
+    /// The admin API's query parameters, with Docker Flow Proxy's names.
+    pub(crate) fn query(&self) -> Vec<(String, String)> {
+        let mut q = vec![
+            ("serviceName".to_owned(), self.service_name.clone()),
+            ("servicePath".to_owned(), self.service_path.join(",")),
+        ];
+        let optional = [
+            ("port", self.port.map(|p| p.to_string())),
+            ("serviceDomain", self.service_domain.clone()),
+            ("reqPathSearch", self.req_path_search.clone()),
+            ("reqPathReplace", self.req_path_replace.clone()),
+            ("httpsOnly", self.https_only.map(|b| b.to_string())),
+            ("users", self.users.clone()),
+            ("reqMode", self.req_mode.clone()),
+        ];
+        q.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
+        );
+        q.extend(self.params.iter().cloned());
+        q
+    }
+}
+
+/// `5s`, `500ms`, `2m` or a bare number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 5s or 500ms"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?}; use ms, s, m or h"
+            ))
+        }
+    };
+    if d.is_zero() {
+        return Err("a timeout must be longer than zero".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reconfigure_query_uses_docker_flow_proxy_names() {
+        let cli = Cli::try_parse_from([
+            "docker-flow-proxy",
+            "reconfigure",
+            "--service-name",
+            "books-ms",
+            "--service-path",
+            "/api/v1/books",
+            "--service-path",
+            "/b",
+            "--port",
+            "8080",
+            "--param",
+            "distribute=true",
+        ])
+        .expect("valid command line");
+        let Command::Reconfigure(args) = cli.command else {
+            panic!("parsed as reconfigure")
+        };
+        let q = args.query();
+        assert!(q.contains(&("serviceName".into(), "books-ms".into())));
+        assert!(q.contains(&("servicePath".into(), "/api/v1/books,/b".into())));
+        assert!(q.contains(&("port".into(), "8080".into())));
+        assert!(q.contains(&("distribute".into(), "true".into())));
+    }
+}

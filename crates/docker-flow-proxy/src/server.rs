@@ -1,0 +1,125 @@
+//! `docker-flow-proxy server`: binds the ports, starts the data plane and the admin API on
+//! separate runtimes, and stops both on SIGTERM or SIGINT.
+//!
+//! The data plane runs on its own multi-threaded runtime with `--threads` workers; the admin
+//! API and every Consul call run on a single-threaded runtime of their own, so no admin work
+//! ever occupies a data-plane worker.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dfp_admin::{Controller, Discovery};
+use dfp_consul::ConsulClient;
+use dfp_proxy::ProxyConfig;
+use dfp_routing::TableHandle;
+use tokio::sync::watch;
+
+use crate::cli::ServerArgs;
+
+pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let threads = match args.threads {
+        Some(n) => usize::from(n),
+        None => thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let discovery = match &args.consul_address {
+        Some(address) => Discovery::Consul(
+            ConsulClient::new(address, args.consul_timeout).context("invalid --consul-address")?,
+        ),
+        None => Discovery::Dns,
+    };
+
+    // Bind both ports before anything starts, so a taken port fails fast and says which.
+    let proxy_listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let admin_listener = std::net::TcpListener::bind(args.admin_listen)
+        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+    proxy_listener.set_nonblocking(true)?;
+    admin_listener.set_nonblocking(true)?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let table = TableHandle::default();
+    let controller = Arc::new(Controller::new(table.clone(), discovery));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let proxy_config = ProxyConfig {
+        connect_timeout: args.connect_timeout,
+        server_timeout: args.server_timeout,
+        header_read_timeout: args.header_timeout,
+        shutdown_grace: args.shutdown_grace,
+        ..ProxyConfig::default()
+    };
+
+    let data_plane = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("dfp-proxy")
+        .enable_all()
+        .build()
+        .context("cannot start the data-plane runtime")?;
+    let proxy_stop = stopped(stop_rx.clone());
+    let proxy = thread::Builder::new()
+        .name("dfp-proxy-main".into())
+        .spawn(move || {
+            data_plane.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(proxy_listener)?;
+                dfp_proxy::serve(listener, table, proxy_config, proxy_stop).await
+            })
+        })?;
+
+    let control_plane = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("dfp-admin")
+        .build()
+        .context("cannot start the admin runtime")?;
+    let result = control_plane.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(admin_listener)?;
+        tracing::info!(
+            proxy = %proxy_addr,
+            admin = %admin_addr,
+            mode = controller.discovery().mode(),
+            consul = args.consul_address.as_deref().unwrap_or("-"),
+            instance_name = %args.instance_name,
+            threads,
+            "docker-flow-proxy is ready"
+        );
+        let admin = tokio::spawn(dfp_admin::serve(listener, controller, stopped(stop_rx)));
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        admin.await.context("admin task failed")??;
+        anyhow::Ok(())
+    });
+    let proxy_result = proxy
+        .join()
+        .map_err(|_| anyhow::anyhow!("the data-plane thread panicked"))?;
+    result?;
+    proxy_result.context("data plane failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes once the stop flag is raised (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop the proxy with SIGKILL");
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+    }
+}
