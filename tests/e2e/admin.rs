@@ -1,0 +1,248 @@
+//! The admin API against a real Consul: each error code, with the live table unchanged after
+//! it; remove; config; and Consul going away.
+
+use serde_json::Value;
+
+use crate::support::{Consul, Proxy, Upstream};
+
+const BOOKS: &str =
+    "/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books";
+
+/// Asserts that an admin call failed with `status`, a NOK answer mentioning `needle`, and left
+/// the live table exactly as `before`.
+async fn assert_refused(proxy: &Proxy, call: &str, status: u16, needle: &str, before: &Value) {
+    let (got, answer) = proxy.admin(call).await;
+    assert_eq!(got, status, "{call}: {answer}");
+    assert_eq!(answer["Status"], "NOK", "{call}: {answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "{call}: message {message:?} should mention {needle:?}"
+    );
+    assert_eq!(
+        &proxy.config().await,
+        before,
+        "{call} changed the live table"
+    );
+}
+
+#[tokio::test]
+async fn every_error_leaves_the_table_untouched() {
+    let mut consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    let authors = Upstream::start("authors-1").await;
+    consul
+        .register("books-ms", "books-1", books.port(), None)
+        .await;
+    consul
+        .register("authors-ms", "authors-1", authors.port(), None)
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+
+    let (status, answer) = proxy.admin(BOOKS).await;
+    assert_eq!(status, 200, "{answer}");
+    let before = proxy.config().await;
+    assert_eq!(before["TableVersion"], 1);
+
+    // 400: invalid or missing parameters.
+    let r = "/v1/docker-flow-proxy/reconfigure";
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=authors-ms&servicePath=api"),
+        400,
+        "start with '/'",
+        &before,
+    )
+    .await;
+    assert_refused(
+        &proxy,
+        &format!("{r}?servicePath=/authors"),
+        400,
+        "serviceName",
+        &before,
+    )
+    .await;
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=authors-ms"),
+        400,
+        "servicePath",
+        &before,
+    )
+    .await;
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=a%20b&servicePath=/a"),
+        400,
+        "serviceName",
+        &before,
+    )
+    .await;
+    // 404: Consul has never heard of the service.
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=bookz-ms&servicePath=/a"),
+        404,
+        "bookz-ms",
+        &before,
+    )
+    .await;
+    // 409: the path belongs to another service; also when it is only one of several.
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=authors-ms&servicePath=/api/v1/books"),
+        409,
+        "books-ms",
+        &before,
+    )
+    .await;
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=authors-ms&servicePath=/authors,/api/v1/books/"),
+        409,
+        "books-ms",
+        &before,
+    )
+    .await;
+    // remove of a service that is not routed.
+    assert_refused(
+        &proxy,
+        "/v1/docker-flow-proxy/remove?serviceName=authors-ms",
+        404,
+        "authors-ms",
+        &before,
+    )
+    .await;
+    // Unknown endpoint and wrong method.
+    assert_refused(
+        &proxy,
+        "/v1/docker-flow-proxy/nope",
+        404,
+        "no admin endpoint",
+        &before,
+    )
+    .await;
+
+    // The CLI exits non-zero with the server's message on stderr.
+    let out = proxy
+        .cli(&[
+            "reconfigure",
+            "--service-name",
+            "bookz-ms",
+            "--service-path",
+            "/x",
+        ])
+        .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown to Consul"), "{stderr}");
+    assert!(out.stdout.is_empty(), "failures print nothing on stdout");
+    assert_eq!(proxy.config().await, before);
+
+    // A second service alongside, then remove it again.
+    let (status, answer) = proxy
+        .admin(&format!("{r}?serviceName=authors-ms&servicePath=/authors"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(proxy.get("/authors/7").await, (200, "authors-1".to_owned()));
+    let out = proxy.cli(&["remove", "--service-name", "authors-ms"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proxy.get("/authors/7").await.0, 404);
+    let config = proxy.config().await;
+    assert_eq!(config["TableVersion"], 3);
+    assert_eq!(config["Services"], before["Services"]);
+
+    // Reconfigure is idempotent: the same call again gives the same routes.
+    let (status, _) = proxy.admin(BOOKS).await;
+    assert_eq!(status, 200);
+    assert_eq!(proxy.config().await["Services"], before["Services"]);
+
+    // Consul goes away: routes keep serving, reconfigure answers 503 and changes nothing.
+    consul.stop().await;
+    let before = proxy.config().await;
+    assert_eq!(
+        proxy.get("/api/v1/books/1").await,
+        (200, "books-1".to_owned())
+    );
+    assert_refused(&proxy, BOOKS, 503, "unreachable", &before).await;
+    assert_refused(
+        &proxy,
+        &format!("{r}?serviceName=authors-ms&servicePath=/authors"),
+        503,
+        "Consul",
+        &before,
+    )
+    .await;
+    assert_eq!(
+        proxy.get("/api/v1/books").await,
+        (200, "books-1".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_service_without_passing_instances_answers_503() {
+    let consul = Consul::start().await;
+    let sick = Upstream::start("sick-1").await;
+    consul
+        .register("sick-ms", "sick-1", sick.port(), Some(false))
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+
+    let (status, answer) = proxy
+        .admin("/v1/docker-flow-proxy/reconfigure?serviceName=sick-ms&servicePath=/sick")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("no passing instance"), "{message}");
+    assert_eq!(proxy.get("/sick").await.0, 503);
+    assert_eq!(sick.hits(), 0, "a critical instance gets no traffic");
+}
+
+#[tokio::test]
+async fn unsupported_parameters_are_named_in_the_answer() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul
+        .register("books-ms", "books-1", books.port(), None)
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+
+    let (status, answer) = proxy
+        .admin(&format!("{BOOKS}&distribute=true&fooBar=1"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("distribute") && message.contains("fooBar"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_report_the_table() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul
+        .register("books-ms", "books-1", books.port(), None)
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    proxy.admin(BOOKS).await;
+    let text = crate::support::http_client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains("dfp_table_version 1"), "{text}");
+    assert!(text.contains("dfp_services 1"), "{text}");
+    assert!(
+        text.contains("dfp_admin_calls_total{call=\"reconfigure\",result=\"ok\"} 1"),
+        "{text}"
+    );
+}

@@ -1,0 +1,146 @@
+//! The data plane's contract with real sockets: status mapping, forwarded and hop-by-hop
+//! headers, malformed requests, graceful shutdown.
+
+use std::time::Duration;
+
+use crate::support::{free_port, raw_http, Consul, Proxy, Upstream};
+
+async fn routed(consul: &Consul, proxy: &Proxy, service: &str, path: &str) {
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName={service}&servicePath={path}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let _ = consul;
+}
+
+#[tokio::test]
+async fn failures_map_to_502_and_504() {
+    let consul = Consul::start().await;
+    let slow = Upstream::start_with_delay("slow-1", Duration::from_secs(3)).await;
+    consul
+        .register("slow-ms", "slow-1", slow.port(), None)
+        .await;
+    // An instance whose port nothing listens on: connection refused.
+    consul
+        .register("dead-ms", "dead-1", free_port(), None)
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--server-timeout=1s"]).await;
+    routed(&consul, &proxy, "slow-ms", "/slow").await;
+    routed(&consul, &proxy, "dead-ms", "/dead").await;
+
+    let (status, body) = proxy.get("/dead/x").await;
+    assert_eq!(status, 502, "{body}");
+    let (status, body) = proxy.get("/slow").await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(proxy.get("/nothing-here").await.0, 404);
+}
+
+#[tokio::test]
+async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul
+        .register("books-ms", "books-1", books.port(), None)
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    routed(&consul, &proxy, "books-ms", "/api/v1/books").await;
+
+    let request = "GET /api/v1/books/1?x=y HTTP/1.1\r\n\
+                   Host: shop.example\r\n\
+                   Connection: close, X-Secret\r\n\
+                   X-Secret: s3cr3t\r\n\
+                   Keep-Alive: timeout=5\r\n\
+                   Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+                   X-Forwarded-For: 203.0.113.9\r\n\
+                   X-Kept: yes\r\n\r\n";
+    let answer = raw_http(proxy.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer
+            .to_ascii_lowercase()
+            .contains("keep-alive: timeout=30"),
+        "the upstream's Keep-Alive crossed back: {answer}"
+    );
+
+    let headers = books.last_headers().expect("the upstream got the request");
+    assert_eq!(books.last_uri().as_deref(), Some("/api/v1/books/1?x=y"));
+    assert_eq!(headers["host"], "shop.example");
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "shop.example");
+    assert_eq!(headers["x-kept"], "yes");
+    for stripped in ["x-secret", "keep-alive", "proxy-authorization"] {
+        assert!(
+            headers.get(stripped).is_none(),
+            "{stripped} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_never_reach_an_upstream() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul
+        .register("books-ms", "books-1", books.port(), None)
+        .await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    routed(&consul, &proxy, "books-ms", "/").await;
+
+    let cases: &[&[u8]] = &[
+        b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        b"NOT A REQUEST\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for request in cases {
+        let answer = raw_http(proxy.addr, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 4"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(books.hits(), 0, "a malformed request reached the upstream");
+    // The proxy is still fine.
+    assert_eq!(proxy.get("/ok").await.0, 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let consul = Consul::start().await;
+    let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(800)).await;
+    consul
+        .register("slow-ms", "slow-1", slow.port(), None)
+        .await;
+    let mut proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    routed(&consul, &proxy, "slow-ms", "/").await;
+
+    // A request in flight when SIGTERM arrives still gets its answer.
+    let url = proxy.url("/in-flight");
+    let in_flight = tokio::spawn(async move {
+        let response = crate::support::http_client()
+            .get(url)
+            .send()
+            .await
+            .expect("answered");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
+    });
+    crate::support::eventually(
+        Duration::from_secs(5),
+        "the request to reach the upstream",
+        || {
+            let hits = slow.hits();
+            async move { (hits > 0).then_some(()) }
+        },
+    )
+    .await;
+    let status = proxy.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(in_flight.await.expect("joined"), (200, "slow-1".to_owned()));
+}

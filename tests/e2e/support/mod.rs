@@ -1,0 +1,65 @@
+//! Real processes and sockets for the end-to-end tests: a Consul dev agent, upstream HTTP
+//! servers, and the `docker-flow-proxy` binary itself. Everything listens on 127.0.0.1 and
+//! every process is stopped when its guard drops.
+
+mod consul;
+mod proxy;
+mod upstream;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use consul::Consul;
+pub use proxy::Proxy;
+pub use upstream::Upstream;
+
+/// A port that was free a moment ago (the kernel picks it; the listener is dropped at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the kernel hands out a free loopback port")
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, for at most `within`.
+/// Tests wait for facts this way; they never sleep and hope.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP client that never goes through a proxy from the environment.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client builds")
+}
+
+/// Sends raw bytes to `addr` and returns everything the server answered until it closed
+/// the connection (or 5 s passed). For requests a well-behaved client would never send.
+pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("proxy accepts");
+    stream.write_all(request).await.expect("request is sent");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}

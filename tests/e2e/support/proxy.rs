@@ -1,0 +1,134 @@
+//! The real `docker-flow-proxy` binary, run as a server and as a CLI client.
+
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use super::{eventually, free_port, http_client};
+
+/// Path of the binary under test (built by cargo for this test target).
+pub const BIN: &str = env!("CARGO_BIN_EXE_docker-flow-proxy");
+
+/// A running `docker-flow-proxy server`. Killed when dropped.
+pub struct Proxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Proxy {
+    /// Starts the server with Consul at `consul` (None: standalone) and extra flags, and waits
+    /// until its admin API answers `ping`.
+    pub async fn start(consul: Option<&str>, extra: &[&str]) -> Proxy {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut command = Command::new(BIN);
+        command
+            .arg("server")
+            .arg(format!("--listen={addr}"))
+            .arg(format!("--admin-listen={admin_addr}"))
+            .args(extra)
+            .env_remove("CONSUL_ADDRESS")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(consul) = consul {
+            command.arg(format!("--consul-address={consul}"));
+        }
+        let child = command
+            .spawn()
+            .expect("the docker-flow-proxy binary starts");
+        let proxy = Proxy {
+            child: Some(child),
+            addr,
+            admin_addr,
+            client: http_client(),
+        };
+        let ping = proxy.admin_url("/v1/docker-flow-proxy/ping");
+        eventually(
+            Duration::from_secs(20),
+            "the proxy's admin API to answer",
+            || {
+                let request = proxy.client.get(&ping).send();
+                async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+            },
+        )
+        .await;
+        proxy
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// GET through the proxy: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the proxy answers");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.text().await.expect("the body arrives whole"),
+        )
+    }
+
+    /// An admin call: (status, JSON answer).
+    pub async fn admin(&self, path_and_query: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.admin_url(path_and_query))
+            .send()
+            .await
+            .expect("admin answers");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("admin body");
+        let json =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("admin JSON ({e}): {body}"));
+        (status, json)
+    }
+
+    /// The live table as `config` reports it.
+    pub async fn config(&self) -> Value {
+        let (status, json) = self.admin("/v1/docker-flow-proxy/config").await;
+        assert_eq!(status, 200, "{json}");
+        json
+    }
+
+    /// Runs the binary as a CLI client of this proxy: `docker-flow-proxy <args>`, with the
+    /// admin address given through `DFP_ADMIN` so the command line stays as a user types it.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("DFP_ADMIN", format!("http://{}", self.admin_addr))
+            .output()
+            .await
+            .expect("the CLI runs")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the proxy is running");
+        let pid = child.id().expect("running child has a pid");
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the proxy exits within 30 s of SIGTERM")
+            .expect("exit status")
+    }
+}
