@@ -19,13 +19,9 @@ async fn routed(consul: &Consul, proxy: &Proxy, service: &str, path: &str) {
 async fn failures_map_to_502_and_504() {
     let consul = Consul::start().await;
     let slow = Upstream::start_with_delay("slow-1", Duration::from_secs(3)).await;
-    consul
-        .register("slow-ms", "slow-1", slow.port(), None)
-        .await;
+    consul.register("slow-ms", "slow-1", slow.port(), None).await;
     // An instance whose port nothing listens on: connection refused.
-    consul
-        .register("dead-ms", "dead-1", free_port(), None)
-        .await;
+    consul.register("dead-ms", "dead-1", free_port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &["--server-timeout=1s"]).await;
     routed(&consul, &proxy, "slow-ms", "/slow").await;
     routed(&consul, &proxy, "dead-ms", "/dead").await;
@@ -41,9 +37,7 @@ async fn failures_map_to_502_and_504() {
 async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
     let consul = Consul::start().await;
     let books = Upstream::start("books-1").await;
-    consul
-        .register("books-ms", "books-1", books.port(), None)
-        .await;
+    consul.register("books-ms", "books-1", books.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &[]).await;
     routed(&consul, &proxy, "books-ms", "/api/v1/books").await;
 
@@ -58,9 +52,7 @@ async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
     let answer = raw_http(proxy.addr, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
-        !answer
-            .to_ascii_lowercase()
-            .contains("keep-alive: timeout=30"),
+        !answer.to_ascii_lowercase().contains("keep-alive: timeout=30"),
         "the upstream's Keep-Alive crossed back: {answer}"
     );
 
@@ -72,10 +64,7 @@ async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
     assert_eq!(headers["x-forwarded-host"], "shop.example");
     assert_eq!(headers["x-kept"], "yes");
     for stripped in ["x-secret", "keep-alive", "proxy-authorization"] {
-        assert!(
-            headers.get(stripped).is_none(),
-            "{stripped} reached the upstream"
-        );
+        assert!(headers.get(stripped).is_none(), "{stripped} reached the upstream");
     }
 }
 
@@ -83,9 +72,7 @@ async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
 async fn malformed_requests_never_reach_an_upstream() {
     let consul = Consul::start().await;
     let books = Upstream::start("books-1").await;
-    consul
-        .register("books-ms", "books-1", books.port(), None)
-        .await;
+    consul.register("books-ms", "books-1", books.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &[]).await;
     routed(&consul, &proxy, "books-ms", "/").await;
 
@@ -112,33 +99,20 @@ async fn malformed_requests_never_reach_an_upstream() {
 async fn sigterm_drains_and_exits_zero() {
     let consul = Consul::start().await;
     let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(800)).await;
-    consul
-        .register("slow-ms", "slow-1", slow.port(), None)
-        .await;
+    consul.register("slow-ms", "slow-1", slow.port(), None).await;
     let mut proxy = Proxy::start(Some(&consul.url()), &[]).await;
     routed(&consul, &proxy, "slow-ms", "/").await;
 
     // A request in flight when SIGTERM arrives still gets its answer.
     let url = proxy.url("/in-flight");
     let in_flight = tokio::spawn(async move {
-        let response = crate::support::http_client()
-            .get(url)
-            .send()
-            .await
-            .expect("answered");
-        (
-            response.status().as_u16(),
-            response.text().await.expect("body"),
-        )
+        let response = crate::support::http_client().get(url).send().await.expect("answered");
+        (response.status().as_u16(), response.text().await.expect("body"))
     });
-    crate::support::eventually(
-        Duration::from_secs(5),
-        "the request to reach the upstream",
-        || {
-            let hits = slow.hits();
-            async move { (hits > 0).then_some(()) }
-        },
-    )
+    crate::support::eventually(Duration::from_secs(5), "the request to reach the upstream", || {
+        let hits = slow.hits();
+        async move { (hits > 0).then_some(()) }
+    })
     .await;
     let status = proxy.terminate().await;
     assert!(status.success(), "exit status {status:?}");

@@ -5,14 +5,12 @@
 //! These tests need `consul` on PATH (`../shared/bin/install-consul` puts it there); without
 //! it the Consul tests fail and say so, they never pass silently.
 
-#![allow(
-    unreachable_pub,
-    reason = "test support is `pub` for the test modules, not a public API"
-)]
+#![allow(unreachable_pub, reason = "test support is `pub` for the test modules, not a public API")]
 
 mod support;
 
 mod admin;
 mod data_plane;
+mod follow;
 mod seed;
 mod standalone;

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::controller::{Controller, ReconfigureReport, RemoveReport};
 use crate::params::{service_name_from_pairs, ReconfigureRequest};
-use crate::AdminError;
+use crate::{AdminError, Discovery};
 
 const PREFIX: &str = "/v1/docker-flow-proxy/";
 
@@ -33,8 +33,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -68,13 +67,9 @@ pub async fn serve(
 /// Answers one admin request.
 pub async fn handle(controller: &Controller, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let query = request.uri().query().unwrap_or_default();
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     route(controller, request.method(), request.uri().path(), &pairs)
         .await
         .unwrap_or_else(|err| failure(&err))
@@ -95,12 +90,7 @@ async fn route(
             Ok(json(StatusCode::OK, &reconfigured(&report)))
         }
         (Some("remove"), _) => {
-            allow(
-                method,
-                path,
-                &[Method::GET, Method::PUT, Method::DELETE],
-                "GET, PUT or DELETE",
-            )?;
+            allow(method, path, &[Method::GET, Method::PUT, Method::DELETE], "GET, PUT or DELETE")?;
             let name = service_name_from_pairs(pairs.iter().copied())?;
             let report = controller.remove(&name).await?;
             Ok(json(StatusCode::OK, &removed(&report)))
@@ -111,13 +101,7 @@ async fn route(
         }
         (Some("ping"), _) => {
             allow(method, path, &[Method::GET, Method::HEAD], "GET")?;
-            Ok(json(
-                StatusCode::OK,
-                &Answer {
-                    status: "OK",
-                    message: "pong".to_owned(),
-                },
-            ))
+            Ok(json(StatusCode::OK, &Answer { status: "OK", message: "pong".to_owned() }))
         }
         (_, "/metrics") => {
             allow(method, path, &[Method::GET], "GET")?;
@@ -147,13 +131,7 @@ fn allow(
 fn failure(err: &AdminError) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     tracing::warn!(status = status.as_u16(), error = %err, "admin call failed");
-    json(
-        status,
-        &Answer {
-            status: "NOK",
-            message: err.to_string(),
-        },
-    )
+    json(status, &Answer { status: "NOK", message: err.to_string() })
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
@@ -161,10 +139,9 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     bytes.push(b'\n');
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -234,7 +211,18 @@ struct ConfigAnswer {
     status: &'static str,
     mode: &'static str,
     table_version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consul: Option<ConsulView>,
     services: Vec<ServiceView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ConsulView {
+    agents: Vec<String>,
+    /// `null` until the first call to Consul.
+    reachable: Option<bool>,
+    last_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -252,17 +240,23 @@ fn config(controller: &Controller) -> ConfigAnswer {
         status: "OK",
         mode: controller.discovery().mode(),
         table_version: table.version(),
+        consul: match controller.discovery() {
+            Discovery::Consul(consul) => {
+                let health = controller.registry_health();
+                Some(ConsulView {
+                    agents: consul.agents().map(str::to_owned).collect(),
+                    reachable: health.reachable,
+                    last_error: health.last_error,
+                })
+            }
+            Discovery::Dns => None,
+        },
         services: table
             .services()
             .map(|s| ServiceView {
                 service_name: s.backend.service().to_owned(),
                 service_path: s.prefixes.iter().map(ToString::to_string).collect(),
-                instances: s
-                    .backend
-                    .instances()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
+                instances: s.backend.instances().iter().map(ToString::to_string).collect(),
             })
             .collect(),
     }
@@ -275,26 +269,23 @@ fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
     let instances: usize = table.services().map(|s| s.backend.instances().len()).sum();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     };
-    gauge(
-        "dfp_table_version",
-        "Version of the live routing table.",
-        table.version(),
-    );
-    gauge(
-        "dfp_services",
-        "Services in the live routing table.",
-        table.services().len() as u64,
-    );
+    gauge("dfp_table_version", "Version of the live routing table.", table.version());
+    gauge("dfp_services", "Services in the live routing table.", table.services().len() as u64);
     gauge(
         "dfp_instances",
         "Instances in the live routing table, over all services.",
         instances as u64,
     );
+    if matches!(controller.discovery(), Discovery::Consul(_)) {
+        let up = controller.registry_health().reachable.unwrap_or(false);
+        gauge(
+            "dfp_consul_reachable",
+            "1 when Consul answered the last call, else 0.",
+            u64::from(up),
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP dfp_admin_calls_total Admin calls that change the table, by outcome.\n\
@@ -308,10 +299,20 @@ fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
         counters.remove_ok.load(Ordering::Relaxed),
         counters.remove_failed.load(Ordering::Relaxed),
     );
-    let mut response = Response::new(Full::new(Bytes::from(out)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+    let _ = writeln!(
+        out,
+        "# HELP dfp_instance_updates_total Instance-set changes picked up from Consul or DNS.\n\
+         # TYPE dfp_instance_updates_total counter\n\
+         dfp_instance_updates_total {}\n\
+         # HELP dfp_store_syncs_total Route changes applied from the store (restore, other replicas).\n\
+         # TYPE dfp_store_syncs_total counter\n\
+         dfp_store_syncs_total {}",
+        counters.instance_updates.load(Ordering::Relaxed),
+        counters.store_syncs.load(Ordering::Relaxed),
     );
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     response
 }

@@ -1,14 +1,20 @@
-//! Reconfigure and remove: validate, look instances up, build a whole new table, swap it in.
+//! Reconfigure and remove, restore at start, and following Consul afterwards: every change
+//! ends in one whole new table, built off to the side and swapped in.
 //!
 //! Testable without HTTP: the admin listener only parses parameters and renders answers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use dfp_routing::{BuildError, PathPrefix, RouteTable, RouteTableBuilder, TableHandle};
+use tokio::sync::Notify;
 
-use crate::discovery::Discovery;
+use crate::discovery::{Discovery, Strictness};
+use crate::follow::{self, Follower};
+use crate::store::{Params, RouteStore, StoreError};
 use crate::{AdminError, ReconfigureRequest};
 
 /// What a successful reconfigure did. When it is returned, the new table is live.
@@ -30,87 +36,223 @@ pub struct RemoveReport {
     pub table_version: u64,
 }
 
-/// Counts of admin outcomes, for `/metrics`.
+/// Counts of control-plane outcomes, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct AdminCounters {
     pub reconfigure_ok: AtomicU64,
     pub reconfigure_failed: AtomicU64,
     pub remove_ok: AtomicU64,
     pub remove_failed: AtomicU64,
+    /// Instance-set changes that came from following Consul or DNS.
+    pub instance_updates: AtomicU64,
+    /// Route changes that came from the store (another replica, or a restore).
+    pub store_syncs: AtomicU64,
 }
 
-/// A service as configured: what a reconfigure asked for and what was last found for it.
+/// Whether the registry (Consul) answered the last time anyone asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryHealth {
+    /// `None` until the first call.
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+}
+
+/// How the controller follows the registry after a reconfigure.
 #[derive(Debug, Clone)]
-struct ServiceEntry {
-    paths: Vec<PathPrefix>,
-    instances: Vec<SocketAddr>,
+pub struct FollowConfig {
+    /// How long a Consul blocking query waits for a change.
+    pub consul_wait: Duration,
+    /// How often standalone services are resolved again.
+    pub dns_refresh: Duration,
+    /// How long changes are gathered before one rebuild (bursts become one swap).
+    pub coalesce: Duration,
 }
 
-/// The desired routes, in the order of their names. Only ever changed under the controller's
-/// lock, and only after the table built from the new state has been published.
+impl Default for FollowConfig {
+    fn default() -> Self {
+        FollowConfig {
+            consul_wait: Duration::from_secs(30),
+            dns_refresh: Duration::from_secs(5),
+            coalesce: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A configured service: its call, the instances last found, and the task following them.
+#[derive(Debug)]
+struct ServiceEntry {
+    request: ReconfigureRequest,
+    instances: Vec<SocketAddr>,
+    generation: u64,
+    _follower: Option<Follower>,
+}
+
+/// The configured services. Only changed under the controller's lock, and for calls only
+/// after the table built from the new state has been published.
 #[derive(Debug, Default)]
 struct State {
     services: BTreeMap<String, ServiceEntry>,
+    next_generation: u64,
+    /// Instance changes recorded but not yet published.
+    dirty: bool,
+}
+
+impl State {
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn params(&self) -> BTreeMap<String, Params> {
+        self.services.iter().map(|(k, e)| (k.clone(), e.request.params.clone())).collect()
+    }
 }
 
 /// Owns the configured services and publishes a new table for each change.
 ///
-/// Changes are serialised by one async lock held across the whole call (validation, lookup,
-/// build, publish), so two reconfigures never interleave. The data plane never takes this
+/// Changes are serialised by one async lock held across a whole call (validation, lookup,
+/// store, build, publish), so two changes never interleave. The data plane never takes this
 /// lock: it only reads the [`TableHandle`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
     table: TableHandle,
     discovery: Discovery,
+    store: RouteStore,
+    follow: FollowConfig,
     state: tokio::sync::Mutex<State>,
     counters: AdminCounters,
+    registry: Mutex<RegistryHealth>,
+    publish_wanted: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Wakes the publisher so that it sees the controller is gone and ends.
+        self.publish_wanted.notify_one();
+    }
 }
 
 impl Controller {
-    pub fn new(table: TableHandle, discovery: Discovery) -> Self {
+    /// A controller with no routes. Call [`Controller::start`] on the runtime that should
+    /// run the followers before serving the admin API.
+    pub fn new(
+        table: TableHandle,
+        discovery: Discovery,
+        store: RouteStore,
+        follow: FollowConfig,
+    ) -> Self {
         Controller {
-            table,
-            discovery,
-            state: tokio::sync::Mutex::new(State::default()),
-            counters: AdminCounters::default(),
+            inner: Arc::new(Inner {
+                table,
+                discovery,
+                store,
+                follow,
+                state: tokio::sync::Mutex::new(State::default()),
+                counters: AdminCounters::default(),
+                registry: Mutex::new(RegistryHealth::default()),
+                publish_wanted: Arc::new(Notify::new()),
+            }),
         }
+    }
+
+    /// Restores the stored routes, then starts following the store (Consul KV) and publishing
+    /// coalesced instance changes. Returns once the restored table is live.
+    ///
+    /// With Consul unreachable it returns at once, serving nothing yet, and keeps retrying in
+    /// the background. A state file that cannot be read is an error (the caller should stop).
+    pub async fn start(&self) -> Result<(), StoreError> {
+        tokio::spawn(publisher(Arc::downgrade(&self.inner), self.inner.publish_wanted.clone()));
+        let loaded = self.inner.store.load().await;
+        let index = match loaded {
+            Ok((services, index)) => {
+                if matches!(self.inner.store, RouteStore::ConsulKv { .. }) {
+                    self.inner.registry_answered(Ok(()));
+                }
+                let restored = services.len();
+                self.sync_from_store(services).await;
+                tracing::info!(services = restored, "routes restored from the store");
+                index
+            }
+            Err(StoreError::Consul(err)) => {
+                tracing::warn!(error = %err, "cannot load routes from Consul yet; serving none until it answers");
+                self.inner.registry_answered(Err(err.to_string()));
+                0
+            }
+            Err(err) => return Err(err),
+        };
+        if let RouteStore::ConsulKv { consul, instance_name } = &self.inner.store {
+            tokio::spawn(follow::follow_store(
+                Arc::downgrade(&self.inner),
+                consul.clone(),
+                instance_name.clone(),
+                index,
+            ));
+        }
+        Ok(())
     }
 
     /// The handle the data plane reads.
     pub fn table(&self) -> &TableHandle {
-        &self.table
+        &self.inner.table
     }
 
     /// Where instances come from.
     pub fn discovery(&self) -> &Discovery {
-        &self.discovery
+        &self.inner.discovery
     }
 
     /// Outcome counters.
     pub fn counters(&self) -> &AdminCounters {
-        &self.counters
+        &self.inner.counters
     }
 
-    /// Routes the request's paths to the service's current instances.
+    /// Whether Consul answered last time.
+    pub fn registry_health(&self) -> RegistryHealth {
+        self.inner.registry.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Routes the request's paths to the service's current instances, stores the call, and
+    /// follows the service's instances from then on.
     ///
     /// Calling it again for the same service replaces its paths and picks up its current
-    /// instances. On any error the live table is exactly as it was.
+    /// instances. On any error the live table and the store are exactly as they were.
     pub async fn reconfigure(
         &self,
         request: ReconfigureRequest,
     ) -> Result<ReconfigureReport, AdminError> {
-        let result = self.try_reconfigure(request).await;
-        let counter = if result.is_ok() {
-            &self.counters.reconfigure_ok
-        } else {
-            &self.counters.reconfigure_failed
-        };
+        let result = self.inner.reconfigure(request).await;
+        let counters = &self.inner.counters;
+        let counter =
+            if result.is_ok() { &counters.reconfigure_ok } else { &counters.reconfigure_failed };
         counter.fetch_add(1, Ordering::Relaxed);
         result
     }
 
-    async fn try_reconfigure(
-        &self,
+    /// Stops routing a service and deletes it from the store. Unknown services are an error
+    /// (a typo guard), and change nothing.
+    pub async fn remove(&self, service: &str) -> Result<RemoveReport, AdminError> {
+        let result = self.inner.remove(service).await;
+        let counters = &self.inner.counters;
+        let counter = if result.is_ok() { &counters.remove_ok } else { &counters.remove_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Makes the routes match `desired` (the store's content): adds and updates what differs,
+    /// removes what is gone, in one table swap. Nothing is written back to the store.
+    pub(crate) async fn sync_from_store(&self, desired: BTreeMap<String, Params>) {
+        self.inner.sync_from_store(desired).await;
+    }
+}
+
+impl Inner {
+    async fn reconfigure(
+        self: &Arc<Self>,
         request: ReconfigureRequest,
     ) -> Result<ReconfigureReport, AdminError> {
         let mut state = self.state.lock().await;
@@ -118,19 +260,39 @@ impl Controller {
         check_paths_free(&state, &request.service_name, &request.service_paths)?;
         let found = self
             .discovery
-            .instances(&request.service_name, request.port)
-            .await?;
+            .instances(&request.service_name, request.port, Strictness::Interactive)
+            .await;
+        self.note_registry(&found);
+        let found = found?;
 
-        let mut services = state.services.clone();
-        services.insert(
+        let mut services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+            .services
+            .iter()
+            .map(|(k, e)| {
+                (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
+            })
+            .collect();
+        services.insert(&request.service_name, (&request.service_paths, &found.instances));
+        let table = self.build(&services)?;
+
+        let mut all = state.params();
+        all.insert(request.service_name.clone(), request.params.clone());
+        self.store.save(&request.service_name, &request.params, &all).await?;
+
+        let version = table.version();
+        self.table.publish(table);
+        state.dirty = false;
+        let generation = state.generation();
+        let follower = self.follower(&request, generation, found.index);
+        state.services.insert(
             request.service_name.clone(),
             ServiceEntry {
-                paths: request.service_paths.clone(),
+                request: request.clone(),
                 instances: found.instances.clone(),
+                generation,
+                _follower: follower,
             },
         );
-        let version = self.publish(&services)?;
-        state.services = services;
         drop(state);
 
         let mut warnings = found.warnings;
@@ -145,7 +307,6 @@ impl Controller {
             paths = ?request.service_paths,
             instances = ?found.instances,
             table_version = version,
-            warnings = ?warnings,
             "reconfigured"
         );
         for warning in &warnings {
@@ -160,58 +321,255 @@ impl Controller {
         })
     }
 
-    /// Stops routing a service. Unknown services are an error (a typo guard), and change nothing.
-    pub async fn remove(&self, service: &str) -> Result<RemoveReport, AdminError> {
-        let result = self.try_remove(service).await;
-        let counter = if result.is_ok() {
-            &self.counters.remove_ok
-        } else {
-            &self.counters.remove_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        result
-    }
-
-    async fn try_remove(&self, service: &str) -> Result<RemoveReport, AdminError> {
+    async fn remove(self: &Arc<Self>, service: &str) -> Result<RemoveReport, AdminError> {
         let mut state = self.state.lock().await;
         if !state.services.contains_key(service) {
             return Err(AdminError::NotRouted(service.to_owned()));
         }
-        let mut services = state.services.clone();
-        services.remove(service);
-        let version = self.publish(&services)?;
-        state.services = services;
+        let services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+            .services
+            .iter()
+            .filter(|(k, _)| k.as_str() != service)
+            .map(|(k, e)| {
+                (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
+            })
+            .collect();
+        let table = self.build(&services)?;
+        let mut all = state.params();
+        all.remove(service);
+        self.store.delete(service, &all).await?;
+        let version = table.version();
+        self.table.publish(table);
+        state.dirty = false;
+        state.services.remove(service);
         tracing::info!(service, table_version = version, "removed");
-        Ok(RemoveReport {
-            service_name: service.to_owned(),
-            table_version: version,
-        })
+        Ok(RemoveReport { service_name: service.to_owned(), table_version: version })
     }
 
-    /// Builds the table for `services` off to the side and publishes it; returns its version.
-    fn publish(&self, services: &BTreeMap<String, ServiceEntry>) -> Result<u64, AdminError> {
+    pub(crate) async fn sync_from_store(self: &Arc<Self>, desired: BTreeMap<String, Params>) {
+        let mut state = self.state.lock().await;
+        let removed: Vec<String> =
+            state.services.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        let mut changed = Vec::new();
+        for (name, params) in &desired {
+            if state.services.get(name).is_some_and(|e| &e.request.params == params) {
+                continue;
+            }
+            let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            match ReconfigureRequest::from_pairs(pairs) {
+                Ok(request) if &request.service_name == name => changed.push(request),
+                Ok(request) => tracing::warn!(
+                    key = %name,
+                    service = %request.service_name,
+                    "stored route's serviceName differs from its key; skipped"
+                ),
+                Err(err) => {
+                    tracing::warn!(service = %name, error = %err, "stored route is invalid; skipped")
+                }
+            }
+        }
+        if removed.is_empty() && changed.is_empty() {
+            return;
+        }
+
+        // Look the changed services up (an unknown or unreachable one starts with no instance,
+        // or keeps the ones it had, and its follower fills them in).
+        let mut found = Vec::with_capacity(changed.len());
+        for request in changed {
+            let lookup = self
+                .discovery
+                .instances(&request.service_name, request.port, Strictness::Restore)
+                .await;
+            self.note_registry(&lookup);
+            let (instances, index) = match lookup {
+                Ok(f) => (f.instances, f.index),
+                Err(err) => {
+                    tracing::warn!(service = %request.service_name, error = %err, "lookup failed; keeping its last instances");
+                    let kept =
+                        state.services.get(&request.service_name).map(|e| e.instances.clone());
+                    (kept.unwrap_or_default(), 0)
+                }
+            };
+            found.push((request, instances, index));
+        }
+
+        // Build; a stored route whose path another service owns is left out, not the others.
+        loop {
+            let mut services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+                .services
+                .iter()
+                .filter(|(k, _)| !removed.contains(k))
+                .map(|(k, e)| {
+                    (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
+                })
+                .collect();
+            for (request, instances, _) in &found {
+                services.insert(&request.service_name, (&request.service_paths, instances));
+            }
+            match self.build(&services) {
+                Ok(table) => {
+                    self.table.publish(table);
+                    break;
+                }
+                Err(AdminError::PathConflict {
+                    source: BuildError::PathOwned { service, owner, path },
+                }) => {
+                    tracing::warn!(%service, %owner, %path, "stored route conflicts with another; skipped");
+                    let before = found.len();
+                    found.retain(|(r, _, _)| r.service_name != service && r.service_name != owner);
+                    if found.len() == before {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "stored routes could not be built; table unchanged");
+                    return;
+                }
+            }
+        }
+        state.dirty = false;
+        for name in &removed {
+            state.services.remove(name);
+            tracing::info!(service = %name, "removed (from the store)");
+        }
+        for (request, instances, index) in found {
+            let generation = state.generation();
+            let follower = self.follower(&request, generation, index);
+            tracing::info!(service = %request.service_name, paths = ?request.service_paths, instances = ?instances, "routed (from the store)");
+            state.services.insert(
+                request.service_name.clone(),
+                ServiceEntry { request, instances, generation, _follower: follower },
+            );
+        }
+        self.counters.store_syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records new instances for a service found by its follower. The publisher rebuilds.
+    pub(crate) async fn update_instances(
+        &self,
+        service: &str,
+        generation: u64,
+        instances: Vec<SocketAddr>,
+    ) {
+        let mut state = self.state.lock().await;
+        let Some(entry) = state.services.get_mut(service) else {
+            return;
+        };
+        if entry.generation != generation || entry.instances == instances {
+            return;
+        }
+        tracing::info!(service, before = ?entry.instances, after = ?instances, "instances changed");
+        entry.instances = instances;
+        state.dirty = true;
+        self.counters.instance_updates.fetch_add(1, Ordering::Relaxed);
+        self.publish_wanted.notify_one();
+    }
+
+    /// Publishes the recorded instance changes, if any are still pending.
+    async fn publish_pending(&self) {
+        let mut state = self.state.lock().await;
+        if !state.dirty {
+            return;
+        }
+        let services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+            .services
+            .iter()
+            .map(|(k, e)| {
+                (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
+            })
+            .collect();
+        match self.build(&services) {
+            Ok(table) => {
+                tracing::debug!(table_version = table.version(), "published instance changes");
+                self.table.publish(table);
+                state.dirty = false;
+            }
+            Err(err) => tracing::error!(error = %err, "instance changes could not be built"),
+        }
+    }
+
+    pub(crate) fn registry_answered(&self, outcome: Result<(), String>) {
+        let Ok(mut health) = self.registry.lock() else {
+            return;
+        };
+        let was = health.reachable;
+        match outcome {
+            Ok(()) => {
+                health.reachable = Some(true);
+                if was == Some(false) {
+                    tracing::info!("Consul is reachable again");
+                }
+            }
+            Err(error) => {
+                if was != Some(false) {
+                    tracing::warn!(%error, "Consul is unreachable; serving the last table");
+                }
+                health.reachable = Some(false);
+                health.last_error = Some(error);
+            }
+        }
+    }
+
+    fn note_registry<T>(&self, outcome: &Result<T, AdminError>) {
+        if !matches!(self.discovery, Discovery::Consul(_)) {
+            return;
+        }
+        match outcome {
+            Err(AdminError::RegistryUnavailable { what }) => {
+                self.registry_answered(Err(what.clone()));
+            }
+            _ => self.registry_answered(Ok(())),
+        }
+    }
+
+    pub(crate) fn follow_config(&self) -> &FollowConfig {
+        &self.follow
+    }
+
+    fn follower(
+        self: &Arc<Self>,
+        request: &ReconfigureRequest,
+        generation: u64,
+        index: u64,
+    ) -> Option<Follower> {
+        follow::follow_service(Arc::downgrade(self), &self.discovery, request, generation, index)
+    }
+
+    /// Builds the table for `services` (version = live + 1, round-robin positions carried).
+    fn build(
+        &self,
+        services: &BTreeMap<&str, (&[PathPrefix], &[SocketAddr])>,
+    ) -> Result<RouteTable, AdminError> {
         let live = self.table.snapshot();
-        let version = live.version() + 1;
-        let table = build_table(services, &live, version).map_err(|err| match err {
+        let mut builder = RouteTableBuilder::new();
+        builder.carry_cursors_from(&live);
+        let build = || {
+            for (name, (paths, instances)) in services {
+                builder.add_service(name, paths, instances)?;
+            }
+            builder.build(live.version() + 1)
+        };
+        build().map_err(|err| match err {
             BuildError::PathOwned { .. } => AdminError::PathConflict { source: err },
             other => AdminError::Internal(other.to_string()),
-        })?;
-        self.table.publish(table);
-        Ok(version)
+        })
     }
 }
 
-fn build_table(
-    services: &BTreeMap<String, ServiceEntry>,
-    live: &RouteTable,
-    version: u64,
-) -> Result<RouteTable, BuildError> {
-    let mut builder = RouteTableBuilder::new();
-    builder.carry_cursors_from(live);
-    for (name, entry) in services {
-        builder.add_service(name, &entry.paths, &entry.instances)?;
+/// Publishes instance changes: waits for a change, gathers the burst for the coalescing
+/// window, then rebuilds once. Ends when the controller is gone.
+async fn publisher(inner: Weak<Inner>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(coalesce) = inner.upgrade().map(|i| i.follow.coalesce) else {
+            return;
+        };
+        tokio::time::sleep(coalesce).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        strong.publish_pending().await;
     }
-    builder.build(version)
 }
 
 /// Refuses paths that another service already owns (the same service may keep its own).
@@ -220,7 +578,7 @@ fn check_paths_free(state: &State, service: &str, paths: &[PathPrefix]) -> Resul
         if owner == service {
             continue;
         }
-        if let Some(path) = paths.iter().find(|p| entry.paths.contains(p)) {
+        if let Some(path) = paths.iter().find(|p| entry.request.service_paths.contains(p)) {
             return Err(AdminError::PathConflict {
                 source: BuildError::PathOwned {
                     path: path.clone(),
@@ -238,47 +596,40 @@ mod tests {
     use super::*;
 
     fn request(name: &str, paths: &[&str], port: u16) -> ReconfigureRequest {
-        ReconfigureRequest {
-            service_name: name.to_owned(),
-            service_paths: paths
-                .iter()
-                .map(|p| PathPrefix::parse(p).expect("valid"))
-                .collect(),
-            port: Some(port),
-            ignored: Vec::new(),
-        }
+        let port = port.to_string();
+        let joined = paths.join(",");
+        ReconfigureRequest::from_pairs([
+            ("serviceName", name),
+            ("servicePath", joined.as_str()),
+            ("port", port.as_str()),
+        ])
+        .expect("valid request")
     }
 
     // Standalone discovery with an IP literal as the "name" needs no DNS server.
     fn controller() -> Controller {
-        Controller::new(TableHandle::default(), Discovery::Dns)
+        Controller::new(
+            TableHandle::default(),
+            Discovery::Dns,
+            RouteStore::Memory,
+            FollowConfig::default(),
+        )
     }
 
     #[tokio::test]
     async fn reconfigure_publishes_and_reports() {
         let c = controller();
-        let report = c
-            .reconfigure(request("127.0.0.1", &["/api"], 8080))
-            .await
-            .expect("valid");
+        let report = c.reconfigure(request("127.0.0.1", &["/api"], 8080)).await.expect("valid");
         assert_eq!(report.table_version, 1);
-        assert_eq!(
-            report.instances,
-            ["127.0.0.1:8080".parse::<SocketAddr>().expect("addr")]
-        );
+        assert_eq!(report.instances, ["127.0.0.1:8080".parse::<SocketAddr>().expect("addr")]);
         let live = c.table().load();
-        assert_eq!(
-            live.lookup("/api/x").map(|m| m.backend.service()),
-            Some("127.0.0.1")
-        );
+        assert_eq!(live.lookup("/api/x").map(|m| m.backend.service()), Some("127.0.0.1"));
     }
 
     #[tokio::test]
     async fn conflicts_and_bad_requests_leave_the_table_alone() {
         let c = controller();
-        c.reconfigure(request("127.0.0.1", &["/api"], 8080))
-            .await
-            .expect("valid");
+        c.reconfigure(request("127.0.0.1", &["/api"], 8080)).await.expect("valid");
         let before = c.table().snapshot();
 
         let err = c
@@ -290,46 +641,44 @@ mod tests {
 
         let mut no_port = request("127.0.0.2", &["/other"], 1);
         no_port.port = None;
-        assert_eq!(
-            c.reconfigure(no_port)
-                .await
-                .expect_err("port is required")
-                .status(),
-            400
-        );
-        assert_eq!(
-            c.remove("nope").await.expect_err("not routed").status(),
-            404
-        );
+        assert_eq!(c.reconfigure(no_port).await.expect_err("port is required").status(), 400);
+        assert_eq!(c.remove("nope").await.expect_err("not routed").status(), 404);
 
         let after = c.table().snapshot();
-        assert!(
-            std::sync::Arc::ptr_eq(&before, &after),
-            "no failed call publishes a table"
-        );
+        assert!(Arc::ptr_eq(&before, &after), "no failed call publishes a table");
         assert_eq!(c.counters().reconfigure_failed.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn reconfigure_again_replaces_paths_and_remove_drops_them() {
         let c = controller();
-        c.reconfigure(request("127.0.0.1", &["/a"], 1))
-            .await
-            .expect("valid");
-        c.reconfigure(request("127.0.0.1", &["/b"], 2))
-            .await
-            .expect("same service again");
+        c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
+        c.reconfigure(request("127.0.0.1", &["/b"], 2)).await.expect("same service again");
         {
             let live = c.table().load();
             assert!(live.lookup("/a").is_none());
             let b = live.lookup("/b").expect("moved");
-            assert_eq!(
-                b.backend.instances(),
-                ["127.0.0.1:2".parse::<SocketAddr>().expect("addr")]
-            );
+            assert_eq!(b.backend.instances(), ["127.0.0.1:2".parse::<SocketAddr>().expect("addr")]);
         }
         let removed = c.remove("127.0.0.1").await.expect("routed");
         assert_eq!(removed.table_version, 3);
         assert!(c.table().load().lookup("/b").is_none());
+    }
+
+    #[tokio::test]
+    async fn store_sync_adds_updates_removes_in_one_swap_and_skips_conflicts() {
+        let c = controller();
+        c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
+        let mut desired = BTreeMap::new();
+        for (name, path) in [("127.0.0.2", "/b"), ("127.0.0.3", "/c"), ("127.0.0.4", "/b")] {
+            desired.insert(name.to_owned(), request(name, &[path], 80).params);
+        }
+        c.sync_from_store(desired).await;
+        let live = c.table().load();
+        assert_eq!(live.version(), 2, "one swap for the whole batch");
+        assert!(live.lookup("/a").is_none(), "a service gone from the store is removed");
+        assert_eq!(live.lookup("/c").map(|m| m.backend.service()), Some("127.0.0.3"));
+        // The two services claiming /b conflict: both are left out, the rest is served.
+        assert!(live.lookup("/b").is_none());
     }
 }

@@ -1,22 +1,32 @@
 //! Where a service's instances come from: Consul, or DNS in standalone mode.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dfp_consul::{ConsulClient, ConsulError, ServiceLookup};
+use dfp_consul::{ConsulClient, Instance, ServiceLookup};
 
 use crate::AdminError;
 
-/// How long a DNS lookup of one name may take before the reconfigure gives up.
+/// How long a DNS lookup of one name may take before it counts as failed.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The source of instances for a reconfigure.
-#[derive(Debug)]
+/// The source of instances.
+#[derive(Debug, Clone)]
 pub enum Discovery {
     /// Instances are the passing entries of Consul's health endpoint.
-    Consul(ConsulClient),
+    Consul(Arc<ConsulClient>),
     /// Standalone: instances are every address the service name resolves to, at `port`.
     Dns,
+}
+
+/// How strict a lookup is about a service the registry does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strictness {
+    /// An interactive reconfigure: an unknown service is a 404 (a typo guard).
+    Interactive,
+    /// Restoring stored routes: an unknown service is routed with no instance for now.
+    Restore,
 }
 
 /// The instances found for a service, and anything the caller should be told about them.
@@ -24,6 +34,8 @@ pub enum Discovery {
 pub(crate) struct Found {
     pub(crate) instances: Vec<SocketAddr>,
     pub(crate) warnings: Vec<String>,
+    /// Consul's index of the answer, where a watch can start (0 standalone).
+    pub(crate) index: u64,
 }
 
 impl Discovery {
@@ -35,16 +47,17 @@ impl Discovery {
         }
     }
 
-    /// Finds the instances of `service`. Unknown services and unreachable registries are
-    /// errors; a known service with no live instance is an empty list with a warning.
+    /// Finds the instances of `service`. An unreachable registry is an error; a known
+    /// service with no live instance is an empty list with a warning.
     pub(crate) async fn instances(
         &self,
         service: &str,
         port: Option<u16>,
+        strictness: Strictness,
     ) -> Result<Found, AdminError> {
         match self {
-            Discovery::Consul(consul) => consul_instances(consul, service, port).await,
-            Discovery::Dns => dns_instances(service, port).await,
+            Discovery::Consul(consul) => consul_instances(consul, service, port, strictness).await,
+            Discovery::Dns => dns_instances(service, port, strictness).await,
         }
     }
 }
@@ -53,34 +66,37 @@ async fn consul_instances(
     consul: &ConsulClient,
     service: &str,
     port: Option<u16>,
+    strictness: Strictness,
 ) -> Result<Found, AdminError> {
     let lookup = consul
         .lookup_service(service)
         .await
-        .map_err(|err| match err {
-            ConsulError::Unreachable { .. } => AdminError::RegistryUnavailable {
-                what: err.to_string(),
-            },
-            other => AdminError::RegistryUnavailable {
-                what: format!("Consul lookup failed: {other}"),
-            },
-        })?;
-    let registered = match lookup {
-        ServiceLookup::Unknown => {
+        .map_err(|err| AdminError::RegistryUnavailable { what: err.to_string() })?;
+    let registered = match lookup.value {
+        ServiceLookup::Unknown if strictness == Strictness::Interactive => {
             return Err(AdminError::UnknownService {
                 service: service.to_owned(),
                 registry: "Consul",
             })
         }
+        ServiceLookup::Unknown => Vec::new(),
         ServiceLookup::Known(instances) => instances,
     };
-    let mut found = Found::default();
+    let mut found = resolve_instances(&registered).await;
+    found.index = lookup.index;
     if port.is_some() {
         found.warnings.push(
             "parameter port is ignored with Consul: the port is each instance's Service.Port"
                 .to_owned(),
         );
     }
+    finish(&mut found, service, "has no passing instance in Consul");
+    Ok(found)
+}
+
+/// Turns Consul's instances into socket addresses (names resolved by DNS), sorted, deduped.
+pub(crate) async fn resolve_instances(registered: &[Instance]) -> Found {
+    let mut found = Found::default();
     for instance in registered {
         match resolve(&instance.address, instance.port).await {
             Ok(addrs) => found.instances.extend(addrs),
@@ -90,11 +106,16 @@ async fn consul_instances(
             )),
         }
     }
-    finish(&mut found, service, "has no passing instance in Consul");
-    Ok(found)
+    found.instances.sort_unstable();
+    found.instances.dedup();
+    found
 }
 
-async fn dns_instances(service: &str, port: Option<u16>) -> Result<Found, AdminError> {
+async fn dns_instances(
+    service: &str,
+    port: Option<u16>,
+    strictness: Strictness,
+) -> Result<Found, AdminError> {
     let Some(port) = port else {
         return Err(AdminError::MissingParameter {
             name: "port",
@@ -104,7 +125,7 @@ async fn dns_instances(service: &str, port: Option<u16>) -> Result<Found, AdminE
     let mut found = Found::default();
     match resolve(service, port).await {
         Ok(addrs) => found.instances = addrs,
-        Err(reason) => {
+        Err(reason) if strictness == Strictness::Interactive => {
             return Err(AdminError::UnknownService {
                 service: service.to_owned(),
                 registry: if reason.contains("timed out") {
@@ -114,9 +135,18 @@ async fn dns_instances(service: &str, port: Option<u16>) -> Result<Found, AdminE
                 },
             })
         }
+        Err(reason) => found.warnings.push(format!("{service:?} {reason}")),
     }
     finish(&mut found, service, "resolves to no address");
     Ok(found)
+}
+
+/// Re-resolves a standalone service: `None` when DNS failed (keep what was there).
+pub(crate) async fn dns_refresh(service: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    let mut addrs = resolve(service, port).await.ok()?;
+    addrs.sort_unstable();
+    addrs.dedup();
+    Some(addrs)
 }
 
 fn finish(found: &mut Found, service: &str, none_message: &str) {

@@ -6,16 +6,9 @@ use dfp_routing::{BuildError, PrefixError};
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("parameter {name} is missing; add it, e.g. {example}")]
-    MissingParameter {
-        name: &'static str,
-        example: &'static str,
-    },
+    MissingParameter { name: &'static str, example: &'static str },
     #[error("parameter {name}={value:?} is invalid: {reason}")]
-    InvalidParameter {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
+    InvalidParameter { name: &'static str, value: String, reason: String },
     #[error("parameter servicePath is invalid: {source}")]
     InvalidPath {
         #[source]
@@ -25,10 +18,7 @@ pub enum AdminError {
         "service {service:?} is unknown to {registry}; check the name (is it registered, e.g. by \
          Registrator?) and call reconfigure again"
     )]
-    UnknownService {
-        service: String,
-        registry: &'static str,
-    },
+    UnknownService { service: String, registry: &'static str },
     #[error("service {0:?} is not routed by this proxy; GET /v1/docker-flow-proxy/config lists those that are")]
     NotRouted(String),
     #[error("{source}")]
@@ -38,6 +28,8 @@ pub enum AdminError {
     },
     #[error("{what}; the routing table was left unchanged, call again once it is reachable")]
     RegistryUnavailable { what: String },
+    #[error("{what}; the routing table was left unchanged, call again once the store is writable")]
+    StoreUnavailable { what: String },
     #[error("internal error: {0}; the routing table was left unchanged")]
     Internal(String),
     #[error(
@@ -45,11 +37,7 @@ pub enum AdminError {
     )]
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]
-    MethodNotAllowed {
-        method: String,
-        path: String,
-        allowed: &'static str,
-    },
+    MethodNotAllowed { method: String, path: String, allowed: &'static str },
 }
 
 impl AdminError {
@@ -65,7 +53,7 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::PathConflict { .. } => 409,
             AdminError::Internal(_) => 500,
-            AdminError::RegistryUnavailable { .. } => 503,
+            AdminError::RegistryUnavailable { .. } | AdminError::StoreUnavailable { .. } => 503,
         }
     }
 }

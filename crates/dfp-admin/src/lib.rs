@@ -4,6 +4,11 @@
 //! mode) for their instances, builds each new route table off to the side and publishes it
 //! through the shared [`dfp_routing::TableHandle`]. A call that fails publishes nothing.
 //!
+//! Routes are kept in a [`RouteStore`] (Consul KV, or a state file standalone) and restored
+//! at start. After that, followers keep each service's instances current (Consul blocking
+//! queries, or DNS re-resolution) and, with Consul, follow the store itself so that every
+//! replica sharing an instance name converges on the same routes.
+//!
 //! It must not serve proxied traffic or touch connections: the data plane only ever sees the
 //! tables this crate publishes.
 //!
@@ -26,10 +31,15 @@ mod api;
 mod controller;
 mod discovery;
 mod error;
+mod follow;
 mod params;
+mod store;
 
 pub use api::{handle, serve};
-pub use controller::{AdminCounters, Controller, ReconfigureReport, RemoveReport};
+pub use controller::{
+    AdminCounters, Controller, FollowConfig, ReconfigureReport, RegistryHealth, RemoveReport,
+};
 pub use discovery::Discovery;
 pub use error::AdminError;
 pub use params::ReconfigureRequest;
+pub use store::{Params, RouteStore, StoreError};

@@ -1,5 +1,7 @@
 //! Reconfigure parameters as Docker Flow Proxy names them, read from a query string.
 
+use std::collections::BTreeMap;
+
 use dfp_routing::PathPrefix;
 
 use crate::AdminError;
@@ -18,6 +20,9 @@ pub struct ReconfigureRequest {
     pub port: Option<u16>,
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
+    /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
+    /// the state file, so a restore or another replica replays exactly this call.
+    pub params: BTreeMap<String, String>,
 }
 
 impl ReconfigureRequest {
@@ -33,7 +38,11 @@ impl ReconfigureRequest {
         let mut raw_paths = Vec::new();
         let mut port = None;
         let mut ignored: Vec<String> = Vec::new();
+        let mut params = BTreeMap::new();
         for (key, value) in pairs {
+            if !matches!(key, "serviceName" | "servicePath" | "port") {
+                params.insert(key.to_owned(), value.to_owned());
+            }
             match key {
                 "serviceName" => service_name = Some(value),
                 "servicePath" => raw_paths.extend(value.split(',').map(str::trim)),
@@ -61,12 +70,13 @@ impl ReconfigureRequest {
             }
         }
         let port = port.map(parse_port).transpose()?;
-        Ok(ReconfigureRequest {
-            service_name,
-            service_paths,
-            port,
-            ignored,
-        })
+        params.insert("serviceName".to_owned(), service_name.clone());
+        let joined: Vec<&str> = service_paths.iter().map(PathPrefix::as_str).collect();
+        params.insert("servicePath".to_owned(), joined.join(","));
+        if let Some(port) = port {
+            params.insert("port".to_owned(), port.to_string());
+        }
+        Ok(ReconfigureRequest { service_name, service_paths, port, ignored, params })
     }
 }
 
@@ -74,10 +84,7 @@ impl ReconfigureRequest {
 pub(crate) fn service_name_from_pairs<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<String, AdminError> {
-    let name = pairs
-        .into_iter()
-        .find(|(k, _)| *k == "serviceName")
-        .map(|(_, v)| v);
+    let name = pairs.into_iter().find(|(k, _)| *k == "serviceName").map(|(_, v)| v);
     validate_service_name(name)
 }
 
@@ -89,9 +96,8 @@ fn validate_service_name(name: Option<&str>) -> Result<String, AdminError> {
             example: "serviceName=books-ms",
         });
     }
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let valid_chars =
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !valid_chars || name.len() > MAX_SERVICE_NAME {
         return Err(AdminError::InvalidParameter {
             name: "serviceName",
@@ -135,6 +141,24 @@ mod tests {
         assert_eq!(r.service_name, "books-ms");
         assert_eq!(r.port, None);
         assert!(r.ignored.is_empty());
+        assert_eq!(r.params["servicePath"], "/api/v1/books,/api/v2/books,/books");
+    }
+
+    #[test]
+    fn stored_params_replay_to_the_same_request() {
+        let first = parse(&[
+            ("serviceName", " books-ms "),
+            ("servicePath", "/a/, /b"),
+            ("port", "08080"),
+            ("distribute", "true"),
+        ])
+        .expect("valid");
+        let replayed = ReconfigureRequest::from_pairs(
+            first.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .expect("stored parameters are valid");
+        assert_eq!(replayed, first);
+        assert_eq!(first.params["port"], "8080");
     }
 
     #[test]
@@ -155,35 +179,12 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("servicePath", "/b")], "serviceName"),
             (&[("serviceName", ""), ("servicePath", "/b")], "serviceName"),
-            (
-                &[("serviceName", "a b"), ("servicePath", "/b")],
-                "serviceName",
-            ),
+            (&[("serviceName", "a b"), ("servicePath", "/b")], "serviceName"),
             (&[("serviceName", "books")], "servicePath"),
-            (
-                &[("serviceName", "books"), ("servicePath", ",")],
-                "servicePath",
-            ),
-            (
-                &[("serviceName", "books"), ("servicePath", "api")],
-                "must start with '/'",
-            ),
-            (
-                &[
-                    ("serviceName", "books"),
-                    ("servicePath", "/b"),
-                    ("port", "0"),
-                ],
-                "port",
-            ),
-            (
-                &[
-                    ("serviceName", "books"),
-                    ("servicePath", "/b"),
-                    ("port", "http"),
-                ],
-                "port",
-            ),
+            (&[("serviceName", "books"), ("servicePath", ",")], "servicePath"),
+            (&[("serviceName", "books"), ("servicePath", "api")], "must start with '/'"),
+            (&[("serviceName", "books"), ("servicePath", "/b"), ("port", "0")], "port"),
+            (&[("serviceName", "books"), ("servicePath", "/b"), ("port", "http")], "port"),
         ];
         for (query, needle) in cases {
             let err = parse(query).expect_err("invalid");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::model::{CatalogEntry, HealthEntry};
+use crate::model::{CatalogEntry, HealthEntry, RawKvEntry};
 use crate::Instance;
 
 /// What went wrong talking to Consul. Messages say what to check.
@@ -25,11 +25,7 @@ pub enum ConsulError {
     )]
     Unreachable { tried: String, last: String },
     #[error("Consul refused {url} with {status}: {body}")]
-    Refused {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Refused { url: String, status: u16, body: String },
     #[error("Consul's answer to {url} could not be read: {source}")]
     Decode {
         url: String,
@@ -75,11 +71,7 @@ impl ConsulClient {
             .no_proxy()
             .build()
             .map_err(ConsulError::Setup)?;
-        Ok(ConsulClient {
-            http,
-            agents,
-            preferred: AtomicUsize::new(0),
-        })
+        Ok(ConsulClient { http, agents, preferred: AtomicUsize::new(0) })
     }
 
     /// The agents this client talks to, in order.
@@ -88,106 +80,227 @@ impl ConsulClient {
     }
 
     /// Looks a service up: its passing instances, or whether the catalog knows it at all.
-    pub async fn lookup_service(&self, service: &str) -> Result<ServiceLookup, ConsulError> {
-        let instances = self.passing_instances(service).await?;
-        if !instances.is_empty() {
-            return Ok(ServiceLookup::Known(instances));
+    /// The index is the health query's, to start a [`ConsulClient::watch_passing_instances`].
+    pub async fn lookup_service(
+        &self,
+        service: &str,
+    ) -> Result<Indexed<ServiceLookup>, ConsulError> {
+        let passing = self.watch_passing_instances(service, 0, Duration::ZERO).await?;
+        if !passing.value.is_empty() {
+            return Ok(Indexed {
+                value: ServiceLookup::Known(passing.value),
+                index: passing.index,
+            });
         }
-        let catalog: Vec<CatalogEntry> = self
-            .get_json(&["v1", "catalog", "service", service], &[])
-            .await?;
-        Ok(if catalog.is_empty() {
+        let answer = self.call(Call::get(&["v1", "catalog", "service", service])).await?;
+        let catalog: Vec<CatalogEntry> = answer.json()?;
+        let value = if catalog.is_empty() {
             ServiceLookup::Unknown
         } else {
             ServiceLookup::Known(Vec::new())
-        })
+        };
+        Ok(Indexed { value, index: passing.index })
     }
 
     /// The instances of `service` whose checks all pass (`/v1/health/service/<name>?passing`).
-    pub async fn passing_instances(&self, service: &str) -> Result<Vec<Instance>, ConsulError> {
-        let entries: Vec<HealthEntry> = self
-            .get_json(
-                &["v1", "health", "service", service],
-                &[("passing", "true")],
-            )
-            .await?;
-        Ok(entries.into_iter().map(Instance::from).collect())
+    ///
+    /// With `index` > 0 this is a blocking query: Consul answers when the result changes past
+    /// `index`, or after about `wait`. With `index` 0 it answers at once.
+    pub async fn watch_passing_instances(
+        &self,
+        service: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<Instance>>, ConsulError> {
+        let segments = ["v1", "health", "service", service];
+        let mut call = Call::get(&segments);
+        call.query.push(("passing", "true".to_owned()));
+        call.block(index, wait);
+        let answer = self.call(call).await?;
+        let entries: Vec<HealthEntry> = answer.json()?;
+        Ok(Indexed {
+            value: entries.into_iter().map(Instance::from).collect(),
+            index: answer.index,
+        })
     }
 
-    /// `GET` a JSON document, trying each agent in turn until one answers.
-    async fn get_json<T: DeserializeOwned>(
+    /// Stores `value` at `key` in Consul's KV store.
+    pub async fn kv_put(&self, key: &str, value: Vec<u8>) -> Result<(), ConsulError> {
+        let mut segments = vec!["v1", "kv"];
+        segments.extend(key.split('/'));
+        let mut call = Call::get(&segments);
+        call.method = reqwest::Method::PUT;
+        call.body = Some(value);
+        self.call(call).await.map(drop)
+    }
+
+    /// Deletes `key` from Consul's KV store (deleting a missing key succeeds).
+    pub async fn kv_delete(&self, key: &str) -> Result<(), ConsulError> {
+        let mut segments = vec!["v1", "kv"];
+        segments.extend(key.split('/'));
+        let mut call = Call::get(&segments);
+        call.method = reqwest::Method::DELETE;
+        self.call(call).await.map(drop)
+    }
+
+    /// Every key under `prefix` (which should end in `/`) with its value; blocking as
+    /// [`ConsulClient::watch_passing_instances`] when `index` > 0.
+    pub async fn kv_list(
         &self,
-        segments: &[&str],
-        query: &[(&str, &str)],
-    ) -> Result<T, ConsulError> {
+        prefix: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<KvEntry>>, ConsulError> {
+        let mut segments = vec!["v1", "kv"];
+        segments.extend(prefix.split('/'));
+        let mut call = Call::get(&segments);
+        call.query.push(("recurse", "true".to_owned()));
+        call.block(index, wait);
+        call.missing_is_empty = true;
+        let answer = self.call(call).await?;
+        if answer.status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Indexed { value: Vec::new(), index: answer.index });
+        }
+        let raw: Vec<RawKvEntry> = answer.json()?;
+        let value = raw.into_iter().map(|e| e.decode()).collect::<Result<Vec<_>, _>>().map_err(
+            |reason| ConsulError::Refused {
+                url: format!("/v1/kv/{prefix}"),
+                status: 200,
+                body: reason,
+            },
+        )?;
+        Ok(Indexed { value, index: answer.index })
+    }
+
+    /// Makes one call, trying each agent in turn until one answers.
+    async fn call(&self, call: Call<'_>) -> Result<Answer, ConsulError> {
         let first = self.preferred.load(Ordering::Relaxed) % self.agents.len();
         let mut last_failure = String::new();
         for step in 0..self.agents.len() {
             let agent = (first + step) % self.agents.len();
-            let url = endpoint(&self.agents[agent], segments, query);
-            match self.get_once(&url).await {
-                Ok(body) => {
+            let url = endpoint(&self.agents[agent], call.segments, &call.query);
+            match self.call_once(&call, &url).await {
+                Ok(answer) => {
                     self.preferred.store(agent, Ordering::Relaxed);
-                    return serde_json::from_slice(&body).map_err(|source| ConsulError::Decode {
-                        url: url.to_string(),
-                        source,
-                    });
+                    return Ok(answer);
                 }
                 Err(Attempt::Refused(err)) => return Err(err),
                 Err(Attempt::TryNext(reason)) => {
-                    tracing::warn!(agent = %self.agents[agent], %reason, "consul agent failed");
+                    tracing::debug!(agent = %self.agents[agent], %reason, "consul agent failed");
                     last_failure = reason;
                 }
             }
         }
-        Err(ConsulError::Unreachable {
-            tried: self.agents_list(),
-            last: last_failure,
-        })
+        Err(ConsulError::Unreachable { tried: self.agents_list(), last: last_failure })
     }
 
-    async fn get_once(&self, url: &Url) -> Result<bytes::Bytes, Attempt> {
-        let response = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| Attempt::TryNext(describe_transport_error(&e)))?;
+    async fn call_once(&self, call: &Call<'_>, url: &Url) -> Result<Answer, Attempt> {
+        let mut request = self.http.request(call.method.clone(), url.clone());
+        if let Some(timeout) = call.timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(body) = &call.body {
+            request = request.body(body.clone());
+        }
+        let response =
+            request.send().await.map_err(|e| Attempt::TryNext(describe_transport_error(&e)))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Attempt::TryNext(describe_transport_error(&e)))?;
+        let index = response
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body =
+            response.bytes().await.map_err(|e| Attempt::TryNext(describe_transport_error(&e)))?;
         if status.is_server_error() {
             return Err(Attempt::TryNext(format!(
                 "{url} answered {status}: {}",
                 String::from_utf8_lossy(&body).trim()
             )));
         }
-        if !status.is_success() {
+        let missing_ok = call.missing_is_empty && status == reqwest::StatusCode::NOT_FOUND;
+        if !status.is_success() && !missing_ok {
             return Err(Attempt::Refused(ConsulError::Refused {
                 url: url.to_string(),
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&body).trim().to_owned(),
             }));
         }
-        Ok(body)
+        Ok(Answer { status, body, index, url: url.to_string() })
     }
 
     fn agents_list(&self) -> String {
-        self.agents
-            .iter()
-            .map(|u| u.as_str().trim_end_matches('/'))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.agents.iter().map(|u| u.as_str().trim_end_matches('/')).collect::<Vec<_>>().join(", ")
     }
 }
 
 impl fmt::Debug for ConsulClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulClient")
-            .field("agents", &self.agents_list())
-            .finish_non_exhaustive()
+        f.debug_struct("ConsulClient").field("agents", &self.agents_list()).finish_non_exhaustive()
+    }
+}
+
+/// A value together with the Consul index it was read at (`X-Consul-Index`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed<T> {
+    pub value: T,
+    pub index: u64,
+}
+
+/// One key of Consul's KV store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// One HTTP call to Consul, whichever agent answers it.
+struct Call<'a> {
+    method: reqwest::Method,
+    segments: &'a [&'a str],
+    query: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+    /// A 404 is an answer (an empty KV prefix), not an error.
+    missing_is_empty: bool,
+}
+
+impl<'a> Call<'a> {
+    fn get(segments: &'a [&'a str]) -> Self {
+        Call {
+            method: reqwest::Method::GET,
+            segments,
+            query: Vec::new(),
+            body: None,
+            timeout: None,
+            missing_is_empty: false,
+        }
+    }
+
+    /// Makes this a blocking query when `index` > 0. Consul may hold it for `wait` plus up to
+    /// `wait / 16` of jitter, so the call's own timeout is longer than that.
+    fn block(&mut self, index: u64, wait: Duration) {
+        if index > 0 {
+            self.query.push(("index", index.to_string()));
+            self.query.push(("wait", format!("{}ms", wait.as_millis())));
+            self.timeout = Some(wait + wait / 16 + Duration::from_secs(5));
+        }
+    }
+}
+
+/// What an agent answered.
+struct Answer {
+    status: reqwest::StatusCode,
+    body: bytes::Bytes,
+    index: u64,
+    url: String,
+}
+
+impl Answer {
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ConsulError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|source| ConsulError::Decode { url: self.url.clone(), source })
     }
 }
 
@@ -221,13 +334,13 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
     }
 }
 
-fn endpoint(agent: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
+fn endpoint(agent: &Url, segments: &[&str], query: &[(&'static str, String)]) -> Url {
     let mut url = agent.clone();
     if let Ok(mut path) = url.path_segments_mut() {
         path.pop_if_empty().extend(segments);
     }
     if !query.is_empty() {
-        url.query_pairs_mut().extend_pairs(query);
+        url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
     }
     url
 }
@@ -235,26 +348,14 @@ fn endpoint(agent: &Url, segments: &[&str], query: &[(&str, &str)]) -> Url {
 /// Parses `CONSUL_ADDRESS`: URLs or `host:port`, separated by commas.
 fn parse_addresses(addresses: &str) -> Result<Vec<Url>, ConsulError> {
     let mut agents = Vec::new();
-    for raw in addresses
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let with_scheme = if raw.contains("://") {
-            raw.to_owned()
-        } else {
-            format!("http://{raw}")
-        };
-        let invalid = |reason: String| ConsulError::InvalidAddress {
-            address: raw.to_owned(),
-            reason,
-        };
+    for raw in addresses.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let with_scheme =
+            if raw.contains("://") { raw.to_owned() } else { format!("http://{raw}") };
+        let invalid =
+            |reason: String| ConsulError::InvalidAddress { address: raw.to_owned(), reason };
         let url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(format!(
-                "scheme {:?} is not http or https",
-                url.scheme()
-            )));
+            return Err(invalid(format!("scheme {:?} is not http or https", url.scheme())));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid("it has no host".to_owned()));
@@ -279,26 +380,14 @@ mod tests {
         let agents =
             parse_addresses("http://consul:8500, 10.0.0.2:8500,https://c.example/").expect("valid");
         let got: Vec<_> = agents.iter().map(Url::as_str).collect();
-        assert_eq!(
-            got,
-            [
-                "http://consul:8500/",
-                "http://10.0.0.2:8500/",
-                "https://c.example/"
-            ]
-        );
+        assert_eq!(got, ["http://consul:8500/", "http://10.0.0.2:8500/", "https://c.example/"]);
     }
 
     #[test]
     fn bad_addresses_say_which() {
-        for bad in [
-            "",
-            " , ",
-            "ftp://consul:8500",
-            "http://",
-            "http://c:99999",
-            "http://c:8500/?x=1",
-        ] {
+        for bad in
+            ["", " , ", "ftp://consul:8500", "http://", "http://c:99999", "http://c:8500/?x=1"]
+        {
             let err = parse_addresses(bad).expect_err(bad);
             assert!(!err.to_string().is_empty(), "{bad}");
         }
@@ -312,12 +401,9 @@ mod tests {
         let url = endpoint(
             &agent,
             &["v1", "health", "service", "a/b c"],
-            &[("passing", "true")],
+            &[("passing", "true".to_owned())],
         );
-        assert_eq!(
-            url.as_str(),
-            "http://c:8500/prefix/v1/health/service/a%2Fb%20c?passing=true"
-        );
+        assert_eq!(url.as_str(), "http://c:8500/prefix/v1/health/service/a%2Fb%20c?passing=true");
     }
 
     #[tokio::test]
@@ -325,15 +411,9 @@ mod tests {
         // Port 1 on loopback refuses at once.
         let client = ConsulClient::new("127.0.0.1:1,127.0.0.1:2", Duration::from_secs(2))
             .expect("valid addresses");
-        let err = client
-            .lookup_service("books-ms")
-            .await
-            .expect_err("nothing listens there");
+        let err = client.lookup_service("books-ms").await.expect_err("nothing listens there");
         let msg = err.to_string();
         assert!(matches!(err, ConsulError::Unreachable { .. }), "{msg}");
-        assert!(
-            msg.contains("127.0.0.1:1") && msg.contains("127.0.0.1:2"),
-            "{msg}"
-        );
+        assert!(msg.contains("127.0.0.1:1") && msg.contains("127.0.0.1:2"), "{msg}");
     }
 }

@@ -10,5 +10,5 @@
 mod client;
 mod model;
 
-pub use client::{ConsulClient, ConsulError, ServiceLookup};
+pub use client::{ConsulClient, ConsulError, Indexed, KvEntry, ServiceLookup};
 pub use model::Instance;

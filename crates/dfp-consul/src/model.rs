@@ -46,11 +46,29 @@ impl From<HealthEntry> for Instance {
         } else {
             entry.service.address
         };
-        Instance {
-            id: entry.service.id,
-            address,
-            port: entry.service.port,
-        }
+        Instance { id: entry.service.id, address, port: entry.service.port }
+    }
+}
+
+/// An entry of `GET /v1/kv/<prefix>?recurse`; `Value` is base64, or null for an empty value.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RawKvEntry {
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+impl RawKvEntry {
+    pub(crate) fn decode(self) -> Result<crate::KvEntry, String> {
+        use base64::Engine as _;
+        let value = match self.value {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("key {} holds invalid base64: {e}", self.key))?,
+            None => Vec::new(),
+        };
+        Ok(crate::KvEntry { key: self.key, value })
     }
 }
 
@@ -81,16 +99,8 @@ mod tests {
         assert_eq!(
             instances,
             vec![
-                Instance {
-                    id: "books-1".into(),
-                    address: "10.0.0.7".into(),
-                    port: 32768
-                },
-                Instance {
-                    id: "books-2".into(),
-                    address: "127.0.0.1".into(),
-                    port: 32769
-                },
+                Instance { id: "books-1".into(), address: "10.0.0.7".into(), port: 32768 },
+                Instance { id: "books-2".into(), address: "127.0.0.1".into(), port: 32769 },
             ]
         );
     }

@@ -26,35 +26,27 @@ impl ProxyError {
     fn status_and_text(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
-            ProxyError::NoRoute => (
-                StatusCode::NOT_FOUND,
-                "no service is routed for this path\n",
-            ),
-            ProxyError::NoInstance => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the service has no live instance right now\n",
-            ),
-            ProxyError::UpstreamUnreachable => (
-                StatusCode::BAD_GATEWAY,
-                "the service instance could not be reached\n",
-            ),
-            ProxyError::UpstreamTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "the service instance did not answer in time\n",
-            ),
+            ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no service is routed for this path\n"),
+            ProxyError::NoInstance => {
+                (StatusCode::SERVICE_UNAVAILABLE, "the service has no live instance right now\n")
+            }
+            ProxyError::UpstreamUnreachable => {
+                (StatusCode::BAD_GATEWAY, "the service instance could not be reached\n")
+            }
+            ProxyError::UpstreamTimeout => {
+                (StatusCode::GATEWAY_TIMEOUT, "the service instance did not answer in time\n")
+            }
         }
     }
 
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let (status, text) = self.status_and_text();
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-            text.as_bytes(),
-        ))));
+        let mut response =
+            Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
         *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         response
     }
 }

@@ -39,11 +39,7 @@ impl Forwarder {
             .pool_idle_timeout(config.upstream_idle_timeout)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        Forwarder {
-            table,
-            client,
-            server_timeout: config.server_timeout,
-        }
+        Forwarder { table, client, server_timeout: config.server_timeout }
     }
 
     /// Answers one client request. Never fails: every problem becomes a response.

@@ -54,9 +54,7 @@ pub async fn serve(
     let forwarder = Arc::new(Forwarder::new(table, &config));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true);
+    http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
     tokio::pin!(shutdown);
 
     loop {

@@ -56,20 +56,13 @@ impl PathPrefix {
             return Err(PrefixError::NoLeadingSlash(input.to_owned()));
         }
         if input.len() > MAX_LEN {
-            return Err(PrefixError::TooLong {
-                path: input.to_owned(),
-            });
+            return Err(PrefixError::TooLong { path: input.to_owned() });
         }
         if input.contains("//") {
-            return Err(PrefixError::EmptySegment {
-                path: input.to_owned(),
-            });
+            return Err(PrefixError::EmptySegment { path: input.to_owned() });
         }
-        let trimmed = if input.len() > 1 {
-            input.strip_suffix('/').unwrap_or(input)
-        } else {
-            input
-        };
+        let trimmed =
+            if input.len() > 1 { input.strip_suffix('/').unwrap_or(input) } else { input };
         let bytes = trimmed.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
@@ -77,35 +70,22 @@ impl PathPrefix {
             if b == b'%' {
                 let hex = bytes.get(i + 1..i + 3);
                 if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return Err(PrefixError::BadPercentEscape {
-                        path: input.to_owned(),
-                    });
+                    return Err(PrefixError::BadPercentEscape { path: input.to_owned() });
                 }
                 i += 3;
                 continue;
             }
             if !is_path_byte(b) {
                 let found = trimmed[i..].chars().next().unwrap_or('\u{fffd}');
-                return Err(PrefixError::InvalidChar {
-                    path: input.to_owned(),
-                    found,
-                });
+                return Err(PrefixError::InvalidChar { path: input.to_owned(), found });
             }
             i += 1;
         }
         if trimmed != "/" {
             for segment in trimmed[1..].split('/') {
                 match segment {
-                    "" => {
-                        return Err(PrefixError::EmptySegment {
-                            path: input.to_owned(),
-                        })
-                    }
-                    "." | ".." => {
-                        return Err(PrefixError::DotSegment {
-                            path: input.to_owned(),
-                        })
-                    }
+                    "" => return Err(PrefixError::EmptySegment { path: input.to_owned() }),
+                    "." | ".." => return Err(PrefixError::DotSegment { path: input.to_owned() }),
                     _ => {}
                 }
             }
@@ -212,10 +192,7 @@ mod tests {
     #[test]
     fn too_long_is_refused() {
         let long = format!("/{}", "a".repeat(MAX_LEN));
-        assert!(matches!(
-            PathPrefix::parse(&long),
-            Err(PrefixError::TooLong { .. })
-        ));
+        assert!(matches!(PathPrefix::parse(&long), Err(PrefixError::TooLong { .. })));
     }
 
     #[test]

@@ -17,11 +17,7 @@ pub enum BuildError {
         "path {path} is already routed to service {owner:?}; remove it from {owner:?} first \
          or choose another path for {service:?}"
     )]
-    PathOwned {
-        path: PathPrefix,
-        owner: String,
-        service: String,
-    },
+    PathOwned { path: PathPrefix, owner: String, service: String },
     #[error("service {0:?} was added twice to one table")]
     DuplicateService(String),
     #[error("service name is empty")]
@@ -118,17 +114,12 @@ impl RouteTable {
     pub fn lookup(&self, path: &str) -> Option<RouteMatch<'_>> {
         let found = self.index.at(path).ok()?;
         let (prefix, service) = &self.routes[*found.value];
-        Some(RouteMatch {
-            backend: &self.services[*service].0,
-            prefix,
-        })
+        Some(RouteMatch { backend: &self.services[*service].0, prefix })
     }
 
     /// The routed services, ordered by name.
     pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceRoutes<'_>> {
-        self.services
-            .iter()
-            .map(|(backend, prefixes)| ServiceRoutes { backend, prefixes })
+        self.services.iter().map(|(backend, prefixes)| ServiceRoutes { backend, prefixes })
     }
 
     /// The backend of a service by name.
@@ -166,8 +157,7 @@ impl RouteTableBuilder {
     /// swap does not send the next requests back to each service's first instance.
     pub fn carry_cursors_from(&mut self, previous: &RouteTable) -> &mut Self {
         for (backend, _) in &previous.services {
-            self.cursors
-                .insert(backend.service.clone(), backend.cursor.clone());
+            self.cursors.insert(backend.service.clone(), backend.cursor.clone());
         }
         self
     }
@@ -226,22 +216,15 @@ impl RouteTableBuilder {
                 let route_index = routes.len();
                 routes.push((prefix.clone(), service_index));
                 for pattern in index_patterns(prefix) {
-                    index
-                        .insert(pattern, route_index)
-                        .map_err(|e| BuildError::Index {
-                            path: prefix.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    index.insert(pattern, route_index).map_err(|e| BuildError::Index {
+                        path: prefix.clone(),
+                        reason: e.to_string(),
+                    })?;
                 }
             }
             services.push((backend, prefixes));
         }
-        Ok(RouteTable {
-            version,
-            index,
-            routes,
-            services,
-        })
+        Ok(RouteTable { version, index, routes, services })
     }
 }
 
@@ -277,9 +260,7 @@ pub struct TableHandle {
 
 impl TableHandle {
     pub fn new(table: RouteTable) -> Self {
-        TableHandle {
-            live: Arc::new(ArcSwap::from_pointee(table)),
-        }
+        TableHandle { live: Arc::new(ArcSwap::from_pointee(table)) }
     }
 
     /// The live table. Hold the guard briefly: never across an `.await`.
@@ -306,9 +287,7 @@ impl Default for TableHandle {
 
 impl fmt::Debug for TableHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TableHandle")
-            .field("version", &self.load().version())
-            .finish()
+        f.debug_struct("TableHandle").field("version", &self.load().version()).finish()
     }
 }
 
@@ -329,8 +308,7 @@ mod tests {
         for (i, (service, paths)) in routes.iter().enumerate() {
             let prefixes: Vec<_> = paths.iter().map(|s| p(s)).collect();
             let port = u16::try_from(i).expect("few services") + 1;
-            b.add_service(service, &prefixes, &[addr(port)])
-                .expect("no conflicts in test table");
+            b.add_service(service, &prefixes, &[addr(port)]).expect("no conflicts in test table");
         }
         b.build(1).expect("test table builds")
     }
@@ -395,17 +373,9 @@ mod tests {
     fn a_path_has_one_owner() {
         let mut b = RouteTableBuilder::new();
         b.add_service("a", &[p("/x")], &[]).expect("first owner");
-        let err = b
-            .add_service("b", &[p("/x/")], &[])
-            .expect_err("same path, other service");
-        assert!(
-            matches!(err, BuildError::PathOwned { ref owner, .. } if owner == "a"),
-            "{err}"
-        );
-        assert!(
-            b.add_service("a", &[p("/y")], &[]).is_err(),
-            "a service is added once"
-        );
+        let err = b.add_service("b", &[p("/x/")], &[]).expect_err("same path, other service");
+        assert!(matches!(err, BuildError::PathOwned { ref owner, .. } if owner == "a"), "{err}");
+        assert!(b.add_service("a", &[p("/y")], &[]).is_err(), "a service is added once");
     }
 
     #[test]
@@ -417,9 +387,7 @@ mod tests {
         let backend = t.lookup("/").expect("routed").backend;
         let mut hits = HashMap::new();
         for _ in 0..100 {
-            *hits
-                .entry(backend.next_instance().expect("has instances"))
-                .or_insert(0) += 1;
+            *hits.entry(backend.next_instance().expect("has instances")).or_insert(0) += 1;
         }
         for i in &instances {
             assert!((33..=34).contains(&hits[i]), "{hits:?}");
@@ -438,15 +406,9 @@ mod tests {
             b.build(version).expect("builds")
         };
         let first = build(None, 1);
-        assert_eq!(
-            first.service("s").and_then(|b| b.next_instance()),
-            Some(addr(1))
-        );
+        assert_eq!(first.service("s").and_then(|b| b.next_instance()), Some(addr(1)));
         let second = build(Some(&first), 2);
-        assert_eq!(
-            second.service("s").and_then(|b| b.next_instance()),
-            Some(addr(2))
-        );
+        assert_eq!(second.service("s").and_then(|b| b.next_instance()), Some(addr(2)));
     }
 
     #[test]
@@ -454,13 +416,7 @@ mod tests {
         let mut b = RouteTableBuilder::new();
         b.add_service("s", &[p("/s")], &[]).expect("valid");
         let t = b.build(1).expect("builds");
-        assert_eq!(
-            t.lookup("/s")
-                .expect("still routed")
-                .backend
-                .next_instance(),
-            None
-        );
+        assert_eq!(t.lookup("/s").expect("still routed").backend.next_instance(), None);
     }
 
     #[test]
@@ -469,10 +425,7 @@ mod tests {
         let before = handle.snapshot();
         handle.publish(table(BOOKS));
         assert_eq!(before.version(), 0);
-        assert!(
-            before.lookup("/api/v1/books").is_none(),
-            "old readers keep the old table"
-        );
+        assert!(before.lookup("/api/v1/books").is_none(), "old readers keep the old table");
         assert_eq!(handle.load().version(), 1);
         assert!(handle.load().lookup("/api/v1/books").is_some());
     }
@@ -482,14 +435,10 @@ mod tests {
         let mut b = RouteTableBuilder::new();
         for i in 0..10_000 {
             let name = format!("svc-{i}");
-            b.add_service(&name, &[p(&format!("/api/{i}/items"))], &[addr(1)])
-                .expect("valid");
+            b.add_service(&name, &[p(&format!("/api/{i}/items"))], &[addr(1)]).expect("valid");
         }
         let t = b.build(1).expect("builds");
-        assert_eq!(
-            t.lookup("/api/9999/items/3").map(|m| m.backend.service()),
-            Some("svc-9999")
-        );
+        assert_eq!(t.lookup("/api/9999/items/3").map(|m| m.backend.service()), Some("svc-9999"));
         assert!(t.lookup("/api/9999/itemsx").is_none());
     }
 }

@@ -48,6 +48,14 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "PROXY_INSTANCE_NAME", default_value = "docker-flow")]
     pub(crate) instance_name: String,
 
+    /// Standalone mode: the file that keeps routes across restarts (written atomically).
+    #[arg(long, env = "DFP_STATE_FILE", default_value = "docker-flow-proxy-state.json")]
+    pub(crate) state_file: std::path::PathBuf,
+
+    /// Standalone mode: how often each service's name is resolved again.
+    #[arg(long, env = "DFP_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) dns_refresh: Duration,
+
     /// How long to wait for a connection to an instance (e.g. 5s, 500ms).
     #[arg(long, env = "DFP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) connect_timeout: Duration,
@@ -152,11 +160,7 @@ impl ReconfigureArgs {
             ("users", self.users.clone()),
             ("reqMode", self.req_mode.clone()),
         ];
-        q.extend(
-            optional
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
-        );
+        q.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         q.extend(self.params.iter().cloned());
         q
     }
@@ -165,23 +169,16 @@ impl ReconfigureArgs {
 /// `5s`, `500ms`, `2m` or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 5s or 500ms"))?;
+    let n: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration such as 5s or 500ms"))?;
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?}; use ms, s, m or h"
-            ))
-        }
+        _ => return Err(format!("{text:?} has unknown unit {unit:?}; use ms, s, m or h")),
     };
     if d.is_zero() {
         return Err("a timeout must be longer than zero".to_owned());
@@ -234,9 +231,7 @@ mod tests {
             "distribute=true",
         ])
         .expect("valid command line");
-        let Command::Reconfigure(args) = cli.command else {
-            panic!("parsed as reconfigure")
-        };
+        let Command::Reconfigure(args) = cli.command else { panic!("parsed as reconfigure") };
         let q = args.query();
         assert!(q.contains(&("serviceName".into(), "books-ms".into())));
         assert!(q.contains(&("servicePath".into(), "/api/v1/books,/b".into())));

@@ -15,11 +15,7 @@ pub(crate) async fn call(
     query: &[(String, String)],
 ) -> anyhow::Result<()> {
     let base = admin.trim_end_matches('/');
-    let base = if base.contains("://") {
-        base.to_owned()
-    } else {
-        format!("http://{base}")
-    };
+    let base = if base.contains("://") { base.to_owned() } else { format!("http://{base}") };
     let url =
         reqwest::Url::parse_with_params(&format!("{base}/v1/docker-flow-proxy/{endpoint}"), query)
             .with_context(|| {
@@ -37,23 +33,14 @@ pub(crate) async fn call(
         )
     })?;
     let status = response.status();
-    let body = response
-        .text()
-        .await
-        .context("the admin API's answer was cut off")?;
+    let body = response.text().await.context("the admin API's answer was cut off")?;
     let message = serde_json::from_str::<Value>(&body)
         .ok()
         .and_then(|v| v.get("Message").and_then(Value::as_str).map(str::to_owned));
     if !status.is_success() {
-        bail!(
-            "{} ({status})",
-            message.unwrap_or_else(|| body.trim().to_owned())
-        );
+        bail!("{} ({status})", message.unwrap_or_else(|| body.trim().to_owned()));
     }
-    #[allow(
-        clippy::print_stdout,
-        reason = "the CLI prints the server's answer, as documented"
-    )]
+    #[allow(clippy::print_stdout, reason = "the CLI prints the server's answer, as documented")]
     {
         println!("{}", body.trim_end());
     }

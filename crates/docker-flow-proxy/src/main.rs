@@ -38,9 +38,7 @@ fn main() -> ExitCode {
 }
 
 fn run_client(admin: &str, endpoint: &str, query: Vec<(String, String)>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(client::call(admin, endpoint, &query))
 }
 

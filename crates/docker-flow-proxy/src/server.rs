@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dfp_admin::{Controller, Discovery};
+use dfp_admin::{Controller, Discovery, FollowConfig, RouteStore};
 use dfp_consul::ConsulClient;
 use dfp_proxy::ProxyConfig;
 use dfp_routing::TableHandle;
@@ -23,11 +23,19 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(n) => usize::from(n),
         None => thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let discovery = match &args.consul_address {
-        Some(address) => Discovery::Consul(
-            ConsulClient::new(address, args.consul_timeout).context("invalid --consul-address")?,
-        ),
-        None => Discovery::Dns,
+    let (discovery, store) = match &args.consul_address {
+        Some(address) => {
+            let consul = Arc::new(
+                ConsulClient::new(address, args.consul_timeout)
+                    .context("invalid --consul-address")?,
+            );
+            let store = RouteStore::ConsulKv {
+                consul: consul.clone(),
+                instance_name: args.instance_name.clone(),
+            };
+            (Discovery::Consul(consul), store)
+        }
+        None => (Discovery::Dns, RouteStore::File(args.state_file.clone())),
     };
 
     // Bind both ports before anything starts, so a taken port fails fast and says which.
@@ -41,7 +49,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
 
     let table = TableHandle::default();
-    let controller = Arc::new(Controller::new(table.clone(), discovery));
+    let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
+    let controller = Arc::new(Controller::new(table.clone(), discovery, store, follow));
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
@@ -51,6 +60,16 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..ProxyConfig::default()
     };
 
+    // Routes are restored before either listener serves, so the first request already sees
+    // them. Consul being down is not fatal (it is retried in the background); an unreadable
+    // state file is.
+    let control_plane = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("dfp-admin")
+        .build()
+        .context("cannot start the admin runtime")?;
+    control_plane.block_on(controller.start())?;
+
     let data_plane = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("dfp-proxy")
@@ -58,20 +77,13 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the data-plane runtime")?;
     let proxy_stop = stopped(stop_rx.clone());
-    let proxy = thread::Builder::new()
-        .name("dfp-proxy-main".into())
-        .spawn(move || {
-            data_plane.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(proxy_listener)?;
-                dfp_proxy::serve(listener, table, proxy_config, proxy_stop).await
-            })
-        })?;
+    let proxy = thread::Builder::new().name("dfp-proxy-main".into()).spawn(move || {
+        data_plane.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(proxy_listener)?;
+            dfp_proxy::serve(listener, table, proxy_config, proxy_stop).await
+        })
+    })?;
 
-    let control_plane = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("dfp-admin")
-        .build()
-        .context("cannot start the admin runtime")?;
     let result = control_plane.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(admin_listener)?;
         tracing::info!(
@@ -79,6 +91,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
             admin = %admin_addr,
             mode = controller.discovery().mode(),
             consul = args.consul_address.as_deref().unwrap_or("-"),
+            table_version = controller.table().load().version(),
             instance_name = %args.instance_name,
             threads,
             "docker-flow-proxy is ready"
@@ -90,9 +103,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         admin.await.context("admin task failed")??;
         anyhow::Ok(())
     });
-    let proxy_result = proxy
-        .join()
-        .map_err(|_| anyhow::anyhow!("the data-plane thread panicked"))?;
+    let proxy_result =
+        proxy.join().map_err(|_| anyhow::anyhow!("the data-plane thread panicked"))?;
     result?;
     proxy_result.context("data plane failed")?;
     tracing::info!("stopped");

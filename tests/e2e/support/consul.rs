@@ -1,4 +1,6 @@
-//! A real `consul agent -dev` on loopback, on ports of its own.
+//! A real Consul agent on loopback, on ports of its own: `-dev` (in memory), or a one-node
+//! server with a data directory, for tests that stop and restart Consul and need its state
+//! (services, checks, KV) to survive as it does in production.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,20 +10,38 @@ use tokio::process::{Child, Command};
 
 use super::{eventually, free_port, http_client};
 
-/// A running Consul dev agent. Stopped (killed) when dropped.
+/// A running Consul agent. Stopped (killed) when dropped.
 pub struct Consul {
     child: Option<Child>,
     http_port: u16,
     args: Vec<String>,
+    _data: Option<super::Scratch>,
 }
 
 impl Consul {
-    /// Starts an agent and waits until it has elected itself leader.
+    /// Starts a dev agent and waits until it has elected itself leader.
     pub async fn start() -> Consul {
+        Self::start_with(vec!["-dev".into()], None).await
+    }
+
+    /// Starts a one-node server whose state lives in a data directory, so that
+    /// [`Consul::stop`] then [`Consul::restart`] keeps services, checks and KV.
+    pub async fn start_persistent() -> Consul {
+        let data = super::Scratch::new();
+        let args = vec![
+            "-server".into(),
+            "-bootstrap-expect=1".into(),
+            format!("-data-dir={}", data.path("consul").display()),
+            "-hcl=performance { raft_multiplier = 1 }".into(),
+        ];
+        Self::start_with(args, Some(data)).await
+    }
+
+    async fn start_with(mode: Vec<String>, data: Option<super::Scratch>) -> Consul {
         let http_port = free_port();
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "-dev".into(),
+        let mut args: Vec<String> = vec!["agent".into()];
+        args.extend(mode);
+        args.extend([
             "-bind=127.0.0.1".into(),
             "-client=127.0.0.1".into(),
             format!("-http-port={http_port}"),
@@ -31,12 +51,8 @@ impl Consul {
             format!("-serf-wan-port={}", free_port()),
             format!("-server-port={}", free_port()),
             "-log-level=warn".into(),
-        ];
-        let mut consul = Consul {
-            child: None,
-            http_port,
-            args,
-        };
+        ]);
+        let mut consul = Consul { child: None, http_port, args, _data: data };
         consul.spawn().await;
         consul
     }
@@ -92,11 +108,7 @@ impl Consul {
             request = request.json(&body);
         }
         let response = request.send().await.expect("consul answers");
-        assert!(
-            response.status().is_success(),
-            "consul refused {path}: {}",
-            response.status()
-        );
+        assert!(response.status().is_success(), "consul refused {path}: {}", response.status());
     }
 
     /// Stops the agent (SIGKILL) and waits until it is gone.
@@ -104,6 +116,36 @@ impl Consul {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// Starts the agent again on the same ports (and data directory, if persistent).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the agent before restarting it");
+        self.spawn().await;
+    }
+
+    /// Removes a service instance.
+    pub async fn deregister(&self, id: &str) {
+        self.put(&format!("/v1/agent/service/deregister/{id}"), json!(null)).await;
+    }
+
+    /// Sets an instance's TTL check (registered with `check_passing`) to passing or critical.
+    pub async fn set_check(&self, id: &str, passing: bool) {
+        let verb = if passing { "pass" } else { "fail" };
+        self.put(&format!("/v1/agent/check/{verb}/{id}-ttl"), json!(null)).await;
+    }
+
+    /// A raw KV value, if the key exists.
+    pub async fn kv_get(&self, key: &str) -> Option<String> {
+        let response = http_client()
+            .get(format!("{}/v1/kv/{key}?raw", self.url()))
+            .send()
+            .await
+            .expect("consul answers");
+        if response.status() == 404 {
+            return None;
+        }
+        Some(response.text().await.expect("kv body"))
     }
 }
 

@@ -3,14 +3,15 @@
 //! every process is stopped when its guard drops.
 
 mod consul;
-mod proxy;
+pub mod proxy;
+
 mod upstream;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use consul::Consul;
-pub use proxy::Proxy;
+pub use proxy::{Proxy, Scratch};
 pub use upstream::Upstream;
 
 /// A port that was free a moment ago (the kernel picks it; the listener is dropped at once).
@@ -33,10 +34,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -51,13 +49,59 @@ pub fn http_client() -> reqwest::Client {
         .expect("reqwest client builds")
 }
 
+/// A client that keeps requesting `url` one request after another until stopped (or 60 s or
+/// 100,000 requests pass), counting answers that were not 200.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<LoadReport>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub ok: usize,
+    pub failed: Vec<String>,
+}
+
+impl Load {
+    pub fn start(url: String) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = http_client();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut report = LoadReport { ok: 0, failed: Vec::new() };
+            for _ in 0..100_000 {
+                if flag.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        report.ok += 1;
+                    }
+                    Ok(r) => report.failed.push(format!("status {}", r.status())),
+                    Err(e) => report.failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            report
+        });
+        Load { stop, task }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("load task ends")
+    }
+}
+
 /// Sends raw bytes to `addr` and returns everything the server answered until it closed
 /// the connection (or 5 s passed). For requests a well-behaved client would never send.
 pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("proxy accepts");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("proxy accepts");
     stream.write_all(request).await.expect("request is sent");
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;

@@ -15,6 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_docker-flow-proxy");
 /// A running `docker-flow-proxy server`. Killed when dropped.
 pub struct Proxy {
     child: Option<Child>,
+    scratch: Option<Scratch>,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     client: reqwest::Client,
@@ -40,24 +41,21 @@ impl Proxy {
         if let Some(consul) = consul {
             command.arg(format!("--consul-address={consul}"));
         }
-        let child = command
-            .spawn()
-            .expect("the docker-flow-proxy binary starts");
-        let proxy = Proxy {
-            child: Some(child),
-            addr,
-            admin_addr,
-            client: http_client(),
+        // Standalone proxies keep state in a file: give each its own unless the test chose one.
+        let scratch = if extra.iter().any(|a| a.starts_with("--state-file")) {
+            None
+        } else {
+            let scratch = Scratch::new();
+            command.arg(format!("--state-file={}", scratch.path("state.json").display()));
+            Some(scratch)
         };
+        let child = command.spawn().expect("the docker-flow-proxy binary starts");
+        let proxy = Proxy { child: Some(child), scratch, addr, admin_addr, client: http_client() };
         let ping = proxy.admin_url("/v1/docker-flow-proxy/ping");
-        eventually(
-            Duration::from_secs(20),
-            "the proxy's admin API to answer",
-            || {
-                let request = proxy.client.get(&ping).send();
-                async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-            },
-        )
+        eventually(Duration::from_secs(20), "the proxy's admin API to answer", || {
+            let request = proxy.client.get(&ping).send();
+            async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        })
         .await;
         proxy
     }
@@ -72,27 +70,15 @@ impl Proxy {
 
     /// GET through the proxy: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("the proxy answers");
+        let response = self.client.get(self.url(path)).send().await.expect("the proxy answers");
         let status = response.status().as_u16();
-        (
-            status,
-            response.text().await.expect("the body arrives whole"),
-        )
+        (status, response.text().await.expect("the body arrives whole"))
     }
 
     /// An admin call: (status, JSON answer).
     pub async fn admin(&self, path_and_query: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(self.admin_url(path_and_query))
-            .send()
-            .await
-            .expect("admin answers");
+        let response =
+            self.client.get(self.admin_url(path_and_query)).send().await.expect("admin answers");
         let status = response.status().as_u16();
         let body = response.text().await.expect("admin body");
         let json =
@@ -118,17 +104,46 @@ impl Proxy {
             .expect("the CLI runs")
     }
 
+    /// Sends SIGKILL and waits until the process is gone (a crash, for restart tests).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        let _ = self.scratch.take();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("the proxy is running");
         let pid = child.id().expect("running child has a pid");
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .expect("the proxy exits within 30 s of SIGTERM")
             .expect("exit status")
+    }
+}
+
+/// A scratch directory under the system's temp dir, removed when dropped.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dfp-e2e-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -40,9 +40,7 @@ impl Upstream {
 
     /// Starts an upstream that waits `delay` before answering each request.
     pub async fn start_with_delay(name: &str, delay: Duration) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("loopback port");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
         let addr = listener.local_addr().expect("bound");
         let seen = Arc::new(Seen::default());
         let (task_seen, task_name) = (seen.clone(), name.to_owned());
@@ -75,18 +73,12 @@ impl Upstream {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
-        Upstream {
-            name: name.to_owned(),
-            addr,
-            seen,
-            task,
-        }
+        Upstream { name: name.to_owned(), addr, seen, task }
     }
 
     pub fn name(&self) -> &str {
