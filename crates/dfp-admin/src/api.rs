@@ -256,7 +256,7 @@ fn config(controller: &Controller) -> ConfigAnswer {
             .map(|s| ServiceView {
                 service_name: s.backend.service().to_owned(),
                 service_path: s.prefixes.iter().map(ToString::to_string).collect(),
-                instances: s.backend.instances().iter().map(ToString::to_string).collect(),
+                instances: s.backend.addrs().map(|a| a.to_string()).collect(),
             })
             .collect(),
     }
@@ -310,9 +310,83 @@ fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
         counters.instance_updates.load(Ordering::Relaxed),
         counters.store_syncs.load(Ordering::Relaxed),
     );
+    service_metrics(&table, &mut out);
+    if let Some(hook) = controller.metrics_hook() {
+        (hook.0)(&mut out);
+    }
     let mut response = Response::new(Full::new(Bytes::from(out)));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     response
+}
+
+/// Reads one counter of a service's stats.
+type ReadCounter = fn(&dfp_routing::BackendStats) -> u64;
+
+/// Per-service counters of the data plane, read from the live table's backends.
+fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
+    use dfp_routing::LATENCY_BUCKETS_MS;
+    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let _ = writeln!(
+        out,
+        "# HELP dfp_requests_total Requests answered, by service and status class.\n\
+         # TYPE dfp_requests_total counter"
+    );
+    for s in table.services() {
+        let stats = s.backend.stats();
+        for (class, count) in CLASSES.iter().zip(&stats.responses) {
+            let _ = writeln!(
+                out,
+                "dfp_requests_total{{service=\"{}\",class=\"{class}\"}} {}",
+                s.backend.service(),
+                count.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let counters: [(&str, &str, ReadCounter); 3] = [
+        (
+            "dfp_upstream_errors_total",
+            "Attempts at an instance that failed before a response.",
+            |s| s.upstream_errors.load(Ordering::Relaxed),
+        ),
+        ("dfp_retries_total", "Requests sent again to another instance.", |s| {
+            s.retries.load(Ordering::Relaxed)
+        }),
+        ("dfp_ejections_total", "Times an instance was ejected by passive health.", |s| {
+            s.ejections.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, help, read) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in table.services() {
+            let _ = writeln!(
+                out,
+                "{name}{{service=\"{}\"}} {}",
+                s.backend.service(),
+                read(s.backend.stats())
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dfp_request_duration_seconds Time from request to response head, by service.\n\
+         # TYPE dfp_request_duration_seconds histogram"
+    );
+    for s in table.services() {
+        let stats = s.backend.stats();
+        let name = s.backend.service();
+        let mut cumulative = 0;
+        for (i, bucket) in stats.latency_buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = LATENCY_BUCKETS_MS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let _ = writeln!(out, "dfp_request_duration_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}");
+        }
+        let sum = stats.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "dfp_request_duration_seconds_sum{{service=\"{name}\"}} {sum}");
+        let _ =
+            writeln!(out, "dfp_request_duration_seconds_count{{service=\"{name}\"}} {cumulative}");
+    }
 }

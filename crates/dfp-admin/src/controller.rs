@@ -128,6 +128,17 @@ pub(crate) struct Inner {
     counters: AdminCounters,
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
+    metrics_hook: std::sync::OnceLock<MetricsHook>,
+}
+
+/// Renders more Prometheus text into `/metrics` (the binary adds the data plane's gauges).
+#[derive(Clone)]
+pub struct MetricsHook(pub Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for MetricsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsHook")
+    }
 }
 
 impl Drop for Inner {
@@ -156,6 +167,7 @@ impl Controller {
                 counters: AdminCounters::default(),
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
+                metrics_hook: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -194,6 +206,15 @@ impl Controller {
             ));
         }
         Ok(())
+    }
+
+    /// Adds `hook`'s output to `/metrics` (set once; later calls are ignored).
+    pub fn set_metrics_hook(&self, hook: MetricsHook) {
+        let _ = self.inner.metrics_hook.set(hook);
+    }
+
+    pub(crate) fn metrics_hook(&self) -> Option<&MetricsHook> {
+        self.inner.metrics_hook.get()
     }
 
     /// The handle the data plane reads.
@@ -542,7 +563,7 @@ impl Inner {
     ) -> Result<RouteTable, AdminError> {
         let live = self.table.snapshot();
         let mut builder = RouteTableBuilder::new();
-        builder.carry_cursors_from(&live);
+        builder.carry_state_from(&live);
         let build = || {
             for (name, (paths, instances)) in services {
                 builder.add_service(name, paths, instances)?;
@@ -658,7 +679,10 @@ mod tests {
             let live = c.table().load();
             assert!(live.lookup("/a").is_none());
             let b = live.lookup("/b").expect("moved");
-            assert_eq!(b.backend.instances(), ["127.0.0.1:2".parse::<SocketAddr>().expect("addr")]);
+            assert_eq!(
+                b.backend.addrs().collect::<Vec<_>>(),
+                ["127.0.0.1:2".parse::<SocketAddr>().expect("addr")]
+            );
         }
         let removed = c.remove("127.0.0.1").await.expect("routed");
         assert_eq!(removed.table_version, 3);

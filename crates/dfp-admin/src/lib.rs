@@ -37,7 +37,8 @@ mod store;
 
 pub use api::{handle, serve};
 pub use controller::{
-    AdminCounters, Controller, FollowConfig, ReconfigureReport, RegistryHealth, RemoveReport,
+    AdminCounters, Controller, FollowConfig, MetricsHook, ReconfigureReport, RegistryHealth,
+    RemoveReport,
 };
 pub use discovery::Discovery;
 pub use error::AdminError;

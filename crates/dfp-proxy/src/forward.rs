@@ -1,32 +1,44 @@
-//! One request's path through the proxy: route, pick an instance, rewrite, forward, answer.
+//! One request's path through the proxy: check, normalise, route, pick an instance, rewrite,
+//! forward (again elsewhere if that is safe), answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfp_routing::TableHandle;
-use http::uri::{Authority, Scheme, Uri};
-use http::{Request, Response, Version};
-use http_body_util::{Either, Full};
+use dfp_routing::{Backend, TableHandle};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::conn::ConnState;
 use crate::error::ProxyError;
 use crate::headers::{add_forwarded, strip_hop_by_hop};
-use crate::ProxyConfig;
+use crate::{path, tunnel, ProxyConfig};
 
 /// What the proxy answers with: the upstream's streamed body, or a short body of its own.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What the proxy sends upstream: the client's streamed body, or nothing (a retry of a
+/// request that had no body).
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// Forwards requests along the live table. One per data-plane server, shared by connections.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     table: TableHandle,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     server_timeout: Duration,
+    tunnel_timeout: Duration,
+    access_log: bool,
 }
 
 impl Forwarder {
@@ -39,7 +51,13 @@ impl Forwarder {
             .pool_idle_timeout(config.upstream_idle_timeout)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        Forwarder { table, client, server_timeout: config.server_timeout }
+        Forwarder {
+            table,
+            client,
+            server_timeout: config.server_timeout,
+            tunnel_timeout: config.tunnel_timeout,
+            access_log: config.access_log,
+        }
     }
 
     /// Answers one client request. Never fails: every problem becomes a response.
@@ -48,60 +66,297 @@ impl Forwarder {
         request: Request<Incoming>,
         client_addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        Ok(match self.forward(request, client_addr).await {
+        let started = Instant::now();
+        let mut routed = Routed::default();
+        let method = self.access_log.then(|| request.method().clone());
+        let target = self.access_log.then(|| request.uri().to_string());
+        let response = match self.forward(request, client_addr, &mut routed).await {
             Ok(response) => response,
             Err(err) => err.into_response(),
-        })
+        };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(backend) = &routed.backend {
+            backend.stats().record_response(response.status().as_u16(), micros);
+        }
+        if self.access_log {
+            tracing::info!(
+                target: "access",
+                client = %client_addr,
+                method = %method.unwrap_or_default(),
+                uri = %target.unwrap_or_default(),
+                service = routed.backend.as_ref().map_or("-", |b| b.service()),
+                upstream = %routed.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                status = response.status().as_u16(),
+                micros,
+                "request"
+            );
+        }
+        Ok(response)
     }
 
     async fn forward(
         &self,
         mut request: Request<Incoming>,
         client_addr: SocketAddr,
+        routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let instance = self.pick_instance(request.uri().path())?;
-
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .ok_or(ProxyError::BadRequest("the request has no path\n"))?;
-        let authority = Authority::try_from(instance.to_string())
-            .map_err(|_| ProxyError::UpstreamUnreachable)?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority);
-        parts.path_and_query = Some(path_and_query);
-        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::UpstreamUnreachable)?;
-        *request.version_mut() = Version::HTTP_11;
-        let headers = request.headers_mut();
-        strip_hop_by_hop(headers);
-        add_forwarded(headers, client_addr.ip(), "http");
-
-        let answer = tokio::time::timeout(self.server_timeout, self.client.request(request)).await;
-        let mut response = match answer {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => {
-                tracing::debug!(%instance, error = %err, "upstream request failed");
-                return Err(ProxyError::UpstreamUnreachable);
-            }
-            Err(_elapsed) => {
-                tracing::debug!(%instance, timeout = ?self.server_timeout, "upstream timed out");
-                return Err(ProxyError::UpstreamTimeout);
-            }
+        check_framing_and_host(&request)?;
+        let path_and_query = normalised_target(request.uri())?;
+        let backend = {
+            let table = self.table.load();
+            let route = table.lookup(path_and_query.path()).ok_or(ProxyError::NoRoute)?;
+            route.backend.clone()
         };
-        strip_hop_by_hop(response.headers_mut());
+        routed.backend = Some(backend.clone());
+        if backend.instances().is_empty() {
+            return Err(ProxyError::NoInstance);
+        }
+
+        let conn_state = request.extensions().get::<Arc<ConnState>>().cloned();
+        let upgrade = upgrade_protocol(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        // Only a request without a body and with idempotent semantics can be sent again.
+        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+        let method = parts.method;
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        if let Some(protocol) = upgrade {
+            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        add_forwarded(&mut headers, client_addr.ip(), "http");
+
+        let mut body = Some(body);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        loop {
+            let Some(upstream) = backend.next_instance_except(now_ms, &tried) else {
+                return Err(ProxyError::UpstreamUnreachable);
+            };
+            let addr = upstream.addr();
+            routed.upstream = Some(addr);
+            let mut outgoing = Request::new(match body.take() {
+                Some(body) => Either::Left(body),
+                None => Either::Right(Empty::new()),
+            });
+            *outgoing.method_mut() = method.clone();
+            *outgoing.uri_mut() = upstream_uri(addr, &path_and_query)?;
+            *outgoing.version_mut() = Version::HTTP_11;
+            *outgoing.headers_mut() =
+                if replayable { headers.clone() } else { std::mem::take(&mut headers) };
+
+            let answer =
+                tokio::time::timeout(self.server_timeout, self.client.request(outgoing)).await;
+            match answer {
+                Ok(Ok(response)) => {
+                    upstream.health().record_success();
+                    return Ok(self.relay(response, client_upgrade, conn_state.as_deref()));
+                }
+                Ok(Err(err)) => {
+                    let stats = backend.stats();
+                    stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    upstream.health().record_failure(now_ms());
+                    stats.ejections.fetch_add(1, Ordering::Relaxed);
+                    tried.push(addr);
+                    let more = tried.len() < backend.instances().len();
+                    tracing::debug!(service = backend.service(), instance = %addr, error = %err, retry = replayable && more, "upstream attempt failed");
+                    if replayable && more {
+                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return Err(ProxyError::UpstreamUnreachable);
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(service = backend.service(), instance = %addr, timeout = ?self.server_timeout, "upstream timed out");
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+            }
+        }
+    }
+
+    /// Turns the instance's response into the client's: hop-by-hop headers out, body streamed;
+    /// a `101 Switching Protocols` keeps its upgrade headers and starts the tunnel.
+    fn relay(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        conn_state: Option<&ConnState>,
+    ) -> Response<ProxyBody> {
+        match client_upgrade {
+            Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let protocol = response.headers().get(header::UPGRADE).cloned();
+                let upstream = hyper::upgrade::on(&mut response);
+                strip_hop_by_hop(response.headers_mut());
+                if let Some(protocol) = protocol {
+                    response.headers_mut().insert(header::UPGRADE, protocol);
+                }
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(state) = conn_state {
+                    state.upgraded();
+                }
+                tokio::spawn(tunnel::run(client, upstream, self.tunnel_timeout));
+            }
+            _ => strip_hop_by_hop(response.headers_mut()),
+        }
         // The client leg is ours: hyper speaks HTTP/1.1 to it (or 1.0 to a 1.0 client) whatever
         // version the instance answered with.
         *response.version_mut() = Version::HTTP_11;
-        Ok(response.map(Either::Left))
+        response.map(Either::Left)
+    }
+}
+
+/// What a request was routed to, for counters and the access log.
+#[derive(Default)]
+struct Routed {
+    backend: Option<Arc<Backend>>,
+    upstream: Option<SocketAddr>,
+}
+
+/// Refuses requests whose framing or `Host` an instance might read differently from us:
+/// `Content-Length` together with `Transfer-Encoding` (the classic request-smuggling shape),
+/// and a missing (HTTP/1.1), repeated or malformed `Host`.
+fn check_framing_and_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let headers = request.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadRequest(
+            "a request must not have both Content-Length and Transfer-Encoding\n",
+        ));
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("an HTTP/1.1 request needs a Host header\n"))
+        }
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("a request must have one Host header\n")),
+        (Some(host), None) => match host.to_str().ok().map(Authority::try_from) {
+            Some(Ok(authority)) if !authority.host().is_empty() => Ok(()),
+            _ => Err(ProxyError::BadRequest("the Host header is not a valid host[:port]\n")),
+        },
+    }
+}
+
+/// The request's path (normalised, see [`path`]) and query, as routed and forwarded.
+fn normalised_target(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    let original = match uri.path_and_query() {
+        Some(pq) if pq.path().starts_with('/') => pq,
+        _ => return Err(ProxyError::BadRequest("the request target must be a path such as /x\n")),
+    };
+    match path::normalize(original.path()) {
+        Ok(None) => Ok(original.clone()),
+        Ok(Some(normal)) => {
+            let rebuilt = match original.query() {
+                Some(query) => format!("{normal}?{query}"),
+                None => normal,
+            };
+            PathAndQuery::try_from(rebuilt)
+                .map_err(|_| ProxyError::BadRequest("the request path is malformed\n"))
+        }
+        Err(path::EscapesRoot) => Err(ProxyError::BadRequest("the request path climbs above /\n")),
+    }
+}
+
+fn upstream_uri(addr: SocketAddr, path_and_query: &PathAndQuery) -> Result<Uri, ProxyError> {
+    let authority =
+        Authority::try_from(addr.to_string()).map_err(|_| ProxyError::UpstreamUnreachable)?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query.clone());
+    Uri::from_parts(parts).map_err(|_| ProxyError::UpstreamUnreachable)
+}
+
+/// The protocol a request asks to switch to, when it asks (`Connection: upgrade` plus
+/// `Upgrade: <protocol>`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+/// Milliseconds of a monotonic clock, for passive health windows. Read only when an
+/// instance has a failure on record.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(lines: &[(&str, &str)], version: Version) -> Request<()> {
+        let mut r = Request::new(());
+        *r.version_mut() = version;
+        for (k, v) in lines {
+            r.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        r
     }
 
-    /// Routes `path` on the live table and takes the service's next instance. The table guard
-    /// lives only inside this function: nothing holds it across an `.await`.
-    fn pick_instance(&self, path: &str) -> Result<SocketAddr, ProxyError> {
-        let table = self.table.load();
-        let route = table.lookup(path).ok_or(ProxyError::NoRoute)?;
-        route.backend.next_instance().ok_or(ProxyError::NoInstance)
+    #[test]
+    fn framing_and_host_checks() {
+        let ok = [
+            request(&[("host", "shop.example")], Version::HTTP_11),
+            request(&[("host", "shop.example:8080")], Version::HTTP_11),
+            request(&[("host", "[::1]:80")], Version::HTTP_11),
+            request(&[], Version::HTTP_10),
+        ];
+        for r in &ok {
+            assert!(check_framing_and_host(r).is_ok(), "{:?}", r.headers());
+        }
+        let bad = [
+            request(&[], Version::HTTP_11),
+            request(&[("host", "a"), ("host", "b")], Version::HTTP_11),
+            request(&[("host", "a b")], Version::HTTP_11),
+            request(&[("host", "a/b")], Version::HTTP_11),
+            request(&[("host", "")], Version::HTTP_11),
+            request(
+                &[("host", "a"), ("content-length", "3"), ("transfer-encoding", "chunked")],
+                Version::HTTP_11,
+            ),
+        ];
+        for r in &bad {
+            assert!(check_framing_and_host(r).is_err(), "{:?}", r.headers());
+        }
+    }
+
+    #[test]
+    fn targets_are_normalised_with_their_query() {
+        let uri: Uri = "/api/v1/books/%2e%2e/admin?x=/../y".parse().expect("uri");
+        assert_eq!(normalised_target(&uri).expect("fine").as_str(), "/api/v1/admin?x=/../y");
+        let uri: Uri = "/../etc/passwd".parse().expect("uri");
+        assert!(normalised_target(&uri).is_err());
+        let uri: Uri = "*".parse().expect("uri");
+        assert!(normalised_target(&uri).is_err());
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(upgrade_protocol(&h).is_none());
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(upgrade_protocol(&h), Some(HeaderValue::from_static("websocket")));
     }
 }

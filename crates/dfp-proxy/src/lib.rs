@@ -8,9 +8,12 @@
 //! It must not know about Consul, the admin API or how tables are built, and it never waits on
 //! them: a reconfigure in progress cannot slow a request down.
 
+mod conn;
 mod error;
 mod forward;
 mod headers;
+mod path;
 mod server;
+mod tunnel;
 
-pub use server::{serve, ProxyConfig};
+pub use server::{serve, ConnectionStats, ProxyConfig};

@@ -1,7 +1,8 @@
-//! The accept loop and per-connection HTTP/1.1 servers.
+//! The accept loop and per-connection HTTP/1.1 servers, with graceful shutdown.
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,14 @@ use dfp_routing::TableHandle;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
+use crate::conn::{ConnState, TimedIo, Tracked};
 use crate::forward::Forwarder;
+
+/// The largest request head (request line and headers) accepted; larger ones get 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Data-plane settings. [`ProxyConfig::default`] holds Docker Flow Proxy's defaults.
 #[derive(Debug, Clone)]
@@ -21,12 +26,18 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long to wait for an upstream's response head once the request is sent.
     pub server_timeout: Duration,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's head once it has begun (else 408).
     pub header_read_timeout: Duration,
+    /// How long a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub shutdown_grace: Duration,
+    /// How long an upgraded connection (WebSocket) may stay open without traffic.
+    pub tunnel_timeout: Duration,
+    /// Whether each request is logged (target `access`, at info).
+    pub access_log: bool,
 }
 
 impl Default for ProxyConfig {
@@ -35,26 +46,46 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             server_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
             upstream_idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
+            tunnel_timeout: Duration::from_secs(3600),
+            access_log: false,
         }
     }
 }
 
-/// Serves the proxy on `listener` until `shutdown` completes, then stops accepting and gives
-/// open connections [`ProxyConfig::shutdown_grace`] to finish.
+/// Connection counters of the data plane, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Client connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Client connections open now.
+    pub open: AtomicU64,
+}
+
+/// Serves the proxy on `listener` until `shutdown` completes, then stops accepting, lets the
+/// requests in flight finish, closes idle keep-alive connections, and returns once every
+/// connection is closed or [`ProxyConfig::shutdown_grace`] has passed.
 ///
 /// The caller owns the listener (and so the port): tests bind `127.0.0.1:0`.
 pub async fn serve(
     listener: TcpListener,
     table: TableHandle,
     config: ProxyConfig,
+    stats: Arc<ConnectionStats>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let forwarder = Arc::new(Forwarder::new(table, &config));
-    let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).keep_alive(true);
+    http.timer(TokioTimer::new())
+        // Our own TimedIo enforces the head and idle deadlines (hyper would close without 408).
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection task holds a sender; when all are gone, every connection has closed.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
 
     loop {
@@ -73,24 +104,58 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnState::default());
+        let io =
+            TimedIo::new(stream, state.clone(), config.header_read_timeout, config.idle_timeout);
         let forwarder = forwarder.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |mut request| {
             let forwarder = forwarder.clone();
-            async move { forwarder.handle(request, client_addr).await }
+            let state = state.clone();
+            state.request_started();
+            request.extensions_mut().insert(state.clone());
+            async move {
+                let response = forwarder.handle(request, client_addr).await;
+                response.map(|r| r.map(|body| Tracked::new(body, state)))
+            }
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+        let mut stop = stop_rx.clone();
+        let alive = alive_tx.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            tokio::pin!(connection);
+            let stopping = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopping => {
+                    // Finish the request in flight (if any), then close; idle ones close now.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(client = %client_addr, error = %err, "client connection ended with an error");
             }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(alive);
         });
     }
 
+    drop(listener);
     tracing::info!(grace = ?config.shutdown_grace, "proxy stops accepting; draining connections");
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all proxy connections closed"),
+        _ = alive_rx.recv() => tracing::info!("all proxy connections closed"),
         () = tokio::time::sleep(config.shutdown_grace) => {
-            tracing::warn!("grace period over; closing the remaining proxy connections");
+            tracing::warn!(
+                open = stats.open.load(Ordering::Relaxed),
+                "grace period over; closing the remaining proxy connections"
+            );
         }
     }
     Ok(())

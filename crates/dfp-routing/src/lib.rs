@@ -9,15 +9,21 @@
 //!   refuses a path owned by two services, so a table that exists is consistent.
 //! - [`TableHandle`]: the one `ArcSwap` through which a whole table is published. Readers never
 //!   lock and never see a half-built table; writers swap, they never patch in place.
-//! - [`Backend`]: a routed service's instances with an exact, lock-free round robin.
+//! - [`Backend`]: a routed service's instances with an exact, lock-free round robin that steps
+//!   over instances passive health has ejected, and the service's counters.
 //!
 //! It must not do IO: no sockets, no tokio, no hyper, no serde. Nothing here can fail at
 //! request time; a lookup either finds a backend or it does not.
 
+mod backend;
 mod prefix;
 mod table;
 
+pub use backend::{
+    Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
+    LATENCY_BUCKETS_MS,
+};
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{
-    Backend, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, TableHandle,
+    BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, TableHandle,
 };

@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::PathPrefix;
+use crate::backend::{BackendStats, InstanceHealth, Upstream};
+use crate::{Backend, PathPrefix};
 
 /// Why a table could not be built. The live table is never touched by a failed build.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,49 +25,6 @@ pub enum BuildError {
     EmptyServiceName,
     #[error("path {path} could not be indexed: {reason}")]
     Index { path: PathPrefix, reason: String },
-}
-
-/// A routed service as the data plane sees it: its instances and a round-robin cursor.
-///
-/// The cursor is shared with the same service's `Backend` in the previous table (see
-/// [`RouteTableBuilder::carry_cursors_from`]), so the rotation stays exact across swaps.
-pub struct Backend {
-    service: Arc<str>,
-    instances: Box<[SocketAddr]>,
-    cursor: Arc<AtomicUsize>,
-}
-
-impl Backend {
-    /// The service's name, as given to reconfigure.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// The instances requests are spread over, in the order they were configured.
-    pub fn instances(&self) -> &[SocketAddr] {
-        &self.instances
-    }
-
-    /// The next instance in round-robin order, or `None` when the service has no live instance.
-    ///
-    /// Exact: `n` calls over `k` instances give each instance `n/k` calls, ±1. Lock-free: one
-    /// relaxed atomic increment.
-    pub fn next_instance(&self) -> Option<SocketAddr> {
-        if self.instances.is_empty() {
-            return None;
-        }
-        let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
-        Some(self.instances[turn % self.instances.len()])
-    }
-}
-
-impl fmt::Debug for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend")
-            .field("service", &self.service)
-            .field("instances", &self.instances)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What a lookup found: the backend that owns the path and the prefix that matched.
@@ -145,7 +103,14 @@ impl fmt::Debug for RouteTable {
 pub struct RouteTableBuilder {
     services: BTreeMap<Arc<str>, (Vec<PathPrefix>, Vec<SocketAddr>)>,
     owners: HashMap<PathPrefix, Arc<str>>,
-    cursors: HashMap<Arc<str>, Arc<AtomicUsize>>,
+    carried: HashMap<Arc<str>, Carried>,
+}
+
+/// What a service keeps from one table to the next.
+struct Carried {
+    cursor: Arc<AtomicUsize>,
+    stats: Arc<BackendStats>,
+    health: HashMap<SocketAddr, Arc<InstanceHealth>>,
 }
 
 impl RouteTableBuilder {
@@ -153,11 +118,16 @@ impl RouteTableBuilder {
         Self::default()
     }
 
-    /// Keeps the round-robin position of every service that `previous` already routes, so a
-    /// swap does not send the next requests back to each service's first instance.
-    pub fn carry_cursors_from(&mut self, previous: &RouteTable) -> &mut Self {
+    /// Keeps, for every service that `previous` already routes, its round-robin position
+    /// (so a swap does not send the next requests back to each first instance), its counters,
+    /// and the passive health of the instances it keeps (an ejected instance stays ejected).
+    pub fn carry_state_from(&mut self, previous: &RouteTable) -> &mut Self {
         for (backend, _) in &previous.services {
-            self.cursors.insert(backend.service.clone(), backend.cursor.clone());
+            let health = backend.instances.iter().map(|u| (u.addr(), u.health_arc())).collect();
+            self.carried.insert(
+                backend.service.clone(),
+                Carried { cursor: backend.cursor.clone(), stats: backend.stats.clone(), health },
+            );
         }
         self
     }
@@ -205,11 +175,19 @@ impl RouteTableBuilder {
         let mut routes = Vec::with_capacity(self.owners.len());
         let mut services = Vec::with_capacity(self.services.len());
         for (name, (prefixes, instances)) in self.services {
-            let cursor = self.cursors.get(&name).cloned().unwrap_or_default();
+            let carried = self.carried.get(&name);
+            let upstreams = instances
+                .iter()
+                .map(|&addr| {
+                    let health = carried.and_then(|c| c.health.get(&addr)).cloned();
+                    Upstream::new(addr, health.unwrap_or_default())
+                })
+                .collect();
             let backend = Arc::new(Backend {
                 service: name,
-                instances: instances.into_boxed_slice(),
-                cursor,
+                instances: upstreams,
+                cursor: carried.map(|c| c.cursor.clone()).unwrap_or_default(),
+                stats: carried.map(|c| c.stats.clone()).unwrap_or_default(),
             });
             let service_index = services.len();
             for prefix in &prefixes {
@@ -387,7 +365,8 @@ mod tests {
         let backend = t.lookup("/").expect("routed").backend;
         let mut hits = HashMap::new();
         for _ in 0..100 {
-            *hits.entry(backend.next_instance().expect("has instances")).or_insert(0) += 1;
+            *hits.entry(backend.next_instance(|| 0).expect("has instances").addr()).or_insert(0) +=
+                1;
         }
         for i in &instances {
             assert!((33..=34).contains(&hits[i]), "{hits:?}");
@@ -400,15 +379,21 @@ mod tests {
         let build = |previous: Option<&RouteTable>, version| {
             let mut b = RouteTableBuilder::new();
             if let Some(prev) = previous {
-                b.carry_cursors_from(prev);
+                b.carry_state_from(prev);
             }
             b.add_service("s", &[p("/")], &instances).expect("valid");
             b.build(version).expect("builds")
         };
         let first = build(None, 1);
-        assert_eq!(first.service("s").and_then(|b| b.next_instance()), Some(addr(1)));
+        assert_eq!(
+            first.service("s").and_then(|b| b.next_instance(|| 0)).map(|u| u.addr()),
+            Some(addr(1))
+        );
         let second = build(Some(&first), 2);
-        assert_eq!(second.service("s").and_then(|b| b.next_instance()), Some(addr(2)));
+        assert_eq!(
+            second.service("s").and_then(|b| b.next_instance(|| 0)).map(|u| u.addr()),
+            Some(addr(2))
+        );
     }
 
     #[test]
@@ -416,7 +401,10 @@ mod tests {
         let mut b = RouteTableBuilder::new();
         b.add_service("s", &[p("/s")], &[]).expect("valid");
         let t = b.build(1).expect("builds");
-        assert_eq!(t.lookup("/s").expect("still routed").backend.next_instance(), None);
+        assert_eq!(
+            t.lookup("/s").expect("still routed").backend.next_instance(|| 0).map(|u| u.addr()),
+            None
+        );
     }
 
     #[test]

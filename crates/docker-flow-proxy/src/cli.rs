@@ -68,6 +68,18 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) header_timeout: Duration,
 
+    /// How long a kept-alive client connection may wait for its next request.
+    #[arg(long, env = "DFP_IDLE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub(crate) idle_timeout: Duration,
+
+    /// How long an upgraded connection (WebSocket) may stay open without traffic.
+    #[arg(long, env = "DFP_TUNNEL_TIMEOUT", default_value = "3600s", value_parser = parse_duration)]
+    pub(crate) tunnel_timeout: Duration,
+
+    /// Log every request (one line, or one JSON object with --log-format json, per request).
+    #[arg(long, env = "DFP_ACCESS_LOG")]
+    pub(crate) access_log: bool,
+
     /// How long each call to Consul may take before the next agent is tried.
     #[arg(long, env = "DFP_CONSUL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) consul_timeout: Duration,

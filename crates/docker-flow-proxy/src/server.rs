@@ -10,9 +10,12 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dfp_admin::{Controller, Discovery, FollowConfig, RouteStore};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use dfp_admin::{Controller, Discovery, FollowConfig, MetricsHook, RouteStore};
 use dfp_consul::ConsulClient;
-use dfp_proxy::ProxyConfig;
+use dfp_proxy::{ConnectionStats, ProxyConfig};
 use dfp_routing::TableHandle;
 use tokio::sync::watch;
 
@@ -56,6 +59,9 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect_timeout,
         server_timeout: args.server_timeout,
         header_read_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        tunnel_timeout: args.tunnel_timeout,
+        access_log: args.access_log,
         shutdown_grace: args.shutdown_grace,
         ..ProxyConfig::default()
     };
@@ -70,6 +76,22 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         .context("cannot start the admin runtime")?;
     control_plane.block_on(controller.start())?;
 
+    let connection_stats = Arc::new(ConnectionStats::default());
+    let stats = connection_stats.clone();
+    controller.set_metrics_hook(MetricsHook(Arc::new(move |out: &mut String| {
+        let open = stats.open.load(Ordering::Relaxed);
+        let accepted = stats.accepted.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP dfp_open_connections Client connections open now.\n\
+             # TYPE dfp_open_connections gauge\n\
+             dfp_open_connections {open}\n\
+             # HELP dfp_accepted_connections_total Client connections accepted since start.\n\
+             # TYPE dfp_accepted_connections_total counter\n\
+             dfp_accepted_connections_total {accepted}"
+        );
+    })));
+
     let data_plane = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("dfp-proxy")
@@ -80,7 +102,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let proxy = thread::Builder::new().name("dfp-proxy-main".into()).spawn(move || {
         data_plane.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(proxy_listener)?;
-            dfp_proxy::serve(listener, table, proxy_config, proxy_stop).await
+            dfp_proxy::serve(listener, table, proxy_config, connection_stats, proxy_stop).await
         })
     })?;
 

@@ -1,0 +1,249 @@
+//! Client-connection timeouts that hyper does not give us as we need them:
+//!
+//! - **request headers** (`--header-timeout`, 5 s): once the first byte of a request head has
+//!   arrived, the whole head must follow within this time, else the client gets
+//!   `408 Request Timeout` and the connection is closed (slowloris);
+//! - **idle keep-alive** (`--idle-timeout`, 15 s): a kept-alive connection with no request
+//!   under way is closed quietly after this time.
+//!
+//! Both live in [`TimedIo`], a wrapper around the client's socket that knows, through a shared
+//! [`ConnState`], whether a request is being served. While one is (or the connection was
+//! upgraded to a tunnel) no deadline applies: the server and tunnel timeouts govern instead.
+//!
+//! The timer is lazy: one `Sleep` per connection, re-armed only when it fires early or when a
+//! partial head needs an earlier deadline, so a busy keep-alive connection costs no timer
+//! operation per request.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// What the request side of a connection is doing, shared by the socket wrapper, the service
+/// and the response body.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    busy: AtomicBool,
+    upgraded: AtomicBool,
+    /// When the last response ended, in ms of [`clock_ms`].
+    idle_since_ms: AtomicU64,
+}
+
+impl ConnState {
+    /// A request head was parsed: its service is running.
+    pub(crate) fn request_started(&self) {
+        self.busy.store(true, Ordering::Relaxed);
+    }
+
+    /// The response was sent (or dropped): the connection waits for the next request.
+    pub(crate) fn request_finished(&self) {
+        self.idle_since_ms.store(clock_ms(), Ordering::Relaxed);
+        self.busy.store(false, Ordering::Relaxed);
+    }
+
+    /// The connection became a tunnel: it has its own idle timeout.
+    pub(crate) fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The origin of [`clock_ms`], on tokio's (monotonic, test-pausable) clock.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`origin`].
+fn clock_ms() -> u64 {
+    u64::try_from(Instant::now().duration_since(origin()).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn instant_of(ms: u64) -> Instant {
+    origin() + Duration::from_millis(ms)
+}
+
+/// The client socket, with the header and idle deadlines applied to its reads.
+#[derive(Debug)]
+pub(crate) struct TimedIo {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    /// When the first byte of a request head arrived, while that head is incomplete.
+    head_started: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl TimedIo {
+    pub(crate) fn new(
+        stream: TcpStream,
+        state: Arc<ConnState>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        state.idle_since_ms.store(clock_ms(), Ordering::Relaxed);
+        TimedIo {
+            stream,
+            state,
+            header_timeout,
+            idle_timeout,
+            head_started: None,
+            timer: Box::pin(tokio::time::sleep(idle_timeout)),
+        }
+    }
+
+    /// The deadline that applies now, if any.
+    fn deadline(&self) -> Option<Instant> {
+        if self.state.busy.load(Ordering::Relaxed) || self.state.upgraded.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(match self.head_started {
+            Some(started) => started + self.header_timeout,
+            None => {
+                instant_of(self.state.idle_since_ms.load(Ordering::Relaxed)) + self.idle_timeout
+            }
+        })
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.state.busy.load(Ordering::Relaxed) {
+            // A request is being served: the head in progress (if any) is complete.
+            this.head_started = None;
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let got_bytes = buf.filled().len() > before;
+                if got_bytes && this.head_started.is_none() && this.deadline().is_some() {
+                    this.head_started = Some(Instant::now());
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let Some(deadline) = this.deadline() else { return Poll::Pending };
+                // Lazy timer: fire, then check what is really due.
+                if deadline < this.timer.deadline() {
+                    this.timer.as_mut().reset(deadline);
+                }
+                loop {
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if Instant::now() < deadline {
+                        this.timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if this.head_started.is_some() {
+                        // Best effort: the client may be gone already.
+                        let _ = this.stream.try_write(REQUEST_TIMEOUT);
+                        tracing::debug!("request head not complete in time; answered 408");
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete in time",
+                        )));
+                    }
+                    tracing::debug!("keep-alive connection idle for too long; closing it");
+                    // A quiet end of input: hyper closes the connection without an answer.
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A response body that tells the connection when it has been sent (or dropped), so the idle
+/// deadline starts from the end of the response, not from its head.
+#[derive(Debug)]
+pub(crate) struct Tracked<B> {
+    inner: B,
+    state: Option<Arc<ConnState>>,
+}
+
+impl<B> Tracked<B> {
+    pub(crate) fn new(inner: B, state: Arc<ConnState>) -> Self {
+        Tracked { inner, state: Some(state) }
+    }
+
+    fn finish(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.request_finished();
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,289 @@
+//! A routed service as the data plane sees it: instances, their passive health, the
+//! round-robin cursor, and counters.
+//!
+//! Everything here that changes at request time is an atomic, and everything that must
+//! outlive a table swap (cursor, counters, each instance's health) sits behind an `Arc` that
+//! the builder carries from the previous table to the next.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The shortest an instance is ejected after a failure, doubled for each failure in a row.
+pub const EJECT_FIRST_MS: u64 = 1_000;
+/// The longest an instance is ejected.
+pub const EJECT_MAX_MS: u64 = 30_000;
+
+/// One instance of a service and its passive health.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    addr: SocketAddr,
+    health: Arc<InstanceHealth>,
+}
+
+impl Upstream {
+    pub(crate) fn new(addr: SocketAddr, health: Arc<InstanceHealth>) -> Self {
+        Upstream { addr, health }
+    }
+
+    pub(crate) fn health_arc(&self) -> Arc<InstanceHealth> {
+        self.health.clone()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn health(&self) -> &InstanceHealth {
+        &self.health
+    }
+}
+
+/// Passive health: failures in a row, and until when the instance is left out.
+///
+/// After a failure the instance is ejected for `EJECT_FIRST_MS`, doubling with each further
+/// failure in a row up to `EJECT_MAX_MS`. When the window ends it is eligible again; the next
+/// request sent to it is the probe: success clears the record, failure ejects it for longer.
+/// Times are milliseconds of a monotonic clock the caller reads (this crate does no IO).
+#[derive(Debug, Default)]
+pub struct InstanceHealth {
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl InstanceHealth {
+    /// Records a failed attempt at `now_ms`; returns the ejection window's end.
+    pub fn record_failure(&self, now_ms: u64) -> u64 {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let window = EJECT_FIRST_MS.saturating_mul(1 << (failures - 1).min(16)).min(EJECT_MAX_MS);
+        let until = now_ms.saturating_add(window);
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        until
+    }
+
+    /// Records a successful attempt. Costs one load when the instance was healthy already.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the instance is left out at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms < until
+    }
+
+    /// Whether any failure is on record (so a caller knows a clock read is needed).
+    pub fn has_failures(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Failures in a row so far.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-service counters, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Answers sent to clients by status class: index 0 for 1xx … 4 for 5xx.
+    pub responses: [AtomicU64; 5],
+    /// Attempts at an instance that failed before a response (refused, reset, timed out).
+    pub upstream_errors: AtomicU64,
+    /// Requests sent again to another instance after a failed attempt.
+    pub retries: AtomicU64,
+    /// Times an instance was ejected.
+    pub ejections: AtomicU64,
+    /// Time to the response head, as a histogram over [`LATENCY_BUCKETS_MS`] (+Inf last).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    /// Sum of those times in microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+/// Upper bounds of the latency histogram's buckets, in milliseconds.
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
+
+impl BackendStats {
+    /// Counts an answer with `status` that took `micros` to its head.
+    pub fn record_response(&self, status: u16, micros: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let ms = micros / 1000;
+        let bucket =
+            LATENCY_BUCKETS_MS.iter().position(|&b| ms < b).unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// A routed service: its instances with an exact, lock-free round robin that steps over
+/// ejected instances.
+pub struct Backend {
+    pub(crate) service: Arc<str>,
+    pub(crate) instances: Box<[Upstream]>,
+    pub(crate) cursor: Arc<AtomicUsize>,
+    pub(crate) stats: Arc<BackendStats>,
+}
+
+impl Backend {
+    /// The service's name, as given to reconfigure.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The instances requests are spread over, in the order they were configured.
+    pub fn instances(&self) -> &[Upstream] {
+        &self.instances
+    }
+
+    /// The instances' addresses.
+    pub fn addrs(&self) -> impl ExactSizeIterator<Item = SocketAddr> + '_ {
+        self.instances.iter().map(|u| u.addr)
+    }
+
+    /// Counters of this service (shared with the same service in earlier tables).
+    pub fn stats(&self) -> &BackendStats {
+        &self.stats
+    }
+
+    /// The next instance in round-robin order, or `None` when the service has no instance.
+    ///
+    /// Exact over healthy instances: `n` calls over `k` instances give each `n/k` calls ±1.
+    /// Lock-free: one relaxed atomic increment. An ejected instance is stepped over; when
+    /// every instance is ejected the rotation goes on regardless (trying beats refusing).
+    /// `now_ms` is called only when some instance has a failure on record.
+    pub fn next_instance(&self, now_ms: impl FnOnce() -> u64) -> Option<&Upstream> {
+        self.next_instance_except(now_ms, &[])
+    }
+
+    /// As [`Backend::next_instance`], never returning an address in `tried` unless every
+    /// instance has been tried (then `None`).
+    pub fn next_instance_except(
+        &self,
+        now_ms: impl FnOnce() -> u64,
+        tried: &[SocketAddr],
+    ) -> Option<&Upstream> {
+        let len = self.instances.len();
+        if len == 0 || tried.len() >= len && self.instances.iter().all(|u| tried.contains(&u.addr))
+        {
+            return None;
+        }
+        let mut now = None;
+        let mut now_ms = Some(now_ms);
+        let mut fallback = None;
+        for _ in 0..len {
+            let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
+            let upstream = &self.instances[turn % len];
+            if tried.contains(&upstream.addr) {
+                continue;
+            }
+            if upstream.health.has_failures() {
+                let now = *now.get_or_insert_with(|| now_ms.take().map_or(0, |f| f()));
+                if upstream.health.is_ejected(now) {
+                    fallback.get_or_insert(upstream);
+                    continue;
+                }
+            }
+            return Some(upstream);
+        }
+        fallback
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("service", &self.service)
+            .field("instances", &self.addrs().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(ports: &[u16]) -> Backend {
+        Backend {
+            service: Arc::from("s"),
+            instances: ports
+                .iter()
+                .map(|&p| Upstream {
+                    addr: SocketAddr::from(([127, 0, 0, 1], p)),
+                    health: Arc::default(),
+                })
+                .collect(),
+            cursor: Arc::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    fn pick(b: &Backend, now: u64) -> u16 {
+        b.next_instance(|| now).expect("has instances").addr().port()
+    }
+
+    #[test]
+    fn ejected_instances_are_skipped_until_their_window_ends() {
+        let b = backend(&[1, 2, 3]);
+        let until = b.instances()[1].health().record_failure(1_000);
+        assert_eq!(until, 1_000 + EJECT_FIRST_MS);
+        let picks: Vec<u16> = (0..6).map(|_| pick(&b, 1_500)).collect();
+        assert!(!picks.contains(&2), "{picks:?}");
+        // Window over: it is tried again (the probe), and success clears the record.
+        let picks: Vec<u16> = (0..3).map(|_| pick(&b, until)).collect();
+        assert!(picks.contains(&2), "{picks:?}");
+        b.instances()[1].health().record_success();
+        assert!(!b.instances()[1].health().has_failures());
+    }
+
+    #[test]
+    fn ejection_backs_off_exponentially_and_is_bounded() {
+        let h = InstanceHealth::default();
+        assert_eq!(h.record_failure(0), EJECT_FIRST_MS);
+        assert_eq!(h.record_failure(0), 2 * EJECT_FIRST_MS);
+        assert_eq!(h.record_failure(0), 4 * EJECT_FIRST_MS);
+        for _ in 0..40 {
+            h.record_failure(0);
+        }
+        assert_eq!(h.record_failure(0), EJECT_MAX_MS);
+    }
+
+    #[test]
+    fn all_ejected_still_routes_and_tried_ones_are_excluded() {
+        let b = backend(&[1, 2]);
+        for u in b.instances() {
+            u.health().record_failure(0);
+        }
+        assert!(b.next_instance(|| 10).is_some(), "trying beats refusing");
+        let first = b.instances()[0].addr();
+        let other = b.next_instance_except(|| 10, &[first]).expect("one left");
+        assert_ne!(other.addr(), first);
+        let both = [first, b.instances()[1].addr()];
+        assert!(b.next_instance_except(|| 10, &both).is_none());
+    }
+
+    #[test]
+    fn healthy_picks_never_read_the_clock() {
+        let b = backend(&[1, 2]);
+        for _ in 0..4 {
+            b.next_instance(|| panic!("no failure on record, no clock needed"));
+        }
+    }
+
+    #[test]
+    fn stats_classify_statuses_and_latency() {
+        let s = BackendStats::default();
+        s.record_response(200, 1_500);
+        s.record_response(503, 20_000_000);
+        s.record_response(101, 0);
+        assert_eq!(s.responses[1].load(Ordering::Relaxed), 1);
+        assert_eq!(s.responses[4].load(Ordering::Relaxed), 1);
+        assert_eq!(s.responses[0].load(Ordering::Relaxed), 1);
+        assert_eq!(s.latency_buckets[1].load(Ordering::Relaxed), 1, "1.5 ms is in the 2 ms bucket");
+        assert_eq!(s.latency_buckets[LATENCY_BUCKETS_MS.len()].load(Ordering::Relaxed), 1);
+    }
+}
