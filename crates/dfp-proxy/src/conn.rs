@@ -18,8 +18,8 @@ use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -34,14 +34,21 @@ const REQUEST_TIMEOUT: &[u8] =
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
     busy: AtomicBool,
+    /// Requests whose head was complete, so far: a head in progress that was recorded at an
+    /// older count has been completed since.
+    requests: AtomicU64,
     upgraded: AtomicBool,
     /// When the last response ended, in ms of [`clock_ms`].
     idle_since_ms: AtomicU64,
+    /// The connection task, parked in a read while a request was busy: woken when the
+    /// request ends so that the read arms the idle deadline. Per connection, never contended.
+    reader: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
     /// A request head was parsed: its service is running.
     pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.busy.store(true, Ordering::Relaxed);
     }
 
@@ -49,6 +56,17 @@ impl ConnState {
     pub(crate) fn request_finished(&self) {
         self.idle_since_ms.store(clock_ms(), Ordering::Relaxed);
         self.busy.store(false, Ordering::Relaxed);
+        if let Some(waker) = self.reader.lock().ok().and_then(|mut w| w.take()) {
+            waker.wake();
+        }
+    }
+
+    fn park_reader(&self, waker: &Waker) {
+        if let Ok(mut slot) = self.reader.lock() {
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
     }
 
     /// The connection became a tunnel: it has its own idle timeout.
@@ -79,8 +97,9 @@ pub(crate) struct TimedIo {
     state: Arc<ConnState>,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// When the first byte of a request head arrived, while that head is incomplete.
-    head_started: Option<Instant>,
+    /// When the first byte of a request head arrived, and the request count then; the head
+    /// is complete once the count has moved on.
+    head_started: Option<(Instant, u64)>,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -108,7 +127,7 @@ impl TimedIo {
             return None;
         }
         Some(match self.head_started {
-            Some(started) => started + self.header_timeout,
+            Some((started, _)) => started + self.header_timeout,
             None => {
                 instant_of(self.state.idle_since_ms.load(Ordering::Relaxed)) + self.idle_timeout
             }
@@ -123,8 +142,9 @@ impl AsyncRead for TimedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.state.busy.load(Ordering::Relaxed) {
-            // A request is being served: the head in progress (if any) is complete.
+        let requests = this.state.requests.load(Ordering::Relaxed);
+        if this.head_started.is_some_and(|(_, seen)| seen != requests) {
+            // A request started since: the head in progress was complete.
             this.head_started = None;
         }
         let before = buf.filled().len();
@@ -132,12 +152,17 @@ impl AsyncRead for TimedIo {
             Poll::Ready(result) => {
                 let got_bytes = buf.filled().len() > before;
                 if got_bytes && this.head_started.is_none() && this.deadline().is_some() {
-                    this.head_started = Some(Instant::now());
+                    this.head_started = Some((Instant::now(), requests));
                 }
                 Poll::Ready(result)
             }
             Poll::Pending => {
-                let Some(deadline) = this.deadline() else { return Poll::Pending };
+                let Some(deadline) = this.deadline() else {
+                    if !this.state.upgraded.load(Ordering::Relaxed) {
+                        this.state.park_reader(cx.waker());
+                    }
+                    return Poll::Pending;
+                };
                 // Lazy timer: fire, then check what is really due.
                 if deadline < this.timer.deadline() {
                     this.timer.as_mut().reset(deadline);

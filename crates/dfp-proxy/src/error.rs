@@ -47,6 +47,10 @@ impl ProxyError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if matches!(self, ProxyError::BadRequest(_)) {
+            // After a request we could not make sense of, the connection's framing is suspect.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

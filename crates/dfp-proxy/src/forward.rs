@@ -84,7 +84,7 @@ impl Forwarder {
                 client = %client_addr,
                 method = %method.unwrap_or_default(),
                 uri = %target.unwrap_or_default(),
-                service = routed.backend.as_ref().map_or("-", |b| b.service()),
+                service = %routed.backend.as_ref().map_or("-", |b| b.service()),
                 upstream = %routed.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 status = response.status().as_u16(),
                 micros,

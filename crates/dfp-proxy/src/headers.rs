@@ -11,7 +11,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes the headers that describe one connection and must not cross the proxy
 /// (RFC 9110 §7.6.1): those named in `Connection`, `Connection` itself, `Keep-Alive`, `TE`,
-/// `Trailer`, `Transfer-Encoding` (hyper frames each leg itself), `Upgrade` and every `Proxy-*`.
+/// `Transfer-Encoding` (hyper frames each leg itself), `Upgrade` and every `Proxy-*`.
+///
+/// Two deliberate exceptions keep trailers working end to end: `TE: trailers` is passed on
+/// (RFC 9110 §10.1.4 lets a proxy that forwards trailers do so), and `Trailer`, which
+/// RFC 9110 §6.6.2 makes an end-to-end field, is kept (hyper only sends the trailer fields a
+/// message's `Trailer` header declares).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in `Connection` first, while it is still there.
     if headers.contains_key(header::CONNECTION) {
@@ -27,10 +32,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in
-        [&KEEP_ALIVE, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING, &header::UPGRADE]
-    {
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for name in [&KEEP_ALIVE, &header::TE, &header::TRANSFER_ENCODING, &header::UPGRADE] {
         headers.remove(name);
+    }
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
         let proxy: Vec<HeaderName> =
@@ -95,8 +107,7 @@ mod tests {
             ("x-secret", "1"),
             ("x-other", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("trailer", "x-sum"),
+            ("te", "gzip"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic x"),
@@ -105,6 +116,14 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["accept", "host"]);
+    }
+
+    #[test]
+    fn trailers_stay_possible() {
+        let mut h = map(&[("te", "gzip, trailers"), ("trailer", "x-sum")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["trailer"], "x-sum");
     }
 
     #[test]

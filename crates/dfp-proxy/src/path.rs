@@ -131,3 +131,52 @@ mod tests {
         }
     }
 }
+
+/// Property tests: any input, never a panic, and what comes out is normal and stable.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::normalize;
+
+    /// Paths built from the pieces that make normalisation hard.
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2".to_owned()),
+            Just("%".to_owned()),
+            Just("%2F".to_owned()),
+            "[a-z]{1,3}",
+            "\\PC{1,2}",
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|p| format!("/{}", p.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn normalised_paths_are_normal_and_stable(path in tricky_path()) {
+            if let Ok(Some(normal)) = normalize(&path) {
+                prop_assert!(normal.starts_with('/'));
+                prop_assert!(!normal.contains("//"), "{normal}");
+                for segment in normal.split('/') {
+                    let lower = segment.to_ascii_lowercase().replace("%2e", ".");
+                    prop_assert!(lower != "." && lower != "..", "{path} -> {normal}");
+                }
+                // Normalising again changes nothing.
+                let again = normalize(&normal).expect("a normal path does not climb");
+                prop_assert!(again.is_none() || again.as_deref() == Some(normal.as_str()));
+            }
+        }
+
+        #[test]
+        fn any_string_is_safe(path in "\\PC{0,64}") {
+            let _ = normalize(&path);
+        }
+    }
+}

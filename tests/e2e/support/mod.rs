@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub use consul::Consul;
 pub use proxy::{Proxy, Scratch};
-pub use upstream::Upstream;
+pub use upstream::{EchoUpgrade, Upstream};
 
 /// A port that was free a moment ago (the kernel picks it; the listener is dropped at once).
 pub fn free_port() -> u16 {

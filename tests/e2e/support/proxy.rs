@@ -25,6 +25,12 @@ impl Proxy {
     /// Starts the server with Consul at `consul` (None: standalone) and extra flags, and waits
     /// until its admin API answers `ping`.
     pub async fn start(consul: Option<&str>, extra: &[&str]) -> Proxy {
+        Self::start_logging(consul, extra, "warn").await
+    }
+
+    /// As [`Proxy::start`], logging at `level` (the log is kept in a file, see [`Proxy::log`],
+    /// and printed if the test fails).
+    pub async fn start_logging(consul: Option<&str>, extra: &[&str], level: &str) -> Proxy {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
@@ -34,21 +40,20 @@ impl Proxy {
             .arg(format!("--admin-listen={admin_addr}"))
             .args(extra)
             .env_remove("CONSUL_ADDRESS")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .kill_on_drop(true);
         if let Some(consul) = consul {
             command.arg(format!("--consul-address={consul}"));
         }
+        let scratch = Scratch::new();
+        let log = std::fs::File::create(scratch.path("proxy.log")).expect("log file");
+        command.stderr(log);
         // Standalone proxies keep state in a file: give each its own unless the test chose one.
-        let scratch = if extra.iter().any(|a| a.starts_with("--state-file")) {
-            None
-        } else {
-            let scratch = Scratch::new();
+        if !extra.iter().any(|a| a.starts_with("--state-file")) {
             command.arg(format!("--state-file={}", scratch.path("state.json").display()));
-            Some(scratch)
-        };
+        }
+        let scratch = Some(scratch);
         let child = command.spawn().expect("the docker-flow-proxy binary starts");
         let proxy = Proxy { child: Some(child), scratch, addr, admin_addr, client: http_client() };
         let ping = proxy.admin_url("/v1/docker-flow-proxy/ping");
@@ -109,7 +114,28 @@ impl Proxy {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
-        let _ = self.scratch.take();
+    }
+
+    /// What the proxy logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.scratch
+            .as_ref()
+            .and_then(|s| std::fs::read_to_string(s.path("proxy.log")).ok())
+            .unwrap_or_default()
+    }
+
+    /// The proxy's resident memory now and at its peak, in kB (from /proc).
+    pub fn memory_kb(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("the proxy is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -121,6 +147,14 @@ impl Proxy {
             .await
             .expect("the proxy exits within 30 s of SIGTERM")
             .expect("exit status")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- proxy {} log ----\n{}", self.addr, self.log());
+        }
     }
 }
 
