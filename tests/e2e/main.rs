@@ -12,5 +12,7 @@ mod support;
 mod admin;
 mod data_plane;
 mod follow;
+mod resilience;
 mod seed;
+mod ship;
 mod standalone;
