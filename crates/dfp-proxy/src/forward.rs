@@ -16,7 +16,7 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 
 use crate::conn::ConnState;
@@ -35,7 +35,7 @@ type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     table: TableHandle,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: HttpClient<HttpConnector, UpstreamBody>,
     server_timeout: Duration,
     tunnel_timeout: Duration,
     access_log: bool,
@@ -47,7 +47,7 @@ impl Forwarder {
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+        let client = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(config.upstream_idle_timeout)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
@@ -64,13 +64,14 @@ impl Forwarder {
     pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
-        client_addr: SocketAddr,
+        client: Client,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let client_addr = client.addr;
         let started = Instant::now();
         let mut routed = Routed::default();
         let method = self.access_log.then(|| request.method().clone());
         let target = self.access_log.then(|| request.uri().to_string());
-        let response = match self.forward(request, client_addr, &mut routed).await {
+        let response = match self.forward(request, client, &mut routed).await {
             Ok(response) => response,
             Err(err) => err.into_response(),
         };
@@ -97,7 +98,7 @@ impl Forwarder {
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        client_addr: SocketAddr,
+        client: Client,
         routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         check_framing_and_host(&request)?;
@@ -125,7 +126,7 @@ impl Forwarder {
             headers.insert(header::UPGRADE, protocol);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        add_forwarded(&mut headers, client_addr.ip(), "http");
+        add_forwarded(&mut headers, client.addr.ip(), if client.tls { "https" } else { "http" });
 
         let mut body = Some(body);
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -205,6 +206,14 @@ impl Forwarder {
         *response.version_mut() = Version::HTTP_11;
         response.map(Either::Left)
     }
+}
+
+/// Who sent a request, and how.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client {
+    pub(crate) addr: SocketAddr,
+    /// The request arrived over TLS terminated by this proxy.
+    pub(crate) tls: bool,
 }
 
 /// What a request was routed to, for counters and the access log.

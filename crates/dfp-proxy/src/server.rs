@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::conn::{ConnState, TimedIo, Tracked};
-use crate::forward::Forwarder;
+use crate::forward::{Client, Forwarder};
 
 /// The largest request head (request line and headers) accepted; larger ones get 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -115,7 +115,8 @@ pub async fn serve(
             state.request_started();
             request.extensions_mut().insert(state.clone());
             async move {
-                let response = forwarder.handle(request, client_addr).await;
+                let response =
+                    forwarder.handle(request, Client { addr: client_addr, tls: false }).await;
                 response.map(|r| r.map(|body| Tracked::new(body, state)))
             }
         });
