@@ -66,12 +66,13 @@ COPY --from=builder --chown=65532:65532 /state/ /var/lib/docker-flow-proxy/
 ENV PATH=/usr/local/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 
-# The standalone state file (--state-file, default docker-flow-proxy-state.json) lands here.
+# The standalone state file (--state-file, default docker-flow-proxy-state.json) lands here,
+# and uploaded certificates in certs/ beside it.
 WORKDIR /var/lib/docker-flow-proxy
 USER 65532:65532
 
-# 80: the proxy (--listen); 8080: the admin API (--admin-listen).
-EXPOSE 80 8080
+# 80: the proxy (--listen); 443: HTTPS (--tls-listen); 8080: the admin API (--admin-listen).
+EXPOSE 80 443 8080
 
 # `ping` asks the admin API at DFP_ADMIN (default http://127.0.0.1:8080): set DFP_ADMIN too
 # when --admin-listen moves.

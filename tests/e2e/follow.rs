@@ -248,6 +248,7 @@ async fn standalone_routes_survive_a_restart_and_a_corrupt_state_file_is_refused
     std::fs::write(&state, b"{ half a file").expect("corrupt the state file");
     let out = tokio::process::Command::new(crate::support::proxy::BIN)
         .args(["server", "--listen=127.0.0.1:0", "--admin-listen=127.0.0.1:0", &flag])
+        .arg("--tls-listen=127.0.0.1:0") // not the default 0.0.0.0:443, which may be taken
         .env_remove("CONSUL_ADDRESS")
         .output()
         .await

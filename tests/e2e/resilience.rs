@@ -352,3 +352,48 @@ async fn access_log_has_one_line_per_request() {
     .await;
     assert!(line.contains("status=200") && line.contains("service=127.0.0.1"), "{line}");
 }
+
+#[tokio::test]
+async fn a_slow_upload_is_not_a_slow_server() {
+    let upstream = Upstream::start("files").await;
+    let proxy = Proxy::start(None, &["--server-timeout=1s"]).await;
+    assert_eq!(proxy.admin(&reconfigure_standalone("/", upstream.port())).await.0, 200);
+    // Four chunks 600 ms apart: 2.4 s of upload, never 1 s without progress.
+    let response = http_client()
+        .post(proxy.url("/upload"))
+        .body(reqwest::Body::wrap_stream(Trickle { left: 4, pause: None }))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("count"), (4 * 1024).to_string());
+}
+
+/// `left` chunks of 1 KiB, 600 ms apart.
+struct Trickle {
+    left: u32,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl futures_core::Stream for Trickle {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future as _;
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let pause = self
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(600))));
+        if pause.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        self.pause = None;
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(bytes::Bytes::from_static(&[b'x'; 1024]))))
+    }
+}

@@ -19,16 +19,19 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::certs::{self, CertAdmin};
 use crate::controller::{Controller, ReconfigureReport, RemoveReport};
 use crate::params::{service_name_from_pairs, ReconfigureRequest};
 use crate::{AdminError, Discovery};
 
 const PREFIX: &str = "/v1/docker-flow-proxy/";
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener` until `shutdown` completes. Without `certs` the
+/// certificate endpoints answer 404.
 pub async fn serve(
     listener: TcpListener,
     controller: Arc<Controller>,
+    certs: Option<CertAdmin>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -48,9 +51,11 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let controller = controller.clone();
+        let certs = certs.clone();
         let service = service_fn(move |request| {
             let controller = controller.clone();
-            async move { Ok::<_, Infallible>(handle(&controller, request).await) }
+            let certs = certs.clone();
+            async move { Ok::<_, Infallible>(handle(&controller, certs.as_ref(), request).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -65,21 +70,28 @@ pub async fn serve(
 }
 
 /// Answers one admin request.
-pub async fn handle(controller: &Controller, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let query = request.uri().query().unwrap_or_default();
+pub async fn handle(
+    controller: &Controller,
+    certs: Option<&CertAdmin>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or_default();
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    route(controller, request.method(), request.uri().path(), &pairs)
+    route(controller, certs, &parts.method, parts.uri.path(), &pairs, body)
         .await
         .unwrap_or_else(|err| failure(&err))
 }
 
 async fn route(
     controller: &Controller,
+    certs: Option<&CertAdmin>,
     method: &Method,
     path: &str,
     pairs: &[(&str, &str)],
+    body: Incoming,
 ) -> Result<Response<Full<Bytes>>, AdminError> {
     let endpoint = path.strip_prefix(PREFIX).map(|e| e.trim_end_matches('/'));
     match (endpoint, path) {
@@ -102,6 +114,21 @@ async fn route(
         (Some("ping"), _) => {
             allow(method, path, &[Method::GET, Method::HEAD], "GET")?;
             Ok(json(StatusCode::OK, &Answer { status: "OK", message: "pong".to_owned() }))
+        }
+        (Some("cert"), _) => {
+            allow(method, path, &[Method::PUT, Method::DELETE], "PUT or DELETE")?;
+            let certs = certs.ok_or_else(|| AdminError::NoSuchEndpoint(path.to_owned()))?;
+            if method == Method::PUT {
+                let pem = certs::read_body(body).await?;
+                Ok(json(StatusCode::OK, &certs.upload(pairs, pem).await?))
+            } else {
+                Ok(json(StatusCode::OK, &certs.delete(pairs).await?))
+            }
+        }
+        (Some("certs"), _) => {
+            allow(method, path, &[Method::GET], "GET")?;
+            let certs = certs.ok_or_else(|| AdminError::NoSuchEndpoint(path.to_owned()))?;
+            Ok(json(StatusCode::OK, &certs.list().await))
         }
         (_, "/metrics") => {
             allow(method, path, &[Method::GET], "GET")?;
@@ -231,6 +258,68 @@ struct ServiceView {
     service_name: String,
     service_path: Vec<String>,
     instances: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_domain: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_path_exclude: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_default_backend: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    https_redirect_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_path_search: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_path_replace: Option<String>,
+    /// User names only: passwords and hashes never leave the proxy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    users: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_headers: Option<HeaderEditsView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_headers: Option<HeaderEditsView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_server: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_tunnel: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HeaderEditsView {
+    delete: Vec<String>,
+    set: Vec<String>,
+    add: Vec<String>,
+}
+
+fn header_edits_view(edits: &dfp_routing::HeaderEdits) -> Option<HeaderEditsView> {
+    let pairs = |list: &[(http::HeaderName, HeaderValue)]| {
+        list.iter().map(|(n, v)| format!("{n} {}", String::from_utf8_lossy(v.as_bytes()))).collect()
+    };
+    (!edits.is_empty()).then(|| HeaderEditsView {
+        delete: edits.delete.iter().map(ToString::to_string).collect(),
+        set: pairs(&edits.set),
+        add: pairs(&edits.add),
+    })
+}
+
+fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
+    let policy = s.backend.policy();
+    ServiceView {
+        service_name: s.backend.service().to_owned(),
+        service_path: s.prefixes.iter().map(ToString::to_string).collect(),
+        instances: s.backend.addrs().map(|a| a.to_string()).collect(),
+        service_domain: s.domains.iter().map(ToString::to_string).collect(),
+        service_path_exclude: s.excluded.iter().map(ToString::to_string).collect(),
+        is_default_backend: s.default_backend,
+        https_redirect_code: policy.https_redirect,
+        req_path_search: policy.path_rewrite.as_ref().map(|r| r.search().to_owned()),
+        req_path_replace: policy.path_rewrite.as_ref().map(|r| r.replacement().to_owned()),
+        users: policy.users.iter().map(|u| u.user().to_owned()).collect(),
+        request_headers: header_edits_view(&policy.request_headers),
+        response_headers: header_edits_view(&policy.response_headers),
+        timeout_server: policy.server_timeout.map(|d| d.as_secs()),
+        timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
+    }
 }
 
 /// The live table as the data plane sees it right now.
@@ -251,14 +340,7 @@ fn config(controller: &Controller) -> ConfigAnswer {
             }
             Discovery::Dns => None,
         },
-        services: table
-            .services()
-            .map(|s| ServiceView {
-                service_name: s.backend.service().to_owned(),
-                service_path: s.prefixes.iter().map(ToString::to_string).collect(),
-                instances: s.backend.addrs().map(|a| a.to_string()).collect(),
-            })
-            .collect(),
+        services: table.services().map(|s| service_view(&s)).collect(),
     }
 }
 

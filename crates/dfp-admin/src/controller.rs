@@ -3,7 +3,7 @@
 //!
 //! Testable without HTTP: the admin listener only parses parameters and renders answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -95,6 +95,9 @@ struct State {
     next_generation: u64,
     /// Instance changes recorded but not yet published.
     dirty: bool,
+    /// For each service, the local write (reconfigure or remove) that last stored it, by its
+    /// sequence number (see `Inner::local_writes`).
+    touched: HashMap<String, u64>,
 }
 
 impl State {
@@ -129,6 +132,9 @@ pub(crate) struct Inner {
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
     metrics_hook: std::sync::OnceLock<MetricsHook>,
+    /// Local writes to the store so far. A store listing read while one happened may predate
+    /// it, so the services it touched are not taken from that listing (see `sync_from_store`).
+    local_writes: AtomicU64,
 }
 
 /// Renders more Prometheus text into `/metrics` (the binary adds the data plane's gauges).
@@ -168,6 +174,7 @@ impl Controller {
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
                 metrics_hook: std::sync::OnceLock::new(),
+                local_writes: AtomicU64::new(0),
             }),
         }
     }
@@ -267,7 +274,7 @@ impl Controller {
     /// Makes the routes match `desired` (the store's content): adds and updates what differs,
     /// removes what is gone, in one table swap. Nothing is written back to the store.
     pub(crate) async fn sync_from_store(&self, desired: BTreeMap<String, Params>) {
-        self.inner.sync_from_store(desired).await;
+        self.inner.sync_from_store(desired, None).await;
     }
 }
 
@@ -278,7 +285,7 @@ impl Inner {
     ) -> Result<ReconfigureReport, AdminError> {
         let mut state = self.state.lock().await;
         // Cheap checks first: a conflicting path is refused before anyone asks Consul.
-        check_paths_free(&state, &request.service_name, &request.service_paths)?;
+        self.check_conflicts(&state, &request)?;
         let found = self
             .discovery
             .instances(&request.service_name, request.port, Strictness::Interactive)
@@ -286,19 +293,19 @@ impl Inner {
         self.note_registry(&found);
         let found = found?;
 
-        let mut services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+        let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
             .services
             .iter()
-            .map(|(k, e)| {
-                (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
-            })
+            .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
-        services.insert(&request.service_name, (&request.service_paths, &found.instances));
+        services.insert(&request.service_name, (&request, &found.instances));
         let table = self.build(&services)?;
 
         let mut all = state.params();
         all.insert(request.service_name.clone(), request.params.clone());
         self.store.save(&request.service_name, &request.params, &all).await?;
+        let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
+        state.touched.insert(request.service_name.clone(), seq);
 
         let version = table.version();
         self.table.publish(table);
@@ -347,18 +354,18 @@ impl Inner {
         if !state.services.contains_key(service) {
             return Err(AdminError::NotRouted(service.to_owned()));
         }
-        let services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+        let services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
             .services
             .iter()
             .filter(|(k, _)| k.as_str() != service)
-            .map(|(k, e)| {
-                (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
-            })
+            .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
         let table = self.build(&services)?;
         let mut all = state.params();
         all.remove(service);
         self.store.delete(service, &all).await?;
+        let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
+        state.touched.insert(service.to_owned(), seq);
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
@@ -367,13 +374,40 @@ impl Inner {
         Ok(RemoveReport { service_name: service.to_owned(), table_version: version })
     }
 
-    pub(crate) async fn sync_from_store(self: &Arc<Self>, desired: BTreeMap<String, Params>) {
+    /// The sequence number of the latest local write to the store.
+    pub(crate) fn local_write_seq(&self) -> u64 {
+        self.local_writes.load(Ordering::SeqCst)
+    }
+
+    /// Makes the routes match `desired`, a listing of the store. With `read_after` (the local
+    /// write sequence when the listing was requested), services written locally since then
+    /// are left as they are: the listing may predate that write. Returns whether any service
+    /// was left for that reason (the caller should read the store again).
+    pub(crate) async fn sync_from_store(
+        self: &Arc<Self>,
+        desired: BTreeMap<String, Params>,
+        read_after: Option<u64>,
+    ) -> bool {
         let mut state = self.state.lock().await;
-        let removed: Vec<String> =
-            state.services.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        let newer_locally = |state: &State, name: &str| {
+            read_after.is_some_and(|seen| state.touched.get(name).is_some_and(|&seq| seq > seen))
+        };
+        let mut deferred = false;
+        let mut removed: Vec<String> = Vec::new();
+        for name in state.services.keys().filter(|k| !desired.contains_key(*k)) {
+            if newer_locally(&state, name) {
+                deferred = true;
+            } else {
+                removed.push(name.clone());
+            }
+        }
         let mut changed = Vec::new();
         for (name, params) in &desired {
             if state.services.get(name).is_some_and(|e| &e.request.params == params) {
+                continue;
+            }
+            if newer_locally(&state, name) {
+                deferred = true;
                 continue;
             }
             let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -390,7 +424,7 @@ impl Inner {
             }
         }
         if removed.is_empty() && changed.is_empty() {
-            return;
+            return deferred;
         }
 
         // Look the changed services up (an unknown or unreachable one starts with no instance,
@@ -416,16 +450,14 @@ impl Inner {
 
         // Build; a stored route whose path another service owns is left out, not the others.
         loop {
-            let mut services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+            let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
                 .services
                 .iter()
                 .filter(|(k, _)| !removed.contains(k))
-                .map(|(k, e)| {
-                    (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
-                })
+                .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
                 .collect();
             for (request, instances, _) in &found {
-                services.insert(&request.service_name, (&request.service_paths, instances));
+                services.insert(&request.service_name, (request, instances));
             }
             match self.build(&services) {
                 Ok(table) => {
@@ -433,18 +465,20 @@ impl Inner {
                     break;
                 }
                 Err(AdminError::PathConflict {
-                    source: BuildError::PathOwned { service, owner, path },
+                    source:
+                        BuildError::PathOwned { service, owner, .. }
+                        | BuildError::DefaultTaken { service, owner, .. },
                 }) => {
-                    tracing::warn!(%service, %owner, %path, "stored route conflicts with another; skipped");
+                    tracing::warn!(%service, %owner, "stored route conflicts with another; skipped");
                     let before = found.len();
                     found.retain(|(r, _, _)| r.service_name != service && r.service_name != owner);
                     if found.len() == before {
-                        return;
+                        return deferred;
                     }
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "stored routes could not be built; table unchanged");
-                    return;
+                    return deferred;
                 }
             }
         }
@@ -463,6 +497,7 @@ impl Inner {
             );
         }
         self.counters.store_syncs.fetch_add(1, Ordering::Relaxed);
+        deferred
     }
 
     /// Records new instances for a service found by its follower. The publisher rebuilds.
@@ -492,12 +527,10 @@ impl Inner {
         if !state.dirty {
             return;
         }
-        let services: BTreeMap<&str, (&[PathPrefix], &[SocketAddr])> = state
+        let services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
             .services
             .iter()
-            .map(|(k, e)| {
-                (k.as_str(), (e.request.service_paths.as_slice(), e.instances.as_slice()))
-            })
+            .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
         match self.build(&services) {
             Ok(table) => {
@@ -556,22 +589,37 @@ impl Inner {
         follow::follow_service(Arc::downgrade(self), &self.discovery, request, generation, index)
     }
 
+    /// Refuses a request whose paths (on its hosts) or default-backend role another service
+    /// already has, by building the table it would give, without instances.
+    fn check_conflicts(
+        &self,
+        state: &State,
+        request: &ReconfigureRequest,
+    ) -> Result<(), AdminError> {
+        let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> =
+            state.services.iter().map(|(k, e)| (k.as_str(), (&e.request, &[][..]))).collect();
+        services.insert(&request.service_name, (request, &[]));
+        self.build(&services).map(drop)
+    }
+
     /// Builds the table for `services` (version = live + 1, round-robin positions carried).
     fn build(
         &self,
-        services: &BTreeMap<&str, (&[PathPrefix], &[SocketAddr])>,
+        services: &BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])>,
     ) -> Result<RouteTable, AdminError> {
         let live = self.table.snapshot();
         let mut builder = RouteTableBuilder::new();
         builder.carry_state_from(&live);
         let build = || {
-            for (name, (paths, instances)) in services {
-                builder.add_service(name, paths, instances)?;
+            for (request, instances) in services.values() {
+                builder.add(request.spec(), instances)?;
             }
             builder.build(live.version() + 1)
         };
         build().map_err(|err| match err {
-            BuildError::PathOwned { .. } => AdminError::PathConflict { source: err },
+            BuildError::PathOwned { .. } | BuildError::DefaultTaken { .. } => {
+                AdminError::PathConflict { source: err }
+            }
             other => AdminError::Internal(other.to_string()),
         })
     }
@@ -591,25 +639,6 @@ async fn publisher(inner: Weak<Inner>, wanted: Arc<Notify>) {
         };
         strong.publish_pending().await;
     }
-}
-
-/// Refuses paths that another service already owns (the same service may keep its own).
-fn check_paths_free(state: &State, service: &str, paths: &[PathPrefix]) -> Result<(), AdminError> {
-    for (owner, entry) in &state.services {
-        if owner == service {
-            continue;
-        }
-        if let Some(path) = paths.iter().find(|p| entry.request.service_paths.contains(p)) {
-            return Err(AdminError::PathConflict {
-                source: BuildError::PathOwned {
-                    path: path.clone(),
-                    owner: owner.clone(),
-                    service: service.to_owned(),
-                },
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -687,6 +716,21 @@ mod tests {
         let removed = c.remove("127.0.0.1").await.expect("routed");
         assert_eq!(removed.table_version, 3);
         assert!(c.table().load().lookup("/b").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_listing_older_than_a_local_write_does_not_undo_it() {
+        let c = controller();
+        let before = c.inner.local_write_seq();
+        c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
+        // A listing requested before the write, answered without it.
+        let deferred = c.inner.sync_from_store(BTreeMap::new(), Some(before)).await;
+        assert!(deferred, "the follower is told to read again");
+        assert!(c.table().load().lookup("/a").is_some(), "the local write stands");
+        // A listing requested after the write is the truth.
+        let after = c.inner.local_write_seq();
+        assert!(!c.inner.sync_from_store(BTreeMap::new(), Some(after)).await);
+        assert!(c.table().load().lookup("/a").is_none());
     }
 
     #[tokio::test]

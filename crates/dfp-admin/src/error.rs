@@ -32,8 +32,22 @@ pub enum AdminError {
     StoreUnavailable { what: String },
     #[error("internal error: {0}; the routing table was left unchanged")]
     Internal(String),
+    #[error("certificate {name:?} was refused: {source}")]
+    InvalidCert {
+        name: String,
+        #[source]
+        source: dfp_tls::CertError,
+    },
+    #[error("no uploaded certificate is named {0:?}; GET /v1/docker-flow-proxy/certs lists them")]
+    NoSuchCert(String),
     #[error(
-        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, reconfigure, remove, ping"
+        "certificate {name:?} comes from --certs-dir and cannot be deleted here; remove \
+         {name}.pem from that directory and restart the proxy"
+    )]
+    CertFromDir { name: String },
+    #[error(
+        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, reconfigure, remove, \
+         ping, cert, certs"
     )]
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]
@@ -47,7 +61,10 @@ impl AdminError {
         match self {
             AdminError::MissingParameter { .. }
             | AdminError::InvalidParameter { .. }
-            | AdminError::InvalidPath { .. } => 400,
+            | AdminError::InvalidPath { .. }
+            | AdminError::InvalidCert { .. } => 400,
+            AdminError::NoSuchCert(_) => 404,
+            AdminError::CertFromDir { .. } => 409,
             AdminError::UnknownService { .. } | AdminError::NotRouted(_) => 404,
             AdminError::NoSuchEndpoint(_) => 404,
             AdminError::MethodNotAllowed { .. } => 405,

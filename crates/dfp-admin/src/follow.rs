@@ -122,7 +122,9 @@ pub(crate) async fn follow_store(
     let prefix = RouteStore::kv_prefix(&instance_name);
     let mut backoff = Backoff::default();
     loop {
-        let Some(wait) = inner.upgrade().map(|i| i.follow_config().consul_wait) else {
+        let Some((wait, writes_before)) =
+            inner.upgrade().map(|i| (i.follow_config().consul_wait, i.local_write_seq()))
+        else {
             return;
         };
         let result = consul.kv_list(&prefix, index, wait).await;
@@ -139,7 +141,11 @@ pub(crate) async fn follow_store(
                     Next::Changed(new) => {
                         index = new;
                         let desired = services_from_kv(&answer.value, &instance_name);
-                        strong.sync_from_store(desired).await;
+                        // A listing that may predate one of our own writes is not trusted for
+                        // the services that write touched: read again, at once.
+                        if strong.sync_from_store(desired, Some(writes_before)).await {
+                            index = 0;
+                        }
                     }
                 }
             }
@@ -156,7 +162,7 @@ pub(crate) async fn follow_store(
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Next {
+pub(crate) enum Next {
     /// The index went backwards (Consul restarted, or a snapshot was restored): read afresh.
     Reset,
     /// The wait ran out with nothing new.
@@ -165,7 +171,7 @@ enum Next {
     Changed(u64),
 }
 
-fn next_index(previous: u64, answered: u64) -> Next {
+pub(crate) fn next_index(previous: u64, answered: u64) -> Next {
     if answered < previous {
         Next::Reset
     } else if answered == previous && previous != 0 {
@@ -179,7 +185,7 @@ fn next_index(previous: u64, answered: u64) -> Next {
 /// Exponential backoff from 100 ms to 5 s, each delay jittered by ±50% so that many
 /// followers do not retry in step.
 #[derive(Debug, Default)]
-struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
 }
 
@@ -187,11 +193,11 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let base = Self::FIRST.saturating_mul(1 << self.failures.min(10)).min(Self::MAX);
         self.failures = self.failures.saturating_add(1);
         // A random u64 without a dependency: std's per-process random hasher keys.

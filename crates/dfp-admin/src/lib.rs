@@ -9,6 +9,9 @@
 //! queries, or DNS re-resolution) and, with Consul, follow the store itself so that every
 //! replica sharing an instance name converges on the same routes.
 //!
+//! TLS certificates are uploaded, listed and deleted here too ([`CertAdmin`]), kept beside the
+//! routes (Consul KV or files) and published through the shared [`dfp_tls::CertStore`].
+//!
 //! It must not serve proxied traffic or touch connections: the data plane only ever sees the
 //! tables this crate publishes.
 //!
@@ -23,11 +26,15 @@
 //! | GET, PUT, DELETE | `/v1/docker-flow-proxy/remove?serviceName=N` | 200 | 400 no `serviceName`; 404 service not routed |
 //! | GET | `/v1/docker-flow-proxy/config` | 200: the live table (services, paths, instances, version) | |
 //! | GET | `/v1/docker-flow-proxy/ping` | 200 | |
+//! | PUT | `/v1/docker-flow-proxy/cert?certName=N`, body: PEM chain and key | 200: names, notAfter; stored, then served | 400 bad name, PEM, key or validity; 503 store unwritable |
+//! | DELETE | `/v1/docker-flow-proxy/cert?certName=N` | 200 | 400 no `certName`; 404 no such uploaded certificate; 409 it comes from `--certs-dir`; 503 store unwritable |
+//! | GET | `/v1/docker-flow-proxy/certs` | 200: each certificate's name, DNS names, validity (never the key) | |
 //! | GET | `/metrics` | 200: Prometheus text | |
 //!
 //! Any other path answers 404 and any other method 405, both as `NOK` JSON.
 
 mod api;
+mod certs;
 mod controller;
 mod discovery;
 mod error;
@@ -36,6 +43,7 @@ mod params;
 mod store;
 
 pub use api::{handle, serve};
+pub use certs::CertAdmin;
 pub use controller::{
     AdminCounters, Controller, FollowConfig, MetricsHook, ReconfigureReport, RegistryHealth,
     RemoveReport,

@@ -2,7 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use dfp_routing::PathPrefix;
+use std::time::Duration;
+
+use dfp_routing::{
+    Credential, Domain, HeaderEdits, PathPrefix, PathRewrite, PolicyError, ServicePolicy,
+    ServiceSpec,
+};
 
 use crate::AdminError;
 
@@ -10,7 +15,7 @@ use crate::AdminError;
 const MAX_SERVICE_NAME: usize = 255;
 
 /// A validated reconfigure request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ReconfigureRequest {
     /// `serviceName`: the Consul service (or, standalone, the DNS name) to route to.
     pub service_name: String,
@@ -18,12 +23,45 @@ pub struct ReconfigureRequest {
     pub service_paths: Vec<PathPrefix>,
     /// `port`: standalone mode's instance port.
     pub port: Option<u16>,
+    /// `serviceDomain`: the hosts the paths apply to (empty: any host).
+    pub domains: Vec<Domain>,
+    /// `servicePathExclude`: paths below `service_paths` the service does not own.
+    pub excluded: Vec<PathPrefix>,
+    /// `isDefaultBackend`: answers requests no route matches.
+    pub default_backend: bool,
+    /// `httpsOnly`, `reqPathSearch`, `users`, header edits, timeouts.
+    pub policy: ServicePolicy,
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
     /// the state file, so a restore or another replica replays exactly this call.
     pub params: BTreeMap<String, String>,
 }
+
+/// The parameters this proxy acts on (Docker Flow Proxy's names).
+const SUPPORTED: &[&str] = &[
+    "serviceName",
+    "servicePath",
+    "port",
+    "serviceDomain",
+    "servicePathExclude",
+    "isDefaultBackend",
+    "httpsOnly",
+    "httpsRedirectCode",
+    "reqPathSearch",
+    "reqPathReplace",
+    "users",
+    "usersPassEncrypted",
+    "addReqHeader",
+    "setReqHeader",
+    "delReqHeader",
+    "addResHeader",
+    "setResHeader",
+    "delResHeader",
+    "timeoutServer",
+    "timeoutTunnel",
+    "reqMode",
+];
 
 impl ReconfigureRequest {
     /// Reads a reconfigure from `key=value` pairs (a decoded query string).
@@ -34,50 +72,198 @@ impl ReconfigureRequest {
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, AdminError> {
-        let mut service_name = None;
         let mut raw_paths = Vec::new();
-        let mut port = None;
         let mut ignored: Vec<String> = Vec::new();
-        let mut params = BTreeMap::new();
+        let mut params: BTreeMap<String, String> = BTreeMap::new();
         for (key, value) in pairs {
-            if !matches!(key, "serviceName" | "servicePath" | "port") {
-                params.insert(key.to_owned(), value.to_owned());
+            if key == "servicePath" {
+                raw_paths.extend(value.split(',').map(str::trim).map(str::to_owned));
+                continue;
             }
-            match key {
-                "serviceName" => service_name = Some(value),
-                "servicePath" => raw_paths.extend(value.split(',').map(str::trim)),
-                "port" => port = Some(value),
-                other if !ignored.iter().any(|seen| seen == other) => {
-                    ignored.push(other.to_owned())
-                }
-                _ => {}
+            if !SUPPORTED.contains(&key) && !ignored.iter().any(|seen| seen == key) {
+                ignored.push(key.to_owned());
             }
+            params.insert(key.to_owned(), value.to_owned());
         }
-        let service_name = validate_service_name(service_name)?;
-        let raw_paths: Vec<&str> = raw_paths.into_iter().filter(|p| !p.is_empty()).collect();
-        if raw_paths.is_empty() {
+        let get =
+            |name: &str| params.get(name).map(String::as_str).filter(|v| !v.trim().is_empty());
+
+        let service_name = validate_service_name(get("serviceName"))?;
+        let default_backend = parse_bool(get("isDefaultBackend"), "isDefaultBackend")?;
+        let service_paths = parse_paths(raw_paths.iter().map(String::as_str), "servicePath")?;
+        if service_paths.is_empty() && !default_backend {
             return Err(AdminError::MissingParameter {
                 name: "servicePath",
                 example: "servicePath=/api/v1/books",
             });
         }
-        let mut service_paths = Vec::with_capacity(raw_paths.len());
-        for raw in raw_paths {
-            let prefix =
-                PathPrefix::parse(raw).map_err(|source| AdminError::InvalidPath { source })?;
-            if !service_paths.contains(&prefix) {
-                service_paths.push(prefix);
+        let port = get("port").map(parse_port).transpose()?;
+        if let Some(mode) = get("reqMode") {
+            if !mode.eq_ignore_ascii_case("http") {
+                return Err(invalid("reqMode", mode, "only reqMode=http is supported (no tcp)"));
             }
         }
-        let port = port.map(parse_port).transpose()?;
-        params.insert("serviceName".to_owned(), service_name.clone());
-        let joined: Vec<&str> = service_paths.iter().map(PathPrefix::as_str).collect();
-        params.insert("servicePath".to_owned(), joined.join(","));
-        if let Some(port) = port {
-            params.insert("port".to_owned(), port.to_string());
+        let mut domains = Vec::new();
+        for raw in get("serviceDomain").unwrap_or_default().split(',').map(str::trim) {
+            if !raw.is_empty() {
+                domains.push(Domain::parse(raw).map_err(|e| policy("serviceDomain", raw, e))?);
+            }
         }
-        Ok(ReconfigureRequest { service_name, service_paths, port, ignored, params })
+        let excluded = parse_paths(
+            get("servicePathExclude").unwrap_or_default().split(','),
+            "servicePathExclude",
+        )?;
+        let policy = parse_policy(&get)?;
+
+        // What is stored and replayed: everything as sent, the paths normalised.
+        let mut stored = params.clone();
+        stored.insert("serviceName".to_owned(), service_name.clone());
+        if !service_paths.is_empty() {
+            let joined: Vec<&str> = service_paths.iter().map(PathPrefix::as_str).collect();
+            stored.insert("servicePath".to_owned(), joined.join(","));
+        }
+        if let Some(port) = port {
+            stored.insert("port".to_owned(), port.to_string());
+        }
+        Ok(ReconfigureRequest {
+            service_name,
+            service_paths,
+            port,
+            domains,
+            excluded,
+            default_backend,
+            policy,
+            ignored,
+            params: stored,
+        })
     }
+
+    /// What the route table needs of this service.
+    pub fn spec(&self) -> ServiceSpec {
+        ServiceSpec {
+            name: self.service_name.clone(),
+            prefixes: self.service_paths.clone(),
+            domains: self.domains.clone(),
+            excluded: self.excluded.clone(),
+            default_backend: self.default_backend,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePolicy, AdminError> {
+    let mut policy = ServicePolicy::default();
+    if parse_bool(get("httpsOnly"), "httpsOnly")? {
+        let code = match get("httpsRedirectCode") {
+            Some(raw) => raw
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| ServicePolicy::redirect_code(c).ok())
+                .ok_or_else(|| {
+                    invalid("httpsRedirectCode", raw, "give 301, 302, 303, 307 or 308")
+                })?,
+            None => 302,
+        };
+        policy.https_redirect = Some(code);
+    }
+    match (get("reqPathSearch"), get("reqPathReplace")) {
+        (Some(search), replace) => {
+            policy.path_rewrite = Some(
+                PathRewrite::new(search, replace.unwrap_or_default())
+                    .map_err(|e| policy_err("reqPathSearch", search, e))?,
+            );
+        }
+        (None, Some(replace)) => {
+            return Err(invalid("reqPathReplace", replace, "it needs reqPathSearch too"));
+        }
+        (None, None) => {}
+    }
+    if let Some(users) = get("users") {
+        let hashed = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
+        for entry in users.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (user, password) = entry.split_once(':').ok_or_else(|| {
+                invalid("users", "(hidden)", "give user:password entries separated by commas")
+            })?;
+            policy.users.push(
+                Credential::new(user, password, hashed)
+                    .map_err(|e| policy_err("users", user, e))?,
+            );
+        }
+    }
+    let edits = |add: &'static str,
+                 set: &'static str,
+                 del: &'static str|
+     -> Result<HeaderEdits, AdminError> {
+        let mut edits = HeaderEdits::default();
+        for (name, list) in [(add, &mut edits.add), (set, &mut edits.set)] {
+            for entry in get(name).unwrap_or_default().split(',').filter(|e| !e.trim().is_empty()) {
+                list.push(HeaderEdits::parse_pair(entry).map_err(|e| policy_err(name, entry, e))?);
+            }
+        }
+        for entry in get(del).unwrap_or_default().split(',').filter(|e| !e.trim().is_empty()) {
+            edits
+                .delete
+                .push(HeaderEdits::parse_name(entry).map_err(|e| policy_err(del, entry, e))?);
+        }
+        Ok(edits)
+    };
+    policy.request_headers = edits("addReqHeader", "setReqHeader", "delReqHeader")?;
+    policy.response_headers = edits("addResHeader", "setResHeader", "delResHeader")?;
+    policy.server_timeout =
+        get("timeoutServer").map(|v| parse_seconds(v, "timeoutServer")).transpose()?;
+    policy.tunnel_timeout =
+        get("timeoutTunnel").map(|v| parse_seconds(v, "timeoutTunnel")).transpose()?;
+    Ok(policy)
+}
+
+fn parse_paths<'a>(
+    raw: impl Iterator<Item = &'a str>,
+    name: &'static str,
+) -> Result<Vec<PathPrefix>, AdminError> {
+    let mut paths = Vec::new();
+    for raw in raw.map(str::trim).filter(|p| !p.is_empty()) {
+        let prefix = PathPrefix::parse(raw).map_err(|source| {
+            if name == "servicePath" {
+                AdminError::InvalidPath { source }
+            } else {
+                invalid(name, raw, &source.to_string())
+            }
+        })?;
+        if !paths.contains(&prefix) {
+            paths.push(prefix);
+        }
+    }
+    Ok(paths)
+}
+
+fn parse_bool(value: Option<&str>, name: &'static str) -> Result<bool, AdminError> {
+    match value.map(str::trim) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(v) => Err(invalid(name, v, "give true or false")),
+    }
+}
+
+/// Docker Flow Proxy's timeouts: whole seconds (a unit suffix `s` is accepted).
+fn parse_seconds(value: &str, name: &'static str) -> Result<Duration, AdminError> {
+    match value.trim().trim_end_matches('s').parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => Err(invalid(name, value, "give a number of seconds greater than 0")),
+    }
+}
+
+fn invalid(name: &'static str, value: &str, reason: &str) -> AdminError {
+    AdminError::InvalidParameter { name, value: value.to_owned(), reason: reason.to_owned() }
+}
+
+fn policy_err(name: &'static str, value: &str, err: PolicyError) -> AdminError {
+    invalid(name, value, &err.to_string())
+}
+
+fn policy(name: &'static str, value: &str, err: PolicyError) -> AdminError {
+    policy_err(name, value, err)
 }
 
 /// Reads the `serviceName` of a remove.
@@ -157,7 +343,8 @@ mod tests {
             first.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
         .expect("stored parameters are valid");
-        assert_eq!(replayed, first);
+        assert_eq!(replayed.params, first.params);
+        assert_eq!(replayed.service_paths, first.service_paths);
         assert_eq!(first.params["port"], "8080");
     }
 
@@ -167,11 +354,11 @@ mod tests {
             ("serviceName", "books-ms"),
             ("servicePath", "/b"),
             ("distribute", "true"),
-            ("serviceDomain", "x.example"),
+            ("serviceColor", "blue"),
             ("distribute", "true"),
         ])
         .expect("extra parameters are accepted");
-        assert_eq!(r.ignored, ["distribute", "serviceDomain"]);
+        assert_eq!(r.ignored, ["distribute", "serviceColor"]);
     }
 
     #[test]

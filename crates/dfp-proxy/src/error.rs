@@ -20,6 +20,14 @@ pub(crate) enum ProxyError {
     UpstreamUnreachable,
     /// The instance did not answer within the server timeout.
     UpstreamTimeout,
+    /// The service is HTTPS-only and the request came over plain HTTP: not a failure, the
+    /// proxy's own answer.
+    Redirect { location: HeaderValue, status: StatusCode },
+    /// The service wants basic auth and the request's credentials are missing or wrong.
+    Unauthorized { realm: HeaderValue },
+    /// The service's path rewrite produced something that is not a path: its configuration's
+    /// fault, not the client's.
+    RewriteFailed,
 }
 
 impl ProxyError {
@@ -36,6 +44,14 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => {
                 (StatusCode::GATEWAY_TIMEOUT, "the service instance did not answer in time\n")
             }
+            ProxyError::Redirect { status, .. } => (*status, "this service is served over HTTPS\n"),
+            ProxyError::Unauthorized { .. } => {
+                (StatusCode::UNAUTHORIZED, "this service needs a user name and password\n")
+            }
+            ProxyError::RewriteFailed => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the service's path rewrite (reqPathSearch/reqPathReplace) gave an invalid path\n",
+            ),
         }
     }
 
@@ -47,9 +63,24 @@ impl ProxyError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        if matches!(self, ProxyError::BadRequest(_)) {
-            // After a request we could not make sense of, the connection's framing is suspect.
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        match self {
+            ProxyError::BadRequest(_) => {
+                // After a request we could not make sense of, the framing is suspect.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::Redirect { location, .. } => {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            ProxyError::Unauthorized { realm } => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, realm);
+            }
+            ProxyError::NoRoute
+            | ProxyError::NoInstance
+            | ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::RewriteFailed => {}
         }
         response
     }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,72 @@ pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// What the proxy sends upstream: the client's streamed body, or nothing (a retry of a
 /// request that had no body).
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<Uploading, Empty<Bytes>>;
+
+/// The client's request body on its way upstream, noting when it last moved, so that the
+/// server timeout counts from the end of an upload (or from the last progress of a slow one),
+/// never from its start: a 1 GiB upload is not a slow server.
+#[derive(Debug)]
+pub(crate) struct Uploading {
+    inner: Incoming,
+    progress: Option<Arc<Progress>>,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    /// [`now_ms`] of the last frame (or of the end).
+    last_ms: AtomicU64,
+}
+
+impl http_body::Body for Uploading {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            if let Some(progress) = &self.progress {
+                progress.last_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Waits for `response` at most `timeout` after the request body last moved (for a request
+/// without a body: after it was sent). `None` when that time passed.
+async fn await_response<F: std::future::Future>(
+    response: F,
+    progress: Option<&Progress>,
+    timeout: Duration,
+) -> Option<F::Output> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, response).await.ok();
+    };
+    tokio::pin!(response);
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let quiet_for = now_ms().saturating_sub(progress.last_ms.load(Ordering::Relaxed));
+        let left = Duration::from_millis(timeout_ms.saturating_sub(quiet_for));
+        if left.is_zero() {
+            return None;
+        }
+        if let Ok(out) = tokio::time::timeout(left, response.as_mut()).await {
+            return Some(out);
+        }
+    }
+}
 
 /// Forwards requests along the live table. One per data-plane server, shared by connections.
 #[derive(Debug)]
@@ -39,6 +104,7 @@ pub(crate) struct Forwarder {
     server_timeout: Duration,
     tunnel_timeout: Duration,
     access_log: bool,
+    trust_forwarded_proto: bool,
 }
 
 impl Forwarder {
@@ -57,6 +123,7 @@ impl Forwarder {
             server_timeout: config.server_timeout,
             tunnel_timeout: config.tunnel_timeout,
             access_log: config.access_log,
+            trust_forwarded_proto: config.trust_forwarded_proto,
         }
     }
 
@@ -102,13 +169,39 @@ impl Forwarder {
         routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         check_framing_and_host(&request)?;
-        let path_and_query = normalised_target(request.uri())?;
+        let mut path_and_query = normalised_target(request.uri())?;
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
         let backend = {
             let table = self.table.load();
-            let route = table.lookup(path_and_query.path()).ok_or(ProxyError::NoRoute)?;
+            let route =
+                table.lookup_host(host, path_and_query.path()).ok_or(ProxyError::NoRoute)?;
             route.backend.clone()
         };
         routed.backend = Some(backend.clone());
+        let policy = backend.policy();
+
+        if let Some(status) = policy.https_redirect {
+            let forwarded_https = self.trust_forwarded_proto
+                && request
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+            if !client.tls && !forwarded_https {
+                return Err(https_redirect(host, &path_and_query, status));
+            }
+        }
+        if !policy.authorizes(request.headers().get(header::AUTHORIZATION)) {
+            return Err(ProxyError::Unauthorized { realm: realm(backend.service()) });
+        }
+        if let Some(rewrite) = &policy.path_rewrite {
+            if let Some(path) = rewrite.apply(path_and_query.path()) {
+                path_and_query = with_path(&path, path_and_query.query())?;
+            }
+        }
         if backend.instances().is_empty() {
             return Err(ProxyError::NoInstance);
         }
@@ -127,8 +220,21 @@ impl Forwarder {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         add_forwarded(&mut headers, client.addr.ip(), if client.tls { "https" } else { "http" });
+        if !policy.users.is_empty() {
+            // The credentials were for the proxy; the instance never sees them.
+            headers.remove(header::AUTHORIZATION);
+        }
+        policy.request_headers.apply(&mut headers);
+        let server_timeout = policy.server_timeout.unwrap_or(self.server_timeout);
+        let tunnel_timeout = policy.tunnel_timeout.unwrap_or(self.tunnel_timeout);
 
-        let mut body = Some(body);
+        // Only an upload needs its progress watched; a request without a body costs nothing.
+        let progress = (!body.is_end_stream()).then(|| {
+            let progress = Arc::new(Progress::default());
+            progress.last_ms.store(now_ms(), Ordering::Relaxed);
+            progress
+        });
+        let mut body = Some(Uploading { inner: body, progress: progress.clone() });
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             let Some(upstream) = backend.next_instance_except(now_ms, &tried) else {
@@ -147,11 +253,16 @@ impl Forwarder {
                 if replayable { headers.clone() } else { std::mem::take(&mut headers) };
 
             let answer =
-                tokio::time::timeout(self.server_timeout, self.client.request(outgoing)).await;
+                await_response(self.client.request(outgoing), progress.as_deref(), server_timeout)
+                    .await
+                    .ok_or(());
             match answer {
                 Ok(Ok(response)) => {
                     upstream.health().record_success();
-                    return Ok(self.relay(response, client_upgrade, conn_state.as_deref()));
+                    let mut response =
+                        relay(response, client_upgrade, conn_state.as_deref(), tunnel_timeout);
+                    policy.response_headers.apply(response.headers_mut());
+                    return Ok(response);
                 }
                 Ok(Err(err)) => {
                     let stats = backend.stats();
@@ -168,21 +279,23 @@ impl Forwarder {
                     return Err(ProxyError::UpstreamUnreachable);
                 }
                 Err(_elapsed) => {
-                    tracing::debug!(service = backend.service(), instance = %addr, timeout = ?self.server_timeout, "upstream timed out");
+                    tracing::debug!(service = backend.service(), instance = %addr, timeout = ?server_timeout, "upstream timed out");
                     return Err(ProxyError::UpstreamTimeout);
                 }
             }
         }
     }
+}
 
-    /// Turns the instance's response into the client's: hop-by-hop headers out, body streamed;
-    /// a `101 Switching Protocols` keeps its upgrade headers and starts the tunnel.
-    fn relay(
-        &self,
-        mut response: Response<Incoming>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        conn_state: Option<&ConnState>,
-    ) -> Response<ProxyBody> {
+/// Turns the instance's response into the client's: hop-by-hop headers out, body streamed;
+/// a `101 Switching Protocols` keeps its upgrade headers and starts the tunnel.
+fn relay(
+    mut response: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    conn_state: Option<&ConnState>,
+    tunnel_timeout: Duration,
+) -> Response<ProxyBody> {
+    {
         match client_upgrade {
             Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let protocol = response.headers().get(header::UPGRADE).cloned();
@@ -197,7 +310,7 @@ impl Forwarder {
                 if let Some(state) = conn_state {
                     state.upgraded();
                 }
-                tokio::spawn(tunnel::run(client, upstream, self.tunnel_timeout));
+                tokio::spawn(tunnel::run(client, upstream, tunnel_timeout));
             }
             _ => strip_hop_by_hop(response.headers_mut()),
         }
@@ -205,6 +318,41 @@ impl Forwarder {
         // version the instance answered with.
         *response.version_mut() = Version::HTTP_11;
         response.map(Either::Left)
+    }
+}
+
+/// `301`..`308` to the same host and path over HTTPS (the port, if any, is dropped: HTTPS is
+/// served on its own port).
+fn https_redirect(host: Option<&str>, target: &PathAndQuery, status: u16) -> ProxyError {
+    let host = host.map_or("", |h| {
+        if h.starts_with('[') {
+            h.split_once(']').map_or(h, |(v6, _)| v6).trim_end_matches(']')
+        } else {
+            h.rsplit_once(':').map_or(h, |(name, _)| name)
+        }
+    });
+    let host = if host.starts_with('[') { format!("{host}]") } else { host.to_owned() };
+    let location = HeaderValue::try_from(format!("https://{host}{}", target.as_str()))
+        .unwrap_or_else(|_| HeaderValue::from_static("/"));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    ProxyError::Redirect { location, status }
+}
+
+fn realm(service: &str) -> HeaderValue {
+    let safe: String =
+        service.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+    HeaderValue::try_from(format!("Basic realm=\"{safe}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"))
+}
+
+fn with_path(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    let joined = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    match PathAndQuery::try_from(joined) {
+        Ok(pq) if pq.path().starts_with('/') => Ok(pq),
+        _ => Err(ProxyError::RewriteFailed),
     }
 }
 

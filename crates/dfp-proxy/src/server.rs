@@ -17,7 +17,7 @@ use crate::conn::{ConnState, TimedIo, Tracked};
 use crate::forward::{Client, Forwarder};
 
 /// The largest request head (request line and headers) accepted; larger ones get 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Data-plane settings. [`ProxyConfig::default`] holds Docker Flow Proxy's defaults.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct ProxyConfig {
     pub tunnel_timeout: Duration,
     /// Whether each request is logged (target `access`, at info).
     pub access_log: bool,
+    /// Whether `X-Forwarded-Proto: https` from the client counts as HTTPS for `httpsOnly`
+    /// (enable only when TLS is terminated by a trusted balancer in front of the proxy).
+    pub trust_forwarded_proto: bool,
 }
 
 impl Default for ProxyConfig {
@@ -51,6 +54,7 @@ impl Default for ProxyConfig {
             shutdown_grace: Duration::from_secs(10),
             tunnel_timeout: Duration::from_secs(3600),
             access_log: false,
+            trust_forwarded_proto: false,
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct ConnectionStats {
     pub accepted: AtomicU64,
     /// Client connections open now.
     pub open: AtomicU64,
+    /// TLS handshakes that failed or timed out (the TLS listener's connections).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Serves the proxy on `listener` until `shutdown` completes, then stops accepting, lets the

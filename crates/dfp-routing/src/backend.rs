@@ -127,9 +127,15 @@ pub struct Backend {
     pub(crate) instances: Box<[Upstream]>,
     pub(crate) cursor: Arc<AtomicUsize>,
     pub(crate) stats: Arc<BackendStats>,
+    pub(crate) policy: crate::ServicePolicy,
 }
 
 impl Backend {
+    /// What the service asks of each request (redirect, auth, rewrite, headers, timeouts).
+    pub fn policy(&self) -> &crate::ServicePolicy {
+        &self.policy
+    }
+
     /// The service's name, as given to reconfigure.
     pub fn service(&self) -> &str {
         &self.service
@@ -219,6 +225,7 @@ mod tests {
                 .collect(),
             cursor: Arc::default(),
             stats: Arc::default(),
+            policy: crate::ServicePolicy::default(),
         }
     }
 

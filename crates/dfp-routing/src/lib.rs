@@ -16,6 +16,7 @@
 //! request time; a lookup either finds a backend or it does not.
 
 mod backend;
+mod policy;
 mod prefix;
 mod table;
 
@@ -23,7 +24,8 @@ pub use backend::{
     Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
     LATENCY_BUCKETS_MS,
 };
+pub use policy::{Credential, Domain, HeaderEdits, PathRewrite, PolicyError, ServicePolicy};
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{
-    BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, TableHandle,
+    BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec, TableHandle,
 };

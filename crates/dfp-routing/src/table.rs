@@ -9,16 +9,23 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::backend::{BackendStats, InstanceHealth, Upstream};
+use crate::policy::{Domain, ServicePolicy};
 use crate::{Backend, PathPrefix};
 
 /// Why a table could not be built. The live table is never touched by a failed build.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error(
-        "path {path} is already routed to service {owner:?}; remove it from {owner:?} first \
-         or choose another path for {service:?}"
+        "path {path}{} is already routed to service {owner:?}; remove it from {owner:?} first \
+         or choose another path for {service:?}",
+        host_suffix(domain.as_ref())
     )]
-    PathOwned { path: PathPrefix, owner: String, service: String },
+    PathOwned { path: PathPrefix, domain: Option<Domain>, owner: String, service: String },
+    #[error(
+        "service {owner:?} is already the default backend; remove isDefaultBackend from it \
+         before making {service:?} the default"
+    )]
+    DefaultTaken { owner: String, service: String },
     #[error("service {0:?} was added twice to one table")]
     DuplicateService(String),
     #[error("service name is empty")]
@@ -27,29 +34,80 @@ pub enum BuildError {
     Index { path: PathPrefix, reason: String },
 }
 
-/// What a lookup found: the backend that owns the path and the prefix that matched.
+fn host_suffix(domain: Option<&Domain>) -> String {
+    domain.map(|d| format!(" on {d}")).unwrap_or_default()
+}
+
+/// What a lookup found: the backend that owns the path and the prefix that matched (`None`
+/// when the default backend answered).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteMatch<'t> {
     pub backend: &'t Arc<Backend>,
-    pub prefix: &'t PathPrefix,
+    pub prefix: Option<&'t PathPrefix>,
 }
 
-/// A service's entry in a table, for reporting (`config`): name, paths and instances.
+/// A service's entry in a table, for reporting (`config`).
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceRoutes<'t> {
     pub backend: &'t Arc<Backend>,
     pub prefixes: &'t [PathPrefix],
+    pub domains: &'t [Domain],
+    pub excluded: &'t [PathPrefix],
+    pub default_backend: bool,
 }
 
-/// An immutable routing table: path prefixes to backends, longest prefix wins.
+/// What a service asks of the table: its paths, and optionally the hosts they apply to, the
+/// paths below them it does not own, whether it is the default backend, and its policy.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub prefixes: Vec<PathPrefix>,
+    /// Empty: any host.
+    pub domains: Vec<Domain>,
+    pub excluded: Vec<PathPrefix>,
+    pub default_backend: bool,
+    pub policy: ServicePolicy,
+}
+
+impl ServiceSpec {
+    pub fn new(name: &str, prefixes: &[PathPrefix]) -> Self {
+        ServiceSpec { name: name.to_owned(), prefixes: prefixes.to_vec(), ..ServiceSpec::default() }
+    }
+}
+
+/// One service in a built table.
+struct ServiceSlot {
+    backend: Arc<Backend>,
+    prefixes: Vec<PathPrefix>,
+    domains: Vec<Domain>,
+    excluded: Vec<PathPrefix>,
+}
+
+impl ServiceSlot {
+    /// Whether one of the service's excluded paths owns `path` (segment-aware).
+    fn excludes(&self, path: &str) -> bool {
+        self.excluded.iter().any(|e| {
+            let e = e.as_str();
+            path.strip_prefix(e).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}
+
+/// An immutable routing table: for a host and a path, the owning backend.
 ///
-/// Lookup walks a radix tree (private to this crate) keyed by path bytes, so its cost depends
-/// on the request path's length, not on the number of routes.
+/// Hosts first: routes of services with a matching `serviceDomain` (exact name, then a
+/// one-label wildcard), then routes for any host, then the default backend. Within each, the
+/// longest segment-aware prefix wins, walking a radix tree (private to this crate) keyed by
+/// path bytes, so lookup cost depends on the request, not on the number of routes. A path a
+/// service excludes falls through to the next shorter owner.
 pub struct RouteTable {
     version: u64,
-    index: matchit::Router<usize>,
+    any_host: matchit::Router<usize>,
+    by_host: HashMap<Box<str>, matchit::Router<usize>>,
+    by_wildcard: HashMap<Box<str>, matchit::Router<usize>>,
+    default_service: Option<usize>,
     routes: Vec<(PathPrefix, usize)>,
-    services: Vec<(Arc<Backend>, Vec<PathPrefix>)>,
+    services: Vec<ServiceSlot>,
 }
 
 impl RouteTable {
@@ -57,7 +115,10 @@ impl RouteTable {
     pub fn empty() -> Self {
         RouteTable {
             version: 0,
-            index: matchit::Router::new(),
+            any_host: matchit::Router::new(),
+            by_host: HashMap::new(),
+            by_wildcard: HashMap::new(),
+            default_service: None,
             routes: Vec::new(),
             services: Vec::new(),
         }
@@ -68,32 +129,100 @@ impl RouteTable {
         self.version
     }
 
-    /// Finds the service owning `path` (the request path, without query string).
+    /// Finds the service owning `path` (the request path, without query string) for any host.
     pub fn lookup(&self, path: &str) -> Option<RouteMatch<'_>> {
-        let found = self.index.at(path).ok()?;
-        let (prefix, service) = &self.routes[*found.value];
-        Some(RouteMatch { backend: &self.services[*service].0, prefix })
+        self.lookup_host(None, path)
+    }
+
+    /// Finds the service owning `path` on `host` (the request's `Host`, any case, with or
+    /// without a port).
+    pub fn lookup_host(&self, host: Option<&str>, path: &str) -> Option<RouteMatch<'_>> {
+        if !self.by_host.is_empty() || !self.by_wildcard.is_empty() {
+            if let Some(host) = host.and_then(normalise_host) {
+                if let Some(found) =
+                    self.by_host.get(host.as_ref()).and_then(|r| self.find(r, path))
+                {
+                    return Some(found);
+                }
+                let parent = host.split_once('.').map(|(_, rest)| rest);
+                if let Some(found) =
+                    parent.and_then(|p| self.by_wildcard.get(p)).and_then(|r| self.find(r, path))
+                {
+                    return Some(found);
+                }
+            }
+        }
+        self.find(&self.any_host, path).or_else(|| {
+            self.default_service
+                .map(|i| RouteMatch { backend: &self.services[i].backend, prefix: None })
+        })
+    }
+
+    /// The longest owner of `path` in `index` that does not exclude it.
+    fn find<'t>(&'t self, index: &'t matchit::Router<usize>, path: &str) -> Option<RouteMatch<'t>> {
+        let mut probe = path;
+        loop {
+            let found = index.at(probe).ok()?;
+            let (prefix, service) = &self.routes[*found.value];
+            let slot = &self.services[*service];
+            if !slot.excludes(path) {
+                return Some(RouteMatch { backend: &slot.backend, prefix: Some(prefix) });
+            }
+            // Excluded: ask again for the owners of the prefix's parent (all shorter).
+            if prefix.is_root() {
+                return None;
+            }
+            probe = match prefix.as_str().rfind('/') {
+                Some(0) | None => "/",
+                Some(i) => &prefix.as_str()[..i],
+            };
+        }
     }
 
     /// The routed services, ordered by name.
     pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceRoutes<'_>> {
-        self.services.iter().map(|(backend, prefixes)| ServiceRoutes { backend, prefixes })
+        self.services.iter().enumerate().map(|(i, s)| ServiceRoutes {
+            backend: &s.backend,
+            prefixes: &s.prefixes,
+            domains: &s.domains,
+            excluded: &s.excluded,
+            default_backend: self.default_service == Some(i),
+        })
     }
 
     /// The backend of a service by name.
     pub fn service(&self, name: &str) -> Option<&Arc<Backend>> {
         self.services
-            .binary_search_by(|(b, _)| b.service().cmp(name))
+            .binary_search_by(|s| s.backend.service().cmp(name))
             .ok()
-            .map(|i| &self.services[i].0)
+            .map(|i| &self.services[i].backend)
     }
+}
+
+/// `Host` without port or trailing dot, lowercase. Borrowed unless it had uppercase letters.
+fn normalise_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let host = if host.starts_with('[') {
+        // An IPv6 literal: never a configured domain name.
+        return None;
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 impl fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteTable")
             .field("version", &self.version)
-            .field("services", &self.services)
+            .field("services", &self.services.iter().map(|s| &s.backend).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -101,8 +230,10 @@ impl fmt::Debug for RouteTable {
 /// Builds a [`RouteTable`] off to the side; nothing is visible until it is published.
 #[derive(Default)]
 pub struct RouteTableBuilder {
-    services: BTreeMap<Arc<str>, (Vec<PathPrefix>, Vec<SocketAddr>)>,
-    owners: HashMap<PathPrefix, Arc<str>>,
+    services: BTreeMap<Arc<str>, (ServiceSpec, Vec<SocketAddr>)>,
+    /// (host or any, path) -> owner.
+    owners: HashMap<(Option<Domain>, PathPrefix), Arc<str>>,
+    default_owner: Option<Arc<str>>,
     carried: HashMap<Arc<str>, Carried>,
 }
 
@@ -122,7 +253,8 @@ impl RouteTableBuilder {
     /// (so a swap does not send the next requests back to each first instance), its counters,
     /// and the passive health of the instances it keeps (an ejected instance stays ejected).
     pub fn carry_state_from(&mut self, previous: &RouteTable) -> &mut Self {
-        for (backend, _) in &previous.services {
+        for slot in &previous.services {
+            let backend = &slot.backend;
             let health = backend.instances.iter().map(|u| (u.addr(), u.health_arc())).collect();
             self.carried.insert(
                 backend.service.clone(),
@@ -132,49 +264,77 @@ impl RouteTableBuilder {
         self
     }
 
-    /// Adds a service with the paths it owns and its instances (possibly none yet).
-    ///
-    /// Refuses a path already owned by another service in this table.
+    /// Adds a service with the paths it owns (for any host) and its instances.
     pub fn add_service(
         &mut self,
         name: &str,
         prefixes: &[PathPrefix],
         instances: &[SocketAddr],
     ) -> Result<&mut Self, BuildError> {
-        if name.is_empty() {
+        self.add(ServiceSpec::new(name, prefixes), instances)
+    }
+
+    /// Adds a service as `spec` describes it, with its instances (possibly none yet).
+    ///
+    /// Refuses a path another service already owns on one of the same hosts (or for any
+    /// host), and a second default backend.
+    pub fn add(
+        &mut self,
+        mut spec: ServiceSpec,
+        instances: &[SocketAddr],
+    ) -> Result<&mut Self, BuildError> {
+        if spec.name.is_empty() {
             return Err(BuildError::EmptyServiceName);
         }
-        if self.services.contains_key(name) {
-            return Err(BuildError::DuplicateService(name.to_owned()));
+        if self.services.contains_key(spec.name.as_str()) {
+            return Err(BuildError::DuplicateService(spec.name.clone()));
         }
-        for prefix in prefixes {
-            if let Some(owner) = self.owners.get(prefix) {
-                return Err(BuildError::PathOwned {
-                    path: prefix.clone(),
+        spec.prefixes.sort();
+        spec.prefixes.dedup();
+        spec.domains.sort();
+        spec.domains.dedup();
+        let hosts: Vec<Option<Domain>> = if spec.domains.is_empty() {
+            vec![None]
+        } else {
+            spec.domains.iter().cloned().map(Some).collect()
+        };
+        for host in &hosts {
+            for prefix in &spec.prefixes {
+                if let Some(owner) = self.owners.get(&(host.clone(), prefix.clone())) {
+                    return Err(BuildError::PathOwned {
+                        path: prefix.clone(),
+                        domain: host.clone(),
+                        owner: owner.to_string(),
+                        service: spec.name.clone(),
+                    });
+                }
+            }
+        }
+        if spec.default_backend {
+            if let Some(owner) = &self.default_owner {
+                return Err(BuildError::DefaultTaken {
                     owner: owner.to_string(),
-                    service: name.to_owned(),
+                    service: spec.name.clone(),
                 });
             }
         }
-        let name: Arc<str> = Arc::from(name);
-        let mut own = Vec::with_capacity(prefixes.len());
-        for prefix in prefixes {
-            if !own.contains(prefix) {
-                self.owners.insert(prefix.clone(), name.clone());
-                own.push(prefix.clone());
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        for host in hosts {
+            for prefix in &spec.prefixes {
+                self.owners.insert((host.clone(), prefix.clone()), name.clone());
             }
         }
-        own.sort();
-        self.services.insert(name, (own, instances.to_vec()));
+        if spec.default_backend {
+            self.default_owner = Some(name.clone());
+        }
+        self.services.insert(name, (spec, instances.to_vec()));
         Ok(self)
     }
 
     /// Builds the table as `version`.
     pub fn build(self, version: u64) -> Result<RouteTable, BuildError> {
-        let mut index = matchit::Router::new();
-        let mut routes = Vec::with_capacity(self.owners.len());
-        let mut services = Vec::with_capacity(self.services.len());
-        for (name, (prefixes, instances)) in self.services {
+        let mut table = RouteTable { version, ..RouteTable::empty() };
+        for (name, (spec, instances)) in self.services {
             let carried = self.carried.get(&name);
             let upstreams = instances
                 .iter()
@@ -188,28 +348,53 @@ impl RouteTableBuilder {
                 instances: upstreams,
                 cursor: carried.map(|c| c.cursor.clone()).unwrap_or_default(),
                 stats: carried.map(|c| c.stats.clone()).unwrap_or_default(),
+                policy: spec.policy,
             });
-            let service_index = services.len();
-            for prefix in &prefixes {
-                let route_index = routes.len();
-                routes.push((prefix.clone(), service_index));
-                for pattern in index_patterns(prefix) {
-                    index.insert(pattern, route_index).map_err(|e| BuildError::Index {
-                        path: prefix.clone(),
-                        reason: e.to_string(),
-                    })?;
+            let service_index = table.services.len();
+            if spec.default_backend {
+                table.default_service = Some(service_index);
+            }
+            for prefix in &spec.prefixes {
+                let route_index = table.routes.len();
+                table.routes.push((prefix.clone(), service_index));
+                let insert = |index: &mut matchit::Router<usize>| -> Result<(), BuildError> {
+                    for pattern in index_patterns(prefix) {
+                        index.insert(pattern, route_index).map_err(|e| BuildError::Index {
+                            path: prefix.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    }
+                    Ok(())
+                };
+                if spec.domains.is_empty() {
+                    insert(&mut table.any_host)?;
+                }
+                for domain in &spec.domains {
+                    match domain {
+                        Domain::Exact(host) => {
+                            insert(table.by_host.entry(host.clone()).or_default())?
+                        }
+                        Domain::Wildcard(parent) => {
+                            insert(table.by_wildcard.entry(parent.clone()).or_default())?;
+                        }
+                    }
                 }
             }
-            services.push((backend, prefixes));
+            table.services.push(ServiceSlot {
+                backend,
+                prefixes: spec.prefixes,
+                domains: spec.domains,
+                excluded: spec.excluded,
+            });
         }
-        Ok(RouteTable { version, index, routes, services })
+        Ok(table)
     }
 }
 
 impl fmt::Debug for RouteTableBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouteTableBuilder")
-            .field("services", &self.services)
+            .field("services", &self.services.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -272,6 +457,7 @@ impl fmt::Debug for TableHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Domain;
 
     fn p(s: &str) -> PathPrefix {
         PathPrefix::parse(s).expect("test prefixes are valid")
@@ -345,6 +531,78 @@ mod tests {
         for (routes, path, expected) in cases {
             check(routes, path, *expected);
         }
+    }
+
+    fn spec(name: &str, paths: &[&str], domains: &[&str], excluded: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            prefixes: paths.iter().map(|s| p(s)).collect(),
+            domains: domains.iter().map(|d| Domain::parse(d).expect("valid domain")).collect(),
+            excluded: excluded.iter().map(|s| p(s)).collect(),
+            ..ServiceSpec::default()
+        }
+    }
+
+    #[test]
+    fn hosts_first_then_any_host_then_default() {
+        let mut b = RouteTableBuilder::new();
+        b.add(spec("shop", &["/"], &["shop.example.com"], &[]), &[addr(1)]).expect("valid");
+        b.add(spec("tenants", &["/"], &["*.tenants.example.com"], &[]), &[addr(2)]).expect("valid");
+        b.add(spec("api", &["/api"], &[], &[]), &[addr(3)]).expect("valid");
+        b.add(spec("shop-api", &["/api"], &["shop.example.com"], &[]), &[addr(4)]).expect("valid");
+        let mut fallback = spec("fallback", &[], &[], &[]);
+        fallback.default_backend = true;
+        b.add(fallback, &[addr(5)]).expect("valid");
+        let t = b.build(1).expect("builds");
+        #[rustfmt::skip]
+        let cases: &[(Option<&str>, &str, &str)] = &[
+            (Some("shop.example.com"), "/cart", "shop"),
+            (Some("SHOP.Example.com:8080"), "/cart", "shop"),
+            (Some("shop.example.com."), "/cart", "shop"),
+            (Some("shop.example.com"), "/api/x", "shop-api"),
+            (Some("a.tenants.example.com"), "/x", "tenants"),
+            (Some("a.b.tenants.example.com"), "/api", "api"),
+            (Some("tenants.example.com"), "/x", "fallback"),
+            (Some("other.example.com"), "/api/v1", "api"),
+            (Some("other.example.com"), "/nothing", "fallback"),
+            (None, "/api", "api"),
+            (Some("[::1]:80"), "/api", "api"),
+        ];
+        for (host, path, want) in cases {
+            let got = t.lookup_host(*host, path).map(|m| m.backend.service());
+            assert_eq!(got, Some(*want), "host {host:?} path {path}");
+        }
+        let default = t.lookup_host(Some("x"), "/nothing").expect("default");
+        assert!(default.prefix.is_none());
+    }
+
+    #[test]
+    fn excluded_paths_fall_through_to_shorter_owners() {
+        let mut b = RouteTableBuilder::new();
+        b.add(spec("web", &["/"], &[], &[]), &[addr(1)]).expect("valid");
+        b.add(spec("books", &["/api/books"], &[], &["/api/books/admin"]), &[addr(2)])
+            .expect("valid");
+        let t = b.build(1).expect("builds");
+        let owner = |path: &str| t.lookup(path).map(|m| m.backend.service().to_owned());
+        assert_eq!(owner("/api/books/7").as_deref(), Some("books"));
+        assert_eq!(owner("/api/books/admin").as_deref(), Some("web"));
+        assert_eq!(owner("/api/books/admin/x").as_deref(), Some("web"));
+        assert_eq!(owner("/api/books/administrator").as_deref(), Some("books"));
+    }
+
+    #[test]
+    fn hosts_and_defaults_have_one_owner() {
+        let mut b = RouteTableBuilder::new();
+        b.add(spec("a", &["/x"], &["a.example.com"], &[]), &[]).expect("valid");
+        b.add(spec("b", &["/x"], &["b.example.com"], &[]), &[]).expect("same path, other host");
+        b.add(spec("c", &["/x"], &[], &[]), &[]).expect("same path, any host");
+        let err = b.add(spec("d", &["/x"], &["A.example.com"], &[]), &[]).expect_err("taken");
+        assert!(err.to_string().contains("a.example.com"), "{err}");
+        let mut first = spec("e", &[], &[], &[]);
+        first.default_backend = true;
+        b.add(first.clone(), &[]).expect("first default");
+        first.name = "f".into();
+        assert!(matches!(b.add(first, &[]), Err(BuildError::DefaultTaken { .. })));
     }
 
     #[test]

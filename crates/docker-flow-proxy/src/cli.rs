@@ -35,6 +35,15 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub(crate) admin_listen: SocketAddr,
 
+    /// Address of the HTTPS listener (TLS terminated here; HTTP/1.1 and HTTP/2), or `off`.
+    #[arg(long, env = "DFP_TLS_LISTEN", default_value = "0.0.0.0:443", value_parser = parse_tls_listen)]
+    pub(crate) tls_listen: TlsListen,
+
+    /// Directory whose `*.pem` files (certificate chain and private key each) are served at
+    /// start, each named by its file name; a file that cannot be served stops the proxy.
+    #[arg(long, env = "DFP_CERTS_DIR")]
+    pub(crate) certs_dir: Option<std::path::PathBuf>,
+
     /// Consul agent URL, or several separated by commas (tried in order). Without it the
     /// proxy runs standalone: reconfigure names instances by `port`, resolved by DNS.
     #[arg(long, env = "CONSUL_ADDRESS")]
@@ -79,6 +88,11 @@ pub(crate) struct ServerArgs {
     /// Log every request (one line, or one JSON object with --log-format json, per request).
     #[arg(long, env = "DFP_ACCESS_LOG")]
     pub(crate) access_log: bool,
+
+    /// Treat `X-Forwarded-Proto: https` from clients as HTTPS for `httpsOnly` services (only
+    /// when TLS is terminated by a trusted balancer in front of this proxy).
+    #[arg(long, env = "DFP_TRUST_FORWARDED_PROTO")]
+    pub(crate) trust_forwarded_proto: bool,
 
     /// How long each call to Consul may take before the next agent is tried.
     #[arg(long, env = "DFP_CONSUL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -178,6 +192,24 @@ impl ReconfigureArgs {
     }
 }
 
+/// Where the HTTPS listener listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsListen {
+    Off,
+    At(SocketAddr),
+}
+
+/// `off` or an address such as `0.0.0.0:443`.
+pub(crate) fn parse_tls_listen(text: &str) -> Result<TlsListen, String> {
+    match text.trim() {
+        "off" => Ok(TlsListen::Off),
+        addr => addr
+            .parse()
+            .map(TlsListen::At)
+            .map_err(|_| format!("{text:?} is not an address such as 0.0.0.0:443, nor `off`")),
+    }
+}
+
 /// `5s`, `500ms`, `2m` or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -218,6 +250,17 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn tls_listen_is_an_address_or_off() {
+        assert_eq!(parse_tls_listen("off"), Ok(TlsListen::Off));
+        assert_eq!(
+            parse_tls_listen("127.0.0.1:8443"),
+            Ok(TlsListen::At(([127, 0, 0, 1], 8443).into()))
+        );
+        assert!(parse_tls_listen("443").is_err());
+        assert!(parse_tls_listen("").is_err());
     }
 
     #[test]

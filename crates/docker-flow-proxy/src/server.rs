@@ -13,13 +13,14 @@ use anyhow::Context as _;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use dfp_admin::{Controller, Discovery, FollowConfig, MetricsHook, RouteStore};
+use dfp_admin::{CertAdmin, Controller, Discovery, FollowConfig, MetricsHook, RouteStore};
 use dfp_consul::ConsulClient;
 use dfp_proxy::{ConnectionStats, ProxyConfig};
 use dfp_routing::TableHandle;
+use dfp_tls::CertStore;
 use tokio::sync::watch;
 
-use crate::cli::ServerArgs;
+use crate::cli::{ServerArgs, TlsListen};
 
 pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let threads = match args.threads {
@@ -41,18 +42,39 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => (Discovery::Dns, RouteStore::File(args.state_file.clone())),
     };
 
-    // Bind both ports before anything starts, so a taken port fails fast and says which.
+    // A certificate in --certs-dir that cannot be served stops the start, naming the file.
+    let from_certs_dir = match &args.certs_dir {
+        Some(dir) => dfp_tls::load_dir(dir).with_context(|| {
+            format!("cannot load the certificates of {} (--certs-dir)", dir.display())
+        })?,
+        None => Vec::new(),
+    };
+
+    // Bind every port before anything starts, so a taken port fails fast and says which.
     let proxy_listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let admin_listener = std::net::TcpListener::bind(args.admin_listen)
         .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+    let tls_listener = match args.tls_listen {
+        TlsListen::At(addr) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} (--tls-listen; `off` disables HTTPS)")
+            })?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        TlsListen::Off => None,
+    };
     proxy_listener.set_nonblocking(true)?;
     admin_listener.set_nonblocking(true)?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let tls_addr = tls_listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
 
     let table = TableHandle::default();
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
+    let certs = CertStore::new();
+    let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir);
     let controller = Arc::new(Controller::new(table.clone(), discovery, store, follow));
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
@@ -62,6 +84,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         tunnel_timeout: args.tunnel_timeout,
         access_log: args.access_log,
+        trust_forwarded_proto: args.trust_forwarded_proto,
         shutdown_grace: args.shutdown_grace,
         ..ProxyConfig::default()
     };
@@ -75,9 +98,12 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the admin runtime")?;
     control_plane.block_on(controller.start())?;
+    // Certificates likewise: --certs-dir, then those stored (Consul KV or beside the state file).
+    control_plane.block_on(cert_admin.start())?;
 
     let connection_stats = Arc::new(ConnectionStats::default());
     let stats = connection_stats.clone();
+    let served_certs = certs.clone();
     controller.set_metrics_hook(MetricsHook(Arc::new(move |out: &mut String| {
         let open = stats.open.load(Ordering::Relaxed);
         let accepted = stats.accepted.load(Ordering::Relaxed);
@@ -90,6 +116,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
              # TYPE dfp_accepted_connections_total counter\n\
              dfp_accepted_connections_total {accepted}"
         );
+        tls_metrics(out, &served_certs, &stats);
     })));
 
     let data_plane = tokio::runtime::Builder::new_multi_thread()
@@ -99,10 +126,30 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the data-plane runtime")?;
     let proxy_stop = stopped(stop_rx.clone());
+    let tls_stop = stopped(stop_rx.clone());
     let proxy = thread::Builder::new().name("dfp-proxy-main".into()).spawn(move || {
         data_plane.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(proxy_listener)?;
-            dfp_proxy::serve(listener, table, proxy_config, connection_stats, proxy_stop).await
+            let https = match tls_listener {
+                Some(tls_listener) => {
+                    let listener = tokio::net::TcpListener::from_std(tls_listener)?;
+                    Some(tokio::spawn(dfp_proxy::serve_tls(
+                        listener,
+                        table.clone(),
+                        proxy_config.clone(),
+                        certs,
+                        connection_stats.clone(),
+                        tls_stop,
+                    )))
+                }
+                None => None,
+            };
+            let plain =
+                dfp_proxy::serve(listener, table, proxy_config, connection_stats, proxy_stop).await;
+            if let Some(https) = https {
+                https.await.map_err(std::io::Error::other)??;
+            }
+            plain
         })
     })?;
 
@@ -111,6 +158,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(
             proxy = %proxy_addr,
             admin = %admin_addr,
+            https = %tls_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             mode = controller.discovery().mode(),
             consul = args.consul_address.as_deref().unwrap_or("-"),
             table_version = controller.table().load().version(),
@@ -118,7 +166,12 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
             threads,
             "docker-flow-proxy is ready"
         );
-        let admin = tokio::spawn(dfp_admin::serve(listener, controller, stopped(stop_rx)));
+        let admin = tokio::spawn(dfp_admin::serve(
+            listener,
+            controller,
+            Some(cert_admin),
+            stopped(stop_rx),
+        ));
         wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
@@ -131,6 +184,35 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     proxy_result.context("data plane failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS side of `/metrics`: the certificates served, when each expires, failed handshakes.
+fn tls_metrics(out: &mut String, certs: &CertStore, stats: &ConnectionStats) {
+    let set = certs.load();
+    let _ = writeln!(
+        out,
+        "# HELP dfp_tls_certificates Certificates served by the HTTPS listener.\n\
+         # TYPE dfp_tls_certificates gauge\n\
+         dfp_tls_certificates {}\n\
+         # HELP dfp_tls_certificate_not_after_seconds When each certificate expires (Unix time).\n\
+         # TYPE dfp_tls_certificate_not_after_seconds gauge",
+        set.len()
+    );
+    for cert in set.iter() {
+        let _ = writeln!(
+            out,
+            "dfp_tls_certificate_not_after_seconds{{cert=\"{}\"}} {}",
+            cert.name(),
+            cert.not_after()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dfp_tls_handshake_failures_total TLS handshakes that failed or timed out.\n\
+         # TYPE dfp_tls_handshake_failures_total counter\n\
+         dfp_tls_handshake_failures_total {}",
+        stats.tls_handshake_failures.load(Ordering::Relaxed)
+    );
 }
 
 /// Completes once the stop flag is raised (or its sender is gone).

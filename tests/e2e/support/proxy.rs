@@ -18,6 +18,8 @@ pub struct Proxy {
     scratch: Option<Scratch>,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTPS listener (`None` when started with `--tls-listen=off`).
+    pub tls_addr: Option<SocketAddr>,
     client: reqwest::Client,
 }
 
@@ -30,6 +32,9 @@ impl Proxy {
 
     /// As [`Proxy::start`], logging at `level` (the log is kept in a file, see [`Proxy::log`],
     /// and printed if the test fails).
+    ///
+    /// Every proxy gets an HTTPS listener on a free loopback port (the binary's default,
+    /// `0.0.0.0:443`, would collide between tests), unless `extra` has `--tls-listen=...`.
     pub async fn start_logging(consul: Option<&str>, extra: &[&str], level: &str) -> Proxy {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -46,6 +51,15 @@ impl Proxy {
         if let Some(consul) = consul {
             command.arg(format!("--consul-address={consul}"));
         }
+        let tls_addr = match extra.iter().find_map(|a| a.strip_prefix("--tls-listen=")) {
+            Some("off") => None,
+            Some(given) => Some(given.parse().expect("--tls-listen=ADDR in a test is an address")),
+            None => {
+                let tls_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+                command.arg(format!("--tls-listen={tls_addr}"));
+                Some(tls_addr)
+            }
+        };
         let scratch = Scratch::new();
         let log = std::fs::File::create(scratch.path("proxy.log")).expect("log file");
         command.stderr(log);
@@ -55,7 +69,14 @@ impl Proxy {
         }
         let scratch = Some(scratch);
         let child = command.spawn().expect("the docker-flow-proxy binary starts");
-        let proxy = Proxy { child: Some(child), scratch, addr, admin_addr, client: http_client() };
+        let proxy = Proxy {
+            child: Some(child),
+            scratch,
+            addr,
+            admin_addr,
+            tls_addr,
+            client: http_client(),
+        };
         let ping = proxy.admin_url("/v1/docker-flow-proxy/ping");
         eventually(Duration::from_secs(20), "the proxy's admin API to answer", || {
             let request = proxy.client.get(&ping).send();

@@ -209,6 +209,15 @@ impl Body for TestBody {
     fn is_end_stream(&self) -> bool {
         self.text.is_none() && self.zeros_left == 0 && !self.trailer
     }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.trailer {
+            // Trailers need chunked framing: no length.
+            return hyper::body::SizeHint::default();
+        }
+        let text = self.text.as_ref().map_or(0, |t| t.len() as u64);
+        hyper::body::SizeHint::with_exact(text + self.zeros_left)
+    }
 }
 
 /// A raw TCP upstream that answers any request with `101 Switching Protocols` and then echoes

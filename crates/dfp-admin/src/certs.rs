@@ -1,0 +1,670 @@
+//! TLS certificates through the admin API: upload, list and delete them, keep them where routes
+//! are kept, restore them at start and, with Consul, follow them so every replica serves them.
+//!
+//! - With Consul, each certificate's PEM is stored at `<instance-name>/certs/<name>` in KV and
+//!   every replica follows that prefix with a blocking query, so an upload to one replica is
+//!   served by all of them within a second.
+//! - Standalone, each is a file `certs/<name>.pem` in the directory of the state file, written
+//!   atomically (temporary file, fsync, rename, fsync of the directory) and readable by the
+//!   proxy's user only. Only files in that `certs/` directory are read back, so a stray `.pem`
+//!   in the working directory is never served by accident.
+//!
+//! The same rules as for routes apply: an upload is validated fully, then stored, then
+//! published (one swap of the whole certificate set); a call that fails changes nothing.
+//! Changes are serialised by one lock. Certificates from `--certs-dir` are loaded by the binary
+//! and passed in; they cannot be deleted through the API (delete the file), but an upload of
+//! the same name takes their place.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dfp_consul::ConsulClient;
+use dfp_tls::{CertSet, CertStore, Certificate};
+use serde::Serialize;
+
+use crate::follow::{next_index, Backoff, Next};
+use crate::store::{RouteStore, StoreError};
+use crate::{AdminError, FollowConfig};
+
+/// The largest PEM body an upload may have (a long chain is a few dozen KiB).
+pub(crate) const MAX_PEM_BYTES: usize = 256 * 1024;
+
+/// The certificates' side of the admin API. Cloning it clones the handle.
+#[derive(Debug, Clone)]
+pub struct CertAdmin {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    live: CertStore,
+    backing: Backing,
+    consul_wait: Duration,
+    state: tokio::sync::Mutex<State>,
+}
+
+/// Where uploaded certificates are kept.
+#[derive(Debug)]
+enum Backing {
+    ConsulKv { consul: Arc<ConsulClient>, prefix: String },
+    Dir(PathBuf),
+    Memory,
+}
+
+/// Every certificate this proxy knows, from which the live set is built.
+#[derive(Debug, Default)]
+struct State {
+    /// From `--certs-dir`, in file-name order.
+    from_dir: Vec<Arc<Certificate>>,
+    /// Uploaded (or found in the store), by name.
+    stored: BTreeMap<String, Stored>,
+    /// Stored names in the order they first appeared: the live set's order after `from_dir`.
+    order: Vec<String>,
+    /// Stored PEM that was refused (expired since its upload, say), so that following the
+    /// store warns once per version, not on every change.
+    refused: BTreeMap<String, Pem>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    pem: Pem,
+    cert: Arc<Certificate>,
+}
+
+/// A PEM body as stored. It holds a private key, so its `Debug` shows only its size.
+#[derive(Clone, PartialEq, Eq)]
+struct Pem(Vec<u8>);
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pem({} bytes)", self.0.len())
+    }
+}
+
+impl State {
+    /// The set to serve: `--certs-dir` first, then stored ones; a stored certificate with a
+    /// directory certificate's name takes its place.
+    fn build(&self) -> CertSet {
+        CertSet::new(
+            self.from_dir.iter().cloned().chain(
+                self.order.iter().filter_map(|n| self.stored.get(n)).map(|s| s.cert.clone()),
+            ),
+        )
+    }
+
+    fn insert(&mut self, name: &str, pem: Pem, cert: Certificate) {
+        if !self.order.iter().any(|n| n == name) {
+            self.order.push(name.to_owned());
+        }
+        self.refused.remove(name);
+        self.stored.insert(name.to_owned(), Stored { pem, cert: Arc::new(cert) });
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        self.order.retain(|n| n != name);
+        self.refused.remove(name);
+        self.stored.remove(name).is_some()
+    }
+
+    /// Makes the stored certificates those of `desired` (name -> PEM), parsing only what
+    /// changed. Returns whether anything did. A PEM that no longer validates is skipped with
+    /// a warning; a previous version of it that did is kept.
+    fn sync(&mut self, desired: BTreeMap<String, Pem>) -> bool {
+        let gone: Vec<String> =
+            self.stored.keys().filter(|n| !desired.contains_key(*n)).cloned().collect();
+        let mut changed = !gone.is_empty();
+        for name in gone {
+            self.remove(&name);
+        }
+        self.refused.retain(|name, _| desired.contains_key(name));
+        for (name, pem) in desired {
+            if self.stored.get(&name).is_some_and(|s| s.pem == pem)
+                || self.refused.get(&name) == Some(&pem)
+            {
+                continue;
+            }
+            match Certificate::from_pem(&name, &pem.0) {
+                Ok(cert) => {
+                    self.insert(&name, pem, cert);
+                    changed = true;
+                }
+                Err(err) => {
+                    tracing::warn!(cert = %name, error = %err, "stored certificate cannot be served; skipped");
+                    self.refused.insert(name, pem);
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Uploaded {
+    status: &'static str,
+    message: String,
+    cert_name: String,
+    dns_names: Vec<String>,
+    not_after: String,
+}
+
+/// What a delete did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Deleted {
+    status: &'static str,
+    message: String,
+    cert_name: String,
+}
+
+/// The certificates served now.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Listed {
+    status: &'static str,
+    message: String,
+    certs: Vec<CertView>,
+}
+
+/// One certificate as the API shows it: never its key.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CertView {
+    cert_name: String,
+    dns_names: Vec<String>,
+    not_before: String,
+    not_after: String,
+    /// Served to clients whose SNI matches no certificate (or that send none).
+    default: bool,
+    /// `certs-dir` or `store`.
+    source: &'static str,
+}
+
+impl CertAdmin {
+    /// Certificates published through `live`, kept where `store` keeps routes (Consul KV
+    /// `<instance-name>/certs/`, or `certs/` beside the state file), plus those loaded from
+    /// `--certs-dir`. Call [`CertAdmin::start`] before serving.
+    pub fn new(live: CertStore, store: &RouteStore, from_dir: Vec<Certificate>) -> CertAdmin {
+        let backing = match store {
+            RouteStore::ConsulKv { consul, instance_name } => Backing::ConsulKv {
+                consul: consul.clone(),
+                prefix: format!("{}/certs/", instance_name.trim_matches('/')),
+            },
+            RouteStore::File(state_file) => {
+                let dir = match state_file.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                    _ => PathBuf::from("."),
+                };
+                Backing::Dir(dir.join("certs"))
+            }
+            RouteStore::Memory => Backing::Memory,
+        };
+        let state =
+            State { from_dir: from_dir.into_iter().map(Arc::new).collect(), ..State::default() };
+        CertAdmin {
+            inner: Arc::new(Inner {
+                live,
+                backing,
+                consul_wait: FollowConfig::default().consul_wait,
+                state: tokio::sync::Mutex::new(state),
+            }),
+        }
+    }
+
+    /// Restores the stored certificates and publishes the set; with Consul, then follows the
+    /// KV prefix. Returns once the restored set is live.
+    ///
+    /// With Consul down it publishes the `--certs-dir` ones and restores the rest as soon as
+    /// Consul answers. Stored certificates that no longer validate (expired since) are skipped
+    /// with a warning. A standalone certificate directory that cannot be read is an error.
+    pub async fn start(&self) -> Result<(), StoreError> {
+        let mut state = self.inner.state.lock().await;
+        let index = match &self.inner.backing {
+            Backing::ConsulKv { consul, prefix } => {
+                match consul.kv_list(prefix, 0, Duration::ZERO).await {
+                    Ok(listed) => {
+                        state.sync(certs_from_kv(&listed.value, prefix));
+                        listed.index
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot load certificates from Consul yet; restoring them when it answers");
+                        0
+                    }
+                }
+            }
+            Backing::Dir(dir) => {
+                let dir = dir.clone();
+                let found =
+                    tokio::task::spawn_blocking(move || read_cert_dir(&dir)).await.map_err(
+                        |e| StoreError::StateFile { path: PathBuf::new(), reason: e.to_string() },
+                    )??;
+                state.sync(found);
+                0
+            }
+            Backing::Memory => 0,
+        };
+        self.inner.live.publish(state.build());
+        tracing::info!(
+            certificates = self.inner.live.load().len(),
+            "certificates loaded and restored"
+        );
+        drop(state);
+        if let Backing::ConsulKv { consul, prefix } = &self.inner.backing {
+            tokio::spawn(follow_certs(
+                Arc::downgrade(&self.inner),
+                consul.clone(),
+                prefix.clone(),
+                index,
+            ));
+        }
+        Ok(())
+    }
+
+    /// `PUT cert?certName=N` with the PEM as body: validate, store, publish.
+    pub(crate) async fn upload(
+        &self,
+        pairs: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Uploaded, AdminError> {
+        let name = cert_name(pairs)?;
+        let cert = Certificate::from_pem(&name, &body)
+            .map_err(|source| AdminError::InvalidCert { name: name.clone(), source })?;
+        let mut state = self.inner.state.lock().await;
+        self.inner.save(&name, &body).await?;
+        let answer = Uploaded {
+            status: "OK",
+            message: format!(
+                "certificate {name} is served for {} until {}",
+                if cert.dns_names().is_empty() {
+                    "clients that match no other certificate".to_owned()
+                } else {
+                    cert.dns_names().join(", ")
+                },
+                cert.not_after_rfc3339()
+            ),
+            cert_name: name.clone(),
+            dns_names: cert.dns_names().to_vec(),
+            not_after: cert.not_after_rfc3339(),
+        };
+        state.insert(&name, Pem(body.to_vec()), cert);
+        self.inner.live.publish(state.build());
+        tracing::info!(cert = %name, names = ?answer.dns_names, not_after = %answer.not_after, "certificate uploaded");
+        Ok(answer)
+    }
+
+    /// `DELETE cert?certName=N`: remove from the store, then stop serving it.
+    pub(crate) async fn delete(&self, pairs: &[(&str, &str)]) -> Result<Deleted, AdminError> {
+        let name = cert_name(pairs)?;
+        let mut state = self.inner.state.lock().await;
+        let in_dir = state.from_dir.iter().any(|c| c.name() == name);
+        if !state.stored.contains_key(&name) && !state.refused.contains_key(&name) {
+            return Err(if in_dir {
+                AdminError::CertFromDir { name }
+            } else {
+                AdminError::NoSuchCert(name)
+            });
+        }
+        self.inner.delete(&name).await?;
+        state.remove(&name);
+        self.inner.live.publish(state.build());
+        tracing::info!(cert = %name, "certificate deleted");
+        let message = if in_dir {
+            format!("certificate {name} was deleted; the one from --certs-dir is served again")
+        } else {
+            format!("certificate {name} was deleted")
+        };
+        Ok(Deleted { status: "OK", message, cert_name: name })
+    }
+
+    /// `GET certs`: the certificates served now.
+    pub(crate) async fn list(&self) -> Listed {
+        let state = self.inner.state.lock().await;
+        let live = self.inner.live.load();
+        let default = live.default_cert().map(|c| c.name().to_owned());
+        let certs: Vec<CertView> = live
+            .iter()
+            .map(|c| CertView {
+                cert_name: c.name().to_owned(),
+                dns_names: c.dns_names().to_vec(),
+                not_before: c.not_before_rfc3339(),
+                not_after: c.not_after_rfc3339(),
+                default: default.as_deref() == Some(c.name()),
+                source: if state.stored.contains_key(c.name()) { "store" } else { "certs-dir" },
+            })
+            .collect();
+        let message = match certs.len() {
+            1 => "1 certificate".to_owned(),
+            n => format!("{n} certificates"),
+        };
+        Listed { status: "OK", message, certs }
+    }
+}
+
+impl Inner {
+    async fn save(&self, name: &str, pem: &[u8]) -> Result<(), AdminError> {
+        match &self.backing {
+            Backing::ConsulKv { consul, prefix } => consul
+                .kv_put(&format!("{prefix}{name}"), pem.to_vec())
+                .await
+                .map_err(|err| AdminError::RegistryUnavailable {
+                    what: format!("storing the certificate in Consul KV failed: {err}"),
+                }),
+            Backing::Dir(dir) => {
+                let (dir, path, pem) = (dir.clone(), dir.join(format!("{name}.pem")), pem.to_vec());
+                let shown = path.display().to_string();
+                tokio::task::spawn_blocking(move || write_private_file(&dir, &path, &pem))
+                    .await
+                    .map_err(|e| AdminError::Internal(e.to_string()))?
+                    .map_err(|err| AdminError::StoreUnavailable {
+                        what: format!("writing the certificate file {shown} failed: {err}"),
+                    })
+            }
+            Backing::Memory => Ok(()),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), AdminError> {
+        match &self.backing {
+            Backing::ConsulKv { consul, prefix } => consul
+                .kv_delete(&format!("{prefix}{name}"))
+                .await
+                .map_err(|err| AdminError::RegistryUnavailable {
+                    what: format!("deleting the certificate from Consul KV failed: {err}"),
+                }),
+            Backing::Dir(dir) => {
+                let (dir, path) = (dir.clone(), dir.join(format!("{name}.pem")));
+                let shown = path.display().to_string();
+                tokio::task::spawn_blocking(move || remove_file(&dir, &path))
+                    .await
+                    .map_err(|e| AdminError::Internal(e.to_string()))?
+                    .map_err(|err| AdminError::StoreUnavailable {
+                        what: format!("deleting the certificate file {shown} failed: {err}"),
+                    })
+            }
+            Backing::Memory => Ok(()),
+        }
+    }
+
+    /// Applies what the store holds now (another replica's upload or delete, or Consul
+    /// coming back) in one swap, without writing back.
+    async fn sync_from_kv(&self, desired: BTreeMap<String, Pem>) {
+        let mut state = self.state.lock().await;
+        if state.sync(desired) {
+            self.live.publish(state.build());
+            tracing::info!(
+                certificates = self.live.load().len(),
+                "certificates synced from Consul KV"
+            );
+        }
+    }
+}
+
+/// Reads an upload's body, up to [`MAX_PEM_BYTES`].
+pub(crate) async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, AdminError> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(body, MAX_PEM_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => Err(AdminError::InvalidParameter {
+            name: "body",
+            value: String::new(),
+            reason: format!(
+                "it cannot be read ({err}); send the PEM (at most {} KiB) as the request body",
+                MAX_PEM_BYTES / 1024
+            ),
+        }),
+    }
+}
+
+/// The `certName` parameter, checked: it becomes a file name and a KV key.
+fn cert_name(pairs: &[(&str, &str)]) -> Result<String, AdminError> {
+    let name = pairs
+        .iter()
+        .find(|(k, _)| *k == "certName")
+        .map(|(_, v)| *v)
+        .filter(|v| !v.is_empty())
+        .ok_or(AdminError::MissingParameter {
+            name: "certName",
+            example: "certName=shop.example",
+        })?;
+    if !dfp_tls::valid_name(name) {
+        return Err(AdminError::InvalidParameter {
+            name: "certName",
+            value: name.to_owned(),
+            reason: "use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'"
+                .to_owned(),
+        });
+    }
+    Ok(name.to_owned())
+}
+
+/// The certificates of a KV listing: `<prefix><name>` with a valid name; others are skipped.
+fn certs_from_kv(entries: &[dfp_consul::KvEntry], prefix: &str) -> BTreeMap<String, Pem> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let name = e.key.strip_prefix(prefix)?;
+            if dfp_tls::valid_name(name) {
+                Some((name.to_owned(), Pem(e.value.clone())))
+            } else {
+                tracing::warn!(key = %e.key, "KV key under the certificate prefix is not a certificate name; skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every `*.pem` of the standalone certificate directory, by name. A missing directory holds
+/// nothing; one that cannot be read is an error that names it.
+fn read_cert_dir(dir: &Path) -> Result<BTreeMap<String, Pem>, StoreError> {
+    let bad = |reason: String| StoreError::StateFile { path: dir.to_owned(), reason };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(err) => return Err(bad(format!("the certificate directory cannot be read ({err})"))),
+    };
+    let mut found = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| bad(format!("the certificate directory cannot be read ({e})")))?
+            .path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pem"))
+            .filter(|n| dfp_tls::valid_name(n))
+        else {
+            continue;
+        };
+        let pem = std::fs::read(&path)
+            .map_err(|e| bad(format!("{} cannot be read ({e})", path.display())))?;
+        found.insert(name.to_owned(), Pem(pem));
+    }
+    Ok(found)
+}
+
+/// Writes `path` (in `dir`, created if missing) atomically and readable by its owner only:
+/// a temporary file beside it, fsync, rename, fsync of the directory.
+fn write_private_file(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_file(dir: &Path, path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => std::fs::File::open(dir)?.sync_all(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Follows the certificate prefix in KV, so an upload or delete sent to any replica with the
+/// same instance name reaches this one (Consul's blocking-query loop, as for routes).
+async fn follow_certs(
+    inner: Weak<Inner>,
+    consul: Arc<ConsulClient>,
+    prefix: String,
+    mut index: u64,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(wait) = inner.upgrade().map(|i| i.consul_wait) else {
+            return;
+        };
+        let result = consul.kv_list(&prefix, index, wait).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        match result {
+            Ok(answer) => {
+                backoff.reset();
+                match next_index(index, answer.index) {
+                    Next::Reset => index = 0,
+                    Next::Unchanged => {}
+                    Next::Changed(new) => {
+                        index = new;
+                        strong.sync_from_kv(certs_from_kv(&answer.value, &prefix)).await;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "following certificates in Consul KV failed; retrying");
+                drop(strong);
+                tokio::time::sleep(backoff.next_delay()).await;
+                index = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem(names: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("names")
+        .self_signed(&key)
+        .expect("signs");
+        format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes()
+    }
+
+    fn served(admin: &CertAdmin) -> Vec<String> {
+        admin.inner.live.load().iter().map(|c| c.name().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn uploads_are_stored_as_private_files_restored_and_deleted() {
+        let dir = std::env::temp_dir().join(format!("dfp-certs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = RouteStore::File(dir.join("state.json"));
+        let admin = CertAdmin::new(CertStore::new(), &store, Vec::new());
+        admin.start().await.expect("an empty start");
+        assert!(served(&admin).is_empty());
+
+        admin
+            .upload(&[("certName", "shop")], Bytes::from(pem(&["shop.example"])))
+            .await
+            .expect("ok");
+        let file = dir.join("certs").join("shop.pem");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).expect("written").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is readable by the proxy's user only");
+
+        let bad = admin.upload(&[("certName", "bad")], Bytes::from_static(b"nope")).await;
+        assert!(matches!(bad, Err(AdminError::InvalidCert { .. })), "{bad:?}");
+        let bad = admin.upload(&[("certName", "../x")], Bytes::from(pem(&["x.example"]))).await;
+        assert!(matches!(bad, Err(AdminError::InvalidParameter { .. })), "{bad:?}");
+        assert_eq!(served(&admin), ["shop"], "bad input changes nothing");
+
+        let restarted = CertAdmin::new(CertStore::new(), &store, Vec::new());
+        restarted.start().await.expect("restores");
+        assert_eq!(served(&restarted), ["shop"]);
+        let listed = restarted.list().await;
+        assert_eq!(listed.certs[0].dns_names, ["shop.example"]);
+        assert!(listed.certs[0].default);
+
+        restarted.delete(&[("certName", "shop")]).await.expect("deleted");
+        assert!(!file.exists());
+        assert!(served(&restarted).is_empty());
+        let missing = restarted.delete(&[("certName", "shop")]).await;
+        assert!(matches!(missing, Err(AdminError::NoSuchCert(_))), "{missing:?}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[tokio::test]
+    async fn certs_dir_certificates_come_first_and_cannot_be_deleted() {
+        let from_dir = Certificate::from_pem("static", &pem(&["static.example"])).expect("valid");
+        let admin = CertAdmin::new(CertStore::new(), &RouteStore::Memory, vec![from_dir]);
+        admin.start().await.expect("starts");
+        admin
+            .upload(&[("certName", "later")], Bytes::from(pem(&["later.example"])))
+            .await
+            .expect("ok");
+        assert_eq!(served(&admin), ["static", "later"]);
+        let refused = admin.delete(&[("certName", "static")]).await;
+        assert!(matches!(refused, Err(AdminError::CertFromDir { .. })), "{refused:?}");
+
+        // An upload under the directory certificate's name takes its place, and deleting it
+        // brings the directory's one back.
+        admin
+            .upload(&[("certName", "static")], Bytes::from(pem(&["new.example"])))
+            .await
+            .expect("ok");
+        let live = admin.inner.live.load();
+        assert_eq!(
+            live.get("static").map(|c| c.dns_names().to_vec()),
+            Some(vec!["new.example".to_owned()])
+        );
+        admin.delete(&[("certName", "static")]).await.expect("deleted");
+        let live = admin.inner.live.load();
+        assert_eq!(
+            live.get("static").map(|c| c.dns_names().to_vec()),
+            Some(vec!["static.example".to_owned()])
+        );
+    }
+
+    #[test]
+    fn store_sync_parses_only_what_changed_and_skips_what_is_refused() {
+        let mut state = State::default();
+        let a = pem(&["a.example"]);
+        let mut desired = BTreeMap::from([
+            ("a".to_owned(), Pem(a.clone())),
+            ("b".to_owned(), Pem(b"junk".to_vec())),
+        ]);
+        assert!(state.sync(desired.clone()));
+        assert_eq!(state.order, ["a"]);
+        assert!(state.refused.contains_key("b"));
+        assert!(!format!("{state:?}").contains("PRIVATE"), "Debug never shows a key");
+        assert!(!state.sync(desired.clone()), "nothing new: no swap");
+        desired.remove("a");
+        assert!(state.sync(desired));
+        assert!(state.stored.is_empty() && state.order.is_empty());
+    }
+}

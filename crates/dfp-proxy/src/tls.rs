@@ -1,0 +1,379 @@
+//! The TLS listener: HTTPS termination with certificates that change without a restart.
+//!
+//! Each connection is handshaken with rustls (ring provider; ALPN `h2`, `http/1.1`); the
+//! certificate comes from the [`CertStore`], which resolves SNI against the live certificate
+//! set on every handshake. Publishing a new set changes what the next handshake sees and
+//! nothing else: an established connection keeps the certificate it was handshaken with and
+//! goes on serving requests.
+//!
+//! After the handshake, hyper-util's `auto` server speaks HTTP/1.1 or HTTP/2, whichever the
+//! client starts with, and every request goes through the same [`Forwarder`] as plain ones,
+//! marked as TLS (so `X-Forwarded-Proto: https`).
+//!
+//! Timeouts differ from plain connections, which wrap the socket in `TimedIo` (see
+//! `conn.rs`: 408 on a slow head, idle deadline from the end of a response). Over TLS the
+//! bytes hyper reads are decrypted ones, so the deadlines are hyper's own and one watchdog:
+//!
+//! - the handshake must complete within `header_read_timeout`;
+//! - HTTP/1.1: hyper's header read timeout (`header_read_timeout`) runs from the moment the
+//!   connection waits for a request head, so it also bounds the wait for the next request of
+//!   a kept-alive connection; when it fires the connection is closed without a 408;
+//! - both protocols: a connection with no request under way for `idle_timeout` is shut down
+//!   gracefully (HTTP/2: GOAWAY), which also bounds a client that handshakes and sends nothing.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dfp_routing::TableHandle;
+use dfp_tls::CertStore;
+use http::header::{self, HeaderValue};
+use http::{Request, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::forward::{Client, Forwarder};
+use crate::server::{ConnectionStats, ProxyConfig, MAX_HEAD_BYTES};
+
+/// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
+/// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
+/// [`ProxyConfig::shutdown_grace`], closes idle connections at once, and returns.
+///
+/// Handshakes are refused (and logged at debug) while `certs` holds no certificate.
+/// `stats` may be shared with the plain listener: its counters then cover both.
+pub async fn serve_tls(
+    listener: TcpListener,
+    table: TableHandle,
+    config: ProxyConfig,
+    certs: CertStore,
+    stats: Arc<ConnectionStats>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let forwarder = Arc::new(Forwarder::new(table, &config));
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(certs)?));
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEAD_BYTES);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
+    let http = Arc::new(http);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Each connection task holds a sender; when all are gone, every connection has closed.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, client_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "TLS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let connection = TlsConnection {
+            acceptor: acceptor.clone(),
+            http: http.clone(),
+            forwarder: forwarder.clone(),
+            header_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            stop: stop_rx.clone(),
+            stats: stats.clone(),
+        };
+        let alive = alive_tx.clone();
+        tokio::spawn(async move {
+            connection.run(stream, client_addr).await;
+            drop(alive);
+        });
+    }
+
+    drop(listener);
+    tracing::info!(grace = ?config.shutdown_grace, "TLS listener stops accepting; draining connections");
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    tokio::select! {
+        _ = alive_rx.recv() => tracing::info!("all TLS connections closed"),
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::warn!(
+                open = stats.open.load(Ordering::Relaxed),
+                "grace period over; closing the remaining TLS connections"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// rustls settings: ring, TLS 1.2 and 1.3, no client certificates, ALPN `h2` then
+/// `http/1.1`, certificates from `certs` (SNI).
+fn server_config(certs: CertStore) -> io::Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certs));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Everything one TLS connection needs, moved into its task.
+struct TlsConnection {
+    acceptor: TlsAcceptor,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    forwarder: Arc<Forwarder>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    stop: watch::Receiver<bool>,
+    stats: Arc<ConnectionStats>,
+}
+
+impl TlsConnection {
+    async fn run(mut self, stream: TcpStream, client_addr: SocketAddr) {
+        let _open = OpenConnection::count(&self.stats);
+        let handshake = tokio::time::timeout(self.header_timeout, self.acceptor.accept(stream));
+        let tls = tokio::select! {
+            handshake = handshake => match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    self.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client = %client_addr, error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_elapsed) => {
+                    self.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client = %client_addr, timeout = ?self.header_timeout, "TLS handshake not complete in time");
+                    return;
+                }
+            },
+            () = stopping(&mut self.stop) => return,
+        };
+
+        let activity = Arc::new(Activity::new());
+        let forwarder = self.forwarder.clone();
+        let requests = activity.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            let forwarder = forwarder.clone();
+            let in_flight = InFlight::start(requests.clone());
+            async move {
+                authority_as_host(&mut request);
+                let response =
+                    forwarder.handle(request, Client { addr: client_addr, tls: true }).await;
+                response.map(|r| r.map(|body| Guarded { inner: body, in_flight: Some(in_flight) }))
+            }
+        });
+        let connection = self.http.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        let result = loop {
+            let deadline = activity.idle_deadline(self.idle_timeout);
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = stopping(&mut self.stop) => {
+                    // Finish the requests in flight (if any), then close; idle ones close now.
+                    connection.as_mut().graceful_shutdown();
+                    break connection.as_mut().await;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if activity.idle_for(self.idle_timeout) {
+                        tracing::debug!(client = %client_addr, "TLS connection idle for too long; closing it");
+                        connection.as_mut().graceful_shutdown();
+                        break connection.as_mut().await;
+                    }
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(client = %client_addr, error = %err, "TLS client connection ended with an error");
+        }
+    }
+}
+
+/// Completes once the listener stops (or its sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<ConnectionStats>);
+
+impl OpenConnection {
+    fn count(stats: &Arc<ConnectionStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(stats.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// HTTP/2 carries the host in the `:authority` pseudo-header, not in `Host`: give the request
+/// the `Host` an HTTP/1.1 request would have had, so routing, `X-Forwarded-Host` and the
+/// instance see the same thing whichever protocol the client spoke.
+fn authority_as_host<B>(request: &mut Request<B>) {
+    if request.version() != Version::HTTP_2 || request.headers().contains_key(header::HOST) {
+        return;
+    }
+    let host = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        request.headers_mut().insert(header::HOST, host);
+    }
+}
+
+/// Whether a connection has a request under way, and since when it has had none.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds after `origin` when the last request ended (or the connection began).
+    idle_since_ms: AtomicU64,
+    origin: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When the connection would have been idle for `limit`; while a request is under way,
+    /// a time to look again.
+    fn idle_deadline(&self, limit: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + limit;
+        }
+        self.origin + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + limit
+    }
+
+    fn idle_for(&self, limit: Duration) -> bool {
+        self.idle_at(self.now_ms(), limit)
+    }
+
+    /// Whether, at `now_ms`, the connection has had no request under way for `limit`.
+    fn idle_at(&self, now_ms: u64, limit: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Acquire))
+                >= u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One request under way: from the request head until its response body has been sent, or
+/// until hyper drops either (a client that reset its stream).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when it has been sent or dropped.
+struct Guarded<B> {
+    inner: B,
+    in_flight: Option<InFlight>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_authority_becomes_the_host() {
+        let mut h2 = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://shop.example:8443/cart")
+            .body(())
+            .expect("request");
+        authority_as_host(&mut h2);
+        assert_eq!(h2.headers()[header::HOST], "shop.example:8443");
+
+        let mut h1 = Request::builder().uri("/cart").body(()).expect("request");
+        authority_as_host(&mut h1);
+        assert!(!h1.headers().contains_key(header::HOST), "HTTP/1.1 keeps what it was sent");
+
+        let mut both = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://a.example/")
+            .header(header::HOST, "b.example")
+            .body(())
+            .expect("request");
+        authority_as_host(&mut both);
+        assert_eq!(both.headers()[header::HOST], "b.example", "an explicit Host stays");
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_without_requests() {
+        let limit = Duration::from_secs(15);
+        let activity = Arc::new(Activity::new());
+        assert!(!activity.idle_at(14_999, limit));
+        assert!(activity.idle_at(15_000, limit), "a connection that never sends a request");
+        let request = InFlight::start(activity.clone());
+        assert!(!activity.idle_at(60_000, limit), "a request under way is never idle");
+        drop(request);
+        let ended = activity.idle_since_ms.load(Ordering::Acquire);
+        assert!(!activity.idle_at(ended + 14_999, limit), "idle from the end of the last request");
+        assert!(activity.idle_at(ended + 15_000, limit));
+    }
+}

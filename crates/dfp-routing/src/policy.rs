@@ -1,0 +1,373 @@
+//! What a service asks of the proxy beyond "send it here": host names, excluded paths, the
+//! default-backend role, and per-request policy (HTTPS redirect, path rewrite, basic auth,
+//! header edits, timeouts).
+//!
+//! Everything is validated when built (at reconfigure time) and stored ready to apply, so the
+//! data plane never parses a header name or compiles a regex per request. Still no IO here:
+//! these are values and pure functions over them.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use regex::Regex;
+
+/// Why a service option was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "domain {0:?} is not a host name; give names such as shop.example.com or *.example.com"
+    )]
+    BadDomain(String),
+    #[error("header {0:?} is not valid; give `Name value`, e.g. `X-Env production`")]
+    BadHeader(String),
+    #[error("regular expression {pattern:?} is invalid: {reason}")]
+    BadRegex { pattern: String, reason: String },
+    #[error("user entry {0:?} is not `name:password`")]
+    BadUser(String),
+    #[error("password hash of user {0:?} is not a SHA-512 crypt hash ($6$[rounds=N$]salt$hash)")]
+    BadHash(String),
+    #[error("redirect code {0} is not one of 301, 302, 303, 307, 308")]
+    BadRedirectCode(u16),
+}
+
+/// A host a service answers for: exact (`shop.example.com`) or one-label wildcard
+/// (`*.example.com` matches `a.example.com`, not `example.com` nor `a.b.example.com`).
+/// Stored lowercase without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Domain {
+    Exact(Box<str>),
+    /// The part after `*.`.
+    Wildcard(Box<str>),
+}
+
+impl Domain {
+    pub fn parse(input: &str) -> Result<Self, PolicyError> {
+        let bad = || PolicyError::BadDomain(input.to_owned());
+        let lower = input.trim().trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, lower),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(if wildcard { Domain::Wildcard(name.into()) } else { Domain::Exact(name.into()) })
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Domain::Exact(name) => f.write_str(name),
+            Domain::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// A regex rewrite of the request path, applied after routing (`reqPathSearch` /
+/// `reqPathReplace`).
+#[derive(Debug, Clone)]
+pub struct PathRewrite {
+    search: Regex,
+    replace: String,
+}
+
+impl PathRewrite {
+    /// `replace` may refer to groups as `$1`, `${name}` or HAProxy's `\1`.
+    pub fn new(search: &str, replace: &str) -> Result<Self, PolicyError> {
+        let regex = Regex::new(search).map_err(|e| PolicyError::BadRegex {
+            pattern: search.to_owned(),
+            reason: e.to_string(),
+        })?;
+        // HAProxy's `\1` becomes `${1}`.
+        let mut converted = String::with_capacity(replace.len());
+        let mut chars = replace.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' && chars.peek().is_some_and(char::is_ascii_digit) {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                converted.push_str(&format!("${{{digits}}}"));
+            } else {
+                converted.push(c);
+            }
+        }
+        Ok(PathRewrite { search: regex, replace: converted })
+    }
+
+    /// The expression, as configured.
+    pub fn search(&self) -> &str {
+        self.search.as_str()
+    }
+
+    /// The replacement, with HAProxy's `\N` already written as `${N}`.
+    pub fn replacement(&self) -> &str {
+        &self.replace
+    }
+
+    /// The rewritten path, or `None` when the expression does not match.
+    pub fn apply(&self, path: &str) -> Option<String> {
+        self.search
+            .is_match(path)
+            .then(|| self.search.replace(path, self.replace.as_str()).into_owned())
+    }
+}
+
+/// A user of HTTP basic auth.
+#[derive(Clone)]
+pub struct Credential {
+    user: Box<str>,
+    secret: Secret,
+}
+
+#[derive(Clone)]
+enum Secret {
+    Plain(Box<str>),
+    /// `$6$[rounds=N$]salt$hash`, split.
+    Sha512 {
+        rounds: usize,
+        salt: Box<str>,
+        hash: Box<str>,
+    },
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// A user with a plain password, or a SHA-512 crypt hash when `password` starts with `$6$`
+    /// or `hashed` is set (Docker Flow Proxy's `usersPassEncrypted`).
+    pub fn new(user: &str, password: &str, hashed: bool) -> Result<Self, PolicyError> {
+        if user.is_empty() || user.contains(':') {
+            return Err(PolicyError::BadUser(user.to_owned()));
+        }
+        let secret = if hashed || password.starts_with("$6$") {
+            parse_sha512(password).ok_or_else(|| PolicyError::BadHash(user.to_owned()))?
+        } else {
+            Secret::Plain(password.into())
+        };
+        Ok(Credential { user: user.into(), secret })
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn accepts(&self, user: &str, password: &str) -> bool {
+        let user_ok = constant_time_eq(self.user.as_bytes(), user.as_bytes());
+        let password_ok = match &self.secret {
+            Secret::Plain(expected) => constant_time_eq(expected.as_bytes(), password.as_bytes()),
+            Secret::Sha512 { rounds, salt, hash } => {
+                let Ok(params) = sha_crypt::Sha512Params::new(*rounds) else { return false };
+                sha_crypt::sha512_crypt_b64(password.as_bytes(), salt.as_bytes(), &params)
+                    .is_ok_and(|computed| constant_time_eq(computed.as_bytes(), hash.as_bytes()))
+            }
+        };
+        user_ok & password_ok
+    }
+}
+
+fn parse_sha512(value: &str) -> Option<Secret> {
+    let rest = value.strip_prefix("$6$")?;
+    let mut parts: Vec<&str> = rest.split('$').collect();
+    let rounds = match parts.first().and_then(|p| p.strip_prefix("rounds=")) {
+        Some(n) => {
+            let n: usize = n.parse().ok()?;
+            parts.remove(0);
+            n.clamp(1_000, 999_999_999)
+        }
+        None => 5_000,
+    };
+    let [salt, hash] = parts.as_slice() else { return None };
+    if hash.len() != 86 {
+        return None;
+    }
+    let salt: String = salt.chars().take(16).collect();
+    Some(Secret::Sha512 { rounds, salt: salt.into(), hash: (*hash).into() })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Header edits on one direction of an exchange: delete, then set (replace), then add.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    pub delete: Vec<HeaderName>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdits {
+    /// Parses `Name value` (Docker Flow Proxy's format for add/set).
+    pub fn parse_pair(entry: &str) -> Result<(HeaderName, HeaderValue), PolicyError> {
+        let bad = || PolicyError::BadHeader(entry.to_owned());
+        let entry = entry.trim();
+        let (name, value) = entry.split_once(char::is_whitespace).ok_or_else(bad)?;
+        let name =
+            HeaderName::from_bytes(name.trim_end_matches(':').as_bytes()).map_err(|_| bad())?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+        Ok((name, value))
+    }
+
+    /// Parses a header name (for delete).
+    pub fn parse_name(entry: &str) -> Result<HeaderName, PolicyError> {
+        HeaderName::from_bytes(entry.trim().as_bytes())
+            .map_err(|_| PolicyError::BadHeader(entry.to_owned()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Applies the edits to `headers`.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.delete {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Per-request policy of a service. The default asks for nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ServicePolicy {
+    /// Plain-HTTP requests are redirected to HTTPS with this status (`httpsOnly`).
+    pub https_redirect: Option<u16>,
+    pub path_rewrite: Option<PathRewrite>,
+    /// Basic-auth users; empty means no authentication.
+    pub users: Vec<Credential>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    /// Overrides the proxy's server timeout (`timeoutServer`).
+    pub server_timeout: Option<Duration>,
+    /// Overrides the proxy's tunnel timeout (`timeoutTunnel`).
+    pub tunnel_timeout: Option<Duration>,
+}
+
+impl ServicePolicy {
+    /// Checks a redirect code for `httpsRedirectCode`.
+    pub fn redirect_code(code: u16) -> Result<u16, PolicyError> {
+        match code {
+            301 | 302 | 303 | 307 | 308 => Ok(code),
+            other => Err(PolicyError::BadRedirectCode(other)),
+        }
+    }
+
+    /// Whether `authorization` (the request's header) names one of the users with the right
+    /// password. True when the service has no users.
+    pub fn authorizes(&self, authorization: Option<&HeaderValue>) -> bool {
+        use base64::Engine as _;
+        if self.users.is_empty() {
+            return true;
+        }
+        let Some(encoded) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+            return false;
+        };
+        let Ok(decoded) = std::str::from_utf8(&decoded) else { return false };
+        let Some((user, password)) = decoded.split_once(':') else { return false };
+        // Check every user (no early exit), so timing does not tell which user exists.
+        self.users.iter().fold(false, |ok, c| c.accepts(user, password) | ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            Domain::parse("Shop.Example.com."),
+            Ok(Domain::Exact("shop.example.com".into()))
+        );
+        assert_eq!(Domain::parse("*.example.com"), Ok(Domain::Wildcard("example.com".into())));
+        for bad in ["", "*.", "a..b", "-a.b", "a b", "*.*.b", "a/b", "ex ample.com"] {
+            assert!(Domain::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rewrites_accept_haproxy_and_rust_groups() {
+        let r = PathRewrite::new("^/api/v1/(.*)", "/\\1").expect("valid");
+        assert_eq!(r.apply("/api/v1/books/7").as_deref(), Some("/books/7"));
+        assert_eq!(r.apply("/other"), None);
+        let r = PathRewrite::new("^/old", "/new$0").expect("valid");
+        assert_eq!(r.apply("/old/x").as_deref(), Some("/new/old/x"));
+        assert!(PathRewrite::new("(", "x").is_err());
+    }
+
+    fn basic(user: &str, password: &str) -> HeaderValue {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        HeaderValue::from_str(&format!("Basic {token}")).expect("valid")
+    }
+
+    #[test]
+    fn basic_auth_plain_and_sha512() {
+        // `mkpasswd -m sha-512 -S saltsalt secret` (glibc crypt).
+        let hash = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+        let policy = ServicePolicy {
+            users: vec![
+                Credential::new("alice", "wonderland", false).expect("plain"),
+                Credential::new("bob", hash, false).expect("hash"),
+            ],
+            ..ServicePolicy::default()
+        };
+        assert!(policy.authorizes(Some(&basic("alice", "wonderland"))));
+        assert!(policy.authorizes(Some(&basic("bob", "secret"))));
+        assert!(!policy.authorizes(Some(&basic("bob", "wrong"))));
+        assert!(!policy.authorizes(Some(&basic("alice", "secret"))));
+        assert!(!policy.authorizes(Some(&basic("carol", "wonderland"))));
+        assert!(!policy.authorizes(None));
+        assert!(!policy.authorizes(Some(&HeaderValue::from_static("Basic !!!"))));
+        assert!(ServicePolicy::default().authorizes(None));
+        assert!(Credential::new("x", "$6$bad", false).is_err());
+        assert!(Credential::new("", "p", false).is_err());
+    }
+
+    #[test]
+    fn header_edits_delete_set_add() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        h.insert("x-env", HeaderValue::from_static("old"));
+        let edits = HeaderEdits {
+            delete: vec![HeaderEdits::parse_name("X-Drop").expect("name")],
+            set: vec![HeaderEdits::parse_pair("X-Env production").expect("pair")],
+            add: vec![HeaderEdits::parse_pair("X-Tag a b").expect("pair")],
+        };
+        edits.apply(&mut h);
+        assert!(h.get("x-drop").is_none());
+        assert_eq!(h["x-env"], "production");
+        assert_eq!(h["x-tag"], "a b");
+        assert!(HeaderEdits::parse_pair("NoValue").is_err());
+        assert!(HeaderEdits::parse_pair("Bad\u{1}Name v").is_err());
+    }
+}
