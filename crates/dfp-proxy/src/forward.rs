@@ -247,7 +247,7 @@ impl Forwarder {
                 None => Either::Right(Empty::new()),
             });
             *outgoing.method_mut() = method.clone();
-            *outgoing.uri_mut() = upstream_uri(addr, &path_and_query)?;
+            *outgoing.uri_mut() = upstream_uri(upstream.authority(), &path_and_query)?;
             *outgoing.version_mut() = Version::HTTP_11;
             *outgoing.headers_mut() =
                 if replayable { headers.clone() } else { std::mem::take(&mut headers) };
@@ -417,12 +417,10 @@ fn normalised_target(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     }
 }
 
-fn upstream_uri(addr: SocketAddr, path_and_query: &PathAndQuery) -> Result<Uri, ProxyError> {
-    let authority =
-        Authority::try_from(addr.to_string()).map_err(|_| ProxyError::UpstreamUnreachable)?;
+fn upstream_uri(authority: &Authority, path_and_query: &PathAndQuery) -> Result<Uri, ProxyError> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
+    parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path_and_query.clone());
     Uri::from_parts(parts).map_err(|_| ProxyError::UpstreamUnreachable)
 }

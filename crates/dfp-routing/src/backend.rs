@@ -19,12 +19,21 @@ pub const EJECT_MAX_MS: u64 = 30_000;
 #[derive(Debug, Clone)]
 pub struct Upstream {
     addr: SocketAddr,
+    /// `addr` as a URI authority, built once here instead of on every request.
+    authority: http::uri::Authority,
     health: Arc<InstanceHealth>,
 }
 
 impl Upstream {
     pub(crate) fn new(addr: SocketAddr, health: Arc<InstanceHealth>) -> Self {
-        Upstream { addr, health }
+        let authority = http::uri::Authority::try_from(addr.to_string())
+            .unwrap_or_else(|_| unreachable!("a socket address is always a valid URI authority"));
+        Upstream { addr, authority, health }
+    }
+
+    /// The instance as a URI authority (`ip:port`, `[v6]:port`).
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
 
     pub(crate) fn health_arc(&self) -> Arc<InstanceHealth> {
@@ -218,10 +227,7 @@ mod tests {
             service: Arc::from("s"),
             instances: ports
                 .iter()
-                .map(|&p| Upstream {
-                    addr: SocketAddr::from(([127, 0, 0, 1], p)),
-                    health: Arc::default(),
-                })
+                .map(|&p| Upstream::new(SocketAddr::from(([127, 0, 0, 1], p)), Arc::default()))
                 .collect(),
             cursor: Arc::default(),
             stats: Arc::default(),
