@@ -1,0 +1,206 @@
+# report.awk: turns compare.sh's results.tsv into the markdown tables of BENCHMARKS.md.
+#
+# Input (tab-separated), one line per wrk run:
+#   scenario mode round target req/s p50_us p99_us errors cpu_us_per_request requests extra
+#   core0_us_per_request core0_busy_% core1_busy_% user_us_per_request
+# Every figure is "median (min–max)" over the rounds. A ratio is taken between two runs of the
+# same round and then summarised the same way, so a claim holds only when its min–max range
+# stays on one side of the threshold. Variables: many (the large route count). Plain awk (mawk).
+
+function keep(key, value) {
+  if (value == "-" || value == "") return
+  count[key]++
+  values[key, count[key]] = value + 0
+}
+
+# Sorts values[key, 1..n] into sorted[1..n]; returns n.
+function sort_key(key,   n, i, j, t) {
+  n = count[key] + 0
+  for (i = 1; i <= n; i++) sorted[i] = values[key, i]
+  for (i = 2; i <= n; i++) {
+    t = sorted[i]
+    for (j = i - 1; j >= 1 && sorted[j] > t; j--) sorted[j + 1] = sorted[j]
+    sorted[j + 1] = t
+  }
+  return n
+}
+
+function median(key,   n) {
+  n = sort_key(key)
+  if (n == 0) return ""
+  return n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
+}
+
+# "median (min–max)" with printf format fmt, divided by scale; "–" without values.
+function summary(key, fmt, scale,   n, m) {
+  n = sort_key(key)
+  if (n == 0) return "–"
+  m = n % 2 ? sorted[(n + 1) / 2] : (sorted[n / 2] + sorted[n / 2 + 1]) / 2
+  if (n == 1) return sprintf(fmt, m / scale)
+  return sprintf(fmt " (" fmt "–" fmt ")", m / scale, sorted[1] / scale, sorted[n] / scale)
+}
+
+function lowest(key) { return sort_key(key) ? sorted[1] : "" }
+function highest(key,   n) { n = sort_key(key); return n ? sorted[n] : "" }
+
+# Records the per-round ratio metric(a) / metric(b) for every round that has both.
+function pair(scenario, mode_a, a, mode_b, b, metric, into,   r, x, y) {
+  for (r = 1; r <= max_round; r++) {
+    x = at[scenario, mode_a, a, r, metric]
+    y = at[scenario, mode_b, b, r, metric]
+    if (x != "" && x != "-" && y != "" && y != "-" && y + 0 > 0) keep(into, x / y)
+  }
+}
+
+# A target of the issue: are all the paired ratios on the right side of the threshold?
+function verdict(key, op, threshold,   m, lo, hi) {
+  m = median(key)
+  if (m == "") return "not measured"
+  lo = lowest(key); hi = highest(key)
+  if (op == "<=" ? hi <= threshold : lo >= threshold) return "met (every round)"
+  if (op == "<=" ? lo > threshold : hi < threshold) return "not met (every round)"
+  return "unclear: rounds on both sides (median " ((op == "<=" ? m <= threshold : m >= threshold) ? "meets it)" : "misses it)")
+}
+
+function target_name(t) {
+  if (t == "ours") return "docker-flow-proxy"
+  if (t == "haproxy") return "HAProxy"
+  if (t == "nginx") return "nginx (proxy)"
+  if (t == "direct") return "direct to upstream (ceiling)"
+  return t
+}
+
+{
+  scenario = $1; mode = $2; round = $3 + 0; target = $4
+  if (round > max_round) max_round = round
+  base = scenario SUBSEP mode SUBSEP target
+  if (!(base in seen)) { seen[base] = 1; order[scenario, mode, ++targets[scenario, mode]] = target }
+  keep(base SUBSEP "rps", $5); keep(base SUBSEP "p50", $6); keep(base SUBSEP "p99", $7)
+  keep(base SUBSEP "cpu", $9); keep(base SUBSEP "core", $12)
+  keep(base SUBSEP "busy0", $13); keep(base SUBSEP "busy1", $14); keep(base SUBSEP "user", $15)
+  errors[base] += $8; runs[base]++
+  at[scenario, mode, target, round, "rps"] = $5
+  at[scenario, mode, target, round, "p99"] = $7
+  at[scenario, mode, target, round, "cpu"] = $9
+  at[scenario, mode, target, round, "core"] = $12
+  at[scenario, mode, target, round, "errors"] = $8
+  if ($11 != "-" && split($11, c, "/") == 2) { applied[base] += c[1]; attempted[base] += c[2] }
+}
+
+function compare_table(mode, title,   i, t, base, against) {
+  if (!targets["compare", mode]) return
+  print "### " title
+  print ""
+  print "| target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/request | of which user space | core 0 busy µs/request | cores 0 / 1 busy % | req/s ÷ HAProxy | CPU/request ÷ HAProxy | core 0 ÷ HAProxy | p99 ÷ HAProxy |"
+  print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for (i = 1; i <= targets["compare", mode]; i++) {
+    t = order["compare", mode, i]
+    base = "compare" SUBSEP mode SUBSEP t
+    against = "ratio" SUBSEP mode SUBSEP t
+    if (t != "haproxy") {
+      pair("compare", mode, t, mode, "haproxy", "rps", against SUBSEP "rps")
+      pair("compare", mode, t, mode, "haproxy", "cpu", against SUBSEP "cpu")
+      pair("compare", mode, t, mode, "haproxy", "p99", against SUBSEP "p99")
+      pair("compare", mode, t, mode, "haproxy", "core", against SUBSEP "core")
+    }
+    printf "| %s | %s | %s | %s | %d | %s | %s | %s | %s / %s | %s | %s | %s | %s |\n", target_name(t),
+      summary(base SUBSEP "rps", "%.0f", 1), summary(base SUBSEP "p50", "%.2f", 1000),
+      summary(base SUBSEP "p99", "%.2f", 1000), errors[base], summary(base SUBSEP "cpu", "%.1f", 1),
+      summary(base SUBSEP "user", "%.1f", 1),
+      summary(base SUBSEP "core", "%.1f", 1),
+      median(base SUBSEP "busy0") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy0")),
+      median(base SUBSEP "busy1") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy1")),
+      t == "haproxy" ? "1" : summary(against SUBSEP "rps", "%.2f", 1),
+      t == "haproxy" ? "1" : summary(against SUBSEP "cpu", "%.2f", 1),
+      t == "haproxy" ? "1" : summary(against SUBSEP "core", "%.2f", 1),
+      t == "haproxy" ? "1" : summary(against SUBSEP "p99", "%.2f", 1)
+  }
+  print ""
+}
+
+function routes_table(   proxies, i, t, few, lots) {
+  if (!targets["routes", "closed"]) return
+  print "### Routes: closed loop with 10 and " many " routes"
+  print ""
+  print "| target | routes | req/s | p99 ms | errors | proxy CPU µs/request | req/s at " many " ÷ at 10 (paired) |"
+  print "|---|---:|---:|---:|---:|---:|---:|"
+  split("ours haproxy", proxies, " ")
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    few = "routes" SUBSEP "closed" SUBSEP t "-10"
+    lots = "routes" SUBSEP "closed" SUBSEP t "-" many
+    pair("routes", "closed", t "-" many, "closed", t "-10", "rps", "scale" SUBSEP t)
+    printf "| %s | 10 | %s | %s | %d | %s | |\n", target_name(t), summary(few SUBSEP "rps", "%.0f", 1),
+      summary(few SUBSEP "p99", "%.2f", 1000), errors[few], summary(few SUBSEP "cpu", "%.1f", 1)
+    printf "| %s | %s | %s | %s | %d | %s | %s |\n", target_name(t), many,
+      summary(lots SUBSEP "rps", "%.0f", 1), summary(lots SUBSEP "p99", "%.2f", 1000), errors[lots],
+      summary(lots SUBSEP "cpu", "%.1f", 1), summary("scale" SUBSEP t, "%.3f", 1)
+  }
+  print ""
+}
+
+function churn_table(   proxies, i, t, quiet, busy) {
+  if (!targets["churn", "quiet"]) return
+  print "### Churn: closed loop while the routes change every 100 ms"
+  print ""
+  print "| target | how it changes | changes done | quiet req/s | req/s under churn | under churn ÷ quiet (paired) | failed requests quiet / under churn (all rounds) | proxy CPU µs/request quiet / under churn |"
+  print "|---|---|---:|---:|---:|---:|---:|---:|"
+  split("ours-churn haproxy-churn", proxies, " ")
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    quiet = "churn" SUBSEP "quiet" SUBSEP t
+    busy = "churn" SUBSEP "busy" SUBSEP t
+    pair("churn", "busy", t, "quiet", t, "rps", "churn" SUBSEP t)
+    printf "| %s | %s | %d/%d | %s | %s | %s | %d / %d | %s / %s |\n",
+      t == "ours-churn" ? "docker-flow-proxy" : "HAProxy (master-worker)",
+      t == "ours-churn" ? "admin reconfigure (table swap)" : "`kill -USR2` reload",
+      applied[busy], attempted[busy], summary(quiet SUBSEP "rps", "%.0f", 1),
+      summary(busy SUBSEP "rps", "%.0f", 1), summary("churn" SUBSEP t, "%.3f", 1),
+      errors[quiet], errors[busy], summary(quiet SUBSEP "cpu", "%.1f", 1), summary(busy SUBSEP "cpu", "%.1f", 1)
+  }
+  print ""
+}
+
+function targets_table(   k) {
+  print "### The issue's targets"
+  print ""
+  print "| target | measured (median, min–max of the paired ratio) | verdict |"
+  print "|---|---:|---|"
+  k = "ratio" SUBSEP "paced" SUBSEP "ours" SUBSEP "cpu"
+  printf "| proxy CPU/request at paced load ≤ 0.9× HAProxy's | %s | %s |\n", summary(k, "%.2f", 1), verdict(k, "<=", 0.9)
+  k = "ratio" SUBSEP "closed" SUBSEP "ours" SUBSEP "rps"
+  printf "| closed-loop req/s ≥ 1.05× HAProxy's | %s | %s |\n", summary(k, "%.2f", 1), verdict(k, ">=", 1.05)
+  k = "ratio" SUBSEP "closed" SUBSEP "ours" SUBSEP "p99"
+  printf "| closed-loop p99 ≤ HAProxy's | %s | %s |\n", summary(k, "%.2f", 1), verdict(k, "<=", 1.0)
+  k = "ratio" SUBSEP "paced" SUBSEP "ours" SUBSEP "p99"
+  printf "| paced p99 ≤ HAProxy's | %s | %s |\n", summary(k, "%.2f", 1), verdict(k, "<=", 1.0)
+  k = "scale" SUBSEP "ours"
+  printf "| req/s at %s routes ≥ 0.95× at 10 routes | %s | %s |\n", many, summary(k, "%.3f", 1), verdict(k, ">=", 0.95)
+  k = "churn" SUBSEP "ours-churn"
+  if (count[k]) {
+    printf "| under churn: 0 failed requests | %d failed | %s |\n", errors["churn" SUBSEP "busy" SUBSEP "ours-churn"],
+      errors["churn" SUBSEP "busy" SUBSEP "ours-churn"] == 0 ? "met" : "not met"
+  } else {
+    print "| under churn: 0 failed requests | – | not measured |"
+  }
+  printf "| under churn: req/s ≥ 0.95× quiet | %s | %s |\n", summary(k, "%.3f", 1), verdict(k, ">=", 0.95)
+  print ""
+}
+
+END {
+  compare_table("closed", "Closed loop (wrk, " "every connection sends its next request at once)")
+  compare_table("paced", "Paced (each connection waits 1–4 ms between requests)")
+  routes_table()
+  churn_table()
+  targets_table()
+  print "Figures: median (min–max) over the rounds. Ratios are paired: each round's value over HAProxy's"
+  print "in the same round (or over the same proxy's quiet / 10-route run), then summarised. Errors are"
+  print "wrk's socket errors plus answers ≥ 400, summed over all rounds. Proxy CPU is user+system time of"
+  print "the proxy's whole process tree (for HAProxy and nginx, master and workers, with the workers they"
+  print "have reaped) per completed request: the kernel keeps that sum exact (only its user/system split,"
+  print "\"of which user space\", is sampled). Core 0 busy is everything core 0 did (user, system, irq,"
+  print "softirq) per request, from tick-sampled /proc/stat: a rough cross-check that also shows anything"
+  print "else that ran on the proxy's core (close to the exact figure when the core is saturated, up to"
+  print "~30% off at the paced load on a busy machine). Cores busy: medians of the share of the run each"
+  print "core was busy (core 0: the proxy; core 1: wrk, the upstreams, Consul)."
+}
