@@ -1,9 +1,9 @@
 //! `docker-flow-proxy server`: binds the ports, starts the data plane and the admin API on
 //! separate runtimes, and stops both on SIGTERM or SIGINT.
 //!
-//! The data plane runs on its own multi-threaded runtime with `--threads` workers; the admin
-//! API and every Consul call run on a single-threaded runtime of their own, so no admin work
-//! ever occupies a data-plane worker.
+//! The data plane runs on `--threads` threads, each with its own single-threaded runtime and
+//! upstream pool; the admin API and every Consul call run on a single-threaded runtime of
+//! their own, so no admin work ever occupies a data-plane thread.
 
 use std::sync::Arc;
 use std::thread;
@@ -119,39 +119,50 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         tls_metrics(out, &served_certs, &stats);
     })));
 
-    let data_plane = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("dfp-proxy")
-        .enable_all()
-        .build()
-        .context("cannot start the data-plane runtime")?;
-    let proxy_stop = stopped(stop_rx.clone());
-    let tls_stop = stopped(stop_rx.clone());
-    let proxy = thread::Builder::new().name("dfp-proxy-main".into()).spawn(move || {
-        data_plane.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(proxy_listener)?;
-            let https = match tls_listener {
-                Some(tls_listener) => {
-                    let listener = tokio::net::TcpListener::from_std(tls_listener)?;
-                    Some(tokio::spawn(dfp_proxy::serve_tls(
-                        listener,
-                        table.clone(),
-                        proxy_config.clone(),
-                        certs,
-                        connection_stats.clone(),
-                        tls_stop,
-                    )))
+    // The data plane: one single-threaded runtime per worker thread, each accepting from the
+    // same listening sockets and owning its own upstream connection pool, so nothing on the
+    // request path is shared between threads (no work stealing, no cross-thread pool lock).
+    let mut workers = Vec::with_capacity(threads);
+    for worker in 0..threads {
+        let plain = proxy_listener.try_clone().context("cannot share the proxy listener")?;
+        let tls = match &tls_listener {
+            Some(listener) => Some(listener.try_clone().context("cannot share the TLS listener")?),
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a data-plane runtime")?;
+        let (table, config, stats, certs) =
+            (table.clone(), proxy_config.clone(), connection_stats.clone(), certs.clone());
+        let (plain_stop, tls_stop) = (stopped(stop_rx.clone()), stopped(stop_rx.clone()));
+        let handle = thread::Builder::new().name(format!("dfp-proxy-{worker}")).spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(plain)?;
+                let https = match tls {
+                    Some(tls) => {
+                        let listener = tokio::net::TcpListener::from_std(tls)?;
+                        Some(tokio::spawn(dfp_proxy::serve_tls(
+                            listener,
+                            table.clone(),
+                            config.clone(),
+                            certs,
+                            stats.clone(),
+                            tls_stop,
+                        )))
+                    }
+                    None => None,
+                };
+                let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;
+                if let Some(https) = https {
+                    https.await.map_err(std::io::Error::other)??;
                 }
-                None => None,
-            };
-            let plain =
-                dfp_proxy::serve(listener, table, proxy_config, connection_stats, proxy_stop).await;
-            if let Some(https) = https {
-                https.await.map_err(std::io::Error::other)??;
-            }
-            plain
-        })
-    })?;
+                served
+            })
+        })?;
+        workers.push(handle);
+    }
+    drop((proxy_listener, tls_listener));
 
     let result = control_plane.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(admin_listener)?;
@@ -178,8 +189,11 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         admin.await.context("admin task failed")??;
         anyhow::Ok(())
     });
-    let proxy_result =
-        proxy.join().map_err(|_| anyhow::anyhow!("the data-plane thread panicked"))?;
+    let mut proxy_result = Ok(());
+    for worker in workers {
+        let joined = worker.join().map_err(|_| anyhow::anyhow!("a data-plane thread panicked"))?;
+        proxy_result = proxy_result.and(joined);
+    }
     result?;
     proxy_result.context("data plane failed")?;
     tracing::info!("stopped");
