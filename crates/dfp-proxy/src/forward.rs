@@ -10,26 +10,24 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dfp_routing::{Backend, TableHandle};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 
 use crate::conn::ConnState;
 use crate::error::ProxyError;
 use crate::headers::{add_forwarded, strip_hop_by_hop};
+use crate::pool::{Pool, Pooled};
 use crate::{path, tunnel, ProxyConfig};
 
 /// What the proxy answers with: the upstream's streamed body, or a short body of its own.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<Pooled, Full<Bytes>>;
 
 /// What the proxy sends upstream: the client's streamed body, or nothing (a retry of a
 /// request that had no body).
-type UpstreamBody = Either<Uploading, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<Uploading, Empty<Bytes>>;
 
 /// The client's request body on its way upstream, noting when it last moved, so that the
 /// server timeout counts from the end of an upload (or from the last progress of a slow one),
@@ -100,7 +98,7 @@ async fn await_response<F: std::future::Future>(
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     table: TableHandle,
-    client: HttpClient<HttpConnector, UpstreamBody>,
+    pool: Pool,
     server_timeout: Duration,
     tunnel_timeout: Duration,
     access_log: bool,
@@ -109,17 +107,13 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     pub(crate) fn new(table: TableHandle, config: &ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        let pool = Pool {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.upstream_idle_timeout,
+        };
         Forwarder {
             table,
-            client,
+            pool,
             server_timeout: config.server_timeout,
             tunnel_timeout: config.tunnel_timeout,
             access_log: config.access_log,
@@ -247,13 +241,20 @@ impl Forwarder {
                 None => Either::Right(Empty::new()),
             });
             *outgoing.method_mut() = method.clone();
-            *outgoing.uri_mut() = upstream_uri(upstream.authority(), &path_and_query)?;
+            // Origin form (`/path?query`): an HTTP/1.1 instance is asked for its own path.
+            *outgoing.uri_mut() = Uri::from(path_and_query.clone());
             *outgoing.version_mut() = Version::HTTP_11;
             *outgoing.headers_mut() =
                 if replayable { headers.clone() } else { std::mem::take(&mut headers) };
+            if !outgoing.headers().contains_key(header::HOST) {
+                // An HTTP/1.0 client may send none; HTTP/1.1 requires one upstream.
+                if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
+                    outgoing.headers_mut().insert(header::HOST, host);
+                }
+            }
 
             let answer =
-                await_response(self.client.request(outgoing), progress.as_deref(), server_timeout)
+                await_response(self.pool.send(addr, outgoing), progress.as_deref(), server_timeout)
                     .await
                     .ok_or(());
             match answer {
@@ -290,7 +291,7 @@ impl Forwarder {
 /// Turns the instance's response into the client's: hop-by-hop headers out, body streamed;
 /// a `101 Switching Protocols` keeps its upgrade headers and starts the tunnel.
 fn relay(
-    mut response: Response<Incoming>,
+    mut response: Response<Pooled>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     conn_state: Option<&ConnState>,
     tunnel_timeout: Duration,
@@ -415,14 +416,6 @@ fn normalised_target(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
         }
         Err(path::EscapesRoot) => Err(ProxyError::BadRequest("the request path climbs above /\n")),
     }
-}
-
-fn upstream_uri(authority: &Authority, path_and_query: &PathAndQuery) -> Result<Uri, ProxyError> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(path_and_query.clone());
-    Uri::from_parts(parts).map_err(|_| ProxyError::UpstreamUnreachable)
 }
 
 /// The protocol a request asks to switch to, when it asks (`Connection: upgrade` plus

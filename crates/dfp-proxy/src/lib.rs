@@ -15,6 +15,7 @@ mod error;
 mod forward;
 mod headers;
 mod path;
+mod pool;
 mod server;
 mod tls;
 mod tunnel;

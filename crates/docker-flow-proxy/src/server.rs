@@ -136,30 +136,31 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (table, config, stats, certs) =
             (table.clone(), proxy_config.clone(), connection_stats.clone(), certs.clone());
         let (plain_stop, tls_stop) = (stopped(stop_rx.clone()), stopped(stop_rx.clone()));
-        let handle = thread::Builder::new().name(format!("dfp-proxy-{worker}")).spawn(move || {
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(plain)?;
-                let https = match tls {
-                    Some(tls) => {
-                        let listener = tokio::net::TcpListener::from_std(tls)?;
-                        Some(tokio::spawn(dfp_proxy::serve_tls(
-                            listener,
-                            table.clone(),
-                            config.clone(),
-                            certs,
-                            stats.clone(),
-                            tls_stop,
-                        )))
+        let handle =
+            thread::Builder::new().name(format!("dfp-proxy-{worker}")).spawn(move || {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(plain)?;
+                    let https = match tls {
+                        Some(tls) => {
+                            let listener = tokio::net::TcpListener::from_std(tls)?;
+                            Some(tokio::spawn(dfp_proxy::serve_tls(
+                                listener,
+                                table.clone(),
+                                config.clone(),
+                                certs,
+                                stats.clone(),
+                                tls_stop,
+                            )))
+                        }
+                        None => None,
+                    };
+                    let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;
+                    if let Some(https) = https {
+                        https.await.map_err(std::io::Error::other)??;
                     }
-                    None => None,
-                };
-                let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;
-                if let Some(https) = https {
-                    https.await.map_err(std::io::Error::other)??;
-                }
-                served
-            })
-        })?;
+                    served
+                })
+            })?;
         workers.push(handle);
     }
     drop((proxy_listener, tls_listener));
