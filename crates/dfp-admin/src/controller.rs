@@ -596,10 +596,14 @@ impl Inner {
         state: &State,
         request: &ReconfigureRequest,
     ) -> Result<(), AdminError> {
-        let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> =
-            state.services.iter().map(|(k, e)| (k.as_str(), (&e.request, &[][..]))).collect();
-        services.insert(&request.service_name, (request, &[]));
-        self.build(&services).map(drop)
+        // Adding the specs finds every conflict; indexing them (build) is not needed for that.
+        let mut builder = RouteTableBuilder::new();
+        let others = state.services.iter().filter(|(k, _)| **k != request.service_name);
+        for (_, entry) in others {
+            builder.add(entry.request.spec(), &[]).map_err(conflict)?;
+        }
+        builder.add(request.spec(), &[]).map_err(conflict)?;
+        Ok(())
     }
 
     /// Builds the table for `services` (version = live + 1, round-robin positions carried).
@@ -616,12 +620,17 @@ impl Inner {
             }
             builder.build(live.version() + 1)
         };
-        build().map_err(|err| match err {
-            BuildError::PathOwned { .. } | BuildError::DefaultTaken { .. } => {
-                AdminError::PathConflict { source: err }
-            }
-            other => AdminError::Internal(other.to_string()),
-        })
+        build().map_err(conflict)
+    }
+}
+
+/// A build error as the admin API reports it: conflicts are the caller's (409).
+fn conflict(err: BuildError) -> AdminError {
+    match err {
+        BuildError::PathOwned { .. } | BuildError::DefaultTaken { .. } => {
+            AdminError::PathConflict { source: err }
+        }
+        other => AdminError::Internal(other.to_string()),
     }
 }
 
