@@ -569,3 +569,38 @@ async fn websocket_upgrades_pass_through_over_tls() {
         .expect("echo");
     assert_eq!(&echoed, b"ping over tls");
 }
+
+#[tokio::test]
+async fn https_only_services_redirect_plain_http_and_serve_https() {
+    let ca = Ca::new();
+    let web = Upstream::start("web-1").await;
+    let proxy = Proxy::start(None, &[]).await;
+    let call = format!(
+        "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}&httpsOnly=true",
+        web.port()
+    );
+    let (status, answer) = proxy.admin(&call).await;
+    assert_eq!(status, 200, "{answer}");
+    let shop = ca.issue(&["shop.example"]);
+    assert_eq!(upload(&proxy, "shop", &shop.pem).await.0, 200);
+
+    // Plain HTTP: redirected, and the instance never sees the request.
+    let answer = crate::support::raw_http(
+        proxy.addr,
+        b"GET /cart?id=7 HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 302"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("location: https://shop.example/cart?id=7"),
+        "{answer}"
+    );
+    assert_eq!(web.hits(), 0);
+
+    // Over TLS the same service answers.
+    let client = ca.client(&proxy, &["shop.example"], false);
+    let response =
+        client.get(https(&proxy, "shop.example", "/cart?id=7")).send().await.expect("https");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "web-1");
+}
