@@ -687,6 +687,8 @@ sleep_until() {
 # books-ms again (the service under load), even ticks churn-ms with its path flipped.
 churn_ours() {
   local admin=$1 file=$2 ticks=$((DURATION * 10)) i ok=0 code url start
+  # The churner (this loop and its curls) is the operator, not the proxy: keep it off core 0.
+  taskset -cp "$LOAD_CORE" "$BASHPID" >/dev/null
   start=$(now_ms)
   for ((i = 0; i < ticks && $(now_ms) < start + DURATION * 1000; i++)); do
     if ((i % 2)); then
@@ -704,6 +706,7 @@ churn_ours() {
 # churn_haproxy MASTER_PID COUNT_FILE: every 100 ms, a reload of the master-worker HAProxy.
 churn_haproxy() {
   local master=$1 file=$2 ticks=$((DURATION * 10)) i ok=0 start
+  taskset -cp "$LOAD_CORE" "$BASHPID" >/dev/null
   start=$(now_ms)
   for ((i = 0; i < ticks && $(now_ms) < start + DURATION * 1000; i++)); do
     kill -USR2 "$master" 2>/dev/null && ok=$((ok + 1))
