@@ -310,17 +310,8 @@ impl Inner {
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
-        let generation = state.generation();
-        let follower = self.follower(&request, generation, found.index);
-        state.services.insert(
-            request.service_name.clone(),
-            ServiceEntry {
-                request: request.clone(),
-                instances: found.instances.clone(),
-                generation,
-                _follower: follower,
-            },
-        );
+        let entry = self.entry(&mut state, request.clone(), found.instances.clone(), found.index);
+        state.services.insert(request.service_name.clone(), entry);
         drop(state);
 
         let mut warnings = found.warnings;
@@ -488,13 +479,10 @@ impl Inner {
             tracing::info!(service = %name, "removed (from the store)");
         }
         for (request, instances, index) in found {
-            let generation = state.generation();
-            let follower = self.follower(&request, generation, index);
             tracing::info!(service = %request.service_name, paths = ?request.service_paths, instances = ?instances, "routed (from the store)");
-            state.services.insert(
-                request.service_name.clone(),
-                ServiceEntry { request, instances, generation, _follower: follower },
-            );
+            let name = request.service_name.clone();
+            let entry = self.entry(&mut state, request, instances, index);
+            state.services.insert(name, entry);
         }
         self.counters.store_syncs.fetch_add(1, Ordering::Relaxed);
         deferred
@@ -578,6 +566,29 @@ impl Inner {
 
     pub(crate) fn follow_config(&self) -> &FollowConfig {
         &self.follow
+    }
+
+    /// The state entry for a (re)configured service. A service configured again with the same
+    /// source of instances (same name, same port) keeps its running follower, so a repeated
+    /// reconfigure does not drop and reopen its Consul watch.
+    fn entry(
+        self: &Arc<Self>,
+        state: &mut State,
+        request: ReconfigureRequest,
+        instances: Vec<SocketAddr>,
+        index: u64,
+    ) -> ServiceEntry {
+        let previous = state.services.remove(&request.service_name);
+        let (generation, follower) = match previous {
+            Some(old) if old.request.port == request.port && old._follower.is_some() => {
+                (old.generation, old._follower)
+            }
+            _ => {
+                let generation = state.generation();
+                (generation, self.follower(&request, generation, index))
+            }
+        };
+        ServiceEntry { request, instances, generation, _follower: follower }
     }
 
     fn follower(
