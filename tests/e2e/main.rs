@@ -17,4 +17,5 @@ mod resilience;
 mod seed;
 mod ship;
 mod standalone;
+mod tidy;
 mod tls;
