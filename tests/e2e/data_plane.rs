@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
 use crate::support::{free_port, raw_http, Consul, Proxy, Upstream};
 
 async fn routed(consul: &Consul, proxy: &Proxy, service: &str, path: &str) {
@@ -103,7 +105,15 @@ async fn sigterm_drains_and_exits_zero() {
     let mut proxy = Proxy::start(Some(&consul.url()), &[]).await;
     routed(&consul, &proxy, "slow-ms", "/").await;
 
+    // An idle keep-alive connection: one answered request, then nothing.
+    let mut idle = tokio::net::TcpStream::connect(proxy.addr).await.expect("connects");
+    idle.write_all(b"GET /warm-up HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("sent");
+    let mut buf = vec![0_u8; 4096];
+    let n = idle.read(&mut buf).await.expect("answered");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
     // A request in flight when SIGTERM arrives still gets its answer.
+    let before = slow.hits();
     let url = proxy.url("/in-flight");
     let in_flight = tokio::spawn(async move {
         let response = crate::support::http_client().get(url).send().await.expect("answered");
@@ -111,10 +121,15 @@ async fn sigterm_drains_and_exits_zero() {
     });
     crate::support::eventually(Duration::from_secs(5), "the request to reach the upstream", || {
         let hits = slow.hits();
-        async move { (hits > 0).then_some(()) }
+        async move { (hits > before).then_some(()) }
     })
     .await;
+    let started = std::time::Instant::now();
     let status = proxy.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(in_flight.await.expect("joined"), (200, "slow-1".to_owned()));
+    // The idle connection was closed at shutdown, not waited for (the grace period is 10 s).
+    let closed = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "idle connection left open: {closed:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown waited {:?}", started.elapsed());
 }
