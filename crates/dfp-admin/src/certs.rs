@@ -26,7 +26,7 @@ use dfp_consul::ConsulClient;
 use dfp_tls::{CertSet, CertStore, Certificate};
 use serde::Serialize;
 
-use crate::follow::{next_index, Backoff, Next};
+use crate::follow::blocking_query_loop;
 use crate::store::{RouteStore, StoreError};
 use crate::{AdminError, FollowConfig};
 
@@ -522,42 +522,30 @@ fn remove_file(dir: &Path, path: &Path) -> std::io::Result<()> {
 }
 
 /// Follows the certificate prefix in KV, so an upload or delete sent to any replica with the
-/// same instance name reaches this one (Consul's blocking-query loop, as for routes).
-async fn follow_certs(
-    inner: Weak<Inner>,
-    consul: Arc<ConsulClient>,
-    prefix: String,
-    mut index: u64,
-) {
-    let mut backoff = Backoff::default();
-    loop {
-        let Some(wait) = inner.upgrade().map(|i| i.consul_wait) else {
-            return;
-        };
-        let result = consul.kv_list(&prefix, index, wait).await;
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        match result {
-            Ok(answer) => {
-                backoff.reset();
-                match next_index(index, answer.index) {
-                    Next::Reset => index = 0,
-                    Next::Unchanged => {}
-                    Next::Changed(new) => {
-                        index = new;
-                        strong.sync_from_kv(certs_from_kv(&answer.value, &prefix)).await;
-                    }
-                }
+/// same instance name reaches this one (the same blocking-query loop as for routes).
+async fn follow_certs(inner: Weak<Inner>, consul: Arc<ConsulClient>, prefix: String, index: u64) {
+    blocking_query_loop(
+        inner,
+        index,
+        |i: &Inner| (i.consul_wait, ()),
+        |index, wait| {
+            let (consul, prefix) = (consul.clone(), prefix.clone());
+            async move { consul.kv_list(&prefix, index, wait).await }
+        },
+        |strong: Arc<Inner>, entries: Vec<dfp_consul::KvEntry>, ()| {
+            let prefix = prefix.clone();
+            async move {
+                strong.sync_from_kv(certs_from_kv(&entries, &prefix)).await;
+                false
             }
-            Err(err) => {
+        },
+        |_: &Inner, outcome: Result<(), &dfp_consul::ConsulError>| {
+            if let Err(err) = outcome {
                 tracing::debug!(error = %err, "following certificates in Consul KV failed; retrying");
-                drop(strong);
-                tokio::time::sleep(backoff.next_delay()).await;
-                index = 0;
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use dfp_consul::ConsulClient;
+use std::future::Future;
+
+use dfp_consul::{ConsulClient, ConsulError, Indexed};
 use tokio::task::AbortHandle;
 
 use crate::controller::Inner;
@@ -49,48 +51,85 @@ pub(crate) fn follow_service(
     Some(Follower(task.abort_handle()))
 }
 
-/// Consul's blocking-query loop for one service (Consul's documented pattern: pass the last
-/// `X-Consul-Index`, start over when it goes backwards, back off with jitter on errors).
-async fn follow_consul(
-    inner: Weak<Inner>,
-    consul: Arc<ConsulClient>,
-    service: String,
-    generation: u64,
+/// Consul's blocking-query loop, shared by every follower (Consul's documented pattern: pass
+/// the last `X-Consul-Index`, start over when it goes backwards, never block on 0, back off
+/// with jitter on errors and then ask without blocking, so a recovered agent is seen at once).
+///
+/// Holds the owner only weakly: while a query waits nothing keeps the owner alive, and the
+/// loop ends once the owner is gone. Each round `prepare` reads from the owner what the query
+/// needs (the wait) and any context `apply` wants from before the query; `apply` gets each
+/// changed answer and returns whether to read again at once; `report` hears every answer or
+/// failure.
+pub(crate) async fn blocking_query_loop<O, T, C, Q, QF, A, AF>(
+    owner: Weak<O>,
     mut index: u64,
-) {
+    prepare: impl Fn(&O) -> (Duration, C),
+    mut query: Q,
+    mut apply: A,
+    report: impl Fn(&O, Result<(), &ConsulError>),
+) where
+    Q: FnMut(u64, Duration) -> QF,
+    QF: Future<Output = Result<Indexed<T>, ConsulError>>,
+    A: FnMut(Arc<O>, T, C) -> AF,
+    AF: Future<Output = bool>,
+{
     let mut backoff = Backoff::default();
     loop {
-        let Some(wait) = inner.upgrade().map(|i| i.follow_config().consul_wait) else {
-            return;
-        };
-        let result = consul.watch_passing_instances(&service, index, wait).await;
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
+        let Some((wait, context)) = owner.upgrade().map(|o| prepare(&o)) else { return };
+        let result = query(index, wait).await;
+        let Some(strong) = owner.upgrade() else { return };
         match result {
             Ok(answer) => {
-                strong.registry_answered(Ok(()));
+                report(&strong, Ok(()));
                 backoff.reset();
                 match next_index(index, answer.index) {
                     Next::Reset => index = 0,
                     Next::Unchanged => {}
                     Next::Changed(new) => {
                         index = new;
-                        let found = resolve_instances(&answer.value).await;
-                        strong.update_instances(&service, generation, found.instances).await;
+                        if apply(strong, answer.value, context).await {
+                            index = 0;
+                        }
                     }
                 }
             }
             Err(err) => {
-                strong.registry_answered(Err(err.to_string()));
+                report(&strong, Err(&err));
                 drop(strong);
                 tokio::time::sleep(backoff.next_delay()).await;
-                // Ask without blocking next: an answer at once says Consul is back and brings
-                // whatever changed while it was away.
                 index = 0;
             }
         }
     }
+}
+
+/// One service's instances, followed with blocking queries on its health endpoint.
+async fn follow_consul(
+    inner: Weak<Inner>,
+    consul: Arc<ConsulClient>,
+    service: String,
+    generation: u64,
+    index: u64,
+) {
+    blocking_query_loop(
+        inner,
+        index,
+        |i: &Inner| (i.follow_config().consul_wait, ()),
+        |index, wait| {
+            let (consul, service) = (consul.clone(), service.clone());
+            async move { consul.watch_passing_instances(&service, index, wait).await }
+        },
+        |strong: Arc<Inner>, instances: Vec<dfp_consul::Instance>, ()| {
+            let service = service.clone();
+            async move {
+                let found = resolve_instances(&instances).await;
+                strong.update_instances(&service, generation, found.instances).await;
+                false
+            }
+        },
+        report_registry,
+    )
+    .await;
 }
 
 /// Standalone: resolve the service's name again every `dns_refresh`.
@@ -117,48 +156,35 @@ pub(crate) async fn follow_store(
     inner: Weak<Inner>,
     consul: Arc<ConsulClient>,
     instance_name: String,
-    mut index: u64,
+    index: u64,
 ) {
     let prefix = RouteStore::kv_prefix(&instance_name);
-    let mut backoff = Backoff::default();
-    loop {
-        let Some((wait, writes_before)) =
-            inner.upgrade().map(|i| (i.follow_config().consul_wait, i.local_write_seq()))
-        else {
-            return;
-        };
-        let result = consul.kv_list(&prefix, index, wait).await;
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        match result {
-            Ok(answer) => {
-                strong.registry_answered(Ok(()));
-                backoff.reset();
-                match next_index(index, answer.index) {
-                    Next::Reset => index = 0,
-                    Next::Unchanged => {}
-                    Next::Changed(new) => {
-                        index = new;
-                        let desired = services_from_kv(&answer.value, &instance_name);
-                        // A listing that may predate one of our own writes is not trusted for
-                        // the services that write touched: read again, at once.
-                        if strong.sync_from_store(desired, Some(writes_before)).await {
-                            index = 0;
-                        }
-                    }
-                }
+    blocking_query_loop(
+        inner,
+        index,
+        // The local write sequence when the listing is asked for: a listing that may predate
+        // one of our own writes is not trusted for the services that write touched (and the
+        // store is read again at once).
+        |i: &Inner| (i.follow_config().consul_wait, i.local_write_seq()),
+        |index, wait| {
+            let (consul, prefix) = (consul.clone(), prefix.clone());
+            async move { consul.kv_list(&prefix, index, wait).await }
+        },
+        |strong: Arc<Inner>, entries: Vec<dfp_consul::KvEntry>, writes_before| {
+            let instance_name = instance_name.clone();
+            async move {
+                let desired = services_from_kv(&entries, &instance_name);
+                strong.sync_from_store(desired, Some(writes_before)).await
             }
-            Err(err) => {
-                strong.registry_answered(Err(err.to_string()));
-                drop(strong);
-                tokio::time::sleep(backoff.next_delay()).await;
-                // Ask without blocking next: an answer at once says Consul is back and brings
-                // whatever changed while it was away.
-                index = 0;
-            }
-        }
-    }
+        },
+        report_registry,
+    )
+    .await;
+}
+
+/// Followers of Consul tell the controller whether Consul answered.
+fn report_registry(inner: &Inner, outcome: Result<(), &ConsulError>) {
+    inner.registry_answered(outcome.map_err(ToString::to_string));
 }
 
 #[derive(Debug, PartialEq, Eq)]
