@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use super::{eventually, free_port, http_client};
+use super::{free_port, http_client};
 
 /// A running Consul agent. Stopped (killed) when dropped.
 pub struct Consul {
@@ -37,27 +37,44 @@ impl Consul {
         Self::start_with(args, Some(data)).await
     }
 
+    /// Starts an agent on ports the kernel just handed out. A port can be taken again by
+    /// someone else before the agent binds it (tests run in parallel), and the agent then
+    /// exits: so a start that does not end with a live leader is retried on fresh ports.
     async fn start_with(mode: Vec<String>, data: Option<super::Scratch>) -> Consul {
-        let http_port = free_port();
-        let mut args: Vec<String> = vec!["agent".into()];
-        args.extend(mode);
-        args.extend([
-            "-bind=127.0.0.1".into(),
-            "-client=127.0.0.1".into(),
-            format!("-http-port={http_port}"),
-            "-dns-port=-1".into(),
-            "-grpc-port=-1".into(),
-            format!("-serf-lan-port={}", free_port()),
-            format!("-serf-wan-port={}", free_port()),
-            format!("-server-port={}", free_port()),
-            "-log-level=warn".into(),
-        ]);
-        let mut consul = Consul { child: None, http_port, args, _data: data };
-        consul.spawn().await;
-        consul
+        let mut consul = Consul { child: None, http_port: 0, args: Vec::new(), _data: data };
+        for attempt in 1..=3 {
+            consul.http_port = free_port();
+            consul.args = vec!["agent".into()];
+            consul.args.extend(mode.iter().cloned());
+            consul.args.extend([
+                "-bind=127.0.0.1".into(),
+                "-client=127.0.0.1".into(),
+                format!("-http-port={}", consul.http_port),
+                "-dns-port=-1".into(),
+                "-grpc-port=-1".into(),
+                format!("-serf-lan-port={}", free_port()),
+                format!("-serf-wan-port={}", free_port()),
+                format!("-server-port={}", free_port()),
+                "-log-level=warn".into(),
+            ]);
+            if consul.try_spawn(Duration::from_secs(15)).await {
+                return consul;
+            }
+            eprintln!("consul did not start on attempt {attempt} (a port was taken?); retrying");
+            consul.stop().await;
+        }
+        panic!("consul did not elect a leader in 3 attempts on fresh ports");
     }
 
     async fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(Duration::from_secs(20)).await,
+            "consul did not elect a leader within 20 s of a restart on its ports"
+        );
+    }
+
+    /// Starts the agent and waits up to `within` for it to be alive with a leader.
+    async fn try_spawn(&mut self, within: Duration) -> bool {
         let child = Command::new("consul")
             .args(&self.args)
             .stdout(Stdio::null())
@@ -73,14 +90,26 @@ impl Consul {
         self.child = Some(child);
         let url = format!("{}/v1/status/leader", self.url());
         let client = http_client();
-        eventually(Duration::from_secs(20), "consul to elect a leader", || {
-            let request = client.get(&url).send();
-            async move {
-                let body = request.await.ok()?.text().await.ok()?;
-                (body.trim() != "\"\"" && !body.trim().is_empty()).then_some(())
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            // An agent that could not bind its ports has exited: no point waiting.
+            if let Some(child) = self.child.as_mut() {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return false;
+                }
             }
-        })
-        .await;
+            let leader = match client.get(&url).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if !leader.trim().is_empty() && leader.trim() != "\"\"" {
+                // Still ours? (If another agent held our HTTP port, ours has exited by now.)
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// The agent's HTTP address, as given to `--consul-address`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::{eventually, free_port, http_client};
+use super::{free_port, http_client};
 
 /// Path of the binary under test (built by cargo for this test target).
 pub const BIN: &str = env!("CARGO_BIN_EXE_docker-flow-proxy");
@@ -36,6 +36,19 @@ impl Proxy {
     /// Every proxy gets an HTTPS listener on a free loopback port (the binary's default,
     /// `0.0.0.0:443`, would collide between tests), unless `extra` has `--tls-listen=...`.
     pub async fn start_logging(consul: Option<&str>, extra: &[&str], level: &str) -> Proxy {
+        // Ports come from the kernel and are free when picked, but another process may take
+        // one before the proxy binds it (tests run in parallel); the proxy then exits at once
+        // with an error, and the start is retried on fresh ports.
+        for attempt in 1..=3 {
+            match Self::try_start(consul, extra, level).await {
+                Ok(proxy) => return proxy,
+                Err(log) => eprintln!("the proxy did not start (attempt {attempt}):\n{log}"),
+            }
+        }
+        panic!("the proxy did not start in 3 attempts on fresh ports");
+    }
+
+    async fn try_start(consul: Option<&str>, extra: &[&str], level: &str) -> Result<Proxy, String> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
@@ -77,13 +90,23 @@ impl Proxy {
             tls_addr,
             client: http_client(),
         };
+        let mut proxy = proxy;
         let ping = proxy.admin_url("/v1/docker-flow-proxy/ping");
-        eventually(Duration::from_secs(20), "the proxy's admin API to answer", || {
-            let request = proxy.client.get(&ping).send();
-            async move { request.await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-        })
-        .await;
-        proxy
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let exited = proxy.child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited {
+                let log = proxy.log();
+                proxy.child = None;
+                return Err(log);
+            }
+            let answered = proxy.client.get(&ping).send().await.ok().filter(|r| r.status() == 200);
+            if answered.is_some() {
+                return Ok(proxy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out after 20s waiting for the proxy's admin API to answer");
     }
 
     pub fn url(&self, path: &str) -> String {
