@@ -31,7 +31,7 @@ pub(crate) enum ProxyError {
 }
 
 impl ProxyError {
-    fn status_and_text(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_text(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no service is routed for this path\n"),

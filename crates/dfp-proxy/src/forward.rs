@@ -97,11 +97,11 @@ async fn await_response<F: std::future::Future>(
 /// Forwards requests along the live table. One per data-plane server, shared by connections.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    table: TableHandle,
-    pool: Pool,
-    server_timeout: Duration,
+    pub(crate) table: TableHandle,
+    pub(crate) pool: Pool,
+    pub(crate) server_timeout: Duration,
     tunnel_timeout: Duration,
-    access_log: bool,
+    pub(crate) access_log: bool,
     trust_forwarded_proto: bool,
 }
 
@@ -440,7 +440,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Milliseconds of a monotonic clock, for passive health windows. Read only when an
 /// instance has a failure on record.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)

@@ -10,8 +10,10 @@
 //! It must not know about Consul, the admin API or how tables are built, and it never waits on
 //! them: a reconfigure in progress cannot slow a request down.
 
+mod chunked;
 mod conn;
 mod error;
+mod fast_lane;
 mod forward;
 mod headers;
 mod path;

@@ -2,10 +2,12 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use dfp_routing::TableHandle;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -13,7 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::conn::{ConnState, TimedIo, Tracked};
+use crate::conn::{ConnState, Rewind, TimedIo, Tracked};
+use crate::fast_lane;
 use crate::forward::{Client, Forwarder};
 
 /// The largest request head (request line and headers) accepted; larger ones get 431.
@@ -115,38 +118,13 @@ pub async fn serve(
         let io =
             TimedIo::new(stream, state.clone(), config.header_read_timeout, config.idle_timeout);
         let forwarder = forwarder.clone();
-        let service = service_fn(move |mut request| {
-            let forwarder = forwarder.clone();
-            let state = state.clone();
-            state.request_started();
-            request.extensions_mut().insert(state.clone());
-            async move {
-                let response =
-                    forwarder.handle(request, Client { addr: client_addr, tls: false }).await;
-                response.map(|r| r.map(|body| Tracked::new(body, state)))
-            }
-        });
-        let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
-        let mut stop = stop_rx.clone();
+        let http = http.clone();
+        let stop = stop_rx.clone();
         let alive = alive_tx.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
             stats.open.fetch_add(1, Ordering::Relaxed);
-            tokio::pin!(connection);
-            let stopping = async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            };
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopping => {
-                    // Finish the request in flight (if any), then close; idle ones close now.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!(client = %client_addr, error = %err, "client connection ended with an error");
-            }
+            serve_connection(io, state, client_addr, &forwarder, &http, stop).await;
             stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(alive);
         });
@@ -166,4 +144,56 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// One client connection: the fast lane first, the general path (hyper) from the first request
+/// the lane hands over to the connection's end. With access logging on, every request takes
+/// the general path (the lane does not log).
+async fn serve_connection(
+    mut io: TimedIo,
+    state: Arc<ConnState>,
+    client_addr: SocketAddr,
+    forwarder: &Arc<Forwarder>,
+    http: &http1::Builder,
+    mut stop: watch::Receiver<bool>,
+) {
+    let prefix = if forwarder.access_log {
+        Bytes::new()
+    } else {
+        match fast_lane::serve(&mut io, &state, client_addr, forwarder, stop.clone()).await {
+            fast_lane::Outcome::Closed => return,
+            fast_lane::Outcome::Handover(prefix) => prefix,
+        }
+    };
+    let service = {
+        let forwarder = forwarder.clone();
+        service_fn(move |mut request| {
+            let forwarder = forwarder.clone();
+            let state = state.clone();
+            state.request_started();
+            request.extensions_mut().insert(state.clone());
+            async move {
+                let response =
+                    forwarder.handle(request, Client { addr: client_addr, tls: false }).await;
+                response.map(|r| r.map(|body| Tracked::new(body, state)))
+            }
+        })
+    };
+    let connection =
+        http.serve_connection(TokioIo::new(Rewind::new(prefix, io)), service).with_upgrades();
+    tokio::pin!(connection);
+    let stopping = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping => {
+            // Finish the request in flight (if any), then close; idle ones close now.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(client = %client_addr, error = %err, "client connection ended with an error");
+    }
 }
