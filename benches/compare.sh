@@ -10,6 +10,13 @@
 #   routes  Throughput of ours and of HAProxy with 10 routes and with 10,000 routes.
 #   churn   Failed requests and throughput while the routes change every 100 ms (ours: admin
 #           reconfigure calls; HAProxy: a master-worker reload), next to a quiet run.
+#   instructions
+#           User-space instructions and system calls per request of ours and of HAProxy (10
+#           routes), counts that the machine's noise does not move: a fixed number of requests
+#           (--requests, over 10 keep-alive connections, after 500 warm-up requests) through the
+#           proxy under valgrind's callgrind (instructions of all its threads, startup and warm-up
+#           excluded), then through the proxy alone with `strace -c -f` attached (its syscalls).
+#           About a minute (one run each: counts need no rounds), so it is part of every run.
 #
 # How: the proxy under test runs on core 0 with one worker thread (HAProxy `nbthread 1`, nginx
 # `worker_processes 1`); wrk, the three nginx upstreams and the Consul dev agent share core 1.
@@ -21,11 +28,16 @@
 # user/system split is sampled); core 0's busy time in /proc/stat, tick-sampled, is a cross-check.
 #
 # Run:     benches/compare.sh                  (8 rounds of 10 s, 50 connections; ~25 minutes)
-#          benches/compare.sh --quick          (2 rounds of 3 s: checks that everything works)
-# Options: --rounds N  --duration SECONDS  --connections N  --only closed|paced|routes|churn
+#          benches/compare.sh --quick          (2 rounds of 3 s, 2,000 counted requests: checks
+#                                              that everything works)
+#          benches/compare.sh --only instructions   (~1 minute)
+# Options: --rounds N  --duration SECONDS  --connections N
+#          --only closed|paced|routes|churn|instructions
 #          --routes N (the large route count, default 10000)  --bin PATH (skip the cargo build)
-# Needs:   a 2-core (or larger) Linux machine, root for apt-get when haproxy, nginx or wrk is
-#          missing, and `consul` (../shared/bin/install-consul puts one on PATH).
+#          --requests N (instructions: the counted requests, default 20000)
+# Needs:   a 2-core (or larger) Linux machine, root for apt-get when haproxy, nginx, wrk (or,
+#          for instructions, valgrind or strace) is missing, and `consul`
+#          (../shared/bin/install-consul puts one on PATH).
 # Output:  progress on stderr; the report (markdown, ready for BENCHMARKS.md) on stdout and in
 #          target/compare/<timestamp>/report.md beside the raw results, configs and logs.
 # Every process it starts is stopped when it ends, also on errors and Ctrl-C.
@@ -46,6 +58,9 @@ CONNECTIONS=50
 ONLY=all
 MANY_ROUTES=10000
 BIN=""
+INSTR_REQUESTS=20000
+readonly INSTR_CONNECTIONS=10
+readonly INSTR_WARMUP=500
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
@@ -66,10 +81,11 @@ parse_args() {
       --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
       --duration) DURATION=${2:?--duration needs seconds}; shift ;;
       --connections) CONNECTIONS=${2:?--connections needs a number}; shift ;;
-      --only) ONLY=${2:?--only needs closed, paced, routes or churn}; shift ;;
+      --only) ONLY=${2:?--only needs closed, paced, routes, churn or instructions}; shift ;;
       --routes) MANY_ROUTES=${2:?--routes needs a number}; shift ;;
       --bin) BIN=${2:?--bin needs a path}; shift ;;
-      --quick) ROUNDS=2 DURATION=3 ;;
+      --requests) INSTR_REQUESTS=${2:?--requests needs a number}; shift ;;
+      --quick) ROUNDS=2 DURATION=3 INSTR_REQUESTS=2000 ;;
       -h | --help) usage; exit 0 ;;
       *) die "unknown option $1 (see --help)" ;;
     esac
@@ -80,7 +96,12 @@ parse_args() {
   [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive number"
   [[ $MANY_ROUTES =~ ^[1-9][0-9]*$ ]] || die "--routes must be a number above 10"
   ((MANY_ROUTES > 10)) || die "--routes must be a number above 10"
-  case $ONLY in all | closed | paced | routes | churn) ;; *) die "--only takes closed, paced, routes or churn" ;; esac
+  [[ $INSTR_REQUESTS =~ ^[1-9][0-9]*$ ]] || die "--requests must be a number, not $INSTR_REQUESTS"
+  ((INSTR_REQUESTS >= INSTR_CONNECTIONS)) || die "--requests must be at least $INSTR_CONNECTIONS"
+  case $ONLY in
+    all | closed | paced | routes | churn | instructions) ;;
+    *) die "--only takes closed, paced, routes, churn or instructions" ;;
+  esac
 }
 
 wants() { [[ $ONLY == all || $ONLY == "$1" ]]; }
@@ -124,9 +145,27 @@ stop_tree() {
   done
   for p in "${tree[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   wait "$pid" 2>/dev/null || true
+  forget "$pid"
+}
+
+# forget PID: PID has ended and been waited for; cleanup has nothing left to stop there.
+forget() {
+  local p
   local -a kept=()
-  for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+  for p in "${STARTED[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
   STARTED=("${kept[@]+"${kept[@]}"}")
+}
+
+# wait_exit PID DEADLINE: waits until process PID ends (and forgets it); dies when the clock
+# ($SECONDS) passes DEADLINE first.
+wait_exit() {
+  local pid=$1 deadline=$2
+  while kill -0 "$pid" 2>/dev/null; do
+    ((SECONDS < deadline)) || die "${STARTED_NAME[$pid]:-process $pid} did not finish in time (see $LOGS/${STARTED_NAME[$pid]:-}.log)"
+    sleep 0.1
+  done
+  wait "$pid" 2>/dev/null || true
+  forget "$pid"
 }
 
 cleanup() {
@@ -227,9 +266,15 @@ ensure_tools() {
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v pgrep >/dev/null || missing+=(procps)
   command -v curl >/dev/null || missing+=(curl)
+  local -a tools=(haproxy nginx wrk taskset pgrep curl awk)
+  if wants instructions; then
+    if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then missing+=(valgrind); fi
+    command -v strace >/dev/null || missing+=(strace)
+    tools+=(valgrind callgrind_control strace)
+  fi
   ((${#missing[@]} == 0)) || install_packages "${missing[@]}"
   local tool
-  for tool in haproxy nginx wrk taskset pgrep curl awk; do
+  for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is still missing after the install"
   done
   if ! command -v consul >/dev/null; then
@@ -274,6 +319,10 @@ describe_machine() {
     "$(rustc --version 2>/dev/null || echo 'rustc unknown')"
   echo "- settings: $ROUNDS rounds, ${DURATION} s per run, $CONNECTIONS connections, wrk -t 1;" \
     "proxy on core $PROXY_CORE, wrk + upstreams + Consul on core $LOAD_CORE"
+  if wants instructions; then
+    echo "- instructions: $(valgrind --version) (callgrind), strace $(strace -V | awk 'NR == 1 { print $NF }');" \
+      "$INSTR_REQUESTS requests over $INSTR_CONNECTIONS connections (curl, on core $LOAD_CORE)"
+  fi
   echo
 }
 
@@ -391,23 +440,26 @@ store_routes() {
 
 declare -A URL=() PID=() ADMIN=()
 
-# start_ours TARGET INSTANCE_NAME EXPECTED_SERVICES: starts docker-flow-proxy on core 0 with one
-# worker thread against our Consul agent; it restores the routes stored under INSTANCE_NAME.
+# start_ours TARGET INSTANCE_NAME EXPECTED_SERVICES [WRAPPER...]: starts docker-flow-proxy on
+# core 0 with one worker thread against our Consul agent; it restores the routes stored under
+# INSTANCE_NAME. A WRAPPER (valgrind and its options) runs the proxy under it, given more time.
 start_ours() {
-  local target=$1 instance=$2 expected=$3 port admin
+  local target=$1 instance=$2 expected=$3 port admin patience=1
+  shift 3
+  (($# == 0)) || patience=10
   local -a optional=()
   # Listeners this comparison does not use are turned off where the binary has them.
   if "$BIN" server --help 2>/dev/null | grep -q -- '--tls-listen'; then optional+=(--tls-listen off); fi
   free_port port
   free_port admin
-  start_pinned "$target" "$PROXY_CORE" "$BIN" server --threads 1 \
+  start_pinned "$target" "$PROXY_CORE" "$@" "$BIN" server --threads 1 \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --consul-address "http://127.0.0.1:${CONSUL##*:}" --instance-name "$instance" \
     --shutdown-grace 1s "${optional[@]+"${optional[@]}"}"
   PID[$target]=$LAST_PID
   URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
   ADMIN[$target]="http://127.0.0.1:$admin"
-  wait_for "$LAST_PID" "$target's admin API on port $admin" 30 listening "$admin"
+  wait_for "$LAST_PID" "$target's admin API on port $admin" $((30 * patience)) listening "$admin"
   wait_for "$LAST_PID" "$target restoring $expected routes" 600 services_routed "$target" "$expected"
 }
 
@@ -421,6 +473,14 @@ services_routed() {
 reconfigure() {
   curl -s --max-time 5 -o "$RUN/last-reconfigure.json" -w '%{http_code}' \
     "${ADMIN[$1]}/v1/docker-flow-proxy/reconfigure?serviceName=$2&servicePath=$3"
+}
+
+# route_books TARGET: reconfigures books-ms on ours, as its users do; it must find the instances.
+route_books() {
+  local code
+  code=$(reconfigure "$1" books-ms "$BOOKS_PATH")
+  [[ $code == 200 ]] || die "$1: reconfigure of books-ms answered $code: $(cat "$RUN/last-reconfigure.json")"
+  grep -q '127.0.0.1' "$RUN/last-reconfigure.json" || die "$1: reconfigure found no instance: $(cat "$RUN/last-reconfigure.json")"
 }
 
 # haproxy_config ROUTES PORT: Docker Flow Proxy's shape: one frontend with a path_beg
@@ -471,17 +531,19 @@ EOF
   done
 }
 
-# start_haproxy TARGET ROUTES [-W]: HAProxy on core 0 (in the foreground; -W: master-worker).
+# start_haproxy TARGET ROUTES [MODE [WRAPPER...]]: HAProxy on core 0 (in the foreground; MODE
+# -W: master-worker, "" not); a WRAPPER (valgrind and its options) runs HAProxy under it.
 start_haproxy() {
   local target=$1 routes=$2 mode=${3:-} port cfg
+  shift $(($# < 3 ? $# : 3))
   free_port port
   cfg="$RUN/$target.cfg"
   haproxy_config "$routes" "$port" >"$cfg"
   haproxy -c -f "$cfg" >"$LOGS/$target.check.log" 2>&1 || die "HAProxy refuses $cfg: see $LOGS/$target.check.log"
   if [[ $mode == -W ]]; then
-    start_pinned "$target" "$PROXY_CORE" haproxy -W -db -f "$cfg"
+    start_pinned "$target" "$PROXY_CORE" "$@" haproxy -W -db -f "$cfg"
   else
-    start_pinned "$target" "$PROXY_CORE" haproxy -db -f "$cfg"
+    start_pinned "$target" "$PROXY_CORE" "$@" haproxy -db -f "$cfg"
   fi
   PID[$target]=$LAST_PID
   URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
@@ -627,6 +689,100 @@ measure() {
     "CPU ${cpu} us/request (user ${user}; core $PROXY_CORE: ${core}); cores busy ${busy0}% / ${busy1}%"
 }
 
+# fixed_load NAME URL COUNT: exactly COUNT GETs of URL over INSTR_CONNECTIONS keep-alive
+# connections, one curl per connection sending one request at a time, all on the load core.
+# Sets LOAD_OK (answers 200), LOAD_FAILED (COUNT - LOAD_OK: other answers, errors, requests never
+# sent) and LOAD_CONNECTS (connections the clients opened: INSTR_CONNECTIONS when all kept alive).
+fixed_load() {
+  local name=$1 url=$2 count=$3 i n config
+  local -a pids=()
+  mkdir -p "$RUN/load"
+  for ((i = 0; i < INSTR_CONNECTIONS; i++)); do
+    n=$((count / INSTR_CONNECTIONS + (i < count % INSTR_CONNECTIONS ? 1 : 0)))
+    ((n > 0)) || continue
+    config="$RUN/load/$name-$i.curl"
+    # One `url` and `output` pair per request: curl sends them in order on one connection.
+    awk -v n="$n" -v url="$url" 'BEGIN {
+      print "silent"; print "show-error"; print "max-time = 30"
+      print "write-out = \"%{http_code} %{num_connects}\\n\""
+      for (i = 0; i < n; i++) printf "url = \"%s\"\noutput = \"/dev/null\"\n", url
+    }' >"$config"
+    start_pinned "$name-$i" "$LOAD_CORE" curl -K "$config"
+    pids+=("$LAST_PID")
+  done
+  # Bounded: under valgrind a request takes ~1 ms of the proxy's time; allow 10 ms each.
+  local deadline=$((SECONDS + 30 + count / 100)) pid
+  for pid in "${pids[@]}"; do wait_exit "$pid" "$deadline"; done
+  local -a logs=()
+  for ((i = 0; i < INSTR_CONNECTIONS; i++)); do
+    [[ -e "$LOGS/$name-$i.log" ]] && logs+=("$LOGS/$name-$i.log")
+  done
+  read -r LOAD_OK LOAD_CONNECTS < <(awk '$1 ~ /^[0-9][0-9][0-9]$/ && NF == 2 { ok += ($1 == 200); c += $2 }
+    END { print ok + 0, c + 0 }' "${logs[@]}")
+  LOAD_FAILED=$((count - LOAD_OK))
+}
+
+# callgrind_ctl PID ARGS...: callgrind_control ARGS for the callgrind run PID (its exit status
+# says nothing: it prints "OK." when the run did what was asked).
+callgrind_ctl() {
+  local pid=$1 out
+  shift
+  out=$(callgrind_control "$@" "$pid" 2>&1) || die "callgrind_control $* $pid failed: $out"
+  [[ $out == *OK.* ]] || die "callgrind_control $* $pid failed: $out"
+}
+
+# count_instructions TARGET LABEL: TARGET runs under callgrind with instrumentation off. After
+# INSTR_WARMUP requests, turns it on, sends INSTR_REQUESTS requests, dumps the counters and
+# appends "instructions LABEL requests failed connections Ir" to $INSTRUCTIONS. Ir is the
+# instructions executed in user space by all the proxy's threads (callgrind sums the threads
+# into one dump unless told --separate-threads=yes), the kernel's work not included.
+count_instructions() {
+  local target=$1 label=$2 pid=${PID[$1]} dump="$RUN/callgrind/$1.out.1" ir
+  fixed_load "$target-warmup" "${URL[$target]}" "$INSTR_WARMUP"
+  ((LOAD_FAILED == 0)) || die "$target: $LOAD_FAILED of $INSTR_WARMUP warm-up requests failed (logs: $LOGS/$target-warmup-*.log)"
+  callgrind_ctl "$pid" --instr=on
+  callgrind_ctl "$pid" --zero
+  fixed_load "$target-counted" "${URL[$target]}" "$INSTR_REQUESTS"
+  callgrind_ctl "$pid" --dump
+  wait_for "$pid" "callgrind's dump of $target in $dump" 60 grep -q '^totals:' "$dump"
+  ir=$(awk '$1 == "totals:" { print $2 }' "$dump")
+  [[ $ir =~ ^[0-9]+$ ]] || die "no instruction count in $dump"
+  printf 'instructions\t%s\t%s\t%s\t%s\t%s\n' "$label" "$INSTR_REQUESTS" "$LOAD_FAILED" "$LOAD_CONNECTS" "$ir" >>"$INSTRUCTIONS"
+  log "$target: $(awk -v ir="$ir" -v n="$INSTR_REQUESTS" 'BEGIN { printf "%.0f", ir / n }') user-space instructions/request" \
+    "over $INSTR_REQUESTS requests ($LOAD_FAILED failed, $LOAD_CONNECTS connections)"
+}
+
+# all_traced PID TRACER: every thread of process PID is traced by TRACER.
+all_traced() {
+  local status tracer
+  for status in /proc/"$1"/task/*/status; do
+    tracer=$(awk '$1 == "TracerPid:" { print $2 }' "$status") || return 1
+    [[ $tracer == "$2" ]] || return 1
+  done
+}
+
+# count_syscalls TARGET LABEL: after INSTR_WARMUP requests, attaches `strace -c -f` to every
+# thread of TARGET, sends INSTR_REQUESTS requests, detaches and appends "syscalls LABEL requests
+# failed connections name=calls..." to $INSTRUCTIONS.
+count_syscalls() {
+  local target=$1 label=$2 pid=${PID[$1]} summary="$RUN/strace-$1.txt" tracer calls
+  fixed_load "$target-warmup" "${URL[$target]}" "$INSTR_WARMUP"
+  ((LOAD_FAILED == 0)) || die "$target: $LOAD_FAILED of $INSTR_WARMUP warm-up requests failed (logs: $LOGS/$target-warmup-*.log)"
+  start_pinned "strace-$target" "$LOAD_CORE" strace -c -f -q -o "$summary" -p "$pid"
+  tracer=$LAST_PID
+  wait_for "$tracer" "strace attached to every thread of $target" 30 all_traced "$pid" "$tracer"
+  fixed_load "$target-counted" "${URL[$target]}" "$INSTR_REQUESTS"
+  # strace detaches on SIGTERM and then writes its summary.
+  stop_tree "$tracer"
+  grep -q ' total$' "$summary" 2>/dev/null || die "strace wrote no summary to $summary (log: $LOGS/strace-$target.log)"
+  # Rows: % time, seconds, usecs/call, calls, [errors,] syscall.
+  calls=$(awk '$1 ~ /^[0-9.]+$/ && $NF != "total" { printf "\t%s=%s", $NF, $4 }' "$summary")
+  printf 'syscalls\t%s\t%s\t%s\t%s%s\n' "$label" "$INSTR_REQUESTS" "$LOAD_FAILED" "$LOAD_CONNECTS" "$calls" >>"$INSTRUCTIONS"
+  log "$target: $(awk -v n="$INSTR_REQUESTS" '$1 ~ /^[0-9.]+$/ && $NF != "total" { c += $4 }
+    END { printf "%.2f", c / n }' "$summary") syscalls/request over $INSTR_REQUESTS requests" \
+    "($LOAD_FAILED failed, $LOAD_CONNECTS connections)"
+}
+
 # ----------------------------------------------------------------------------------------------
 # Scenarios
 
@@ -634,10 +790,7 @@ scenario_compare() {
   log "scenario closed/paced: starting ours, haproxy and nginx on core $PROXY_CORE"
   store_routes dfp-bench-main 10
   start_ours ours dfp-bench-main 10
-  local code
-  code=$(reconfigure ours books-ms "$BOOKS_PATH")
-  [[ $code == 200 ]] || die "reconfigure of books-ms answered $code: $(cat "$RUN/last-reconfigure.json")"
-  grep -q '127.0.0.1' "$RUN/last-reconfigure.json" || die "reconfigure found no instance: $(cat "$RUN/last-reconfigure.json")"
+  route_books ours
   start_haproxy haproxy 10
   start_nginx_proxy nginx
   set_direct
@@ -748,11 +901,46 @@ scenario_churn() {
   stop_tree "${PID[haproxy-churn]}"
 }
 
+# callgrind_wrapper TARGET: sets CALLGRIND to the valgrind command line that runs TARGET with
+# instrumentation off (startup and warm-up run uncounted, ~5x slower rather than ~50x).
+callgrind_wrapper() {
+  CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$RUN/callgrind/$1.out")
+}
+
+scenario_instructions() {
+  log "scenario instructions: ours and HAProxy with 10 routes, under callgrind then under strace"
+  store_routes dfp-bench-instr 10
+  mkdir -p "$RUN/callgrind"
+  local -a CALLGRIND=()
+  callgrind_wrapper ours-callgrind
+  start_ours ours-callgrind dfp-bench-instr 10 "${CALLGRIND[@]}"
+  route_books ours-callgrind
+  check_route ours-callgrind
+  count_instructions ours-callgrind ours
+  stop_tree "${PID[ours-callgrind]}"
+  callgrind_wrapper haproxy-callgrind
+  start_haproxy haproxy-callgrind 10 "" "${CALLGRIND[@]}"
+  check_route haproxy-callgrind
+  count_instructions haproxy-callgrind haproxy
+  stop_tree "${PID[haproxy-callgrind]}"
+
+  start_ours ours-strace dfp-bench-instr 10
+  route_books ours-strace
+  check_route ours-strace
+  count_syscalls ours-strace ours
+  stop_tree "${PID[ours-strace]}"
+  start_haproxy haproxy-strace 10
+  check_route haproxy-strace
+  count_syscalls haproxy-strace haproxy
+  stop_tree "${PID[haproxy-strace]}"
+}
+
 # ----------------------------------------------------------------------------------------------
 # Report: medians, min-max over rounds, and ratios paired by round.
 
 report() {
-  awk -F'\t' -v many="$MANY_ROUTES" -f "$HELPERS/report.awk" "$RESULTS"
+  awk -F'\t' -v many="$MANY_ROUTES" -v instructions="$INSTRUCTIONS" -v warmup="$INSTR_WARMUP" -f "$HELPERS/report.awk" \
+    "$RESULTS" "$INSTRUCTIONS"
 }
 
 main() {
@@ -765,8 +953,10 @@ main() {
   RUN="$REPO/target/compare/$(date +%Y%m%d-%H%M%S)"
   LOGS="$RUN/logs"
   RESULTS="$RUN/results.tsv"
+  INSTRUCTIONS="$RUN/instructions.tsv"
   mkdir -p "$LOGS"
   : >"$RESULTS"
+  : >"$INSTRUCTIONS"
   log "run directory: $RUN"
 
   ensure_tools
@@ -778,6 +968,7 @@ main() {
   if wants closed || wants paced; then scenario_compare; fi
   if wants routes; then scenario_routes; fi
   if wants churn; then scenario_churn; fi
+  if wants instructions; then scenario_instructions; fi
 
   {
     cat "$RUN/machine.md"

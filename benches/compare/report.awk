@@ -5,7 +5,14 @@
 #   core0_us_per_request core0_busy_% core1_busy_% user_us_per_request
 # Every figure is "median (min–max)" over the rounds. A ratio is taken between two runs of the
 # same round and then summarised the same way, so a claim holds only when its min–max range
-# stays on one side of the threshold. Variables: many (the large route count). Plain awk (mawk).
+# stays on one side of the threshold. Variables: many (the large route count), instructions and
+# warmup (below). Plain awk (mawk).
+#
+# A second input, named by the variable instructions (compare.sh's instructions.tsv), holds the
+# counts of the instructions scenario, one line per proxy and kind:
+#   instructions target requests failed connections Ir
+#   syscalls target requests failed connections name=calls...
+# (warmup: the uncounted requests sent before).
 
 function keep(key, value) {
   if (value == "-" || value == "") return
@@ -68,6 +75,20 @@ function target_name(t) {
   if (t == "nginx") return "nginx (proxy)"
   if (t == "direct") return "direct to upstream (ceiling)"
   return t
+}
+
+FILENAME == instructions {
+  t = $2; kind = $1
+  counted[t, kind] = $3; failed[t, kind] = $4; connections[t, kind] = $5
+  if (kind == "instructions") ir[t] = $6
+  if (kind == "syscalls") {
+    sys_count[t] = 0; sys_total[t] = 0
+    for (i = 6; i <= NF; i++) {
+      split($i, kv, "=")
+      sys_name[t, ++sys_count[t]] = kv[1]; sys_calls[t, sys_count[t]] = kv[2]; sys_total[t] += kv[2]
+    }
+  }
+  next
 }
 
 {
@@ -161,6 +182,76 @@ function churn_table(   proxies, i, t, quiet, busy) {
   print ""
 }
 
+# Per request: instructions (kind "instructions") or syscalls ("syscalls") of target t; "" if
+# not measured.
+function per_request(t, kind) {
+  if (!((t, kind) in counted) || counted[t, kind] == 0) return ""
+  return (kind == "instructions" ? ir[t] : sys_total[t]) / counted[t, kind]
+}
+
+# Ours over HAProxy, per request; "" if either is missing.
+function instr_ratio(kind,   a, b) {
+  a = per_request("ours", kind); b = per_request("haproxy", kind)
+  return (a == "" || b == "" || b == 0) ? "" : a / b
+}
+
+# A per-request count of syscalls: two decimals, "<0.01" for rare calls that happened.
+function calls_per_request(calls, requests) {
+  return (calls > 0 && calls / requests < 0.01) ? "<0.01" : sprintf("%.2f", calls / requests)
+}
+
+# The four most frequent syscalls of target t and the rest, per request.
+function top_syscalls(t,   n, i, j, best, used, out, rest) {
+  n = sys_count[t]; out = ""; rest = sys_total[t]
+  for (i = 1; i <= 4 && i <= n; i++) {
+    best = 0
+    for (j = 1; j <= n; j++) if (!(j in used) && (best == 0 || sys_calls[t, j] + 0 > sys_calls[t, best] + 0)) best = j
+    used[best] = 1; rest -= sys_calls[t, best]
+    out = out (out == "" ? "" : ", ") sys_name[t, best] " " calls_per_request(sys_calls[t, best], counted[t, "syscalls"])
+  }
+  if (n > 4) out = out ", other " calls_per_request(rest, counted[t, "syscalls"])
+  return out == "" ? "–" : out
+}
+
+function instructions_table(   proxies, i, t, r, s) {
+  if (per_request("ours", "instructions") == "" && per_request("haproxy", "instructions") == "" &&
+      per_request("ours", "syscalls") == "" && per_request("haproxy", "syscalls") == "") return
+  print "### Instructions and system calls per request (10 routes, fixed request count)"
+  print ""
+  print "| target | user-space instructions/request | ÷ HAProxy | syscalls/request | ÷ HAProxy | most frequent syscalls (per request) | failed requests (callgrind / strace run) |"
+  print "|---|---:|---:|---:|---:|---|---:|"
+  split("ours haproxy", proxies, " ")
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    r = instr_ratio("instructions"); s = instr_ratio("syscalls")
+    printf "| %s | %s | %s | %s | %s | %s | %s / %s |\n", target_name(t),
+      per_request(t, "instructions") == "" ? "–" : sprintf("%.0f", per_request(t, "instructions")),
+      t == "haproxy" ? "1" : (r == "" ? "–" : sprintf("%.3f", r)),
+      per_request(t, "syscalls") == "" ? "–" : sprintf("%.2f", per_request(t, "syscalls")),
+      t == "haproxy" ? "1" : (s == "" ? "–" : sprintf("%.3f", s)),
+      top_syscalls(t),
+      ((t, "instructions") in failed) ? failed[t, "instructions"] : "–",
+      ((t, "syscalls") in failed) ? failed[t, "syscalls"] : "–"
+  }
+  print ""
+  t = ((("ours", "instructions") in counted) ? "ours" : "haproxy")
+  printf "Each proxy (one worker thread) got %d requests over %d keep-alive connections (curl, one request at a\n", counted[t, "instructions"], connections[t, "instructions"]
+  printf "time on each) after %d uncounted warm-up ones. Instructions: callgrind's Ir, summed over all the\n", warmup
+  print "proxy's threads, user space only (the kernel's share shows in the syscalls); startup and warm-up"
+  print "ran uninstrumented. Syscalls: a second run of the proxy without valgrind, `strace -c -f` attached"
+  print "to all its threads for the same number of requests. One run each: these are counts, not times."
+  print ""
+}
+
+# The verdict on a one-run count: ours over HAProxy against the threshold.
+function count_verdict(kind, threshold,   r, f) {
+  r = instr_ratio(kind)
+  if (r == "") return "not measured"
+  f = failed["ours", kind] + failed["haproxy", kind]
+  if (f > 0) return "unclear: " f " failed requests"
+  return r <= threshold ? "met" : "not met"
+}
+
 function targets_table(   k) {
   print "### The issue's targets"
   print ""
@@ -184,6 +275,11 @@ function targets_table(   k) {
     print "| under churn: 0 failed requests | – | not measured |"
   }
   printf "| under churn: req/s ≥ 0.95× quiet | %s | %s |\n", summary(k, "%.3f", 1), verdict(k, ">=", 0.95)
+  k = instr_ratio("instructions")
+  printf "| user-space instructions/request ≤ 0.7× HAProxy's | %s | %s |\n", k == "" ? "–" : sprintf("%.3f", k),
+    count_verdict("instructions", 0.7)
+  k = instr_ratio("syscalls")
+  printf "| syscalls/request ≤ HAProxy's | %s | %s |\n", k == "" ? "–" : sprintf("%.3f", k), count_verdict("syscalls", 1.0)
   print ""
 }
 
@@ -192,6 +288,7 @@ END {
   compare_table("paced", "Paced (each connection waits 1–4 ms between requests)")
   routes_table()
   churn_table()
+  instructions_table()
   targets_table()
   print "Figures: median (min–max) over the rounds. Ratios are paired: each round's value over HAProxy's"
   print "in the same round (or over the same proxy's quiet / 10-route run), then summarised. Errors are"
