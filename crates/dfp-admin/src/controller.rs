@@ -204,6 +204,9 @@ impl Controller {
             }
             Err(err) => return Err(err),
         };
+        if let Discovery::Consul(consul) = &self.inner.discovery {
+            tokio::spawn(follow::follow_registry(Arc::downgrade(&self.inner), consul.clone()));
+        }
         if let RouteStore::ConsulKv { consul, instance_name } = &self.inner.store {
             tokio::spawn(follow::follow_store(
                 Arc::downgrade(&self.inner),
@@ -310,7 +313,7 @@ impl Inner {
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
-        let entry = self.entry(&mut state, request.clone(), found.instances.clone(), found.index);
+        let entry = self.entry(&mut state, request.clone(), found.instances.clone());
         state.services.insert(request.service_name.clone(), entry);
         drop(state);
 
@@ -427,16 +430,16 @@ impl Inner {
                 .instances(&request.service_name, request.port, Strictness::Restore)
                 .await;
             self.note_registry(&lookup);
-            let (instances, index) = match lookup {
-                Ok(f) => (f.instances, f.index),
+            let instances = match lookup {
+                Ok(f) => f.instances,
                 Err(err) => {
                     tracing::warn!(service = %request.service_name, error = %err, "lookup failed; keeping its last instances");
                     let kept =
                         state.services.get(&request.service_name).map(|e| e.instances.clone());
-                    (kept.unwrap_or_default(), 0)
+                    kept.unwrap_or_default()
                 }
             };
-            found.push((request, instances, index));
+            found.push((request, instances));
         }
 
         // Build; a stored route whose path another service owns is left out, not the others.
@@ -447,7 +450,7 @@ impl Inner {
                 .filter(|(k, _)| !removed.contains(k))
                 .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
                 .collect();
-            for (request, instances, _) in &found {
+            for (request, instances) in &found {
                 services.insert(&request.service_name, (request, instances));
             }
             match self.build(&services) {
@@ -462,7 +465,7 @@ impl Inner {
                 }) => {
                     tracing::warn!(%service, %owner, "stored route conflicts with another; skipped");
                     let before = found.len();
-                    found.retain(|(r, _, _)| r.service_name != service && r.service_name != owner);
+                    found.retain(|(r, _)| r.service_name != service && r.service_name != owner);
                     if found.len() == before {
                         return deferred;
                     }
@@ -478,14 +481,29 @@ impl Inner {
             state.services.remove(name);
             tracing::info!(service = %name, "removed (from the store)");
         }
-        for (request, instances, index) in found {
+        for (request, instances) in found {
             tracing::info!(service = %request.service_name, paths = ?request.service_paths, instances = ?instances, "routed (from the store)");
             let name = request.service_name.clone();
-            let entry = self.entry(&mut state, request, instances, index);
+            let entry = self.entry(&mut state, request, instances);
             state.services.insert(name, entry);
         }
         self.counters.store_syncs.fetch_add(1, Ordering::Relaxed);
         deferred
+    }
+
+    /// The routed services (all, or those in `only`) with their generations, for a refresh
+    /// of their instances.
+    pub(crate) async fn routed_services(
+        &self,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) -> Vec<(String, u64)> {
+        let state = self.state.lock().await;
+        state
+            .services
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|only| only.contains(*name)))
+            .map(|(name, entry)| (name.clone(), entry.generation))
+            .collect()
     }
 
     /// Records new instances for a service found by its follower. The publisher rebuilds.
@@ -576,7 +594,6 @@ impl Inner {
         state: &mut State,
         request: ReconfigureRequest,
         instances: Vec<SocketAddr>,
-        index: u64,
     ) -> ServiceEntry {
         let previous = state.services.remove(&request.service_name);
         let (generation, follower) = match previous {
@@ -585,7 +602,7 @@ impl Inner {
             }
             _ => {
                 let generation = state.generation();
-                (generation, self.follower(&request, generation, index))
+                (generation, self.follower(&request, generation))
             }
         };
         ServiceEntry { request, instances, generation, _follower: follower }
@@ -595,9 +612,8 @@ impl Inner {
         self: &Arc<Self>,
         request: &ReconfigureRequest,
         generation: u64,
-        index: u64,
     ) -> Option<Follower> {
-        follow::follow_service(Arc::downgrade(self), &self.discovery, request, generation, index)
+        follow::follow_service(Arc::downgrade(self), &self.discovery, request, generation)
     }
 
     /// Refuses a request whose paths (on its hosts) or default-backend role another service

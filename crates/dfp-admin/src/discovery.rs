@@ -34,8 +34,6 @@ pub(crate) enum Strictness {
 pub(crate) struct Found {
     pub(crate) instances: Vec<SocketAddr>,
     pub(crate) warnings: Vec<String>,
-    /// Consul's index of the answer, where a watch can start (0 standalone).
-    pub(crate) index: u64,
 }
 
 impl Discovery {
@@ -83,7 +81,6 @@ async fn consul_instances(
         ServiceLookup::Known(instances) => instances,
     };
     let mut found = resolve_instances(&registered).await;
-    found.index = lookup.index;
     if port.is_some() {
         found.warnings.push(
             "parameter port is ignored with Consul: the port is each instance's Service.Port"

@@ -1,18 +1,27 @@
-//! Background followers: each routed service's instances (Consul blocking queries, or DNS
-//! re-resolution standalone) and the route store itself (Consul KV, so replicas converge).
+//! Background followers: the routed services' instances (Consul, or DNS re-resolution
+//! standalone) and the route store itself (Consul KV, so replicas converge).
 //!
-//! A follower holds only a weak reference to the controller and is aborted when its service
-//! is removed or replaced, so none outlives what it follows.
+//! With Consul, one watch covers every routed service ([`follow_registry`]): two blocking
+//! queries, on the catalog's services (registrations) and on every health check's state,
+//! tell when something changed and which services it may concern; only those are read again.
+//! So a proxy holds two long-polling connections to its agent however many services it
+//! routes (one per service would meet Consul's limit of connections per client, 200 by
+//! default, and cost memory per service), in the manner of fabio and Traefik.
+//!
+//! Every follower holds only a weak reference to the controller, so none outlives it; a
+//! standalone service's DNS follower is aborted when its service is removed or replaced.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::sync::{Arc, Weak};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use std::future::Future;
 
 use dfp_consul::{ConsulClient, ConsulError, Indexed};
-use tokio::task::AbortHandle;
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::controller::Inner;
 use crate::discovery::{dns_refresh, resolve_instances, Discovery};
@@ -29,26 +38,23 @@ impl Drop for Follower {
     }
 }
 
-/// Starts following a service's instances; `index` is the Consul index its instances were
-/// read at (0: read them again first).
+/// Starts following a standalone service's name in DNS. With Consul there is nothing to
+/// start per service: [`follow_registry`] covers every routed service.
 pub(crate) fn follow_service(
     inner: Weak<Inner>,
     discovery: &Discovery,
     request: &ReconfigureRequest,
     generation: u64,
-    index: u64,
 ) -> Option<Follower> {
-    let service = request.service_name.clone();
-    let task = match discovery {
-        Discovery::Consul(consul) => {
-            tokio::spawn(follow_consul(inner, consul.clone(), service, generation, index))
-        }
+    match discovery {
+        Discovery::Consul(_) => None,
         Discovery::Dns => {
             let port = request.port?;
-            tokio::spawn(follow_dns(inner, service, port, generation))
+            let service = request.service_name.clone();
+            let task = tokio::spawn(follow_dns(inner, service, port, generation));
+            Some(Follower(task.abort_handle()))
         }
-    };
-    Some(Follower(task.abort_handle()))
+    }
 }
 
 /// Consul's blocking-query loop, shared by every follower (Consul's documented pattern: pass
@@ -103,33 +109,163 @@ pub(crate) async fn blocking_query_loop<O, T, C, Q, QF, A, AF>(
     }
 }
 
-/// One service's instances, followed with blocking queries on its health endpoint.
-async fn follow_consul(
-    inner: Weak<Inner>,
-    consul: Arc<ConsulClient>,
-    service: String,
-    generation: u64,
-    index: u64,
-) {
-    blocking_query_loop(
-        inner,
-        index,
+/// Services to read again, gathered by the watches for the refresher.
+#[derive(Debug, Default)]
+struct Wanted {
+    pending: Mutex<Pending>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    all: bool,
+    services: BTreeSet<String>,
+}
+
+impl Wanted {
+    fn all(&self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.all = true;
+        }
+        self.wake.notify_one();
+    }
+
+    fn some(&self, services: impl IntoIterator<Item = String>) {
+        let mut any = false;
+        if let Ok(mut pending) = self.pending.lock() {
+            for service in services {
+                pending.services.insert(service);
+                any = true;
+            }
+        }
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Pending {
+        self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default()
+    }
+}
+
+/// Consul mode: follows every routed service's instances with one watch (see the module doc).
+pub(crate) async fn follow_registry(inner: Weak<Inner>, consul: Arc<ConsulClient>) {
+    let wanted = Arc::new(Wanted::default());
+    let catalog = blocking_query_loop(
+        inner.clone(),
+        0,
         |i: &Inner| (i.follow_config().consul_wait, ()),
         |index, wait| {
-            let (consul, service) = (consul.clone(), service.clone());
-            async move { consul.watch_passing_instances(&service, index, wait).await }
+            let consul = consul.clone();
+            async move { consul.watch_catalog(index, wait).await }
         },
-        |strong: Arc<Inner>, instances: Vec<dfp_consul::Instance>, ()| {
-            let service = service.clone();
-            async move {
-                let found = resolve_instances(&instances).await;
-                strong.update_instances(&service, generation, found.instances).await;
-                false
-            }
+        |_, (), ()| {
+            // Which service's registrations changed is not said: read them all again.
+            wanted.all();
+            std::future::ready(false)
         },
         report_registry,
-    )
-    .await;
+    );
+    let mut fingerprints: Option<HashMap<String, u64>> = None;
+    let checks = blocking_query_loop(
+        inner.clone(),
+        0,
+        |i: &Inner| (i.follow_config().consul_wait, ()),
+        |index, wait| {
+            let consul = consul.clone();
+            async move { consul.watch_checks(index, wait).await }
+        },
+        |_, checks: Vec<dfp_consul::CheckState>, ()| {
+            let now = check_fingerprints(&checks);
+            match fingerprints.as_ref() {
+                // A node's own checks count for every service on it: read them all again.
+                Some(before) if before.get("") == now.get("") => {
+                    wanted.some(changed_services(before, &now));
+                }
+                _ => wanted.all(),
+            }
+            fingerprints = Some(now);
+            std::future::ready(false)
+        },
+        report_registry,
+    );
+    let refresher = refresh_instances(inner, consul.clone(), wanted.clone());
+    tokio::join!(catalog, checks, refresher);
+}
+
+/// For each service name (empty: the nodes' own checks), a hash of its checks' states.
+fn check_fingerprints(checks: &[dfp_consul::CheckState]) -> HashMap<String, u64> {
+    let mut sorted: Vec<&dfp_consul::CheckState> = checks.iter().collect();
+    sorted.sort_unstable();
+    let mut prints: HashMap<String, std::hash::DefaultHasher> = HashMap::new();
+    for check in sorted {
+        let hasher = prints.entry(check.service.clone()).or_default();
+        (&check.node, &check.check_id, &check.status).hash(hasher);
+    }
+    prints.into_iter().map(|(service, hasher)| (service, hasher.finish())).collect()
+}
+
+fn changed_services(before: &HashMap<String, u64>, now: &HashMap<String, u64>) -> Vec<String> {
+    let mut changed: Vec<String> = now
+        .iter()
+        .filter(|(s, print)| before.get(*s) != Some(print))
+        .map(|(s, _)| s.clone())
+        .collect();
+    changed.extend(before.keys().filter(|s| !now.contains_key(*s)).cloned());
+    changed
+}
+
+/// Reads the wanted services' passing instances again (a few at a time) and hands them to
+/// the controller, which publishes the changes in one table.
+async fn refresh_instances(inner: Weak<Inner>, consul: Arc<ConsulClient>, wanted: Arc<Wanted>) {
+    /// Reads in flight at once.
+    const CONCURRENCY: usize = 16;
+    /// Changes arriving together are read together.
+    const GATHER: Duration = Duration::from_millis(10);
+    let mut backoff = Backoff::default();
+    loop {
+        wanted.wake.notified().await;
+        tokio::time::sleep(GATHER).await;
+        let pending = wanted.take();
+        let Some(strong) = inner.upgrade() else { return };
+        let only = if pending.all { None } else { Some(&pending.services) };
+        let targets = strong.routed_services(only).await;
+        drop(strong);
+        let mut reads = JoinSet::new();
+        let mut targets = targets.into_iter();
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            while reads.len() < CONCURRENCY {
+                let Some((service, generation)) = targets.next() else { break };
+                let consul = consul.clone();
+                reads.spawn(async move {
+                    let read = consul.watch_passing_instances(&service, 0, Duration::ZERO).await;
+                    (service, generation, read)
+                });
+            }
+            let Some(done) = reads.join_next().await else { break };
+            let Ok((service, generation, read)) = done else { continue };
+            let Some(strong) = inner.upgrade() else { return };
+            match read {
+                Ok(answer) => {
+                    report_registry(&strong, Ok(()));
+                    let found = resolve_instances(&answer.value).await;
+                    strong.update_instances(&service, generation, found.instances).await;
+                }
+                Err(err) => {
+                    report_registry(&strong, Err(&err));
+                    failed.push(service);
+                }
+            }
+        }
+        if failed.is_empty() {
+            backoff.reset();
+        } else {
+            // Consul failed meanwhile: read those again after a pause.
+            tokio::time::sleep(backoff.next_delay()).await;
+            wanted.some(failed);
+        }
+    }
 }
 
 /// Standalone: resolve the service's name again every `dns_refresh`.
@@ -245,6 +381,46 @@ mod tests {
         assert_eq!(next_index(7, 9), Next::Changed(9));
         assert_eq!(next_index(9, 3), Next::Reset);
         assert_eq!(next_index(0, 0), Next::Changed(1));
+    }
+
+    fn check(service: &str, node: &str, id: &str, status: &str) -> dfp_consul::CheckState {
+        dfp_consul::CheckState {
+            service: service.to_owned(),
+            node: node.to_owned(),
+            check_id: id.to_owned(),
+            status: status.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_services_whose_checks_changed_are_read_again() {
+        let before = check_fingerprints(&[
+            check("", "n1", "serfHealth", "passing"),
+            check("books", "n1", "b1", "passing"),
+            check("books", "n2", "b2", "passing"),
+            check("shop", "n1", "s1", "passing"),
+            check("gone", "n1", "g1", "passing"),
+        ]);
+        // Same checks in another order: nothing changed.
+        let same = check_fingerprints(&[
+            check("shop", "n1", "s1", "passing"),
+            check("books", "n2", "b2", "passing"),
+            check("gone", "n1", "g1", "passing"),
+            check("books", "n1", "b1", "passing"),
+            check("", "n1", "serfHealth", "passing"),
+        ]);
+        assert!(changed_services(&before, &same).is_empty());
+        let now = check_fingerprints(&[
+            check("", "n1", "serfHealth", "passing"),
+            check("books", "n1", "b1", "critical"),
+            check("books", "n2", "b2", "passing"),
+            check("shop", "n1", "s1", "passing"),
+            check("new", "n1", "x1", "passing"),
+        ]);
+        let mut changed = changed_services(&before, &now);
+        changed.sort();
+        assert_eq!(changed, ["books", "gone", "new"]);
+        assert_eq!(before.get(""), now.get(""), "node checks unchanged");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::model::{CatalogEntry, HealthEntry, RawKvEntry};
+use crate::model::{CatalogEntry, CheckState, HealthEntry, RawCheck, RawKvEntry};
 use crate::Instance;
 
 /// What went wrong talking to Consul. Messages say what to check.
@@ -141,6 +141,38 @@ impl ConsulClient {
         let mut call = Call::get(&segments);
         call.method = reqwest::Method::DELETE;
         self.call(call).await.map(drop)
+    }
+
+    /// Waits (as [`ConsulClient::watch_passing_instances`]) until the catalog's services
+    /// change anywhere: an instance registered, deregistered or moved. Only the index matters
+    /// (`GET /v1/catalog/services`, whose body is just the service names).
+    pub async fn watch_catalog(
+        &self,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<()>, ConsulError> {
+        let mut call = Call::get(&["v1", "catalog", "services"]);
+        call.block(index, wait);
+        let answer = self.call(call).await?;
+        Ok(Indexed { value: (), index: answer.index })
+    }
+
+    /// Waits until any health check changes, and returns every check's state
+    /// (`GET /v1/health/state/any`): which services' checks changed tells which services to
+    /// read again.
+    pub async fn watch_checks(
+        &self,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<CheckState>>, ConsulError> {
+        let mut call = Call::get(&["v1", "health", "state", "any"]);
+        call.block(index, wait);
+        let answer = self.call(call).await?;
+        let checks: Vec<RawCheck> = answer.json()?;
+        Ok(Indexed {
+            value: checks.into_iter().map(CheckState::from).collect(),
+            index: answer.index,
+        })
     }
 
     /// Every key under `prefix` (which should end in `/`) with its value; blocking as

@@ -11,4 +11,4 @@ mod client;
 mod model;
 
 pub use client::{ConsulClient, ConsulError, Indexed, KvEntry, ServiceLookup};
-pub use model::Instance;
+pub use model::{CheckState, Instance};

@@ -50,6 +50,42 @@ impl From<HealthEntry> for Instance {
     }
 }
 
+/// One health check's state, from `GET /v1/health/state/any`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CheckState {
+    /// The service the check belongs to; empty for a node's own checks (which count for every
+    /// service on that node).
+    pub service: String,
+    pub node: String,
+    pub check_id: String,
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RawCheck {
+    #[serde(default)]
+    node: String,
+    #[serde(rename = "CheckID", default)]
+    check_id: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    service_name: String,
+}
+
+impl From<RawCheck> for CheckState {
+    fn from(raw: RawCheck) -> Self {
+        CheckState {
+            service: raw.service_name,
+            node: raw.node,
+            check_id: raw.check_id,
+            status: raw.status,
+        }
+    }
+}
+
 /// An entry of `GET /v1/kv/<prefix>?recurse`; `Value` is base64, or null for an empty value.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
