@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod data_plane;
+mod fast_lane;
 mod follow;
 mod options;
 mod resilience;

@@ -82,6 +82,9 @@ pub(crate) async fn serve(
 ) -> Outcome {
     let client_ip = client.ip().to_string();
     let mut buf = BytesMut::with_capacity(4096);
+    // Read without a lock (one atomic load) by a response about to go out: once shutdown has
+    // begun it says `Connection: close`, as the general path does.
+    let shutdown = stop.clone();
     let stopping = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
@@ -95,7 +98,9 @@ pub(crate) async fn serve(
                 Parsed::Handover => return Outcome::Handover(buf.split().freeze()),
                 Parsed::Forward(plan) => {
                     state.request_started();
-                    let step = forward(io, forwarder, &plan, &mut upstream_head, &mut timer).await;
+                    let step =
+                        forward(io, forwarder, &plan, &mut upstream_head, &mut timer, &shutdown)
+                            .await;
                     state.request_finished();
                     buf.advance(plan.head_len);
                     if step == Step::Close || plan.close {
@@ -364,6 +369,7 @@ async fn forward(
     plan: &Plan,
     upstream_head: &mut Scratch,
     timer: &mut LazyTimer,
+    shutdown: &watch::Receiver<bool>,
 ) -> Step {
     let started = std::time::Instant::now();
     let backend = &plan.backend;
@@ -380,9 +386,9 @@ async fn forward(
             addr,
             connect_timeout: forwarder.pool.connect_timeout,
             idle_timeout: forwarder.pool.idle_timeout,
-            server_timeout,
             head_request: plan.head_request,
             close_client: plan.close,
+            shutdown,
         };
         match exchange.run(io, upstream_head, &mut response, deadline, timer).await {
             Ok(relayed) => {
@@ -431,9 +437,10 @@ async fn forward(
             }
         }
         Err(err) => {
-            let status = write_error(&mut response, &err, plan.head_request);
+            let closing = shutting_down(shutdown);
+            let status = write_error(&mut response, &err, plan.head_request, closing);
             backend.stats().record_response(status, micros(started));
-            if io.write_all(&response).await.is_err() {
+            if io.write_all(&response).await.is_err() || closing {
                 return Step::Close;
             }
             Step::KeepAlive
@@ -441,17 +448,27 @@ async fn forward(
     }
 }
 
+/// Whether the proxy is shutting down (then each answer is the connection's last).
+fn shutting_down(shutdown: &watch::Receiver<bool>) -> bool {
+    shutdown.has_changed().unwrap_or(true)
+}
+
 /// The proxy's own short answer, as the general path would give it.
-fn write_error(out: &mut Vec<u8>, err: &ProxyError, head_request: bool) -> u16 {
+fn write_error(out: &mut Vec<u8>, err: &ProxyError, head_request: bool, close: bool) -> u16 {
     let (status, text) = err.status_and_text();
     out.clear();
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         text.len()
     );
+    write_date(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     if !head_request {
         out.extend_from_slice(text.as_bytes());
     }
@@ -467,16 +484,16 @@ struct Relayed {
 }
 
 /// One attempt at one instance.
-struct Exchange {
+struct Exchange<'a> {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    server_timeout: Duration,
     head_request: bool,
     close_client: bool,
+    shutdown: &'a watch::Receiver<bool>,
 }
 
-impl Exchange {
+impl Exchange<'_> {
     async fn run(
         &self,
         io: &mut TimedIo,
@@ -545,7 +562,7 @@ impl Exchange {
                     ParsedResponse::Partial => {}
                 }
             }
-            match read_some(upstream, buf, deadline, timer).await {
+            match read_some(upstream, buf, Some(deadline), timer).await {
                 Ok(0) => {
                     return Err(Failure::Unreachable(io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -566,7 +583,9 @@ impl Exchange {
         buf: &mut Vec<u8>,
         timer: &mut LazyTimer,
     ) -> Result<(Relayed, bool), Failure> {
-        let close = self.close_client || head.framing == Framing::UntilClose;
+        let close = self.close_client
+            || head.framing == Framing::UntilClose
+            || shutting_down(self.shutdown);
         let mut out = Scratch::take();
         write_response_head(&mut out, &buf[..head.head_len], close);
         let body_start = head.head_len;
@@ -602,10 +621,11 @@ impl Exchange {
             Framing::Length(length) => length - taken as u64,
             _ => 0,
         };
+        // As on the general path, the server timeout covers the wait for the response head:
+        // a body may pause (a stream of events, a slow report) for as long as it likes.
         while !finished {
             buf.clear();
-            let deadline = Instant::now() + self.server_timeout;
-            let got = match read_some(upstream, buf, deadline, timer).await {
+            let got = match read_some(upstream, buf, None, timer).await {
                 Ok(got) => got,
                 Err(_) => return Err(Failure::Broken),
             };
@@ -740,6 +760,7 @@ fn write_response_head(out: &mut Vec<u8>, head: &[u8], close: bool) {
         })
     };
     let chunked = response.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let dated = response.headers.iter().any(|h| h.name.eq_ignore_ascii_case("date"));
     out.clear();
     let _ = write!(out, "HTTP/1.1 {:03} ", response.code.unwrap_or(0));
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
@@ -763,10 +784,32 @@ fn write_response_head(out: &mut Vec<u8>, head: &[u8], close: bool) {
             out.extend_from_slice(b"\r\n");
         }
     }
+    if !dated {
+        // A proxy adds the Date an origin left out (RFC 9110 §6.6.1).
+        write_date(out);
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <now>\r\n`, formatted at most once a second per thread.
+fn write_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second || date.1.is_empty() {
+            *date = (second, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 #[derive(Debug)]
@@ -775,11 +818,11 @@ enum ReadError {
     Io(io::Error),
 }
 
-/// One read from the instance into `buf`'s spare room, given up at `deadline`.
+/// One read from the instance into `buf`'s spare room, given up at `deadline` if any.
 async fn read_some(
     upstream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    deadline: Instant,
+    deadline: Option<Instant>,
     timer: &mut LazyTimer,
 ) -> Result<usize, ReadError> {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -790,7 +833,7 @@ async fn read_some(
         if let Poll::Ready(read) = read.as_mut().poll(cx) {
             return Poll::Ready(read.map_err(ReadError::Io));
         }
-        if timer.expired(cx, deadline) {
+        if deadline.is_some_and(|deadline| timer.expired(cx, deadline)) {
             return Poll::Ready(Err(ReadError::Timeout));
         }
         Poll::Pending
@@ -985,18 +1028,22 @@ mod tests {
         write_response_head(&mut out, head.as_bytes(), true);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\nconnection: close\r\n\r\n"
+            format!(
+                "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\ndate: {}\r\nconnection: close\r\n\r\n",
+                httpdate::fmt_http_date(std::time::SystemTime::now())
+            )
         );
     }
 
     #[test]
     fn error_answers_match_the_general_path() {
         let mut out = Vec::new();
-        assert_eq!(write_error(&mut out, &ProxyError::UpstreamTimeout, false), 504);
+        assert_eq!(write_error(&mut out, &ProxyError::UpstreamTimeout, false, false), 504);
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{text}");
         assert!(text.ends_with("did not answer in time\n"), "{text}");
-        write_error(&mut out, &ProxyError::UpstreamUnreachable, true);
+        write_error(&mut out, &ProxyError::UpstreamUnreachable, true, true);
+        assert!(String::from_utf8_lossy(&out).contains("connection: close\r\n"));
         assert!(String::from_utf8_lossy(&out).ends_with("\r\n\r\n"));
     }
 }

@@ -4,6 +4,7 @@
 
 mod consul;
 pub mod proxy;
+mod raw;
 
 mod upstream;
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use consul::Consul;
 pub use proxy::{Proxy, Scratch};
+pub use raw::{RawClient, RawUpstream, Received, Reply};
 pub use upstream::{EchoUpgrade, Upstream};
 
 /// A port that was free a moment ago (the kernel picks it; the listener is dropped at once).
