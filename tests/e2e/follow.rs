@@ -110,6 +110,14 @@ async fn a_restarted_proxy_restores_its_routes_from_consul() {
     let stored: Value = serde_json::from_str(&stored).expect("JSON");
     assert_eq!(stored["servicePath"], "/api/v1/books");
     assert_eq!(stored["distribute"], "true");
+    // The same call again (listeners resend them) writes nothing; a changed one does.
+    let key = "docker-flow/services/books-ms";
+    let written = consul.kv_modify_index(key).await;
+    assert_eq!(proxy.admin(&format!("{BOOKS}&distribute=true")).await.0, 200);
+    assert_eq!(consul.kv_modify_index(key).await, written, "an identical reconfigure rewrote KV");
+    assert_eq!(proxy.admin(&format!("{BOOKS}&distribute=false")).await.0, 200);
+    assert_ne!(consul.kv_modify_index(key).await, written, "a changed reconfigure was not stored");
+    assert_eq!(proxy.admin(&format!("{BOOKS}&distribute=true")).await.0, 200);
 
     proxy.kill().await;
     let proxy = Proxy::start(Some(&consul.url()), &[]).await;

@@ -304,11 +304,20 @@ impl Inner {
         services.insert(&request.service_name, (&request, &found.instances));
         let table = self.build(&services)?;
 
-        let mut all = state.params();
-        all.insert(request.service_name.clone(), request.params.clone());
-        self.store.save(&request.service_name, &request.params, &all).await?;
-        let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-        state.touched.insert(request.service_name.clone(), seq);
+        // A call repeating what is stored already (Docker Flow's listeners resend every
+        // service's reconfigure now and then) writes nothing: no store write, no wake-up of
+        // every replica's store watch.
+        let stored_already = state
+            .services
+            .get(&request.service_name)
+            .is_some_and(|entry| entry.request.params == request.params);
+        if !stored_already {
+            let mut all = state.params();
+            all.insert(request.service_name.clone(), request.params.clone());
+            self.store.save(&request.service_name, &request.params, &all).await?;
+            let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
+            state.touched.insert(request.service_name.clone(), seq);
+        }
 
         let version = table.version();
         self.table.publish(table);

@@ -165,6 +165,20 @@ impl Consul {
     }
 
     /// A raw KV value, if the key exists.
+    /// The key's `ModifyIndex`: it moves with every write, even of the same value.
+    pub async fn kv_modify_index(&self, key: &str) -> Option<u64> {
+        let response = http_client()
+            .get(format!("{}/v1/kv/{key}", self.url()))
+            .send()
+            .await
+            .expect("consul answers");
+        if response.status() == 404 {
+            return None;
+        }
+        let entries: serde_json::Value = response.json().await.expect("kv JSON");
+        entries[0]["ModifyIndex"].as_u64()
+    }
+
     pub async fn kv_get(&self, key: &str) -> Option<String> {
         let response = http_client()
             .get(format!("{}/v1/kv/{key}?raw", self.url()))
