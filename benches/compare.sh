@@ -827,30 +827,57 @@ scenario_routes() {
   for target in "${targets[@]}"; do stop_tree "${PID[$target]}"; done
 }
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# The churners' clock and sleep start no process (bash's EPOCHREALTIME, and a read that times
+# out on a pipe nobody writes to): the load core is saturated in the closed loop, and a few
+# forks per change there would be measured as the proxy's churn cost.
 
-# sleep_until MS: sleeps until the clock (now_ms) reaches MS; returns at once if it has.
+# now_ms: sets NOW_MS to the wall clock in milliseconds.
+now_ms() {
+  local t=${EPOCHREALTIME/[.,]/}
+  NOW_MS=$((10#$t / 1000))
+}
+
+# sleep_until MS: sleeps until the clock reaches MS; returns at once if it has. Needs the fd
+# in SLEEP_FD (open_sleeper).
 sleep_until() {
-  local left=$(($1 - $(now_ms)))
+  now_ms
+  local left=$(($1 - NOW_MS)) secs
   ((left > 0)) || return 0
-  sleep "$((left / 1000)).$(printf '%03d' $((left % 1000)))"
+  printf -v secs '%d.%03d' $((left / 1000)) $((left % 1000))
+  read -r -t "$secs" -u "$SLEEP_FD" _ || true
+  now_ms
+}
+
+# open_sleeper: SLEEP_FD, a pipe held open at both ends that never has data.
+open_sleeper() {
+  exec {SLEEP_FD}<> <(:)
 }
 
 # churn_ours ADMIN COUNT_FILE: every 100 ms for the run's duration, a reconfigure: odd ticks
 # books-ms again (the service under load), even ticks churn-ms with its path flipped.
+# The call is written by bash itself (/dev/tcp), not by a curl process per call: like
+# HAProxy's churner (a `kill` builtin), the operator's side costs next to nothing on the load
+# core, so what the churn costs is what the proxy and Consul do.
 churn_ours() {
-  local admin=$1 file=$2 ticks=$((DURATION * 10)) i ok=0 code url start
-  # The churner (this loop and its curls) is the operator, not the proxy: keep it off core 0.
+  local admin=$1 file=$2 ticks=$((DURATION * 10)) i ok=0 target status start
+  local hostport=${admin#http://}
   taskset -cp "$LOAD_CORE" "$BASHPID" >/dev/null
-  start=$(now_ms)
-  for ((i = 0; i < ticks && $(now_ms) < start + DURATION * 1000; i++)); do
+  open_sleeper
+  now_ms
+  start=$NOW_MS
+  for ((i = 0; i < ticks && NOW_MS < start + DURATION * 1000; i++)); do
     if ((i % 2)); then
-      url="$admin/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=$BOOKS_PATH"
+      target="/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=$BOOKS_PATH"
     else
-      url="$admin/v1/docker-flow-proxy/reconfigure?serviceName=churn-ms&servicePath=/api/v2/churn-$((i / 2 % 2))"
+      target="/v1/docker-flow-proxy/reconfigure?serviceName=churn-ms&servicePath=/api/v2/churn-$((i / 2 % 2))"
     fi
-    code=$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$url" || true)
-    [[ $code == 200 ]] && ok=$((ok + 1))
+    status=""
+    if exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" 2>/dev/null; then
+      printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$target" "$hostport" >&3
+      read -r -t 2 _ status _ <&3 || true
+      exec 3<&-
+    fi
+    [[ $status == 200 ]] && ok=$((ok + 1))
     sleep_until $((start + (i + 1) * 100))
   done
   echo "$ok/$i" >"$file"
@@ -860,8 +887,10 @@ churn_ours() {
 churn_haproxy() {
   local master=$1 file=$2 ticks=$((DURATION * 10)) i ok=0 start
   taskset -cp "$LOAD_CORE" "$BASHPID" >/dev/null
-  start=$(now_ms)
-  for ((i = 0; i < ticks && $(now_ms) < start + DURATION * 1000; i++)); do
+  open_sleeper
+  now_ms
+  start=$NOW_MS
+  for ((i = 0; i < ticks && NOW_MS < start + DURATION * 1000; i++)); do
     kill -USR2 "$master" 2>/dev/null && ok=$((ok + 1))
     sleep_until $((start + (i + 1) * 100))
   done
