@@ -639,3 +639,23 @@ async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut() {
     assert_eq!((answer.status, answer.lane()), (200, true), "{answer:?}");
     assert_eq!(answer.text(), "5\r\nfirst\r\n4\r\nlast\r\n0\r\n\r\n");
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout() {
+    let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
+    let proxy = proxy_to(&upstream, "/", &["--upstream-idle-timeout=2s"]).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    let answer = client.get("/kept", "").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "/kept"), "{answer:?}");
+    assert_eq!(upstream.closed(), 0, "the upstream connection is kept for reuse at first");
+    // Nobody asks for it again: the proxy closes it once it has been idle for 2 s (its
+    // descriptor is not kept for good).
+    eventually(Duration::from_secs(10), "the idle upstream connection to be closed", || async {
+        (upstream.closed() == 1).then_some(())
+    })
+    .await;
+    // A later request opens a fresh one.
+    let answer = client.get("/again", "").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "/again"), "{answer:?}");
+    assert_eq!(upstream.accepted(), 2);
+}

@@ -525,7 +525,7 @@ impl Exchange<'_> {
         };
         self.relay(io, &mut upstream, head, buf, timer).await.map(|(relayed, reusable)| {
             if reusable && !self.idle_timeout.is_zero() {
-                checkin(self.addr, upstream);
+                checkin(self.addr, upstream, self.idle_timeout);
             }
             relayed
         })
@@ -949,7 +949,7 @@ fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
     })
 }
 
-fn checkin(addr: SocketAddr, stream: TcpStream) {
+fn checkin(addr: SocketAddr, stream: TcpStream, idle_timeout: Duration) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let stack = idle.entry(addr).or_default();
@@ -957,6 +957,37 @@ fn checkin(addr: SocketAddr, stream: TcpStream) {
             stack.push(IdleStream { stream, since: std::time::Instant::now() });
         }
     });
+    SWEEPER.with(|started| {
+        if !started.replace(true) {
+            tokio::spawn(sweep_idle(idle_timeout));
+        }
+    });
+}
+
+thread_local! {
+    static SWEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Closes this thread's idle connections that expired or that their instance closed, and
+/// forgets instances with none left, every half idle timeout (at least every 30 s): instances
+/// come and go with every deploy, and a connection nobody checks out again would otherwise
+/// keep its descriptor open for good.
+async fn sweep_idle(idle_timeout: Duration) {
+    let every = (idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        IDLE.with(|idle| {
+            let now = std::time::Instant::now();
+            let mut cx = Context::from_waker(Waker::noop());
+            idle.borrow_mut().retain(|_, stack| {
+                stack.retain(|candidate| {
+                    now.saturating_duration_since(candidate.since) < idle_timeout
+                        && candidate.stream.poll_read_ready(&mut cx).is_pending()
+                });
+                !stack.is_empty()
+            });
+        });
+    }
 }
 
 #[cfg(test)]

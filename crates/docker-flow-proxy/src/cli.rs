@@ -85,6 +85,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_TUNNEL_TIMEOUT", default_value = "3600s", value_parser = parse_duration)]
     pub(crate) tunnel_timeout: Duration,
 
+    /// How long an idle connection to an instance is kept for reuse (0s: none are kept).
+    /// Keep it below the instances' own keep-alive timeout.
+    #[arg(long, env = "DFP_UPSTREAM_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub(crate) upstream_idle_timeout: Duration,
+
     /// Log every request (one line, or one JSON object with --log-format json, per request).
     #[arg(long, env = "DFP_ACCESS_LOG")]
     pub(crate) access_log: bool,

@@ -83,10 +83,10 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         header_read_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         tunnel_timeout: args.tunnel_timeout,
+        upstream_idle_timeout: args.upstream_idle_timeout,
         access_log: args.access_log,
         trust_forwarded_proto: args.trust_forwarded_proto,
         shutdown_grace: args.shutdown_grace,
-        ..ProxyConfig::default()
     };
 
     // Routes are restored before either listener serves, so the first request already sees
