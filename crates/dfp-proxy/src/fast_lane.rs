@@ -50,7 +50,7 @@ use tokio::time::{Instant, Sleep};
 use crate::chunked::{ChunkedScanner, Scan};
 use crate::conn::{ConnState, TimedIo};
 use crate::error::ProxyError;
-use crate::forward::{now_ms, Forwarder};
+use crate::forward::{attempt_failed, now_ms, Forwarder};
 use crate::path;
 use crate::pool::MAX_IDLE_PER_INSTANCE;
 use crate::server::MAX_HEAD_BYTES;
@@ -396,15 +396,8 @@ async fn forward(
                 break Ok(relayed);
             }
             Err(Failure::Unreachable(err)) => {
-                let stats = backend.stats();
-                stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                upstream.health().record_failure(now_ms());
-                stats.ejections.fetch_add(1, Ordering::Relaxed);
-                tried.push(addr);
-                let more = tried.len() < backend.instances().len();
-                tracing::debug!(service = backend.service(), instance = %addr, error = %err, retry = more, "upstream attempt failed");
-                if more {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                // Every request in the lane is bodiless and idempotent: replayable.
+                if attempt_failed(backend, upstream, &mut tried, true, &err) {
                     continue;
                 }
                 break Err(ProxyError::UpstreamUnreachable);

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfp_routing::{Backend, TableHandle};
+use dfp_routing::{Backend, TableHandle, Upstream};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -266,15 +266,7 @@ impl Forwarder {
                     return Ok(response);
                 }
                 Ok(Err(err)) => {
-                    let stats = backend.stats();
-                    stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    upstream.health().record_failure(now_ms());
-                    stats.ejections.fetch_add(1, Ordering::Relaxed);
-                    tried.push(addr);
-                    let more = tried.len() < backend.instances().len();
-                    tracing::debug!(service = backend.service(), instance = %addr, error = %err, retry = replayable && more, "upstream attempt failed");
-                    if replayable && more {
-                        stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if attempt_failed(&backend, upstream, &mut tried, replayable, &err) {
                         continue;
                     }
                     return Err(ProxyError::UpstreamUnreachable);
@@ -286,6 +278,29 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Records an attempt at `upstream` that failed before any response (it counts toward the
+/// instance's ejection) and says whether to try another instance: only for a `replayable`
+/// request, and only while an instance is left untried.
+pub(crate) fn attempt_failed(
+    backend: &Backend,
+    upstream: &Upstream,
+    tried: &mut Vec<SocketAddr>,
+    replayable: bool,
+    error: &dyn std::fmt::Display,
+) -> bool {
+    let stats = backend.stats();
+    stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    upstream.health().record_failure(now_ms());
+    stats.ejections.fetch_add(1, Ordering::Relaxed);
+    tried.push(upstream.addr());
+    let retry = replayable && tried.len() < backend.instances().len();
+    tracing::debug!(service = backend.service(), instance = %upstream.addr(), %error, retry, "upstream attempt failed");
+    if retry {
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    retry
 }
 
 /// Turns the instance's response into the client's: hop-by-hop headers out, body streamed;
