@@ -351,6 +351,18 @@ async fn access_log_has_one_line_per_request() {
     })
     .await;
     assert!(line.contains("status=200") && line.contains("service=127.0.0.1"), "{line}");
+    assert!(line.contains("method=GET") && line.contains("uri=/logged?x=1"), "{line}");
+    assert!(line.contains(&format!("upstream=127.0.0.1:{}", web.port())), "{line}");
+    // The same line for a request the general path serves (one with a body).
+    let posted = http_client().post(proxy.url("/posted")).body("x").send().await.expect("answered");
+    assert_eq!(posted.status(), 200);
+    let line = eventually(Duration::from_secs(5), "the general path's access log line", || {
+        let log = proxy.log();
+        async move { log.lines().find(|l| l.contains("/posted")).map(str::to_owned) }
+    })
+    .await;
+    assert!(line.contains("method=POST") && line.contains("uri=/posted"), "{line}");
+    assert!(line.contains("status=200") && line.contains("service=127.0.0.1"), "{line}");
 }
 
 #[tokio::test]

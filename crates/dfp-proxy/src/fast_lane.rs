@@ -98,12 +98,15 @@ pub(crate) async fn serve(
                 Parsed::Handover => return Outcome::Handover(buf.split().freeze()),
                 Parsed::Forward(plan) => {
                     state.request_started();
-                    let step =
+                    let served =
                         forward(io, forwarder, &plan, &mut upstream_head, &mut timer, &shutdown)
                             .await;
                     state.request_finished();
+                    if forwarder.access_log {
+                        log_access(client, &plan, &buf, &served);
+                    }
                     buf.advance(plan.head_len);
-                    if step == Step::Close || plan.close {
+                    if served.step == Step::Close || plan.close {
                         let _ = io.shutdown().await;
                         return Outcome::Closed;
                     }
@@ -135,6 +138,9 @@ pub(crate) async fn serve(
 struct Plan {
     /// Length of the client's head in the read buffer.
     head_len: usize,
+    /// For the access log: the method, and where the request target is in the read buffer.
+    method: &'static str,
+    target: std::ops::Range<usize>,
     backend: Arc<Backend>,
     /// A `HEAD` request: the response has no body whatever its headers say.
     head_request: bool,
@@ -207,11 +213,15 @@ fn read_request(buf: &[u8], forwarder: &Forwarder, client_ip: &str, out: &mut Ve
     let (Some(method), Some(target)) = (request.method, request.path) else {
         return Parsed::Handover;
     };
-    let head_request = match method {
-        "GET" | "OPTIONS" | "DELETE" => false,
-        "HEAD" => true,
+    let (method, head_request) = match method {
+        "GET" => ("GET", false),
+        "OPTIONS" => ("OPTIONS", false),
+        "DELETE" => ("DELETE", false),
+        "HEAD" => ("HEAD", true),
         _ => return Parsed::Handover,
     };
+    let target_at = target.as_ptr().addr() - buf.as_ptr().addr();
+    let target_range = target_at..target_at + target.len();
 
     let mut host = None;
     let mut forwarded_for = None;
@@ -304,7 +314,7 @@ fn read_request(buf: &[u8], forwarder: &Forwarder, client_ip: &str, out: &mut Ve
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
-    Parsed::Forward(Plan { head_len, backend, head_request, close })
+    Parsed::Forward(Plan { head_len, method, target: target_range, backend, head_request, close })
 }
 
 /// `host[:port]` in the shapes clients send (a name or IPv4 address, or `[IPv6]`). Anything
@@ -356,9 +366,9 @@ enum Failure {
     BadResponse(&'static str),
     /// No response head within the server timeout.
     Timeout,
-    /// The response began but could not be relayed to its end (instance or client gone, or
-    /// bad body framing): the client connection is closed.
-    Broken,
+    /// The response (with this status) began but could not be relayed to its end (instance
+    /// or client gone, or bad body framing): the client connection is closed.
+    Broken(u16),
 }
 
 /// Forwards one planned request and answers the client; says whether the connection may
@@ -370,18 +380,23 @@ async fn forward(
     upstream_head: &mut Scratch,
     timer: &mut LazyTimer,
     shutdown: &watch::Receiver<bool>,
-) -> Step {
+) -> Served {
     let started = std::time::Instant::now();
     let backend = &plan.backend;
     let server_timeout = backend.policy().server_timeout.unwrap_or(forwarder.server_timeout);
     let deadline = Instant::from_std(started) + server_timeout;
     let mut response = Scratch::take();
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_upstream = None;
+    let micros = |started: std::time::Instant| {
+        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    };
     let result = loop {
         let Some(upstream) = backend.next_instance_except(now_ms, &tried) else {
             break Err(ProxyError::UpstreamUnreachable);
         };
         let addr = upstream.addr();
+        last_upstream = Some(addr);
         let exchange = Exchange {
             addr,
             connect_timeout: forwarder.pool.connect_timeout,
@@ -411,34 +426,53 @@ async fn forward(
                 tracing::debug!(service = backend.service(), instance = %addr, timeout = ?server_timeout, "upstream timed out");
                 break Err(ProxyError::UpstreamTimeout);
             }
-            Err(Failure::Broken) => {
+            Err(Failure::Broken(status)) => {
                 tracing::debug!(service = backend.service(), instance = %addr, "response broken off; closing the client connection");
-                return Step::Close;
+                let micros = micros(started);
+                backend.stats().record_response(status, micros);
+                return Served { step: Step::Close, status, upstream: last_upstream, micros };
             }
         }
     };
-    let micros = |started: std::time::Instant| {
-        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
-    };
-    match result {
+    let (step, status) = match result {
         Ok(Relayed { status, close }) => {
-            backend.stats().record_response(status, micros(started));
-            if close {
-                Step::Close
-            } else {
-                Step::KeepAlive
-            }
+            (if close { Step::Close } else { Step::KeepAlive }, status)
         }
         Err(err) => {
             let closing = shutting_down(shutdown);
             let status = write_error(&mut response, &err, plan.head_request, closing);
-            backend.stats().record_response(status, micros(started));
-            if io.write_all(&response).await.is_err() || closing {
-                return Step::Close;
-            }
-            Step::KeepAlive
+            let written = io.write_all(&response).await.is_ok();
+            (if written && !closing { Step::KeepAlive } else { Step::Close }, status)
         }
-    }
+    };
+    let micros = micros(started);
+    backend.stats().record_response(status, micros);
+    Served { step, status, upstream: last_upstream, micros }
+}
+
+/// How one exchange went, for the connection and the access log.
+struct Served {
+    step: Step,
+    status: u16,
+    /// The instance last tried, if any.
+    upstream: Option<SocketAddr>,
+    micros: u64,
+}
+
+/// The access log line, as the general path writes it.
+fn log_access(client: SocketAddr, plan: &Plan, buf: &[u8], served: &Served) {
+    let uri = buf.get(plan.target.clone()).and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("");
+    tracing::info!(
+        target: "access",
+        client = %client,
+        method = %plan.method,
+        uri = %uri,
+        service = %plan.backend.service(),
+        upstream = %served.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        status = served.status,
+        micros = served.micros,
+        "request"
+    );
 }
 
 /// Whether the proxy is shutting down (then each answer is the connection's last).
@@ -584,7 +618,7 @@ impl Exchange<'_> {
         let body_start = head.head_len;
         let mut reusable = head.keep_alive;
         let relayed = Relayed { status: head.status, close };
-        let client_gone = |_| Failure::Broken;
+        let client_gone = |_| Failure::Broken(head.status);
         let mut scanner = ChunkedScanner::new();
 
         // What came with the head goes out with it (up to the message's end).
@@ -598,7 +632,7 @@ impl Exchange<'_> {
             Framing::Chunked => match scanner.feed(&buf[body_start..]) {
                 Ok(Scan::Done(end)) => (end, true),
                 Ok(Scan::NeedMore) => (available, false),
-                Err(_) => return Err(Failure::Broken),
+                Err(_) => return Err(Failure::Broken(head.status)),
             },
             Framing::UntilClose => (available, false),
         };
@@ -620,13 +654,13 @@ impl Exchange<'_> {
             buf.clear();
             let got = match read_some(upstream, buf, None, timer).await {
                 Ok(got) => got,
-                Err(_) => return Err(Failure::Broken),
+                Err(_) => return Err(Failure::Broken(head.status)),
             };
             if got == 0 {
                 if head.framing == Framing::UntilClose {
                     break;
                 }
-                return Err(Failure::Broken);
+                return Err(Failure::Broken(head.status));
             }
             match head.framing {
                 Framing::Length(_) => {
@@ -640,7 +674,7 @@ impl Exchange<'_> {
                         finished = true;
                     }
                     Ok(Scan::NeedMore) => taken = got,
-                    Err(_) => return Err(Failure::Broken),
+                    Err(_) => return Err(Failure::Broken(head.status)),
                 },
                 Framing::UntilClose | Framing::Empty => taken = got,
             }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use dfp_routing::TableHandle;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -147,8 +146,7 @@ pub async fn serve(
 }
 
 /// One client connection: the fast lane first, the general path (hyper) from the first request
-/// the lane hands over to the connection's end. With access logging on, every request takes
-/// the general path (the lane does not log).
+/// the lane hands over to the connection's end.
 async fn serve_connection(
     mut io: TimedIo,
     state: Arc<ConnState>,
@@ -157,13 +155,10 @@ async fn serve_connection(
     http: &http1::Builder,
     mut stop: watch::Receiver<bool>,
 ) {
-    let prefix = if forwarder.access_log {
-        Bytes::new()
-    } else {
-        match fast_lane::serve(&mut io, &state, client_addr, forwarder, stop.clone()).await {
-            fast_lane::Outcome::Closed => return,
-            fast_lane::Outcome::Handover(prefix) => prefix,
-        }
+    let prefix = match fast_lane::serve(&mut io, &state, client_addr, forwarder, stop.clone()).await
+    {
+        fast_lane::Outcome::Closed => return,
+        fast_lane::Outcome::Handover(prefix) => prefix,
     };
     let service = {
         let forwarder = forwarder.clone();
