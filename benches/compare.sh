@@ -47,10 +47,12 @@ set -Eeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 readonly HERE REPO
+readonly BENCH_NAME=compare
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$HERE/lib/common.sh"
 readonly HELPERS="$HERE/compare"
 readonly PROXY_CORE=0
 readonly LOAD_CORE=1
-readonly BOOKS_PATH=/api/v1/books
 
 ROUNDS=8
 DURATION=10
@@ -63,17 +65,7 @@ readonly INSTR_CONNECTIONS=10
 readonly INSTR_WARMUP=500
 
 # ----------------------------------------------------------------------------------------------
-# Small helpers
-
-log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  printf 'compare.sh: %s\n' "$*" >&2
-  exit 1
-}
-
-usage() {
-  sed -n '2,/^# Every process/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-}
+# Options
 
 parse_args() {
   while (($#)); do
@@ -107,182 +99,13 @@ parse_args() {
 wants() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 
 # ----------------------------------------------------------------------------------------------
-# Processes: everything started goes through start_pinned and is stopped by stop_tree/cleanup.
-
-declare -a STARTED=()      # pids of the processes this script started, in start order
-declare -A STARTED_NAME=() # pid -> name, for messages
-CREATED_POLICY_RC=""
-
-# start_pinned NAME CORE COMMAND...: runs COMMAND pinned to CORE, output in $LOGS/NAME.log;
-# sets LAST_PID.
-start_pinned() {
-  local name=$1 core=$2
-  shift 2
-  taskset -c "$core" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-  LAST_PID=$!
-  STARTED+=("$LAST_PID")
-  STARTED_NAME[$LAST_PID]=$name
-}
-
-# The pid and all its descendants, parents first.
-tree_pids() {
-  local pid=$1 child
-  echo "$pid"
-  for child in $(pgrep -P "$pid" 2>/dev/null || true); do tree_pids "$child"; done
-}
-
-# stop_tree PID: SIGTERM to the process and its descendants, SIGKILL after 5 s.
-stop_tree() {
-  local pid=$1 p tries
-  local -a tree
-  mapfile -t tree < <(tree_pids "$pid")
-  for p in "${tree[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for ((tries = 0; tries < 50; tries++)); do
-    local alive=0
-    for p in "${tree[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for p in "${tree[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-
-# forget PID: PID has ended and been waited for; cleanup has nothing left to stop there.
-forget() {
-  local p
-  local -a kept=()
-  for p in "${STARTED[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
-  STARTED=("${kept[@]+"${kept[@]}"}")
-}
-
-# wait_exit PID DEADLINE: waits until process PID ends (and forgets it); dies when the clock
-# ($SECONDS) passes DEADLINE first.
-wait_exit() {
-  local pid=$1 deadline=$2
-  while kill -0 "$pid" 2>/dev/null; do
-    ((SECONDS < deadline)) || die "${STARTED_NAME[$pid]:-process $pid} did not finish in time (see $LOGS/${STARTED_NAME[$pid]:-}.log)"
-    sleep 0.1
-  done
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-
-cleanup() {
-  local status=$?
-  set +e
-  trap - ERR
-  local -a all=("${STARTED[@]+"${STARTED[@]}"}")
-  local i
-  ((${#all[@]} == 0)) || log "stopping what is still running: $(for p in "${all[@]}"; do printf '%s ' "${STARTED_NAME[$p]}"; done)"
-  for ((i = ${#all[@]} - 1; i >= 0; i--)); do
-    [[ -n ${all[i]} ]] && stop_tree "${all[i]}"
-  done
-  if [[ -n $CREATED_POLICY_RC ]]; then rm -f "$CREATED_POLICY_RC"; fi
-  if ((status != 0)) && [[ -n ${LOGS:-} ]]; then
-    log "stopped with status $status; logs of the processes are in $LOGS"
-  fi
-  exit "$status"
-}
-
-on_error() {
-  log "failed at line $1: $2"
-}
-
-# ----------------------------------------------------------------------------------------------
-# Ports: picked at random below the kernel's ephemeral range and checked against every socket
-# in /proc/net/tcp{,6}, so they collide neither with listeners nor with outgoing connections.
-
-declare -A TAKEN_PORTS=()
-
-port_in_use() {
-  local hex
-  hex=$(printf '%04X' "$1")
-  awk -v hex="$hex" 'FNR > 1 { split($2, a, ":"); if (a[length(a)] == hex) found = 1 }
-                     END { exit !found }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-# free_port VAR: sets VAR to a free port (the locals have odd names so that VAR can't be one).
-free_port() {
-  local _fp_try _fp_port _fp_low _fp_high
-  read -r _fp_low _ </proc/sys/net/ipv4/ip_local_port_range
-  _fp_high=$((_fp_low - 1))
-  _fp_low=$((_fp_high - 12000 > 1024 ? _fp_high - 12000 : 1025))
-  for ((_fp_try = 0; _fp_try < 500; _fp_try++)); do
-    _fp_port=$((_fp_low + (RANDOM * 32768 + RANDOM) % (_fp_high - _fp_low + 1)))
-    [[ -n ${TAKEN_PORTS[$_fp_port]:-} ]] && continue
-    port_in_use "$_fp_port" && continue
-    TAKEN_PORTS[$_fp_port]=1
-    printf -v "$1" '%s' "$_fp_port"
-    return 0
-  done
-  die "found no free port between $_fp_low and $_fp_high"
-}
-
-# wait_for PID DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds;
-# gives up after SECONDS, or at once when process PID (the one expected to make it true) ends.
-wait_for() {
-  local pid=$1 what=$2 seconds=$3 tries
-  shift 3
-  for ((tries = 0; tries < seconds * 10; tries++)); do
-    "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || die "$what did not happen: ${STARTED_NAME[$pid]:-process $pid} exited (see $LOGS/${STARTED_NAME[$pid]:-}.log)"
-    sleep 0.1
-  done
-  die "$what did not happen within ${seconds}s (logs: $LOGS)"
-}
-
-listening() { port_in_use "$1" && (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# ----------------------------------------------------------------------------------------------
-# Prerequisites
-
-install_packages() {
-  local -a packages=("$@")
-  ((EUID == 0)) || die "missing ${packages[*]} and not root: install them (apt-get install ${packages[*]}) and run again"
-  command -v apt-get >/dev/null || die "missing ${packages[*]} and no apt-get here: install them and run again"
-  # Debian starts a package's daemon on install unless policy-rc.d says no; this script must
-  # leave nothing running, so say no for the time of the install when nobody else does.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    CREATED_POLICY_RC=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' >"$CREATED_POLICY_RC"
-    chmod +x "$CREATED_POLICY_RC"
-  fi
-  log "installing ${packages[*]} with apt-get"
-  apt-get update -qq >&2 || die "apt-get update failed: cannot install ${packages[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2 ||
-    die "apt-get install ${packages[*]} failed"
-  if [[ -n $CREATED_POLICY_RC ]]; then
-    rm -f "$CREATED_POLICY_RC"
-    CREATED_POLICY_RC=""
-  fi
-}
+# Prerequisites (process, port and install helpers: lib/common.sh)
 
 ensure_tools() {
-  local -a missing=()
-  command -v haproxy >/dev/null || missing+=(haproxy)
-  command -v nginx >/dev/null || missing+=(nginx-light)
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v taskset >/dev/null || missing+=(util-linux)
-  command -v pgrep >/dev/null || missing+=(procps)
-  command -v curl >/dev/null || missing+=(curl)
-  local -a tools=(haproxy nginx wrk taskset pgrep curl awk)
-  if wants instructions; then
-    if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then missing+=(valgrind); fi
-    command -v strace >/dev/null || missing+=(strace)
-    tools+=(valgrind callgrind_control strace)
-  fi
-  ((${#missing[@]} == 0)) || install_packages "${missing[@]}"
-  local tool
-  for tool in "${tools[@]}"; do
-    command -v "$tool" >/dev/null || die "$tool is still missing after the install"
-  done
-  if ! command -v consul >/dev/null; then
-    local installer="$REPO/../shared/bin/install-consul"
-    [[ -x $installer ]] || die "consul is not on PATH and $installer is missing: install Consul 1.8+"
-    "$installer" >&2 || die "$installer failed"
-    command -v consul >/dev/null || die "consul is still not on PATH after $installer"
-  fi
+  local -a tools=(haproxy nginx:nginx-light wrk taskset:util-linux pgrep:procps curl awk:)
+  if wants instructions; then tools+=(valgrind callgrind_control:valgrind strace); fi
+  require_tools "${tools[@]}"
+  ensure_consul
   (($(nproc) >= 2)) || die "needs at least 2 cores (proxy on core $PROXY_CORE, load on core $LOAD_CORE)"
   # N routes mean N blocking queries to Consul, each on its own connection: the proxy and the
   # agent each need N descriptors and more (inherited from this shell's limit).
@@ -292,30 +115,11 @@ ensure_tools() {
     die "open files are limited to $(ulimit -n), too few for $MANY_ROUTES routes (each one holds a connection to Consul): raise the limit or pass a smaller --routes"
 }
 
-build_proxy() {
-  if [[ -n $BIN ]]; then
-    [[ -x $BIN ]] || die "--bin $BIN is not an executable"
-    log "using $BIN (not built)"
-    return
-  fi
-  log "building: cargo build --release -p docker-flow-proxy"
-  (cd "$REPO" && cargo build --release -p docker-flow-proxy >&2) ||
-    die "cargo build --release -p docker-flow-proxy failed"
-  BIN="$REPO/target/release/docker-flow-proxy"
-}
-
 describe_machine() {
-  local cpu commit
-  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git -C "$REPO" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-  echo "## Machine"
-  echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $commit"
-  echo "- cores: $(nproc); CPU: ${cpu:-unknown}; kernel: $(uname -r)"
+  machine_head
+  echo "- cores: $(nproc); CPU: $(cpu_model); kernel: $(uname -r)"
   echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
-  echo "- haproxy: $(haproxy -v 2>&1 | awk 'NR == 1 { print $3 }'); nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///');" \
-    "wrk: $({ wrk -v 2>&1 || true; } | awk 'NR == 1 { print $2 }'); consul: $(consul version | awk 'NR == 1 { print $2 }');" \
+  echo "- $(peer_versions); wrk: $({ wrk -v 2>&1 || true; } | awk 'NR == 1 { print $2 }');" \
     "$(rustc --version 2>/dev/null || echo 'rustc unknown')"
   echo "- settings: $ROUNDS rounds, ${DURATION} s per run, $CONNECTIONS connections, wrk -t 1;" \
     "proxy on core $PROXY_CORE, wrk + upstreams + Consul on core $LOAD_CORE"
@@ -331,142 +135,41 @@ describe_machine() {
 
 declare -a UPSTREAM_PORTS=()
 
-nginx_common() {
-  # Everything nginx writes goes to the run's directory, nothing to /var.
-  local dir=$1
-  cat <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 8192; }
-EOF
-}
-
-nginx_http_common() {
-  local dir=$1
-  cat <<EOF
-  access_log off;
-  default_type text/plain;
-  keepalive_requests 100000000;
-  keepalive_timeout 60s;
-  client_body_temp_path $dir/client_body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  scgi_temp_path $dir/scgi;
-  uwsgi_temp_path $dir/uwsgi;
-EOF
-}
-
 start_upstreams() {
-  local i port dir
+  local i port
   for i in 1 2 3; do
     free_port port
-    dir="$RUN/nginx-upstream-$i"
-    mkdir -p "$dir"
-    {
-      nginx_common "$dir"
-      echo "http {"
-      nginx_http_common "$dir"
-      echo "  server { listen 127.0.0.1:$port; location / { return 200 \"ok$i\"; } }"
-      echo "}"
-    } >"$dir/nginx.conf"
-    start_pinned "nginx-upstream-$i" "$LOAD_CORE" nginx -p "$dir" -c "$dir/nginx.conf" -e stderr
-    wait_for "$LAST_PID" "nginx upstream $i listening on port $port" 10 listening "$port"
+    start_nginx_upstream "nginx-upstream-$i" "$LOAD_CORE" "$port" "ok$i" 8192 60s
     UPSTREAM_PORTS+=("$port")
   done
   log "upstreams: nginx on ports ${UPSTREAM_PORTS[*]} (core $LOAD_CORE)"
 }
 
-consul_up() { [[ $(curl -sf --max-time 1 "$CONSUL/v1/status/leader") == *:* ]]; }
-
 start_consul() {
-  local http lan wan server
-  free_port http
-  free_port lan
-  free_port wan
-  free_port server
-  CONSUL="http://127.0.0.1:$http"
-  start_pinned consul "$LOAD_CORE" consul agent -dev -bind 127.0.0.1 -client 127.0.0.1 \
-    -http-port "$http" -dns-port -1 -grpc-port -1 \
-    -serf-lan-port "$lan" -serf-wan-port "$wan" -server-port "$server" -log-level warn \
-    -hcl "limits { http_max_conns_per_client = $CONSUL_CONNS }"
-  wait_for "$LAST_PID" "Consul dev agent on port $http electing itself" 30 consul_up
+  start_consul_agent "$LOAD_CORE"
   local i
-  for i in 1 2 3; do
-    curl -sf --max-time 5 -X PUT "$CONSUL/v1/agent/service/register" \
-      -d "{\"Name\":\"books-ms\",\"ID\":\"books-$i\",\"Address\":\"127.0.0.1\",\"Port\":${UPSTREAM_PORTS[i - 1]}}" ||
-      die "registering books-$i in Consul failed"
-  done
+  for i in 1 2 3; do register_instance books-ms "books-$i" "${UPSTREAM_PORTS[i - 1]}"; done
   # A second service for the churn scenario, on the first upstream.
-  curl -sf --max-time 5 -X PUT "$CONSUL/v1/agent/service/register" \
-    -d "{\"Name\":\"churn-ms\",\"ID\":\"churn-1\",\"Address\":\"127.0.0.1\",\"Port\":${UPSTREAM_PORTS[0]}}" ||
-    die "registering churn-1 in Consul failed"
+  register_instance churn-ms churn-1 "${UPSTREAM_PORTS[0]}"
   log "consul: dev agent at $CONSUL (core $LOAD_CORE), books-ms registered with 3 instances"
-}
-
-# kv_put_block INSTANCE SERVICE PATH: a curl config block storing one route in Consul KV.
-kv_put_block() {
-  printf 'url = "%s/v1/kv/%s/services/%s"\nrequest = "PUT"\n' "$CONSUL" "$1" "$2"
-  printf 'data = "{\\"serviceName\\":\\"%s\\",\\"servicePath\\":\\"%s\\"}"\n' "$2" "$3"
-  printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nmax-time = 10\n'
-}
-
-# store_routes INSTANCE_NAME COUNT: stores COUNT routes in Consul KV the way a reconfigure
-# does (`<instance>/services/<name>` = the call's parameters as JSON): books-ms on
-# /api/v1/books and COUNT-1 services svc-<i> on /api/v<i%7>/svc-<i> with no instance.
-# One curl stores them all (one config block per key, separated by `next`).
-store_routes() {
-  local instance=$1 count=$2 i batch="$RUN/kv-$1.curl"
-  {
-    kv_put_block "$instance" books-ms "$BOOKS_PATH"
-    for ((i = 1; i < count; i++)); do
-      echo next
-      kv_put_block "$instance" "svc-$i" "/api/v$((i % 7))/svc-$i"
-    done
-  } >"$batch"
-  local stored
-  stored=$(curl -s -K "$batch" | grep -c '^200$' || true)
-  ((stored == count)) || die "stored $stored of $count routes in Consul KV under $instance/services/"
-  local listed
-  listed=$(curl -sf --max-time 30 "$CONSUL/v1/kv/$instance/services/?keys" | tr ',' '\n' | grep -c services/ || true)
-  ((listed == count)) || die "Consul KV lists $listed keys under $instance/services/, expected $count"
 }
 
 # ----------------------------------------------------------------------------------------------
 # The proxies under test. Each start_* sets URL[target] (where wrk sends requests) and
 # PID[target] (the root of the process tree whose CPU is counted).
 
-declare -A URL=() PID=() ADMIN=()
-
 # start_ours TARGET INSTANCE_NAME EXPECTED_SERVICES [WRAPPER...]: starts docker-flow-proxy on
 # core 0 with one worker thread against our Consul agent; it restores the routes stored under
 # INSTANCE_NAME. A WRAPPER (valgrind and its options) runs the proxy under it, given more time.
 start_ours() {
-  local target=$1 instance=$2 expected=$3 port admin patience=1
+  local target=$1 instance=$2 expected=$3 patience=1
   shift 3
   (($# == 0)) || patience=10
-  local -a optional=()
+  local -a options=(--threads 1)
   # Listeners this comparison does not use are turned off where the binary has them.
-  if "$BIN" server --help 2>/dev/null | grep -q -- '--tls-listen'; then optional+=(--tls-listen off); fi
-  free_port port
-  free_port admin
-  start_pinned "$target" "$PROXY_CORE" "$@" "$BIN" server --threads 1 \
-    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --consul-address "http://127.0.0.1:${CONSUL##*:}" --instance-name "$instance" \
-    --shutdown-grace 1s "${optional[@]+"${optional[@]}"}"
-  PID[$target]=$LAST_PID
-  URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
-  ADMIN[$target]="http://127.0.0.1:$admin"
-  wait_for "$LAST_PID" "$target's admin API on port $admin" $((30 * patience)) listening "$admin"
+  if "$BIN" server --help 2>/dev/null | grep -q -- '--tls-listen'; then options+=(--tls-listen off); fi
+  launch_ours "$target" "$PROXY_CORE" "$instance" $((30 * patience)) "$@" -- "${options[@]}"
   wait_for "$LAST_PID" "$target restoring $expected routes" 600 services_routed "$target" "$expected"
-}
-
-services_routed() {
-  local metrics
-  metrics=$(curl -sf --max-time 5 "${ADMIN[$1]}/metrics") || return 1
-  [[ $(awk '$1 == "dfp_services" { print $2 }' <<<"$metrics") == "$2" ]]
 }
 
 # reconfigure TARGET SERVICE PATH: the admin API call Docker Flow Proxy's users make.
@@ -483,71 +186,24 @@ route_books() {
   grep -q '127.0.0.1' "$RUN/last-reconfigure.json" || die "$1: reconfigure found no instance: $(cat "$RUN/last-reconfigure.json")"
 }
 
-# haproxy_config ROUTES PORT: Docker Flow Proxy's shape: one frontend with a path_beg
-# ACL and a use_backend line per service, one backend per service. books-ms's ACL is in the
+# haproxy_config ROUTES PORT: Docker Flow Proxy's shape (nbthread 1). books-ms's ACL is in the
 # middle of the list: HAProxy tries the rules in order, so with traffic spread evenly over the
 # services a request meets half of them on average before its own.
 haproxy_config() {
-  local routes=$1 port=$2 middle=$(($1 / 2)) i
-  cat <<EOF
-global
-  nbthread 1
-  maxconn 5000
-  tune.bufsize 16384
-
-defaults
-  mode http
-  balance roundrobin
-  option http-keep-alive
-  option forwardfor
-  option dontlognull
-  option redispatch
-  http-reuse always
-  timeout connect 5s
-  timeout client 20s
-  timeout server 20s
-  timeout queue 30s
-  timeout tunnel 3600s
-  timeout http-request 5s
-  timeout http-keep-alive 15s
-
-frontend services
-  bind 127.0.0.1:$port
-  http-request set-header X-Forwarded-Proto http
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-EOF
-  for ((i = 1; i < routes; i++)); do
-    if ((i == middle)); then
-      printf '  acl url_books-ms path_beg %s\n  use_backend books-ms-be if url_books-ms\n' "$BOOKS_PATH"
-    fi
-    printf '  acl url_svc-%d path_beg /api/v%d/svc-%d\n  use_backend svc-%d-be if url_svc-%d\n' \
-      "$i" $((i % 7)) "$i" "$i" "$i"
-  done
-  echo
-  echo "backend books-ms-be"
-  for i in 1 2 3; do echo "  server books-$i 127.0.0.1:${UPSTREAM_PORTS[i - 1]}"; done
-  for ((i = 1; i < routes; i++)); do
-    printf 'backend svc-%d-be\n  server svc-%d 127.0.0.1:9\n' "$i" "$i"
-  done
+  haproxy_head 1 5000 20s 15s
+  haproxy_routes "$1" "$2" $(($1 / 2)) "${UPSTREAM_PORTS[@]}"
 }
 
 # start_haproxy TARGET ROUTES [MODE [WRAPPER...]]: HAProxy on core 0 (in the foreground; MODE
 # -W: master-worker, "" not); a WRAPPER (valgrind and its options) runs HAProxy under it.
 start_haproxy() {
-  local target=$1 routes=$2 mode=${3:-} port cfg
+  local target=$1 routes=$2 mode=${3:-} port
   shift $(($# < 3 ? $# : 3))
+  local -a flags=(-db)
+  [[ $mode != -W ]] || flags=(-W -db)
   free_port port
-  cfg="$RUN/$target.cfg"
-  haproxy_config "$routes" "$port" >"$cfg"
-  haproxy -c -f "$cfg" >"$LOGS/$target.check.log" 2>&1 || die "HAProxy refuses $cfg: see $LOGS/$target.check.log"
-  if [[ $mode == -W ]]; then
-    start_pinned "$target" "$PROXY_CORE" "$@" haproxy -W -db -f "$cfg"
-  else
-    start_pinned "$target" "$PROXY_CORE" "$@" haproxy -db -f "$cfg"
-  fi
-  PID[$target]=$LAST_PID
-  URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
-  wait_for "$LAST_PID" "$target listening on port $port" 120 listening "$port"
+  haproxy_config "$routes" "$port" >"$RUN/$target.cfg"
+  launch_haproxy "$target" "$PROXY_CORE" "$port" "$@" haproxy "${flags[@]}"
 }
 
 # start_nginx_proxy TARGET: nginx as a reverse proxy on core 0 with the same 10 routes
@@ -558,9 +214,9 @@ start_nginx_proxy() {
   dir="$RUN/$target"
   mkdir -p "$dir"
   {
-    nginx_common "$dir"
+    nginx_main_conf "$dir" 8192
     echo "http {"
-    nginx_http_common "$dir"
+    nginx_http_conf "$dir" 60s
     echo "  upstream books-ms {"
     for i in 1 2 3; do echo "    server 127.0.0.1:${UPSTREAM_PORTS[i - 1]};"; done
     # Idle connections kept per worker, over all three upstreams. Fewer than the client
@@ -827,15 +483,9 @@ scenario_routes() {
   for target in "${targets[@]}"; do stop_tree "${PID[$target]}"; done
 }
 
-# The churners' clock and sleep start no process (bash's EPOCHREALTIME, and a read that times
-# out on a pipe nobody writes to): the load core is saturated in the closed loop, and a few
-# forks per change there would be measured as the proxy's churn cost.
-
-# now_ms: sets NOW_MS to the wall clock in milliseconds.
-now_ms() {
-  local t=${EPOCHREALTIME/[.,]/}
-  NOW_MS=$((10#$t / 1000))
-}
+# The churners' clock and sleep start no process (now_ms reads bash's EPOCHREALTIME, and
+# sleep_until is a read that times out on a pipe nobody writes to): the load core is saturated in
+# the closed loop, and a few forks per change there would be measured as the proxy's churn cost.
 
 # sleep_until MS: sleeps until the clock reaches MS; returns at once if it has. Needs the fd
 # in SLEEP_FD (open_sleeper).
@@ -974,10 +624,7 @@ report() {
 
 main() {
   parse_args "$@"
-  trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  trap 'on_error $LINENO "$BASH_COMMAND"' ERR
+  set_traps
 
   RUN="$REPO/target/compare/$(date +%Y%m%d-%H%M%S)"
   LOGS="$RUN/logs"

@@ -35,8 +35,10 @@ set -Eeuo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 readonly HERE REPO
+readonly BENCH_NAME=memory
+# shellcheck source-path=SCRIPTDIR source=lib/common.sh
+source "$HERE/lib/common.sh"
 readonly HOLD="$HERE/memory/hold.py"
-readonly BOOKS_PATH=/api/v1/books
 readonly BIG_ROUTES=10000 # the extra row, measured when routed within BIG_BUDGET seconds
 readonly BIG_BUDGET=60
 readonly CONN_ROUTES=10   # routes of the proxies in the connections part
@@ -55,16 +57,6 @@ BIG_NOTE=""    # why the 10,000-route row is missing, for the report
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
-
-log() { printf '[memory %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-  printf 'memory.sh: %s\n' "$*" >&2
-  exit 1
-}
-
-usage() {
-  sed -n '2,/^# Every process/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-}
 
 parse_args() {
   while (($#)); do
@@ -85,185 +77,18 @@ parse_args() {
 # kib_mb KIB: KiB (as /proc says "kB") in MB (10^6 bytes), one decimal.
 kib_mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k * 1024 / 1e6 }'; }
 
-now_ms() {
-  local t=${EPOCHREALTIME/[.,]/}
-  echo $((10#$t / 1000))
+# seconds_since MS: seconds (one decimal) from MS (now_ms's clock) until now.
+seconds_since() {
+  now_ms
+  awk -v ms=$((NOW_MS - $1)) 'BEGIN { printf "%.1f", ms / 1000 }'
 }
 
 # ----------------------------------------------------------------------------------------------
-# Processes: everything started goes through start_bg and is stopped by stop_tree/cleanup.
-
-declare -a STARTED=()      # pids of the processes this script started, in start order
-declare -A STARTED_NAME=() # pid -> name, for messages
-CREATED_POLICY_RC=""
-
-# start_bg NAME COMMAND...: runs COMMAND, output in $LOGS/NAME.log; sets LAST_PID.
-start_bg() {
-  local name=$1
-  shift
-  "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-  LAST_PID=$!
-  STARTED+=("$LAST_PID")
-  STARTED_NAME[$LAST_PID]=$name
-}
-
-# The pid and all its descendants, parents first.
-tree_pids() {
-  local pid=$1 child
-  echo "$pid"
-  for child in $(pgrep -P "$pid" 2>/dev/null || true); do tree_pids "$child"; done
-}
-
-# stop_tree PID: SIGTERM to the process and its descendants, SIGKILL after 5 s.
-stop_tree() {
-  local pid=$1 p tries
-  local -a tree
-  mapfile -t tree < <(tree_pids "$pid")
-  for p in "${tree[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for ((tries = 0; tries < 50; tries++)); do
-    local alive=0
-    for p in "${tree[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for p in "${tree[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-
-# forget PID: PID has ended and been waited for; cleanup has nothing left to stop there.
-forget() {
-  local p
-  local -a kept=()
-  for p in "${STARTED[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
-  STARTED=("${kept[@]+"${kept[@]}"}")
-}
-
-# wait_exit PID SECONDS: waits until process PID ends (and forgets it); dies after SECONDS.
-wait_exit() {
-  local pid=$1 deadline=$((SECONDS + $2))
-  while kill -0 "$pid" 2>/dev/null; do
-    ((SECONDS < deadline)) || die "${STARTED_NAME[$pid]:-process $pid} did not finish in time (see $LOGS/${STARTED_NAME[$pid]:-}.log)"
-    sleep 0.1
-  done
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-
-cleanup() {
-  local status=$?
-  set +e
-  trap - ERR
-  local -a all=("${STARTED[@]+"${STARTED[@]}"}")
-  local i
-  ((${#all[@]} == 0)) || log "stopping what is still running: $(for p in "${all[@]}"; do printf '%s ' "${STARTED_NAME[$p]}"; done)"
-  for ((i = ${#all[@]} - 1; i >= 0; i--)); do
-    [[ -n ${all[i]} ]] && stop_tree "${all[i]}"
-  done
-  if [[ -n $CREATED_POLICY_RC ]]; then rm -f "$CREATED_POLICY_RC"; fi
-  if ((status != 0)) && [[ -n ${LOGS:-} ]]; then
-    log "stopped with status $status; logs of the processes are in $LOGS"
-  fi
-  exit "$status"
-}
-
-on_error() {
-  log "failed at line $1: $2"
-}
-
-# ----------------------------------------------------------------------------------------------
-# Ports: picked at random below the kernel's ephemeral range and checked against every socket
-# in /proc/net/tcp{,6}, so they collide neither with listeners nor with outgoing connections.
-
-declare -A TAKEN_PORTS=()
-
-port_in_use() {
-  local hex
-  hex=$(printf '%04X' "$1")
-  awk -v hex="$hex" 'FNR > 1 { split($2, a, ":"); if (a[length(a)] == hex) found = 1 }
-                     END { exit !found }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-
-# free_port VAR: sets VAR to a free port (the locals have odd names so that VAR can't be one).
-free_port() {
-  local _fp_try _fp_port _fp_low _fp_high
-  read -r _fp_low _ </proc/sys/net/ipv4/ip_local_port_range
-  _fp_high=$((_fp_low - 1))
-  _fp_low=$((_fp_high - 12000 > 1024 ? _fp_high - 12000 : 1025))
-  for ((_fp_try = 0; _fp_try < 500; _fp_try++)); do
-    _fp_port=$((_fp_low + (RANDOM * 32768 + RANDOM) % (_fp_high - _fp_low + 1)))
-    [[ -n ${TAKEN_PORTS[$_fp_port]:-} ]] && continue
-    port_in_use "$_fp_port" && continue
-    TAKEN_PORTS[$_fp_port]=1
-    printf -v "$1" '%s' "$_fp_port"
-    return 0
-  done
-  die "found no free port between $_fp_low and $_fp_high"
-}
-
-# wait_until PID SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds (status 0) or
-# SECONDS pass (status 1); dies at once when process PID (the one expected to make it true) ends.
-wait_until() {
-  local pid=$1 seconds=$2 tries
-  shift 2
-  for ((tries = 0; tries < seconds * 10; tries++)); do
-    "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || die "${STARTED_NAME[$pid]:-process $pid} exited while waiting for: $* (see $LOGS/${STARTED_NAME[$pid]:-}.log)"
-    sleep 0.1
-  done
-  return 1
-}
-
-# wait_for PID DESCRIPTION SECONDS COMMAND...: wait_until, dying when SECONDS pass.
-wait_for() {
-  local pid=$1 what=$2 seconds=$3
-  shift 3
-  wait_until "$pid" "$seconds" "$@" || die "$what did not happen within ${seconds}s (logs: $LOGS)"
-}
-
-listening() { port_in_use "$1" && (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# ----------------------------------------------------------------------------------------------
-# Prerequisites
-
-install_packages() {
-  local -a packages=("$@")
-  ((EUID == 0)) || die "missing ${packages[*]} and not root: install them (apt-get install ${packages[*]}) and run again"
-  command -v apt-get >/dev/null || die "missing ${packages[*]} and no apt-get here: install them and run again"
-  # Debian starts a package's daemon on install unless policy-rc.d says no; this script must
-  # leave nothing running, so say no for the time of the install when nobody else does.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    CREATED_POLICY_RC=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' >"$CREATED_POLICY_RC"
-    chmod +x "$CREATED_POLICY_RC"
-  fi
-  log "installing ${packages[*]} with apt-get"
-  apt-get update -qq >&2 || die "apt-get update failed: cannot install ${packages[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2 ||
-    die "apt-get install ${packages[*]} failed"
-  if [[ -n $CREATED_POLICY_RC ]]; then
-    rm -f "$CREATED_POLICY_RC"
-    CREATED_POLICY_RC=""
-  fi
-}
+# Prerequisites (process, port and install helpers: lib/common.sh)
 
 ensure_tools() {
-  local -a missing=()
-  command -v haproxy >/dev/null || missing+=(haproxy)
-  command -v nginx >/dev/null || missing+=(nginx-light)
-  command -v pgrep >/dev/null || missing+=(procps)
-  command -v curl >/dev/null || missing+=(curl)
-  ((${#missing[@]} == 0)) || install_packages "${missing[@]}"
-  local tool
-  for tool in haproxy nginx pgrep curl awk; do
-    command -v "$tool" >/dev/null || die "$tool is still missing after the install"
-  done
-  if ! command -v consul >/dev/null; then
-    local installer="$REPO/../shared/bin/install-consul"
-    [[ -x $installer ]] || die "consul is not on PATH and $installer is missing: install Consul 1.8+"
-    "$installer" >&2 || die "$installer failed"
-    command -v consul >/dev/null || die "consul is still not on PATH after $installer"
-  fi
+  require_tools haproxy nginx:nginx-light pgrep:procps curl awk:
+  ensure_consul
   if ! command -v python3 >/dev/null || ! python3 -c 'import socket, signal, resource' 2>/dev/null; then
     CONN_NOTE="not measured: python3 is not on PATH (it holds the client connections: benches/memory/hold.py)"
     log "python3 is missing: the connections part is skipped"
@@ -294,31 +119,12 @@ ensure_tools() {
   fi
 }
 
-build_proxy() {
-  if [[ -n $BIN ]]; then
-    [[ -x $BIN ]] || die "--bin $BIN is not an executable"
-    log "using $BIN (not built)"
-    return
-  fi
-  log "building: cargo build --release -p docker-flow-proxy"
-  (cd "$REPO" && cargo build --release -p docker-flow-proxy >&2) ||
-    die "cargo build --release -p docker-flow-proxy failed"
-  BIN="$REPO/target/release/docker-flow-proxy"
-}
-
 describe_machine() {
-  local cpu commit
-  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-  commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  git -C "$REPO" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-  echo "## Machine"
-  echo
-  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $commit"
+  machine_head
   echo "- binary: $BIN (built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M UTC'), $(kib_mb "$(($(stat -c %s "$BIN") / 1024))") MB on disk)"
-  echo "- cores: $(nproc); CPU: ${cpu:-unknown}; kernel: $(uname -r); memory: $(awk '$1 == "MemTotal:" { printf "%.1f GB", $2 * 1024 / 1e9 }' /proc/meminfo)"
+  echo "- cores: $(nproc); CPU: $(cpu_model); kernel: $(uname -r); memory: $(awk '$1 == "MemTotal:" { printf "%.1f GB", $2 * 1024 / 1e9 }' /proc/meminfo)"
   echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
-  echo "- haproxy: $(haproxy -v 2>&1 | awk 'NR == 1 { print $3 }'); nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///');" \
-    "consul: $(consul version | awk 'NR == 1 { print $2 }'); python: $(python3 --version 2>&1 || echo missing)"
+  echo "- $(peer_versions); python: $(python3 --version 2>&1 || echo missing)"
   echo "- settings: --routes $ROUTES, --connections $CONNECTIONS; open files limit $(ulimit -n);" \
     "RSS read after ${QUIET_MIN}-${QUIET_MAX} s of quiet (once still for 2 s)"
   echo
@@ -328,178 +134,52 @@ describe_machine() {
 # The upstream (one nginx) and Consul
 
 start_upstream() {
-  local dir="$RUN/nginx-upstream"
   free_port UPSTREAM_PORT
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections $((CONNECTIONS + 1024)); }
-http {
-  access_log off;
-  default_type text/plain;
-  keepalive_requests 100000000;
-  keepalive_timeout 600s;
-  client_body_temp_path $dir/client_body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  scgi_temp_path $dir/scgi;
-  uwsgi_temp_path $dir/uwsgi;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "ok"; } }
-}
-EOF
-  start_bg nginx-upstream nginx -p "$dir" -c "$dir/nginx.conf" -e stderr
-  wait_for "$LAST_PID" "nginx upstream listening on port $UPSTREAM_PORT" 10 listening "$UPSTREAM_PORT"
+  start_nginx_upstream nginx-upstream "" "$UPSTREAM_PORT" ok $((CONNECTIONS + 1024)) 600s
   log "upstream: nginx on port $UPSTREAM_PORT"
 }
 
-consul_up() { [[ $(curl -sf --max-time 1 "$CONSUL/v1/status/leader") == *:* ]]; }
-
 start_consul() {
-  local http lan wan server
-  free_port http
-  free_port lan
-  free_port wan
-  free_port server
-  CONSUL="http://127.0.0.1:$http"
-  start_bg consul consul agent -dev -bind 127.0.0.1 -client 127.0.0.1 \
-    -http-port "$http" -dns-port -1 -grpc-port -1 \
-    -serf-lan-port "$lan" -serf-wan-port "$wan" -server-port "$server" -log-level warn \
-    -hcl "limits { http_max_conns_per_client = $CONSUL_CONNS }"
-  wait_for "$LAST_PID" "Consul dev agent on port $http electing itself" 30 consul_up
-  curl -sf --max-time 5 -X PUT "$CONSUL/v1/agent/service/register" \
-    -d "{\"Name\":\"books-ms\",\"ID\":\"books-1\",\"Address\":\"127.0.0.1\",\"Port\":$UPSTREAM_PORT}" ||
-    die "registering books-1 in Consul failed"
+  start_consul_agent ""
+  register_instance books-ms books-1 "$UPSTREAM_PORT"
   log "consul: dev agent at $CONSUL, books-ms registered with 1 instance"
-}
-
-# kv_put_block INSTANCE SERVICE PATH: a curl config block storing one route in Consul KV.
-kv_put_block() {
-  printf 'url = "%s/v1/kv/%s/services/%s"\nrequest = "PUT"\n' "$CONSUL" "$1" "$2"
-  printf 'data = "{\\"serviceName\\":\\"%s\\",\\"servicePath\\":\\"%s\\"}"\n' "$2" "$3"
-  printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nmax-time = 10\n'
-}
-
-# store_routes INSTANCE_NAME COUNT: stores COUNT routes in Consul KV the way a reconfigure
-# does (`<instance>/services/<name>` = the call's parameters as JSON): books-ms on
-# /api/v1/books and COUNT-1 services svc-<i> on /api/v<i%7>/svc-<i> with no instance.
-# One curl stores them all (one config block per key, separated by `next`).
-store_routes() {
-  local instance=$1 count=$2 i batch="$RUN/kv-$1.curl"
-  {
-    kv_put_block "$instance" books-ms "$BOOKS_PATH"
-    for ((i = 1; i < count; i++)); do
-      echo next
-      kv_put_block "$instance" "svc-$i" "/api/v$((i % 7))/svc-$i"
-    done
-  } >"$batch"
-  local stored
-  stored=$(curl -s -K "$batch" | grep -c '^200$' || true)
-  ((stored == count)) || die "stored $stored of $count routes in Consul KV under $instance/services/"
-  local listed
-  listed=$(curl -sf --max-time 30 "$CONSUL/v1/kv/$instance/services/?keys" | tr ',' '\n' | grep -c services/ || true)
-  ((listed == count)) || die "Consul KV lists $listed keys under $instance/services/, expected $count"
 }
 
 # ----------------------------------------------------------------------------------------------
 # The proxies under test. Each start_* sets PID[target] (the process whose memory is read),
 # URL[target] (books-ms through it) and STARTUP_S (seconds from start to ready).
 
-declare -A URL=() PID=() ADMIN=()
-
-services_routed() {
-  local metrics
-  metrics=$(curl -sf --max-time 5 "${ADMIN[$1]}/metrics") || return 1
-  [[ $(awk '$1 == "dfp_services" { print $2 }' <<<"$metrics") == "$2" ]]
-}
-
 # start_ours TARGET INSTANCE_NAME EXPECTED_SERVICES THREADS BUDGET [OPTION...]: docker-flow-proxy
 # against our Consul agent (THREADS "default": no --threads); it restores the routes stored
 # under INSTANCE_NAME. Returns 1 (and stops it) when they are not all routed within BUDGET s.
 start_ours() {
-  local target=$1 instance=$2 expected=$3 threads=$4 budget=$5 port admin started
+  local target=$1 instance=$2 expected=$3 threads=$4 budget=$5
   shift 5
   local -a options=("$@")
   [[ $threads == default ]] || options+=(--threads "$threads")
-  free_port port
-  free_port admin
-  started=$(now_ms)
-  start_bg "$target" "$BIN" server --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --tls-listen off --consul-address "http://127.0.0.1:${CONSUL##*:}" --instance-name "$instance" \
-    --shutdown-grace 1s ${options[@]+"${options[@]}"}
-  PID[$target]=$LAST_PID
-  URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
-  ADMIN[$target]="http://127.0.0.1:$admin"
-  wait_for "$LAST_PID" "$target's admin API on port $admin" 30 listening "$admin"
-  if ! wait_until "$LAST_PID" "$budget" services_routed "$target" "$expected"; then
+  launch_ours "$target" "" "$instance" 30 -- --tls-listen off ${options[@]+"${options[@]}"}
+  if ! wait_until "$LAST_PID" "$target routing $expected routes" "$budget" services_routed "$target" "$expected"; then
     log "$target: $expected routes not routed within ${budget}s; stopping it"
     stop_tree "$LAST_PID"
     return 1
   fi
-  STARTUP_S=$(awk -v ms=$(($(now_ms) - started)) 'BEGIN { printf "%.1f", ms / 1000 }')
+  STARTUP_S=$(seconds_since "$LAUNCHED_MS")
 }
 
-# haproxy_config ROUTES PORT NBTHREAD: Docker Flow Proxy's shape: one frontend with a path_beg
-# ACL and a use_backend line per service, one backend per service (books-ms's first: memory
+# haproxy_config ROUTES PORT NBTHREAD: Docker Flow Proxy's shape, books-ms's ACL first (memory
 # does not care about the order). NBTHREAD "default" leaves HAProxy's own (one per core).
 haproxy_config() {
-  local routes=$1 port=$2 nbthread=$3 i
-  echo "global"
-  [[ $nbthread == default ]] || echo "  nbthread $nbthread"
-  cat <<EOF
-  maxconn $((CONNECTIONS + 100 > 5000 ? CONNECTIONS + 100 : 5000))
-  tune.bufsize 16384
-
-defaults
-  mode http
-  balance roundrobin
-  option http-keep-alive
-  option forwardfor
-  option dontlognull
-  option redispatch
-  http-reuse always
-  timeout connect 5s
-  timeout client $IDLE_TIMEOUT
-  timeout server 20s
-  timeout queue 30s
-  timeout tunnel 3600s
-  timeout http-request 5s
-  timeout http-keep-alive $IDLE_TIMEOUT
-
-frontend services
-  bind 127.0.0.1:$port
-  http-request set-header X-Forwarded-Proto http
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  acl url_books-ms path_beg $BOOKS_PATH
-  use_backend books-ms-be if url_books-ms
-EOF
-  for ((i = 1; i < routes; i++)); do
-    printf '  acl url_svc-%d path_beg /api/v%d/svc-%d\n  use_backend svc-%d-be if url_svc-%d\n' \
-      "$i" $((i % 7)) "$i" "$i" "$i"
-  done
-  echo
-  printf 'backend books-ms-be\n  server books-1 127.0.0.1:%s\n' "$UPSTREAM_PORT"
-  for ((i = 1; i < routes; i++)); do
-    printf 'backend svc-%d-be\n  server svc-%d 127.0.0.1:9\n' "$i" "$i"
-  done
+  haproxy_head "$3" $((CONNECTIONS + 100 > 5000 ? CONNECTIONS + 100 : 5000)) "$IDLE_TIMEOUT" "$IDLE_TIMEOUT"
+  haproxy_routes "$1" "$2" 0 "$UPSTREAM_PORT"
 }
 
 # start_haproxy TARGET ROUTES NBTHREAD: HAProxy in the foreground, one process (no master).
 start_haproxy() {
-  local target=$1 routes=$2 nbthread=$3 port cfg started
+  local target=$1 routes=$2 nbthread=$3 port
   free_port port
-  cfg="$RUN/$target.cfg"
-  haproxy_config "$routes" "$port" "$nbthread" >"$cfg"
-  haproxy -c -f "$cfg" >"$LOGS/$target.check.log" 2>&1 || die "HAProxy refuses $cfg: see $LOGS/$target.check.log"
-  started=$(now_ms)
-  start_bg "$target" haproxy -db -f "$cfg"
-  PID[$target]=$LAST_PID
-  URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
-  wait_for "$LAST_PID" "$target listening on port $port" 120 listening "$port"
-  STARTUP_S=$(awk -v ms=$(($(now_ms) - started)) 'BEGIN { printf "%.1f", ms / 1000 }')
+  haproxy_config "$routes" "$port" "$nbthread" >"$RUN/$target.cfg"
+  launch_haproxy "$target" "" "$port" haproxy -db
+  STARTUP_S=$(seconds_since "$LAUNCHED_MS")
 }
 
 # check_route TARGET: books-ms answers 200 "ok" through the proxy (three requests).
@@ -611,7 +291,7 @@ hold_connections() {
   settle "$pid"
   local holding=$MEM_RSS fds_holding=$MEM_FDS settled=$SETTLED
   kill -USR1 "$holder"
-  wait_exit "$holder" 10
+  wait_exit "$holder" $((SECONDS + 10))
   local open
   open=$(awk '$1 == "OPEN" { print $2 }' "$LOGS/hold-$target.log")
   [[ $open =~ ^[0-9]+$ ]] || die "hold.py did not say how many connections stayed open (see $LOGS/hold-$target.log)"
@@ -730,10 +410,7 @@ report_verdicts() {
 
 main() {
   parse_args "$@"
-  trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  trap 'on_error $LINENO "$BASH_COMMAND"' ERR
+  set_traps
 
   RUN="$REPO/target/memory/$(date +%Y%m%d-%H%M%S)"
   LOGS="$RUN/logs"
