@@ -223,33 +223,23 @@ impl AsyncWrite for TimedIo {
     }
 }
 
-/// A response body that tells the connection when it has been sent (or dropped), so the idle
-/// deadline starts from the end of the response, not from its head.
+/// A response body that drops `guard` once it has been sent (its end polled) or dropped, so
+/// what must happen at the end of a response happens exactly once: the plain listener's
+/// [`RequestDone`] starts the idle deadline from there, the TLS listener's in-flight count
+/// goes down.
 #[derive(Debug)]
-pub(crate) struct Tracked<B> {
+pub(crate) struct EndOfBody<B, G> {
     inner: B,
-    state: Option<Arc<ConnState>>,
+    guard: Option<G>,
 }
 
-impl<B> Tracked<B> {
-    pub(crate) fn new(inner: B, state: Arc<ConnState>) -> Self {
-        Tracked { inner, state: Some(state) }
-    }
-
-    fn finish(&mut self) {
-        if let Some(state) = self.state.take() {
-            state.request_finished();
-        }
+impl<B, G> EndOfBody<B, G> {
+    pub(crate) fn new(inner: B, guard: G) -> Self {
+        EndOfBody { inner, guard: Some(guard) }
     }
 }
 
-impl<B> Drop for Tracked<B> {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for EndOfBody<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -259,7 +249,7 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            self.finish();
+            self.guard = None;
         }
         polled
     }
@@ -270,6 +260,17 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Tells the connection, when dropped, that its request's response has been sent (or
+/// dropped): the connection waits for the next request from then on.
+#[derive(Debug)]
+pub(crate) struct RequestDone(pub(crate) Arc<ConnState>);
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        self.0.request_finished();
     }
 }
 

@@ -11,10 +11,10 @@ use dfp_routing::TableHandle;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::conn::{ConnState, Rewind, TimedIo, Tracked};
+use crate::conn::{ConnState, EndOfBody, RequestDone, Rewind, TimedIo};
 use crate::fast_lane;
 use crate::forward::{Client, Forwarder};
 
@@ -91,18 +91,52 @@ pub async fn serve(
         .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(MAX_HEAD_BYTES);
+    let grace = config.shutdown_grace;
+    let counters = stats.clone();
+    accept_loop(listener, "proxy", &counters, grace, shutdown, move |stream, client_addr, stop| {
+        let state = Arc::new(ConnState::default());
+        let io =
+            TimedIo::new(stream, state.clone(), config.header_read_timeout, config.idle_timeout);
+        let forwarder = forwarder.clone();
+        let http = http.clone();
+        let stats = stats.clone();
+        async move {
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            serve_connection(io, state, client_addr, &forwarder, &http, stop).await;
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// What both listeners do around their connections: accept (backing off when accepting
+/// fails, e.g. out of descriptors), set `TCP_NODELAY`, count it, and run `serve` for each connection on
+/// its own task, handing it the stop signal. Once `shutdown` completes: stop accepting,
+/// signal every connection (each finishes its request in flight, idle ones close at once),
+/// and return when all have closed or `grace` has passed.
+pub(crate) async fn accept_loop<S, F>(
+    listener: TcpListener,
+    name: &'static str,
+    stats: &ConnectionStats,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+    mut serve: S,
+) where
+    S: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are gone, every connection has closed.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
-
     loop {
         let (stream, client_addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
+                    tracing::warn!(listener = name, error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -113,36 +147,28 @@ pub async fn serve(
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState::default());
-        let io =
-            TimedIo::new(stream, state.clone(), config.header_read_timeout, config.idle_timeout);
-        let forwarder = forwarder.clone();
-        let http = http.clone();
-        let stop = stop_rx.clone();
+        let connection = serve(stream, client_addr, stop_rx.clone());
         let alive = alive_tx.clone();
-        let stats = stats.clone();
         tokio::spawn(async move {
-            stats.open.fetch_add(1, Ordering::Relaxed);
-            serve_connection(io, state, client_addr, &forwarder, &http, stop).await;
-            stats.open.fetch_sub(1, Ordering::Relaxed);
+            connection.await;
             drop(alive);
         });
     }
 
     drop(listener);
-    tracing::info!(grace = ?config.shutdown_grace, "proxy stops accepting; draining connections");
+    tracing::info!(listener = name, grace = ?grace, "stops accepting; draining connections");
     let _ = stop_tx.send(true);
     drop(alive_tx);
     tokio::select! {
-        _ = alive_rx.recv() => tracing::info!("all proxy connections closed"),
-        () = tokio::time::sleep(config.shutdown_grace) => {
+        _ = alive_rx.recv() => tracing::info!(listener = name, "all connections closed"),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(
+                listener = name,
                 open = stats.open.load(Ordering::Relaxed),
-                "grace period over; closing the remaining proxy connections"
+                "grace period over; closing the remaining connections"
             );
         }
     }
-    Ok(())
 }
 
 /// One client connection: the fast lane first, the general path (hyper) from the first request
@@ -170,7 +196,7 @@ async fn serve_connection(
             async move {
                 let response =
                     forwarder.handle(request, Client { addr: client_addr, tls: false }).await;
-                response.map(|r| r.map(|body| Tracked::new(body, state)))
+                response.map(|r| r.map(|body| EndOfBody::new(body, RequestDone(state))))
             }
         })
     };

@@ -24,10 +24,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dfp_routing::TableHandle;
@@ -40,12 +38,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn::EndOfBody;
 use crate::forward::{Client, Forwarder};
-use crate::server::{ConnectionStats, ProxyConfig, MAX_HEAD_BYTES};
+use crate::server::{accept_loop, ConnectionStats, ProxyConfig, MAX_HEAD_BYTES};
 
 /// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
 /// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
@@ -73,56 +72,21 @@ pub async fn serve_tls(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
     let http = Arc::new(http);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // Each connection task holds a sender; when all are gone, every connection has closed.
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
-
-    loop {
-        let (stream, client_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "TLS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not set TCP_NODELAY");
-        }
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let grace = config.shutdown_grace;
+    let counters = stats.clone();
+    accept_loop(listener, "TLS", &counters, grace, shutdown, move |stream, client_addr, stop| {
         let connection = TlsConnection {
             acceptor: acceptor.clone(),
             http: http.clone(),
             forwarder: forwarder.clone(),
             header_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
-            stop: stop_rx.clone(),
+            stop,
             stats: stats.clone(),
         };
-        let alive = alive_tx.clone();
-        tokio::spawn(async move {
-            connection.run(stream, client_addr).await;
-            drop(alive);
-        });
-    }
-
-    drop(listener);
-    tracing::info!(grace = ?config.shutdown_grace, "TLS listener stops accepting; draining connections");
-    let _ = stop_tx.send(true);
-    drop(alive_tx);
-    tokio::select! {
-        _ = alive_rx.recv() => tracing::info!("all TLS connections closed"),
-        () = tokio::time::sleep(config.shutdown_grace) => {
-            tracing::warn!(
-                open = stats.open.load(Ordering::Relaxed),
-                "grace period over; closing the remaining TLS connections"
-            );
-        }
-    }
+        connection.run(stream, client_addr)
+    })
+    .await;
     Ok(())
 }
 
@@ -181,7 +145,7 @@ impl TlsConnection {
                 authority_as_host(&mut request);
                 let response =
                     forwarder.handle(request, Client { addr: client_addr, tls: true }).await;
-                response.map(|r| r.map(|body| Guarded { inner: body, in_flight: Some(in_flight) }))
+                response.map(|r| r.map(|body| EndOfBody::new(body, in_flight)))
             }
         });
         let connection = self.http.serve_connection_with_upgrades(TokioIo::new(tls), service);
@@ -289,6 +253,7 @@ impl Activity {
 
 /// One request under way: from the request head until its response body has been sent, or
 /// until hyper drops either (a client that reset its stream).
+#[derive(Debug)]
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
@@ -302,36 +267,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that ends its request's [`InFlight`] when it has been sent or dropped.
-struct Guarded<B> {
-    inner: B,
-    in_flight: Option<InFlight>,
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.in_flight = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
