@@ -529,6 +529,8 @@ impl Exchange<'_> {
         deadline: Instant,
         timer: &mut LazyTimer,
     ) -> Result<Relayed, Failure> {
+        // The client's response head, written while the instance's is parsed.
+        let mut client_head = Scratch::take();
         let (mut upstream, head) = loop {
             let (mut upstream, reused) = match checkout(self.addr, self.idle_timeout) {
                 Some(upstream) => (upstream, true),
@@ -541,7 +543,7 @@ impl Exchange<'_> {
                 }
                 return Err(Failure::Unreachable(err));
             }
-            match self.read_head(&mut upstream, buf, deadline, timer).await {
+            match self.read_head(&mut upstream, buf, &mut client_head, deadline, timer).await {
                 Ok(head) => break (upstream, head),
                 // A kept-alive connection the instance closed meanwhile (the race every
                 // pooling proxy has): nothing was answered, so a fresh connection may carry
@@ -550,12 +552,14 @@ impl Exchange<'_> {
                 Err(failure) => return Err(failure),
             }
         };
-        self.relay(io, &mut upstream, head, buf, timer).await.map(|(relayed, reusable)| {
-            if reusable && !self.idle_timeout.is_zero() {
-                checkin(self.addr, upstream, self.idle_timeout);
-            }
-            relayed
-        })
+        self.relay(io, &mut upstream, head, buf, client_head, timer).await.map(
+            |(relayed, reusable)| {
+                if reusable && !self.idle_timeout.is_zero() {
+                    checkin(self.addr, upstream, self.idle_timeout);
+                }
+                relayed
+            },
+        )
     }
 
     async fn connect(&self) -> io::Result<TcpStream> {
@@ -568,16 +572,19 @@ impl Exchange<'_> {
 
     /// Reads until `buf` starts with a final response head (interim `1xx` heads are read
     /// and dropped, as the general path does).
+    /// The client's head goes into `client_head`.
     async fn read_head(
         &self,
         upstream: &mut TcpStream,
         buf: &mut Vec<u8>,
+        client_head: &mut Vec<u8>,
         deadline: Instant,
         timer: &mut LazyTimer,
     ) -> Result<ResponseHead, Failure> {
         loop {
             if !buf.is_empty() {
-                match parse_response(buf, self.head_request)? {
+                let close = self.close_client || shutting_down(self.shutdown);
+                match parse_response(buf, self.head_request, close, client_head)? {
                     ParsedResponse::Final(head) => return Ok(head),
                     ParsedResponse::Interim(len) => {
                         buf.drain(..len);
@@ -608,16 +615,12 @@ impl Exchange<'_> {
         upstream: &mut TcpStream,
         head: ResponseHead,
         buf: &mut Vec<u8>,
+        mut out: Scratch,
         timer: &mut LazyTimer,
     ) -> Result<(Relayed, bool), Failure> {
-        let close = self.close_client
-            || head.framing == Framing::UntilClose
-            || shutting_down(self.shutdown);
-        let mut out = Scratch::take();
-        write_response_head(&mut out, &buf[..head.head_len], close);
         let body_start = head.head_len;
         let mut reusable = head.keep_alive;
-        let relayed = Relayed { status: head.status, close };
+        let relayed = Relayed { status: head.status, close: head.close };
         let client_gone = |_| Failure::Broken(head.status);
         let mut scanner = ChunkedScanner::new();
 
@@ -703,6 +706,8 @@ struct ResponseHead {
     framing: Framing,
     /// The instance keeps the connection open after this response.
     keep_alive: bool,
+    /// This is the client connection's last response (its head says `Connection: close`).
+    close: bool,
 }
 
 enum ParsedResponse {
@@ -712,7 +717,15 @@ enum ParsedResponse {
     Final(ResponseHead),
 }
 
-fn parse_response(buf: &[u8], head_request: bool) -> Result<ParsedResponse, Failure> {
+/// Parses the instance's response head at the start of `buf`; for a final one, also writes
+/// the client's head into `client_head` (with `Connection: close` when `close` is asked or the
+/// body ends with the connection).
+fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    client_head: &mut Vec<u8>,
+) -> Result<ParsedResponse, Failure> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -765,19 +778,20 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<ParsedResponse, Fail
             (None, Some(length)) => Framing::Length(length),
         }
     };
-    Ok(ParsedResponse::Final(ResponseHead { status, head_len, framing, keep_alive }))
+    let close = close || framing == Framing::UntilClose;
+    write_response_head(client_head, &response, chunked.is_some(), close);
+    Ok(ParsedResponse::Final(ResponseHead { status, head_len, framing, keep_alive, close }))
 }
 
 /// The client's response head: HTTP/1.1, the instance's status and reason, its headers less
 /// those that describe the upstream connection, and `Connection: close` when this is the
 /// client connection's last response.
-fn write_response_head(out: &mut Vec<u8>, head: &[u8], close: bool) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    // Parsed before: cannot fail now.
-    if !matches!(response.parse(head), Ok(httparse::Status::Complete(_))) {
-        return;
-    }
+fn write_response_head(
+    out: &mut Vec<u8>,
+    response: &httparse::Response<'_, '_>,
+    chunked: bool,
+    close: bool,
+) {
     // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1).
     let listed = |name: &str| {
         response.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).any(|h| {
@@ -786,7 +800,6 @@ fn write_response_head(out: &mut Vec<u8>, head: &[u8], close: bool) {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
         })
     };
-    let chunked = response.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     let dated = response.headers.iter().any(|h| h.name.eq_ignore_ascii_case("date"));
     out.clear();
     let _ = write!(out, "HTTP/1.1 {:03} ", response.code.unwrap_or(0));
@@ -1033,7 +1046,7 @@ mod tests {
     }
 
     fn framing(head: &str, head_request: bool) -> Result<Framing, &'static str> {
-        match parse_response(head.as_bytes(), head_request) {
+        match parse_response(head.as_bytes(), head_request, false, &mut Vec::new()) {
             Ok(ParsedResponse::Final(h)) => Ok(h.framing),
             Ok(ParsedResponse::Interim(_)) => Err("interim"),
             Ok(ParsedResponse::Partial) => Err("partial"),
@@ -1083,7 +1096,10 @@ mod tests {
         let head = "HTTP/1.0 200 Fine\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
                     Proxy-Thing: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\nX-Kept: yes\r\n\r\n";
         let mut out = Vec::new();
-        write_response_head(&mut out, head.as_bytes(), true);
+        assert!(matches!(
+            parse_response(head.as_bytes(), false, true, &mut out),
+            Ok(ParsedResponse::Final(_))
+        ));
         assert_eq!(
             String::from_utf8_lossy(&out),
             format!(
