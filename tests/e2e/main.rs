@@ -11,8 +11,8 @@ mod support;
 
 mod admin;
 mod data_plane;
-mod fast_lane;
 mod follow;
+mod http1;
 mod options;
 mod resilience;
 mod seed;

@@ -4,7 +4,10 @@
 //!   arrived, the whole head must follow within this time, else the client gets
 //!   `408 Request Timeout` and the connection is closed (slowloris);
 //! - **idle keep-alive** (`--idle-timeout`, 15 s): a kept-alive connection with no request
-//!   under way is closed quietly after this time.
+//!   under way is closed quietly after this time;
+//! - **client** (`--client-timeout`, 20 s, HAProxy's `timeout client`): a write to the client
+//!   that makes no progress for this long fails, so a client that stops reading a large
+//!   response frees its connection and the instance's instead of holding them for good.
 //!
 //! Both live in [`TimedIo`], a wrapper around the client's socket that knows, through a shared
 //! [`ConnState`], whether a request is being served. While one is (or the connection was
@@ -90,10 +93,11 @@ fn instant_of(ms: u64) -> Instant {
     origin() + Duration::from_millis(ms)
 }
 
-/// The client socket, with the header and idle deadlines applied to its reads.
+/// The client socket (plain, or TLS over it), with the header and idle deadlines applied to
+/// its reads and the client timeout to its writes.
 #[derive(Debug)]
-pub(crate) struct TimedIo {
-    stream: TcpStream,
+pub(crate) struct TimedIo<S = TcpStream> {
+    stream: S,
     state: Arc<ConnState>,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -101,14 +105,19 @@ pub(crate) struct TimedIo {
     /// is complete once the count has moved on.
     head_started: Option<(Instant, u64)>,
     timer: Pin<Box<Sleep>>,
+    write_timeout: Duration,
+    /// Since when writes have made no progress, and the timer that ends the wait (its own:
+    /// a tunnel polls reads and writes from two places).
+    write_stalled: Option<(Instant, Pin<Box<Sleep>>)>,
 }
 
-impl TimedIo {
+impl<S> TimedIo<S> {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: S,
         state: Arc<ConnState>,
         header_timeout: Duration,
         idle_timeout: Duration,
+        write_timeout: Duration,
     ) -> Self {
         state.idle_since_ms.store(clock_ms(), Ordering::Relaxed);
         TimedIo {
@@ -118,7 +127,31 @@ impl TimedIo {
             idle_timeout,
             head_started: None,
             timer: Box::pin(tokio::time::sleep(idle_timeout)),
+            write_timeout,
+            write_stalled: None,
         }
+    }
+
+    /// A write returned `Pending`: whether it has now been stalled for the client timeout
+    /// (tunnels excepted: they have their own idle timeout).
+    fn write_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.state.upgraded.load(Ordering::Relaxed) {
+            return false;
+        }
+        let timeout = self.write_timeout;
+        let (since, timer) = self.write_stalled.get_or_insert_with(|| {
+            let now = Instant::now();
+            (now, Box::pin(tokio::time::sleep_until(now + timeout)))
+        });
+        let deadline = *since + timeout;
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn wrote(&mut self) {
+        self.write_stalled = None;
     }
 
     /// The deadline that applies now, if any.
@@ -135,7 +168,7 @@ impl TimedIo {
     }
 }
 
-impl AsyncRead for TimedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -177,7 +210,10 @@ impl AsyncRead for TimedIo {
                     }
                     if this.head_started.is_some() {
                         // Best effort: the client may be gone already.
-                        let _ = this.stream.try_write(REQUEST_TIMEOUT);
+                        let stream = Pin::new(&mut this.stream);
+                        if let Poll::Ready(Ok(_)) = stream.poll_write(cx, REQUEST_TIMEOUT) {
+                            let _ = Pin::new(&mut this.stream).poll_flush(cx);
+                        }
                         tracing::debug!("request head not complete in time; answered 408");
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -193,13 +229,24 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+fn stalled_too_long() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for the client timeout")
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(written) => {
+                self.wrote();
+                Poll::Ready(written)
+            }
+            Poll::Pending if self.write_expired(cx) => Poll::Ready(Err(stalled_too_long())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_write_vectored(
@@ -207,7 +254,14 @@ impl AsyncWrite for TimedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(written) => {
+                self.wrote();
+                Poll::Ready(written)
+            }
+            Poll::Pending if self.write_expired(cx) => Poll::Ready(Err(stalled_too_long())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -215,7 +269,14 @@ impl AsyncWrite for TimedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match Pin::new(&mut self.stream).poll_flush(cx) {
+            Poll::Ready(flushed) => {
+                self.wrote();
+                Poll::Ready(flushed)
+            }
+            Poll::Pending if self.write_expired(cx) => Poll::Ready(Err(stalled_too_long())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -260,75 +321,5 @@ impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for EndOfBody<B, G> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Tells the connection, when dropped, that its request's response has been sent (or
-/// dropped): the connection waits for the next request from then on.
-#[derive(Debug)]
-pub(crate) struct RequestDone(pub(crate) Arc<ConnState>);
-
-impl Drop for RequestDone {
-    fn drop(&mut self) {
-        self.0.request_finished();
-    }
-}
-
-/// A socket with bytes already read from it put back in front: what the fast lane read of a
-/// request it hands over is read again by the general path.
-#[derive(Debug)]
-pub(crate) struct Rewind<T> {
-    prefix: bytes::Bytes,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    pub(crate) fn new(prefix: bytes::Bytes, inner: T) -> Self {
-        Rewind { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

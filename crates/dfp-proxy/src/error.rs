@@ -12,6 +12,13 @@ use crate::forward::ProxyBody;
 pub(crate) enum ProxyError {
     /// The client's fault: the request cannot be routed as sent.
     BadRequest(&'static str),
+    /// The request head (or one of its field lines) is larger than the proxy reads.
+    HeadTooLarge,
+    /// The request is well formed but asks for something the proxy cannot forward faithfully
+    /// (a transfer coding other than chunked).
+    NotImplemented(&'static str),
+    /// `Expect` with something other than `100-continue`.
+    ExpectationFailed,
     /// No service owns the path.
     NoRoute,
     /// A service owns the path but has no live instance right now.
@@ -34,6 +41,14 @@ impl ProxyError {
     pub(crate) fn status_and_text(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+            ProxyError::HeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request head is larger than 64 KiB or has more than 100 fields\n",
+            ),
+            ProxyError::NotImplemented(why) => (StatusCode::NOT_IMPLEMENTED, why),
+            ProxyError::ExpectationFailed => {
+                (StatusCode::EXPECTATION_FAILED, "only Expect: 100-continue is supported\n")
+            }
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no service is routed for this path\n"),
             ProxyError::NoInstance => {
                 (StatusCode::SERVICE_UNAVAILABLE, "the service has no live instance right now\n")
@@ -55,32 +70,53 @@ impl ProxyError {
         }
     }
 
+    /// Whether the connection closes after this answer: after a request the proxy could not
+    /// make sense of, the framing of what follows is suspect.
+    pub(crate) fn closes_connection(&self) -> bool {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge
+            | ProxyError::NotImplemented(_)
+            | ProxyError::ExpectationFailed => true,
+            ProxyError::NoRoute
+            | ProxyError::NoInstance
+            | ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::Redirect { .. }
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::RewriteFailed => false,
+        }
+    }
+
+    /// Fields the answer carries besides its text.
+    pub(crate) fn extra_fields(&self) -> Option<(&'static str, &HeaderValue)> {
+        match self {
+            ProxyError::Redirect { location, .. } => Some(("location", location)),
+            ProxyError::Unauthorized { realm } => Some(("www-authenticate", realm)),
+            ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge
+            | ProxyError::NotImplemented(_)
+            | ProxyError::ExpectationFailed
+            | ProxyError::NoRoute
+            | ProxyError::NoInstance
+            | ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamTimeout
+            | ProxyError::RewriteFailed => None,
+        }
+    }
+
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let (status, text) = self.status_and_text();
         let mut response =
             Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        match self {
-            ProxyError::BadRequest(_) => {
-                // After a request we could not make sense of, the framing is suspect.
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            ProxyError::Redirect { location, .. } => {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            ProxyError::Unauthorized { realm } => {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, realm);
-            }
-            ProxyError::NoRoute
-            | ProxyError::NoInstance
-            | ProxyError::UpstreamUnreachable
-            | ProxyError::UpstreamTimeout
-            | ProxyError::RewriteFailed => {}
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Some((name, value)) = self.extra_fields() {
+            headers.insert(name, value.clone());
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -1,26 +1,27 @@
-//! One request's path through the proxy: check, normalise, route, pick an instance, rewrite,
-//! forward (again elsewhere if that is safe), answer.
+//! The HTTP/2 engine's forwarding: a request hyper read from an HTTP/2 client goes through
+//! the same rules as the HTTP/1 engine's ([`crate::rules`]: checks, routing, policy, fields,
+//! failures, record) and on to an HTTP/1.1 instance over hyper's client.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfp_routing::{Backend, TableHandle, Upstream};
+use dfp_routing::{Backend, HeaderEdits, TableHandle};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 
-use crate::conn::ConnState;
 use crate::error::ProxyError;
-use crate::headers::{add_forwarded, strip_hop_by_hop};
 use crate::pool::{Pool, Pooled};
-use crate::{path, tunnel, ProxyConfig};
+use crate::rules::{self, Admission, Admitted, Failure, Forwarding, Record};
+use crate::upstream::Connector;
+use crate::{path, ProxyConfig};
 
 /// What the proxy answers with: the upstream's streamed body, or a short body of its own.
 pub(crate) type ProxyBody = Either<Pooled, Full<Bytes>>;
@@ -42,6 +43,9 @@ pub(crate) struct Uploading {
 struct Progress {
     /// [`now_ms`] of the last frame (or of the end).
     last_ms: AtomicU64,
+    /// The client's body failed (reset stream, broken off): the client's fault, not the
+    /// instance's.
+    client_failed: AtomicBool,
 }
 
 impl http_body::Body for Uploading {
@@ -53,9 +57,12 @@ impl http_body::Body for Uploading {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_ready() {
+        if let std::task::Poll::Ready(frame) = &polled {
             if let Some(progress) = &self.progress {
                 progress.last_ms.store(now_ms(), Ordering::Relaxed);
+                if matches!(frame, Some(Err(_))) {
+                    progress.client_failed.store(true, Ordering::Relaxed);
+                }
             }
         }
         polled
@@ -94,134 +101,142 @@ async fn await_response<F: std::future::Future>(
     }
 }
 
-/// Forwards requests along the live table. One per data-plane server, shared by connections.
+/// What both engines share: the table, this thread's connections to instances, the
+/// timeouts. One per data-plane server, shared by its connections.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     pub(crate) table: TableHandle,
-    pub(crate) pool: Pool,
+    /// The HTTP/1 engine's connections to instances (raw sockets, per thread).
+    pub(crate) connector: Connector,
+    /// HTTP/2 requests' connections to instances (hyper's client, per thread).
+    pool: Pool,
     pub(crate) server_timeout: Duration,
-    tunnel_timeout: Duration,
+    pub(crate) tunnel_timeout: Duration,
+    pub(crate) client_timeout: Duration,
     pub(crate) access_log: bool,
-    trust_forwarded_proto: bool,
+    pub(crate) trust_forwarded_proto: bool,
 }
 
 impl Forwarder {
     pub(crate) fn new(table: TableHandle, config: &ProxyConfig) -> Self {
-        let pool = Pool {
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.upstream_idle_timeout,
-        };
         Forwarder {
             table,
-            pool,
+            connector: Connector {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.upstream_idle_timeout,
+            },
+            pool: Pool {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.upstream_idle_timeout,
+            },
             server_timeout: config.server_timeout,
             tunnel_timeout: config.tunnel_timeout,
+            client_timeout: config.client_timeout,
             access_log: config.access_log,
             trust_forwarded_proto: config.trust_forwarded_proto,
         }
     }
 
-    /// Answers one client request. Never fails: every problem becomes a response.
+    /// Answers one HTTP/2 request. Never fails: every problem becomes a response.
     pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
         client: Client,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let client_addr = client.addr;
         let started = Instant::now();
         let mut routed = Routed::default();
-        let method = self.access_log.then(|| request.method().clone());
-        let target = self.access_log.then(|| request.uri().to_string());
+        let method = request.method().clone();
+        let target = if self.access_log { request.uri().to_string() } else { String::new() };
         let response = match self.forward(request, client, &mut routed).await {
             Ok(response) => response,
             Err(err) => err.into_response(),
         };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if let Some(backend) = &routed.backend {
-            backend.stats().record_response(response.status().as_u16(), micros);
-        }
-        if self.access_log {
-            tracing::info!(
-                target: "access",
-                client = %client_addr,
-                method = %method.unwrap_or_default(),
-                uri = %target.unwrap_or_default(),
-                service = %routed.backend.as_ref().map_or("-", |b| b.service()),
-                upstream = %routed.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                status = response.status().as_u16(),
+        rules::record(
+            &Record {
+                client: client.addr,
+                method: method.as_str(),
+                target: &target,
+                backend: routed.backend.as_deref(),
+                upstream: routed.upstream,
+                status: response.status().as_u16(),
                 micros,
-                "request"
-            );
-        }
+            },
+            self.access_log,
+        );
         Ok(response)
     }
 
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         client: Client,
         routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        check_framing_and_host(&request)?;
-        let mut path_and_query = normalised_target(request.uri())?;
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let (parts, body) = request.into_parts();
+        let pairs: Vec<(&str, &[u8])> =
+            parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        let fields = pairs.iter().copied();
+        let facts = rules::analyse_request(false, fields.clone())?;
+        let target = rules::parse_target(
+            parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
+        )?;
+        let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
+        let normalised = match path::normalize(target.path) {
+            Ok(normalised) => normalised,
+            Err(path::EscapesRoot) => {
+                return Err(ProxyError::BadRequest("the request path climbs above /\n"));
+            }
+        };
+        let routed_path = normalised.as_deref().unwrap_or(target.path);
         let backend = {
             let table = self.table.load();
-            let route =
-                table.lookup_host(host, path_and_query.path()).ok_or(ProxyError::NoRoute)?;
+            let route = table.lookup_host(host, routed_path).ok_or(ProxyError::NoRoute)?;
             route.backend.clone()
         };
         routed.backend = Some(backend.clone());
-        let policy = backend.policy();
-
-        if let Some(status) = policy.https_redirect {
-            let forwarded_https = self.trust_forwarded_proto
-                && request
-                    .headers()
-                    .get("x-forwarded-proto")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-            if !client.tls && !forwarded_https {
-                return Err(https_redirect(host, &path_and_query, status));
-            }
-        }
-        if !policy.authorizes(request.headers().get(header::AUTHORIZATION)) {
-            return Err(ProxyError::Unauthorized { realm: realm(backend.service()) });
-        }
-        if let Some(rewrite) = &policy.path_rewrite {
-            if let Some(path) = rewrite.apply(path_and_query.path()) {
-                path_and_query = with_path(&path, path_and_query.query())?;
-            }
-        }
+        let admission = Admission {
+            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            host,
+            path: routed_path,
+            query: target.query,
+            authorization: facts.authorization,
+        };
+        let admitted = rules::admit(
+            backend.policy(),
+            backend.service(),
+            &admission,
+            (self.server_timeout, self.tunnel_timeout),
+        )?;
         if backend.instances().is_empty() {
             return Err(ProxyError::NoInstance);
         }
+        let path = admitted.rewritten.as_deref().unwrap_or(routed_path);
+        let path_and_query = match target.query {
+            Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+            None => PathAndQuery::try_from(path),
+        }
+        .map_err(|_| ProxyError::BadRequest("the request path is malformed\n"))?;
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        let forwarding = Forwarding {
+            client_ip: &client.addr.ip().to_string(),
+            proto: if client.tls { "https" } else { "http" },
+            host: facts.host.unwrap_or_default(),
+        };
+        rules::write_request_fields(&mut headers, fields, &facts, &admitted, &forwarding);
+        // Every policy field has been used above or below: no `..` here either.
+        let Admitted {
+            rewritten: _,
+            request_edits: _,
+            strip_authorization: _,
+            response_edits,
+            server_timeout,
+            tunnel_timeout: _, // HTTP/2 carries no upgrades here
+        } = admitted;
 
-        let conn_state = request.extensions().get::<Arc<ConnState>>().cloned();
-        let upgrade = upgrade_protocol(request.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let (parts, body) = request.into_parts();
         // Only a request without a body and with idempotent semantics can be sent again.
         let replayable = is_idempotent(&parts.method) && body.is_end_stream();
         let method = parts.method;
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        if let Some(protocol) = upgrade {
-            headers.insert(header::UPGRADE, protocol);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        add_forwarded(&mut headers, client.addr.ip(), if client.tls { "https" } else { "http" });
-        if !policy.users.is_empty() {
-            // The credentials were for the proxy; the instance never sees them.
-            headers.remove(header::AUTHORIZATION);
-        }
-        policy.request_headers.apply(&mut headers);
-        let server_timeout = policy.server_timeout.unwrap_or(self.server_timeout);
-        let tunnel_timeout = policy.tunnel_timeout.unwrap_or(self.tunnel_timeout);
-
         // Only an upload needs its progress watched; a request without a body costs nothing.
         let progress = (!body.is_end_stream()).then(|| {
             let progress = Arc::new(Progress::default());
@@ -247,7 +262,6 @@ impl Forwarder {
             *outgoing.headers_mut() =
                 if replayable { headers.clone() } else { std::mem::take(&mut headers) };
             if !outgoing.headers().contains_key(header::HOST) {
-                // An HTTP/1.0 client may send none; HTTP/1.1 requires one upstream.
                 if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
                     outgoing.headers_mut().insert(header::HOST, host);
                 }
@@ -255,121 +269,65 @@ impl Forwarder {
 
             let answer =
                 await_response(self.pool.send(addr, outgoing), progress.as_deref(), server_timeout)
-                    .await
-                    .ok_or(());
-            match answer {
-                Ok(Ok(response)) => {
-                    upstream.health().record_success();
-                    let mut response =
-                        relay(response, client_upgrade, conn_state.as_deref(), tunnel_timeout);
-                    policy.response_headers.apply(response.headers_mut());
-                    return Ok(response);
-                }
-                Ok(Err(err)) => {
-                    if attempt_failed(&backend, upstream, &mut tried, replayable, &err) {
-                        continue;
+                    .await;
+            let failure = match answer {
+                Some(Ok(response)) => match relay(response, response_edits, method == Method::HEAD)
+                {
+                    Ok(response) => {
+                        upstream.health().record_success();
+                        return Ok(response);
                     }
-                    return Err(ProxyError::UpstreamUnreachable);
+                    Err(failure) => failure,
+                },
+                Some(Err(_))
+                    if progress
+                        .as_ref()
+                        .is_some_and(|p| p.client_failed.load(Ordering::Relaxed)) =>
+                {
+                    Failure::Client("the request body was broken off\n")
                 }
-                Err(_elapsed) => {
-                    tracing::debug!(service = backend.service(), instance = %addr, timeout = ?server_timeout, "upstream timed out");
-                    return Err(ProxyError::UpstreamTimeout);
+                Some(Err(err)) => Failure::Unreachable(std::io::Error::other(err)),
+                None => Failure::Timeout,
+            };
+            if failure.blames_instance() {
+                if rules::attempt_failed(&backend, upstream, &mut tried, replayable, &failure) {
+                    continue;
                 }
+            } else {
+                tracing::debug!(service = backend.service(), instance = %addr, %failure, "exchange failed");
             }
+            return Err(failure.answer());
         }
     }
 }
 
-/// Records an attempt at `upstream` that failed before any response (it counts toward the
-/// instance's ejection) and says whether to try another instance: only for a `replayable`
-/// request, and only while an instance is left untried.
-pub(crate) fn attempt_failed(
-    backend: &Backend,
-    upstream: &Upstream,
-    tried: &mut Vec<SocketAddr>,
-    replayable: bool,
-    error: &dyn std::fmt::Display,
-) -> bool {
-    let stats = backend.stats();
-    stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-    upstream.health().record_failure(now_ms());
-    stats.ejections.fetch_add(1, Ordering::Relaxed);
-    tried.push(upstream.addr());
-    let retry = replayable && tried.len() < backend.instances().len();
-    tracing::debug!(service = backend.service(), instance = %upstream.addr(), %error, retry, "upstream attempt failed");
-    if retry {
-        stats.retries.fetch_add(1, Ordering::Relaxed);
-    }
-    retry
-}
-
-/// Turns the instance's response into the client's: hop-by-hop headers out, body streamed;
-/// a `101 Switching Protocols` keeps its upgrade headers and starts the tunnel.
+/// Turns the instance's response into the client's with the same rules as the HTTP/1 engine
+/// (hyper frames the body for HTTP/2 itself); an invalid head is the instance's fault.
 fn relay(
-    mut response: Response<Pooled>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    conn_state: Option<&ConnState>,
-    tunnel_timeout: Duration,
-) -> Response<ProxyBody> {
-    {
-        match client_upgrade {
-            Some(client) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let protocol = response.headers().get(header::UPGRADE).cloned();
-                let upstream = hyper::upgrade::on(&mut response);
-                strip_hop_by_hop(response.headers_mut());
-                if let Some(protocol) = protocol {
-                    response.headers_mut().insert(header::UPGRADE, protocol);
-                }
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                if let Some(state) = conn_state {
-                    state.upgraded();
-                }
-                tokio::spawn(tunnel::run(client, upstream, tunnel_timeout));
-            }
-            _ => strip_hop_by_hop(response.headers_mut()),
-        }
-        // The client leg is ours: hyper speaks HTTP/1.1 to it (or 1.0 to a 1.0 client) whatever
-        // version the instance answered with.
-        *response.version_mut() = Version::HTTP_11;
-        response.map(Either::Left)
+    response: Response<Pooled>,
+    edits: &HeaderEdits,
+    head_request: bool,
+) -> Result<Response<ProxyBody>, Failure> {
+    let (mut parts, body) = response.into_parts();
+    let pairs: Vec<(&str, &[u8])> =
+        parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let fields = pairs.iter().copied();
+    let facts = rules::analyse_response(
+        parts.status.as_u16(),
+        parts.version == Version::HTTP_10,
+        head_request,
+        fields.clone(),
+    )
+    .map_err(Failure::BadResponse)?;
+    if facts.status == 101 {
+        return Err(Failure::BadResponse("101 Switching Protocols to a request without Upgrade"));
     }
-}
-
-/// `301`..`308` to the same host and path over HTTPS (the port, if any, is dropped: HTTPS is
-/// served on its own port).
-fn https_redirect(host: Option<&str>, target: &PathAndQuery, status: u16) -> ProxyError {
-    let host = host.map_or("", |h| {
-        if h.starts_with('[') {
-            h.split_once(']').map_or(h, |(v6, _)| v6).trim_end_matches(']')
-        } else {
-            h.rsplit_once(':').map_or(h, |(name, _)| name)
-        }
-    });
-    let host = if host.starts_with('[') { format!("{host}]") } else { host.to_owned() };
-    let location = HeaderValue::try_from(format!("https://{host}{}", target.as_str()))
-        .unwrap_or_else(|_| HeaderValue::from_static("/"));
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    ProxyError::Redirect { location, status }
-}
-
-fn realm(service: &str) -> HeaderValue {
-    let safe: String =
-        service.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
-    HeaderValue::try_from(format!("Basic realm=\"{safe}\""))
-        .unwrap_or_else(|_| HeaderValue::from_static("Basic"))
-}
-
-fn with_path(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
-    let joined = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    match PathAndQuery::try_from(joined) {
-        Ok(pq) if pq.path().starts_with('/') => Ok(pq),
-        _ => Err(ProxyError::RewriteFailed),
-    }
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
+    rules::write_response_fields(&mut headers, fields, &facts, edits, false);
+    drop(pairs);
+    parts.headers = headers;
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 /// Who sent a request, and how.
@@ -387,68 +345,6 @@ struct Routed {
     upstream: Option<SocketAddr>,
 }
 
-/// Refuses requests whose framing or `Host` an instance might read differently from us:
-/// `Content-Length` together with `Transfer-Encoding` (the classic request-smuggling shape),
-/// and a missing (HTTP/1.1), repeated or malformed `Host`.
-fn check_framing_and_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
-    let headers = request.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Err(ProxyError::BadRequest(
-            "a request must not have both Content-Length and Transfer-Encoding\n",
-        ));
-    }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if request.version() == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("an HTTP/1.1 request needs a Host header\n"))
-        }
-        (None, _) => Ok(()),
-        (Some(_), Some(_)) => Err(ProxyError::BadRequest("a request must have one Host header\n")),
-        (Some(host), None) => match host.to_str().ok().map(Authority::try_from) {
-            Some(Ok(authority)) if !authority.host().is_empty() => Ok(()),
-            _ => Err(ProxyError::BadRequest("the Host header is not a valid host[:port]\n")),
-        },
-    }
-}
-
-/// The request's path (normalised, see [`path`]) and query, as routed and forwarded.
-fn normalised_target(uri: &Uri) -> Result<PathAndQuery, ProxyError> {
-    let original = match uri.path_and_query() {
-        Some(pq) if pq.path().starts_with('/') => pq,
-        _ => return Err(ProxyError::BadRequest("the request target must be a path such as /x\n")),
-    };
-    match path::normalize(original.path()) {
-        Ok(None) => Ok(original.clone()),
-        Ok(Some(normal)) => {
-            let rebuilt = match original.query() {
-                Some(query) => format!("{normal}?{query}"),
-                None => normal,
-            };
-            PathAndQuery::try_from(rebuilt)
-                .map_err(|_| ProxyError::BadRequest("the request path is malformed\n"))
-        }
-        Err(path::EscapesRoot) => Err(ProxyError::BadRequest("the request path climbs above /\n")),
-    }
-}
-
-/// The protocol a request asks to switch to, when it asks (`Connection: upgrade` plus
-/// `Upgrade: <protocol>`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
 }
@@ -459,67 +355,4 @@ pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(lines: &[(&str, &str)], version: Version) -> Request<()> {
-        let mut r = Request::new(());
-        *r.version_mut() = version;
-        for (k, v) in lines {
-            r.headers_mut().append(
-                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        r
-    }
-
-    #[test]
-    fn framing_and_host_checks() {
-        let ok = [
-            request(&[("host", "shop.example")], Version::HTTP_11),
-            request(&[("host", "shop.example:8080")], Version::HTTP_11),
-            request(&[("host", "[::1]:80")], Version::HTTP_11),
-            request(&[], Version::HTTP_10),
-        ];
-        for r in &ok {
-            assert!(check_framing_and_host(r).is_ok(), "{:?}", r.headers());
-        }
-        let bad = [
-            request(&[], Version::HTTP_11),
-            request(&[("host", "a"), ("host", "b")], Version::HTTP_11),
-            request(&[("host", "a b")], Version::HTTP_11),
-            request(&[("host", "a/b")], Version::HTTP_11),
-            request(&[("host", "")], Version::HTTP_11),
-            request(
-                &[("host", "a"), ("content-length", "3"), ("transfer-encoding", "chunked")],
-                Version::HTTP_11,
-            ),
-        ];
-        for r in &bad {
-            assert!(check_framing_and_host(r).is_err(), "{:?}", r.headers());
-        }
-    }
-
-    #[test]
-    fn targets_are_normalised_with_their_query() {
-        let uri: Uri = "/api/v1/books/%2e%2e/admin?x=/../y".parse().expect("uri");
-        assert_eq!(normalised_target(&uri).expect("fine").as_str(), "/api/v1/admin?x=/../y");
-        let uri: Uri = "/../etc/passwd".parse().expect("uri");
-        assert!(normalised_target(&uri).is_err());
-        let uri: Uri = "*".parse().expect("uri");
-        assert!(normalised_target(&uri).is_err());
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(upgrade_protocol(&h).is_none());
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        assert_eq!(upgrade_protocol(&h), Some(HeaderValue::from_static("websocket")));
-    }
 }

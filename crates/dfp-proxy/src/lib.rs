@@ -1,9 +1,10 @@
 //! The data plane: accepts client connections on the proxy port and forwards each request to
 //! an instance of the service that owns its path.
 //!
-//! It owns the accept loops, the per-connection HTTP servers (HTTP/1.1; over TLS also HTTP/2),
-//! TLS termination, header rewriting, the pooled upstream client and the mapping of failures
-//! to status codes. What it reads from the control plane is two handles, each one `ArcSwap`
+//! It owns the accept loops, the HTTP engines (its own HTTP/1 codec for plain and TLS
+//! connections, hyper's HTTP/2 server for HTTP/2 clients), TLS termination, the one set of
+//! rules both engines follow (`rules.rs`: checks, forwarded fields, policy, failures, records),
+//! the per-thread upstream connections and the mapping of failures to status codes. What it reads from the control plane is two handles, each one `ArcSwap`
 //! of a whole immutable value: the [`dfp_routing::TableHandle`] (one wait-free load per
 //! request) and, for TLS ([`serve_tls`]), the [`dfp_tls::CertStore`] (one load per handshake).
 //!
@@ -13,14 +14,15 @@
 mod chunked;
 mod conn;
 mod error;
-mod fast_lane;
 mod forward;
-mod headers;
+mod h1;
 mod path;
 mod pool;
+mod rules;
 mod server;
 mod tls;
 mod tunnel;
+mod upstream;
 
 pub use server::{serve, ConnectionStats, ProxyConfig};
 pub use tls::serve_tls;

@@ -1,4 +1,4 @@
-//! The accept loop and per-connection HTTP/1.1 servers, with graceful shutdown.
+//! The accept loop and the plain listener's connections, with graceful shutdown.
 
 use std::future::Future;
 use std::io;
@@ -8,18 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dfp_routing::TableHandle;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::conn::{ConnState, EndOfBody, RequestDone, Rewind, TimedIo};
-use crate::fast_lane;
-use crate::forward::{Client, Forwarder};
-
-/// The largest request head (request line and headers) accepted; larger ones get 431.
-pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+use crate::conn::{ConnState, TimedIo};
+use crate::forward::Forwarder;
+use crate::h1;
 
 /// Data-plane settings. [`ProxyConfig::default`] holds Docker Flow Proxy's defaults.
 #[derive(Debug, Clone)]
@@ -32,6 +26,9 @@ pub struct ProxyConfig {
     pub header_read_timeout: Duration,
     /// How long a kept-alive client connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// How long a write to a client, or a client's request body, may make no progress
+    /// (HAProxy's `timeout client`).
+    pub client_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
@@ -52,6 +49,7 @@ impl Default for ProxyConfig {
             server_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(20),
             upstream_idle_timeout: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(10),
             tunnel_timeout: Duration::from_secs(3600),
@@ -85,24 +83,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let forwarder = Arc::new(Forwarder::new(table, &config));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        // Our own TimedIo enforces the head and idle deadlines (hyper would close without 408).
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES);
     let grace = config.shutdown_grace;
     let counters = stats.clone();
     accept_loop(listener, "proxy", &counters, grace, shutdown, move |stream, client_addr, stop| {
         let state = Arc::new(ConnState::default());
-        let io =
-            TimedIo::new(stream, state.clone(), config.header_read_timeout, config.idle_timeout);
+        let mut io = TimedIo::new(
+            stream,
+            state.clone(),
+            config.header_read_timeout,
+            config.idle_timeout,
+            config.client_timeout,
+        );
         let forwarder = forwarder.clone();
-        let http = http.clone();
         let stats = stats.clone();
         async move {
             stats.open.fetch_add(1, Ordering::Relaxed);
-            serve_connection(io, state, client_addr, &forwarder, &http, stop).await;
+            h1::serve(&mut io, &state, client_addr, false, &forwarder, stop).await;
             stats.open.fetch_sub(1, Ordering::Relaxed);
         }
     })
@@ -168,53 +164,5 @@ pub(crate) async fn accept_loop<S, F>(
                 "grace period over; closing the remaining connections"
             );
         }
-    }
-}
-
-/// One client connection: the fast lane first, the general path (hyper) from the first request
-/// the lane hands over to the connection's end.
-async fn serve_connection(
-    mut io: TimedIo,
-    state: Arc<ConnState>,
-    client_addr: SocketAddr,
-    forwarder: &Arc<Forwarder>,
-    http: &http1::Builder,
-    mut stop: watch::Receiver<bool>,
-) {
-    let prefix = match fast_lane::serve(&mut io, &state, client_addr, forwarder, stop.clone()).await
-    {
-        fast_lane::Outcome::Closed => return,
-        fast_lane::Outcome::Handover(prefix) => prefix,
-    };
-    let service = {
-        let forwarder = forwarder.clone();
-        service_fn(move |mut request| {
-            let forwarder = forwarder.clone();
-            let state = state.clone();
-            state.request_started();
-            request.extensions_mut().insert(state.clone());
-            async move {
-                let response =
-                    forwarder.handle(request, Client { addr: client_addr, tls: false }).await;
-                response.map(|r| r.map(|body| EndOfBody::new(body, RequestDone(state))))
-            }
-        })
-    };
-    let connection =
-        http.serve_connection(TokioIo::new(Rewind::new(prefix, io)), service).with_upgrades();
-    tokio::pin!(connection);
-    let stopping = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopping => {
-            // Finish the request in flight (if any), then close; idle ones close now.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(client = %client_addr, error = %err, "client connection ended with an error");
     }
 }

@@ -6,20 +6,15 @@
 //! nothing else: an established connection keeps the certificate it was handshaken with and
 //! goes on serving requests.
 //!
-//! After the handshake, hyper-util's `auto` server speaks HTTP/1.1 or HTTP/2, whichever the
-//! client starts with, and every request goes through the same [`Forwarder`] as plain ones,
-//! marked as TLS (so `X-Forwarded-Proto: https`).
+//! After the handshake, the protocol ALPN chose decides the engine. HTTP/1.1 (or no ALPN)
+//! goes to the same HTTP/1 engine as plain connections (`h1.rs`), over the decrypted stream
+//! with the same deadlines (`TimedIo`: 408 on a slow head, idle keep-alive, client timeout on
+//! writes), marked as TLS (so `X-Forwarded-Proto: https`). HTTP/2 is served by hyper's HTTP/2
+//! server, whose requests go through `forward.rs` under the same rules.
 //!
-//! Timeouts differ from plain connections, which wrap the socket in `TimedIo` (see
-//! `conn.rs`: 408 on a slow head, idle deadline from the end of a response). Over TLS the
-//! bytes hyper reads are decrypted ones, so the deadlines are hyper's own and one watchdog:
-//!
-//! - the handshake must complete within `header_read_timeout`;
-//! - HTTP/1.1: hyper's header read timeout (`header_read_timeout`) runs from the moment the
-//!   connection waits for a request head, so it also bounds the wait for the next request of
-//!   a kept-alive connection; when it fires the connection is closed without a 408;
-//! - both protocols: a connection with no request under way for `idle_timeout` is shut down
-//!   gracefully (HTTP/2: GOAWAY), which also bounds a client that handshakes and sends nothing.
+//! Deadlines of an HTTP/2 connection: the handshake must complete within
+//! `header_read_timeout`, and a connection with no request under way for `idle_timeout` is
+//! shut down gracefully (GOAWAY), which also bounds a client that handshakes and sends nothing.
 
 use std::future::Future;
 use std::io;
@@ -33,18 +28,21 @@ use dfp_tls::CertStore;
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::conn::EndOfBody;
+use crate::conn::{ConnState, EndOfBody, TimedIo};
 use crate::forward::{Client, Forwarder};
-use crate::server::{accept_loop, ConnectionStats, ProxyConfig, MAX_HEAD_BYTES};
+use crate::h1;
+use crate::rules::MAX_HEAD_BYTES;
+use crate::server::{accept_loop, ConnectionStats, ProxyConfig};
 
 /// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
 /// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
@@ -62,14 +60,8 @@ pub async fn serve_tls(
 ) -> io::Result<()> {
     let forwarder = Arc::new(Forwarder::new(table, &config));
     let acceptor = TlsAcceptor::from(Arc::new(server_config(certs)?));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES);
-    http.http2()
-        .timer(TokioTimer::new())
+    let mut http = http2::Builder::new(TokioExecutor::new());
+    http.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
     let http = Arc::new(http);
     let grace = config.shutdown_grace;
@@ -81,6 +73,7 @@ pub async fn serve_tls(
             forwarder: forwarder.clone(),
             header_timeout: config.header_read_timeout,
             idle_timeout: config.idle_timeout,
+            client_timeout: config.client_timeout,
             stop,
             stats: stats.clone(),
         };
@@ -106,10 +99,11 @@ fn server_config(certs: CertStore) -> io::Result<ServerConfig> {
 /// Everything one TLS connection needs, moved into its task.
 struct TlsConnection {
     acceptor: TlsAcceptor,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<http2::Builder<TokioExecutor>>,
     forwarder: Arc<Forwarder>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    client_timeout: Duration,
     stop: watch::Receiver<bool>,
     stats: Arc<ConnectionStats>,
 }
@@ -134,7 +128,22 @@ impl TlsConnection {
             },
             () = stopping(&mut self.stop) => return,
         };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_http2(tls, client_addr).await;
+        } else {
+            let state = Arc::new(ConnState::default());
+            let mut io = TimedIo::new(
+                tls,
+                state.clone(),
+                self.header_timeout,
+                self.idle_timeout,
+                self.client_timeout,
+            );
+            h1::serve(&mut io, &state, client_addr, true, &self.forwarder, self.stop.clone()).await;
+        }
+    }
 
+    async fn serve_http2(mut self, tls: TlsStream<TcpStream>, client_addr: SocketAddr) {
         let activity = Arc::new(Activity::new());
         let forwarder = self.forwarder.clone();
         let requests = activity.clone();
@@ -148,7 +157,7 @@ impl TlsConnection {
                 response.map(|r| r.map(|body| EndOfBody::new(body, in_flight)))
             }
         });
-        let connection = self.http.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        let connection = self.http.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
         let result = loop {
             let deadline = activity.idle_deadline(self.idle_timeout);

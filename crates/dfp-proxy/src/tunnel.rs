@@ -3,19 +3,7 @@
 
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-
-/// Waits for both sides of an upgrade to complete, then splices them.
-pub(crate) async fn run(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
-    match tokio::join!(client, upstream) {
-        (Ok(client), Ok(upstream)) => {
-            splice(TokioIo::new(client), TokioIo::new(upstream), idle).await
-        }
-        (Err(err), _) | (_, Err(err)) => tracing::debug!(error = %err, "upgrade did not complete"),
-    }
-}
 
 /// Copies `a` to `b` and `b` to `a`. A side that ends its output has its half closed on the
 /// other side; the tunnel ends when both have, on an error, or after `idle` without traffic.

@@ -81,6 +81,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_IDLE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub(crate) idle_timeout: Duration,
 
+    /// How long a client may read nothing of a response, or send nothing of a request body,
+    /// before its exchange is ended (HAProxy's `timeout client`).
+    #[arg(long, env = "DFP_CLIENT_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) client_timeout: Duration,
+
     /// How long an upgraded connection (WebSocket) may stay open without traffic.
     #[arg(long, env = "DFP_TUNNEL_TIMEOUT", default_value = "3600s", value_parser = parse_duration)]
     pub(crate) tunnel_timeout: Duration,

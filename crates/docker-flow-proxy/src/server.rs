@@ -82,6 +82,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         server_timeout: args.server_timeout,
         header_read_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
+        client_timeout: args.client_timeout,
         tunnel_timeout: args.tunnel_timeout,
         upstream_idle_timeout: args.upstream_idle_timeout,
         access_log: args.access_log,

@@ -322,9 +322,9 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// Whether the fast lane relayed this answer from a [`RawUpstream`]: the lane passes header
-    /// names on as the instance wrote them (`X-Raw-Upstream`), the general path (hyper) writes
-    /// every name in lower case.
+    /// Whether the proxy's HTTP/1 engine relayed this answer from a [`RawUpstream`] as bytes:
+    /// it passes field names on as the instance wrote them (`X-Raw-Upstream`), where a general
+    /// HTTP library writes every name in lower case.
     pub fn lane(&self) -> bool {
         self.head.contains("\r\nX-Raw-Upstream: yes")
     }

@@ -1,0 +1,122 @@
+//! This thread's kept-alive connections to instances, for the HTTP/1 engine.
+//!
+//! Why per thread: every data-plane thread runs its own single-threaded runtime (see the
+//! binary's server.rs), so a pool per thread needs no lock and no shared map. It is a
+//! thread-local map from instance address to a stack of idle sockets.
+//!
+//! Rules:
+//! - a connection is taken LIFO (the warmest first), only if it is younger than the idle
+//!   timeout and has had no readiness event since it went idle: an instance that closed it,
+//!   or wrote to it unasked, has made it readable, and the check costs no syscall;
+//! - it goes back only when its response ended exactly where the bytes read ended, never after
+//!   an upgrade, a broken body or a response delimited by the instance closing;
+//! - at most [`MAX_IDLE_PER_INSTANCE`] idle connections are kept per instance and thread;
+//! - a sweeper task per thread closes expired or closed ones every half idle timeout, so
+//!   descriptors do not pile up as instances come and go with every deploy.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// Idle connections kept per instance, per thread.
+pub(crate) const MAX_IDLE_PER_INSTANCE: usize = 256;
+
+struct IdleStream {
+    stream: TcpStream,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleStream>>> = RefCell::new(HashMap::new());
+    static SWEEPER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Connection settings toward instances.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Connector {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Connector {
+    /// An idle connection to `addr` that is still quiet (and `true`), or a new one (`false`).
+    pub(crate) async fn get(&self, addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
+        if let Some(stream) = checkout(addr, self.idle_timeout) {
+            return Ok((stream, true));
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        Ok((stream, false))
+    }
+
+    /// Gives a connection whose last response ended cleanly back to this thread's pool.
+    pub(crate) fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+        if self.idle_timeout.is_zero() {
+            return;
+        }
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let stack = idle.entry(addr).or_default();
+            if stack.len() < MAX_IDLE_PER_INSTANCE {
+                stack.push(IdleStream { stream, since: Instant::now() });
+            }
+        });
+        let idle_timeout = self.idle_timeout;
+        SWEEPER.with(|started| {
+            if !started.replace(true) {
+                tokio::spawn(sweep_idle(idle_timeout));
+            }
+        });
+    }
+}
+
+fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let stack = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some(candidate) = stack.pop() {
+            if now.saturating_duration_since(candidate.since) >= idle_timeout {
+                // The rest of the stack is older still.
+                stack.clear();
+                return None;
+            }
+            if is_quiet(&candidate.stream) {
+                return Some(candidate.stream);
+            }
+        }
+        None
+    })
+}
+
+/// No readiness event since the connection went idle: not closed, nothing sent unasked.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    stream.poll_read_ready(&mut cx).is_pending()
+}
+
+/// Closes this thread's idle connections that expired or that their instance closed, and
+/// forgets instances with none left, every half idle timeout (at least every 30 s).
+async fn sweep_idle(idle_timeout: Duration) {
+    let every = (idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        IDLE.with(|idle| {
+            let now = Instant::now();
+            idle.borrow_mut().retain(|_, stack| {
+                stack.retain(|candidate| {
+                    now.saturating_duration_since(candidate.since) < idle_timeout
+                        && is_quiet(&candidate.stream)
+                });
+                !stack.is_empty()
+            });
+        });
+    }
+}
