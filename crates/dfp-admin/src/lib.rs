@@ -36,7 +36,7 @@
 //! # Credentials
 //!
 //! Optional ([`AdminAuth`]): with HTTP basic auth and/or a bearer token configured, every call
-//! but `GET /v1/docker-flow-proxy/ping` and `GET /metrics` must carry one of them in
+//! but `GET`/`HEAD /v1/docker-flow-proxy/ping` and `GET /metrics` must carry one of them in
 //! `Authorization`; otherwise it answers 401 with `WWW-Authenticate` challenges and `NOK` JSON
 //! saying what to send, before anything else is looked at. Without credentials every call is
 //! open, as in Docker Flow Proxy.
