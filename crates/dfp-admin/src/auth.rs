@@ -16,7 +16,8 @@ use subtle::ConstantTimeEq as _;
 use crate::AdminError;
 
 /// Validated admin credentials. The default has none: the admin API is open.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// Not `PartialEq` on purpose: secrets are compared only by [`AdminAuth`], in constant time.
+#[derive(Clone, Default)]
 pub struct Credentials {
     basic: Option<(String, String)>,
     token: Option<String>,
@@ -133,6 +134,7 @@ impl fmt::Debug for AdminAuth {
 }
 
 impl AdminAuth {
+    /// The check for `credentials`; it keeps their digests, never the secrets themselves.
     pub fn new(credentials: &Credentials) -> AdminAuth {
         AdminAuth {
             basic: credentials.basic().map(|(user, password)| {
@@ -152,7 +154,7 @@ impl AdminAuth {
     }
 
     /// Lets a call through when no credential is configured, when it is one of the calls that
-    /// stay open (`GET /v1/docker-flow-proxy/ping`, `GET /metrics`), or when its
+    /// stay open (`GET`/`HEAD` ping, `GET /metrics`), or when its
     /// `Authorization` header carries a configured credential. Else [`AdminError::Unauthorized`].
     pub(crate) fn check(
         &self,
