@@ -10,6 +10,7 @@
 mod support;
 
 mod admin;
+mod admin_auth;
 mod data_plane;
 mod follow;
 mod http1;

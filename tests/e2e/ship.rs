@@ -524,11 +524,12 @@ fn port_of(address: &str) -> String {
     address.rsplit(':').next().unwrap_or_default().trim_end_matches('/').to_owned()
 }
 
-/// Every `[env: NAME=...]` of clap's help output.
+/// Every `[env: NAME=...]` (or `[env: NAME]`, for secrets whose value is hidden) of clap's
+/// help output.
 fn env_names(help: &str) -> BTreeSet<String> {
     help.split("[env: ")
         .skip(1)
-        .filter_map(|tail| tail.split('=').next())
+        .filter_map(|tail| tail.split(['=', ']']).next())
         .map(str::to_owned)
         .collect()
 }

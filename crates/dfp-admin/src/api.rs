@@ -19,21 +19,24 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::auth::AdminAuth;
 use crate::certs::{self, CertAdmin};
 use crate::controller::{Controller, ReconfigureReport, RemoveReport};
 use crate::params::{service_name_from_pairs, ReconfigureRequest};
 use crate::{AdminError, Discovery};
 
-const PREFIX: &str = "/v1/docker-flow-proxy/";
+pub(crate) const PREFIX: &str = "/v1/docker-flow-proxy/";
 
 /// Serves the admin API on `listener` until `shutdown` completes. Without `certs` the
-/// certificate endpoints answer 404.
+/// certificate endpoints answer 404. Every call is checked against `auth` first.
 pub async fn serve(
     listener: TcpListener,
     controller: Arc<Controller>,
     certs: Option<CertAdmin>,
+    auth: AdminAuth,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let auth = Arc::new(auth);
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
@@ -52,10 +55,12 @@ pub async fn serve(
         };
         let controller = controller.clone();
         let certs = certs.clone();
+        let auth = auth.clone();
         let service = service_fn(move |request| {
             let controller = controller.clone();
             let certs = certs.clone();
-            async move { Ok::<_, Infallible>(handle(&controller, certs.as_ref(), request).await) }
+            let auth = auth.clone();
+            async move { Ok::<_, Infallible>(handle(&controller, certs.as_ref(), &auth, request).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -69,13 +74,20 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers one admin request.
+/// Answers one admin request. A call `auth` refuses is answered 401 before anything else is
+/// looked at (its body is never read), so it changes nothing.
 pub async fn handle(
     controller: &Controller,
     certs: Option<&CertAdmin>,
+    auth: &AdminAuth,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
+    if let Err(err) = auth.check(&parts.method, parts.uri.path(), &parts.headers) {
+        let mut response = failure(&err);
+        auth.challenge(response.headers_mut());
+        return response;
+    }
     let query = parts.uri.query().unwrap_or_default();
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();

@@ -52,6 +52,8 @@ pub enum AdminError {
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]
     MethodNotAllowed { method: String, path: String, allowed: &'static str },
+    #[error("this admin API requires credentials and {reason}; {how}")]
+    Unauthorized { reason: &'static str, how: &'static str },
 }
 
 impl AdminError {
@@ -66,6 +68,7 @@ impl AdminError {
             AdminError::NoSuchCert(_) => 404,
             AdminError::CertFromDir { .. } => 409,
             AdminError::UnknownService { .. } | AdminError::NotRouted(_) => 404,
+            AdminError::Unauthorized { .. } => 401,
             AdminError::NoSuchEndpoint(_) => 404,
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::PathConflict { .. } => 409,

@@ -32,8 +32,17 @@
 //! | GET | `/metrics` | 200: Prometheus text | |
 //!
 //! Any other path answers 404 and any other method 405, both as `NOK` JSON.
+//!
+//! # Credentials
+//!
+//! Optional ([`AdminAuth`]): with HTTP basic auth and/or a bearer token configured, every call
+//! but `GET`/`HEAD /v1/docker-flow-proxy/ping` and `GET /metrics` must carry one of them in
+//! `Authorization`; otherwise it answers 401 with `WWW-Authenticate` challenges and `NOK` JSON
+//! saying what to send, before anything else is looked at. Without credentials every call is
+//! open, as in Docker Flow Proxy.
 
 mod api;
+mod auth;
 mod certs;
 mod controller;
 mod discovery;
@@ -43,6 +52,7 @@ mod params;
 mod store;
 
 pub use api::{handle, serve};
+pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
 pub use certs::CertAdmin;
 pub use controller::{
     AdminCounters, Controller, FollowConfig, MetricsHook, ReconfigureReport, RegistryHealth,

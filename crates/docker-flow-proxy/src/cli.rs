@@ -1,9 +1,12 @@
 //! The command line: every flag also reads the environment variable shown in `--help`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use dfp_admin::Credentials;
 
 /// A reverse proxy for services registered in Consul, reconfigured live without reloads.
 #[derive(Debug, Parser)]
@@ -115,6 +118,9 @@ pub(crate) struct ServerArgs {
     /// Log format.
     #[arg(long, env = "DFP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub(crate) log_format: String,
+
+    #[command(flatten)]
+    pub(crate) credentials: CredentialArgs,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +128,98 @@ pub(crate) struct AdminArgs {
     /// URL of the proxy's admin API.
     #[arg(long, env = "DFP_ADMIN", default_value = "http://127.0.0.1:8080")]
     pub(crate) admin: String,
+
+    #[command(flatten)]
+    pub(crate) credentials: CredentialArgs,
+}
+
+/// The admin API's credentials: `server` requires them, the clients send them. Both read the
+/// same environment variables, so a client run inside the server's container just works.
+#[derive(Debug, Args)]
+pub(crate) struct CredentialArgs {
+    /// Admin API basic auth: the user (with --admin-password or --admin-password-file).
+    #[arg(long, env = "DFP_ADMIN_USER")]
+    pub(crate) admin_user: Option<String>,
+
+    /// Admin API basic auth: the password.
+    #[arg(long, env = "DFP_ADMIN_PASSWORD", hide_env_values = true)]
+    pub(crate) admin_password: Option<String>,
+
+    /// Admin API basic auth: a file holding the password (e.g. a Docker secret; one trailing
+    /// newline is ignored).
+    #[arg(long, env = "DFP_ADMIN_PASSWORD_FILE")]
+    pub(crate) admin_password_file: Option<PathBuf>,
+
+    /// Admin API bearer token (`Authorization: Bearer <token>`).
+    #[arg(long, env = "DFP_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+
+    /// Admin API bearer token: a file holding it (e.g. a Docker secret; one trailing newline
+    /// is ignored).
+    #[arg(long, env = "DFP_ADMIN_TOKEN_FILE")]
+    pub(crate) admin_token_file: Option<PathBuf>,
+}
+
+impl CredentialArgs {
+    /// The credentials these flags (or their environment variables) name, read and checked:
+    /// a user needs a password and a password a user, each secret comes from its flag or its
+    /// file but not both, and none is empty.
+    pub(crate) fn credentials(&self) -> anyhow::Result<Credentials> {
+        let password = secret(
+            self.admin_password.as_deref(),
+            self.admin_password_file.as_deref(),
+            "--admin-password (DFP_ADMIN_PASSWORD)",
+            "--admin-password-file (DFP_ADMIN_PASSWORD_FILE)",
+        )?;
+        let token = secret(
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_deref(),
+            "--admin-token (DFP_ADMIN_TOKEN)",
+            "--admin-token-file (DFP_ADMIN_TOKEN_FILE)",
+        )?;
+        let mut credentials = Credentials::default();
+        match (self.admin_user.clone(), password) {
+            (Some(user), Some(password)) => {
+                credentials = credentials.with_basic(user, password).context(
+                    "invalid admin credentials (--admin-user with --admin-password or \
+                     --admin-password-file)",
+                )?;
+            }
+            (Some(_), None) => bail!(
+                "--admin-user (DFP_ADMIN_USER) is set without a password; give \
+                 --admin-password (DFP_ADMIN_PASSWORD) or --admin-password-file \
+                 (DFP_ADMIN_PASSWORD_FILE) too"
+            ),
+            (None, Some(_)) => bail!(
+                "an admin password is set without a user; give --admin-user (DFP_ADMIN_USER) \
+                 too, or use --admin-token (DFP_ADMIN_TOKEN) for a token without a user"
+            ),
+            (None, None) => {}
+        }
+        if let Some(token) = token {
+            credentials = credentials
+                .with_token(token)
+                .context("invalid admin token (--admin-token or --admin-token-file)")?;
+        }
+        Ok(credentials)
+    }
+}
+
+/// A secret given directly or in a file (never both).
+fn secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+    value_flag: &str,
+    file_flag: &str,
+) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("{value_flag} and {file_flag} are both set; give only one"),
+        (Some(value), None) => Ok(Some(value.to_owned())),
+        (None, Some(path)) => dfp_admin::secret_from_file(path)
+            .map(Some)
+            .with_context(|| format!("cannot read the secret of {file_flag}")),
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -302,5 +400,83 @@ mod tests {
         assert!(q.contains(&("servicePath".into(), "/api/v1/books,/b".into())));
         assert!(q.contains(&("port".into(), "8080".into())));
         assert!(q.contains(&("distribute".into(), "true".into())));
+    }
+
+    fn creds(
+        user: Option<&str>,
+        password: Option<&str>,
+        password_file: Option<&std::path::Path>,
+        token: Option<&str>,
+        token_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Credentials> {
+        CredentialArgs {
+            admin_user: user.map(str::to_owned),
+            admin_password: password.map(str::to_owned),
+            admin_password_file: password_file.map(std::path::Path::to_owned),
+            admin_token: token.map(str::to_owned),
+            admin_token_file: token_file.map(std::path::Path::to_owned),
+        }
+        .credentials()
+    }
+
+    #[test]
+    fn credentials_come_in_pairs_from_one_source_each() {
+        let dir = std::env::temp_dir().join(format!("dfp-cli-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("secret");
+        std::fs::write(&file, "from-file\n").expect("secret file");
+        let file = Some(file.as_path());
+
+        let none = creds(None, None, None, None, None).expect("no credentials is fine");
+        assert!(none.is_empty());
+        let basic = creds(Some("admin"), Some("pw"), None, None, None).expect("basic");
+        assert_eq!(basic.basic(), Some(("admin", "pw")));
+        let basic = creds(Some("admin"), None, file, None, None).expect("basic from a file");
+        assert_eq!(basic.basic(), Some(("admin", "from-file")));
+        let token = creds(None, None, None, None, file).expect("token from a file");
+        assert_eq!(token.token(), Some("from-file"));
+        let both = creds(Some("u"), Some("p"), None, Some("t"), None).expect("both");
+        assert_eq!((both.basic(), both.token()), (Some(("u", "p")), Some("t")));
+
+        // Each refusal names the flag and the environment variable to fix.
+        let missing = Some(std::path::Path::new("/nonexistent/dfp-secret"));
+        for (result, needle) in [
+            (creds(Some("admin"), None, None, None, None), "DFP_ADMIN_USER) is set without"),
+            (creds(None, Some("pw"), None, None, None), "without a user"),
+            (creds(None, None, file, None, None), "without a user"),
+            (creds(Some("a"), Some("pw"), file, None, None), "DFP_ADMIN_PASSWORD_FILE) are both"),
+            (creds(None, None, None, Some("t"), file), "DFP_ADMIN_TOKEN_FILE) are both"),
+            (creds(None, None, None, Some(""), None), "token is empty"),
+            (creds(Some(""), Some("pw"), None, None, None), "user is empty"),
+            (creds(Some("a"), Some(""), None, None, None), "password is empty"),
+            (creds(None, None, None, None, missing), "DFP_ADMIN_TOKEN_FILE"),
+        ] {
+            let err = format!("{:#}", result.expect_err(needle));
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_admin_client_takes_credentials() {
+        for args in [
+            &["ping", "--admin-token", "t"][..],
+            &["remove", "--service-name", "s", "--admin-user", "u", "--admin-password", "p"],
+            &[
+                "reconfigure",
+                "--service-name",
+                "s",
+                "--service-path",
+                "/",
+                "--admin-token-file",
+                "f",
+            ],
+            &["server", "--admin-user", "u", "--admin-password-file", "f"],
+        ] {
+            let cli = Cli::try_parse_from(
+                std::iter::once("docker-flow-proxy").chain(args.iter().copied()),
+            );
+            assert!(cli.is_ok(), "{args:?}: {cli:?}");
+        }
     }
 }

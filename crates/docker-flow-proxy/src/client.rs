@@ -3,14 +3,17 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use dfp_admin::Credentials;
 use serde_json::Value;
 
-/// Calls `endpoint` on the admin API at `admin` with `query`; prints the answer on success.
+/// Calls `endpoint` on the admin API at `admin` with `query`, sending `credentials` (a bearer
+/// token if one is set, else basic auth if a user is); prints the answer on success.
 ///
 /// A failure answer (4xx/5xx) becomes an error carrying the server's `Message`, so `main`
 /// prints it on stderr and exits non-zero.
 pub(crate) async fn call(
     admin: &str,
+    credentials: &Credentials,
     endpoint: &str,
     query: &[(String, String)],
 ) -> anyhow::Result<()> {
@@ -26,7 +29,13 @@ pub(crate) async fn call(
         .no_proxy()
         .build()
         .context("could not set up the HTTP client")?;
-    let response = http.get(url.clone()).send().await.with_context(|| {
+    let mut request = http.get(url);
+    if let Some(token) = credentials.token() {
+        request = request.bearer_auth(token);
+    } else if let Some((user, password)) = credentials.basic() {
+        request = request.basic_auth(user, Some(password));
+    }
+    let response = request.send().await.with_context(|| {
         format!(
             "cannot reach the admin API at {base}; is `docker-flow-proxy server` running there? \
              (set --admin or DFP_ADMIN to its admin address)"

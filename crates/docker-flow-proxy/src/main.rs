@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{AdminArgs, Cli, Command};
 
 /// mimalloc's per-thread heaps make the many small, short-lived allocations of each request
 /// (header maps, channels, futures) cheaper than glibc's malloc.
@@ -25,13 +25,13 @@ fn main() -> ExitCode {
             init_logging(&args.log_format);
             server::run(args)
         }
-        Command::Reconfigure(args) => run_client(&args.admin.admin, "reconfigure", args.query()),
+        Command::Reconfigure(args) => run_client(&args.admin, "reconfigure", args.query()),
         Command::Remove(args) => run_client(
-            &args.admin.admin,
+            &args.admin,
             "remove",
             vec![("serviceName".to_owned(), args.service_name.clone())],
         ),
-        Command::Ping(args) => run_client(&args.admin, "ping", Vec::new()),
+        Command::Ping(args) => run_client(&args, "ping", Vec::new()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,9 +42,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_client(admin: &str, endpoint: &str, query: Vec<(String, String)>) -> anyhow::Result<()> {
+fn run_client(
+    admin: &AdminArgs,
+    endpoint: &str,
+    query: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let credentials = admin.credentials.credentials()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(client::call(admin, endpoint, &query))
+    runtime.block_on(client::call(&admin.admin, &credentials, endpoint, &query))
 }
 
 fn init_logging(format: &str) {

@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use dfp_admin::{CertAdmin, Controller, Discovery, FollowConfig, MetricsHook, RouteStore};
+use dfp_admin::{
+    AdminAuth, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook, RouteStore,
+};
 use dfp_consul::ConsulClient;
 use dfp_proxy::{ConnectionStats, ProxyConfig};
 use dfp_routing::TableHandle;
@@ -23,6 +25,9 @@ use tokio::sync::watch;
 use crate::cli::{ServerArgs, TlsListen};
 
 pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
+    // Credentials first: a mistake in them stops the start before any port is bound.
+    let credentials = args.credentials.credentials()?;
+    let admin_auth = AdminAuth::new(&credentials);
     let threads = match args.threads {
         Some(n) => usize::from(n),
         None => thread::available_parallelism().map_or(1, |n| n.get()),
@@ -69,6 +74,15 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     admin_listener.set_nonblocking(true)?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    if admin_auth.is_open() && !admin_addr.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            admin = %admin_addr,
+            "the admin API is unauthenticated: whoever reaches it can reroute every path and \
+             upload certificates; set --admin-token (DFP_ADMIN_TOKEN) or --admin-user with \
+             --admin-password (DFP_ADMIN_USER, DFP_ADMIN_PASSWORD; or their _FILE forms for \
+             Docker secrets), or bind --admin-listen to 127.0.0.1"
+        );
+    }
     let tls_addr = tls_listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
 
     let table = TableHandle::default();
@@ -183,6 +197,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
             listener,
             controller,
             Some(cert_admin),
+            admin_auth,
             stopped(stop_rx),
         ));
         wait_for_signal().await;

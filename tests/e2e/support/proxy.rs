@@ -12,6 +12,16 @@ use super::{free_port, http_client};
 /// Path of the binary under test (built by cargo for this test target).
 pub const BIN: &str = env!("CARGO_BIN_EXE_docker-flow-proxy");
 
+/// The admin API's credential variables: taken out of every process a test starts, so that
+/// only what a test gives explicitly counts.
+pub const CREDENTIAL_ENV: [&str; 5] = [
+    "DFP_ADMIN_USER",
+    "DFP_ADMIN_PASSWORD",
+    "DFP_ADMIN_PASSWORD_FILE",
+    "DFP_ADMIN_TOKEN",
+    "DFP_ADMIN_TOKEN_FILE",
+];
+
 /// A running `docker-flow-proxy server`. Killed when dropped.
 pub struct Proxy {
     child: Option<Child>,
@@ -50,12 +60,26 @@ impl Proxy {
 
     async fn try_start(consul: Option<&str>, extra: &[&str], level: &str) -> Result<Proxy, String> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
+        command.arg("server").arg(format!("--listen={addr}"));
+        // `--admin-listen=ADDR` in `extra` (e.g. 0.0.0.0:PORT) replaces the loopback default;
+        // the test still talks to it on 127.0.0.1.
+        let admin_addr = match extra.iter().find_map(|a| a.strip_prefix("--admin-listen=")) {
+            Some(given) => {
+                let given: SocketAddr =
+                    given.parse().expect("--admin-listen=ADDR in a test is an address");
+                ([127, 0, 0, 1], given.port()).into()
+            }
+            None => {
+                let admin_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+                command.arg(format!("--admin-listen={admin_addr}"));
+                admin_addr
+            }
+        };
+        for name in CREDENTIAL_ENV {
+            command.env_remove(name);
+        }
         command
-            .arg("server")
-            .arg(format!("--listen={addr}"))
-            .arg(format!("--admin-listen={admin_addr}"))
             .args(extra)
             .env_remove("CONSUL_ADDRESS")
             .env("RUST_LOG", level)
@@ -145,12 +169,29 @@ impl Proxy {
     /// Runs the binary as a CLI client of this proxy: `docker-flow-proxy <args>`, with the
     /// admin address given through `DFP_ADMIN` so the command line stays as a user types it.
     pub async fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        self.cli_with_env(args, &[]).await
+    }
+
+    /// As [`Proxy::cli`], with these environment variables set (e.g. `DFP_ADMIN_TOKEN`); the
+    /// admin credential variables of the test's own environment are never passed on.
+    pub async fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(BIN);
+        for name in CREDENTIAL_ENV {
+            command.env_remove(name);
+        }
+        command
             .args(args)
             .env("DFP_ADMIN", format!("http://{}", self.admin_addr))
+            .envs(env.iter().copied())
             .output()
             .await
             .expect("the CLI runs")
+    }
+
+    /// An HTTP client of this proxy (no proxy from the environment), for requests a test
+    /// builds itself, e.g. with credentials.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// Sends SIGKILL and waits until the process is gone (a crash, for restart tests).
