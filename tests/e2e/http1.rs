@@ -1,14 +1,12 @@
-//! The fast lane at its edges, as a client and an instance see it: response framing found
-//! from the bytes (chunked, close-delimited, `Content-Length`, bodiless answers), pipelining,
-//! hand-over to the general path in the middle of a keep-alive connection, forwarded and
-//! hop-by-hop headers, upstream misbehaviour, bad requests that must never reach an instance,
-//! and the general path's habits the lane must keep (a `Date`, `Connection: close` at
-//! shutdown, no timeout on a body once its head has come).
+//! The HTTP/1 engine at its edges, as a client and an instance see it: response framing found
+//! from the bytes (chunked, close-delimited, `Content-Length`, bodiless answers), pipelining
+//! with and without bodies on one keep-alive connection, forwarded and hop-by-hop headers,
+//! upstream misbehaviour, bad requests that must never reach an instance, a `Date`,
+//! `Connection: close` at shutdown, and no timeout on a body once its head has come.
 //!
 //! The instances are [`RawUpstream`]s writing exact bytes; the proxy runs standalone (no
-//! Consul) with one route. An answer the lane relayed keeps the instance's mixed-case header
-//! names (`Answer::lane` in `support/raw.rs`), so the tests can tell which path served a
-//! request where it matters.
+//! Consul) with one route. The engine relays the instance's field names as written
+//! (`Answer::verbatim` in `support/raw.rs`), which shows an answer went through as bytes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +76,7 @@ async fn chunked_answers_are_relayed_byte_exact_and_both_connections_kept() {
     for round in ["first", "second"] {
         let answer = client.get("/stream", "").await;
         assert_eq!(answer.status, 200, "{round}: {answer:?}");
-        assert!(answer.lane(), "{round} answer not from the lane: {answer:?}");
+        assert!(answer.verbatim(), "{round} answer not relayed as bytes: {answer:?}");
         assert_eq!(answer.text(), BODY, "{round}: the chunked body, byte for byte");
         assert_eq!(answer.header("transfer-encoding"), Some("chunked"), "{round}");
         assert_eq!(answer.header("trailer"), Some("X-Checksum"), "{round}");
@@ -112,7 +110,7 @@ async fn close_delimited_answers_arrive_whole_then_the_client_connection_closes(
         // Read until the proxy closes: no length, no chunks.
         let answer = client.get(path, "").await;
         assert!(answer.head.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {}", answer.head);
-        assert!(answer.lane(), "{path}: {}", answer.head);
+        assert!(answer.verbatim(), "{path}: {}", answer.head);
         assert_eq!(answer.header("connection"), Some("close"), "{path}: {}", answer.head);
         assert!(!answer.has("content-length") && !answer.has("transfer-encoding"), "{path}");
         assert_eq!(answer.body.len(), body.len(), "{path}");
@@ -160,20 +158,20 @@ async fn content_length_head_204_and_304_are_framed_exactly() {
 
     let answer = client.get("/big", "").await;
     assert_eq!((answer.status, answer.header("content-length")), (200, Some("1048576")));
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
     assert!(answer.body == big, "the 1 MiB body arrived altered ({} bytes)", answer.body.len());
 
     client.send(b"HEAD /big HTTP/1.1\r\nHost: app.example\r\n\r\n").await;
     let answer = client.answer(true).await;
     assert_eq!((answer.status, answer.header("content-length")), (200, Some("1048576")));
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
 
     let answer = client.get("/no-content", "").await;
     assert_eq!(answer.status, 204, "{}", answer.head);
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
     let answer = client.get("/not-modified", "If-None-Match: \"v1\"\r\n").await;
     assert_eq!((answer.status, answer.header("etag")), (304, Some("\"v1\"")), "{}", answer.head);
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
 
     // An interim answer before the final one (the client skips any it is given).
     let answer = client.get("/early-hints", "").await;
@@ -218,7 +216,7 @@ async fn pipelined_requests_are_answered_in_order() {
     for expected in ["GET /one", "OPTIONS /two", "DELETE /three", "GET /four"] {
         let answer = client.answer(false).await;
         assert_eq!((answer.status, answer.text().as_str()), (200, expected), "{answer:?}");
-        assert!(answer.lane(), "{expected}: {}", answer.head);
+        assert!(answer.verbatim(), "{expected}: {}", answer.head);
     }
     assert_eq!(
         lines(&upstream.received()),
@@ -232,18 +230,18 @@ async fn pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test]
-async fn lane_and_general_path_share_a_keep_alive_connection() {
+async fn requests_with_and_without_bodies_share_a_keep_alive_connection() {
     let upstream = RawUpstream::start(|_, head| {
         Reply::ok(&format!("{} {}", head.split(' ').next().unwrap_or_default(), target(head)))
     })
     .await;
     let proxy = proxy_to(&upstream, "/", &[]).await;
 
-    // One request at a time: lane, handed over (a body), then the rest of the connection.
+    // One request at a time: without a body, with one, without again.
     let mut client = RawClient::connect(proxy.addr).await;
     let answer = client.get("/first", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "GET /first"));
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
     client
         .send(
             b"POST /form HTTP/1.1\r\nHost: app.example\r\nContent-Type: x/y\r\n\
@@ -252,11 +250,11 @@ async fn lane_and_general_path_share_a_keep_alive_connection() {
         .await;
     let answer = client.answer(false).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "POST /form"), "{answer:?}");
-    assert!(answer.lane(), "a POST is relayed by the same engine: {}", answer.head);
+    assert!(answer.verbatim(), "a POST is relayed by the same engine: {}", answer.head);
     let answer = client.get("/third", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "GET /third"), "{answer:?}");
 
-    // The same, pipelined in one write: the bytes the lane read past the GET are handed over.
+    // The same, pipelined in one write.
     let mut client = RawClient::connect(proxy.addr).await;
     client
         .send(
@@ -285,11 +283,11 @@ async fn lane_and_general_path_share_a_keep_alive_connection() {
     assert_eq!(received[1].body, b"hello=world");
     assert_eq!(received[4].body, b"abcde");
 
-    // `Connection: close` in the lane: the answer says so and the connection ends.
+    // `Connection: close`: the answer says so and the connection ends.
     let mut client = RawClient::connect(proxy.addr).await;
     let answer = client.get("/bye", "Connection: close\r\n").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "GET /bye"), "{answer:?}");
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
     assert_eq!(answer.header("connection"), Some("close"), "{}", answer.head);
     assert!(client.closed().await, "the connection stayed open after Connection: close");
     let bye = upstream.received().pop().expect("the upstream got /bye");
@@ -297,7 +295,7 @@ async fn lane_and_general_path_share_a_keep_alive_connection() {
 }
 
 #[tokio::test]
-async fn the_lane_forwards_headers_as_the_general_path_does() {
+async fn forwarded_and_hop_by_hop_headers() {
     let upstream = RawUpstream::start(|_, _| Reply::ok("ok")).await;
     let proxy = proxy_to(&upstream, "/api", &[]).await;
     let mut client = RawClient::connect(proxy.addr).await;
@@ -318,7 +316,7 @@ async fn the_lane_forwards_headers_as_the_general_path_does() {
         .await;
     let answer = client.answer(false).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    assert!(answer.lane(), "{}", answer.head);
+    assert!(answer.verbatim(), "{}", answer.head);
 
     let received = upstream.received();
     let got = &received[0];
@@ -348,7 +346,7 @@ async fn the_lane_forwards_headers_as_the_general_path_does() {
     for (sent, _) in targets {
         let answer = client.get(sent, "").await;
         assert_eq!(answer.status, 200, "{sent}: {answer:?}");
-        assert!(answer.lane(), "{sent}: {}", answer.head);
+        assert!(answer.verbatim(), "{sent}: {}", answer.head);
     }
     let received = upstream.received();
     for (got, (sent, forwarded)) in received[1..].iter().zip(targets) {
@@ -489,7 +487,7 @@ async fn bad_requests_get_400_and_never_reach_the_upstream() {
     }
     assert_eq!(upstream.accepted(), 0, "a bad request reached the upstream");
 
-    // After a request the lane forwarded, on the same connection.
+    // After a request forwarded on the same connection.
     let mut client = RawClient::connect(proxy.addr).await;
     let answer = client.get("/ok", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "/ok"), "{answer:?}");
@@ -527,7 +525,7 @@ async fn content_length_with_transfer_encoding_is_refused_and_ends_the_connectio
 #[tokio::test]
 async fn answers_carry_a_date_when_the_instance_sends_none() {
     // RFC 9110 §6.6.1: a recipient with a clock that forwards a response without a Date MUST
-    // add one. The general path does (hyper writes it); the lane should too.
+    // add one, for answers with and without a request body alike.
     let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
     let proxy = proxy_to(&upstream, "/", &[]).await;
 
@@ -536,13 +534,13 @@ async fn answers_carry_a_date_when_the_instance_sends_none() {
         .send(b"POST /general HTTP/1.1\r\nHost: app.example\r\nContent-Length: 2\r\n\r\nhi")
         .await;
     let answer = general.answer(false).await;
-    assert_eq!((answer.status, answer.lane()), (200, true), "{answer:?}");
-    assert!(answer.has("date"), "the general path's answer has no Date: {}", answer.head);
+    assert_eq!((answer.status, answer.verbatim()), (200, true), "{answer:?}");
+    assert!(answer.has("date"), "the POST's answer has no Date: {}", answer.head);
 
     let mut lane = RawClient::connect(proxy.addr).await;
     let answer = lane.get("/lane", "").await;
-    assert_eq!((answer.status, answer.lane()), (200, true), "{answer:?}");
-    assert!(answer.has("date"), "the lane's answer has no Date: {}", answer.head);
+    assert_eq!((answer.status, answer.verbatim()), (200, true), "{answer:?}");
+    assert!(answer.has("date"), "the GET's answer has no Date: {}", answer.head);
 }
 
 #[tokio::test]
@@ -557,7 +555,7 @@ async fn an_answer_in_flight_at_shutdown_says_connection_close() {
     let mut proxy = proxy_to(&upstream, "/", &[]).await;
     let addr = proxy.addr;
 
-    // In flight together: a GET in the lane, a POST on the general path.
+    // In flight together: a GET, and a POST with a body.
     let mut lane = RawClient::connect(addr).await;
     lane.send(b"GET /lane HTTP/1.1\r\nHost: app.example\r\n\r\n").await;
     let mut general = RawClient::connect(addr).await;
@@ -583,21 +581,21 @@ async fn an_answer_in_flight_at_shutdown_says_connection_close() {
         tokio::join!(proxy.terminate(), clients);
     assert!(exit.success(), "exit status {exit:?}");
 
-    // The general path (hyper) tells the client not to reuse the connection, then closes it.
+    // Both answers tell the client not to reuse the connection, then it closes.
     assert_eq!(general_answer.status, 200, "{general_answer:?}");
     assert_eq!(general_answer.header("connection"), Some("close"), "{}", general_answer.head);
-    assert!(general_closed, "the general path's connection stayed open");
+    assert!(general_closed, "the POST's connection stayed open");
     // The lane should say the same: a keep-alive client would otherwise send its next request
     // (maybe not one it can retry) into a connection that is closing.
-    assert_eq!((lane_answer.status, lane_answer.lane()), (200, true), "{lane_answer:?}");
-    assert!(lane_closed, "the lane's connection stayed open");
+    assert_eq!((lane_answer.status, lane_answer.verbatim()), (200, true), "{lane_answer:?}");
+    assert!(lane_closed, "the GET's connection stayed open");
     assert_eq!(lane_answer.header("connection"), Some("close"), "{}", lane_answer.head);
 }
 
 #[tokio::test]
 async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut() {
     // `--server-timeout` bounds the wait for an answer's head (see `server --help`); a body
-    // may then pause longer (server-sent events, a slow export), as the general path allows.
+    // may then pause longer (server-sent events, a slow export), with or without a request body.
     let gate = Arc::new(Semaphore::new(0));
     let script_gate = gate.clone();
     let upstream = RawUpstream::start(move |_, _| Reply::Gated {
@@ -626,11 +624,11 @@ async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut() {
     gate.add_permits(2);
 
     let answer = general.answer(false).await;
-    assert_eq!((answer.status, answer.lane()), (200, true), "{answer:?}");
+    assert_eq!((answer.status, answer.verbatim()), (200, true), "{answer:?}");
     let text = answer.text();
-    assert!(text.contains("first") && text.contains("last"), "general path: {text:?}");
+    assert!(text.contains("first") && text.contains("last"), "POST: {text:?}");
     let answer = lane.answer(false).await;
-    assert_eq!((answer.status, answer.lane()), (200, true), "{answer:?}");
+    assert_eq!((answer.status, answer.verbatim()), (200, true), "{answer:?}");
     assert_eq!(answer.text(), "5\r\nfirst\r\n4\r\nlast\r\n0\r\n\r\n");
 }
 

@@ -13,6 +13,7 @@ mod admin;
 mod admin_auth;
 mod data_plane;
 mod follow;
+mod hostile;
 mod http1;
 mod options;
 mod resilience;

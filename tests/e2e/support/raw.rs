@@ -41,7 +41,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// `200 OK` with a `Content-Length` body, and a mixed-case header (see [`Answer::lane`]).
+    /// `200 OK` with a `Content-Length` body, and a mixed-case header (see [`Answer::verbatim`]).
     pub fn ok(body: &str) -> Reply {
         Reply::Bytes(Reply::ok_bytes(body))
     }
@@ -299,6 +299,8 @@ fn header_values<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 /// One response as a [`RawClient`] read it.
 #[derive(Debug)]
 pub struct Answer {
+    /// The interim (`1xx`) heads that came before it, as sent.
+    pub interim: Vec<String>,
     pub status: u16,
     /// Status line and headers, as sent, without the blank line.
     pub head: String,
@@ -325,7 +327,7 @@ impl Answer {
     /// Whether the proxy's HTTP/1 engine relayed this answer from a [`RawUpstream`] as bytes:
     /// it passes field names on as the instance wrote them (`X-Raw-Upstream`), where a general
     /// HTTP library writes every name in lower case.
-    pub fn lane(&self) -> bool {
+    pub fn verbatim(&self) -> bool {
         self.head.contains("\r\nX-Raw-Upstream: yes")
     }
 }
@@ -341,6 +343,11 @@ impl RawClient {
         let stream = TcpStream::connect(addr).await.expect("the proxy accepts");
         stream.set_nodelay(true).expect("TCP_NODELAY");
         RawClient { stream, buf: Vec::new() }
+    }
+
+    /// The socket, for reads byte by byte.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -398,6 +405,7 @@ impl RawClient {
     /// Reads the next final response (interim `1xx` ones are skipped); `to_head` says it
     /// answers a `HEAD` request (so has no body).
     pub async fn answer(&mut self, to_head: bool) -> Answer {
+        let mut interim = Vec::new();
         let (head_end, head, status) = loop {
             let head_end = self.find_from(0, b"\r\n\r\n").await;
             let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
@@ -408,6 +416,7 @@ impl RawClient {
                 .unwrap_or_else(|| panic!("not a status line: {head:?}"));
             if (100..200).contains(&status) {
                 self.buf.drain(..head_end + 4);
+                interim.push(head);
                 continue;
             }
             break (head_end, head, status);
@@ -432,7 +441,7 @@ impl RawClient {
         };
         let body = self.buf[start..end].to_vec();
         self.buf.drain(..end);
-        Answer { status, head, body }
+        Answer { interim, status, head, body }
     }
 
     /// Where the chunked body starting at `pos` ends (after the trailers' blank line).
