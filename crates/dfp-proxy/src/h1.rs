@@ -90,7 +90,8 @@ pub(crate) async fn serve<S>(
     let mut scanned = 0;
     loop {
         skip_empty_lines(&mut conn.buf);
-        if let Some(head_end) = find_head_end(&conn.buf, &mut scanned) {
+        let found = find_head_end(&conn.buf, &mut scanned);
+        if let Some(head_end) = found.filter(|end| *end <= MAX_HEAD_BYTES) {
             scanned = 0;
             state.request_started();
             let step = exchange(io, &mut conn, head_end, forwarder, state).await;
@@ -101,7 +102,7 @@ pub(crate) async fn serve<S>(
                 Step::Gone => return,
             }
         }
-        if conn.buf.len() >= MAX_HEAD_BYTES {
+        if found.is_some() || conn.buf.len() >= MAX_HEAD_BYTES {
             let mut answer = Scratch::take();
             rules::write_error(&mut answer, &ProxyError::HeadTooLarge, false, true);
             if io.write_all(&answer).await.is_ok() {
