@@ -15,6 +15,7 @@ mod data_plane;
 mod follow;
 mod hostile;
 mod http1;
+mod limits;
 mod options;
 mod resilience;
 mod seed;
