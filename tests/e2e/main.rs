@@ -13,6 +13,7 @@ mod admin;
 mod admin_auth;
 mod data_plane;
 mod follow;
+mod h2_attacks;
 mod hostile;
 mod http1;
 mod limits;
