@@ -27,19 +27,19 @@ use tokio_rustls::TlsConnector;
 use crate::support::{eventually, free_port, Consul, EchoUpgrade, Proxy, Scratch, Upstream};
 
 /// A test certificate authority.
-struct Ca {
+pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
 }
 
 /// A certificate issued by the test CA: the PEM to upload and the leaf's DER to compare.
-struct Issued {
-    pem: String,
-    der: Vec<u8>,
+pub struct Issued {
+    pub pem: String,
+    pub der: Vec<u8>,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub fn new() -> Ca {
         let key = KeyPair::generate().expect("ring makes a key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -49,7 +49,7 @@ impl Ca {
     }
 
     /// A certificate for `names`, valid from 2020 to 2090.
-    fn issue(&self, names: &[&str]) -> Issued {
+    pub fn issue(&self, names: &[&str]) -> Issued {
         self.issue_with(names, |_| {})
     }
 
@@ -70,7 +70,7 @@ impl Ca {
     }
 
     /// An HTTPS client that trusts this CA and sends `names` to the proxy's TLS listener.
-    fn client(&self, proxy: &Proxy, names: &[&str], http1_only: bool) -> reqwest::Client {
+    pub fn client(&self, proxy: &Proxy, names: &[&str], http1_only: bool) -> reqwest::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let root = reqwest::Certificate::from_pem(self.pem.as_bytes()).expect("CA PEM");
         let mut builder = reqwest::Client::builder()
@@ -87,17 +87,17 @@ impl Ca {
     }
 }
 
-fn tls_addr(proxy: &Proxy) -> SocketAddr {
+pub fn tls_addr(proxy: &Proxy) -> SocketAddr {
     proxy.tls_addr.expect("the proxy has an HTTPS listener")
 }
 
-fn https(proxy: &Proxy, host: &str, path: &str) -> String {
+pub fn https(proxy: &Proxy, host: &str, path: &str) -> String {
     format!("https://{host}:{}{path}", tls_addr(proxy).port())
 }
 
 /// Accepts whatever the server presents: these handshakes only look at what was served.
 #[derive(Debug)]
-struct AcceptAnything;
+pub struct AcceptAnything;
 
 impl ServerCertVerifier for AcceptAnything {
     fn verify_server_cert(
@@ -138,7 +138,7 @@ impl ServerCertVerifier for AcceptAnything {
 
 /// A TLS connection to the proxy asking for `sni` (`None`: no SNI at all, as a client that
 /// dialled an IP address), offering HTTP/1.1 only.
-async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -167,7 +167,7 @@ fn leaf(tls: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
 }
 
 /// `PUT cert?certName=NAME` with `pem` as body: (status, answer).
-async fn upload(proxy: &Proxy, name: &str, pem: &str) -> (u16, Value) {
+pub async fn upload(proxy: &Proxy, name: &str, pem: &str) -> (u16, Value) {
     let url = proxy.admin_url(&format!("/v1/docker-flow-proxy/cert?certName={name}"));
     let response = crate::support::http_client()
         .put(url)
@@ -199,7 +199,7 @@ async fn listed(proxy: &Proxy) -> Vec<String> {
 }
 
 /// Routes `/` of a standalone proxy to `upstream` (127.0.0.1 resolves to itself).
-async fn route_all_to(proxy: &Proxy, upstream: &Upstream) {
+pub async fn route_all_to(proxy: &Proxy, upstream: &Upstream) {
     let (status, answer) = proxy
         .admin(&format!(
             "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",

@@ -24,5 +24,5 @@ mod tls;
 mod tunnel;
 mod upstream;
 
-pub use server::{serve, ConnectionStats, ProxyConfig};
+pub use server::{serve, ConnectionStats, ProxyConfig, DEFAULT_MAX_CONNECTIONS};
 pub use tls::serve_tls;
