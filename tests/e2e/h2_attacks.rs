@@ -412,10 +412,9 @@ async fn settings_and_ping_floods_from_a_client_that_never_reads_stall_in_bounde
 }
 
 #[tokio::test]
-#[ignore = "not held today: a connection whose peer never reads is never closed (see README)"]
 async fn a_flooder_that_never_reads_is_closed_by_the_idle_timeout() {
     for (what, flood_frame) in ack_floods() {
-        let target = Target::start(&["--idle-timeout=2s"]).await;
+        let target = Target::start(&["--idle-timeout=2s", "--client-timeout=2s"]).await;
         let (_connection, sent) = flood_unread(&target, &flood_frame).await;
         assert_ne!(sent.outcome, Outcome::Exhausted, "{what}: {sent:?}");
         // No request is under way, so the idle timeout applies, even though the GOAWAY that
@@ -449,9 +448,8 @@ async fn a_ping_flood_from_a_reading_client_ends_with_the_idle_timeout() {
 }
 
 #[tokio::test]
-#[ignore = "not held today: the GOAWAY of the idle timeout waits forever for its PING's ack (see README)"]
 async fn an_idle_http2_client_that_never_acknowledges_the_goaway_is_closed() {
-    let target = Target::start(&["--idle-timeout=2s"]).await;
+    let target = Target::start(&["--idle-timeout=2s", "--client-timeout=2s"]).await;
     let (read, _write) = open_h2(&target.proxy).await;
     let mut reader = Reader::spawn(read);
     // It reads everything (so nothing stalls) and sends nothing more, not even the PING ack
@@ -495,9 +493,9 @@ async fn a_response_never_read_is_not_buffered_without_bound() {
 }
 
 #[tokio::test]
-#[ignore = "not held today: a stalled response keeps its connection open forever (see README)"]
 async fn a_response_never_read_does_not_hold_its_connection_forever() {
-    let target = Target::start(&["--idle-timeout=2s", "--server-timeout=2s"]).await;
+    let target =
+        Target::start(&["--idle-timeout=2s", "--server-timeout=2s", "--client-timeout=2s"]).await;
     let (mut reader, _write) = download_unread(&target).await;
     assert!(
         reader.ended_within(Duration::from_secs(30)).await,
