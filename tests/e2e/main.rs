@@ -12,6 +12,7 @@ mod support;
 mod admin;
 mod admin_auth;
 mod data_plane;
+mod engines;
 mod follow;
 mod h2_attacks;
 mod hostile;

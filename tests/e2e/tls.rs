@@ -300,7 +300,7 @@ async fn https_requests_reach_the_instance_with_forwarded_proto_over_http1_and_h
     assert_eq!(proxy.get("/").await, (200, "web-1".to_owned()));
     assert_eq!(web.last_headers().expect("seen")["x-forwarded-proto"], "http");
 
-    // HTTP/2 with prior knowledge over TLS (no ALPN h2) is served too.
+    // HTTP/2 with prior knowledge over TLS (ALPN offering h2 alone) is served too.
     let prior = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("CA")])

@@ -17,7 +17,6 @@ mod error;
 mod forward;
 mod h1;
 mod path;
-mod pool;
 mod rules;
 mod server;
 mod tls;
