@@ -1,6 +1,6 @@
 //! The one set of rules every proxied exchange follows, whichever engine carries it.
 //!
-//! Why one module: the proxy has two HTTP engines (its own HTTP/1 codec in `h1.rs` for plain
+//! Why one module: the proxy has two HTTP engines (its own HTTP/1 codec in `h1/` for plain
 //! and TLS connections, and hyper's HTTP/2 server in `tls.rs` + `forward.rs`). Every decision
 //! about an exchange is made here, once, over plain `(name, value)` field lists that both
 //! engines can give: which request and response fields pass (hop-by-hop, names listed in

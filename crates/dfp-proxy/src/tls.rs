@@ -7,7 +7,7 @@
 //! goes on serving requests.
 //!
 //! After the handshake, the protocol ALPN chose decides the engine. HTTP/1.1 (or no ALPN)
-//! goes to the same HTTP/1 engine as plain connections (`h1.rs`), over the decrypted stream
+//! goes to the same HTTP/1 engine as plain connections (`h1/`), over the decrypted stream
 //! with the same deadlines (`TimedIo`: 408 on a slow head, idle keep-alive, client timeout on
 //! writes), marked as TLS (so `X-Forwarded-Proto: https`). HTTP/2 is served by hyper's HTTP/2
 //! server, whose requests go through `forward.rs` under the same rules.
