@@ -100,6 +100,7 @@ impl Attempt<'_> {
                 );
                 match read.await {
                     Ok(ResponseHead::Final { facts, head_len }) => {
+                        conn.answered_at = Some(std::time::Instant::now());
                         break 'connection (upstream, (facts, head_len, body_sent));
                     }
                     Ok(ResponseHead::Interim { status, head_len }) => {

@@ -83,6 +83,7 @@ pub(crate) async fn serve<S>(
         buf: BytesMut::with_capacity(4096),
         timer: LazyTimer::default(),
         shutdown: stop.clone(),
+        answered_at: None,
     };
     let stopping = async move {
         let _ = stop.wait_for(|stop| *stop).await;
@@ -165,6 +166,9 @@ struct Conn {
     buf: BytesMut,
     timer: LazyTimer,
     shutdown: watch::Receiver<bool>,
+    /// When the instance's final response head arrived, in the exchange under way: what the
+    /// latency histogram measures, as for HTTP/2.
+    answered_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +238,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = std::time::Instant::now();
+    conn.answered_at = None;
     let head = conn.buf.split_to(head_end);
     let mut upstream_head = Scratch::take();
     let mut route = None;
@@ -260,7 +265,8 @@ where
             (step, status, upstream, Some(plan.backend))
         }
     };
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let answered = conn.answered_at.map_or_else(|| started.elapsed(), |at| at - started);
+    let micros = u64::try_from(answered.as_micros()).unwrap_or(u64::MAX);
     rules::record(
         &Record { client: conn.client, method, target, backend, upstream, status, micros },
         forwarder.access_log,
