@@ -604,3 +604,59 @@ async fn https_only_services_redirect_plain_http_and_serve_https() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), "web-1");
 }
+
+#[tokio::test]
+async fn a_response_in_pieces_reaches_an_https_client_piece_by_piece() {
+    // Over TLS the last bytes of a write can wait in the TLS session: the proxy must flush
+    // each piece, or a client waits for bytes the proxy already had while the instance pauses
+    // (server-sent events, a slow report).
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = Ca::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let script_gate = gate.clone();
+    let upstream = crate::support::RawUpstream::start(move |_, _| crate::support::Reply::Gated {
+        before: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n".to_vec(),
+        gate: script_gate.clone(),
+        after: b"4\r\nlast\r\n0\r\n\r\n".to_vec(),
+    })
+    .await;
+    let proxy = Proxy::start(None, &[]).await;
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = upload(&proxy, "shop", &ca.issue(&["shop.example"]).pem).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let mut tls = connect(tls_addr(&proxy), Some("shop.example")).await.expect("handshake");
+    tls.write_all(b"GET /events HTTP/1.1\r\nHost: shop.example\r\n\r\n").await.expect("sent");
+    let mut got = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0_u8; 4096];
+        while !got.ends_with(b"5\r\nfirst\r\n") {
+            let n = tls.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        first.is_ok(),
+        "the first piece did not arrive whole: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0_u8; 4096];
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = tls.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the rest did not arrive: {:?}", String::from_utf8_lossy(&got));
+}

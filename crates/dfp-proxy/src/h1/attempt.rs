@@ -22,7 +22,7 @@ use crate::rules::{
 };
 
 use super::buffers::{LazyTimer, Scratch};
-use super::{shutting_down, BodyProgress, Conn, Plan, Relayed, COALESCE_LIMIT, READ_CHUNK};
+use super::{send, shutting_down, BodyProgress, Conn, Plan, Relayed, COALESCE_LIMIT, READ_CHUNK};
 
 /// One attempt at one instance.
 pub(super) struct Attempt<'a> {
@@ -79,7 +79,7 @@ impl Attempt<'_> {
                 // then tell the client to go on ourselves.
                 let spoke = tokio::time::timeout(EXPECT_WAIT, upstream.readable()).await.is_ok();
                 if !spoke {
-                    io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    send(io, b"HTTP/1.1 100 Continue\r\n\r\n")
                         .await
                         .map_err(|_| Failure::Client("the client is gone\n"))?;
                     continue_sent = true;
@@ -106,7 +106,7 @@ impl Attempt<'_> {
                     Ok(ResponseHead::Interim { status, head_len }) => {
                         let duplicate = status == 100 && continue_sent;
                         if !plan.http10 && !duplicate {
-                            io.write_all(&client_head)
+                            send(io, &client_head)
                                 .await
                                 .map_err(|_| Failure::Client("the client is gone\n"))?;
                         }
@@ -279,10 +279,10 @@ impl Attempt<'_> {
         reusable &= taken == available;
         if out.len() + taken <= COALESCE_LIMIT {
             out.extend_from_slice(&buf[body_start..body_start + taken]);
-            io.write_all(&out).await.map_err(client_gone)?;
+            send(io, &out).await.map_err(client_gone)?;
         } else {
-            io.write_all(&out).await.map_err(client_gone)?;
-            io.write_all(&buf[body_start..body_start + taken]).await.map_err(client_gone)?;
+            send(io, &out).await.map_err(client_gone)?;
+            send(io, &buf[body_start..body_start + taken]).await.map_err(client_gone)?;
         }
         let mut remaining = match head.framing {
             Framing::Length(length) => length - taken as u64,
@@ -319,7 +319,7 @@ impl Attempt<'_> {
                 Framing::UntilClose | Framing::Empty => taken = got,
             }
             reusable &= taken == got;
-            io.write_all(&buf[..taken]).await.map_err(client_gone)?;
+            send(io, &buf[..taken]).await.map_err(client_gone)?;
         }
         Ok(reusable && head.framing != Framing::UntilClose)
     }
@@ -340,10 +340,10 @@ impl Attempt<'_> {
     {
         let gone = |_| Failure::Broken(status);
         self.state.upgraded();
-        io.write_all(client_head).await.map_err(gone)?;
+        send(io, client_head).await.map_err(gone)?;
         // Bytes either side sent right after the switch go first.
         if !early.is_empty() {
-            io.write_all(early).await.map_err(gone)?;
+            send(io, early).await.map_err(gone)?;
         }
         if !conn.buf.is_empty() {
             upstream.write_all(&conn.buf).await.map_err(gone)?;

@@ -107,7 +107,7 @@ pub(crate) async fn serve<S>(
         if found.is_some() || conn.buf.len() >= MAX_HEAD_BYTES {
             let mut answer = Scratch::take();
             rules::write_error(&mut answer, &ProxyError::HeadTooLarge, false, true);
-            if io.write_all(&answer).await.is_ok() {
+            if send(io, &answer).await.is_ok() {
                 close_gently(io).await;
             }
             return;
@@ -155,6 +155,17 @@ where
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// Writes `bytes` to the client and flushes them: over TLS, the last bytes of a write may
+/// wait in the TLS session until a flush, and the proxy may next wait on something else
+/// (the instance's next bytes, the client's next request). Over plain TCP the flush is free.
+async fn send<S>(io: &mut TimedIo<S>, bytes: &[u8]) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    io.write_all(bytes).await?;
+    io.flush().await
 }
 
 /// What lives as long as the client connection.
@@ -249,7 +260,7 @@ where
             let mut answer = Scratch::take();
             let closing = shutting_down(&conn.shutdown) || body != RequestBody::None;
             let status = rules::write_error(&mut answer, &err, method == "HEAD", closing);
-            let written = io.write_all(&answer).await.is_ok();
+            let written = send(io, &answer).await.is_ok();
             let step = if !written {
                 Step::Gone
             } else if closing || err.closes_connection() {
@@ -477,7 +488,7 @@ where
             let mut answer = Scratch::take();
             let err = failure.answer();
             let status = rules::write_error(&mut answer, &err, plan.head_request, closing);
-            let written = io.write_all(&answer).await.is_ok();
+            let written = send(io, &answer).await.is_ok();
             let step = match (written, closing || err.closes_connection()) {
                 (false, _) => Step::Gone,
                 (true, true) => Step::Close,
