@@ -31,11 +31,11 @@ use tokio::net::TcpStream;
 use crate::chunked::{ChunkedScanner, Scan};
 use crate::error::ProxyError;
 use crate::rules::{
-    self, Admission, Admitted, Failure, FieldSink as _, Forwarding, Framing, Record, RequestBody,
-    MAX_HEADERS, MAX_HEAD_BYTES,
+    self, Admitted, Failure, FieldSink as _, Forwarding, Framing, Record, RequestBody,
+    RoutedRequest, Routing, MAX_HEADERS, MAX_HEAD_BYTES,
 };
 use crate::upstream::Connector;
-use crate::{path, ProxyConfig};
+use crate::ProxyConfig;
 
 /// What the proxy answers an HTTP/2 client with: the instance's body as it is read, or a
 /// short body of its own.
@@ -116,35 +116,21 @@ impl Forwarder {
             parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
         )?;
         let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
-        let normalised = match path::normalize(target.path) {
-            Ok(normalised) => normalised,
-            Err(path::EscapesRoot) => {
-                return Err(ProxyError::BadRequest("the request path climbs above /\n"));
+        let request = RoutedRequest {
+            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            authorization: facts.authorization,
+            defaults: (self.server_timeout, self.tunnel_timeout),
+        };
+        let mut slot = None;
+        let routing = rules::route(&self.table, &mut slot, host, &target, request);
+        let Routing { path: routed_path, backend, admitted, first } = match routing {
+            Ok(routing) => routing,
+            Err((err, backend)) => {
+                routed.backend = backend.cloned();
+                return Err(err);
             }
         };
-        let routed_path = normalised.as_deref().unwrap_or(target.path);
-        let backend = {
-            let table = self.table.load();
-            let route = table.lookup_host(host, routed_path).ok_or(ProxyError::NoRoute)?;
-            route.backend.clone()
-        };
         routed.backend = Some(backend.clone());
-        let admission = Admission {
-            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
-            host,
-            path: routed_path,
-            query: target.query,
-            authorization: facts.authorization,
-        };
-        let admitted = rules::admit(
-            backend.policy(),
-            backend.service(),
-            &admission,
-            (self.server_timeout, self.tunnel_timeout),
-        )?;
-        let Some(first) = backend.instances().first() else {
-            return Err(ProxyError::NoInstance);
-        };
 
         // The instance's head. An HTTP/2 body without a length goes on chunked.
         let has_body = !body.is_end_stream();
@@ -153,7 +139,7 @@ impl Forwarder {
             facts.body = Some(RequestBody::None);
         }
         let mut head = Vec::with_capacity(512);
-        let path = admitted.rewritten.as_deref().unwrap_or(routed_path);
+        let path = admitted.rewritten.as_deref().unwrap_or(&routed_path);
         let _ = write!(head, "{} {path}", parts.method);
         if let Some(query) = target.query {
             let _ = write!(head, "?{query}");
@@ -228,7 +214,7 @@ impl Forwarder {
                 Err(failure) => failure,
             };
             if failure.blames_instance() {
-                if rules::attempt_failed(&backend, upstream, &mut tried, replayable, &failure) {
+                if rules::attempt_failed(backend, upstream, &mut tried, replayable, &failure) {
                     continue;
                 }
             } else {

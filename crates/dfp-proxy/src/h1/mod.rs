@@ -51,9 +51,8 @@ mod buffers;
 use crate::conn::{ConnState, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::{now_ms, Forwarder};
-use crate::path;
 use crate::rules::{
-    self, Admission, Admitted, Failure, Forwarding, Record, RequestBody, MAX_HEADERS,
+    self, Admitted, Failure, Forwarding, Record, RequestBody, RoutedRequest, Routing, MAX_HEADERS,
     MAX_HEAD_BYTES,
 };
 use attempt::Attempt;
@@ -330,42 +329,18 @@ fn prepare<'b>(
         Some(authority) => Some(authority),
         None => facts.host.and_then(|h| std::str::from_utf8(h).ok()),
     };
-    let normalised = match path::normalize(target.path) {
-        Ok(normalised) => normalised,
-        Err(path::EscapesRoot) => {
-            return Err(refuse(ProxyError::BadRequest("the request path climbs above /\n")));
-        }
-    };
-    let routed_path = normalised.as_deref().unwrap_or(target.path);
-
-    let backend: &'b Backend = {
-        let table = forwarder.table.load();
-        let Some(found) = table.lookup_host(host, routed_path) else {
-            return Err(refuse(ProxyError::NoRoute));
-        };
-        route.insert(found.backend.clone())
-    };
-    let refuse = |err| (err, Some(backend), body);
-    let admission = Admission {
+    let request = RoutedRequest {
         https: conn.proto == "https" || (forwarder.trust_forwarded_proto && facts.forwarded_https),
-        host,
-        path: routed_path,
-        query: target.query,
         authorization: facts.authorization,
+        defaults: (forwarder.server_timeout, forwarder.tunnel_timeout),
     };
-    let admitted = rules::admit(
-        backend.policy(),
-        backend.service(),
-        &admission,
-        (forwarder.server_timeout, forwarder.tunnel_timeout),
-    )
-    .map_err(refuse)?;
-    let Some(first) = backend.instances().first() else {
-        return Err(refuse(ProxyError::NoInstance));
-    };
+    let Routing { path: routed_path, backend, admitted, first } =
+        rules::route(&forwarder.table, route, host, &target, request)
+            .map_err(|(err, backend)| (err, backend.map(|b| &**b), body))?;
+    let backend: &Backend = backend;
 
     // The instance's head, in one pass.
-    let path = admitted.rewritten.as_deref().unwrap_or(routed_path);
+    let path = admitted.rewritten.as_deref().unwrap_or(&routed_path);
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
