@@ -16,6 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::task::{Context, Waker};
@@ -31,8 +32,41 @@ struct IdleStream {
     since: Instant,
 }
 
+/// Instance addresses hashed with a few multiplications instead of SipHash: the map is this
+/// thread's own, keyed by addresses from the route table, so hash flooding is not a concern,
+/// and it is looked up twice per request.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type IdleMap = HashMap<SocketAddr, Vec<IdleStream>, BuildHasherDefault<AddrHasher>>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<IdleStream>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
     static SWEEPER: Cell<bool> = const { Cell::new(false) };
 }
 

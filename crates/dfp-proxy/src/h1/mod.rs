@@ -91,8 +91,7 @@ pub(crate) async fn serve<S>(
     let mut scanned = 0;
     loop {
         skip_empty_lines(&mut conn.buf);
-        let found = find_head_end(&conn.buf, &mut scanned);
-        if let Some(head_end) = found.filter(|end| *end <= MAX_HEAD_BYTES) {
+        if let Some(head_end) = find_head_end(&conn.buf, &mut scanned) {
             scanned = 0;
             state.request_started();
             let step = exchange(io, &mut conn, head_end, forwarder, state).await;
@@ -103,7 +102,7 @@ pub(crate) async fn serve<S>(
                 Step::Gone => return,
             }
         }
-        if found.is_some() || conn.buf.len() >= MAX_HEAD_BYTES {
+        if conn.buf.len() >= MAX_HEAD_BYTES {
             let mut answer = Scratch::take();
             rules::write_error(&mut answer, &ProxyError::HeadTooLarge, false, true);
             if send(io, &answer).await.is_ok() {
@@ -202,8 +201,13 @@ fn skip_empty_lines(buf: &mut BytesMut) {
 /// Where the head at the start of `buf` ends (after its empty line), looking only at bytes
 /// not looked at before (`scanned` remembers where to go on).
 fn find_head_end(buf: &[u8], scanned: &mut usize) -> Option<usize> {
+    // The everyday case: a whole head, and nothing after it, came in one read. (With
+    // pipelined requests after it, the parse finds where the first one ends.)
+    if *scanned == 0 && buf.ends_with(b"\r\n\r\n") {
+        return Some(buf.len());
+    }
     let mut at = (*scanned).saturating_sub(2).min(buf.len());
-    while let Some(offset) = buf[at..].iter().position(|b| *b == b'\n') {
+    while let Some(offset) = memchr::memchr(b'\n', &buf[at..]) {
         let lf = at + offset;
         match (buf.get(lf + 1), buf.get(lf + 2)) {
             (Some(b'\n'), _) => return Some(lf + 2),
@@ -249,16 +253,16 @@ where
 {
     let started = std::time::Instant::now();
     conn.answered_at = None;
-    let head = conn.buf.split_to(head_end);
     let mut upstream_head = Scratch::take();
     let mut route = None;
-    let prepared = prepare(&head, conn, forwarder, &mut upstream_head, &mut route);
-    let (method, target) = request_line(&head);
+    let (head_len, prepared) =
+        prepare(&conn.buf[..head_end], conn, forwarder, &mut upstream_head, &mut route);
+    let head = conn.buf.split_to(head_len);
     let (step, status, upstream, backend) = match prepared {
         Err((err, backend, body)) => {
             let mut answer = Scratch::take();
             let closing = shutting_down(&conn.shutdown) || body != RequestBody::None;
-            let status = rules::write_error(&mut answer, &err, method == "HEAD", closing);
+            let status = rules::write_error(&mut answer, &err, head.starts_with(b"HEAD "), closing);
             let written = send(io, &answer).await.is_ok();
             let step = if !written {
                 Step::Gone
@@ -270,11 +274,14 @@ where
             (step, status, None, backend)
         }
         Ok(plan) => {
+            let attempt_started = started;
             let (step, status, upstream) =
-                forward(io, conn, &plan, &upstream_head, forwarder, state).await;
+                forward(io, conn, &plan, &upstream_head, forwarder, state, attempt_started).await;
             (step, status, upstream, Some(plan.backend))
         }
     };
+    // The request line is read again only for the access log.
+    let (method, target) = if forwarder.access_log { request_line(&head) } else { ("-", "-") };
     let answered = conn.answered_at.map_or_else(|| started.elapsed(), |at| at - started);
     let micros = u64::try_from(answered.as_micros()).unwrap_or(u64::MAX);
     rules::record(
@@ -302,17 +309,34 @@ fn prepare<'b>(
     forwarder: &Forwarder,
     out: &mut Vec<u8>,
     route: &'b mut Option<Arc<Backend>>,
-) -> Result<Plan<'b>, Refusal<'b>> {
+) -> (usize, Result<Plan<'b>, Refusal<'b>>) {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut fields);
     let refuse = |err| (err, None, RequestBody::None);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Err(httparse::Error::TooManyHeaders) => return Err(refuse(ProxyError::HeadTooLarge)),
-        Ok(httparse::Status::Partial) | Err(_) => {
-            return Err(refuse(ProxyError::BadRequest("the request head is malformed\n")));
+    // `head` ends at the first empty line found, or at the end of what was read when that
+    // ends with one (pipelined requests): the parse says where the first head really ends.
+    let head_len = match request.parse(head) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return (head.len(), Err(refuse(ProxyError::HeadTooLarge)));
         }
-    }
+        Ok(httparse::Status::Partial) | Err(_) => {
+            let malformed = ProxyError::BadRequest("the request head is malformed\n");
+            return (head.len(), Err(refuse(malformed)));
+        }
+    };
+    (head_len, prepare_parsed(&request, conn, forwarder, out, route))
+}
+
+/// [`prepare`] once the head has parsed.
+fn prepare_parsed<'b>(
+    request: &httparse::Request<'_, '_>,
+    conn: &Conn,
+    forwarder: &Forwarder,
+    out: &mut Vec<u8>,
+    route: &'b mut Option<Arc<Backend>>,
+) -> Result<Plan<'b>, Refusal<'b>> {
+    let refuse = |err| (err, None, RequestBody::None);
     let (Some(method), Some(target), Some(version)) =
         (request.method, request.path, request.version)
     else {
@@ -413,6 +437,7 @@ async fn forward<S>(
     upstream_head: &[u8],
     forwarder: &Forwarder,
     state: &ConnState,
+    started: std::time::Instant,
 ) -> (Step, u16, Option<SocketAddr>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -427,7 +452,7 @@ where
         };
         let addr = upstream.addr();
         last = Some(addr);
-        let attempt = Attempt { addr, plan, forwarder, state };
+        let attempt = Attempt { addr, plan, forwarder, state, started };
         match attempt.run(io, conn, upstream_head, &mut body).await {
             Ok(relayed) => {
                 upstream.health().record_success();
