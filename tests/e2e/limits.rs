@@ -162,3 +162,31 @@ async fn past_max_connections_a_connection_waits_until_one_closes() {
         assert_eq!(client.get("/", "").await.text(), "web-1");
     }
 }
+
+/// The backlog of the socket listening at `addr`, as the kernel reports it (`ss`'s Send-Q of
+/// a listening socket).
+fn listen_backlog(addr: SocketAddr) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("ss: {text:?}"))
+}
+
+#[tokio::test]
+async fn the_listen_backlog_follows_the_flag_up_to_the_kernels_cap() {
+    let cap: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(4096);
+    let default = Proxy::start(None, &[]).await;
+    assert_eq!(listen_backlog(default.addr), 4096.min(cap), "the default backlog");
+    let set = Proxy::start(None, &["--listen-backlog=1000"]).await;
+    assert_eq!(listen_backlog(set.addr), 1000.min(cap));
+    let tls = crate::tls::tls_addr(&set);
+    assert_eq!(listen_backlog(tls), 1000.min(cap), "the HTTPS listener's");
+}

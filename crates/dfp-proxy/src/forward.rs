@@ -170,8 +170,7 @@ impl Forwarder {
             tunnel_timeout: _, // HTTP/2 carries no upgrades here
         } = admitted;
 
-        // Only a request without a body and with idempotent semantics can be sent again.
-        let replayable = is_idempotent(&parts.method) && !has_body;
+        let replayable = rules::replayable(parts.method.as_str(), has_body, false);
         let head_request = parts.method == Method::HEAD;
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
@@ -569,10 +568,6 @@ pub(crate) struct Client {
 struct Routed {
     backend: Option<Arc<Backend>>,
     upstream: Option<SocketAddr>,
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
 }
 
 /// Milliseconds of a monotonic clock, for passive health windows. Read only when an

@@ -936,6 +936,14 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// Whether a request may be sent to another instance after an attempt failed before any
+/// answer: only an idempotent method (RFC 9110 §9.2.2) without a body, and never an upgrade.
+pub(crate) fn replayable(method: &str, has_body: bool, upgrade: bool) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
+        && !has_body
+        && !upgrade
+}
+
 /// Records an attempt at `upstream` that failed in a way that blames the instance (it counts
 /// toward its ejection) and says whether to try another instance: only for a `replayable`
 /// request, and only while an instance is left untried.

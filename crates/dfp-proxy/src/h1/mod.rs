@@ -405,7 +405,6 @@ fn prepare_parsed<'b>(
         tunnel_timeout,
     } = admitted;
     let head_request = method == "HEAD";
-    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
     let no_body = matches!(body, RequestBody::None | RequestBody::Length(0));
     Ok(Plan {
         backend,
@@ -415,7 +414,7 @@ fn prepare_parsed<'b>(
         head_request,
         upgrade: facts.upgrade.is_some(),
         expect_continue: facts.expect_continue && !no_body,
-        replayable: idempotent && no_body && facts.upgrade.is_none(),
+        replayable: rules::replayable(method, !no_body, facts.upgrade.is_some()),
         response_edits,
         server_timeout,
         tunnel_timeout,

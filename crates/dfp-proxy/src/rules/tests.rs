@@ -259,3 +259,26 @@ fn failures_blame_the_right_side() {
         assert_eq!(failure.answer().status_and_text().0.as_u16(), status, "{failure}");
     }
 }
+
+#[test]
+fn only_idempotent_bodiless_requests_are_sent_again() {
+    for (method, body, upgrade, expected) in [
+        ("GET", false, false, true),
+        ("HEAD", false, false, true),
+        ("PUT", false, false, true),
+        ("DELETE", false, false, true),
+        ("OPTIONS", false, false, true),
+        ("TRACE", false, false, true),
+        ("PUT", true, false, false),
+        ("GET", true, false, false),
+        ("POST", false, false, false),
+        ("PATCH", false, false, false),
+        ("GET", false, true, false),
+    ] {
+        assert_eq!(
+            replayable(method, body, upgrade),
+            expected,
+            "{method} body={body} upgrade={upgrade}"
+        );
+    }
+}
