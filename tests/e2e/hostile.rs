@@ -295,27 +295,23 @@ async fn interim_responses_reach_the_client_and_expect_is_answered_once() {
 }
 
 #[tokio::test]
-async fn a_head_sent_one_byte_at_a_time_costs_linear_time() {
+async fn a_head_sent_one_byte_at_a_time_is_served() {
+    // Each byte of a head is looked at a bounded number of times however it trickles in (the
+    // engine scans only what it has not scanned: `h1::tests::heads_are_found_scanning_each_byte_once`).
+    // Over loopback the kernel joins most of these one-byte writes into larger reads, so CPU
+    // time here cannot tell linear from quadratic; this checks the answer.
     let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
     let proxy = proxy_to(&upstream, &["--header-timeout=60s"]).await;
-    // A 60 kB head, one byte per write: each byte must be looked at a bounded number of times.
-    // Parsing the whole head again on every read (what this test was written against) costs
-    // the square of its size: 0.37 s of CPU in a release build, several seconds in a debug one.
     let mut head = b"GET /slow HTTP/1.1\r\nHost: t\r\n".to_vec();
     for i in 0..60 {
         head.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(980)).as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     let mut client = RawClient::connect(proxy.addr).await;
-    let before = proxy.cpu_ticks();
     for byte in &head {
         client.send(std::slice::from_ref(byte)).await;
     }
     let answer = client.answer(false).await;
-    let used = proxy.cpu_ticks() - before;
     assert_eq!((answer.status, answer.text().as_str()), (200, "fine"));
     assert_eq!(upstream.received()[0].header_values("x-filler-59").len(), 1);
-    // Reading 60,000 one-byte writes costs some CPU however it is done (a syscall and a wake-up
-    // each); quadratic parsing costs far more. The bound sits between the two, loosely.
-    assert!(used < 150, "a trickled 60 kB head cost {used} ticks (1/100 s) of CPU");
 }
