@@ -20,13 +20,17 @@ pub(crate) const DEFAULT_CASES: u32 = 2_000;
 /// When the variable is set but is not a positive whole number (a typo must not quietly
 /// shrink a long run to the default).
 pub(crate) fn cases() -> u32 {
-    match std::env::var(CASES_VAR) {
-        Err(std::env::VarError::NotPresent) => DEFAULT_CASES,
-        Ok(value) => match value.trim().replace('_', "").parse::<u32>() {
-            Ok(cases) if cases > 0 => cases,
-            _ => panic!("{CASES_VAR}={value:?}: give a positive number of cases, e.g. 1000000"),
-        },
-        Err(err) => panic!("{CASES_VAR} is not readable: {err}"),
+    let value = std::env::var_os(CASES_VAR).map(|v| v.to_string_lossy().into_owned());
+    parse_cases(value.as_deref()).unwrap_or_else(|| {
+        panic!("{CASES_VAR}={value:?}: give a positive number of cases, e.g. 1000000")
+    })
+}
+
+/// Reads a case count: `None` (unset) is the default; `_` may group digits (`1_000_000`).
+fn parse_cases(value: Option<&str>) -> Option<u32> {
+    match value {
+        None => Some(DEFAULT_CASES),
+        Some(value) => value.trim().replace('_', "").parse::<u32>().ok().filter(|&n| n > 0),
     }
 }
 
@@ -35,4 +39,14 @@ pub(crate) fn cases() -> u32 {
 /// a run), with shrinking bounded so that a failure in a long run still reports in minutes.
 pub(crate) fn config() -> Config {
     Config { cases: cases(), max_shrink_time: 120_000, ..Config::default() }
+}
+
+#[test]
+fn fuzz_harness_reads_the_case_count() {
+    assert_eq!(parse_cases(None), Some(DEFAULT_CASES));
+    assert_eq!(parse_cases(Some("1000000")), Some(1_000_000));
+    assert_eq!(parse_cases(Some(" 1_000_000 ")), Some(1_000_000));
+    for bad in ["", "0", "-1", "1e6", "many", "99999999999"] {
+        assert_eq!(parse_cases(Some(bad)), None, "{bad:?}");
+    }
 }
