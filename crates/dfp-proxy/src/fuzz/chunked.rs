@@ -11,10 +11,16 @@
 //! line's extent first and then asks which rule is broken *earliest* in the input: a
 //! streaming reader must fail at the first byte that no valid body can continue with, or at
 //! the first byte over a limit. Same verdict, reached a different way.
+//!
+//! The reference also says where the chunk data lies, which `feed_with` must report: every
+//! data byte before the verdict once, in order, and nothing else (no size line, extension,
+//! CRLF or trailer byte). `feed`, which reports nothing, must give the same verdicts.
+
+use std::ops::Range;
 
 use proptest::prelude::*;
 
-use super::{cuts, filler, framing_byte, harness, same_however_split, show};
+use super::{cuts, filler, framing_byte, harness, pieces, same_however_split, show};
 use crate::chunked::{ChunkedError, ChunkedScanner, Scan, MAX_SIZE_LINE, MAX_TRAILERS};
 
 /// What a whole input is, as a chunked body.
@@ -52,30 +58,37 @@ enum LineEnd {
     Unfinished(usize),
 }
 
-fn reference(input: &[u8]) -> Verdict {
+/// The verdict on a whole input, and where the chunk data before it lies.
+fn reference(input: &[u8]) -> (Verdict, Vec<Range<usize>>) {
+    let mut data_ranges = Vec::new();
     let mut at = 0;
-    loop {
+    let verdict = loop {
         let (size, data) = match size_line(&input[at..]) {
             SizeLine::Read { size, next } => (size, at + next),
-            SizeLine::More => return Verdict::More,
-            SizeLine::Fail(error) => return Verdict::Fail(error),
+            SizeLine::More => break Verdict::More,
+            SizeLine::Fail(error) => break Verdict::Fail(error),
         };
         if size == 0 {
-            return trailers(input, data);
+            break trailers(input, data);
         }
         // `size` bytes of data, whatever they are, then CRLF.
         let left = (input.len() - data) as u64;
         if left <= size {
-            return Verdict::More;
+            if left > 0 {
+                data_ranges.push(data..input.len());
+            }
+            break Verdict::More;
         }
         let end = data + size as usize;
+        data_ranges.push(data..end);
         match input.get(end..end + 2) {
             Some(b"\r\n") => at = end + 2,
-            Some([b'\r', _]) | Some([_, _]) => return Verdict::Fail(ChunkedError::MissingCrlf),
-            _ if input[end] == b'\r' => return Verdict::More,
-            _ => return Verdict::Fail(ChunkedError::MissingCrlf),
+            Some([b'\r', _]) | Some([_, _]) => break Verdict::Fail(ChunkedError::MissingCrlf),
+            _ if input[end] == b'\r' => break Verdict::More,
+            _ => break Verdict::Fail(ChunkedError::MissingCrlf),
         }
-    }
+    };
+    (verdict, data_ranges)
 }
 
 /// Reads the size line at the start of `line` (which runs on to the end of the input).
@@ -180,13 +193,47 @@ fn trailers(input: &[u8], start: usize) -> Verdict {
 // ---------------------------------------------------------------------------------------
 // The scanner, driven over pieces.
 
-/// Feeds `pieces` in order; checks on the way what `feed` promises after an end or an error.
-fn scan(pieces: &[&[u8]]) -> Verdict {
+/// Feeds `pieces` in order through `feed_with`; returns the verdict and the data ranges it
+/// reported (as offsets in the whole input, adjacent ones merged). Checks on the way what
+/// `feed` promises after an end or an error.
+fn scan(pieces: &[&[u8]]) -> (Verdict, Vec<Range<usize>>) {
+    let mut data: Vec<Range<usize>> = Vec::new();
+    let verdict = scan_with(pieces, |piece, offset, scanner| {
+        scanner.feed_with(piece, |range| {
+            assert!(
+                range.start < range.end && range.end <= piece.len(),
+                "{range:?} in a piece of {}",
+                piece.len()
+            );
+            let range = offset + range.start..offset + range.end;
+            match data.last_mut() {
+                Some(last) if last.end == range.start => last.end = range.end,
+                Some(last) => {
+                    assert!(last.end < range.start, "data {range:?} reported after {last:?}");
+                    data.push(range);
+                }
+                None => data.push(range),
+            }
+        })
+    });
+    (verdict, data)
+}
+
+/// The verdict `feed` gives on `pieces`.
+fn scan_plain(pieces: &[&[u8]]) -> Verdict {
+    scan_with(pieces, |piece, _, scanner| scanner.feed(piece))
+}
+
+/// Feeds `pieces` in order by `feed(piece, offset of the piece, scanner)`.
+fn scan_with(
+    pieces: &[&[u8]],
+    mut feed: impl FnMut(&[u8], usize, &mut ChunkedScanner) -> Result<Scan, ChunkedError>,
+) -> Verdict {
     let mut scanner = ChunkedScanner::new();
     let mut end = None;
     let mut offset = 0;
     for piece in pieces {
-        match scanner.feed(piece) {
+        match feed(piece, offset, &mut scanner) {
             Ok(Scan::NeedMore) => assert!(end.is_none(), "NeedMore after Done"),
             Ok(Scan::Done(n)) => {
                 assert!(n <= piece.len(), "Done({n}) for a piece of {} bytes", piece.len());
@@ -211,12 +258,21 @@ fn scan(pieces: &[&[u8]]) -> Verdict {
     }
 }
 
-/// The scanner's verdict on `input`, the same whole, byte by byte and cut at `fractions`, and
-/// the reference's.
+/// The scanner's verdict and data on `input`, the same whole, byte by byte and cut at
+/// `fractions`, and the reference's; `feed`'s verdict the same, whole and cut.
 fn check(input: &[u8], fractions: &[f64]) -> Result<Verdict, TestCaseError> {
     let scanned = same_however_split(input, fractions, scan)?;
-    prop_assert_eq!(scanned, reference(input), "scanner against reference, input {}", show(input));
-    Ok(scanned)
+    prop_assert_eq!(
+        &scanned,
+        &reference(input),
+        "scanner against reference, input {}",
+        show(input)
+    );
+    // `feed` is `feed_with` reporting nowhere: whole and cut is enough.
+    prop_assert_eq!(scan_plain(&[input]), scanned.0, "feed, whole, input {}", show(input));
+    let cut = pieces(input, fractions);
+    prop_assert_eq!(scan_plain(&cut), scanned.0, "feed, cut, input {}", show(input));
+    Ok(scanned.0)
 }
 
 // ---------------------------------------------------------------------------------------
