@@ -49,6 +49,8 @@ mod discovery;
 mod error;
 mod follow;
 mod params;
+#[cfg(test)]
+mod params_fuzz;
 mod store;
 
 pub use api::{handle, serve};

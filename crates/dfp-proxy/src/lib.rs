@@ -15,6 +15,8 @@ mod chunked;
 mod conn;
 mod error;
 mod forward;
+#[cfg(test)]
+mod fuzz;
 mod h1;
 mod path;
 mod rules;

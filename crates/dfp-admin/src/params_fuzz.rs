@@ -1,0 +1,551 @@
+//! Generated-input tests of the reconfigure parameter parser (`params.rs`): any query, never a
+//! panic; what it accepts holds what the module promises (valid, normal `PathPrefix`es,
+//! domains that parse back to themselves, a port above 0, a supported redirect code, ...);
+//! and it agrees with every second reading of the same parameters: a plain re-reading written
+//! here, the stored call read again (restore, other replicas), the query string the admin
+//! API decodes, and the `serviceName` a remove reads. How to run them: FUZZING.md.
+
+// The case count is read the same way as dfp-proxy's targets, from the same file.
+#[path = "../../dfp-proxy/src/fuzz/harness.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dfp_routing::{Domain, PathPrefix};
+use proptest::prelude::*;
+
+use crate::params::{service_name_from_pairs, ReconfigureRequest};
+
+/// The parameters the proxy acts on (README's list; `params.rs` keeps its own). A name added
+/// there must be added here too, or the check of `ignored` fails and says which.
+const SUPPORTED: &[&str] = &[
+    "serviceName",
+    "servicePath",
+    "port",
+    "serviceDomain",
+    "servicePathExclude",
+    "isDefaultBackend",
+    "httpsOnly",
+    "httpsRedirectCode",
+    "reqPathSearch",
+    "reqPathReplace",
+    "users",
+    "usersPassEncrypted",
+    "addReqHeader",
+    "setReqHeader",
+    "delReqHeader",
+    "addResHeader",
+    "setResHeader",
+    "delResHeader",
+    "timeoutServer",
+    "timeoutTunnel",
+    "reqMode",
+];
+
+type Pairs = Vec<(String, String)>;
+
+fn borrowed(pairs: &Pairs) -> impl Iterator<Item = (&str, &str)> {
+    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// A request, in a form two readings can be compared in. Passwords are not visible (a
+/// `Credential` shows only its user); everything else is.
+#[derive(Debug, PartialEq)]
+struct Read {
+    name: String,
+    paths: Vec<String>,
+    port: Option<u16>,
+    domains: Vec<String>,
+    excluded: Vec<String>,
+    default_backend: bool,
+    ignored: BTreeSet<String>,
+    params: BTreeMap<String, String>,
+    policy: String,
+}
+
+fn read(pairs: &Pairs) -> Result<Read, String> {
+    ReconfigureRequest::from_pairs(borrowed(pairs)).map(|r| summary(&r)).map_err(|e| e.to_string())
+}
+
+fn summary(r: &ReconfigureRequest) -> Read {
+    let strings = |paths: &[PathPrefix]| paths.iter().map(|p| p.as_str().to_owned()).collect();
+    Read {
+        name: r.service_name.clone(),
+        paths: strings(&r.service_paths),
+        port: r.port,
+        domains: r.domains.iter().map(Domain::to_string).collect(),
+        excluded: strings(&r.excluded),
+        default_backend: r.default_backend,
+        ignored: r.ignored.iter().cloned().collect(),
+        params: r.params.clone(),
+        policy: format!("{:?}", r.policy),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A plain re-reading of the parameters whose reading is simple enough to write twice.
+
+/// The last value sent for `name` that is not blank, as `from_pairs` reads a single-valued
+/// parameter.
+fn last<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The comma-separated items of `values`, trimmed, the empty ones left out.
+fn items<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    values.flat_map(|v| v.split(',')).map(str::trim).filter(|i| !i.is_empty()).collect()
+}
+
+/// Paths as the module promises to read them: each item parsed, duplicates once, in order.
+fn expected_paths(raw: &[&str]) -> Vec<String> {
+    let mut paths: Vec<String> = Vec::new();
+    for item in raw {
+        let path = PathPrefix::parse(item).expect("an accepted call has valid paths");
+        if !paths.iter().any(|p| p == path.as_str()) {
+            paths.push(path.as_str().to_owned());
+        }
+    }
+    paths
+}
+
+/// What an accepted call must hold, read again from `pairs` without the module's code.
+fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseError> {
+    // serviceName: the last one sent, trimmed; letters, digits, '-', '_', '.'; at most 255.
+    let name = last(pairs, "serviceName").map(str::trim);
+    prop_assert_eq!(Some(r.service_name.as_str()), name);
+    prop_assert!(!r.service_name.is_empty() && r.service_name.len() <= 255);
+    prop_assert!(r
+        .service_name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')));
+
+    // servicePath: every item of every value counts, once; each is a valid, normal prefix.
+    let raw_paths =
+        items(pairs.iter().filter(|(k, _)| k == "servicePath").map(|(_, v)| v.as_str()));
+    let paths: Vec<&str> = r.service_paths.iter().map(PathPrefix::as_str).collect();
+    prop_assert_eq!(&paths, &expected_paths(&raw_paths));
+    prop_assert!(!paths.is_empty() || r.default_backend, "no path and not the default backend");
+    for prefix in r.service_paths.iter().chain(&r.excluded) {
+        prop_assert_eq!(PathPrefix::parse(prefix.as_str()), Ok(prefix.clone()), "not normal");
+        let path = prefix.as_str();
+        prop_assert!(path.starts_with('/') && !path.contains("//"), "{}", path);
+        prop_assert!(path == "/" || !path.ends_with('/'), "{}", path);
+        prop_assert!(
+            path.split('/').skip(1).all(|s| s != "." && s != ".."),
+            "dot segment in {}",
+            path
+        );
+    }
+    let excluded: Vec<&str> = r.excluded.iter().map(PathPrefix::as_str).collect();
+    prop_assert_eq!(
+        &excluded,
+        &expected_paths(&items(last(pairs, "servicePathExclude").into_iter()))
+    );
+
+    // serviceDomain: the items of the last value, each a domain that reads back as itself.
+    let domains = items(last(pairs, "serviceDomain").into_iter());
+    prop_assert_eq!(r.domains.len(), domains.len());
+    for (domain, raw) in r.domains.iter().zip(domains) {
+        prop_assert_eq!(Domain::parse(raw), Ok(domain.clone()));
+        let shown = domain.to_string();
+        prop_assert_eq!(Domain::parse(&shown), Ok(domain.clone()), "{}", shown);
+        prop_assert!(!shown.ends_with('.') && shown == shown.to_ascii_lowercase(), "{}", shown);
+    }
+
+    // port: above 0, stored as a plain number.
+    let port = last(pairs, "port").map(|p| p.trim().parse::<u16>().expect("an accepted port"));
+    prop_assert_eq!(r.port, port);
+    prop_assert!(r.port != Some(0));
+    if let Some(port) = r.port {
+        prop_assert_eq!(&r.params["port"], &port.to_string());
+    }
+
+    // Flags and modes.
+    let flag = |name: &str| {
+        last(pairs, name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
+    };
+    prop_assert_eq!(r.default_backend, flag("isDefaultBackend"));
+    if let Some(mode) = last(pairs, "reqMode") {
+        prop_assert!(mode.eq_ignore_ascii_case("http"), "reqMode={:?} accepted", mode);
+    }
+
+    // Policy.
+    let policy = &r.policy;
+    prop_assert_eq!(policy.https_redirect.is_some(), flag("httpsOnly"));
+    if let Some(code) = policy.https_redirect {
+        prop_assert!([301, 302, 303, 307, 308].contains(&code), "redirect code {}", code);
+    }
+    prop_assert_eq!(policy.path_rewrite.is_some(), last(pairs, "reqPathSearch").is_some());
+    for user in &policy.users {
+        prop_assert!(!user.user().is_empty() && !user.user().contains(':'));
+    }
+    for timeout in [policy.server_timeout, policy.tunnel_timeout].into_iter().flatten() {
+        prop_assert!(!timeout.is_zero());
+    }
+
+    // Parameters not acted on: named once each, every one of them.
+    let mut ignored: Vec<&str> = Vec::new();
+    for (key, _) in pairs {
+        if key != "servicePath"
+            && !SUPPORTED.contains(&key.as_str())
+            && !ignored.contains(&key.as_str())
+        {
+            ignored.push(key);
+        }
+    }
+    prop_assert_eq!(&r.ignored, &ignored);
+
+    // What is stored: every parameter sent (servicePath once, normalised, when there is one).
+    let mut keys: BTreeSet<&str> =
+        pairs.iter().map(|(k, _)| k.as_str()).filter(|k| *k != "servicePath").collect();
+    keys.insert("serviceName");
+    if !r.service_paths.is_empty() {
+        keys.insert("servicePath");
+        prop_assert_eq!(&r.params["servicePath"], &paths.join(","));
+    }
+    prop_assert_eq!(r.params.keys().map(String::as_str).collect::<BTreeSet<_>>(), keys);
+    prop_assert_eq!(&r.params["serviceName"], &r.service_name);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Generators.
+
+/// A huge value: a short piece repeated up to 20 000 times.
+fn huge() -> impl Strategy<Value = String> {
+    ("\\PC{1,3}", 1usize..20_000).prop_map(|(piece, n)| piece.repeat(n))
+}
+
+/// Any value at all.
+fn anything() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => "\\PC{0,16}",
+        2 => any::<String>(),
+        1 => "[ ,]{0,4}",
+        1 => huge(),
+    ]
+}
+
+/// A comma-separated list of `item`s, with blanks around the commas now and then.
+fn list(item: impl Strategy<Value = String>) -> impl Strategy<Value = String> {
+    prop::collection::vec((item, "[ \t]{0,1}", "[ ]{0,1}"), 0..5).prop_map(|items| {
+        items
+            .into_iter()
+            .map(|(i, before, after)| format!("{before}{i}{after}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+fn path_item() -> impl Strategy<Value = String> {
+    let segment = prop_oneof![
+        16 => "[a-zA-Z0-9_~-]{1,6}",
+        1 => prop::sample::select(vec![
+            "", ".", "..", "...", "%2e", "%2F", "%zz", "%", "%4", "a?b", "a#b", "{x}", "a b",
+            "é", ";v=1", "@", "*", "'",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    prop_oneof![
+        24 => (prop::collection::vec(segment, 0..5), any::<bool>()).prop_map(|(s, slash)| {
+            let mut path = format!("/{}", s.join("/"));
+            if slash && path.len() > 1 {
+                path.push('/');
+            }
+            path
+        }),
+        1 => "[a-z/]{0,6}",
+        1 => (1000usize..1030).prop_map(|n| format!("/{}", "a".repeat(n))),
+        1 => anything(),
+    ]
+}
+
+fn domain_item() -> impl Strategy<Value = String> {
+    prop_oneof![
+        16 => "(\\*\\.)?([a-zA-Z0-9_-]{1,8}\\.){0,3}[a-zA-Z]{1,6}\\.?",
+        1 => prop::sample::select(vec![
+            "*", "*.", "a..b", "-a.com", "a-.com", ".", "..", "*.*.a.com", "a.*.com", "bücher.de",
+            "a b.com", "localhost", "LOCALHOST.", "x:80",
+        ])
+        .prop_map(str::to_owned),
+        1 => (60usize..66, 0usize..5).prop_map(|(n, labels)| format!("{}.com", "a".repeat(n)).repeat(labels + 1)),
+        1 => anything(),
+    ]
+}
+
+fn number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => "[0-9]{1,5}",
+        1 => "[ ]{0,1}[+-]?[0-9]{1,22}s{0,2}[ ]{0,1}",
+        1 => prop::sample::select(vec!["0", "1", "65535", "65536", "301", "302", "308", "304", "0s", "s"])
+            .prop_map(str::to_owned),
+        1 => anything(),
+    ]
+}
+
+fn boolean() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => prop::sample::select(vec!["true", "false", "TRUE", "False", "1", "0", " true ", "yes", "on", ""])
+            .prop_map(str::to_owned),
+        1 => anything(),
+    ]
+}
+
+fn user_item() -> impl Strategy<Value = String> {
+    let hash = ("[a-zA-Z0-9./]{0,20}", "[a-zA-Z0-9./]{84,88}", prop::option::of(0u32..2_000_000))
+        .prop_map(|(salt, hash, rounds)| match rounds {
+            Some(n) => format!("$6$rounds={n}${salt}${hash}"),
+            None => format!("$6${salt}${hash}"),
+        });
+    prop_oneof![
+        8 => ("[a-z]{1,6}", "[ -~&&[^,]]{0,8}").prop_map(|(u, p)| format!("{u}:{p}")),
+        2 => ("[a-z]{1,6}", hash).prop_map(|(u, h)| format!("{u}:{h}")),
+        1 => anything(),
+    ]
+}
+
+fn header_item() -> impl Strategy<Value = String> {
+    prop_oneof![
+        12 => "[A-Za-z-]{1,10}:?[ ]{1,2}[ -~&&[^,]]{0,12}",
+        1 => "[A-Za-z-]{0,10}",
+        1 => "\\PC{0,6} \\PC{0,6}",
+        1 => "[A-Za-z]{1,4}[\u{0}-\u{1f}\u{7f}][ ][a-z]{0,4}",
+        1 => anything(),
+    ]
+}
+
+fn regex() -> impl Strategy<Value = String> {
+    prop_oneof![
+        12 => prop::sample::select(vec![
+            "^/api", "/v1/(.*)", "^/(?P<rest>.*)$", "(", "[", ")", "*", "\\", "a{1000000}",
+            "(a+)+$", "(?i)/A", "\\p{Greek}", "$", "",
+        ])
+        .prop_map(str::to_owned),
+        1 => "[\\^$/a-z().*+?\\[\\]{}|\\\\0-9]{0,16}",
+        1 => anything(),
+    ]
+}
+
+/// A value as a client might send it for `name`, right or wrong.
+fn value_for(name: &'static str) -> BoxedStrategy<String> {
+    match name {
+        "serviceName" => prop_oneof![
+            16 => "[ ]{0,1}[a-zA-Z0-9._-]{1,12}[ ]{0,1}",
+            1 => (250usize..260).prop_map(|n| "s".repeat(n)),
+            1 => anything(),
+        ]
+        .boxed(),
+        "servicePath" | "servicePathExclude" => list(path_item()).boxed(),
+        "serviceDomain" => list(domain_item()).boxed(),
+        "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" => number().boxed(),
+        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" => boolean().boxed(),
+        "reqPathSearch" | "reqPathReplace" => regex().boxed(),
+        "users" => list(user_item()).boxed(),
+        "addReqHeader" | "setReqHeader" | "addResHeader" | "setResHeader" | "delReqHeader"
+        | "delResHeader" => list(header_item()).boxed(),
+        "reqMode" => prop_oneof![
+            6 => prop::sample::select(vec!["http", "HTTP", " http ", "tcp", "sni", ""]).prop_map(str::to_owned),
+            1 => anything(),
+        ]
+        .boxed(),
+        _ => anything().boxed(),
+    }
+}
+
+/// One parameter: mostly a supported name with a value made for it, or a near miss, or
+/// anything at all.
+fn pair() -> impl Strategy<Value = (String, String)> {
+    let known = prop::sample::select(SUPPORTED)
+        .prop_flat_map(|name| (Just(name.to_owned()), value_for(name)));
+    let near_miss = (
+        prop::sample::select(vec![
+            "servicename",
+            "ServiceName",
+            "serviceName ",
+            " servicePath",
+            "service_path",
+            "",
+            "distribute",
+            "serviceColor",
+            "servicePath[]",
+            "port\u{0}",
+        ]),
+        anything(),
+    )
+        .prop_map(|(k, v)| (k.to_owned(), v));
+    prop_oneof![
+        8 => known,
+        1 => near_miss,
+        1 => (anything(), anything()),
+    ]
+}
+
+/// A call: often a valid core (name and path) so that the rest gets read, then parameters
+/// of any kind, repeats included, in any order.
+fn call() -> impl Strategy<Value = Pairs> {
+    let core = prop::option::weighted(
+        0.8,
+        ("[a-z][a-z0-9-]{0,10}", "(/[a-z0-9]{1,5}){1,3}").prop_map(|(name, path)| {
+            vec![("serviceName".to_owned(), name), ("servicePath".to_owned(), path)]
+        }),
+    );
+    (core, prop::collection::vec(pair(), 0..10), any::<prop::sample::Index>()).prop_map(
+        |(core, mut pairs, at)| {
+            if let Some(core) = core {
+                let at = at.index(pairs.len() + 1);
+                pairs.splice(at..at, core);
+            }
+            pairs
+        },
+    )
+}
+
+/// A call that is valid by construction, and what it must be read as.
+fn valid_call() -> impl Strategy<Value = (Pairs, Vec<String>, Option<u16>, Vec<String>)> {
+    (
+        "[a-zA-Z0-9._-]{1,40}",
+        prop::collection::vec("(/[a-zA-Z0-9._~!$&'()*+;=:@-]{1,8}){1,4}/?", 1..5),
+        prop::option::of(1u16..=u16::MAX),
+        prop::collection::vec("(\\*\\.)?([a-z0-9]{1,8}\\.){0,3}[a-z]{1,6}", 0..4),
+        prop::collection::vec(pair(), 0..4),
+    )
+        .prop_map(|(name, paths, port, domains, extra)| {
+            // Segments of dots only are not valid prefixes: make them valid.
+            let paths: Vec<String> = paths
+                .into_iter()
+                .map(|p| {
+                    p.split('/')
+                        .map(
+                            |s| if s.bytes().all(|b| b == b'.') && !s.is_empty() { "x" } else { s },
+                        )
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .collect();
+            let mut pairs: Pairs =
+                extra.into_iter().filter(|(k, _)| !SUPPORTED.contains(&k.as_str())).collect();
+            pairs.push(("serviceName".to_owned(), name));
+            pairs.push(("servicePath".to_owned(), paths.join(",")));
+            if let Some(port) = port {
+                pairs.push(("port".to_owned(), port.to_string()));
+            }
+            if !domains.is_empty() {
+                pairs.push(("serviceDomain".to_owned(), domains.join(",")));
+            }
+            let normal = paths
+                .iter()
+                .map(|p| if p.len() > 1 { p.trim_end_matches('/') } else { p }.to_owned())
+                .fold(Vec::new(), |mut seen: Vec<String>, p| {
+                    if !seen.contains(&p) {
+                        seen.push(p);
+                    }
+                    seen
+                });
+            (pairs, normal, port, domains)
+        })
+}
+
+/// Raw query strings, as the admin API receives them.
+fn query() -> impl Strategy<Value = String> {
+    let byte_escape = any::<u8>().prop_map(|b| format!("%{b:02X}"));
+    let piece = prop_oneof![
+        prop::sample::select(vec![
+            "&",
+            "=",
+            "+",
+            "%",
+            "%2",
+            "%zz",
+            "serviceName=",
+            "servicePath=",
+            "&&",
+            "=="
+        ])
+        .prop_map(str::to_owned),
+        byte_escape,
+        "\\PC{1,4}",
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+}
+
+// ---------------------------------------------------------------------------------------
+// Properties.
+
+proptest! {
+    #![proptest_config(harness::config())]
+
+    /// Any parameters: no panic; what is accepted holds the module's promises and reads the
+    /// same as the plain re-reading above.
+    #[test]
+    fn fuzz_params_accepted_calls_hold_their_invariants(pairs in call()) {
+        if let Ok(request) = ReconfigureRequest::from_pairs(borrowed(&pairs)) {
+            check_accepted(&pairs, &request)?;
+        }
+    }
+
+    /// A call that is valid by construction is accepted, and read as it was sent.
+    #[test]
+    fn fuzz_params_valid_calls_are_read_as_sent(
+        (pairs, paths, port, domains) in valid_call()
+    ) {
+        let request = ReconfigureRequest::from_pairs(borrowed(&pairs));
+        let request = match request {
+            Ok(request) => request,
+            Err(err) => return Err(TestCaseError::fail(format!("{pairs:?} refused: {err}"))),
+        };
+        let read = summary(&request);
+        prop_assert_eq!(&read.paths, &paths);
+        prop_assert_eq!(read.port, port);
+        let domains: Vec<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+        prop_assert_eq!(&read.domains, &domains);
+        check_accepted(&pairs, &request)?;
+    }
+
+    /// The stored call (what goes to Consul KV or the state file, as JSON) read again is the
+    /// same request, and stores the same parameters: a restore or another replica routes
+    /// exactly what this proxy routes.
+    #[test]
+    fn fuzz_params_stored_call_replays_to_the_same_request(pairs in call()) {
+        if let Ok(first) = read(&pairs) {
+            let json = serde_json::to_vec(&first.params).expect("parameters serialise");
+            let stored: BTreeMap<String, String> =
+                serde_json::from_slice(&json).expect("parameters deserialise");
+            let stored: Pairs = stored.into_iter().collect();
+            prop_assert_eq!(read(&stored), Ok(first));
+        }
+    }
+
+    /// A remove given the same parameters as an accepted reconfigure removes the service
+    /// that reconfigure configured.
+    #[test]
+    fn fuzz_params_remove_reads_the_same_service_name(pairs in call()) {
+        if let Ok(request) = ReconfigureRequest::from_pairs(borrowed(&pairs)) {
+            let removed = service_name_from_pairs(borrowed(&pairs)).map_err(|e| e.to_string());
+            prop_assert_eq!(removed, Ok(request.service_name), "parameters {:?}", pairs);
+        }
+    }
+
+    /// Parameters sent as a query string and decoded as the admin API decodes them read the
+    /// same as the parameters themselves.
+    #[test]
+    fn fuzz_params_read_the_same_through_a_query_string(pairs in call()) {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(borrowed(&pairs))
+            .finish();
+        let decoded: Pairs = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        prop_assert_eq!(read(&decoded), read(&pairs));
+    }
+
+    /// Any query string at all, decoded as the admin API does: no panic in either reading.
+    #[test]
+    fn fuzz_params_any_query_string_is_safe(query in query()) {
+        let pairs: Pairs = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let _ = read(&pairs);
+        let _ = service_name_from_pairs(borrowed(&pairs));
+    }
+}
