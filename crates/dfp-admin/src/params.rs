@@ -83,6 +83,11 @@ impl ReconfigureRequest {
             if !SUPPORTED.contains(&key) && !ignored.iter().any(|seen| seen == key) {
                 ignored.push(key.to_owned());
             }
+            if let Some(previous) = params.get(key).filter(|previous| *previous != value) {
+                if let Some(name) = SUPPORTED.iter().find(|name| **name == key) {
+                    return Err(given_twice(name, previous, value));
+                }
+            }
             params.insert(key.to_owned(), value.to_owned());
         }
         let get =
@@ -270,8 +275,22 @@ fn policy(name: &'static str, value: &str, err: PolicyError) -> AdminError {
 pub(crate) fn service_name_from_pairs<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<String, AdminError> {
-    let name = pairs.into_iter().find(|(k, _)| *k == "serviceName").map(|(_, v)| v);
+    let mut names = pairs.into_iter().filter(|(k, _)| *k == "serviceName").map(|(_, v)| v);
+    let name = names.next();
+    if let Some(other) = names.find(|other| Some(*other) != name) {
+        return Err(given_twice("serviceName", name.unwrap_or_default(), other));
+    }
     validate_service_name(name)
+}
+
+/// A single-valued parameter given twice with different values: reconfigure and remove
+/// would have to pick one, and could pick differently.
+fn given_twice(name: &'static str, first: &str, second: &str) -> AdminError {
+    AdminError::InvalidParameter {
+        name,
+        value: second.to_owned(),
+        reason: format!("it was given twice, as {first:?} and as {second:?}; give it once"),
+    }
 }
 
 fn validate_service_name(name: Option<&str>) -> Result<String, AdminError> {
@@ -372,11 +391,26 @@ mod tests {
             (&[("serviceName", "books"), ("servicePath", "api")], "must start with '/'"),
             (&[("serviceName", "books"), ("servicePath", "/b"), ("port", "0")], "port"),
             (&[("serviceName", "books"), ("servicePath", "/b"), ("port", "http")], "port"),
+            (&[("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "0")], "given twice"),
+            (
+                &[("serviceName", "a"), ("servicePath", "/a"), ("port", "1"), ("port", "2")],
+                "given twice",
+            ),
         ];
         for (query, needle) in cases {
             let err = parse(query).expect_err("invalid");
             assert_eq!(err.status(), 400, "{query:?}");
             assert!(err.to_string().contains(needle), "{query:?}: {err}");
         }
+    }
+
+    #[test]
+    fn reconfigure_and_remove_read_a_repeated_service_name_alike() {
+        let twice = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "0")];
+        assert!(parse(&twice).is_err());
+        assert!(service_name_from_pairs(twice).is_err());
+        let same = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "a")];
+        assert_eq!(parse(&same).expect("the same value twice").service_name, "a");
+        assert_eq!(service_name_from_pairs(same).expect("the same value twice"), "a");
     }
 }

@@ -6,6 +6,8 @@
 
 mod chunked;
 pub(crate) mod harness;
+mod head;
+mod host;
 mod path;
 
 use std::fmt::Debug;

@@ -191,7 +191,7 @@ enum Step {
 
 /// Empty lines before a request line are ignored (RFC 9112 §2.2), so that a client's stray
 /// CRLF after a body does not become a request.
-fn skip_empty_lines(buf: &mut BytesMut) {
+pub(crate) fn skip_empty_lines(buf: &mut BytesMut) {
     let skip = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
     if skip > 0 {
         buf.advance(skip);
@@ -200,7 +200,7 @@ fn skip_empty_lines(buf: &mut BytesMut) {
 
 /// Where the head at the start of `buf` ends (after its empty line), looking only at bytes
 /// not looked at before (`scanned` remembers where to go on).
-fn find_head_end(buf: &[u8], scanned: &mut usize) -> Option<usize> {
+pub(crate) fn find_head_end(buf: &[u8], scanned: &mut usize) -> Option<usize> {
     // The everyday case: a whole head, and nothing after it, came in one read. (With
     // pipelined requests after it, the parse finds where the first one ends.)
     if *scanned == 0 && buf.ends_with(b"\r\n\r\n") {
