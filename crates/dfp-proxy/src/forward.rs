@@ -19,7 +19,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use dfp_routing::{Backend, TableHandle};
+use dfp_routing::{Backend, HeaderEdits, TableHandle};
 use http::header::HeaderMap;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
@@ -187,28 +187,10 @@ impl Forwarder {
                 chunked,
             };
             let body = has_body.then_some(&mut body);
-            let failure = match attempt.run(&head, body, head_request).await {
-                Ok((stream, response, leftover, sent_all)) => {
-                    match relay(stream, response, leftover, sent_all, &attempt, head_request) {
-                        Ok((mut response, facts)) => {
-                            let mut headers = HeaderMap::with_capacity(response.headers().len());
-                            let fields = response.headers().iter();
-                            let pairs: Vec<(&str, &[u8])> =
-                                fields.map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-                            rules::write_response_fields(
-                                &mut headers,
-                                pairs.iter().copied(),
-                                &facts,
-                                response_edits,
-                                false,
-                            );
-                            drop(pairs);
-                            *response.headers_mut() = headers;
-                            upstream.health().record_success();
-                            return Ok(response);
-                        }
-                        Err(failure) => failure,
-                    }
+            let failure = match attempt.run(&head, body, head_request, response_edits).await {
+                Ok((stream, parsed, leftover, sent_all)) => {
+                    upstream.health().record_success();
+                    return Ok(relay(stream, parsed, leftover, sent_all, &attempt));
                 }
                 Err(failure) => failure,
             };
@@ -236,8 +218,9 @@ struct Attempt<'a> {
 
 /// A response head as parsed: status, reason-less fields, and what the rules made of them.
 struct ParsedHead {
-    status: u16,
-    http10: bool,
+    status: StatusCode,
+    facts: rules::ResponseFacts,
+    /// The client's fields, already rewritten by the rules.
     fields: HeaderMap,
     head_len: usize,
 }
@@ -250,6 +233,7 @@ impl Attempt<'_> {
         head: &[u8],
         mut body: Option<&mut Incoming>,
         head_request: bool,
+        edits: &HeaderEdits,
     ) -> Result<(TcpStream, ParsedHead, BytesMut, bool), Failure> {
         let (mut stream, reused) = loop {
             let (mut stream, reused) =
@@ -273,7 +257,7 @@ impl Attempt<'_> {
                 }
             });
             let mut pump = pump;
-            let mut read = pin!(read_head(&mut reader, &mut buf));
+            let mut read = pin!(read_head(&mut reader, &mut buf, head_request, edits));
             // The server timeout runs from the end of the upload.
             let mut deadline = tokio::time::Instant::now() + self.server_timeout;
             loop {
@@ -295,7 +279,7 @@ impl Attempt<'_> {
             // A kept-alive connection the instance closed meanwhile, before any answer and
             // before any of a body: a fresh connection may carry the request again.
             Err(Failure::Unreachable(_)) if reused && buf.is_empty() && body.is_none() => {
-                Box::pin(self.run(head, None, head_request)).await
+                Box::pin(self.run(head, None, head_request, edits)).await
             }
             Err(failure) => Err(failure),
         }
@@ -345,6 +329,8 @@ async fn pump_body(
 async fn read_head(
     reader: &mut tokio::net::tcp::ReadHalf<'_>,
     buf: &mut BytesMut,
+    head_request: bool,
+    edits: &HeaderEdits,
 ) -> Result<ParsedHead, Failure> {
     use tokio::io::AsyncReadExt as _;
     loop {
@@ -363,16 +349,19 @@ async fn read_head(
                             "101 Switching Protocols to a request without Upgrade",
                         ));
                     }
-                    let mut fields = HeaderMap::with_capacity(response.headers.len());
-                    for header in response.headers.iter() {
-                        fields.field(header.name, header.value);
-                    }
-                    return Ok(ParsedHead {
-                        status,
-                        http10: response.version == Some(0),
-                        fields,
-                        head_len,
-                    });
+                    let status = StatusCode::from_u16(status)
+                        .map_err(|_| Failure::BadResponse("invalid status code"))?;
+                    let fields = response.headers.iter().map(|h| (h.name, h.value));
+                    let facts = rules::analyse_response(
+                        status.as_u16(),
+                        response.version == Some(0),
+                        head_request,
+                        fields.clone(),
+                    )
+                    .map_err(Failure::BadResponse)?;
+                    let mut client_fields = HeaderMap::with_capacity(response.headers.len() + 1);
+                    rules::write_response_fields(&mut client_fields, fields, &facts, edits, false);
+                    return Ok(ParsedHead { status, facts, fields: client_fields, head_len });
                 }
                 Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                     return Err(Failure::BadResponse("response head too large"));
@@ -390,24 +379,18 @@ async fn read_head(
     }
 }
 
-/// The instance's response as hyper's, with the fields as the instance sent them (the caller
-/// rewrites them by the rules) and a body that reads the rest from the connection.
+/// The instance's response as hyper's, with the fields as the rules rewrote them and a body
+/// that reads the rest from the connection.
 fn relay(
     stream: TcpStream,
     head: ParsedHead,
     mut leftover: BytesMut,
     sent_all: bool,
     attempt: &Attempt<'_>,
-    head_request: bool,
-) -> Result<(Response<ProxyBody>, rules::ResponseFacts), Failure> {
-    let pairs: Vec<(&str, &[u8])> =
-        head.fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-    let facts =
-        rules::analyse_response(head.status, head.http10, head_request, pairs.iter().copied())
-            .map_err(Failure::BadResponse)?;
-    drop(pairs);
-    leftover.advance(head.head_len);
-    let body = InstanceBody {
+) -> Response<ProxyBody> {
+    let ParsedHead { status, facts, fields, head_len } = head;
+    leftover.advance(head_len);
+    let mut body = InstanceBody {
         stream: Some(stream),
         buf: leftover,
         framing: facts.framing,
@@ -421,15 +404,12 @@ fn relay(
         addr: attempt.addr,
         done: facts.framing == Framing::Empty,
     };
+    body.finish_if_done();
     let mut response = Response::new(Either::Left(body));
-    *response.status_mut() = StatusCode::from_u16(head.status)
-        .map_err(|_| Failure::BadResponse("invalid status code"))?;
+    *response.status_mut() = status;
     *response.version_mut() = Version::HTTP_2;
-    *response.headers_mut() = head.fields;
-    if let Either::Left(body) = response.body_mut() {
-        body.finish_if_done();
-    }
-    Ok((response, facts))
+    *response.headers_mut() = fields;
+    response
 }
 
 /// An instance's response body, read from its connection as hyper asks for it; the

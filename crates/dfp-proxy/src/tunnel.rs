@@ -17,6 +17,9 @@ where
     let mut a_buf = vec![0_u8; 16 * 1024];
     let mut b_buf = vec![0_u8; 16 * 1024];
     let (mut a_open, mut b_open) = (true, true);
+    // Lazy: each message only notes the time; the timer is moved on when it fires early, so
+    // a busy tunnel costs no timer operation per message.
+    let mut last = tokio::time::Instant::now();
     let quiet = tokio::time::sleep(idle);
     tokio::pin!(quiet);
     while a_open || b_open {
@@ -32,7 +35,7 @@ where
                     if b_write.write_all(&a_buf[..n]).await.is_err() || b_write.flush().await.is_err() {
                         break;
                     }
-                    quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+                    last = tokio::time::Instant::now();
                 }
             },
             read = b_read.read(&mut b_buf), if b_open => match read {
@@ -44,10 +47,14 @@ where
                     if a_write.write_all(&b_buf[..n]).await.is_err() || a_write.flush().await.is_err() {
                         break;
                     }
-                    quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+                    last = tokio::time::Instant::now();
                 }
             },
             () = &mut quiet => {
+                if last.elapsed() < idle {
+                    quiet.as_mut().reset(last + idle);
+                    continue;
+                }
                 tracing::debug!(?idle, "tunnel idle for too long; closing it");
                 break;
             }

@@ -60,8 +60,16 @@ use buffers::{LazyTimer, Scratch};
 
 /// Room made in a read buffer before each upstream read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room made in the client's read buffer before each read of a request body.
+const BODY_CHUNK: usize = 64 * 1024;
+/// A client read buffer grown larger than this by a body is given back after the exchange,
+/// so an idle connection holds only a small one.
+const KEPT_READ_BUFFER: usize = 16 * 1024;
 /// A response head and the start of its body go out in one write up to this size.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// A request head and the start of its body go out in one write up to this size (a copy of
+/// this much costs less than a second syscall).
+const COALESCE_BODY_LIMIT: usize = 16 * 1024;
 
 /// Serves HTTP/1 on `io` until the client closes, a deadline passes, an answer closes the
 /// connection, an upgrade's tunnel ends, or shutdown reaches it between requests.
@@ -96,6 +104,9 @@ pub(crate) async fn serve<S>(
             state.request_started();
             let step = exchange(io, &mut conn, head_end, forwarder, state).await;
             state.request_finished();
+            if conn.buf.capacity() > KEPT_READ_BUFFER && conn.buf.is_empty() {
+                conn.buf = BytesMut::with_capacity(4096);
+            }
             match step {
                 Step::KeepAlive => continue,
                 Step::Close => return close_gently(io).await,
