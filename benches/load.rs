@@ -352,11 +352,12 @@ async fn one_handshake(
         _ => tally.full += 1,
     }
     if tally.negotiated.is_none() {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
         tally.negotiated = Some(format!(
-            "{:?}/{:?}/{:?}",
-            session.protocol_version(),
-            session.negotiated_cipher_suite().map(|s| s.suite()),
-            session.negotiated_key_exchange_group().map(|g| g.name()),
+            "{}/{}/{}",
+            or_dash(session.protocol_version().map(|v| format!("{v:?}"))),
+            or_dash(session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()))),
+            or_dash(session.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name()))),
         ));
     }
     bounded(Failure::Write, tls.write_all(request)).await?;
