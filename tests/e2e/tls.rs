@@ -27,19 +27,19 @@ use tokio_rustls::TlsConnector;
 use crate::support::{eventually, free_port, Consul, EchoUpgrade, Proxy, Scratch, Upstream};
 
 /// A test certificate authority.
-struct Ca {
+pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
 }
 
 /// A certificate issued by the test CA: the PEM to upload and the leaf's DER to compare.
-struct Issued {
-    pem: String,
-    der: Vec<u8>,
+pub struct Issued {
+    pub pem: String,
+    pub der: Vec<u8>,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub fn new() -> Ca {
         let key = KeyPair::generate().expect("ring makes a key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -49,7 +49,7 @@ impl Ca {
     }
 
     /// A certificate for `names`, valid from 2020 to 2090.
-    fn issue(&self, names: &[&str]) -> Issued {
+    pub fn issue(&self, names: &[&str]) -> Issued {
         self.issue_with(names, |_| {})
     }
 
@@ -70,7 +70,7 @@ impl Ca {
     }
 
     /// An HTTPS client that trusts this CA and sends `names` to the proxy's TLS listener.
-    fn client(&self, proxy: &Proxy, names: &[&str], http1_only: bool) -> reqwest::Client {
+    pub fn client(&self, proxy: &Proxy, names: &[&str], http1_only: bool) -> reqwest::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let root = reqwest::Certificate::from_pem(self.pem.as_bytes()).expect("CA PEM");
         let mut builder = reqwest::Client::builder()
@@ -87,17 +87,17 @@ impl Ca {
     }
 }
 
-fn tls_addr(proxy: &Proxy) -> SocketAddr {
+pub fn tls_addr(proxy: &Proxy) -> SocketAddr {
     proxy.tls_addr.expect("the proxy has an HTTPS listener")
 }
 
-fn https(proxy: &Proxy, host: &str, path: &str) -> String {
+pub fn https(proxy: &Proxy, host: &str, path: &str) -> String {
     format!("https://{host}:{}{path}", tls_addr(proxy).port())
 }
 
 /// Accepts whatever the server presents: these handshakes only look at what was served.
 #[derive(Debug)]
-struct AcceptAnything;
+pub struct AcceptAnything;
 
 impl ServerCertVerifier for AcceptAnything {
     fn verify_server_cert(
@@ -138,7 +138,7 @@ impl ServerCertVerifier for AcceptAnything {
 
 /// A TLS connection to the proxy asking for `sni` (`None`: no SNI at all, as a client that
 /// dialled an IP address), offering HTTP/1.1 only.
-async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -167,7 +167,7 @@ fn leaf(tls: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
 }
 
 /// `PUT cert?certName=NAME` with `pem` as body: (status, answer).
-async fn upload(proxy: &Proxy, name: &str, pem: &str) -> (u16, Value) {
+pub async fn upload(proxy: &Proxy, name: &str, pem: &str) -> (u16, Value) {
     let url = proxy.admin_url(&format!("/v1/docker-flow-proxy/cert?certName={name}"));
     let response = crate::support::http_client()
         .put(url)
@@ -199,7 +199,7 @@ async fn listed(proxy: &Proxy) -> Vec<String> {
 }
 
 /// Routes `/` of a standalone proxy to `upstream` (127.0.0.1 resolves to itself).
-async fn route_all_to(proxy: &Proxy, upstream: &Upstream) {
+pub async fn route_all_to(proxy: &Proxy, upstream: &Upstream) {
     let (status, answer) = proxy
         .admin(&format!(
             "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
@@ -300,7 +300,7 @@ async fn https_requests_reach_the_instance_with_forwarded_proto_over_http1_and_h
     assert_eq!(proxy.get("/").await, (200, "web-1".to_owned()));
     assert_eq!(web.last_headers().expect("seen")["x-forwarded-proto"], "http");
 
-    // HTTP/2 with prior knowledge over TLS (no ALPN h2) is served too.
+    // HTTP/2 with prior knowledge over TLS (ALPN offering h2 alone) is served too.
     let prior = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("CA")])
@@ -603,4 +603,60 @@ async fn https_only_services_redirect_plain_http_and_serve_https() {
         client.get(https(&proxy, "shop.example", "/cart?id=7")).send().await.expect("https");
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), "web-1");
+}
+
+#[tokio::test]
+async fn a_response_in_pieces_reaches_an_https_client_piece_by_piece() {
+    // Over TLS the last bytes of a write can wait in the TLS session: the proxy must flush
+    // each piece, or a client waits for bytes the proxy already had while the instance pauses
+    // (server-sent events, a slow report).
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = Ca::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let script_gate = gate.clone();
+    let upstream = crate::support::RawUpstream::start(move |_, _| crate::support::Reply::Gated {
+        before: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n".to_vec(),
+        gate: script_gate.clone(),
+        after: b"4\r\nlast\r\n0\r\n\r\n".to_vec(),
+    })
+    .await;
+    let proxy = Proxy::start(None, &[]).await;
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = upload(&proxy, "shop", &ca.issue(&["shop.example"]).pem).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let mut tls = connect(tls_addr(&proxy), Some("shop.example")).await.expect("handshake");
+    tls.write_all(b"GET /events HTTP/1.1\r\nHost: shop.example\r\n\r\n").await.expect("sent");
+    let mut got = Vec::new();
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0_u8; 4096];
+        while !got.ends_with(b"5\r\nfirst\r\n") {
+            let n = tls.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        first.is_ok(),
+        "the first piece did not arrive whole: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    gate.add_permits(1);
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0_u8; 4096];
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = tls.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the rest did not arrive: {:?}", String::from_utf8_lossy(&got));
 }

@@ -111,6 +111,16 @@ impl ChunkedScanner {
     /// After [`Scan::Done`] every call returns `Ok(Scan::Done(0))`; after an error, every call
     /// returns the same error.
     pub(crate) fn feed(&mut self, input: &[u8]) -> Result<Scan, ChunkedError> {
+        self.feed_with(input, |_| {})
+    }
+
+    /// As [`feed`](Self::feed), also telling `data` where in `input` each run of chunk data
+    /// lies (what a decoder passes on; size lines, extensions and trailers are not data).
+    pub(crate) fn feed_with(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Scan, ChunkedError> {
         match self.state {
             State::Done => return Ok(Scan::Done(0)),
             State::Failed(error) => return Err(error),
@@ -123,6 +133,9 @@ impl ChunkedScanner {
                 // Either all that is left of the chunk (it fits in `left`, so in a usize) or
                 // all that is left of the input.
                 let skip = usize::try_from(self.size).map_or(left, |size| size.min(left));
+                if skip > 0 {
+                    data(at..at + skip);
+                }
                 at += skip;
                 self.size -= skip as u64;
                 if self.size == 0 {

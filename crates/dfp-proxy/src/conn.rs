@@ -109,6 +109,8 @@ pub(crate) struct TimedIo<S = TcpStream> {
     /// Since when writes have made no progress, and the timer that ends the wait (its own:
     /// a tunnel polls reads and writes from two places).
     write_stalled: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// Whether the header and idle deadlines apply to reads (HTTP/2 has its own).
+    timed_reads: bool,
 }
 
 impl<S> TimedIo<S> {
@@ -129,7 +131,17 @@ impl<S> TimedIo<S> {
             timer: Box::pin(tokio::time::sleep(idle_timeout)),
             write_timeout,
             write_stalled: None,
+            timed_reads: true,
         }
+    }
+
+    /// The socket with only the client timeout on its writes: for HTTP/2, whose reads carry
+    /// many streams and have the connection's own idle watchdog.
+    pub(crate) fn writes_only(stream: S, write_timeout: Duration) -> Self {
+        let state = Arc::new(ConnState::default());
+        let mut io = TimedIo::new(stream, state, Duration::MAX, Duration::MAX, write_timeout);
+        io.timed_reads = false;
+        io
     }
 
     /// A write returned `Pending`: whether it has now been stalled for the client timeout
@@ -175,6 +187,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.timed_reads {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
         let requests = this.state.requests.load(Ordering::Relaxed);
         if this.head_started.is_some_and(|(_, seen)| seen != requests) {
             // A request started since: the head in progress was complete.

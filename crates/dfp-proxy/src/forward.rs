@@ -1,115 +1,53 @@
 //! The HTTP/2 engine's forwarding: a request hyper read from an HTTP/2 client goes through
 //! the same rules as the HTTP/1 engine's ([`crate::rules`]: checks, routing, policy, fields,
-//! failures, record) and on to an HTTP/1.1 instance over hyper's client.
+//! failures, record) and on to an HTTP/1.1 instance over the same per-thread connections
+//! ([`crate::upstream`]).
+//!
+//! What differs from the HTTP/1 engine is only the translation between HTTP/2 frames and
+//! HTTP/1.1 bytes: the request's head is written as HTTP/1.1 bytes, its body (DATA frames) is
+//! sent as it comes, with its `Content-Length` or chunked; the instance's response head is
+//! parsed into hyper's response, and its body read from the socket and decoded (chunked
+//! framing cannot cross to HTTP/2) into DATA frames as hyper asks for them, so an unread
+//! response reads no more from the instance than the client's window takes.
 
 use std::convert::Infallible;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::{pin, Pin};
 use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use dfp_routing::{Backend, HeaderEdits, TableHandle};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, Version};
-use http_body::Body as _;
-use http_body_util::{Either, Empty, Full};
+use bytes::{Buf as _, Bytes, BytesMut};
+use dfp_routing::{Backend, TableHandle};
+use http::header::HeaderMap;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame};
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 
+use crate::chunked::{ChunkedScanner, Scan};
 use crate::error::ProxyError;
-use crate::pool::{Pool, Pooled};
-use crate::rules::{self, Admission, Admitted, Failure, Forwarding, Record};
+use crate::rules::{
+    self, Admitted, Failure, FieldSink as _, Forwarding, Framing, Record, RequestBody,
+    RoutedRequest, Routing, MAX_HEADERS, MAX_HEAD_BYTES,
+};
 use crate::upstream::Connector;
-use crate::{path, ProxyConfig};
+use crate::ProxyConfig;
 
-/// What the proxy answers with: the upstream's streamed body, or a short body of its own.
-pub(crate) type ProxyBody = Either<Pooled, Full<Bytes>>;
-
-/// What the proxy sends upstream: the client's streamed body, or nothing (a retry of a
-/// request that had no body).
-pub(crate) type UpstreamBody = Either<Uploading, Empty<Bytes>>;
-
-/// The client's request body on its way upstream, noting when it last moved, so that the
-/// server timeout counts from the end of an upload (or from the last progress of a slow one),
-/// never from its start: a 1 GiB upload is not a slow server.
-#[derive(Debug)]
-pub(crate) struct Uploading {
-    inner: Incoming,
-    progress: Option<Arc<Progress>>,
-}
-
-#[derive(Debug, Default)]
-struct Progress {
-    /// [`now_ms`] of the last frame (or of the end).
-    last_ms: AtomicU64,
-    /// The client's body failed (reset stream, broken off): the client's fault, not the
-    /// instance's.
-    client_failed: AtomicBool,
-}
-
-impl http_body::Body for Uploading {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(frame) = &polled {
-            if let Some(progress) = &self.progress {
-                progress.last_ms.store(now_ms(), Ordering::Relaxed);
-                if matches!(frame, Some(Err(_))) {
-                    progress.client_failed.store(true, Ordering::Relaxed);
-                }
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Waits for `response` at most `timeout` after the request body last moved (for a request
-/// without a body: after it was sent). `None` when that time passed.
-async fn await_response<F: std::future::Future>(
-    response: F,
-    progress: Option<&Progress>,
-    timeout: Duration,
-) -> Option<F::Output> {
-    let Some(progress) = progress else {
-        return tokio::time::timeout(timeout, response).await.ok();
-    };
-    tokio::pin!(response);
-    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-    loop {
-        let quiet_for = now_ms().saturating_sub(progress.last_ms.load(Ordering::Relaxed));
-        let left = Duration::from_millis(timeout_ms.saturating_sub(quiet_for));
-        if left.is_zero() {
-            return None;
-        }
-        if let Ok(out) = tokio::time::timeout(left, response.as_mut()).await {
-            return Some(out);
-        }
-    }
-}
+/// What the proxy answers an HTTP/2 client with: the instance's body as it is read, or a
+/// short body of its own.
+pub(crate) type ProxyBody = Either<InstanceBody, Full<Bytes>>;
 
 /// What both engines share: the table, this thread's connections to instances, the
 /// timeouts. One per data-plane server, shared by its connections.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     pub(crate) table: TableHandle,
-    /// The HTTP/1 engine's connections to instances (raw sockets, per thread).
+    /// This thread's connections to instances.
     pub(crate) connector: Connector,
-    /// HTTP/2 requests' connections to instances (hyper's client, per thread).
-    pool: Pool,
     pub(crate) server_timeout: Duration,
     pub(crate) tunnel_timeout: Duration,
     pub(crate) client_timeout: Duration,
@@ -122,10 +60,6 @@ impl Forwarder {
         Forwarder {
             table,
             connector: Connector {
-                connect_timeout: config.connect_timeout,
-                idle_timeout: config.upstream_idle_timeout,
-            },
-            pool: Pool {
                 connect_timeout: config.connect_timeout,
                 idle_timeout: config.upstream_idle_timeout,
             },
@@ -173,57 +107,59 @@ impl Forwarder {
         client: Client,
         routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, body) = request.into_parts();
+        let (parts, mut body) = request.into_parts();
         let pairs: Vec<(&str, &[u8])> =
             parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
         let fields = pairs.iter().copied();
-        let facts = rules::analyse_request(false, fields.clone())?;
+        let mut facts = rules::analyse_request(false, fields.clone())?;
         let target = rules::parse_target(
             parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
         )?;
         let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
-        let normalised = match path::normalize(target.path) {
-            Ok(normalised) => normalised,
-            Err(path::EscapesRoot) => {
-                return Err(ProxyError::BadRequest("the request path climbs above /\n"));
+        let request = RoutedRequest {
+            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            authorization: facts.authorization,
+            defaults: (self.server_timeout, self.tunnel_timeout),
+        };
+        let mut slot = None;
+        let routing = rules::route(&self.table, &mut slot, host, &target, request);
+        let Routing { path: routed_path, backend, admitted, first } = match routing {
+            Ok(routing) => routing,
+            Err((err, backend)) => {
+                routed.backend = backend.cloned();
+                return Err(err);
             }
         };
-        let routed_path = normalised.as_deref().unwrap_or(target.path);
-        let backend = {
-            let table = self.table.load();
-            let route = table.lookup_host(host, routed_path).ok_or(ProxyError::NoRoute)?;
-            route.backend.clone()
-        };
         routed.backend = Some(backend.clone());
-        let admission = Admission {
-            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
-            host,
-            path: routed_path,
-            query: target.query,
-            authorization: facts.authorization,
+
+        // The instance's head. An HTTP/2 body without a length goes on chunked.
+        let has_body = !body.is_end_stream();
+        let chunked = has_body && !matches!(facts.body(), RequestBody::Length(_));
+        if !has_body {
+            facts.body = Some(RequestBody::None);
+        }
+        let mut head = Vec::with_capacity(512);
+        let path = admitted.rewritten.as_deref().unwrap_or(&routed_path);
+        let _ = write!(head, "{} {path}", parts.method);
+        if let Some(query) = target.query {
+            let _ = write!(head, "?{query}");
+        }
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        let host_field = match facts.host {
+            Some(host) => host,
+            None => first.authority().as_str().as_bytes(),
         };
-        let admitted = rules::admit(
-            backend.policy(),
-            backend.service(),
-            &admission,
-            (self.server_timeout, self.tunnel_timeout),
-        )?;
-        if backend.instances().is_empty() {
-            return Err(ProxyError::NoInstance);
-        }
-        let path = admitted.rewritten.as_deref().unwrap_or(routed_path);
-        let path_and_query = match target.query {
-            Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
-            None => PathAndQuery::try_from(path),
-        }
-        .map_err(|_| ProxyError::BadRequest("the request path is malformed\n"))?;
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
         let forwarding = Forwarding {
             client_ip: &client.addr.ip().to_string(),
             proto: if client.tls { "https" } else { "http" },
-            host: facts.host.unwrap_or_default(),
+            host: host_field,
         };
-        rules::write_request_fields(&mut headers, fields, &facts, &admitted, &forwarding);
+        rules::write_request_fields(&mut head, fields, &facts, &admitted, &forwarding);
+        if chunked {
+            head.field("transfer-encoding", b"chunked");
+        }
+        head.extend_from_slice(b"\r\n");
+        drop(pairs);
         // Every policy field has been used above or below: no `..` here either.
         let Admitted {
             rewritten: _,
@@ -235,15 +171,8 @@ impl Forwarder {
         } = admitted;
 
         // Only a request without a body and with idempotent semantics can be sent again.
-        let replayable = is_idempotent(&parts.method) && body.is_end_stream();
-        let method = parts.method;
-        // Only an upload needs its progress watched; a request without a body costs nothing.
-        let progress = (!body.is_end_stream()).then(|| {
-            let progress = Arc::new(Progress::default());
-            progress.last_ms.store(now_ms(), Ordering::Relaxed);
-            progress
-        });
-        let mut body = Some(Uploading { inner: body, progress: progress.clone() });
+        let replayable = is_idempotent(&parts.method) && !has_body;
+        let head_request = parts.method == Method::HEAD;
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             let Some(upstream) = backend.next_instance_except(now_ms, &tried) else {
@@ -251,46 +180,41 @@ impl Forwarder {
             };
             let addr = upstream.addr();
             routed.upstream = Some(addr);
-            let mut outgoing = Request::new(match body.take() {
-                Some(body) => Either::Left(body),
-                None => Either::Right(Empty::new()),
-            });
-            *outgoing.method_mut() = method.clone();
-            // Origin form (`/path?query`): an HTTP/1.1 instance is asked for its own path.
-            *outgoing.uri_mut() = Uri::from(path_and_query.clone());
-            *outgoing.version_mut() = Version::HTTP_11;
-            *outgoing.headers_mut() =
-                if replayable { headers.clone() } else { std::mem::take(&mut headers) };
-            if !outgoing.headers().contains_key(header::HOST) {
-                if let Ok(host) = HeaderValue::from_str(upstream.authority().as_str()) {
-                    outgoing.headers_mut().insert(header::HOST, host);
-                }
-            }
-
-            let answer =
-                await_response(self.pool.send(addr, outgoing), progress.as_deref(), server_timeout)
-                    .await;
-            let failure = match answer {
-                Some(Ok(response)) => match relay(response, response_edits, method == Method::HEAD)
-                {
-                    Ok(response) => {
-                        upstream.health().record_success();
-                        return Ok(response);
+            let attempt = Attempt {
+                connector: &self.connector,
+                addr,
+                server_timeout,
+                client_timeout: self.client_timeout,
+                chunked,
+            };
+            let body = has_body.then_some(&mut body);
+            let failure = match attempt.run(&head, body, head_request).await {
+                Ok((stream, response, leftover, sent_all)) => {
+                    match relay(stream, response, leftover, sent_all, &attempt, head_request) {
+                        Ok((mut response, facts)) => {
+                            let mut headers = HeaderMap::with_capacity(response.headers().len());
+                            let fields = response.headers().iter();
+                            let pairs: Vec<(&str, &[u8])> =
+                                fields.map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+                            rules::write_response_fields(
+                                &mut headers,
+                                pairs.iter().copied(),
+                                &facts,
+                                response_edits,
+                                false,
+                            );
+                            drop(pairs);
+                            *response.headers_mut() = headers;
+                            upstream.health().record_success();
+                            return Ok(response);
+                        }
+                        Err(failure) => failure,
                     }
-                    Err(failure) => failure,
-                },
-                Some(Err(_))
-                    if progress
-                        .as_ref()
-                        .is_some_and(|p| p.client_failed.load(Ordering::Relaxed)) =>
-                {
-                    Failure::Client("the request body was broken off\n")
                 }
-                Some(Err(err)) => Failure::Unreachable(std::io::Error::other(err)),
-                None => Failure::Timeout,
+                Err(failure) => failure,
             };
             if failure.blames_instance() {
-                if rules::attempt_failed(&backend, upstream, &mut tried, replayable, &failure) {
+                if rules::attempt_failed(backend, upstream, &mut tried, replayable, &failure) {
                     continue;
                 }
             } else {
@@ -301,33 +225,335 @@ impl Forwarder {
     }
 }
 
-/// Turns the instance's response into the client's with the same rules as the HTTP/1 engine
-/// (hyper frames the body for HTTP/2 itself); an invalid head is the instance's fault.
-fn relay(
-    response: Response<Pooled>,
-    edits: &HeaderEdits,
-    head_request: bool,
-) -> Result<Response<ProxyBody>, Failure> {
-    let (mut parts, body) = response.into_parts();
-    let pairs: Vec<(&str, &[u8])> =
-        parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-    let fields = pairs.iter().copied();
-    let facts = rules::analyse_response(
-        parts.status.as_u16(),
-        parts.version == Version::HTTP_10,
-        head_request,
-        fields.clone(),
-    )
-    .map_err(Failure::BadResponse)?;
-    if facts.status == 101 {
-        return Err(Failure::BadResponse("101 Switching Protocols to a request without Upgrade"));
+/// One attempt at one instance.
+struct Attempt<'a> {
+    connector: &'a Connector,
+    addr: SocketAddr,
+    server_timeout: Duration,
+    client_timeout: Duration,
+    /// The body goes on chunked (else with the client's `Content-Length`).
+    chunked: bool,
+}
+
+/// A response head as parsed: status, reason-less fields, and what the rules made of them.
+struct ParsedHead {
+    status: u16,
+    http10: bool,
+    fields: HeaderMap,
+    head_len: usize,
+}
+
+impl Attempt<'_> {
+    /// Sends the head and the body, and reads the instance's final response head. Returns the
+    /// connection, the head, the bytes read past it, and whether the whole body was sent.
+    async fn run(
+        &self,
+        head: &[u8],
+        mut body: Option<&mut Incoming>,
+        head_request: bool,
+    ) -> Result<(TcpStream, ParsedHead, BytesMut, bool), Failure> {
+        let (mut stream, reused) = loop {
+            let (mut stream, reused) =
+                self.connector.get(self.addr).await.map_err(Failure::Unreachable)?;
+            match stream.write_all(head).await {
+                Ok(()) => break (stream, reused),
+                // A pooled connection the instance closed meanwhile: nothing was sent.
+                Err(_) if reused => {}
+                Err(err) => return Err(Failure::Unreachable(err)),
+            }
+        };
+        let mut buf = BytesMut::with_capacity(4096);
+        let (mut reader, mut writer) = stream.split();
+        let mut sent_all = body.is_none();
+        let parsed = {
+            let pump = pin!(async {
+                if let Some(body) = body.as_mut() {
+                    pump_body(body, &mut writer, self.chunked, self.client_timeout).await
+                } else {
+                    Ok(())
+                }
+            });
+            let mut pump = pump;
+            let mut read = pin!(read_head(&mut reader, &mut buf));
+            // The server timeout runs from the end of the upload.
+            let mut deadline = tokio::time::Instant::now() + self.server_timeout;
+            loop {
+                tokio::select! {
+                    pumped = &mut pump, if !sent_all => {
+                        pumped?;
+                        sent_all = true;
+                        deadline = tokio::time::Instant::now() + self.server_timeout;
+                    }
+                    parsed = &mut read => break parsed,
+                    () = tokio::time::sleep_until(deadline), if sent_all => {
+                        return Err(Failure::Timeout);
+                    }
+                }
+            }
+        };
+        match parsed {
+            Ok(parsed) => Ok((stream, parsed, buf, sent_all)),
+            // A kept-alive connection the instance closed meanwhile, before any answer and
+            // before any of a body: a fresh connection may carry the request again.
+            Err(Failure::Unreachable(_)) if reused && buf.is_empty() && body.is_none() => {
+                Box::pin(self.run(head, None, head_request)).await
+            }
+            Err(failure) => Err(failure),
+        }
     }
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
-    rules::write_response_fields(&mut headers, fields, &facts, edits, false);
+}
+
+/// Sends the client's DATA frames to the instance as they come (chunk-framed when `chunked`),
+/// then the last chunk. A client that sends nothing for the client timeout, or breaks off its
+/// stream, is at fault.
+async fn pump_body(
+    body: &mut Incoming,
+    upstream: &mut tokio::net::tcp::WriteHalf<'_>,
+    chunked: bool,
+    client_timeout: Duration,
+) -> Result<(), Failure> {
+    let gone = |err: io::Error| Failure::Unreachable(err);
+    loop {
+        let frame = match tokio::time::timeout(client_timeout, body.frame()).await {
+            Err(_) => {
+                return Err(Failure::Client("the request body stalled for the client timeout\n"))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(Failure::Client("the request body was broken off\n")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            upstream.write_all(size.as_bytes()).await.map_err(gone)?;
+            upstream.write_all(&data).await.map_err(gone)?;
+            upstream.write_all(b"\r\n").await.map_err(gone)?;
+        } else {
+            upstream.write_all(&data).await.map_err(gone)?;
+        }
+    }
+    if chunked {
+        upstream.write_all(b"0\r\n\r\n").await.map_err(gone)?;
+    }
+    Ok(())
+}
+
+/// Reads until `buf` starts with a final response head (interim `1xx` heads are dropped: an
+/// HTTP/2 client is not sent them).
+async fn read_head(
+    reader: &mut tokio::net::tcp::ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> Result<ParsedHead, Failure> {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(buf) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let status = response.code.unwrap_or(0);
+                    if (100..200).contains(&status) && status != 101 {
+                        buf.advance(head_len);
+                        continue;
+                    }
+                    if status == 101 {
+                        return Err(Failure::BadResponse(
+                            "101 Switching Protocols to a request without Upgrade",
+                        ));
+                    }
+                    let mut fields = HeaderMap::with_capacity(response.headers.len());
+                    for header in response.headers.iter() {
+                        fields.field(header.name, header.value);
+                    }
+                    return Ok(ParsedHead {
+                        status,
+                        http10: response.version == Some(0),
+                        fields,
+                        head_len,
+                    });
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(Failure::BadResponse("response head too large"));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(Failure::BadResponse("malformed response head")),
+            }
+        }
+        buf.reserve(4096);
+        match reader.read_buf(buf).await {
+            Ok(0) => return Err(Failure::Unreachable(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(err) => return Err(Failure::Unreachable(err)),
+        }
+    }
+}
+
+/// The instance's response as hyper's, with the fields as the instance sent them (the caller
+/// rewrites them by the rules) and a body that reads the rest from the connection.
+fn relay(
+    stream: TcpStream,
+    head: ParsedHead,
+    mut leftover: BytesMut,
+    sent_all: bool,
+    attempt: &Attempt<'_>,
+    head_request: bool,
+) -> Result<(Response<ProxyBody>, rules::ResponseFacts), Failure> {
+    let pairs: Vec<(&str, &[u8])> =
+        head.fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let facts =
+        rules::analyse_response(head.status, head.http10, head_request, pairs.iter().copied())
+            .map_err(Failure::BadResponse)?;
     drop(pairs);
-    parts.headers = headers;
-    parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    leftover.advance(head.head_len);
+    let body = InstanceBody {
+        stream: Some(stream),
+        buf: leftover,
+        framing: facts.framing,
+        remaining: match facts.framing {
+            Framing::Length(length) => length,
+            _ => 0,
+        },
+        scanner: ChunkedScanner::new(),
+        reusable: facts.keep_alive && sent_all,
+        connector: *attempt.connector,
+        addr: attempt.addr,
+        done: facts.framing == Framing::Empty,
+    };
+    let mut response = Response::new(Either::Left(body));
+    *response.status_mut() = StatusCode::from_u16(head.status)
+        .map_err(|_| Failure::BadResponse("invalid status code"))?;
+    *response.version_mut() = Version::HTTP_2;
+    *response.headers_mut() = head.fields;
+    if let Either::Left(body) = response.body_mut() {
+        body.finish_if_done();
+    }
+    Ok((response, facts))
+}
+
+/// An instance's response body, read from its connection as hyper asks for it; the
+/// connection goes back to this thread's pool when the body ended exactly where the bytes
+/// read ended (a body dropped early takes its connection with it: it may be mid-message).
+pub(crate) struct InstanceBody {
+    stream: Option<TcpStream>,
+    /// Bytes read and not yet handed on.
+    buf: BytesMut,
+    framing: Framing,
+    /// Of a `Content-Length` body, the bytes still to hand on.
+    remaining: u64,
+    scanner: ChunkedScanner,
+    reusable: bool,
+    connector: Connector,
+    addr: SocketAddr,
+    done: bool,
+}
+
+impl std::fmt::Debug for InstanceBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceBody").field("framing", &self.framing).finish_non_exhaustive()
+    }
+}
+
+impl InstanceBody {
+    /// At the body's end: the connection goes back if nothing was read past it.
+    fn finish_if_done(&mut self) {
+        if self.done {
+            if let Some(stream) = self.stream.take() {
+                if self.reusable && self.buf.is_empty() {
+                    self.connector.give_back(self.addr, stream);
+                }
+            }
+        }
+    }
+
+    /// The next data out of `buf`, by the framing; `None` when more must be read.
+    fn take_data(&mut self) -> Result<Option<Bytes>, io::Error> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        match self.framing {
+            Framing::Empty => Ok(None),
+            Framing::UntilClose => Ok(Some(self.buf.split().freeze())),
+            Framing::Length(_) => {
+                let take = usize::try_from(self.remaining)
+                    .map_or(self.buf.len(), |r| r.min(self.buf.len()));
+                self.remaining -= take as u64;
+                self.done = self.remaining == 0;
+                Ok(Some(self.buf.split_to(take).freeze()))
+            }
+            Framing::Chunked => {
+                let mut data = BytesMut::new();
+                let input = &self.buf[..];
+                let scan = self
+                    .scanner
+                    .feed_with(input, |range| data.extend_from_slice(&input[range]))
+                    .map_err(io::Error::other)?;
+                let consumed = match scan {
+                    Scan::Done(end) => {
+                        self.done = true;
+                        end
+                    }
+                    Scan::NeedMore => self.buf.len(),
+                };
+                self.buf.advance(consumed);
+                Ok(Some(data.freeze()))
+            }
+        }
+    }
+}
+
+impl http_body::Body for InstanceBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                this.finish_if_done();
+                return Poll::Ready(None);
+            }
+            match this.take_data() {
+                Err(err) => return Poll::Ready(Some(Err(err))),
+                Ok(Some(data)) if !data.is_empty() => {
+                    this.finish_if_done();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(_) => {}
+            }
+            if this.done {
+                continue;
+            }
+            let Some(stream) = this.stream.as_mut() else { return Poll::Ready(None) };
+            this.buf.reserve(16 * 1024);
+            let got = loop {
+                match stream.try_read_buf(&mut this.buf) {
+                    Ok(got) => break got,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(stream.poll_read_ready(cx))?;
+                    }
+                    Err(err) => return Poll::Ready(Some(Err(err))),
+                }
+            };
+            if got == 0 {
+                this.stream = None;
+                if this.framing == Framing::UntilClose {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
 }
 
 /// Who sent a request, and how.

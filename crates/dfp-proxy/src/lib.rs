@@ -17,12 +17,11 @@ mod error;
 mod forward;
 mod h1;
 mod path;
-mod pool;
 mod rules;
 mod server;
 mod tls;
 mod tunnel;
 mod upstream;
 
-pub use server::{serve, ConnectionStats, ProxyConfig};
+pub use server::{serve, ConnectionStats, ProxyConfig, DEFAULT_MAX_CONNECTIONS};
 pub use tls::serve_tls;

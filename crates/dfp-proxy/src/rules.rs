@@ -1,6 +1,6 @@
 //! The one set of rules every proxied exchange follows, whichever engine carries it.
 //!
-//! Why one module: the proxy has two HTTP engines (its own HTTP/1 codec in `h1.rs` for plain
+//! Why one module: the proxy has two HTTP engines (its own HTTP/1 codec in `h1/` for plain
 //! and TLS connections, and hyper's HTTP/2 server in `tls.rs` + `forward.rs`). Every decision
 //! about an exchange is made here, once, over plain `(name, value)` field lists that both
 //! engines can give: which request and response fields pass (hop-by-hop, names listed in
@@ -13,18 +13,21 @@
 //! [`Admitted`] answer the same way: a new policy field does not compile until this module
 //! says what it means and every engine says what it does with it.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use dfp_routing::{Backend, HeaderEdits, ServicePolicy, Upstream};
+use dfp_routing::{Backend, HeaderEdits, ServicePolicy, TableHandle, Upstream};
 use http::header::HeaderValue;
 use http::StatusCode;
 
 use crate::error::ProxyError;
 use crate::forward::now_ms;
+use crate::path;
 
 /// The largest request or response head (start line and fields) accepted, on every request of
 /// every connection; a larger request head gets 431.
@@ -423,6 +426,71 @@ pub(crate) fn admit<'p>(
         server_timeout: server_timeout.unwrap_or(defaults.0),
         tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
     })
+}
+
+/// A request routed and let through by its service's policy.
+#[derive(Debug)]
+pub(crate) struct Routing<'t, 'b> {
+    /// The path as routed: the target's, with dot segments resolved and `//` merged.
+    pub(crate) path: Cow<'t, str>,
+    pub(crate) backend: &'b Arc<Backend>,
+    pub(crate) admitted: Admitted<'b>,
+    /// One of the service's instances (an HTTP/1.0 client without `Host` gets its address as
+    /// `Host` upstream).
+    pub(crate) first: &'b Upstream,
+}
+
+/// What [`route`] refuses with: the answer, and the service when the request was routed.
+pub(crate) type Unrouted<'b> = (ProxyError, Option<&'b Arc<Backend>>);
+
+/// Normalises the target's path ([`path::normalize`]), looks the host and path up in the live
+/// table (the guard is dropped before this returns; `slot` keeps the backend alive for as long
+/// as the answer borrows it), and lets the service's policy [`admit`] the request. No route:
+/// 404; the policy's own answer (redirect, 401); no instance: 503.
+pub(crate) fn route<'t, 'b>(
+    table: &TableHandle,
+    slot: &'b mut Option<Arc<Backend>>,
+    host: Option<&str>,
+    target: &Target<'t>,
+    request: RoutedRequest<'_>,
+) -> Result<Routing<'t, 'b>, Unrouted<'b>> {
+    let path: Cow<'t, str> = match path::normalize(target.path) {
+        Ok(Some(normal)) => Cow::Owned(normal),
+        Ok(None) => Cow::Borrowed(target.path),
+        Err(path::EscapesRoot) => {
+            return Err((ProxyError::BadRequest("the request path climbs above /\n"), None));
+        }
+    };
+    let backend: &'b Arc<Backend> = {
+        let table = table.load();
+        let Some(found) = table.lookup_host(host, &path) else {
+            return Err((ProxyError::NoRoute, None));
+        };
+        slot.insert(found.backend.clone())
+    };
+    let admission = Admission {
+        https: request.https,
+        host,
+        path: &path,
+        query: target.query,
+        authorization: request.authorization,
+    };
+    let admitted = admit(backend.policy(), backend.service(), &admission, request.defaults)
+        .map_err(|err| (err, Some(backend)))?;
+    let Some(first) = backend.instances().first() else {
+        return Err((ProxyError::NoInstance, Some(backend)));
+    };
+    Ok(Routing { path, backend, admitted, first })
+}
+
+/// What [`route`] needs to know of a request besides its host and target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoutedRequest<'a> {
+    /// Came over TLS, or (trusted) says it came over HTTPS.
+    pub(crate) https: bool,
+    pub(crate) authorization: Option<&'a [u8]>,
+    /// The proxy's server and tunnel timeouts.
+    pub(crate) defaults: (Duration, Duration),
 }
 
 /// `301`..`308` to the same host and path over HTTPS (the port, if any, is dropped: HTTPS is

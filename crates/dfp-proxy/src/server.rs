@@ -1,4 +1,5 @@
-//! The accept loop and the plain listener's connections, with graceful shutdown.
+//! The accept loop and the plain listener's connections, with graceful shutdown and the
+//! limit on open client connections.
 
 use std::future::Future;
 use std::io;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use dfp_routing::TableHandle;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::conn::{ConnState, TimedIo};
 use crate::forward::Forwarder;
@@ -59,8 +60,16 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Connection counters of the data plane, for `/metrics`.
-#[derive(Debug, Default)]
+/// How many client connections may be open at once by default (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Connection counters of the data plane, for `/metrics`, and its limit on open connections.
+///
+/// One value is shared by every listener and every data-plane thread, so the counters and
+/// the limit cover them all: at [`ConnectionStats::max_connections`] open connections, the
+/// accept loops stop accepting (each holds at most one more connection, unserved) and new
+/// connections wait in the kernel's listen backlog until one closes.
+#[derive(Debug)]
 pub struct ConnectionStats {
     /// Client connections accepted since start.
     pub accepted: AtomicU64,
@@ -68,6 +77,38 @@ pub struct ConnectionStats {
     pub open: AtomicU64,
     /// TLS handshakes that failed or timed out (the TLS listener's connections).
     pub tls_handshake_failures: AtomicU64,
+    /// How often an accepted connection had to wait because the limit was reached.
+    pub limit_reached: AtomicU64,
+    /// One permit per connection that may open; taken at accept, given back at close.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl ConnectionStats {
+    /// Counters for a data plane that keeps at most `max_connections` client connections
+    /// open (at least 1; at most [`Semaphore::MAX_PERMITS`]).
+    pub fn new(max_connections: usize) -> Self {
+        let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        ConnectionStats {
+            accepted: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            limit_reached: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+        }
+    }
+
+    /// The most client connections open at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+}
+
+impl Default for ConnectionStats {
+    fn default() -> Self {
+        ConnectionStats::new(DEFAULT_MAX_CONNECTIONS)
+    }
 }
 
 /// Serves the proxy on `listener` until `shutdown` completes, then stops accepting, lets the
@@ -111,6 +152,11 @@ pub async fn serve(
 /// its own task, handing it the stop signal. Once `shutdown` completes: stop accepting,
 /// signal every connection (each finishes its request in flight, idle ones close at once),
 /// and return when all have closed or `grace` has passed.
+///
+/// Each connection holds one of `stats`' permits from accept to close. A loop takes one only
+/// after accepting (an idle listener must not sit on permits the other listener needs); with
+/// none left, it holds that one connection unserved and stops accepting until a connection
+/// closes, and the next ones wait in the kernel's backlog (HAProxy's `maxconn`).
 pub(crate) async fn accept_loop<S, F>(
     listener: TcpListener,
     name: &'static str,
@@ -139,6 +185,24 @@ pub(crate) async fn accept_loop<S, F>(
             },
             () = &mut shutdown => break,
         };
+        let permit = match stats.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                stats.limit_reached.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    listener = name,
+                    max_connections = stats.max_connections,
+                    "connection limit reached; accepting again once a connection closes"
+                );
+                tokio::select! {
+                    permit = stats.slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_closed) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
@@ -147,6 +211,7 @@ pub(crate) async fn accept_loop<S, F>(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             connection.await;
+            drop(permit);
             drop(alive);
         });
     }

@@ -7,14 +7,18 @@
 //! goes on serving requests.
 //!
 //! After the handshake, the protocol ALPN chose decides the engine. HTTP/1.1 (or no ALPN)
-//! goes to the same HTTP/1 engine as plain connections (`h1.rs`), over the decrypted stream
+//! goes to the same HTTP/1 engine as plain connections (`h1/`), over the decrypted stream
 //! with the same deadlines (`TimedIo`: 408 on a slow head, idle keep-alive, client timeout on
 //! writes), marked as TLS (so `X-Forwarded-Proto: https`). HTTP/2 is served by hyper's HTTP/2
 //! server, whose requests go through `forward.rs` under the same rules.
 //!
 //! Deadlines of an HTTP/2 connection: the handshake must complete within
-//! `header_read_timeout`, and a connection with no request under way for `idle_timeout` is
-//! shut down gracefully (GOAWAY), which also bounds a client that handshakes and sends nothing.
+//! `header_read_timeout`; a connection with no request under way for `idle_timeout` is shut
+//! down gracefully (GOAWAY), which also bounds a client that handshakes and sends nothing, and
+//! that close waits at most `client_timeout` for the client's acknowledgement; writes that make
+//! no progress for `client_timeout` fail the connection (a flooder that reads nothing); and
+//! when every response with data to send has waited that long on the client's flow-control
+//! window ([`StallWatch`]), the connection is closed, freeing the instances' connections.
 
 use std::future::Future;
 use std::io;
@@ -154,13 +158,23 @@ impl TlsConnection {
                 authority_as_host(&mut request);
                 let response =
                     forwarder.handle(request, Client { addr: client_addr, tls: true }).await;
-                response.map(|r| r.map(|body| EndOfBody::new(body, in_flight)))
+                let stalls = in_flight.0.clone();
+                response
+                    .map(|r| r.map(|body| StallWatch::new(EndOfBody::new(body, in_flight), stalls)))
             }
         });
-        let connection = self.http.serve_connection(TokioIo::new(tls), service);
+        // A client that reads nothing (a flood whose answers it never takes) makes our writes
+        // stall: after the client timeout the connection fails and closes.
+        let io = TimedIo::writes_only(tls, self.client_timeout);
+        let connection = self.http.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
+        // A graceful close waits for the client's acknowledgement; one that never comes ends
+        // the wait after the client timeout.
+        let client_timeout = self.client_timeout;
         let result = loop {
-            let deadline = activity.idle_deadline(self.idle_timeout);
+            let deadline = activity
+                .idle_deadline(self.idle_timeout)
+                .min(Instant::now() + (client_timeout / 2).max(Duration::from_millis(250)));
             tokio::select! {
                 result = connection.as_mut() => break result,
                 () = stopping(&mut self.stop) => {
@@ -172,7 +186,16 @@ impl TlsConnection {
                     if activity.idle_for(self.idle_timeout) {
                         tracing::debug!(client = %client_addr, "TLS connection idle for too long; closing it");
                         connection.as_mut().graceful_shutdown();
-                        break connection.as_mut().await;
+                        break tokio::time::timeout(client_timeout, connection.as_mut())
+                            .await
+                            .unwrap_or(Ok(()));
+                    }
+                    if activity.stalled_for(client_timeout) {
+                        // Every stream that has data to send waits for the client to open its
+                        // window: the client stopped reading. Its streams hold instances'
+                        // connections, so the whole connection goes.
+                        tracing::debug!(client = %client_addr, "HTTP/2 client read nothing for the client timeout; closing it");
+                        break Ok(());
                     }
                 }
             }
@@ -217,13 +240,19 @@ fn authority_as_host<B>(request: &mut Request<B>) {
     }
 }
 
-/// Whether a connection has a request under way, and since when it has had none.
+/// Whether a connection has a request under way, and since when it has had none; and whether
+/// the client is taking the data its responses have for it.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `origin` when the last request ended (or the connection began).
     idle_since_ms: AtomicU64,
     origin: Instant,
+    /// Responses that handed hyper data and have not been asked for more since: hyper asks
+    /// once the client's flow-control window has room, so these wait on the client.
+    awaiting_client: AtomicUsize,
+    /// When a response was last asked for more data (or began waiting), ms after `origin`.
+    client_progress_ms: AtomicU64,
 }
 
 impl Activity {
@@ -232,7 +261,17 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             origin: Instant::now(),
+            awaiting_client: AtomicUsize::new(0),
+            client_progress_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether responses have waited on the client, with none of them taken further, for
+    /// `limit`.
+    fn stalled_for(&self, limit: Duration) -> bool {
+        self.awaiting_client.load(Ordering::Acquire) > 0
+            && self.now_ms().saturating_sub(self.client_progress_ms.load(Ordering::Acquire))
+                >= u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn now_ms(&self) -> u64 {
@@ -257,6 +296,63 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire) == 0
             && now_ms.saturating_sub(self.idle_since_ms.load(Ordering::Acquire))
                 >= u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// An HTTP/2 response body that tells its connection's [`Activity`] when it handed data on
+/// and when it was asked for more, so a client that stops reading is seen.
+struct StallWatch<B> {
+    inner: B,
+    activity: Arc<Activity>,
+    awaiting: bool,
+}
+
+impl<B> StallWatch<B> {
+    fn new(inner: B, activity: Arc<Activity>) -> Self {
+        StallWatch { inner, activity, awaiting: false }
+    }
+
+    fn asked_again(&mut self) {
+        if std::mem::replace(&mut self.awaiting, false) {
+            self.activity.awaiting_client.fetch_sub(1, Ordering::AcqRel);
+            self.activity.client_progress_ms.store(self.activity.now_ms(), Ordering::Release);
+        }
+    }
+}
+
+impl<B> Drop for StallWatch<B> {
+    fn drop(&mut self) {
+        if self.awaiting {
+            self.activity.awaiting_client.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for StallWatch<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.asked_again();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.awaiting = true;
+            if self.activity.awaiting_client.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.activity.client_progress_ms.store(self.activity.now_ms(), Ordering::Release);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -27,7 +27,9 @@ where
                     let _ = b_write.shutdown().await;
                 }
                 Ok(n) => {
-                    if b_write.write_all(&a_buf[..n]).await.is_err() {
+                    // Flushed at once: over TLS the last bytes could otherwise wait in the
+                    // session while the tunnel waits for the other side.
+                    if b_write.write_all(&a_buf[..n]).await.is_err() || b_write.flush().await.is_err() {
                         break;
                     }
                     quiet.as_mut().reset(tokio::time::Instant::now() + idle);
@@ -39,7 +41,7 @@ where
                     let _ = a_write.shutdown().await;
                 }
                 Ok(n) => {
-                    if a_write.write_all(&b_buf[..n]).await.is_err() {
+                    if a_write.write_all(&b_buf[..n]).await.is_err() || a_write.flush().await.is_err() {
                         break;
                     }
                     quiet.as_mut().reset(tokio::time::Instant::now() + idle);

@@ -56,6 +56,19 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) threads: Option<u16>,
 
+    /// Length of the proxy and HTTPS listeners' queues of connections not yet accepted (the
+    /// kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "DFP_LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
+    pub(crate) listen_backlog: u32,
+
+    /// Most client connections open at once, plain and HTTPS together (HAProxy's maxconn);
+    /// past it new connections wait in the listen backlog until one closes. Each needs a
+    /// file descriptor, and one more while its request is forwarded.
+    #[arg(long, env = "DFP_MAX_CONNECTIONS", default_value_t = dfp_proxy::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 32))]
+    pub(crate) max_connections: usize,
+
     /// Consul KV namespace of this proxy's routes; replicas sharing it share routes.
     #[arg(long, env = "PROXY_INSTANCE_NAME", default_value = "docker-flow")]
     pub(crate) instance_name: String,

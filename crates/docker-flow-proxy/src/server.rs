@@ -5,6 +5,7 @@
 //! upstream pool; the admin API and every Consul call run on a single-threaded runtime of
 //! their own, so no admin work ever occupies a data-plane thread.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use dfp_consul::ConsulClient;
 use dfp_proxy::{ConnectionStats, ProxyConfig};
 use dfp_routing::TableHandle;
 use dfp_tls::CertStore;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::cli::{ServerArgs, TlsListen};
@@ -56,13 +58,14 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
 
     // Bind every port before anything starts, so a taken port fails fast and says which.
-    let proxy_listener = std::net::TcpListener::bind(args.listen)
+    let backlog = i32::try_from(args.listen_backlog).unwrap_or(i32::MAX);
+    let proxy_listener = listen(args.listen, backlog)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let admin_listener = std::net::TcpListener::bind(args.admin_listen)
         .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
     let tls_listener = match args.tls_listen {
         TlsListen::At(addr) => {
-            let listener = std::net::TcpListener::bind(addr).with_context(|| {
+            let listener = listen(addr, backlog).with_context(|| {
                 format!("cannot listen on {addr} (--tls-listen; `off` disables HTTPS)")
             })?;
             listener.set_nonblocking(true)?;
@@ -116,17 +119,25 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Certificates likewise: --certs-dir, then those stored (Consul KV or beside the state file).
     control_plane.block_on(cert_admin.start())?;
 
-    let connection_stats = Arc::new(ConnectionStats::default());
+    let connection_stats = Arc::new(ConnectionStats::new(args.max_connections));
     let stats = connection_stats.clone();
     let served_certs = certs.clone();
     controller.set_metrics_hook(MetricsHook(Arc::new(move |out: &mut String| {
         let open = stats.open.load(Ordering::Relaxed);
         let accepted = stats.accepted.load(Ordering::Relaxed);
+        let max = stats.max_connections();
+        let limited = stats.limit_reached.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP dfp_open_connections Client connections open now.\n\
              # TYPE dfp_open_connections gauge\n\
              dfp_open_connections {open}\n\
+             # HELP dfp_max_connections Most client connections open at once (--max-connections).\n\
+             # TYPE dfp_max_connections gauge\n\
+             dfp_max_connections {max}\n\
+             # HELP dfp_connection_limit_reached_total Times a connection waited because --max-connections were open.\n\
+             # TYPE dfp_connection_limit_reached_total counter\n\
+             dfp_connection_limit_reached_total {limited}\n\
              # HELP dfp_accepted_connections_total Client connections accepted since start.\n\
              # TYPE dfp_accepted_connections_total counter\n\
              dfp_accepted_connections_total {accepted}"
@@ -215,6 +226,17 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     proxy_result.context("data plane failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listening socket on `addr` with a queue of `backlog` connections not yet accepted (std's
+/// `TcpListener::bind` always asks for 128). `SO_REUSEADDR` as std sets it, so a restart
+/// binds at once over connections in TIME_WAIT.
+fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 /// The TLS side of `/metrics`: the certificates served, when each expires, failed handshakes.

@@ -1,0 +1,164 @@
+//! Connection limits: a burst of connections fits in the listen backlog (`--listen-backlog`)
+//! and is served whole; `--max-connections` bounds the client connections open at once across
+//! the plain and HTTPS listeners, while the admin API stays reachable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::support::{eventually, http_client, Proxy, RawClient, Upstream};
+use crate::tls::{connect, route_all_to, upload, Ca};
+
+/// The value of the un-labelled sample `name` in the proxy's `/metrics`.
+pub async fn metric(proxy: &Proxy, name: &str) -> Option<u64> {
+    let text =
+        http_client().get(proxy.admin_url("/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// How many files this process may open (the soft `RLIMIT_NOFILE`, from /proc).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+const BURST: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_connections_opened_at_once_are_all_served() {
+    // Each connection costs a descriptor here and one for the instance's side, and the proxy
+    // (which inherits the limit) the same again.
+    let needed = 3 * BURST as u64;
+    let limit = open_files_limit();
+    assert!(limit >= needed, "this test needs `ulimit -n` of at least {needed}; it is {limit}");
+    let web = Upstream::start("web-1").await;
+    let proxy = Proxy::start(None, &["--idle-timeout=120s", "--header-timeout=60s"]).await;
+    route_all_to(&proxy, &web).await;
+    let addr = proxy.addr;
+
+    // All at once: every connect is in flight before the first is answered.
+    let mut connecting = JoinSet::new();
+    for _ in 0..BURST {
+        connecting.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(60), TcpStream::connect(addr)).await
+        });
+    }
+    let mut streams = Vec::with_capacity(BURST);
+    while let Some(connected) = connecting.join_next().await {
+        let stream = connected.expect("connect task").expect("connects within 60 s");
+        streams.push(stream.expect("the proxy's backlog takes the connection"));
+    }
+    assert_eq!(streams.len(), BURST);
+    // The proxy holds them all open at once (the default limit is far above).
+    eventually(Duration::from_secs(60), "the proxy to accept every connection", || async {
+        (metric(&proxy, "dfp_open_connections").await? >= BURST as u64).then_some(())
+    })
+    .await;
+
+    let mut answers = JoinSet::new();
+    for mut stream in streams {
+        answers.spawn(async move {
+            let exchange = async {
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await?;
+                std::io::Result::Ok(String::from_utf8_lossy(&answer).into_owned())
+            };
+            tokio::time::timeout(Duration::from_secs(60), exchange).await
+        });
+    }
+    let mut served = 0;
+    while let Some(answer) = answers.join_next().await {
+        let answer = answer.expect("request task").expect("answered within 60 s").expect("io");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("web-1"), "{answer}");
+        served += 1;
+    }
+    assert_eq!(served, BURST);
+    assert_eq!(web.hits(), BURST, "each request reached the instance once");
+}
+
+/// Whether `stream` gets any byte within `wait` (false: nothing yet, still open).
+async fn answers_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0_u8; 1];
+    match tokio::time::timeout(wait, stream.peek(&mut byte)).await {
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(err)) => panic!("the waiting connection failed: {err}"),
+        Err(_elapsed) => false,
+    }
+}
+
+#[tokio::test]
+async fn past_max_connections_a_connection_waits_until_one_closes() {
+    let ca = Ca::new();
+    let web = Upstream::start("web-1").await;
+    let proxy = Proxy::start(None, &["--max-connections=10", "--threads=2"]).await;
+    route_all_to(&proxy, &web).await;
+    assert_eq!(upload(&proxy, "shop", &ca.issue(&["shop.example"]).pem).await.0, 200);
+    assert_eq!(metric(&proxy, "dfp_max_connections").await, Some(10));
+
+    // Ten connections, plain and HTTPS, each answered once and kept open.
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        let mut client = RawClient::connect(proxy.addr).await;
+        assert_eq!(client.get("/", "").await.text(), "web-1");
+        plain.push(client);
+    }
+    let mut https = Vec::new();
+    for _ in 0..4 {
+        let mut tls =
+            connect(proxy.tls_addr.expect("HTTPS"), Some("shop.example")).await.expect("handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n").await.expect("request");
+        let mut answer = vec![0_u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
+            .await
+            .expect("answered in time")
+            .expect("answer");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+        https.push(tls);
+    }
+    assert_eq!(metric(&proxy, "dfp_open_connections").await, Some(10));
+
+    // The eleventh connects (the kernel's backlog takes it) but is not served...
+    let eleventh_addr: SocketAddr = proxy.addr;
+    let mut eleventh = TcpStream::connect(eleventh_addr).await.expect("the backlog takes it");
+    eleventh
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    eventually(Duration::from_secs(10), "the limit to hold a connection back", || async {
+        (metric(&proxy, "dfp_connection_limit_reached_total").await? >= 1).then_some(())
+    })
+    .await;
+    assert!(!answers_within(&mut eleventh, Duration::from_millis(500)).await, "served past 10");
+    assert_eq!(web.hits(), 10);
+
+    // ...while the admin API and /metrics answer.
+    let (status, _) = proxy.admin("/v1/docker-flow-proxy/ping").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&proxy, "dfp_open_connections").await, Some(10));
+    assert!(!answers_within(&mut eleventh, Duration::from_millis(200)).await, "served past 10");
+
+    // One HTTPS connection closes: the eleventh is served.
+    drop(https.pop());
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), eleventh.read_to_end(&mut answer))
+        .await
+        .expect("served once a connection closed")
+        .expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("web-1"), "{answer}");
+
+    // The ten kept open still work.
+    for client in &mut plain {
+        assert_eq!(client.get("/", "").await.text(), "web-1");
+    }
+}
