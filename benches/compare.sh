@@ -17,6 +17,19 @@
 #           proxy under valgrind's callgrind (instructions of all its threads, startup and warm-up
 #           excluded), then through the proxy alone with `strace -c -f` attached (its syscalls).
 #           About a minute (one run each: counts need no rounds), so it is part of every run.
+#   Request classes, each measured on ours, HAProxy and nginx in the same alternating rounds
+#   (one set of the three proxies serves them all, with one ECDSA P-256 certificate that
+#   openssl makes for the run):
+#   https      HTTPS keep-alive, HTTP/1.1 (wrk over TLS, --connections connections).
+#   handshake  A new TLS connection with a full handshake for every request (dfp-load, a
+#              rustls client with session resumption off that counts full and resumed
+#              handshakes; 20 connections): CPU per request is CPU per handshake.
+#   h2         HTTP/2 over TLS (h2load -c20 -m10).
+#   post       POST with a 1 KiB and with a 64 KiB body (wrk, benches/compare/post.lua).
+#   options    A service with options: a request header set, a response header added and a
+#              regex path rewrite (ours: setReqHeader, addResHeader, reqPathSearch/Replace).
+#   websocket  WebSocket echo messages per second (128 bytes, one in flight per connection;
+#              dfp-load's client and echo server).
 #
 # How: the proxy under test runs on core 0 with one worker thread (HAProxy `nbthread 1`, nginx
 # `worker_processes 1`); wrk, the three nginx upstreams and the Consul dev agent share core 1.
@@ -27,16 +40,20 @@
 # requests wrk completed. The kernel keeps utime+stime equal to the exact run time (only the
 # user/system split is sampled); core 0's busy time in /proc/stat, tick-sampled, is a cross-check.
 #
-# Run:     benches/compare.sh                  (8 rounds of 10 s, 50 connections; ~25 minutes)
+# Run:     benches/compare.sh                  (8 rounds of 10 s, 50 connections; ~55 minutes)
 #          benches/compare.sh --quick          (2 rounds of 3 s, 2,000 counted requests: checks
 #                                              that everything works)
 #          benches/compare.sh --only instructions   (~1 minute)
+#          benches/compare.sh --only https,h2 --quick
 # Options: --rounds N  --duration SECONDS  --connections N
-#          --only closed|paced|routes|churn|instructions
+#          --only closed|paced|routes|churn|instructions|https|handshake|h2|post|options|websocket
+#                 (or several, comma-separated; "classes": the last six)
 #          --routes N (the large route count, default 10000)  --bin PATH (skip the cargo build)
+#          --load-bin PATH (dfp-load, the handshake and WebSocket client: skip its cargo build)
 #          --requests N (instructions: the counted requests, default 20000)
 # Needs:   a 2-core (or larger) Linux machine, root for apt-get when haproxy, nginx, wrk (or,
-#          for instructions, valgrind or strace) is missing, and `consul`
+#          for instructions, valgrind or strace; for the classes openssl and h2load) is
+#          missing, and `consul`
 #          (../shared/bin/install-consul puts one on PATH).
 # Output:  progress on stderr; the report (markdown, ready for BENCHMARKS.md) on stdout and in
 #          target/compare/<timestamp>/report.md beside the raw results, configs and logs.
@@ -60,9 +77,18 @@ CONNECTIONS=50
 ONLY=all
 MANY_ROUTES=10000
 BIN=""
+LOAD_BIN=""
 INSTR_REQUESTS=20000
 readonly INSTR_CONNECTIONS=10
 readonly INSTR_WARMUP=500
+# The request classes (--only names) and their settings.
+readonly CLASSES="https handshake h2 post options websocket"
+readonly HANDSHAKE_CONNECTIONS=20
+readonly H2_CLIENTS=20
+readonly H2_STREAMS=10
+readonly WS_MESSAGE_BYTES=128
+readonly OPTS_PATH=/api/v1/opts
+readonly WS_PATH=/ws
 
 # ----------------------------------------------------------------------------------------------
 # Options
@@ -73,9 +99,10 @@ parse_args() {
       --rounds) ROUNDS=${2:?--rounds needs a number}; shift ;;
       --duration) DURATION=${2:?--duration needs seconds}; shift ;;
       --connections) CONNECTIONS=${2:?--connections needs a number}; shift ;;
-      --only) ONLY=${2:?--only needs closed, paced, routes, churn or instructions}; shift ;;
+      --only) ONLY=${2:?--only needs a scenario or class name}; shift ;;
       --routes) MANY_ROUTES=${2:?--routes needs a number}; shift ;;
       --bin) BIN=${2:?--bin needs a path}; shift ;;
+      --load-bin) LOAD_BIN=${2:?--load-bin needs a path}; shift ;;
       --requests) INSTR_REQUESTS=${2:?--requests needs a number}; shift ;;
       --quick) ROUNDS=2 DURATION=3 INSTR_REQUESTS=2000 ;;
       -h | --help) usage; exit 0 ;;
@@ -90,13 +117,31 @@ parse_args() {
   ((MANY_ROUTES > 10)) || die "--routes must be a number above 10"
   [[ $INSTR_REQUESTS =~ ^[1-9][0-9]*$ ]] || die "--requests must be a number, not $INSTR_REQUESTS"
   ((INSTR_REQUESTS >= INSTR_CONNECTIONS)) || die "--requests must be at least $INSTR_CONNECTIONS"
-  case $ONLY in
-    all | closed | paced | routes | churn | instructions) ;;
-    *) die "--only takes closed, paced, routes, churn or instructions" ;;
-  esac
+  local list=",$ONLY,"
+  list=${list//,classes,/,${CLASSES// /,},}
+  list=${list#,}
+  ONLY=${list%,}
+  local name
+  for name in ${ONLY//,/ }; do
+    case " all closed paced routes churn instructions $CLASSES " in
+      *" $name "*) ;;
+      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, } or classes (comma-separated for several), not $name" ;;
+    esac
+  done
 }
 
-wants() { [[ $ONLY == all || $ONLY == "$1" ]]; }
+# wants NAME: the scenario or class NAME is to run (--only, a comma-separated list, or all).
+wants() { [[ $ONLY == all || ",$ONLY," == *",$1,"* ]]; }
+
+# wants_classes [https]: any request class is to run (with "https": any class over TLS).
+wants_classes() {
+  local class
+  for class in $CLASSES; do
+    if [[ ${1:-} == https && $class != https && $class != handshake && $class != h2 ]]; then continue; fi
+    wants "$class" && return 0
+  done
+  return 1
+}
 
 # ----------------------------------------------------------------------------------------------
 # Prerequisites (process, port and install helpers: lib/common.sh)
@@ -104,6 +149,8 @@ wants() { [[ $ONLY == all || $ONLY == "$1" ]]; }
 ensure_tools() {
   local -a tools=(haproxy nginx:nginx-light wrk taskset:util-linux pgrep:procps curl awk:)
   if wants instructions; then tools+=(valgrind callgrind_control:valgrind strace); fi
+  if wants_classes https; then tools+=(openssl); fi
+  if wants h2; then tools+=(h2load:nghttp2-client); fi
   require_tools "${tools[@]}"
   ensure_consul
   (($(nproc) >= 2)) || die "needs at least 2 cores (proxy on core $PROXY_CORE, load on core $LOAD_CORE)"
@@ -127,13 +174,43 @@ describe_machine() {
     echo "- instructions: $(valgrind --version) (callgrind), strace $(strace -V | awk 'NR == 1 { print $NF }');" \
       "$INSTR_REQUESTS requests over $INSTR_CONNECTIONS connections (curl, on core $LOAD_CORE)"
   fi
+  if wants_classes; then
+    echo "- classes: $(openssl version 2>/dev/null | awk '{ print $1, $2 }');" \
+      "h2load: $({ h2load --version 2>/dev/null || echo '? ?'; } | awk 'NR == 1 { print $2 }');" \
+      "certificate: ECDSA P-256 (openssl, self-signed), the same file for every proxy;" \
+      "handshake: dfp-load (rustls $(rustls_version), resumption off), $HANDSHAKE_CONNECTIONS connections;" \
+      "h2: h2load -t 1 -c $H2_CLIENTS -m $H2_STREAMS; websocket: dfp-load, $CONNECTIONS connections, $WS_MESSAGE_BYTES-byte messages"
+  fi
   echo
+}
+
+# build_load: LOAD_BIN as given (--load-bin), or dfp-load as cargo builds it (benches/load.rs).
+build_load() {
+  if [[ -n $LOAD_BIN ]]; then
+    [[ -x $LOAD_BIN ]] || die "--load-bin $LOAD_BIN is not an executable"
+    return
+  fi
+  log "building: cargo build --release -p dfp-benches --bin dfp-load"
+  (cd "$REPO" && cargo build --release -p dfp-benches --bin dfp-load >&2) ||
+    die "cargo build --release -p dfp-benches --bin dfp-load failed"
+  LOAD_BIN="$(cargo_target_dir)/release/dfp-load"
+}
+
+# rustls_version: the rustls that dfp-load is built with (Cargo.lock).
+rustls_version() {
+  awk '$0 == "name = \"rustls\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO/Cargo.lock"
 }
 
 # ----------------------------------------------------------------------------------------------
 # Upstreams (three nginx) and Consul
 
 declare -a UPSTREAM_PORTS=()
+# The classes': the options service's three upstreams (nginx answering "oN <path> <X-Bench-Env>",
+# so a check sees the rewrite and the header), the WebSocket echo server, the certificate.
+declare -a OPTS_PORTS=()
+WS_PORT=""
+CERT_DIR=""
+declare -A TLS_URL=() TLS_ADDR=() PLAIN_ADDR=() OPTS_URL=() NEGOTIATED=()
 
 start_upstreams() {
   local i port
@@ -206,10 +283,11 @@ start_haproxy() {
   launch_haproxy "$target" "$PROXY_CORE" "$port" "$@" haproxy "${flags[@]}"
 }
 
-# start_nginx_proxy TARGET: nginx as a reverse proxy on core 0 with the same 10 routes
-# (prefix locations) and pooled keep-alive connections to the upstreams.
+# start_nginx_proxy TARGET [TLS_PORT]: nginx as a reverse proxy on core 0 with the same 10
+# routes (prefix locations) and pooled keep-alive connections to the upstreams. With TLS_PORT
+# (the classes), also HTTPS and HTTP/2 there, and the options and WebSocket services.
 start_nginx_proxy() {
-  local target=$1 port dir i
+  local target=$1 tls=${2:-} port dir i
   free_port port
   dir="$RUN/$target"
   mkdir -p "$dir"
@@ -232,8 +310,10 @@ start_nginx_proxy() {
     echo "  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
     echo "  proxy_set_header X-Forwarded-Proto \$scheme;"
     echo "  proxy_set_header X-Forwarded-Host \$http_host;"
+    [[ -z $tls ]] || nginx_classes_http
     echo "  server {"
     echo "    listen 127.0.0.1:$port;"
+    [[ -z $tls ]] || nginx_classes_server "$tls"
     echo "    location $BOOKS_PATH { proxy_pass http://books-ms; }"
     for i in $(seq 1 9); do echo "    location /api/v$((i % 7))/svc-$i { proxy_pass http://unused; }"; done
     echo "  }"
@@ -243,6 +323,61 @@ start_nginx_proxy() {
   PID[$target]=$LAST_PID
   URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
   wait_for "$LAST_PID" "$target listening on port $port" 10 listening "$port"
+  [[ -z $tls ]] || set_class_urls "$target" "$port" "$tls"
+}
+
+# nginx_classes_http: the classes' upstreams and settings in nginx's http block. Request bodies
+# up to 128 KiB stay in memory (by default nginx writes bodies over 16 KiB to a temp file:
+# measuring that would measure a disk, not nginx).
+nginx_classes_http() {
+  local i
+  echo "  client_body_buffer_size 128k;"
+  echo "  upstream opts-ms {"
+  for i in 1 2 3; do echo "    server 127.0.0.1:${OPTS_PORTS[i - 1]};"; done
+  echo "    keepalive $((3 * CONNECTIONS > 32 ? 3 * CONNECTIONS : 32));"
+  echo "    keepalive_requests 100000000;"
+  echo "  }"
+  echo "  upstream ws-ms { server 127.0.0.1:$WS_PORT; }"
+}
+
+# nginx_classes_server TLS_PORT: the classes' listener and locations in nginx's server block:
+# HTTPS with HTTP/2 (the one certificate), the options service (proxy_set_header in a location
+# replaces the inherited ones, so they are repeated), and the WebSocket service.
+nginx_classes_server() {
+  echo "    listen 127.0.0.1:$1 ssl http2;"
+  # nginx 1.22 offers TLS 1.3 only when told (1.23.4 made it a default); the others do by default.
+  echo "    ssl_protocols TLSv1.2 TLSv1.3;"
+  echo "    ssl_certificate $CERT_DIR/cert.pem;"
+  echo "    ssl_certificate_key $CERT_DIR/key.pem;"
+  echo "    location $OPTS_PATH/ {"
+  echo "      rewrite ^$OPTS_PATH/(.*)\$ /books/\$1 break;"
+  echo "      proxy_set_header Connection \"\";"
+  echo "      proxy_set_header Host \$http_host;"
+  echo "      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
+  echo "      proxy_set_header X-Forwarded-Proto \$scheme;"
+  echo "      proxy_set_header X-Forwarded-Host \$http_host;"
+  echo "      proxy_set_header X-Bench-Env production;"
+  echo "      add_header X-Served-By dfp-bench always;"
+  echo "      proxy_pass http://opts-ms;"
+  echo "    }"
+  echo "    location $WS_PATH {"
+  echo "      proxy_set_header Upgrade \$http_upgrade;"
+  echo "      proxy_set_header Connection upgrade;"
+  echo "      proxy_set_header Host \$http_host;"
+  echo "      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
+  echo "      proxy_set_header X-Forwarded-Proto \$scheme;"
+  echo "      proxy_set_header X-Forwarded-Host \$http_host;"
+  echo "      proxy_read_timeout 3600s;"
+  echo "      proxy_pass http://ws-ms;"
+  echo "    }"
+}
+
+# set_class_urls TARGET PLAIN_PORT TLS_PORT: where the classes' clients go.
+set_class_urls() {
+  PLAIN_ADDR[$1]="127.0.0.1:$2"
+  TLS_ADDR[$1]="127.0.0.1:$3"
+  TLS_URL[$1]="https://127.0.0.1:$3$BOOKS_PATH"
+  OPTS_URL[$1]="http://127.0.0.1:$2$OPTS_PATH/item/42"
 }
 
 set_direct() {
@@ -304,14 +439,12 @@ core_busy_ticks() {
 # the proxy's CPU spent in user space, the rest being the kernel's).
 measure() {
   local scenario=$1 mode=$2 round=$3 target=$4 churner=${5:-} count_file=${6:-} extra=-
-  local script="$HELPERS/report.lua" out before="0 0" after="0 0" pid=${PID[$target]:-}
-  [[ $mode == paced ]] && script="$HELPERS/paced.lua"
+  local out before="0 0" after="0 0" pid=${PID[$target]:-}
   local core_before core_after load_before load_after
   core_before=$(core_busy_ticks "$PROXY_CORE")
   load_before=$(core_busy_ticks "$LOAD_CORE")
   [[ -n $pid ]] && before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t 1 -c "$CONNECTIONS" -d "${DURATION}s" --timeout 5s \
-    -s "$script" "${URL[$target]}" 2>&1) || die "wrk against $target failed: $out"
+  out=$(run_load "$mode" "$target" 2>&1) || die "the load ($mode) against $target failed: $out"
   [[ -n $pid ]] && after=$(cpu_ticks "$pid")
   core_after=$(core_busy_ticks "$PROXY_CORE")
   load_after=$(core_busy_ticks "$LOAD_CORE")
@@ -322,8 +455,13 @@ measure() {
   fi
   local line kv
   local -A r=()
-  line=$(grep '^RESULT ' <<<"$out") || die "wrk printed no RESULT line: $out"
+  line=$(grep '^RESULT ' <<<"$out") || die "the load ($mode) printed no RESULT line: $out"
   for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
+  # The handshake client's count of full and resumed handshakes, and what they negotiated.
+  if [[ $mode == handshake ]]; then
+    extra="${r[full_handshakes]}/${r[resumed_handshakes]}"
+    NEGOTIATED[$target]=${r[negotiated]:-}
+  fi
   local requests=${r[requests]} duration_us=${r[duration_us]} p50=${r[p50_us]} p99=${r[p99_us]}
   local errors=$((r[connect] + r[read] + r[write] + r[status] + r[timeout])) rps cpu="-" user="-" core="-"
   rps=$(awk -v n="$requests" -v us="$duration_us" 'BEGIN { printf "%.0f", (us > 0 ? n * 1e6 / us : 0) }')
@@ -343,6 +481,54 @@ measure() {
     "$user" >>"$RESULTS"
   log "$scenario/$mode round $round $target: $rps req/s, p50 ${p50} us, p99 ${p99} us, $errors errors," \
     "CPU ${cpu} us/request (user ${user}; core $PROXY_CORE: ${core}); cores busy ${busy0}% / ${busy1}%"
+}
+
+# wrk_run SCRIPT URL [ARG...]: one wrk run of DURATION over CONNECTIONS connections on the load
+# core (ARGs go to the script after `--`).
+wrk_run() {
+  local script=$1 url=$2
+  shift 2
+  local -a args=()
+  (($# == 0)) || args=(-- "$@")
+  taskset -c "$LOAD_CORE" wrk -t 1 -c "$CONNECTIONS" -d "${DURATION}s" --timeout 5s -s "$script" \
+    "$url" ${args[@]+"${args[@]}"}
+}
+
+# h2load_run URL: h2load for DURATION on the load core; prints its output and a RESULT line
+# (benches/compare/h2load.awk: no percentiles, h2load reports none).
+h2load_run() {
+  local out
+  out=$(taskset -c "$LOAD_CORE" h2load -t 1 -c "$H2_CLIENTS" -m "$H2_STREAMS" -D "$DURATION" "$1" 2>&1) || {
+    printf '%s\n' "$out"
+    return 1
+  }
+  printf '%s\n' "$out"
+  awk -f "$HELPERS/h2load.awk" <<<"$out"
+}
+
+# run_load MODE TARGET: the load of one run against TARGET; prints a RESULT line
+# (benches/compare/report.lua's format). The modes of the existing scenarios run wrk on
+# URL[TARGET] (paced: with the paced script); the classes have their own clients and URLs.
+run_load() {
+  local target=$2
+  case $1 in
+    paced) wrk_run "$HELPERS/paced.lua" "${URL[$target]}" ;;
+    https) wrk_run "$HELPERS/report.lua" "${TLS_URL[$target]}" ;;
+    post-1k) wrk_run "$HELPERS/post.lua" "${URL[$target]}" 1024 ;;
+    post-64k) wrk_run "$HELPERS/post.lua" "${URL[$target]}" 65536 ;;
+    options) wrk_run "$HELPERS/report.lua" "${OPTS_URL[$target]}" ;;
+    h2) h2load_run "${TLS_URL[$target]}" ;;
+    handshake)
+      taskset -c "$LOAD_CORE" "$LOAD_BIN" handshakes --addr "${TLS_ADDR[$target]}" --path "$BOOKS_PATH" \
+        --connections "$HANDSHAKE_CONNECTIONS" --duration "$DURATION" --max $((DURATION * 100000))
+      ;;
+    websocket)
+      taskset -c "$LOAD_CORE" "$LOAD_BIN" websocket --addr "${PLAIN_ADDR[$target]}" --path "$WS_PATH" \
+        --connections "$CONNECTIONS" --duration "$DURATION" --size "$WS_MESSAGE_BYTES" \
+        --max $((DURATION * 1000000))
+      ;;
+    *) wrk_run "$HELPERS/report.lua" "${URL[$target]}" ;;
+  esac
 }
 
 # fixed_load NAME URL COUNT: exactly COUNT GETs of URL over INSTR_CONNECTIONS keep-alive
@@ -440,6 +626,152 @@ count_syscalls() {
 }
 
 # ----------------------------------------------------------------------------------------------
+# The request classes: their upstreams, certificate and proxies
+
+# make_certificate: one self-signed ECDSA P-256 certificate for every proxy, in CERT_DIR:
+# cert.pem and key.pem (nginx), haproxy.pem (both, for HAProxy's crt), certs/default.pem
+# (both, for our --certs-dir: "default" is served to clients that send no SNI).
+make_certificate() {
+  CERT_DIR="$RUN/tls"
+  mkdir -p "$CERT_DIR/certs"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$CERT_DIR/key.pem" 2>/dev/null ||
+    die "openssl could not make a P-256 key"
+  openssl req -x509 -new -key "$CERT_DIR/key.pem" -sha256 -days 30 -subj /CN=dfp-bench.local \
+    -addext subjectAltName=DNS:dfp-bench.local -out "$CERT_DIR/cert.pem" 2>/dev/null ||
+    die "openssl could not make the certificate"
+  cat "$CERT_DIR/cert.pem" "$CERT_DIR/key.pem" >"$CERT_DIR/haproxy.pem"
+  cp "$CERT_DIR/haproxy.pem" "$CERT_DIR/certs/default.pem"
+  log "certificate: $(openssl x509 -in "$CERT_DIR/cert.pem" -noout -text | awk '/Public Key Algorithm|NIST CURVE/ { $1 = $1; printf "%s; ", $0 }')"
+}
+
+# start_class_upstreams: the options service's three nginx upstreams and the WebSocket echo
+# server (dfp-load ws-echo), on the load core, registered in Consul as opts-ms and ws-ms.
+start_class_upstreams() {
+  local i port
+  for i in 1 2 3; do
+    free_port port
+    # shellcheck disable=SC2016 # nginx variables, for nginx to expand
+    start_nginx_upstream "nginx-opts-$i" "$LOAD_CORE" "$port" "o$i \$uri \$http_x_bench_env" 8192 60s
+    OPTS_PORTS+=("$port")
+    register_instance opts-ms "opts-$i" "$port"
+  done
+  free_port WS_PORT
+  start_pinned ws-echo "$LOAD_CORE" "$LOAD_BIN" ws-echo --listen "127.0.0.1:$WS_PORT"
+  wait_for "$LAST_PID" "the WebSocket echo server listening on port $WS_PORT" 10 listening "$WS_PORT"
+  register_instance ws-ms ws-1 "$WS_PORT"
+  log "class upstreams: options service on ports ${OPTS_PORTS[*]}, WebSocket echo on $WS_PORT (core $LOAD_CORE)"
+}
+
+# reconfigure_with TARGET PARAM=VALUE...: an admin reconfigure with URL-encoded parameters;
+# dies unless it answers 200.
+reconfigure_with() {
+  local target=$1 code
+  shift
+  local -a args=()
+  local param
+  for param in "$@"; do args+=(--data-urlencode "$param"); done
+  code=$(curl -s --max-time 5 -G -o "$RUN/last-reconfigure.json" -w '%{http_code}' "${args[@]}" \
+    "${ADMIN[$target]}/v1/docker-flow-proxy/reconfigure")
+  [[ $code == 200 ]] || die "$target: reconfigure $* answered $code: $(cat "$RUN/last-reconfigure.json")"
+}
+
+# start_ours_classes TARGET: ours with the HTTPS listener and the certificate (--certs-dir),
+# books-ms, the options service and the WebSocket service routed by reconfigure calls.
+start_ours_classes() {
+  local target=$1 tls
+  free_port tls
+  launch_ours "$target" "$PROXY_CORE" dfp-bench-classes 30 -- --threads 1 \
+    --tls-listen "127.0.0.1:$tls" --certs-dir "$CERT_DIR/certs"
+  wait_for "$LAST_PID" "$target restoring 10 routes" 600 services_routed "$target" 10
+  route_books "$target"
+  reconfigure_with "$target" serviceName=opts-ms "servicePath=$OPTS_PATH" \
+    "reqPathSearch=^$OPTS_PATH/(.*)" 'reqPathReplace=/books/\1' \
+    'setReqHeader=X-Bench-Env production' 'addResHeader=X-Served-By dfp-bench'
+  reconfigure_with "$target" serviceName=ws-ms "servicePath=$WS_PATH"
+  wait_for "${PID[$target]}" "$target routing 12 services" 30 services_routed "$target" 12
+  local plain=${URL[$target]#http://127.0.0.1:}
+  set_class_urls "$target" "${plain%%/*}" "$tls"
+}
+
+# start_haproxy_classes TARGET: HAProxy (nbthread 1) with Docker Flow Proxy's shape as in
+# closed/paced, plus an HTTPS bind (the certificate, `alpn h2,http/1.1`), X-Forwarded-Proto
+# by the connection, and the options and WebSocket services (their rules just after
+# books-ms's, in the middle of the list).
+start_haproxy_classes() {
+  local target=$1 port tls
+  free_port port
+  free_port tls
+  {
+    haproxy_head 1 5000 20s 15s
+    haproxy_routes 10 "$port" 5 "${UPSTREAM_PORTS[@]}" | awk -v tls="$tls" -v pem="$CERT_DIR/haproxy.pem" \
+      -v opts="$OPTS_PATH" -v ws="$WS_PATH" '
+      /^  bind / { print; print "  bind 127.0.0.1:" tls " ssl crt " pem " alpn h2,http/1.1"; next }
+      /set-header X-Forwarded-Proto http$/ {
+        print "  http-request set-header X-Forwarded-Proto https if { ssl_fc }"
+        print "  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }"
+        next
+      }
+      /^  use_backend books-ms-be / {
+        print
+        print "  acl url_opts-ms path_beg " opts; print "  use_backend opts-ms-be if url_opts-ms"
+        print "  acl url_ws-ms path_beg " ws; print "  use_backend ws-ms-be if url_ws-ms"
+        next
+      }
+      { print }'
+    echo "backend opts-ms-be"
+    echo "  http-request set-header X-Bench-Env production"
+    printf '  http-request replace-path ^%s/(.*) /books/\\1\n' "$OPTS_PATH"
+    echo "  http-response add-header X-Served-By dfp-bench"
+    local i
+    for i in 1 2 3; do echo "  server opts-$i 127.0.0.1:${OPTS_PORTS[i - 1]}"; done
+    echo "backend ws-ms-be"
+    echo "  server ws-1 127.0.0.1:$WS_PORT"
+  } >"$RUN/$target.cfg"
+  launch_haproxy "$target" "$PROXY_CORE" "$port" haproxy -db
+  set_class_urls "$target" "$port" "$tls"
+}
+
+# check_classes TARGET: before measuring, each wanted class works through TARGET.
+check_classes() {
+  local target=$1 out
+  if wants_classes https; then
+    out=$(curl -sk --max-time 5 --http1.1 -w ' %{http_code} %{http_version}' "${TLS_URL[$target]}") ||
+      die "$target: ${TLS_URL[$target]} did not answer"
+    [[ $out == ok?" 200 1.1" ]] || die "$target: HTTPS answered '$out', not 200 over HTTP/1.1"
+  fi
+  if wants h2; then
+    out=$(curl -sk --max-time 5 --http2 -w ' %{http_code} %{http_version}' "${TLS_URL[$target]}") ||
+      die "$target: ${TLS_URL[$target]} did not answer over HTTP/2"
+    [[ $out == ok?" 200 2" ]] || die "$target: HTTP/2 answered '$out', not 200 over HTTP/2"
+  fi
+  if wants handshake; then
+    out=$("$LOAD_BIN" handshakes --addr "${TLS_ADDR[$target]}" --path "$BOOKS_PATH" --connections 1 \
+      --duration 10 --max 5) || die "$target: dfp-load handshakes failed: $out"
+    [[ $out == *" requests=5 "*" full_handshakes=5 resumed_handshakes=0 "* ]] ||
+      die "$target: 5 new TLS connections did not give 5 full handshakes and 5 answers: $out"
+  fi
+  if wants post; then
+    out=$(head -c 65536 /dev/zero | curl -s --max-time 5 --data-binary @- -w ' %{http_code}' "${URL[$target]}") ||
+      die "$target: a POST to ${URL[$target]} did not answer"
+    [[ $out == ok?" 200" ]] || die "$target: a 64 KiB POST answered '$out', not 200"
+  fi
+  if wants options; then
+    out=$(curl -si --max-time 5 "${OPTS_URL[$target]}") || die "$target: ${OPTS_URL[$target]} did not answer"
+    [[ $out == "HTTP/1.1 200"* ]] || die "$target: the options service answered '$out', not 200"
+    [[ ${out,,} == *"x-served-by: dfp-bench"* ]] || die "$target: the answer lacks X-Served-By: $out"
+    [[ $out == *"o"[123]" /books/item/42 production" ]] ||
+      die "$target: the instance did not see the rewritten path and the set header: $out"
+  fi
+  if wants websocket; then
+    out=$("$LOAD_BIN" websocket --addr "${PLAIN_ADDR[$target]}" --path "$WS_PATH" --connections 2 \
+      --duration 10 --max 20) || die "$target: dfp-load websocket failed: $out"
+    [[ $out == *" requests=20 "*" connect=0 read=0 write=0 status=0 timeout=0 "* ]] ||
+      die "$target: 20 WebSocket messages did not come back: $out"
+  fi
+  log "$target: the classes work (${ONLY})"
+}
+
+# ----------------------------------------------------------------------------------------------
 # Scenarios
 
 scenario_compare() {
@@ -457,6 +789,40 @@ scenario_compare() {
     for ((round = 1; round <= ROUNDS; round++)); do
       for target in ours haproxy nginx direct; do measure compare "$mode" "$round" "$target"; done
     done
+  done
+  stop_tree "${PID[ours]}"
+  stop_tree "${PID[haproxy]}"
+  stop_tree "${PID[nginx]}"
+}
+
+# scenario_classes: every wanted request class on ours, HAProxy and nginx (one set of the three
+# serves them all), in alternating rounds like closed/paced; results under scenario "classes"
+# with the class as the mode (post: post-1k and post-64k).
+scenario_classes() {
+  log "scenario classes: starting ours, haproxy and nginx on core $PROXY_CORE with HTTPS"
+  make_certificate
+  start_class_upstreams
+  store_routes dfp-bench-classes 10
+  start_ours_classes ours
+  start_haproxy_classes haproxy
+  local tls
+  free_port tls
+  start_nginx_proxy nginx "$tls"
+  local target class mode round
+  for target in ours haproxy nginx; do
+    check_route "$target"
+    check_classes "$target"
+  done
+  for class in $CLASSES; do
+    wants "$class" || continue
+    for mode in $([[ $class == post ]] && echo post-1k post-64k || echo "$class"); do
+      for ((round = 1; round <= ROUNDS; round++)); do
+        for target in ours haproxy nginx; do measure classes "$mode" "$round" "$target"; done
+      done
+    done
+  done
+  for target in ours haproxy nginx; do
+    [[ -z ${NEGOTIATED[$target]:-} ]] || echo "$target ${NEGOTIATED[$target]}" >>"$RUN/negotiated.txt"
   done
   stop_tree "${PID[ours]}"
   stop_tree "${PID[haproxy]}"
@@ -618,8 +984,12 @@ scenario_instructions() {
 # Report: medians, min-max over rounds, and ratios paired by round.
 
 report() {
-  awk -F'\t' -v many="$MANY_ROUTES" -v instructions="$INSTRUCTIONS" -v warmup="$INSTR_WARMUP" -f "$HELPERS/report.awk" \
-    "$RESULTS" "$INSTRUCTIONS"
+  local negotiated=""
+  [[ ! -s $RUN/negotiated.txt ]] || negotiated=$(awk '{ printf "%s%s: %s", (NR > 1 ? "; " : ""), $1, $2 }' "$RUN/negotiated.txt")
+  awk -F'\t' -v many="$MANY_ROUTES" -v instructions="$INSTRUCTIONS" -v warmup="$INSTR_WARMUP" \
+    -v conns="$CONNECTIONS" -v handshake_connections="$HANDSHAKE_CONNECTIONS" \
+    -v h2_clients="$H2_CLIENTS" -v h2_streams="$H2_STREAMS" -v ws_bytes="$WS_MESSAGE_BYTES" \
+    -v negotiated="$negotiated" -f "$HELPERS/report.awk" "$RESULTS" "$INSTRUCTIONS"
 }
 
 main() {
@@ -637,6 +1007,7 @@ main() {
 
   ensure_tools
   build_proxy
+  if wants_classes; then build_load; fi
   describe_machine >"$RUN/machine.md"
   start_upstreams
   start_consul
@@ -645,6 +1016,7 @@ main() {
   if wants routes; then scenario_routes; fi
   if wants churn; then scenario_churn; fi
   if wants instructions; then scenario_instructions; fi
+  if wants_classes; then scenario_classes; fi
 
   {
     cat "$RUN/machine.md"

@@ -6,7 +6,9 @@
 # Every figure is "median (min–max)" over the rounds. A ratio is taken between two runs of the
 # same round and then summarised the same way, so a claim holds only when its min–max range
 # stays on one side of the threshold. Variables: many (the large route count), instructions and
-# warmup (below). Plain awk (mawk).
+# warmup (below), and for the request classes (scenario "classes", the class as the mode):
+# conns, handshake_connections, h2_clients, h2_streams, ws_bytes (the load of each) and
+# negotiated (what the handshake client's connections negotiated). Plain awk (mawk).
 #
 # A second input, named by the variable instructions (compare.sh's instructions.tsv), holds the
 # counts of the instructions scenario, one line per proxy and kind:
@@ -67,6 +69,18 @@ function verdict(key, op, threshold,   m, lo, hi) {
   if (op == "<=" ? hi <= threshold : lo >= threshold) return "met (every round)"
   if (op == "<=" ? lo > threshold : hi < threshold) return "not met (every round)"
   return "unclear: rounds on both sides (median " ((op == "<=" ? m <= threshold : m >= threshold) ? "meets it)" : "misses it)")
+}
+
+# The request classes, in the order compare.sh runs them, and what each measures.
+function class_label(c) {
+  if (c == "https") return "HTTPS keep-alive, HTTP/1.1 (wrk, " conns " connections)"
+  if (c == "handshake") return "new TLS connection per request, full handshake (" handshake_connections " connections; per request = per handshake)"
+  if (c == "h2") return "HTTP/2 over TLS (h2load -c" h2_clients " -m" h2_streams ")"
+  if (c == "post-1k") return "POST, 1 KiB body (wrk, " conns " connections)"
+  if (c == "post-64k") return "POST, 64 KiB body (wrk, " conns " connections)"
+  if (c == "options") return "service with options: request header set, response header added, regex path rewrite (wrk, " conns " connections)"
+  if (c == "websocket") return "WebSocket echo, " ws_bytes "-byte messages (" conns " connections; per request = per message)"
+  return c
 }
 
 function target_name(t) {
@@ -136,6 +150,78 @@ function compare_table(mode, title,   i, t, base, against) {
       t == "haproxy" ? "1" : summary(against SUBSEP "core", "%.2f", 1),
       t == "haproxy" ? "1" : summary(against SUBSEP "p99", "%.2f", 1)
   }
+  print ""
+}
+
+function classes_tables(   all, n, i, j, c, t, base, against, proxies, full, resumed, key) {
+  n = split("https handshake h2 post-1k post-64k options websocket", all, " ")
+  for (i = 1; i <= n; i++) if (targets["classes", all[i]]) break
+  if (i > n) return
+  split("ours haproxy nginx", proxies, " ")
+  for (i = 1; i <= n; i++) {
+    c = all[i]
+    for (j = 1; j <= 3; j++) {
+      t = proxies[j]
+      if (t == "haproxy") continue
+      against = "cratio" SUBSEP c SUBSEP t
+      pair("classes", c, t, c, "haproxy", "rps", against SUBSEP "rps")
+      pair("classes", c, t, c, "haproxy", "cpu", against SUBSEP "cpu")
+      pair("classes", c, t, c, "haproxy", "p99", against SUBSEP "p99")
+    }
+  }
+  print "### Request classes: ours and nginx over HAProxy"
+  print ""
+  print "| class | HAProxy CPU µs/request | CPU/request: ours ÷ HAProxy | CPU/request: nginx ÷ HAProxy | HAProxy req/s | req/s: ours ÷ HAProxy | req/s: nginx ÷ HAProxy |"
+  print "|---|---:|---:|---:|---:|---:|---:|"
+  for (i = 1; i <= n; i++) {
+    c = all[i]
+    if (!targets["classes", c]) continue
+    base = "classes" SUBSEP c SUBSEP "haproxy"
+    printf "| %s | %s | %s | %s | %s | %s | %s |\n", class_label(c), summary(base SUBSEP "cpu", "%.1f", 1),
+      summary("cratio" SUBSEP c SUBSEP "ours" SUBSEP "cpu", "%.2f", 1),
+      summary("cratio" SUBSEP c SUBSEP "nginx" SUBSEP "cpu", "%.2f", 1),
+      summary(base SUBSEP "rps", "%.0f", 1),
+      summary("cratio" SUBSEP c SUBSEP "ours" SUBSEP "rps", "%.2f", 1),
+      summary("cratio" SUBSEP c SUBSEP "nginx" SUBSEP "rps", "%.2f", 1)
+  }
+  print ""
+  print "### Request classes: every run"
+  print ""
+  print "| class | target | req/s | p50 ms | p99 ms | errors | proxy CPU µs/request | of which user space | cores 0 / 1 busy % | req/s ÷ HAProxy | CPU/request ÷ HAProxy | p99 ÷ HAProxy |"
+  print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for (i = 1; i <= n; i++) {
+    c = all[i]
+    if (!targets["classes", c]) continue
+    for (j = 1; j <= 3; j++) {
+      t = proxies[j]
+      base = "classes" SUBSEP c SUBSEP t
+      if (!runs[base]) continue
+      against = "cratio" SUBSEP c SUBSEP t
+      printf "| %s | %s | %s | %s | %s | %d | %s | %s | %s / %s | %s | %s | %s |\n", c, target_name(t),
+        summary(base SUBSEP "rps", "%.0f", 1), summary(base SUBSEP "p50", "%.2f", 1000),
+        summary(base SUBSEP "p99", "%.2f", 1000), errors[base], summary(base SUBSEP "cpu", "%.1f", 1),
+        summary(base SUBSEP "user", "%.1f", 1),
+        median(base SUBSEP "busy0") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy0")),
+        median(base SUBSEP "busy1") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy1")),
+        t == "haproxy" ? "1" : summary(against SUBSEP "rps", "%.2f", 1),
+        t == "haproxy" ? "1" : summary(against SUBSEP "cpu", "%.2f", 1),
+        t == "haproxy" ? "1" : summary(against SUBSEP "p99", "%.2f", 1)
+    }
+  }
+  print ""
+  if (targets["classes", "handshake"]) {
+    full = ""
+    for (j = 1; j <= 3; j++) {
+      key = "classes" SUBSEP "handshake" SUBSEP proxies[j]
+      if (!runs[key]) continue
+      full = full (full == "" ? "" : "; ") target_name(proxies[j]) " " applied[key] " full, " (attempted[key] + 0) " resumed"
+    }
+    print "Handshakes, counted by the client (rustls's handshake kind of each connection, all rounds): " full "."
+    if (negotiated != "") print "Negotiated (protocol/suite/group): " negotiated "."
+    print ""
+  }
+  print "p50/p99 of h2 are \"–\": h2load reports no percentiles. Errors: the client's socket errors and"
+  print "timeouts plus answers ≥ 400 (h2load: its failed requests plus answers ≥ 400), all rounds."
   print ""
 }
 
@@ -288,6 +374,7 @@ END {
   compare_table("paced", "Paced (each connection waits 1–4 ms between requests)")
   routes_table()
   churn_table()
+  classes_tables()
   instructions_table()
   targets_table()
   print "Figures: median (min–max) over the rounds. Ratios are paired: each round's value over HAProxy's"

@@ -253,7 +253,15 @@ build_proxy() {
   log "building: cargo build --release -p docker-flow-proxy"
   (cd "$REPO" && cargo build --release -p docker-flow-proxy >&2) ||
     die "cargo build --release -p docker-flow-proxy failed"
-  BIN="$REPO/target/release/docker-flow-proxy"
+  BIN="$(cargo_target_dir)/release/docker-flow-proxy"
+}
+
+# cargo_target_dir: where cargo puts what it builds here (CARGO_TARGET_DIR, relative to the
+# repository when relative, or the repository's target/).
+cargo_target_dir() {
+  local dir=${CARGO_TARGET_DIR:-target}
+  [[ $dir == /* ]] || dir="$REPO/$dir"
+  echo "$dir"
 }
 
 # machine_head: the report's "## Machine" heading and its first line (date and commit).

@@ -1,0 +1,630 @@
+//! `dfp-load`: the two load clients `benches/compare.sh` needs that wrk and h2load are not, and
+//! the WebSocket echo server behind them.
+//!
+//! - `handshakes`: a new TLS connection per request, always a full handshake. Stock wrk resumes
+//!   TLS sessions when it reconnects; this client turns resumption off (rustls
+//!   `Resumption::disabled()`), checks each connection's handshake kind and counts full and
+//!   resumed handshakes separately, so a run proves what it measured. Each connection sends one
+//!   `GET` with `Connection: close` and reads the answer to its end.
+//! - `websocket`: WebSocket messages per second through a proxy: each connection upgrades
+//!   (`GET` with `Upgrade: websocket`, expects `101`), then sends a masked text message, waits
+//!   for its echo, and sends the next one (one message in flight per connection).
+//! - `ws-echo`: the upstream for `websocket`: answers the upgrade (with a correct
+//!   `Sec-WebSocket-Accept`) and echoes every message.
+//!
+//! The clients run for `--duration` seconds (and at most `--max` requests or messages), on one
+//! thread, and print one line in the format of `benches/compare/report.lua`, which
+//! `compare.sh` parses: `RESULT requests=N duration_us=N p50_us=N p99_us=N connect=N read=N
+//! write=N status=N timeout=N` and a few extra fields (handshake kinds, negotiated suite).
+//! Latency is from the first byte written (the TCP connect, for `handshakes`) to the end of
+//! the answer or echo.
+//!
+//! Run: `cargo run --release -p dfp-benches --bin dfp-load -- handshakes --addr 127.0.0.1:8443`
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+/// How long one step (connect, handshake, a read) may take before it counts as a timeout.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Parser)]
+#[command(name = "dfp-load", about = "Load clients for benches/compare.sh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A new TLS connection with a full handshake for every request.
+    Handshakes {
+        #[command(flatten)]
+        load: Load,
+        /// The request's path.
+        #[arg(long, default_value = "/api/v1/books")]
+        path: String,
+    },
+    /// WebSocket echo round trips, one message in flight per connection.
+    Websocket {
+        #[command(flatten)]
+        load: Load,
+        /// The upgrade request's path.
+        #[arg(long, default_value = "/ws")]
+        path: String,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+    },
+    /// The WebSocket echo server.
+    WsEcho {
+        /// Where to listen.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Load {
+    /// The proxy's address.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 20)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// At most this many requests (handshakes) or messages in all.
+    #[arg(long, default_value_t = u64::MAX)]
+    max: u64,
+}
+
+fn main() -> std::io::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match cli.command {
+        Command::Handshakes { load, path } => {
+            let tally = runtime
+                .block_on(run_clients(&load, move |shared| handshake_loop(shared, path.clone())))?;
+            report(&tally)
+        }
+        Command::Websocket { load, path, size } => {
+            let tally = runtime.block_on(run_clients(&load, move |shared| {
+                websocket_loop(shared, path.clone(), size)
+            }))?;
+            report(&tally)
+        }
+        Command::WsEcho { listen } => runtime.block_on(ws_echo(listen)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients' common frame: N connections until a deadline or a request budget.
+
+/// What every client task shares.
+struct Shared {
+    addr: SocketAddr,
+    deadline: Instant,
+    budget: std::cell::Cell<u64>,
+    tls: TlsConnector,
+}
+
+impl Shared {
+    /// Takes one request from the budget; false when time or budget is up.
+    fn take(&self) -> bool {
+        let left = self.budget.get();
+        if left == 0 || Instant::now() >= self.deadline {
+            return false;
+        }
+        self.budget.set(left - 1);
+        true
+    }
+}
+
+/// What one task counted.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    connect: u64,
+    read: u64,
+    write: u64,
+    status: u64,
+    timeout: u64,
+    full: u64,
+    resumed: u64,
+    negotiated: Option<String>,
+    duration: Duration,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.connect += other.connect;
+        self.read += other.read;
+        self.write += other.write;
+        self.status += other.status;
+        self.timeout += other.timeout;
+        self.full += other.full;
+        self.resumed += other.resumed;
+        if self.negotiated.is_none() {
+            self.negotiated = other.negotiated;
+        }
+    }
+
+    fn record(&mut self, started: Instant) {
+        let us = started.elapsed().as_micros();
+        self.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+    }
+
+    /// Counts a failed step by its kind.
+    fn fail(&mut self, failure: Failure) {
+        match failure {
+            Failure::Connect => self.connect += 1,
+            Failure::Read => self.read += 1,
+            Failure::Write => self.write += 1,
+            Failure::Status => self.status += 1,
+            Failure::Timeout => self.timeout += 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Connect,
+    Read,
+    Write,
+    Status,
+    Timeout,
+}
+
+/// Runs `step` within [`STEP_TIMEOUT`]; an error becomes `kind`, running out of time a timeout.
+async fn bounded<T, E>(
+    kind: Failure,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Failure> {
+    match timeout(STEP_TIMEOUT, step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(kind),
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+async fn run_clients<F, Fut>(load: &Load, task: F) -> std::io::Result<Tally>
+where
+    F: Fn(std::rc::Rc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Tally> + 'static,
+{
+    let shared = std::rc::Rc::new(Shared {
+        addr: load.addr,
+        deadline: Instant::now() + Duration::from_secs(load.duration),
+        budget: std::cell::Cell::new(load.max),
+        tls: TlsConnector::from(Arc::new(client_config())),
+    });
+    let started = Instant::now();
+    let local = tokio::task::LocalSet::new();
+    let tally = local
+        .run_until(async {
+            let mut tasks = JoinSet::new();
+            for _ in 0..load.connections {
+                tasks.spawn_local(task(shared.clone()));
+            }
+            let mut all = Tally::default();
+            while let Some(done) = tasks.join_next().await {
+                all.merge(done.map_err(std::io::Error::other)?);
+            }
+            Ok::<_, std::io::Error>(all)
+        })
+        .await?;
+    Ok(Tally { duration: started.elapsed(), ..tally })
+}
+
+fn report(tally: &Tally) -> std::io::Result<()> {
+    let mut sorted = tally.latencies_us.clone();
+    sorted.sort_unstable();
+    let percentile = |p: usize| -> u32 {
+        if sorted.is_empty() {
+            return 0;
+        }
+        sorted[((sorted.len() * p).div_ceil(100)).clamp(1, sorted.len()) - 1]
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "RESULT requests={} duration_us={} p50_us={} p99_us={} connect={} read={} write={} \
+         status={} timeout={} full_handshakes={} resumed_handshakes={} negotiated={}",
+        sorted.len(),
+        tally.duration.as_micros(),
+        percentile(50),
+        percentile(99),
+        tally.connect,
+        tally.read,
+        tally.write,
+        tally.status,
+        tally.timeout,
+        tally.full,
+        tally.resumed,
+        tally.negotiated.as_deref().unwrap_or("-"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// handshakes
+
+/// Accepts whatever certificate the proxy presents: the benchmark measures the server's side
+/// of the handshake, and every proxy serves the same self-signed certificate.
+#[derive(Debug)]
+struct AcceptAnything(Vec<SignatureScheme>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.clone()
+    }
+}
+
+/// rustls (ring) with its default versions, suites and groups, HTTP/1.1 by ALPN, and no
+/// session resumption: every handshake is a full one.
+fn client_config() -> ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let schemes = provider.signature_verification_algorithms.supported_schemes();
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes)))
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+async fn handshake_loop(shared: std::rc::Rc<Shared>, path: String) -> Tally {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", shared.addr)
+            .into_bytes();
+    let mut tally = Tally::default();
+    let mut buf = Vec::with_capacity(4096);
+    while shared.take() {
+        let started = Instant::now();
+        match one_handshake(&shared, &request, &mut buf, &mut tally).await {
+            Ok(()) => tally.record(started),
+            Err(failure) => tally.fail(failure),
+        }
+    }
+    tally
+}
+
+async fn one_handshake(
+    shared: &Shared,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    tally: &mut Tally,
+) -> Result<(), Failure> {
+    let tcp = bounded(Failure::Connect, TcpStream::connect(shared.addr)).await?;
+    tcp.set_nodelay(true).map_err(|_| Failure::Connect)?;
+    let name = ServerName::IpAddress(shared.addr.ip().into());
+    let mut tls = bounded(Failure::Connect, shared.tls.connect(name, tcp)).await?;
+    let (_, session) = tls.get_ref();
+    match session.handshake_kind() {
+        Some(HandshakeKind::Resumed) => tally.resumed += 1,
+        _ => tally.full += 1,
+    }
+    if tally.negotiated.is_none() {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+        tally.negotiated = Some(format!(
+            "{}/{}/{}",
+            or_dash(session.protocol_version().map(|v| format!("{v:?}"))),
+            or_dash(session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()))),
+            or_dash(session.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name()))),
+        ));
+    }
+    bounded(Failure::Write, tls.write_all(request)).await?;
+    buf.clear();
+    // The proxy closes after the answer (Connection: close); an end without close_notify is
+    // fine once a whole answer is in.
+    let _ = bounded(Failure::Read, tls.read_to_end(buf)).await;
+    if !complete_ok(buf) {
+        return Err(if buf.is_empty() { Failure::Read } else { Failure::Status });
+    }
+    Ok(())
+}
+
+/// An answer `200` whose head and (Content-Length) body are complete.
+fn complete_ok(buf: &[u8]) -> bool {
+    if !(buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")) {
+        return false;
+    }
+    let Some(end) = find(buf, b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(n) => buf.len() >= end + 4 + n,
+        None => true,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket: client, echo server, framing
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Reads until the end of an HTTP head; returns the head's length (with its blank line) or
+/// None when the stream ends first. `buf` keeps what came after it.
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            return Ok(Some(end + 4));
+        }
+        if buf.len() > 64 * 1024 {
+            return Ok(None);
+        }
+        buf.reserve(16384);
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// One frame: FIN set, `opcode`, `payload`, masked with `mask` when given.
+fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(masked | n as u8),
+        n @ 126..=0xffff => {
+            out.push(masked | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(masked | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Reads one frame (after whatever `buf` already holds); returns its opcode and unmasked
+/// payload, or None at the end of the stream.
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    loop {
+        if let Some((used, opcode, payload)) = parse_frame(buf) {
+            buf.drain(..used);
+            return Ok(Some((opcode, payload)));
+        }
+        buf.reserve(16384);
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// A whole frame at the start of `buf`: (bytes used, opcode, unmasked payload).
+fn parse_frame(buf: &[u8]) -> Option<(usize, u8, Vec<u8>)> {
+    let (&first, &second) = (buf.first()?, buf.get(1)?);
+    let mut at = 2;
+    let len = match second & 0x7f {
+        126 => {
+            let b = buf.get(2..4)?;
+            at = 4;
+            u64::from(u16::from_be_bytes([b[0], b[1]]))
+        }
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            at = 10;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mask: Option<[u8; 4]> = if second & 0x80 != 0 {
+        let key = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let len = usize::try_from(len).ok()?;
+    let body = buf.get(at..at.checked_add(len)?)?;
+    let payload = match mask {
+        Some(key) => body.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect(),
+        None => body.to_vec(),
+    };
+    Some((at + len, first & 0x0f, payload))
+}
+
+async fn websocket_loop(shared: std::rc::Rc<Shared>, path: String, size: usize) -> Tally {
+    let mut tally = Tally::default();
+    if let Err(failure) = websocket_session(&shared, &path, size, &mut tally).await {
+        tally.fail(failure);
+    }
+    tally
+}
+
+async fn websocket_session(
+    shared: &Shared,
+    path: &str,
+    size: usize,
+    tally: &mut Tally,
+) -> Result<(), Failure> {
+    let mut tcp = bounded(Failure::Connect, TcpStream::connect(shared.addr)).await?;
+    tcp.set_nodelay(true).map_err(|_| Failure::Connect)?;
+    let upgrade = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        shared.addr
+    );
+    bounded(Failure::Write, tcp.write_all(upgrade.as_bytes())).await?;
+    let mut buf = Vec::with_capacity(16384);
+    let head = bounded(Failure::Read, read_head(&mut tcp, &mut buf)).await?.ok_or(Failure::Read)?;
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        return Err(Failure::Status);
+    }
+    buf.drain(..head);
+    let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    let message = frame(0x1, &payload, Some([0x37, 0xfa, 0x21, 0x3d]));
+    while shared.take() {
+        let started = Instant::now();
+        bounded(Failure::Write, tcp.write_all(&message)).await?;
+        let echo = bounded(Failure::Read, read_frame(&mut tcp, &mut buf)).await?;
+        match echo {
+            Some((0x1, got)) if got == payload => tally.record(started),
+            Some(_) => return Err(Failure::Status),
+            None => return Err(Failure::Read),
+        }
+    }
+    // A close frame, politely; the proxy and the echo server end the connection.
+    let _ = timeout(STEP_TIMEOUT, tcp.write_all(&frame(0x8, &[], Some([1, 2, 3, 4])))).await;
+    Ok(())
+}
+
+async fn ws_echo(listen: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            loop {
+                let (stream, _) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                tokio::task::spawn_local(async move {
+                    let _ = echo_session(stream).await;
+                });
+            }
+        })
+        .await
+}
+
+/// The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key`.
+fn accept_key(key: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{WS_GUID}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+async fn echo_session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(16384);
+    let Some(head_len) = read_head(&mut stream, &mut buf).await? else { return Ok(()) };
+    let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+    buf.drain(..head_len);
+    let key = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| value.trim().to_owned())
+    });
+    let Some(key) = key else {
+        // Not an upgrade (a check or a stray request): a plain answer, then the end.
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nws-echo")
+            .await?;
+        return Ok(());
+    };
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(&key)
+    );
+    stream.write_all(answer.as_bytes()).await?;
+    while let Some((opcode, payload)) = read_frame(&mut stream, &mut buf).await? {
+        match opcode {
+            0x8 => {
+                stream.write_all(&frame(0x8, &[], None)).await?;
+                return Ok(());
+            }
+            0x9 => stream.write_all(&frame(0xA, &payload, None)).await?,
+            _ => stream.write_all(&frame(opcode, &payload, None)).await?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn frames_round_trip_masked_and_not() {
+        for size in [0, 5, 125, 126, 1000, 70_000] {
+            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            for mask in [None, Some([9, 8, 7, 6])] {
+                let bytes = frame(0x2, &payload, mask);
+                let (used, opcode, got) = parse_frame(&bytes).expect("a whole frame");
+                assert_eq!((used, opcode, got.as_slice()), (bytes.len(), 0x2, payload.as_slice()));
+                assert!(parse_frame(&bytes[..bytes.len() - 1]).is_none() || size == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_is_complete_when_its_body_is() {
+        assert!(complete_ok(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok1"));
+        assert!(!complete_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"));
+        assert!(!complete_ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
+    }
+}
