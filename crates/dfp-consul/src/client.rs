@@ -187,6 +187,12 @@ impl ConsulClient {
         segments.extend(prefix.split('/'));
         let mut call = Call::get(&segments);
         call.query.push(("recurse", "true".to_owned()));
+        // Consistent: a server that has just been elected leader (Consul restarted) answers
+        // from its snapshot until it has applied the log after it, so a default read can miss
+        // recent writes, and a listing without a stored route would remove that route. A
+        // consistent read waits until the leader is ready (Consul answers 500 meanwhile, and
+        // the follower retries).
+        call.query.push(("consistent", "true".to_owned()));
         call.block(index, wait);
         call.missing_is_empty = true;
         let answer = self.call(call).await?;
