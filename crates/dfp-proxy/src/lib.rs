@@ -3,7 +3,7 @@
 //!
 //! It owns the accept loops, the HTTP engines (its own HTTP/1 codec for plain and TLS
 //! connections, hyper's HTTP/2 server for HTTP/2 clients), TLS termination, the one set of
-//! rules both engines follow (`rules.rs`: checks, forwarded fields, policy, failures, records),
+//! rules both engines follow (`rules/`: checks, forwarded fields, policy, failures, records),
 //! the per-thread upstream connections and the mapping of failures to status codes. What it reads from the control plane is two handles, each one `ArcSwap`
 //! of a whole immutable value: the [`dfp_routing::TableHandle`] (one wait-free load per
 //! request) and, for TLS ([`serve_tls`]), the [`dfp_tls::CertStore`] (one load per handshake).

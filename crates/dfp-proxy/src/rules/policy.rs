@@ -1,0 +1,189 @@
+//! A service's policy and the route: what lets a request through, and what it asks of it.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// A service's policy
+
+/// What a service's policy asks of one request that it lets through.
+#[derive(Debug)]
+pub(crate) struct Admitted<'p> {
+    /// The path after the service's rewrite, when it rewrote it.
+    pub(crate) rewritten: Option<String>,
+    /// Edits of the fields sent to the instance.
+    pub(crate) request_edits: &'p HeaderEdits,
+    /// Edits of the fields sent back to the client.
+    pub(crate) response_edits: &'p HeaderEdits,
+    /// The credentials were for the proxy: the instance never sees them.
+    pub(crate) strip_authorization: bool,
+    pub(crate) server_timeout: Duration,
+    pub(crate) tunnel_timeout: Duration,
+}
+
+/// What [`admit`] needs to know of a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission<'a> {
+    /// The request came over TLS terminated here, or (with `--trust-forwarded-proto`) says it
+    /// came over HTTPS to a trusted balancer.
+    pub(crate) https: bool,
+    pub(crate) host: Option<&'a str>,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) authorization: Option<&'a [u8]>,
+}
+
+/// Applies a service's policy to a routed request, in this order: HTTPS redirect,
+/// authentication, path rewrite. An `Err` is the proxy's own answer.
+pub(crate) fn admit<'p>(
+    policy: &'p ServicePolicy,
+    service: &str,
+    request: &Admission<'_>,
+    defaults: (Duration, Duration),
+) -> Result<Admitted<'p>, ProxyError> {
+    // No `..`: a new policy field must be given a meaning here before this compiles.
+    let ServicePolicy {
+        https_redirect,
+        path_rewrite,
+        users,
+        request_headers,
+        response_headers,
+        server_timeout,
+        tunnel_timeout,
+    } = policy;
+    if let Some(status) = *https_redirect {
+        if !request.https {
+            return Err(https_redirect_to(request.host, request.path, request.query, status));
+        }
+    }
+    if !users.is_empty() {
+        let authorization = request.authorization.and_then(|a| HeaderValue::from_bytes(a).ok());
+        if !policy.authorizes(authorization.as_ref()) {
+            return Err(ProxyError::Unauthorized { realm: realm(service) });
+        }
+    }
+    let rewritten = match path_rewrite {
+        Some(rewrite) => match rewrite.apply(request.path) {
+            Some(path)
+                if path.starts_with('/')
+                    && path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#') =>
+            {
+                Some(path)
+            }
+            Some(_) => return Err(ProxyError::RewriteFailed),
+            None => None,
+        },
+        None => None,
+    };
+    Ok(Admitted {
+        rewritten,
+        request_edits: request_headers,
+        response_edits: response_headers,
+        strip_authorization: !users.is_empty(),
+        server_timeout: server_timeout.unwrap_or(defaults.0),
+        tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
+    })
+}
+
+/// A request routed and let through by its service's policy.
+#[derive(Debug)]
+pub(crate) struct Routing<'t, 'b> {
+    /// The path as routed: the target's, with dot segments resolved and `//` merged.
+    pub(crate) path: Cow<'t, str>,
+    pub(crate) backend: &'b Arc<Backend>,
+    pub(crate) admitted: Admitted<'b>,
+    /// One of the service's instances (an HTTP/1.0 client without `Host` gets its address as
+    /// `Host` upstream).
+    pub(crate) first: &'b Upstream,
+}
+
+/// What [`route`] refuses with: the answer, and the service when the request was routed.
+pub(crate) type Unrouted<'b> = (ProxyError, Option<&'b Arc<Backend>>);
+
+/// Normalises the target's path ([`path::normalize`]), looks the host and path up in the live
+/// table (the guard is dropped before this returns; `slot` keeps the backend alive for as long
+/// as the answer borrows it), and lets the service's policy [`admit`] the request. No route:
+/// 404; the policy's own answer (redirect, 401); no instance: 503.
+pub(crate) fn route<'t, 'b>(
+    table: &TableHandle,
+    slot: &'b mut Option<Arc<Backend>>,
+    host: Option<&str>,
+    target: &Target<'t>,
+    request: RoutedRequest<'_>,
+) -> Result<Routing<'t, 'b>, Unrouted<'b>> {
+    let path: Cow<'t, str> = match path::normalize(target.path) {
+        Ok(Some(normal)) => Cow::Owned(normal),
+        Ok(None) => Cow::Borrowed(target.path),
+        Err(path::EscapesRoot) => {
+            return Err((ProxyError::BadRequest("the request path climbs above /\n"), None));
+        }
+    };
+    let backend: &'b Arc<Backend> = {
+        let table = table.load();
+        let Some(found) = table.lookup_host(host, &path) else {
+            return Err((ProxyError::NoRoute, None));
+        };
+        slot.insert(found.backend.clone())
+    };
+    let admission = Admission {
+        https: request.https,
+        host,
+        path: &path,
+        query: target.query,
+        authorization: request.authorization,
+    };
+    let admitted = admit(backend.policy(), backend.service(), &admission, request.defaults)
+        .map_err(|err| (err, Some(backend)))?;
+    let Some(first) = backend.instances().first() else {
+        return Err((ProxyError::NoInstance, Some(backend)));
+    };
+    Ok(Routing { path, backend, admitted, first })
+}
+
+/// What [`route`] needs to know of a request besides its host and target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoutedRequest<'a> {
+    /// Came over TLS, or (trusted) says it came over HTTPS.
+    pub(crate) https: bool,
+    pub(crate) authorization: Option<&'a [u8]>,
+    /// The proxy's server and tunnel timeouts.
+    pub(crate) defaults: (Duration, Duration),
+}
+
+/// `301`..`308` to the same host and path over HTTPS (the port, if any, is dropped: HTTPS is
+/// served on its own port).
+fn https_redirect_to(
+    host: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+    status: u16,
+) -> ProxyError {
+    let host = host.map_or("", |h| {
+        if h.starts_with('[') {
+            h.split_once(']').map_or(h, |(v6, _)| v6)
+        } else {
+            h.rsplit_once(':').map_or(h, |(name, _)| name)
+        }
+    });
+    let closing = if host.starts_with('[') { "]" } else { "" };
+    let location = match query {
+        Some(query) => format!("https://{host}{closing}{path}?{query}"),
+        None => format!("https://{host}{closing}{path}"),
+    };
+    let location =
+        HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    ProxyError::Redirect { location, status }
+}
+
+fn realm(service: &str) -> HeaderValue {
+    let safe: String =
+        service.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+    HeaderValue::try_from(format!("Basic realm=\"{safe}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"))
+}
+
+/// Whether `edits` deletes or replaces the field `name` (then the original is not sent).
+pub(crate) fn edited(edits: &HeaderEdits, name: &str) -> bool {
+    edits.delete.iter().any(|n| n.as_str().eq_ignore_ascii_case(name))
+        || edits.set.iter().any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+}

@@ -1,0 +1,209 @@
+//! Response fields and framing, and the proxy's own answers.
+
+use super::*;
+
+/// What a response field is to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseField {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Upgrade,
+    Date,
+    /// `Keep-Alive`, `TE`, `Proxy-*`: one hop only.
+    HopByHop,
+    EndToEnd,
+}
+
+pub(crate) fn response_field(name: &str) -> ResponseField {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        10 if is("connection") => ResponseField::Connection,
+        10 if is("keep-alive") => ResponseField::HopByHop,
+        14 if is("content-length") => ResponseField::ContentLength,
+        17 if is("transfer-encoding") => ResponseField::TransferEncoding,
+        7 if is("upgrade") => ResponseField::Upgrade,
+        4 if is("date") => ResponseField::Date,
+        2 if is("te") => ResponseField::HopByHop,
+        _ if is_proxy_field(name) => ResponseField::HopByHop,
+        _ => ResponseField::EndToEnd,
+    }
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body (`HEAD`, `1xx`, `204`, `304`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the instance closes the connection.
+    UntilClose,
+}
+
+/// What the proxy read from a response head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResponseFacts {
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
+    /// The instance keeps its connection open after this response.
+    pub(crate) keep_alive: bool,
+    /// The head had `Transfer-Encoding` (then a `Content-Length` beside it is dropped).
+    pub(crate) transfer_encoded: bool,
+    pub(crate) lists_fields: bool,
+    pub(crate) dated: bool,
+}
+
+/// Reads and checks an instance's response fields. `http10` for an HTTP/1.0 response;
+/// `head_request` when the request was `HEAD`. An `Err` is the instance's fault.
+pub(crate) fn analyse_response<'a>(
+    status: u16,
+    http10: bool,
+    head_request: bool,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<ResponseFacts, &'static str> {
+    let mut facts = ResponseFacts {
+        status,
+        framing: Framing::Empty,
+        keep_alive: !http10,
+        transfer_encoded: false,
+        lists_fields: false,
+        dated: false,
+    };
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    for (name, value) in fields {
+        match response_field(name) {
+            ResponseField::Connection => {
+                for token in tokens(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        facts.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.keep_alive |= http10;
+                    } else if !token.eq_ignore_ascii_case(b"upgrade") {
+                        facts.lists_fields = true;
+                    }
+                }
+            }
+            ResponseField::TransferEncoding => {
+                facts.transfer_encoded = true;
+                let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            ResponseField::ContentLength => {
+                let parsed = parse_content_length(value).ok_or("invalid Content-Length")?;
+                if length.is_some_and(|l| l != parsed) {
+                    return Err("conflicting Content-Length headers");
+                }
+                length = Some(parsed);
+            }
+            ResponseField::Date => facts.dated = true,
+            ResponseField::Upgrade | ResponseField::HopByHop | ResponseField::EndToEnd => {}
+        }
+    }
+    facts.framing = if head_request || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else if facts.transfer_encoded {
+        if chunked && !http10 {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        length.map_or(Framing::UntilClose, Framing::Length)
+    };
+    if facts.framing == Framing::UntilClose {
+        facts.keep_alive = false;
+    }
+    Ok(facts)
+}
+
+/// Writes the response fields the client receives: the instance's end-to-end fields less
+/// hop-by-hop ones (and a `Content-Length` next to `Transfer-Encoding`, RFC 9112 §6.3) and
+/// those the service's edits delete or replace; `Transfer-Encoding` only when `relay_chunked`
+/// (an HTTP/1 client gets the chunks verbatim); `Content-Length` unless `relay_length` is false;
+/// a `Date` when the instance sent none (RFC 9110 §6.6.1); the edits' own fields; and for a
+/// `101`, the protocol switched to.
+pub(crate) fn write_response_fields<'a>(
+    out: &mut impl FieldSink,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    facts: &ResponseFacts,
+    edits: &HeaderEdits,
+    relay_chunked: bool,
+) {
+    let editing = !edits.is_empty();
+    let connection_values = || {
+        fields
+            .clone()
+            .filter(|(n, _)| response_field(n) == ResponseField::Connection)
+            .map(|(_, v)| v)
+    };
+    for (name, value) in fields.clone() {
+        let pass = match response_field(name) {
+            ResponseField::EndToEnd | ResponseField::Date => true,
+            ResponseField::ContentLength => !facts.transfer_encoded,
+            ResponseField::TransferEncoding => relay_chunked,
+            ResponseField::Upgrade => facts.status == 101,
+            ResponseField::Connection | ResponseField::HopByHop => false,
+        };
+        if !pass
+            || (facts.lists_fields && listed(connection_values(), name))
+            || (editing && edited(edits, name))
+        {
+            continue;
+        }
+        out.field(name, value);
+    }
+    if facts.status == 101 {
+        out.field("connection", b"upgrade");
+    } else if !facts.dated && facts.status >= 200 {
+        with_date(|date| out.field("date", date));
+    }
+    write_edits(out, edits);
+}
+
+/// The current `Date` value, formatted at most once a second per thread.
+pub(crate) fn with_date(write: impl FnOnce(&[u8])) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second || date.1.is_empty() {
+            *date = (second, httpdate::fmt_http_date(now));
+        }
+        write(date.1.as_bytes());
+    });
+}
+
+/// The proxy's own short answer as HTTP/1.1 bytes, the same text hyper's path sends.
+pub(crate) fn write_error(
+    out: &mut Vec<u8>,
+    err: &ProxyError,
+    head_request: bool,
+    close: bool,
+) -> u16 {
+    let (status, text) = err.status_and_text();
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        text.len()
+    );
+    with_date(|date| out.field("date", date));
+    if let Some((name, value)) = err.extra_fields() {
+        out.field(name, value.as_bytes());
+    }
+    if close || err.closes_connection() {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(text.as_bytes());
+    }
+    status.as_u16()
+}
