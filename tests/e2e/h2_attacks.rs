@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -20,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::limits::metric;
 use crate::support::{eventually, Proxy, Upstream};
-use crate::tls::{https, route_all_to, tls_addr, upload, AcceptAnything, Ca};
+use crate::tls::{client_config, https, route_all_to, tls_addr, upload, Ca};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -171,14 +170,7 @@ impl Drop for Reader {
 async fn open_h2(
     proxy: &Proxy,
 ) -> (ReadHalf<TlsStream<TcpStream>>, WriteHalf<TlsStream<TcpStream>>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = client_config(&[b"h2"]);
     let tcp = TcpStream::connect(tls_addr(proxy)).await.expect("the proxy accepts");
     let name = ServerName::try_from("shop.example").expect("a DNS name");
     let mut tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake");
@@ -531,14 +523,7 @@ async fn a_connection_that_never_finishes_its_client_hello_is_closed_by_the_head
 
 /// The bytes of a ClientHello for `shop.example` (offering `h2`), as a client sends first.
 fn client_hello() -> Vec<u8> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = client_config(&[b"h2"]);
     let name = ServerName::try_from("shop.example").expect("a DNS name");
     let mut client = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
     let mut hello = Vec::new();
@@ -556,13 +541,7 @@ async fn a_handshake_flood_leaves_the_proxy_serving() {
     // Handshakes that complete, then close at once.
     for _ in 0..COMPLETE {
         flood.spawn(async move {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("TLS versions")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-                .with_no_client_auth();
+            let config = client_config(&[]);
             let name = ServerName::try_from("shop.example").expect("a DNS name");
             let handshake = async {
                 let tcp = TcpStream::connect(addr).await?;

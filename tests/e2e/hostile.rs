@@ -14,13 +14,7 @@ use crate::support::{eventually, http_client, Proxy, RawClient, RawUpstream, Rep
 /// A standalone proxy whose only route sends `/` to `upstream`.
 async fn proxy_to(upstream: &RawUpstream, extra: &[&str]) -> Proxy {
     let proxy = Proxy::start(None, extra).await;
-    let (status, answer) = proxy
-        .admin(&format!(
-            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
-            upstream.port()
-        ))
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    proxy.route_all_to_port(upstream.port()).await;
     proxy
 }
 
@@ -62,13 +56,7 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_instances() {
 
     // A Content-Length body that stalls for the client timeout: 400.
     let stalled = Proxy::start(None, &["--client-timeout=1s"]).await;
-    let (status, _) = stalled
-        .admin(&format!(
-            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
-            upstream.port()
-        ))
-        .await;
-    assert_eq!(status, 200);
+    stalled.route_all_to_port(upstream.port()).await;
     let mut client = RawClient::connect(stalled.addr).await;
     client.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nsome").await;
     let got = String::from_utf8_lossy(&client.read_to_close().await).into_owned();

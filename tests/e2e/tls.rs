@@ -136,9 +136,9 @@ impl ServerCertVerifier for AcceptAnything {
     }
 }
 
-/// A TLS connection to the proxy asking for `sni` (`None`: no SNI at all, as a client that
-/// dialled an IP address), offering HTTP/1.1 only.
-pub async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
+/// A TLS client that accepts any certificate (these tests look at what was served) and offers
+/// `alpn`.
+pub fn client_config(alpn: &[&[u8]]) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -146,7 +146,14 @@ pub async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<Tls
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnything))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A TLS connection to the proxy asking for `sni` (`None`: no SNI at all, as a client that
+/// dialled an IP address), offering HTTP/1.1 only.
+pub async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = client_config(&[b"http/1.1"]);
     // rustls sends no SNI for an IP address.
     let name = match sni {
         Some(sni) => ServerName::try_from(sni.to_owned()).expect("a DNS name"),
@@ -200,13 +207,7 @@ async fn listed(proxy: &Proxy) -> Vec<String> {
 
 /// Routes `/` of a standalone proxy to `upstream` (127.0.0.1 resolves to itself).
 pub async fn route_all_to(proxy: &Proxy, upstream: &Upstream) {
-    let (status, answer) = proxy
-        .admin(&format!(
-            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
-            upstream.port()
-        ))
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    proxy.route_all_to_port(upstream.port()).await;
 }
 
 fn write(dir: &Path, file: &str, text: &str) {
@@ -621,13 +622,7 @@ async fn a_response_in_pieces_reaches_an_https_client_piece_by_piece() {
     })
     .await;
     let proxy = Proxy::start(None, &[]).await;
-    let (status, answer) = proxy
-        .admin(&format!(
-            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
-            upstream.port()
-        ))
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    proxy.route_all_to_port(upstream.port()).await;
     let (status, answer) = upload(&proxy, "shop", &ca.issue(&["shop.example"]).pem).await;
     assert_eq!(status, 200, "{answer}");
 

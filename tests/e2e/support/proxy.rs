@@ -166,6 +166,17 @@ impl Proxy {
         json
     }
 
+    /// Routes `/` of this standalone proxy to the instance listening on 127.0.0.1:`port`
+    /// (standalone, the service `127.0.0.1` resolves to itself), and checks it was accepted.
+    pub async fn route_all_to_port(&self, port: u16) {
+        let (status, answer) = self
+            .admin(&format!(
+                "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={port}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     /// Runs the binary as a CLI client of this proxy: `docker-flow-proxy <args>`, with the
     /// admin address given through `DFP_ADMIN` so the command line stays as a user types it.
     pub async fn cli(&self, args: &[&str]) -> Output {
