@@ -30,6 +30,14 @@
 #              regex path rewrite (ours: setReqHeader, addResHeader, reqPathSearch/Replace).
 #   websocket  WebSocket echo messages per second (128 bytes, one in flight per connection;
 #              dfp-load's client and echo server).
+#   Two more, not part of the default run (name them with --only):
+#   class-churn  Each request class on ours alone, quiet and with a reconfigure every 100 ms (of
+#              the class's own service on odd ticks, another service on even ones): throughput
+#              under churn over quiet, paired by round, and the failed requests.
+#              --churn-classes picks the classes (default: all six).
+#   threads    The paced GET on ours with --threads 1 (core 0) and --threads 2 (cores 0 and 1):
+#              CPU per request of two threads over one, paired by round (what sharing between
+#              threads costs on the hot path).
 #
 # How: the proxy under test runs on core 0 with one worker thread (HAProxy `nbthread 1`, nginx
 # `worker_processes 1`); wrk, the three nginx upstreams and the Consul dev agent share core 1.
@@ -47,7 +55,9 @@
 #          benches/compare.sh --only https,h2 --quick
 # Options: --rounds N  --duration SECONDS  --connections N
 #          --only closed|paced|routes|churn|instructions|https|handshake|h2|post|options|websocket
-#                 (or several, comma-separated; "classes": the last six)
+#                 |class-churn|threads
+#                 (or several, comma-separated; "classes": https to websocket)
+#          --churn-classes LIST (class-churn: the classes, comma-separated; default all six)
 #          --routes N (the large route count, default 10000)  --bin PATH (skip the cargo build)
 #          --load-bin PATH (dfp-load, the handshake and WebSocket client: skip its cargo build)
 #          --requests N (instructions: the counted requests, default 20000)
@@ -89,6 +99,7 @@ readonly H2_STREAMS=10
 readonly WS_MESSAGE_BYTES=128
 readonly OPTS_PATH=/api/v1/opts
 readonly WS_PATH=/ws
+CHURN_CLASSES=$CLASSES
 
 # ----------------------------------------------------------------------------------------------
 # Options
@@ -104,6 +115,7 @@ parse_args() {
       --bin) BIN=${2:?--bin needs a path}; shift ;;
       --load-bin) LOAD_BIN=${2:?--load-bin needs a path}; shift ;;
       --requests) INSTR_REQUESTS=${2:?--requests needs a number}; shift ;;
+      --churn-classes) CHURN_CLASSES=${2:?--churn-classes needs class names}; CHURN_CLASSES=${CHURN_CLASSES//,/ }; shift ;;
       --quick) ROUNDS=2 DURATION=3 INSTR_REQUESTS=2000 ;;
       -h | --help) usage; exit 0 ;;
       *) die "unknown option $1 (see --help)" ;;
@@ -123,22 +135,31 @@ parse_args() {
   ONLY=${list%,}
   local name
   for name in ${ONLY//,/ }; do
-    case " all closed paced routes churn instructions $CLASSES " in
+    case " all closed paced routes churn instructions $CLASSES class-churn threads " in
       *" $name "*) ;;
-      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, } or classes (comma-separated for several), not $name" ;;
+      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, }, classes, class-churn or threads (comma-separated for several), not $name" ;;
     esac
+  done
+  for name in $CHURN_CLASSES; do
+    [[ " $CLASSES " == *" $name "* ]] || die "--churn-classes takes ${CLASSES// /, }, not $name"
   done
 }
 
 # wants NAME: the scenario or class NAME is to run (--only, a comma-separated list, or all).
 wants() { [[ $ONLY == all || ",$ONLY," == *",$1,"* ]]; }
 
+# named NAME: NAME is in --only's list (the scenarios the default run leaves out).
+named() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# class_needed CLASS: the classes scenario measures CLASS, or class-churn does.
+class_needed() { wants "$1" || { named class-churn && [[ " $CHURN_CLASSES " == *" $1 "* ]]; }; }
+
 # wants_classes [https]: any request class is to run (with "https": any class over TLS).
 wants_classes() {
   local class
   for class in $CLASSES; do
     if [[ ${1:-} == https && $class != https && $class != handshake && $class != h2 ]]; then continue; fi
-    wants "$class" && return 0
+    class_needed "$class" && return 0
   done
   return 1
 }
@@ -150,7 +171,7 @@ ensure_tools() {
   local -a tools=(haproxy nginx:nginx-light wrk taskset:util-linux pgrep:procps curl awk:)
   if wants instructions; then tools+=(valgrind callgrind_control:valgrind strace); fi
   if wants_classes https; then tools+=(openssl); fi
-  if wants h2; then tools+=(h2load:nghttp2-client); fi
+  if class_needed h2; then tools+=(h2load:nghttp2-client); fi
   require_tools "${tools[@]}"
   ensure_consul
   (($(nproc) >= 2)) || die "needs at least 2 cores (proxy on core $PROXY_CORE, load on core $LOAD_CORE)"
@@ -815,18 +836,100 @@ scenario_classes() {
   done
   for class in $CLASSES; do
     wants "$class" || continue
-    for mode in $([[ $class == post ]] && echo post-1k post-64k || echo "$class"); do
+    for mode in $(class_modes "$class"); do
       for ((round = 1; round <= ROUNDS; round++)); do
         for target in ours haproxy nginx; do measure classes "$mode" "$round" "$target"; done
       done
     done
   done
+  if named class-churn; then classes_under_churn; fi
   for target in ours haproxy nginx; do
     [[ -z ${NEGOTIATED[$target]:-} ]] || echo "$target ${NEGOTIATED[$target]}" >>"$RUN/negotiated.txt"
   done
   stop_tree "${PID[ours]}"
   stop_tree "${PID[haproxy]}"
   stop_tree "${PID[nginx]}"
+}
+
+# class_modes CLASS: the measured modes of a class (post has two body sizes).
+class_modes() { if [[ $1 == post ]]; then echo post-1k post-64k; else echo "$1"; fi; }
+
+# urlencode TEXT: TEXT percent-encoded for a query string (bash only: no process).
+urlencode() {
+  local text=$1 out="" c i
+  for ((i = 0; i < ${#text}; i++)); do
+    c=${text:i:1}
+    case $c in
+      [A-Za-z0-9._~-]) out+=$c ;;
+      *) printf -v c '%%%02X' "'$c"; out+=$c ;;
+    esac
+  done
+  printf '%s' "$out"
+}
+
+# class_churn_query CLASS: the reconfigure (query string) that churn repeats for the service
+# CLASS loads, with the options it was routed with.
+class_churn_query() {
+  case $1 in
+    options)
+      printf 'serviceName=opts-ms&servicePath=%s&reqPathSearch=%s&reqPathReplace=%s&setReqHeader=%s&addResHeader=%s' \
+        "$OPTS_PATH" "$(urlencode "^$OPTS_PATH/(.*)")" "$(urlencode '/books/\1')" \
+        "$(urlencode 'X-Bench-Env production')" "$(urlencode 'X-Served-By dfp-bench')"
+      ;;
+    websocket) printf 'serviceName=ws-ms&servicePath=%s' "$WS_PATH" ;;
+    *) printf 'serviceName=books-ms&servicePath=%s' "$BOOKS_PATH" ;;
+  esac
+}
+
+# classes_under_churn: class-churn, on the classes scenario's ours: every class of
+# --churn-classes quiet (target ours) and with a reconfigure every 100 ms (target ours-busy,
+# the same process), alternating within each round.
+classes_under_churn() {
+  local array class mode round count_file churner query
+  PID[ours-busy]=${PID[ours]}
+  for array in URL ADMIN TLS_URL TLS_ADDR PLAIN_ADDR OPTS_URL; do
+    declare -n map=$array
+    # shellcheck disable=SC2154 # map names an associative array: ours-busy is a key
+    map[ours-busy]=${map[ours]}
+    unset -n map
+  done
+  log "class-churn: ${CHURN_CLASSES// /, } on ours, quiet and with a reconfigure every 100 ms"
+  for class in $CHURN_CLASSES; do
+    query=$(class_churn_query "$class")
+    for mode in $(class_modes "$class"); do
+      for ((round = 1; round <= ROUNDS; round++)); do
+        measure class-churn "$mode" "$round" ours
+        count_file="$RUN/class-churn-$mode-$round.count"
+        churn_ours "${ADMIN[ours]}" "$count_file" "$query" &
+        churner=$!
+        STARTED+=("$churner")
+        STARTED_NAME[$churner]="churn-$mode"
+        measure class-churn "$mode" "$round" ours-busy "$churner" "$count_file"
+        stop_tree "$churner"
+      done
+    done
+  done
+}
+
+# scenario_threads: the paced GET on ours with one worker thread on core 0 and with two on
+# cores 0 and 1, alternating within each round.
+scenario_threads() {
+  log "scenario threads: ours with --threads 1 (core $PROXY_CORE) and --threads 2 (cores $PROXY_CORE,$LOAD_CORE), paced"
+  store_routes dfp-bench-threads 10
+  local -a off=(--tls-listen off)
+  launch_ours ours-t1 "$PROXY_CORE" dfp-bench-threads 30 -- --threads 1 "${off[@]}"
+  wait_for "$LAST_PID" "ours-t1 restoring 10 routes" 600 services_routed ours-t1 10
+  route_books ours-t1
+  launch_ours ours-t2 "$PROXY_CORE,$LOAD_CORE" dfp-bench-threads 30 -- --threads 2 "${off[@]}"
+  wait_for "$LAST_PID" "ours-t2 restoring 10 routes" 600 services_routed ours-t2 10
+  route_books ours-t2
+  local target round
+  for target in ours-t1 ours-t2; do check_route "$target"; done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for target in ours-t1 ours-t2; do measure threads paced "$round" "$target"; done
+  done
+  stop_tree "${PID[ours-t1]}"
+  stop_tree "${PID[ours-t2]}"
 }
 
 scenario_routes() {
@@ -869,13 +972,15 @@ open_sleeper() {
   exec {SLEEP_FD}<> <(:)
 }
 
-# churn_ours ADMIN COUNT_FILE: every 100 ms for the run's duration, a reconfigure: odd ticks
-# books-ms again (the service under load), even ticks churn-ms with its path flipped.
+# churn_ours ADMIN COUNT_FILE [QUERY]: every 100 ms for the run's duration, a reconfigure: odd
+# ticks the service under load again (QUERY, the reconfigure's query string; default books-ms
+# on its path), even ticks churn-ms with its path flipped.
 # The call is written by bash itself (/dev/tcp), not by a curl process per call: like
 # HAProxy's churner (a `kill` builtin), the operator's side costs next to nothing on the load
 # core, so what the churn costs is what the proxy and Consul do.
 churn_ours() {
   local admin=$1 file=$2 ticks=$((DURATION * 10)) i ok=0 target status start
+  local loaded=${3:-serviceName=books-ms&servicePath=$BOOKS_PATH}
   local hostport=${admin#http://}
   taskset -cp "$LOAD_CORE" "$BASHPID" >/dev/null
   open_sleeper
@@ -883,7 +988,7 @@ churn_ours() {
   start=$NOW_MS
   for ((i = 0; i < ticks && NOW_MS < start + DURATION * 1000; i++)); do
     if ((i % 2)); then
-      target="/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=$BOOKS_PATH"
+      target="/v1/docker-flow-proxy/reconfigure?$loaded"
     else
       target="/v1/docker-flow-proxy/reconfigure?serviceName=churn-ms&servicePath=/api/v2/churn-$((i / 2 % 2))"
     fi
@@ -1017,6 +1122,7 @@ main() {
   if wants churn; then scenario_churn; fi
   if wants instructions; then scenario_instructions; fi
   if wants_classes; then scenario_classes; fi
+  if named threads; then scenario_threads; fi
 
   {
     cat "$RUN/machine.md"

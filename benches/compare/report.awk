@@ -114,6 +114,7 @@ FILENAME == instructions {
   keep(base SUBSEP "cpu", $9); keep(base SUBSEP "core", $12)
   keep(base SUBSEP "busy0", $13); keep(base SUBSEP "busy1", $14); keep(base SUBSEP "user", $15)
   errors[base] += $8; runs[base]++
+  if (scenario == "class-churn" && !(("cc" SUBSEP mode) in seen)) { seen["cc" SUBSEP mode] = 1; class_churn_mode[++class_churn_modes] = mode }
   at[scenario, mode, target, round, "rps"] = $5
   at[scenario, mode, target, round, "p99"] = $7
   at[scenario, mode, target, round, "cpu"] = $9
@@ -369,12 +370,56 @@ function targets_table(   k) {
   print ""
 }
 
+# class-churn: every class on ours, quiet and under a reconfigure every 100 ms.
+function class_churn_table(   i, c, quiet, busy, key) {
+  if (!class_churn_modes) return
+  print "### Request classes under churn: ours, quiet and with a reconfigure every 100 ms"
+  print ""
+  print "| class | changes done | quiet req/s | req/s under churn | under churn ÷ quiet (paired) | target ≥ 0.95 | failed requests quiet / under churn (all rounds) | proxy CPU µs/request quiet / under churn |"
+  print "|---|---:|---:|---:|---:|---|---:|---:|"
+  for (i = 1; i <= class_churn_modes; i++) {
+    c = class_churn_mode[i]
+    quiet = "class-churn" SUBSEP c SUBSEP "ours"
+    busy = "class-churn" SUBSEP c SUBSEP "ours-busy"
+    key = "class-churn-ratio" SUBSEP c
+    pair("class-churn", c, "ours-busy", c, "ours", "rps", key)
+    printf "| %s | %d/%d | %s | %s | %s | %s | %d / %d | %s / %s |\n", class_label(c),
+      applied[busy], attempted[busy], summary(quiet SUBSEP "rps", "%.0f", 1),
+      summary(busy SUBSEP "rps", "%.0f", 1), summary(key, "%.3f", 1), verdict(key, ">=", 0.95),
+      errors[quiet], errors[busy], summary(quiet SUBSEP "cpu", "%.1f", 1), summary(busy SUBSEP "cpu", "%.1f", 1)
+  }
+  print ""
+}
+
+# threads: the paced GET on ours with two worker threads over one.
+function threads_table(   t, base, key) {
+  if (!targets["threads", "paced"]) return
+  print "### Threads: the paced GET on ours with --threads 1 and --threads 2"
+  print ""
+  print "| proxy | cores | req/s | p99 ms | errors | proxy CPU µs/request | of which user space |"
+  print "|---|---|---:|---:|---:|---:|---:|"
+  for (t = 1; t <= 2; t++) {
+    base = "threads" SUBSEP "paced" SUBSEP "ours-t" t
+    printf "| docker-flow-proxy --threads %d | %s | %s | %s | %d | %s | %s |\n", t, t == 1 ? "0" : "0, 1",
+      summary(base SUBSEP "rps", "%.0f", 1), summary(base SUBSEP "p99", "%.2f", 1000), errors[base],
+      summary(base SUBSEP "cpu", "%.1f", 1), summary(base SUBSEP "user", "%.1f", 1)
+  }
+  key = "threads-ratio"
+  pair("threads", "paced", "ours-t2", "paced", "ours-t1", "cpu", key)
+  print ""
+  print "CPU per request, two threads ÷ one (paired by round): " summary(key, "%.3f", 1) \
+    "; target ≤ 1.1: " verdict(key, "<=", 1.1) "."
+  print ""
+}
+
 END {
   compare_table("closed", "Closed loop (wrk, " "every connection sends its next request at once)")
   compare_table("paced", "Paced (each connection waits 1–4 ms between requests)")
   routes_table()
   churn_table()
   classes_tables()
+  class_churn_table()
+  threads_table()
   instructions_table()
   targets_table()
   print "Figures: median (min–max) over the rounds. Ratios are paired: each round's value over HAProxy's"
