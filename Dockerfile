@@ -57,7 +57,7 @@ RUN mkdir -p /rootfs/etc/ssl/certs /state \
  && chown 65532:65532 /state
 
 
-FROM scratch
+FROM scratch AS runtime
 
 COPY --from=builder /rootfs/ /
 COPY --from=builder /usr/local/bin/docker-flow-proxy /usr/local/bin/docker-flow-proxy
