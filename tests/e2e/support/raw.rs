@@ -453,7 +453,18 @@ impl RawClient {
             self.fill(start + length).await;
             start + length
         } else {
-            while self.read_more().await > 0 {}
+            // Delimited by the close: only a clean one says the body is whole (over TLS, a
+            // cut without `close_notify` could be a truncation, and clients treat it so).
+            loop {
+                match self.try_read_more().await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => panic!(
+                        "a close-delimited answer ended in an error, not a clean close ({e}): \
+                         {head:?}"
+                    ),
+                }
+            }
             self.buf.len()
         };
         let body = self.buf[start..end].to_vec();
