@@ -4,6 +4,9 @@
 //! must be the same, field for field and byte for byte, except what the client's own
 //! connection decides: `X-Forwarded-Proto` (`http` or `https`) and the port in `Host`.
 //!
+//! This is the cross-engine comparison; the HTTP/1 engine's own suite (`http1.rs`) runs every
+//! test over both of its transports, plain TCP and TLS.
+//!
 //! Inputs cover the everyday request and the odd ones: a query, forwarded fields a client
 //! made up, hop-by-hop fields, bodies with a length, responses framed by length, by chunks and
 //! by the instance closing, bodiless answers, interim answers, per-service options (rewrite,

@@ -7,17 +7,27 @@
 //! The instances are [`RawUpstream`]s writing exact bytes; the proxy runs standalone (no
 //! Consul) with one route. The engine relays the instance's field names as written
 //! (`Answer::verbatim` in `support/raw.rs`), which shows an answer went through as bytes.
+//!
+//! Every test runs twice (`over_plain_and_tls!` at the end): `NAME::plain` over TCP and
+//! `NAME::tls` over TLS (ALPN `http/1.1` on keep-alive connections, none on one-shot ones),
+//! since both reach the same engine and must give the same answers. Where the transport
+//! legitimately changes an expectation (`X-Forwarded-Proto`), the test says so.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::support::{eventually, raw_http, Proxy, RawClient, RawUpstream, Received, Reply};
+use crate::support::{eventually, Proxy, RawUpstream, Received, Reply, Transport};
 
-/// A standalone proxy whose only route sends `path` to `upstream`.
-async fn proxy_to(upstream: &RawUpstream, path: &str, extra: &[&str]) -> Proxy {
-    let proxy = Proxy::start(None, extra).await;
+/// A standalone proxy for `transport` whose only route sends `path` to `upstream`.
+async fn proxy_to(
+    transport: Transport,
+    upstream: &RawUpstream,
+    path: &str,
+    extra: &[&str],
+) -> Proxy {
+    let proxy = transport.proxy(extra).await;
     let (status, answer) = proxy
         .admin(&format!(
             "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath={path}&port={}",
@@ -57,8 +67,7 @@ fn lines(received: &[Received]) -> Vec<&str> {
     received.iter().map(Received::line).collect()
 }
 
-#[tokio::test]
-async fn chunked_answers_are_relayed_byte_exact_and_both_connections_kept() {
+async fn chunked_answers_are_relayed_byte_exact_and_both_connections_kept(transport: Transport) {
     const HEAD: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\
                         Connection: keep-alive\r\nKeep-Alive: timeout=30\r\nX-Raw-Upstream: yes\r\n\r\n";
     const BODY: &str = "5\r\nhello\r\n7;note=x\r\n, world\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n\
@@ -70,9 +79,9 @@ async fn chunked_answers_are_relayed_byte_exact_and_both_connections_kept() {
         Reply::Pieces(cut_after(&format!("{HEAD}{BODY}"), &markers))
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
 
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     for round in ["first", "second"] {
         let answer = client.get("/stream", "").await;
         assert_eq!(answer.status, 200, "{round}: {answer:?}");
@@ -91,8 +100,9 @@ async fn chunked_answers_are_relayed_byte_exact_and_both_connections_kept() {
     assert_eq!(upstream.accepted(), 1, "the upstream connection was not reused");
 }
 
-#[tokio::test]
-async fn close_delimited_answers_arrive_whole_then_the_client_connection_closes() {
+async fn close_delimited_answers_arrive_whole_then_the_client_connection_closes(
+    transport: Transport,
+) {
     let body = pattern(200 * 1024);
     let script_body = body.clone();
     let upstream = RawUpstream::start(move |_, head| {
@@ -103,10 +113,10 @@ async fn close_delimited_answers_arrive_whole_then_the_client_connection_closes(
         Reply::ThenClose([head.as_bytes(), &script_body].concat())
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
 
     for path in ["/http10", "/http11-close"] {
-        let mut client = RawClient::connect(proxy.addr).await;
+        let mut client = transport.client(&proxy).await;
         // Read until the proxy closes: no length, no chunks.
         let answer = client.get(path, "").await;
         assert!(answer.head.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {}", answer.head);
@@ -120,8 +130,7 @@ async fn close_delimited_answers_arrive_whole_then_the_client_connection_closes(
     assert_eq!(upstream.received().len(), 2);
 }
 
-#[tokio::test]
-async fn content_length_head_204_and_304_are_framed_exactly() {
+async fn content_length_head_204_and_304_are_framed_exactly(transport: Transport) {
     const MIB: usize = 1 << 20;
     let big = pattern(MIB);
     let script_big = big.clone();
@@ -153,8 +162,8 @@ async fn content_length_head_204_and_304_are_framed_exactly() {
         Reply::Bytes(bytes)
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
+    let mut client = transport.client(&proxy).await;
 
     let answer = client.get("/big", "").await;
     assert_eq!((answer.status, answer.header("content-length")), (200, Some("1048576")));
@@ -196,14 +205,13 @@ async fn content_length_head_204_and_304_are_framed_exactly() {
     assert_eq!(upstream.accepted(), 1, "an upstream connection was dropped: {received:?}");
 }
 
-#[tokio::test]
-async fn pipelined_requests_are_answered_in_order() {
+async fn pipelined_requests_are_answered_in_order(transport: Transport) {
     let upstream = RawUpstream::start(|_, head| {
         Reply::ok(&format!("{} {}", head.split(' ').next().unwrap_or_default(), target(head)))
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
+    let mut client = transport.client(&proxy).await;
 
     client
         .send(
@@ -229,16 +237,15 @@ async fn pipelined_requests_are_answered_in_order() {
     );
 }
 
-#[tokio::test]
-async fn requests_with_and_without_bodies_share_a_keep_alive_connection() {
+async fn requests_with_and_without_bodies_share_a_keep_alive_connection(transport: Transport) {
     let upstream = RawUpstream::start(|_, head| {
         Reply::ok(&format!("{} {}", head.split(' ').next().unwrap_or_default(), target(head)))
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
 
     // One request at a time: without a body, with one, without again.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     let answer = client.get("/first", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "GET /first"));
     assert!(answer.verbatim(), "{}", answer.head);
@@ -255,7 +262,7 @@ async fn requests_with_and_without_bodies_share_a_keep_alive_connection() {
     assert_eq!((answer.status, answer.text().as_str()), (200, "GET /third"), "{answer:?}");
 
     // The same, pipelined in one write.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client
         .send(
             b"GET /p1 HTTP/1.1\r\nHost: app.example\r\n\r\n\
@@ -284,7 +291,7 @@ async fn requests_with_and_without_bodies_share_a_keep_alive_connection() {
     assert_eq!(received[4].body, b"abcde");
 
     // `Connection: close`: the answer says so and the connection ends.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     let answer = client.get("/bye", "Connection: close\r\n").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "GET /bye"), "{answer:?}");
     assert!(answer.verbatim(), "{}", answer.head);
@@ -294,11 +301,10 @@ async fn requests_with_and_without_bodies_share_a_keep_alive_connection() {
     assert!(bye.header_values("connection").is_empty(), "Connection was forwarded: {bye:?}");
 }
 
-#[tokio::test]
-async fn forwarded_and_hop_by_hop_headers() {
+async fn forwarded_and_hop_by_hop_headers(transport: Transport) {
     let upstream = RawUpstream::start(|_, _| Reply::ok("ok")).await;
-    let proxy = proxy_to(&upstream, "/api", &[]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, "/api", &[]).await;
+    let mut client = transport.client(&proxy).await;
 
     client
         .send(
@@ -324,7 +330,8 @@ async fn forwarded_and_hop_by_hop_headers() {
     let expected: &[(&str, &[&str])] = &[
         ("host", &["shop.example:8080"]),
         ("x-forwarded-for", &["203.0.113.9, 127.0.0.1"]),
-        ("x-forwarded-proto", &["http"]),
+        // The client's own connection, whatever it claimed: `http` over TCP, `https` over TLS.
+        ("x-forwarded-proto", &[transport.scheme()]),
         ("x-forwarded-host", &["shop.example:8080"]),
         ("x-kept", &["yes"]),
         ("accept", &["*/*"]),
@@ -357,8 +364,7 @@ async fn forwarded_and_hop_by_hop_headers() {
     assert_eq!(received.len(), 1 + targets.len());
 }
 
-#[tokio::test]
-async fn malformed_upstream_answers_are_502() {
+async fn malformed_upstream_answers_are_502(transport: Transport) {
     let upstream = RawUpstream::start(|_, head| {
         let bytes: &[u8] = match target(head) {
             "/not-http" => b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
@@ -375,8 +381,8 @@ async fn malformed_upstream_answers_are_502() {
         Reply::Bytes(bytes.to_vec())
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
+    let mut client = transport.client(&proxy).await;
 
     for path in ["/not-http", "/bad-header", "/bad-length", "/two-lengths", "/switching"] {
         let answer = client.get(path, "").await;
@@ -388,16 +394,15 @@ async fn malformed_upstream_answers_are_502() {
     assert_eq!((answer.status, answer.text().as_str()), (200, "/fine"), "{answer:?}");
 }
 
-#[tokio::test]
-async fn a_silent_upstream_is_a_504_after_the_server_timeout() {
+async fn a_silent_upstream_is_a_504_after_the_server_timeout(transport: Transport) {
     let upstream = RawUpstream::start(|_, head| match target(head) {
         "/silent" => Reply::Silent,
         path => Reply::ok(path),
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &["--server-timeout=1s"]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &["--server-timeout=1s"]).await;
 
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     let started = Instant::now();
     let answer = client.get("/silent", "").await;
     let waited = started.elapsed();
@@ -411,8 +416,7 @@ async fn a_silent_upstream_is_a_504_after_the_server_timeout() {
     // a_body_that_pauses_longer_than_the_server_timeout_is_not_cut).
 }
 
-#[tokio::test]
-async fn pooled_upstream_connections_are_reused_only_while_clean() {
+async fn pooled_upstream_connections_are_reused_only_while_clean(transport: Transport) {
     let upstream = RawUpstream::start(|index, head| match target(head) {
         // Answers, then closes as an instance's idle timeout would.
         "/then-close" => Reply::ThenClose(Reply::ok_bytes("closing")),
@@ -433,8 +437,8 @@ async fn pooled_upstream_connections_are_reused_only_while_clean() {
         path => Reply::ok(path),
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
+    let mut client = transport.client(&proxy).await;
     let mut expect = async |path: &str, body: &str| {
         let answer = client.get(path, "").await;
         assert_eq!((answer.status, answer.text().as_str()), (200, body), "{path}: {answer:?}");
@@ -468,10 +472,9 @@ async fn pooled_upstream_connections_are_reused_only_while_clean() {
     assert_ne!(dropped[0], dropped[1], "{received:?}");
 }
 
-#[tokio::test]
-async fn bad_requests_get_400_and_never_reach_the_upstream() {
+async fn bad_requests_get_400_and_never_reach_the_upstream(transport: Transport) {
     let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
 
     let cases: &[(&str, &[u8])] = &[
         ("a space in the target", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
@@ -482,13 +485,13 @@ async fn bad_requests_get_400_and_never_reach_the_upstream() {
         ("a Host that is not host[:port]", b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n"),
     ];
     for (what, request) in cases {
-        let answer = raw_http(proxy.addr, request).await;
+        let answer = transport.raw_http(&proxy, request).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
     }
     assert_eq!(upstream.accepted(), 0, "a bad request reached the upstream");
 
     // After a request forwarded on the same connection.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     let answer = client.get("/ok", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "/ok"), "{answer:?}");
     let answer = client.get("/ok/../../etc/passwd", "").await;
@@ -497,15 +500,16 @@ async fn bad_requests_get_400_and_never_reach_the_upstream() {
     assert_eq!(lines(&upstream.received()), ["GET /ok HTTP/1.1"]);
 }
 
-#[tokio::test]
-async fn content_length_with_transfer_encoding_is_refused_and_ends_the_connection() {
+async fn content_length_with_transfer_encoding_is_refused_and_ends_the_connection(
+    transport: Transport,
+) {
     let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
 
     // RFC 9112 §6.3: both framings in one request "ought to be handled as an error": 400, the
     // connection ends, and the bytes after it never become a request. Here it follows an
     // ordinary request on the same connection.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     let answer = client.get("/ok", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "/ok"), "{answer:?}");
     client
@@ -522,14 +526,13 @@ async fn content_length_with_transfer_encoding_is_refused_and_ends_the_connectio
     assert_eq!(lines(&received), ["GET /ok HTTP/1.1"], "{received:?}");
 }
 
-#[tokio::test]
-async fn answers_carry_a_date_when_the_instance_sends_none() {
+async fn answers_carry_a_date_when_the_instance_sends_none(transport: Transport) {
     // RFC 9110 §6.6.1: a recipient with a clock that forwards a response without a Date MUST
     // add one, for answers with and without a request body alike.
     let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
-    let proxy = proxy_to(&upstream, "/", &[]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
 
-    let mut general = RawClient::connect(proxy.addr).await;
+    let mut general = transport.client(&proxy).await;
     general
         .send(b"POST /general HTTP/1.1\r\nHost: app.example\r\nContent-Length: 2\r\n\r\nhi")
         .await;
@@ -537,14 +540,13 @@ async fn answers_carry_a_date_when_the_instance_sends_none() {
     assert_eq!((answer.status, answer.verbatim()), (200, true), "{answer:?}");
     assert!(answer.has("date"), "the POST's answer has no Date: {}", answer.head);
 
-    let mut lane = RawClient::connect(proxy.addr).await;
+    let mut lane = transport.client(&proxy).await;
     let answer = lane.get("/lane", "").await;
     assert_eq!((answer.status, answer.verbatim()), (200, true), "{answer:?}");
     assert!(answer.has("date"), "the GET's answer has no Date: {}", answer.head);
 }
 
-#[tokio::test]
-async fn an_answer_in_flight_at_shutdown_says_connection_close() {
+async fn an_answer_in_flight_at_shutdown_says_connection_close(transport: Transport) {
     let gate = Arc::new(Semaphore::new(0));
     let script_gate = gate.clone();
     let upstream = RawUpstream::start(move |_, head| {
@@ -552,13 +554,13 @@ async fn an_answer_in_flight_at_shutdown_says_connection_close() {
         Reply::Gated { before: Vec::new(), gate, after }
     })
     .await;
-    let mut proxy = proxy_to(&upstream, "/", &[]).await;
-    let addr = proxy.addr;
+    let mut proxy = proxy_to(transport, &upstream, "/", &[]).await;
+    let addr = transport.addr(&proxy);
 
     // In flight together: a GET, and a POST with a body.
-    let mut lane = RawClient::connect(addr).await;
+    let mut lane = transport.client(&proxy).await;
     lane.send(b"GET /lane HTTP/1.1\r\nHost: app.example\r\n\r\n").await;
-    let mut general = RawClient::connect(addr).await;
+    let mut general = transport.client(&proxy).await;
     general
         .send(b"POST /general HTTP/1.1\r\nHost: app.example\r\nContent-Length: 2\r\n\r\nhi")
         .await;
@@ -592,8 +594,7 @@ async fn an_answer_in_flight_at_shutdown_says_connection_close() {
     assert_eq!(lane_answer.header("connection"), Some("close"), "{}", lane_answer.head);
 }
 
-#[tokio::test]
-async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut() {
+async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut(transport: Transport) {
     // `--server-timeout` bounds the wait for an answer's head (see `server --help`); a body
     // may then pause longer (server-sent events, a slow export), with or without a request body.
     let gate = Arc::new(Semaphore::new(0));
@@ -606,13 +607,13 @@ async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut() {
         after: b"4\r\nlast\r\n0\r\n\r\n".to_vec(),
     })
     .await;
-    let proxy = proxy_to(&upstream, "/", &["--server-timeout=1s"]).await;
+    let proxy = proxy_to(transport, &upstream, "/", &["--server-timeout=1s"]).await;
 
-    let mut general = RawClient::connect(proxy.addr).await;
+    let mut general = transport.client(&proxy).await;
     general
         .send(b"POST /general HTTP/1.1\r\nHost: app.example\r\nContent-Length: 2\r\n\r\nhi")
         .await;
-    let mut lane = RawClient::connect(proxy.addr).await;
+    let mut lane = transport.client(&proxy).await;
     lane.send(b"GET /lane HTTP/1.1\r\nHost: app.example\r\n\r\n").await;
     eventually(Duration::from_secs(5), "both requests to reach the upstream", || {
         let received = upstream.received().len();
@@ -632,11 +633,12 @@ async fn a_body_that_pauses_longer_than_the_server_timeout_is_not_cut() {
     assert_eq!(answer.text(), "5\r\nfirst\r\n4\r\nlast\r\n0\r\n\r\n");
 }
 
-#[tokio::test]
-async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout() {
+async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout(
+    transport: Transport,
+) {
     let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
-    let proxy = proxy_to(&upstream, "/", &["--upstream-idle-timeout=2s"]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, "/", &["--upstream-idle-timeout=2s"]).await;
+    let mut client = transport.client(&proxy).await;
     let answer = client.get("/kept", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "/kept"), "{answer:?}");
     assert_eq!(upstream.closed(), 0, "the upstream connection is kept for reuse at first");
@@ -651,3 +653,40 @@ async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout() 
     assert_eq!((answer.status, answer.text().as_str()), (200, "/again"), "{answer:?}");
     assert_eq!(upstream.accepted(), 2);
 }
+
+/// Every test above, once per transport: `NAME::plain` over TCP, `NAME::tls` over TLS.
+macro_rules! over_plain_and_tls {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Transport;
+
+            #[tokio::test]
+            async fn plain() {
+                super::$name(Transport::Plain).await;
+            }
+
+            #[tokio::test]
+            async fn tls() {
+                super::$name(Transport::Tls).await;
+            }
+        }
+    )*};
+}
+
+over_plain_and_tls!(
+    chunked_answers_are_relayed_byte_exact_and_both_connections_kept,
+    close_delimited_answers_arrive_whole_then_the_client_connection_closes,
+    content_length_head_204_and_304_are_framed_exactly,
+    pipelined_requests_are_answered_in_order,
+    requests_with_and_without_bodies_share_a_keep_alive_connection,
+    forwarded_and_hop_by_hop_headers,
+    malformed_upstream_answers_are_502,
+    a_silent_upstream_is_a_504_after_the_server_timeout,
+    pooled_upstream_connections_are_reused_only_while_clean,
+    bad_requests_get_400_and_never_reach_the_upstream,
+    content_length_with_transfer_encoding_is_refused_and_ends_the_connection,
+    answers_carry_a_date_when_the_instance_sends_none,
+    an_answer_in_flight_at_shutdown_says_connection_close,
+    a_body_that_pauses_longer_than_the_server_timeout_is_not_cut,
+    idle_upstream_connections_are_closed_after_the_upstream_idle_timeout,
+);

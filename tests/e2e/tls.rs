@@ -153,7 +153,16 @@ pub fn client_config(alpn: &[&[u8]]) -> ClientConfig {
 /// A TLS connection to the proxy asking for `sni` (`None`: no SNI at all, as a client that
 /// dialled an IP address), offering HTTP/1.1 only.
 pub async fn connect(addr: SocketAddr, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {
-    let config = client_config(&[b"http/1.1"]);
+    connect_offering(addr, sni, &[b"http/1.1"]).await
+}
+
+/// As [`connect`], offering `alpn` (empty: no ALPN extension at all).
+pub async fn connect_offering(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = client_config(alpn);
     // rustls sends no SNI for an IP address.
     let name = match sni {
         Some(sni) => ServerName::try_from(sni.to_owned()).expect("a DNS name"),

@@ -5,6 +5,7 @@
 mod consul;
 pub mod proxy;
 mod raw;
+mod transport;
 
 mod upstream;
 
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 pub use consul::Consul;
 pub use proxy::{Proxy, Scratch};
-pub use raw::{RawClient, RawUpstream, Received, Reply};
+pub use raw::{ClientStream, RawClient, RawUpstream, Received, Reply};
+pub use transport::Transport;
 pub use upstream::{EchoUpgrade, Upstream};
 
 /// A port that was free a moment ago (the kernel picks it; the listener is dropped at once).
@@ -102,10 +104,16 @@ impl Load {
 /// Sends raw bytes to `addr` and returns everything the server answered until it closed
 /// the connection (or 5 s passed). For requests a well-behaved client would never send.
 pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("proxy accepts");
+    raw_exchange(stream, request).await
+}
+
+/// As [`raw_http`], on a connection already made (e.g. a TLS one).
+pub async fn raw_exchange(mut stream: impl ClientStream, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("proxy accepts");
     stream.write_all(request).await.expect("request is sent");
     let mut answer = Vec::new();
+    // Over TLS, a close without `close_notify` is an error here; what came before it is kept.
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }

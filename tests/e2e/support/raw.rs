@@ -1,6 +1,7 @@
 //! Raw HTTP/1.1 peers, for tests that need exact bytes on the wire: an upstream that answers
 //! each request head with the bytes its script chooses and records what it received, and a
-//! keep-alive client that sends bytes and reads the answers one at a time.
+//! keep-alive client that sends bytes and reads the answers one at a time, over plain TCP or
+//! any other byte stream (a TLS connection to the proxy).
 //!
 //! Every read the client makes gives up after [`READ_LIMIT`]; the upstream's connections are
 //! closed when it is dropped, like a process that dies.
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
@@ -332,22 +333,33 @@ impl Answer {
     }
 }
 
+/// A client's byte stream to the proxy: a TCP socket, or a TLS connection over one.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
 /// A client connection that reads one response at a time, framed as RFC 9112 §6.3 says.
 pub struct RawClient {
-    stream: TcpStream,
+    stream: Box<dyn ClientStream>,
     buf: Vec<u8>,
 }
 
 impl RawClient {
+    /// A plain TCP connection to `addr`.
     pub async fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("the proxy accepts");
         stream.set_nodelay(true).expect("TCP_NODELAY");
-        RawClient { stream, buf: Vec::new() }
+        RawClient::over(stream)
     }
 
-    /// The socket, for reads byte by byte.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// A client on a connection already made (e.g. a TLS one).
+    pub fn over(stream: impl ClientStream + 'static) -> RawClient {
+        RawClient { stream: Box::new(stream), buf: Vec::new() }
+    }
+
+    /// The connection, for reads byte by byte.
+    pub fn stream_mut(&mut self) -> &mut dyn ClientStream {
+        &mut *self.stream
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -362,18 +374,23 @@ impl RawClient {
         self.answer(false).await
     }
 
-    /// Reads more bytes into the buffer; 0 when the server closed.
+    /// Reads more bytes into the buffer; 0 when the server closed (or the connection failed).
     async fn read_more(&mut self) -> usize {
+        self.try_read_more().await.unwrap_or(0)
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` when the server closed cleanly: a FIN over
+    /// TCP, `close_notify` then a FIN over TLS. A reset, or a TLS connection cut without
+    /// `close_notify`, is an error.
+    async fn try_read_more(&mut self) -> std::io::Result<usize> {
         self.buf.reserve(64 * 1024);
         let read = tokio::time::timeout(READ_LIMIT, self.stream.read_buf(&mut self.buf)).await;
-        match read {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => 0,
-            Err(_) => panic!(
+        read.unwrap_or_else(|_| {
+            panic!(
                 "no more bytes within {READ_LIMIT:?}; so far: {:?}",
                 String::from_utf8_lossy(&self.buf)
-            ),
-        }
+            )
+        })
     }
 
     /// Reads until `buf[from..]` holds `needle`; its offset.
@@ -436,7 +453,18 @@ impl RawClient {
             self.fill(start + length).await;
             start + length
         } else {
-            while self.read_more().await > 0 {}
+            // Delimited by the close: only a clean one says the body is whole (over TLS, a
+            // cut without `close_notify` could be a truncation, and clients treat it so).
+            loop {
+                match self.try_read_more().await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => panic!(
+                        "a close-delimited answer ended in an error, not a clean close ({e}): \
+                         {head:?}"
+                    ),
+                }
+            }
             self.buf.len()
         };
         let body = self.buf[start..end].to_vec();
