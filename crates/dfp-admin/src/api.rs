@@ -418,22 +418,27 @@ fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
 /// Reads one counter of a service's stats.
 type ReadCounter = fn(&dfp_routing::BackendStats) -> u64;
 
-/// Per-service counters of the data plane, read from the live table's backends.
+/// Per-service counters of the data plane: the live table's services, then the services it
+/// no longer routes (their counters stay, so no series a scraper saw goes backwards or
+/// vanishes; a service routed again resumes them).
 fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
     use dfp_routing::LATENCY_BUCKETS_MS;
     const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let services: Vec<(&str, &dfp_routing::BackendStats)> = table
+        .services()
+        .map(|s| (s.backend.service(), s.backend.stats()))
+        .chain(table.retired_stats())
+        .collect();
     let _ = writeln!(
         out,
         "# HELP dfp_requests_total Requests answered, by service and status class.\n\
          # TYPE dfp_requests_total counter"
     );
-    for s in table.services() {
-        let stats = s.backend.stats();
+    for (name, stats) in &services {
         for (class, count) in CLASSES.iter().zip(&stats.responses) {
             let _ = writeln!(
                 out,
-                "dfp_requests_total{{service=\"{}\",class=\"{class}\"}} {}",
-                s.backend.service(),
+                "dfp_requests_total{{service=\"{name}\",class=\"{class}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
         }
@@ -451,15 +456,10 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             s.ejections.load(Ordering::Relaxed)
         }),
     ];
-    for (name, help, read) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in table.services() {
-            let _ = writeln!(
-                out,
-                "{name}{{service=\"{}\"}} {}",
-                s.backend.service(),
-                read(s.backend.stats())
-            );
+    for (metric, help, read) in counters {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for (name, stats) in &services {
+            let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
         }
     }
     let _ = writeln!(
@@ -467,9 +467,7 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
         "# HELP dfp_request_duration_seconds Time from request to response head, by service.\n\
          # TYPE dfp_request_duration_seconds histogram"
     );
-    for s in table.services() {
-        let stats = s.backend.stats();
-        let name = s.backend.service();
+    for (name, stats) in &services {
         let mut cumulative = 0;
         for (i, bucket) in stats.latency_buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
