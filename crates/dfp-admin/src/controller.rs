@@ -341,10 +341,8 @@ impl Inner {
         // A call repeating what is stored already (Docker Flow's listeners resend every
         // service's reconfigure now and then) writes nothing: no store write, no wake-up of
         // every replica's store watch.
-        let stored_already = state
-            .services
-            .get(&key)
-            .is_some_and(|entry| entry.request.params == request.params);
+        let stored_already =
+            state.services.get(&key).is_some_and(|entry| entry.request.params == request.params);
         if !stored_already {
             let mut all = state.params();
             all.insert(request.service_name.clone(), request.params.clone());
@@ -508,8 +506,10 @@ impl Inner {
                 Ok(f) => f.instances,
                 Err(err) => {
                     tracing::warn!(service = %request.service_name, error = %err, "lookup failed; keeping its last instances");
-                    let kept =
-                        state.services.get(&key(&request.service_name)).map(|e| e.instances.clone());
+                    let kept = state
+                        .services
+                        .get(&key(&request.service_name))
+                        .map(|e| e.instances.clone());
                     kept.unwrap_or_default()
                 }
             };

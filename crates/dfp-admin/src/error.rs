@@ -43,8 +43,8 @@ pub enum AdminError {
     )]
     CertFromDir { name: String },
     #[error(
-        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, reconfigure, remove, \
-         ping, cert, certs"
+        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, routes, reconfigure, \
+         remove, ping, cert, certs"
     )]
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]

@@ -123,9 +123,10 @@ impl OwnAnswer {
 /// The proxy's own answers so far: `(status, reason, count)` for every series, zeros
 /// included, for `/metrics` (`dfp_proxy_responses_total{status,reason}`).
 pub fn own_answers() -> impl ExactSizeIterator<Item = (u16, &'static str, u64)> {
-    SERIES.iter().zip(&COUNTS).map(|(&(status, reason), slot)| {
-        (status, reason, slot.0.load(Ordering::Relaxed))
-    })
+    SERIES
+        .iter()
+        .zip(&COUNTS)
+        .map(|(&(status, reason), slot)| (status, reason, slot.0.load(Ordering::Relaxed)))
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ mod prefix;
 mod table;
 
 pub use backend::{
-    health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS,
-    EJECT_MAX_MS, LATENCY_BUCKETS_MS,
+    health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
+    LATENCY_BUCKETS_MS,
 };
 pub use policy::{Credential, Domain, HeaderEdits, PathRewrite, PolicyError, ServicePolicy};
 pub use prefix::{PathPrefix, PrefixError};
