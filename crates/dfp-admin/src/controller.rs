@@ -463,6 +463,10 @@ impl Inner {
         }
         let mut changed = Vec::new();
         for (k, (name, params)) in &by_key {
+            // Most of a listing is unchanged: compare before parsing (regexes, credentials).
+            if state.services.get(k).is_some_and(|e| self.same_call(&e.request.params, params)) {
+                continue;
+            }
             let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
             let mut request = match ReconfigureRequest::from_pairs(pairs) {
                 Ok(request) if request.service_name.eq_ignore_ascii_case(name) => request,
@@ -672,6 +676,15 @@ impl Inner {
                 ))
             }
             Discovery::Dns => None,
+        }
+    }
+
+    /// Whether stored parameters replay the call that `current` holds: equal, but for the
+    /// `port` older versions stored with Consul (which [`Inner::fit_to_mode`] drops).
+    fn same_call(&self, current: &Params, stored: &Params) -> bool {
+        match self.discovery {
+            Discovery::Consul(_) => current.iter().eq(stored.iter().filter(|(k, _)| *k != "port")),
+            Discovery::Dns => current == stored,
         }
     }
 
