@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod admin_auth;
+mod cli;
 mod data_plane;
 mod engines;
 mod follow;

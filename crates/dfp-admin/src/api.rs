@@ -123,6 +123,10 @@ async fn route(
             allow(method, path, &[Method::GET], "GET")?;
             Ok(json(StatusCode::OK, &config(controller)))
         }
+        (Some("routes"), _) => {
+            allow(method, path, &[Method::GET], "GET")?;
+            Ok(json(StatusCode::OK, &routes(controller)))
+        }
         (Some("ping"), _) => {
             allow(method, path, &[Method::GET, Method::HEAD], "GET")?;
             Ok(json(StatusCode::OK, &Answer { status: "OK", message: "pong".to_owned() }))
@@ -356,6 +360,95 @@ fn config(controller: &Controller) -> ConfigAnswer {
     }
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoutesAnswer {
+    status: &'static str,
+    table_version: u64,
+    routes: Vec<RouteView>,
+}
+
+/// One route: a path (on a host, or any) and the service it leads to, with each instance's
+/// passive health as the data plane sees it now.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RouteView {
+    /// `null` for the default backend's row.
+    path: Option<String>,
+    /// `null`: any host.
+    domain: Option<String>,
+    service_name: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_default_backend: bool,
+    instances: Vec<InstanceView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InstanceView {
+    address: String,
+    /// `healthy`; `ejected` (left out by passive health for `EjectedForMs` more); or
+    /// `probing` (failed before, window over: the next request to it is the probe).
+    state: &'static str,
+    /// Failed attempts in a row.
+    failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ejected_for_ms: Option<u64>,
+}
+
+fn instance_view(upstream: &dfp_routing::Upstream, now_ms: u64) -> InstanceView {
+    let health = upstream.health();
+    let ejected_for_ms = health.ejected_for_ms(now_ms);
+    let failures = health.failures();
+    let state = match (ejected_for_ms, failures) {
+        (Some(_), _) => "ejected",
+        (None, 0) => "healthy",
+        (None, _) => "probing",
+    };
+    InstanceView { address: upstream.addr().to_string(), state, failures, ejected_for_ms }
+}
+
+/// Every route of the live table, by host (any host first) then path, the default backend
+/// last: what `docker-flow-proxy routes` prints. Only instances that pass their checks in
+/// Consul (or that DNS gives) are in the table, so the health shown is the proxy's own.
+fn routes(controller: &Controller) -> RoutesAnswer {
+    let table = controller.table().snapshot();
+    let now_ms = dfp_routing::health_clock_ms();
+    let mut routes = Vec::new();
+    for s in table.services() {
+        let instances = || s.backend.instances().iter().map(|u| instance_view(u, now_ms)).collect();
+        let domains: Vec<Option<String>> = if s.domains.is_empty() {
+            vec![None]
+        } else {
+            s.domains.iter().map(|d| Some(d.to_string())).collect()
+        };
+        for domain in &domains {
+            for prefix in s.prefixes {
+                routes.push(RouteView {
+                    path: Some(prefix.to_string()),
+                    domain: domain.clone(),
+                    service_name: s.backend.service().to_owned(),
+                    is_default_backend: false,
+                    instances: instances(),
+                });
+            }
+        }
+        if s.default_backend {
+            routes.push(RouteView {
+                path: None,
+                domain: None,
+                service_name: s.backend.service().to_owned(),
+                is_default_backend: true,
+                instances: instances(),
+            });
+        }
+    }
+    routes.sort_by(|a, b| {
+        (a.is_default_backend, &a.domain, &a.path).cmp(&(b.is_default_backend, &b.domain, &b.path))
+    });
+    RoutesAnswer { status: "OK", table_version: table.version(), routes }
+}
+
 /// Prometheus text exposition of the control plane's state.
 fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
     let table = controller.table().snapshot();
@@ -418,22 +511,27 @@ fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
 /// Reads one counter of a service's stats.
 type ReadCounter = fn(&dfp_routing::BackendStats) -> u64;
 
-/// Per-service counters of the data plane, read from the live table's backends.
+/// Per-service counters of the data plane: the live table's services, then the services it
+/// no longer routes (their counters stay, so no series a scraper saw goes backwards or
+/// vanishes; a service routed again resumes them).
 fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
     use dfp_routing::LATENCY_BUCKETS_MS;
     const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let services: Vec<(&str, &dfp_routing::BackendStats)> = table
+        .services()
+        .map(|s| (s.backend.service(), s.backend.stats()))
+        .chain(table.retired_stats())
+        .collect();
     let _ = writeln!(
         out,
         "# HELP dfp_requests_total Requests answered, by service and status class.\n\
          # TYPE dfp_requests_total counter"
     );
-    for s in table.services() {
-        let stats = s.backend.stats();
+    for (name, stats) in &services {
         for (class, count) in CLASSES.iter().zip(&stats.responses) {
             let _ = writeln!(
                 out,
-                "dfp_requests_total{{service=\"{}\",class=\"{class}\"}} {}",
-                s.backend.service(),
+                "dfp_requests_total{{service=\"{name}\",class=\"{class}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
         }
@@ -451,15 +549,10 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             s.ejections.load(Ordering::Relaxed)
         }),
     ];
-    for (name, help, read) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in table.services() {
-            let _ = writeln!(
-                out,
-                "{name}{{service=\"{}\"}} {}",
-                s.backend.service(),
-                read(s.backend.stats())
-            );
+    for (metric, help, read) in counters {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for (name, stats) in &services {
+            let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
         }
     }
     let _ = writeln!(
@@ -467,9 +560,7 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
         "# HELP dfp_request_duration_seconds Time from request to response head, by service.\n\
          # TYPE dfp_request_duration_seconds histogram"
     );
-    for s in table.services() {
-        let stats = s.backend.stats();
-        let name = s.backend.service();
+    for (name, stats) in &services {
         let mut cumulative = 0;
         for (i, bucket) in stats.latency_buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use dfp_routing::{BuildError, PathPrefix, RouteTable, RouteTableBuilder, TableHandle};
+use dfp_routing::{
+    service_key, BuildError, PathPrefix, RouteTable, RouteTableBuilder, TableHandle,
+};
 use tokio::sync::Notify;
 
 use crate::discovery::{Discovery, Strictness};
@@ -87,16 +89,26 @@ struct ServiceEntry {
     _follower: Option<Follower>,
 }
 
+/// The key a service is kept under: its name as Consul compares names (ignoring ASCII case).
+/// The entry's request keeps the name as first given, for display and as its store key.
+fn key(name: &str) -> String {
+    service_key(name).into_owned()
+}
+
 /// The configured services. Only changed under the controller's lock, and for calls only
 /// after the table built from the new state has been published.
 #[derive(Debug, Default)]
 struct State {
+    /// By [`key`]: `Books-ms` and `books-ms` are one service.
     services: BTreeMap<String, ServiceEntry>,
+    /// Store keys (by service key) that name a routed service in another case, left over
+    /// from versions that told them apart: ignored, and deleted with the service.
+    shadowed: BTreeMap<String, Vec<String>>,
     next_generation: u64,
     /// Instance changes recorded but not yet published.
     dirty: bool,
-    /// For each service, the local write (reconfigure or remove) that last stored it, by its
-    /// sequence number (see `Inner::local_writes`).
+    /// For each service (by key), the local write (reconfigure or remove) that last stored
+    /// it, by its sequence number (see `Inner::local_writes`).
     touched: HashMap<String, u64>,
 }
 
@@ -106,8 +118,12 @@ impl State {
         self.next_generation
     }
 
+    /// Every service's stored parameters, by the name it is stored under (its display name).
     fn params(&self) -> BTreeMap<String, Params> {
-        self.services.iter().map(|(k, e)| (k.clone(), e.request.params.clone())).collect()
+        self.services
+            .values()
+            .map(|e| (e.request.service_name.clone(), e.request.params.clone()))
+            .collect()
     }
 }
 
@@ -284,11 +300,29 @@ impl Controller {
 impl Inner {
     async fn reconfigure(
         self: &Arc<Self>,
-        request: ReconfigureRequest,
+        mut request: ReconfigureRequest,
     ) -> Result<ReconfigureReport, AdminError> {
         let mut state = self.state.lock().await;
-        // Cheap checks first: a conflicting path is refused before anyone asks Consul.
-        self.check_conflicts(&state, &request)?;
+        let key = key(&request.service_name);
+        let mode_warning = self.fit_to_mode(&mut request);
+        if let Some(entry) = state.services.get(&key) {
+            // The same service named in another case: it keeps the name it was first given
+            // (its store key and the label of its metrics).
+            request.rename(&entry.request.service_name);
+        }
+        // Cheap checks first: a conflicting path is refused before anyone asks Consul, unless
+        // the name is a typo: then Consul's (or DNS's) "never heard of it" is the real problem.
+        if let Err(conflict) = self.check_conflicts(&state, &key, &request) {
+            let lookup = self
+                .discovery
+                .instances(&request.service_name, request.port, Strictness::Interactive)
+                .await;
+            self.note_registry(&lookup);
+            return Err(match lookup {
+                Err(unknown @ AdminError::UnknownService { .. }) => unknown,
+                Ok(_) | Err(_) => conflict,
+            });
+        }
         let found = self
             .discovery
             .instances(&request.service_name, request.port, Strictness::Interactive)
@@ -301,32 +335,30 @@ impl Inner {
             .iter()
             .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
-        services.insert(&request.service_name, (&request, &found.instances));
+        services.insert(&key, (&request, &found.instances));
         let table = self.build(&services)?;
 
         // A call repeating what is stored already (Docker Flow's listeners resend every
         // service's reconfigure now and then) writes nothing: no store write, no wake-up of
         // every replica's store watch.
-        let stored_already = state
-            .services
-            .get(&request.service_name)
-            .is_some_and(|entry| entry.request.params == request.params);
+        let stored_already =
+            state.services.get(&key).is_some_and(|entry| entry.request.params == request.params);
         if !stored_already {
             let mut all = state.params();
             all.insert(request.service_name.clone(), request.params.clone());
             self.store.save(&request.service_name, &request.params, &all).await?;
             let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-            state.touched.insert(request.service_name.clone(), seq);
+            state.touched.insert(key.clone(), seq);
         }
 
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
-        let entry = self.entry(&mut state, request.clone(), found.instances.clone());
-        state.services.insert(request.service_name.clone(), entry);
+        let entry = self.entry(&mut state, &key, request.clone(), found.instances.clone());
+        state.services.insert(key, entry);
         drop(state);
 
-        let mut warnings = found.warnings;
+        let mut warnings: Vec<String> = mode_warning.into_iter().chain(found.warnings).collect();
         if !request.ignored.is_empty() {
             warnings.push(format!(
                 "parameters not supported by this proxy were ignored: {}",
@@ -354,27 +386,35 @@ impl Inner {
 
     async fn remove(self: &Arc<Self>, service: &str) -> Result<RemoveReport, AdminError> {
         let mut state = self.state.lock().await;
-        if !state.services.contains_key(service) {
+        let key = key(service);
+        let Some(name) = state.services.get(&key).map(|e| e.request.service_name.clone()) else {
             return Err(AdminError::NotRouted(service.to_owned()));
-        }
+        };
         let services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
             .services
             .iter()
-            .filter(|(k, _)| k.as_str() != service)
+            .filter(|(k, _)| **k != key)
             .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
         let table = self.build(&services)?;
         let mut all = state.params();
-        all.remove(service);
-        self.store.delete(service, &all).await?;
+        all.remove(&name);
+        self.store.delete(&name, &all).await?;
+        // Copies stored under the name in another case (older versions) go too, or the next
+        // store listing would route the service again.
+        for shadow in state.shadowed.remove(&key).unwrap_or_default() {
+            if let Err(err) = self.store.delete(&shadow, &all).await {
+                tracing::warn!(key = %shadow, error = %err, "could not delete a stored copy of the route in another case");
+            }
+        }
         let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-        state.touched.insert(service.to_owned(), seq);
+        state.touched.insert(key.clone(), seq);
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
-        state.services.remove(service);
-        tracing::info!(service, table_version = version, "removed");
-        Ok(RemoveReport { service_name: service.to_owned(), table_version: version })
+        state.services.remove(&key);
+        tracing::info!(service = %name, table_version = version, "removed");
+        Ok(RemoveReport { service_name: name, table_version: version })
     }
 
     /// The sequence number of the latest local write to the store.
@@ -395,36 +435,63 @@ impl Inner {
         let newer_locally = |state: &State, name: &str| {
             read_after.is_some_and(|seen| state.touched.get(name).is_some_and(|&seq| seq > seen))
         };
+        // The store's services by key. A service stored under several cases (versions before
+        // names were compared as Consul compares them) is served once, from the first listed.
+        let mut by_key: BTreeMap<String, (String, Params)> = BTreeMap::new();
+        let mut shadowed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, params) in desired {
+            let k = key(&name);
+            match by_key.get(&k) {
+                Some((kept, _)) => {
+                    tracing::warn!(%kept, ignored = %name, "two stored routes name the same service (Consul compares names ignoring case); serving the first");
+                    shadowed.entry(k).or_default().push(name);
+                }
+                None => {
+                    by_key.insert(k, (name, params));
+                }
+            }
+        }
+        state.shadowed = shadowed;
         let mut deferred = false;
         let mut removed: Vec<String> = Vec::new();
-        for name in state.services.keys().filter(|k| !desired.contains_key(*k)) {
-            if newer_locally(&state, name) {
+        for k in state.services.keys().filter(|k| !by_key.contains_key(*k)) {
+            if newer_locally(&state, k) {
                 deferred = true;
             } else {
-                removed.push(name.clone());
+                removed.push(k.clone());
             }
         }
         let mut changed = Vec::new();
-        for (name, params) in &desired {
-            if state.services.get(name).is_some_and(|e| &e.request.params == params) {
-                continue;
-            }
-            if newer_locally(&state, name) {
-                deferred = true;
+        for (k, (name, params)) in &by_key {
+            // Most of a listing is unchanged: compare before parsing (regexes, credentials).
+            if state.services.get(k).is_some_and(|e| self.same_call(&e.request.params, params)) {
                 continue;
             }
             let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            match ReconfigureRequest::from_pairs(pairs) {
-                Ok(request) if &request.service_name == name => changed.push(request),
-                Ok(request) => tracing::warn!(
-                    key = %name,
-                    service = %request.service_name,
-                    "stored route's serviceName differs from its key; skipped"
-                ),
-                Err(err) => {
-                    tracing::warn!(service = %name, error = %err, "stored route is invalid; skipped")
+            let mut request = match ReconfigureRequest::from_pairs(pairs) {
+                Ok(request) if request.service_name.eq_ignore_ascii_case(name) => request,
+                Ok(request) => {
+                    tracing::warn!(
+                        key = %name,
+                        service = %request.service_name,
+                        "stored route's serviceName differs from its key; skipped"
+                    );
+                    continue;
                 }
+                Err(err) => {
+                    tracing::warn!(service = %name, error = %err, "stored route is invalid; skipped");
+                    continue;
+                }
+            };
+            let _ = self.fit_to_mode(&mut request);
+            if state.services.get(k).is_some_and(|e| e.request.params == request.params) {
+                continue;
             }
+            if newer_locally(&state, k) {
+                deferred = true;
+                continue;
+            }
+            changed.push(request);
         }
         if removed.is_empty() && changed.is_empty() {
             return deferred;
@@ -443,12 +510,14 @@ impl Inner {
                 Ok(f) => f.instances,
                 Err(err) => {
                     tracing::warn!(service = %request.service_name, error = %err, "lookup failed; keeping its last instances");
-                    let kept =
-                        state.services.get(&request.service_name).map(|e| e.instances.clone());
+                    let kept = state
+                        .services
+                        .get(&key(&request.service_name))
+                        .map(|e| e.instances.clone());
                     kept.unwrap_or_default()
                 }
             };
-            found.push((request, instances));
+            found.push((key(&request.service_name), request, instances));
         }
 
         // Build; a stored route whose path another service owns is left out, not the others.
@@ -459,8 +528,8 @@ impl Inner {
                 .filter(|(k, _)| !removed.contains(k))
                 .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
                 .collect();
-            for (request, instances) in &found {
-                services.insert(&request.service_name, (request, instances));
+            for (k, request, instances) in &found {
+                services.insert(k, (request, instances));
             }
             match self.build(&services) {
                 Ok(table) => {
@@ -474,7 +543,7 @@ impl Inner {
                 }) => {
                     tracing::warn!(%service, %owner, "stored route conflicts with another; skipped");
                     let before = found.len();
-                    found.retain(|(r, _)| r.service_name != service && r.service_name != owner);
+                    found.retain(|(_, r, _)| r.service_name != service && r.service_name != owner);
                     if found.len() == before {
                         return deferred;
                     }
@@ -490,11 +559,10 @@ impl Inner {
             state.services.remove(name);
             tracing::info!(service = %name, "removed (from the store)");
         }
-        for (request, instances) in found {
+        for (k, request, instances) in found {
             tracing::info!(service = %request.service_name, paths = ?request.service_paths, instances = ?instances, "routed (from the store)");
-            let name = request.service_name.clone();
-            let entry = self.entry(&mut state, request, instances);
-            state.services.insert(name, entry);
+            let entry = self.entry(&mut state, &k, request, instances);
+            state.services.insert(k, entry);
         }
         self.counters.store_syncs.fetch_add(1, Ordering::Relaxed);
         deferred
@@ -506,12 +574,15 @@ impl Inner {
         &self,
         only: Option<&std::collections::BTreeSet<String>>,
     ) -> Vec<(String, u64)> {
+        // Consul reports a check under the service's name as registered, in any case.
+        let only: Option<std::collections::BTreeSet<String>> =
+            only.map(|only| only.iter().map(|name| key(name)).collect());
         let state = self.state.lock().await;
         state
             .services
             .iter()
-            .filter(|(name, _)| only.is_none_or(|only| only.contains(*name)))
-            .map(|(name, entry)| (name.clone(), entry.generation))
+            .filter(|(k, _)| only.as_ref().is_none_or(|only| only.contains(*k)))
+            .map(|(_, entry)| (entry.request.service_name.clone(), entry.generation))
             .collect()
     }
 
@@ -523,7 +594,7 @@ impl Inner {
         instances: Vec<SocketAddr>,
     ) {
         let mut state = self.state.lock().await;
-        let Some(entry) = state.services.get_mut(service) else {
+        let Some(entry) = state.services.get_mut(&key(service)) else {
             return;
         };
         if entry.generation != generation || entry.instances == instances {
@@ -591,6 +662,32 @@ impl Inner {
         }
     }
 
+    /// Fits a request to the discovery mode. With Consul, instances and their ports come
+    /// from Consul's registrations, so a `port` (Docker Flow Proxy's container port, which
+    /// tools such as Docker Flow Swarm Listener send on every call) is dropped, not stored,
+    /// and the answer says so. Returns that warning.
+    fn fit_to_mode(&self, request: &mut ReconfigureRequest) -> Option<String> {
+        match self.discovery {
+            Discovery::Consul(_) => {
+                let port = request.drop_port()?;
+                Some(format!(
+                    "parameter port={port} is ignored and not stored: with Consul each \
+                     instance's port is the one it registered (Service.Port)"
+                ))
+            }
+            Discovery::Dns => None,
+        }
+    }
+
+    /// Whether stored parameters replay the call that `current` holds: equal, but for the
+    /// `port` older versions stored with Consul (which [`Inner::fit_to_mode`] drops).
+    fn same_call(&self, current: &Params, stored: &Params) -> bool {
+        match self.discovery {
+            Discovery::Consul(_) => current.iter().eq(stored.iter().filter(|(k, _)| *k != "port")),
+            Discovery::Dns => current == stored,
+        }
+    }
+
     pub(crate) fn follow_config(&self) -> &FollowConfig {
         &self.follow
     }
@@ -601,10 +698,11 @@ impl Inner {
     fn entry(
         self: &Arc<Self>,
         state: &mut State,
+        key: &str,
         request: ReconfigureRequest,
         instances: Vec<SocketAddr>,
     ) -> ServiceEntry {
-        let previous = state.services.remove(&request.service_name);
+        let previous = state.services.remove(key);
         let (generation, follower) = match previous {
             Some(old) if old.request.port == request.port && old._follower.is_some() => {
                 (old.generation, old._follower)
@@ -630,11 +728,12 @@ impl Inner {
     fn check_conflicts(
         &self,
         state: &State,
+        key: &str,
         request: &ReconfigureRequest,
     ) -> Result<(), AdminError> {
         // Adding the specs finds every conflict; indexing them (build) is not needed for that.
         let mut builder = RouteTableBuilder::new();
-        let others = state.services.iter().filter(|(k, _)| **k != request.service_name);
+        let others = state.services.iter().filter(|(k, _)| k.as_str() != key);
         for (_, entry) in others {
             builder.add(entry.request.spec(), &[]).map_err(conflict)?;
         }
@@ -761,6 +860,38 @@ mod tests {
         let removed = c.remove("127.0.0.1").await.expect("routed");
         assert_eq!(removed.table_version, 3);
         assert!(c.table().load().lookup("/b").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_name_in_another_case_is_the_same_service() {
+        let c = controller();
+        c.reconfigure(request("localhost", &["/a"], 1)).await.expect("valid");
+        // The same service in another case: it moves (no 409 against itself, no second
+        // route), and keeps the name it was first given.
+        let report = c.reconfigure(request("LocalHost", &["/b"], 1)).await.expect("same service");
+        assert_eq!(report.service_name, "localhost");
+        let live = c.table().snapshot();
+        assert_eq!(live.services().len(), 1);
+        assert!(live.lookup("/a").is_none());
+        assert_eq!(live.lookup("/b").map(|m| m.backend.service()), Some("localhost"));
+        assert_eq!(c.remove("LOCALHOST").await.expect("routed").service_name, "localhost");
+        assert_eq!(c.table().snapshot().services().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_store_naming_one_service_in_two_cases_serves_it_once() {
+        let c = controller();
+        let mut desired = BTreeMap::new();
+        for (name, path) in [("LocalHost", "/a"), ("localhost", "/b")] {
+            desired.insert(name.to_owned(), request(name, &[path], 80).params);
+        }
+        c.sync_from_store(desired).await;
+        let live = c.table().snapshot();
+        assert_eq!(live.services().len(), 1, "one service, not two routes to the same instances");
+        assert_eq!(live.lookup("/a").map(|m| m.backend.service()), Some("LocalHost"));
+        assert!(live.lookup("/b").is_none(), "the copy in another case is ignored");
+        c.remove("localhost").await.expect("routed, in any case");
+        assert_eq!(c.inner.state.lock().await.shadowed.len(), 0, "its copies are deleted too");
     }
 
     #[tokio::test]

@@ -54,7 +54,8 @@ impl Discovery {
         strictness: Strictness,
     ) -> Result<Found, AdminError> {
         match self {
-            Discovery::Consul(consul) => consul_instances(consul, service, port, strictness).await,
+            // With Consul the controller has dropped `port` already: Consul gives the ports.
+            Discovery::Consul(consul) => consul_instances(consul, service, strictness).await,
             Discovery::Dns => dns_instances(service, port, strictness).await,
         }
     }
@@ -63,7 +64,6 @@ impl Discovery {
 async fn consul_instances(
     consul: &ConsulClient,
     service: &str,
-    port: Option<u16>,
     strictness: Strictness,
 ) -> Result<Found, AdminError> {
     let lookup = consul
@@ -75,18 +75,14 @@ async fn consul_instances(
             return Err(AdminError::UnknownService {
                 service: service.to_owned(),
                 registry: "Consul",
+                hint: "check the name (is it registered in Consul, e.g. by Registrator? \
+                       `curl $CONSUL_ADDRESS/v1/catalog/services` lists the names)",
             })
         }
         ServiceLookup::Unknown => Vec::new(),
         ServiceLookup::Known(instances) => instances,
     };
     let mut found = resolve_instances(&registered).await;
-    if port.is_some() {
-        found.warnings.push(
-            "parameter port is ignored with Consul: the port is each instance's Service.Port"
-                .to_owned(),
-        );
-    }
     finish(&mut found, service, "has no passing instance in Consul");
     Ok(found)
 }
@@ -130,6 +126,9 @@ async fn dns_instances(
                 } else {
                     "DNS"
                 },
+                hint: "standalone mode routes to serviceName:port, with serviceName resolved by \
+                       DNS from the proxy; check the name resolves there (e.g. `getent hosts \
+                       NAME`), or give an IP address",
             })
         }
         Err(reason) => found.warnings.push(format!("{service:?} {reason}")),

@@ -14,11 +14,8 @@ pub enum AdminError {
         #[source]
         source: PrefixError,
     },
-    #[error(
-        "service {service:?} is unknown to {registry}; check the name (is it registered, e.g. by \
-         Registrator?) and call reconfigure again"
-    )]
-    UnknownService { service: String, registry: &'static str },
+    #[error("service {service:?} is unknown to {registry}; {hint}, and call reconfigure again")]
+    UnknownService { service: String, registry: &'static str, hint: &'static str },
     #[error("service {0:?} is not routed by this proxy; GET /v1/docker-flow-proxy/config lists those that are")]
     NotRouted(String),
     #[error("{source}")]
@@ -46,8 +43,8 @@ pub enum AdminError {
     )]
     CertFromDir { name: String },
     #[error(
-        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, reconfigure, remove, \
-         ping, cert, certs"
+        "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, routes, reconfigure, \
+         remove, ping, cert, certs"
     )]
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]

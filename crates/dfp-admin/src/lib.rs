@@ -25,6 +25,7 @@
 //! | GET, PUT | `/v1/docker-flow-proxy/reconfigure?serviceName=N&servicePath=/a,/b[&port=P]` | 200: paths, instances, table version | 400 missing or invalid parameter; 404 service unknown to Consul (or to DNS, standalone); 409 path owned by another service; 503 Consul unreachable |
 //! | GET, PUT, DELETE | `/v1/docker-flow-proxy/remove?serviceName=N` | 200 | 400 no `serviceName`; 404 service not routed |
 //! | GET | `/v1/docker-flow-proxy/config` | 200: the live table (services, paths, instances, version) | |
+//! | GET | `/v1/docker-flow-proxy/routes` | 200: every route (path, host, service) with each instance's passive health (`healthy`, `ejected`, `probing`) | |
 //! | GET | `/v1/docker-flow-proxy/ping` | 200 | |
 //! | PUT | `/v1/docker-flow-proxy/cert?certName=N`, body: PEM chain and key | 200: names, notAfter; stored, then served | 400 bad name, PEM, key or validity; 503 store unwritable |
 //! | DELETE | `/v1/docker-flow-proxy/cert?certName=N` | 200 | 400 no `certName`; 404 no such uploaded certificate; 409 it comes from `--certs-dir`; 503 store unwritable |

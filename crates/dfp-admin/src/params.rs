@@ -143,6 +143,21 @@ impl ReconfigureRequest {
         })
     }
 
+    /// Drops `port` from the request and what is stored of it; returns it if there was one.
+    pub(crate) fn drop_port(&mut self) -> Option<u16> {
+        self.params.remove("port");
+        self.port.take()
+    }
+
+    /// Names the service `name` (the same service in another case: Consul compares names
+    /// ignoring case), here and in what is stored.
+    pub(crate) fn rename(&mut self, name: &str) {
+        if self.service_name != name {
+            self.service_name = name.to_owned();
+            self.params.insert("serviceName".to_owned(), name.to_owned());
+        }
+    }
+
     /// What the route table needs of this service.
     pub fn spec(&self) -> ServiceSpec {
         ServiceSpec {

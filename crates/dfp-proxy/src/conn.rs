@@ -229,6 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                         if let Poll::Ready(Ok(_)) = stream.poll_write(cx, REQUEST_TIMEOUT) {
                             let _ = Pin::new(&mut this.stream).poll_flush(cx);
                         }
+                        crate::metrics::OwnAnswer::HeaderTimeout.count();
                         tracing::debug!("request head not complete in time; answered 408");
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,

@@ -106,6 +106,7 @@ impl ProxyError {
     }
 
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        crate::rules::count_own_answer(&self);
         let (status, text) = self.status_and_text();
         let mut response =
             Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));

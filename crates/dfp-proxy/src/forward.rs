@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -552,8 +552,7 @@ struct Routed {
 
 /// Milliseconds of a monotonic clock, for passive health windows. Read only when an
 /// instance has a failure on record.
+/// The one clock shared with the admin API's report of ejections.
 pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+    dfp_routing::health_clock_ms()
 }

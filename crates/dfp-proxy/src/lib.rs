@@ -18,6 +18,7 @@ mod forward;
 #[cfg(test)]
 mod fuzz;
 mod h1;
+mod metrics;
 mod path;
 mod rules;
 mod server;
@@ -25,5 +26,6 @@ mod tls;
 mod tunnel;
 mod upstream;
 
+pub use metrics::own_answers;
 pub use server::{serve, ConnectionStats, ProxyConfig, DEFAULT_MAX_CONNECTIONS};
 pub use tls::serve_tls;

@@ -94,6 +94,25 @@ impl InstanceHealth {
     pub fn failures(&self) -> u32 {
         self.failures.load(Ordering::Relaxed)
     }
+
+    /// How much longer the instance is left out at `now_ms` (`None`: it is not ejected).
+    pub fn ejected_for_ms(&self, now_ms: u64) -> Option<u64> {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        (until != 0 && now_ms < until).then(|| until - now_ms)
+    }
+}
+
+/// The clock passive-health windows are measured on: milliseconds since the first read in
+/// this process, from a monotonic clock (never 0, so 0 can mean "no window").
+///
+/// One clock for the whole process, here beside [`InstanceHealth`], because two parties read
+/// the same windows: the data plane when it ejects an instance, and the admin API when it
+/// says how long an ejection has left. Reading a clock is not IO; this crate still opens
+/// nothing and waits on nothing.
+pub fn health_clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 /// Per-service counters, read by `/metrics`.
@@ -145,7 +164,8 @@ impl Backend {
         &self.policy
     }
 
-    /// The service's name, as given to reconfigure.
+    /// The service's name, as first given to reconfigure (names are compared ignoring ASCII
+    /// case, see [`crate::service_key`]).
     pub fn service(&self) -> &str {
         &self.service
     }

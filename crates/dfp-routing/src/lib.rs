@@ -21,11 +21,12 @@ mod prefix;
 mod table;
 
 pub use backend::{
-    Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
+    health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
     LATENCY_BUCKETS_MS,
 };
 pub use policy::{Credential, Domain, HeaderEdits, PathRewrite, PolicyError, ServicePolicy};
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{
-    BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec, TableHandle,
+    service_key, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec,
+    TableHandle,
 };

@@ -108,6 +108,21 @@ pub struct RouteTable {
     default_service: Option<usize>,
     routes: Vec<(PathPrefix, usize)>,
     services: Vec<ServiceSlot>,
+    /// Counters of services routed by an earlier table and not by this one, by name: a
+    /// removed service's series go on being reported (a counter that vanished and came back
+    /// from zero would look like a reset to a scraper), and a service routed again resumes
+    /// them. Carried from table to table like the rest of a service's state.
+    retired: Vec<(Arc<str>, Arc<BackendStats>)>,
+}
+
+/// The key a service name is compared by: ASCII lowercase, as Consul compares service names
+/// (and DNS compares host names). `Books-ms` and `books-ms` are one service.
+pub fn service_key(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 impl RouteTable {
@@ -121,6 +136,7 @@ impl RouteTable {
             default_service: None,
             routes: Vec::new(),
             services: Vec::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -179,7 +195,7 @@ impl RouteTable {
         }
     }
 
-    /// The routed services, ordered by name.
+    /// The routed services, ordered by [`service_key`].
     pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceRoutes<'_>> {
         self.services.iter().enumerate().map(|(i, s)| ServiceRoutes {
             backend: &s.backend,
@@ -190,12 +206,19 @@ impl RouteTable {
         })
     }
 
-    /// The backend of a service by name.
+    /// The backend of a service by name, compared as [`service_key`] compares names.
     pub fn service(&self, name: &str) -> Option<&Arc<Backend>> {
+        let key = service_key(name);
         self.services
-            .binary_search_by(|s| s.backend.service().cmp(name))
+            .binary_search_by(|s| service_key(s.backend.service()).as_ref().cmp(key.as_ref()))
             .ok()
             .map(|i| &self.services[i].backend)
+    }
+
+    /// Counters of services that earlier tables routed and this one does not (removed
+    /// services), by name, ordered by name. Their series stay in `/metrics`.
+    pub fn retired_stats(&self) -> impl ExactSizeIterator<Item = (&str, &BackendStats)> {
+        self.retired.iter().map(|(name, stats)| (name.as_ref(), stats.as_ref()))
     }
 }
 
@@ -228,17 +251,26 @@ impl fmt::Debug for RouteTable {
 }
 
 /// Builds a [`RouteTable`] off to the side; nothing is visible until it is published.
+///
+/// Services are keyed by [`service_key`]: adding `Books-ms` to a builder that has `books-ms`
+/// is a duplicate, and state carried from an earlier table follows the name in any case.
 #[derive(Default)]
 pub struct RouteTableBuilder {
+    /// By service key: (spec, instances).
     services: BTreeMap<Arc<str>, (ServiceSpec, Vec<SocketAddr>)>,
     /// (host or any, path) -> owner.
     owners: HashMap<(Option<Domain>, PathPrefix), Arc<str>>,
     default_owner: Option<Arc<str>>,
+    /// By service key.
     carried: HashMap<Arc<str>, Carried>,
+    /// Counters of services no longer routed (by service key: display name, counters).
+    retired: BTreeMap<Arc<str>, (Arc<str>, Arc<BackendStats>)>,
 }
 
 /// What a service keeps from one table to the next.
 struct Carried {
+    /// The name the service had (its counters' label if it is not routed again).
+    name: Arc<str>,
     cursor: Arc<AtomicUsize>,
     stats: Arc<BackendStats>,
     health: HashMap<SocketAddr, Arc<InstanceHealth>>,
@@ -252,13 +284,26 @@ impl RouteTableBuilder {
     /// Keeps, for every service that `previous` already routes, its round-robin position
     /// (so a swap does not send the next requests back to each first instance), its counters,
     /// and the passive health of the instances it keeps (an ejected instance stays ejected).
+    /// The counters of services `previous` routes and the new table will not, and of those
+    /// it had retired already, become the new table's retired counters (a service added
+    /// again resumes them).
     pub fn carry_state_from(&mut self, previous: &RouteTable) -> &mut Self {
+        for (name, stats) in &previous.retired {
+            self.retired.insert(Arc::from(service_key(name)), (name.clone(), stats.clone()));
+        }
         for slot in &previous.services {
             let backend = &slot.backend;
             let health = backend.instances.iter().map(|u| (u.addr(), u.health_arc())).collect();
+            let key: Arc<str> = Arc::from(service_key(&backend.service));
+            self.retired.remove(&key);
             self.carried.insert(
-                backend.service.clone(),
-                Carried { cursor: backend.cursor.clone(), stats: backend.stats.clone(), health },
+                key,
+                Carried {
+                    name: backend.service.clone(),
+                    cursor: backend.cursor.clone(),
+                    stats: backend.stats.clone(),
+                    health,
+                },
             );
         }
         self
@@ -286,7 +331,8 @@ impl RouteTableBuilder {
         if spec.name.is_empty() {
             return Err(BuildError::EmptyServiceName);
         }
-        if self.services.contains_key(spec.name.as_str()) {
+        let key: Arc<str> = Arc::from(service_key(&spec.name));
+        if self.services.contains_key(&key) {
             return Err(BuildError::DuplicateService(spec.name.clone()));
         }
         spec.prefixes.sort();
@@ -327,15 +373,22 @@ impl RouteTableBuilder {
         if spec.default_backend {
             self.default_owner = Some(name.clone());
         }
-        self.services.insert(name, (spec, instances.to_vec()));
+        self.services.insert(key, (spec, instances.to_vec()));
         Ok(self)
     }
 
     /// Builds the table as `version`.
     pub fn build(self, version: u64) -> Result<RouteTable, BuildError> {
         let mut table = RouteTable { version, ..RouteTable::empty() };
-        for (name, (spec, instances)) in self.services {
-            let carried = self.carried.get(&name);
+        let mut retired = self.retired;
+        for (key, carried) in &self.carried {
+            if !self.services.contains_key(key) {
+                retired.insert(key.clone(), (carried.name.clone(), carried.stats.clone()));
+            }
+        }
+        for (key, (spec, instances)) in self.services {
+            let carried = self.carried.get(&key);
+            let resumed = retired.remove(&key).map(|(_, stats)| stats);
             let upstreams = instances
                 .iter()
                 .map(|&addr| {
@@ -343,11 +396,12 @@ impl RouteTableBuilder {
                     Upstream::new(addr, health.unwrap_or_default())
                 })
                 .collect();
+            let stats = carried.map(|c| c.stats.clone()).or(resumed).unwrap_or_default();
             let backend = Arc::new(Backend {
-                service: name,
+                service: Arc::from(spec.name.as_str()),
                 instances: upstreams,
                 cursor: carried.map(|c| c.cursor.clone()).unwrap_or_default(),
-                stats: carried.map(|c| c.stats.clone()).unwrap_or_default(),
+                stats,
                 policy: spec.policy,
             });
             let service_index = table.services.len();
@@ -387,6 +441,8 @@ impl RouteTableBuilder {
                 excluded: spec.excluded,
             });
         }
+        table.retired = retired.into_values().collect();
+        table.retired.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(table)
     }
 }
@@ -612,6 +668,61 @@ mod tests {
         let err = b.add_service("b", &[p("/x/")], &[]).expect_err("same path, other service");
         assert!(matches!(err, BuildError::PathOwned { ref owner, .. } if owner == "a"), "{err}");
         assert!(b.add_service("a", &[p("/y")], &[]).is_err(), "a service is added once");
+    }
+
+    #[test]
+    fn service_names_compare_as_consul_compares_them() {
+        let mut b = RouteTableBuilder::new();
+        b.add_service("Books-ms", &[p("/b")], &[addr(1)]).expect("first");
+        let err = b.add_service("books-MS", &[p("/c")], &[]).expect_err("the same service");
+        assert!(matches!(err, BuildError::DuplicateService(_)), "{err}");
+        let t = b.build(1).expect("builds");
+        assert_eq!(t.service("BOOKS-MS").map(|b| b.service()), Some("Books-ms"), "display kept");
+
+        // State follows the name in any case: counters carry to `books-ms`.
+        t.service("books-ms").expect("routed").stats().record_response(200, 10);
+        let mut next = RouteTableBuilder::new();
+        next.carry_state_from(&t);
+        next.add_service("books-ms", &[p("/b")], &[addr(1)]).expect("valid");
+        let next = next.build(2).expect("builds");
+        let stats = next.service("books-ms").expect("routed").stats();
+        assert_eq!(stats.responses[1].load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_removed_services_counters_are_kept_and_resumed() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = |t: &RouteTable| -> Vec<(String, u64)> {
+            let live = t.services().map(|s| (s.backend.service(), s.backend.stats()));
+            live.chain(t.retired_stats())
+                .map(|(n, s)| (n.to_owned(), s.responses[1].load(Relaxed)))
+                .collect()
+        };
+        let mut b = RouteTableBuilder::new();
+        b.add_service("a", &[p("/a")], &[addr(1)]).expect("valid");
+        b.add_service("b", &[p("/b")], &[addr(2)]).expect("valid");
+        let first = b.build(1).expect("builds");
+        first.service("b").expect("routed").stats().record_response(200, 1);
+
+        // `b` removed: its counters stay, as retired, through any number of swaps.
+        let mut tables = vec![first];
+        for version in 2..=3 {
+            let mut b = RouteTableBuilder::new();
+            b.carry_state_from(tables.last().expect("a table"));
+            b.add_service("a", &[p("/a")], &[addr(1)]).expect("valid");
+            tables.push(b.build(version).expect("builds"));
+        }
+        let removed = tables.last().expect("a table");
+        assert_eq!(count(removed), [("a".to_owned(), 0), ("b".to_owned(), 1)]);
+
+        // Routed again (in another case): it resumes its counters, and is no longer retired.
+        let mut b = RouteTableBuilder::new();
+        b.carry_state_from(removed);
+        b.add_service("a", &[p("/a")], &[addr(1)]).expect("valid");
+        b.add_service("B", &[p("/b")], &[addr(2)]).expect("valid");
+        let back = b.build(4).expect("builds");
+        assert_eq!(back.retired_stats().len(), 0);
+        assert_eq!(count(&back), [("a".to_owned(), 0), ("B".to_owned(), 1)], "ordered by key");
     }
 
     #[test]

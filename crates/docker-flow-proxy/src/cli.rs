@@ -24,6 +24,12 @@ pub(crate) enum Command {
     Reconfigure(ReconfigureArgs),
     /// Stop routing a service (a client of the admin API).
     Remove(RemoveArgs),
+    /// Show the live routing table: mode, table version, Consul's state, and each service
+    /// with its paths, instances and options (a client of the admin API).
+    Config(ShowArgs),
+    /// Show every route as a table: path and host -> service -> instances, with each
+    /// instance's passive health (healthy, ejected, probing) (a client of the admin API).
+    Routes(ShowArgs),
     /// Check that a running proxy answers on its admin API; exits non-zero if not.
     Ping(AdminArgs),
 }
@@ -269,13 +275,24 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) users: Option<String>,
 
-    /// `http` or `tcp`.
-    #[arg(long)]
+    /// Docker Flow Proxy's reqMode; only HTTP is proxied.
+    #[arg(long, value_parser = ["http"])]
     pub(crate) req_mode: Option<String>,
 
     /// Any other reconfigure parameter, as `name=value` (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub(crate) params: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+/// `config` and `routes`: what to show and how.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// Print the admin API's JSON answer as it is (for scripts) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
 
     #[command(flatten)]
     pub(crate) admin: AdminArgs,
@@ -471,9 +488,40 @@ mod tests {
     }
 
     #[test]
+    fn req_mode_offers_only_what_is_accepted() {
+        let parse = |mode: &str| {
+            Cli::try_parse_from([
+                "docker-flow-proxy",
+                "reconfigure",
+                "--service-name",
+                "s",
+                "--service-path",
+                "/",
+                "--req-mode",
+                mode,
+            ])
+        };
+        assert!(parse("http").is_ok());
+        let refused = parse("tcp").expect_err("tcp is not proxied").to_string();
+        assert!(refused.contains("[possible values: http]"), "{refused}");
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let help = command
+            .find_subcommand_mut("reconfigure")
+            .expect("reconfigure exists")
+            .render_long_help()
+            .to_string();
+        let line = help.lines().skip_while(|l| !l.contains("--req-mode")).take(3);
+        let text: String = line.collect::<Vec<_>>().join(" ");
+        assert!(!text.contains("tcp"), "help offers only accepted values: {text}");
+    }
+
+    #[test]
     fn every_admin_client_takes_credentials() {
         for args in [
             &["ping", "--admin-token", "t"][..],
+            &["config", "--json", "--admin-token", "t"],
+            &["routes", "--admin-user", "u", "--admin-password", "p"],
             &["remove", "--service-name", "s", "--admin-user", "u", "--admin-password", "p"],
             &[
                 "reconfigure",

@@ -1,4 +1,5 @@
-//! `reconfigure`, `remove` and `ping`: thin clients of a running proxy's admin API.
+//! `reconfigure`, `remove`, `ping`, `config` and `routes`: thin clients of a running proxy's
+//! admin API.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use dfp_admin::Credentials;
 use serde_json::Value;
 
 /// Calls `endpoint` on the admin API at `admin` with `query`, sending `credentials` (a bearer
-/// token if one is set, else basic auth if a user is); prints the answer on success.
+/// token if one is set, else basic auth if a user is); returns the answer's body on success.
 ///
 /// A failure answer (4xx/5xx) becomes an error carrying the server's `Message`, so `main`
 /// prints it on stderr and exits non-zero.
@@ -16,7 +17,7 @@ pub(crate) async fn call(
     credentials: &Credentials,
     endpoint: &str,
     query: &[(String, String)],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let base = admin.trim_end_matches('/');
     let base = if base.contains("://") { base.to_owned() } else { format!("http://{base}") };
     let url =
@@ -49,9 +50,5 @@ pub(crate) async fn call(
     if !status.is_success() {
         bail!("{} ({status})", message.unwrap_or_else(|| body.trim().to_owned()));
     }
-    #[allow(clippy::print_stdout, reason = "the CLI prints the server's answer, as documented")]
-    {
-        println!("{}", body.trim_end());
-    }
-    Ok(())
+    Ok(body)
 }

@@ -3,13 +3,15 @@
 
 mod cli;
 mod client;
+mod render;
 mod server;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::cli::{AdminArgs, Cli, Command};
+use crate::cli::{AdminArgs, Cli, Command, ShowArgs};
 
 /// mimalloc's per-thread heaps make the many small, short-lived allocations of each request
 /// (header maps, channels, futures) cheaper than glibc's malloc.
@@ -32,6 +34,8 @@ fn main() -> ExitCode {
             vec![("serviceName".to_owned(), args.service_name.clone())],
         ),
         Command::Ping(args) => run_client(&args, "ping", Vec::new()),
+        Command::Config(args) => show(&args, "config", render::config),
+        Command::Routes(args) => show(&args, "routes", render::routes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,14 +46,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// Calls the admin API and prints its JSON answer.
 fn run_client(
     admin: &AdminArgs,
     endpoint: &str,
     query: Vec<(String, String)>,
 ) -> anyhow::Result<()> {
+    let body = fetch(admin, endpoint, &query)?;
+    print(body.trim_end());
+    Ok(())
+}
+
+/// `config` and `routes`: the JSON answer with `--json`, else `render`'s text of it.
+fn show(
+    args: &ShowArgs,
+    endpoint: &str,
+    render: fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let body = fetch(&args.admin, endpoint, &[])?;
+    if args.json {
+        print(body.trim_end());
+    } else {
+        let answer = serde_json::from_str(&body).with_context(|| {
+            format!("the admin API's {endpoint} answer is not JSON; is --admin (DFP_ADMIN) a docker-flow-proxy?")
+        })?;
+        print(render(&answer).trim_end());
+    }
+    Ok(())
+}
+
+fn fetch(admin: &AdminArgs, endpoint: &str, query: &[(String, String)]) -> anyhow::Result<String> {
     let credentials = admin.credentials.credentials()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(client::call(&admin.admin, &credentials, endpoint, &query))
+    runtime.block_on(client::call(&admin.admin, &credentials, endpoint, query))
+}
+
+#[allow(clippy::print_stdout, reason = "the CLI prints the server's answer, as documented")]
+fn print(text: &str) {
+    println!("{text}");
 }
 
 fn init_logging(format: &str) {

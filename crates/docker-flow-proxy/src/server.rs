@@ -143,6 +143,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
              dfp_accepted_connections_total {accepted}"
         );
         tls_metrics(out, &served_certs, &stats);
+        own_answer_metrics(out);
     })));
 
     // The data plane: one single-threaded runtime per worker thread, each accepting from the
@@ -237,6 +238,21 @@ fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListen
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
+}
+
+/// The answers the proxy made itself (no instance did), by status and reason.
+fn own_answer_metrics(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP dfp_proxy_responses_total Answers the proxy made itself (no instance made them), by status and reason.\n\
+         # TYPE dfp_proxy_responses_total counter"
+    );
+    for (status, reason, count) in dfp_proxy::own_answers() {
+        let _ = writeln!(
+            out,
+            "dfp_proxy_responses_total{{status=\"{status}\",reason=\"{reason}\"}} {count}"
+        );
+    }
 }
 
 /// The TLS side of `/metrics`: the certificates served, when each expires, failed handshakes.

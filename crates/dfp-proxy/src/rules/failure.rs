@@ -103,6 +103,12 @@ pub(crate) struct Record<'a> {
     pub(crate) micros: u64,
 }
 
+/// Counts an answer the proxy made itself (no instance made it) by why it made it. Called
+/// where each engine makes the answer, so every such answer is counted once.
+pub(crate) fn count_own_answer(err: &ProxyError) {
+    crate::metrics::OwnAnswer::of(err).count();
+}
+
 /// Counts an exchange in its service's metrics and writes its access-log line.
 pub(crate) fn record(record: &Record<'_>, access_log: bool) {
     if let Some(backend) = record.backend {

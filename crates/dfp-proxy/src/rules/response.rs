@@ -185,6 +185,7 @@ pub(crate) fn write_error(
     head_request: bool,
     close: bool,
 ) -> u16 {
+    count_own_answer(err);
     let (status, text) = err.status_and_text();
     out.clear();
     let _ = write!(
