@@ -281,6 +281,18 @@ struct ServiceView {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     is_default_backend: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    service_color: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_sources: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    denied_sources: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deny_http: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    denied_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     https_redirect_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     req_path_search: Option<String>,
@@ -327,6 +339,12 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         service_domain: s.domains.iter().map(ToString::to_string).collect(),
         service_path_exclude: s.excluded.iter().map(ToString::to_string).collect(),
         is_default_backend: s.default_backend,
+        service_color: s.color.map(str::to_owned),
+        allowed_sources: policy.allowed_sources.entries().collect(),
+        denied_sources: policy.denied_sources.entries().collect(),
+        deny_http: policy.deny_http,
+        allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
+        denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
         https_redirect_code: policy.https_redirect,
         req_path_search: policy.path_rewrite.as_ref().map(|r| r.search().to_owned()),
         req_path_replace: policy.path_rewrite.as_ref().map(|r| r.replacement().to_owned()),

@@ -302,6 +302,7 @@ impl Inner {
         self: &Arc<Self>,
         mut request: ReconfigureRequest,
     ) -> Result<ReconfigureReport, AdminError> {
+        self.check_mode(&request)?;
         let mut state = self.state.lock().await;
         let key = key(&request.service_name);
         let mode_warning = self.fit_to_mode(&mut request);
@@ -315,7 +316,7 @@ impl Inner {
         if let Err(conflict) = self.check_conflicts(&state, &key, &request) {
             let lookup = self
                 .discovery
-                .instances(&request.service_name, request.port, Strictness::Interactive)
+                .instances(&request.lookup_name(), request.port, Strictness::Interactive)
                 .await;
             self.note_registry(&lookup);
             return Err(match lookup {
@@ -325,7 +326,7 @@ impl Inner {
         }
         let found = self
             .discovery
-            .instances(&request.service_name, request.port, Strictness::Interactive)
+            .instances(&request.lookup_name(), request.port, Strictness::Interactive)
             .await;
         self.note_registry(&found);
         let found = found?;
@@ -483,6 +484,10 @@ impl Inner {
                     continue;
                 }
             };
+            if let Err(err) = self.check_mode(&request) {
+                tracing::warn!(service = %name, error = %err, "stored route does not fit this mode; skipped");
+                continue;
+            }
             let _ = self.fit_to_mode(&mut request);
             if state.services.get(k).is_some_and(|e| e.request.params == request.params) {
                 continue;
@@ -503,7 +508,7 @@ impl Inner {
         for request in changed {
             let lookup = self
                 .discovery
-                .instances(&request.service_name, request.port, Strictness::Restore)
+                .instances(&request.lookup_name(), request.port, Strictness::Restore)
                 .await;
             self.note_registry(&lookup);
             let instances = match lookup {
@@ -568,21 +573,23 @@ impl Inner {
         deferred
     }
 
-    /// The routed services (all, or those in `only`) with their generations, for a refresh
-    /// of their instances.
+    /// The routed services whose instances are registered under a name in `only` (or all),
+    /// for a refresh of their instances: `(service, name looked up, generation)`. The name
+    /// looked up differs from the service's with `serviceColor`.
     pub(crate) async fn routed_services(
         &self,
         only: Option<&std::collections::BTreeSet<String>>,
-    ) -> Vec<(String, u64)> {
+    ) -> Vec<(String, String, u64)> {
         // Consul reports a check under the service's name as registered, in any case.
         let only: Option<std::collections::BTreeSet<String>> =
             only.map(|only| only.iter().map(|name| key(name)).collect());
         let state = self.state.lock().await;
         state
             .services
-            .iter()
-            .filter(|(k, _)| only.as_ref().is_none_or(|only| only.contains(*k)))
-            .map(|(_, entry)| (entry.request.service_name.clone(), entry.generation))
+            .values()
+            .map(|entry| (entry, entry.request.lookup_name()))
+            .filter(|(_, lookup)| only.as_ref().is_none_or(|only| only.contains(&key(lookup))))
+            .map(|(entry, lookup)| (entry.request.service_name.clone(), lookup, entry.generation))
             .collect()
     }
 
@@ -679,6 +686,23 @@ impl Inner {
         }
     }
 
+    /// Refuses what the discovery mode cannot do: `serviceColor` picks Consul registrations
+    /// (`<serviceName>-<serviceColor>`, Docker Flow Proxy's blue/green); standalone mode has
+    /// no registry to pick from.
+    fn check_mode(&self, request: &ReconfigureRequest) -> Result<(), AdminError> {
+        match (&self.discovery, &request.color) {
+            (Discovery::Dns, Some(color)) => Err(AdminError::InvalidParameter {
+                name: "serviceColor",
+                value: color.clone(),
+                reason: "serviceColor selects Consul registrations named serviceName-serviceColor \
+                         and needs --consul-address; in standalone mode route the colored \
+                         service under its own name (serviceName=<name>-<color>) instead"
+                    .to_owned(),
+            }),
+            (Discovery::Dns | Discovery::Consul(_), _) => Ok(()),
+        }
+    }
+
     /// Whether stored parameters replay the call that `current` holds: equal, but for the
     /// `port` older versions stored with Consul (which [`Inner::fit_to_mode`] drops).
     fn same_call(&self, current: &Params, stored: &Params) -> bool {
@@ -704,7 +728,11 @@ impl Inner {
     ) -> ServiceEntry {
         let previous = state.services.remove(key);
         let (generation, follower) = match previous {
-            Some(old) if old.request.port == request.port && old._follower.is_some() => {
+            Some(old)
+                if old.request.port == request.port
+                    && old.request.color == request.color
+                    && old._follower.is_some() =>
+            {
                 (old.generation, old._follower)
             }
             _ => {

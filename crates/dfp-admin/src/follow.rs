@@ -236,15 +236,15 @@ async fn refresh_instances(inner: Weak<Inner>, consul: Arc<ConsulClient>, wanted
         let mut failed: Vec<String> = Vec::new();
         loop {
             while reads.len() < CONCURRENCY {
-                let Some((service, generation)) = targets.next() else { break };
+                let Some((service, lookup, generation)) = targets.next() else { break };
                 let consul = consul.clone();
                 reads.spawn(async move {
-                    let read = consul.watch_passing_instances(&service, 0, Duration::ZERO).await;
-                    (service, generation, read)
+                    let read = consul.watch_passing_instances(&lookup, 0, Duration::ZERO).await;
+                    (service, lookup, generation, read)
                 });
             }
             let Some(done) = reads.join_next().await else { break };
-            let Ok((service, generation, read)) = done else { continue };
+            let Ok((service, lookup, generation, read)) = done else { continue };
             let Some(strong) = inner.upgrade() else { return };
             match read {
                 Ok(answer) => {
@@ -254,7 +254,8 @@ async fn refresh_instances(inner: Weak<Inner>, consul: Arc<ConsulClient>, wanted
                 }
                 Err(err) => {
                     report_registry(&strong, Err(&err));
-                    failed.push(service);
+                    // Wanted by the name its checks are reported under.
+                    failed.push(lookup);
                 }
             }
         }

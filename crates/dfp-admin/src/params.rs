@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    Credential, Domain, HeaderEdits, PathPrefix, PathRewrite, PolicyError, ServicePolicy,
-    ServiceSpec,
+    Credential, Domain, HeaderEdits, MethodList, PathPrefix, PathRewrite, PolicyError,
+    ServicePolicy, ServiceSpec, SourceList,
 };
 
 use crate::AdminError;
@@ -29,6 +29,9 @@ pub struct ReconfigureRequest {
     pub excluded: Vec<PathPrefix>,
     /// `isDefaultBackend`: answers requests no route matches.
     pub default_backend: bool,
+    /// `serviceColor` (Consul mode): the instances are those of `<serviceName>-<color>`; the
+    /// route keeps the name `serviceName`.
+    pub color: Option<String>,
     /// `httpsOnly`, `reqPathSearch`, `users`, header edits, timeouts.
     pub policy: ServicePolicy,
     /// Parameters that were sent but that this proxy does not act on, by name.
@@ -61,6 +64,12 @@ const SUPPORTED: &[&str] = &[
     "timeoutServer",
     "timeoutTunnel",
     "reqMode",
+    "allowedMethods",
+    "deniedMethods",
+    "denyHttp",
+    "allowedSources",
+    "deniedSources",
+    "serviceColor",
 ];
 
 impl ReconfigureRequest {
@@ -119,6 +128,7 @@ impl ReconfigureRequest {
             "servicePathExclude",
         )?;
         let policy = parse_policy(&get)?;
+        let color = get("serviceColor").map(|c| validate_color(&service_name, c)).transpose()?;
 
         // What is stored and replayed: everything as sent, the paths normalised.
         let mut stored = params.clone();
@@ -137,6 +147,7 @@ impl ReconfigureRequest {
             domains,
             excluded,
             default_backend,
+            color,
             policy,
             ignored,
             params: stored,
@@ -167,12 +178,54 @@ impl ReconfigureRequest {
             excluded: self.excluded.clone(),
             default_backend: self.default_backend,
             policy: self.policy.clone(),
+            color: self.color.clone(),
+        }
+    }
+
+    /// The name the service's instances are looked up under: `<serviceName>-<serviceColor>`
+    /// with a color, else `serviceName`.
+    pub fn lookup_name(&self) -> String {
+        match &self.color {
+            Some(color) => format!("{}-{color}", self.service_name),
+            None => self.service_name.clone(),
         }
     }
 }
 
+/// `serviceColor`: a name part (letters, digits, `-`, `_`, `.`), so that
+/// `<serviceName>-<serviceColor>` is a valid service name.
+fn validate_color(service: &str, color: &str) -> Result<String, AdminError> {
+    let color = color.trim();
+    let valid = color.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid || service.len() + 1 + color.len() > MAX_SERVICE_NAME {
+        return Err(invalid(
+            "serviceColor",
+            color,
+            "use letters, digits, '-', '_' and '.' only (e.g. blue), so that serviceName-serviceColor names a registered service",
+        ));
+    }
+    Ok(color.to_owned())
+}
+
 fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePolicy, AdminError> {
     let mut policy = ServicePolicy::default();
+    for (name, list) in [
+        ("allowedMethods", &mut policy.allowed_methods),
+        ("deniedMethods", &mut policy.denied_methods),
+    ] {
+        if let Some(raw) = get(name) {
+            *list = MethodList::parse(raw).map_err(|e| policy_err(name, raw, e))?;
+        }
+    }
+    policy.deny_http = parse_bool(get("denyHttp"), "denyHttp")?;
+    for (name, list) in [
+        ("allowedSources", &mut policy.allowed_sources),
+        ("deniedSources", &mut policy.denied_sources),
+    ] {
+        if let Some(raw) = get(name) {
+            *list = SourceList::parse(raw).map_err(|e| policy_err(name, raw, e))?;
+        }
+    }
     if parse_bool(get("httpsOnly"), "httpsOnly")? {
         let code = match get("httpsRedirectCode") {
             Some(raw) => raw
@@ -388,11 +441,11 @@ mod tests {
             ("serviceName", "books-ms"),
             ("servicePath", "/b"),
             ("distribute", "true"),
-            ("serviceColor", "blue"),
+            ("sessionType", "sticky-server"),
             ("distribute", "true"),
         ])
         .expect("extra parameters are accepted");
-        assert_eq!(r.ignored, ["distribute", "serviceColor"]);
+        assert_eq!(r.ignored, ["distribute", "sessionType"]);
     }
 
     #[test]
@@ -416,6 +469,45 @@ mod tests {
             let err = parse(query).expect_err("invalid");
             assert_eq!(err.status(), 400, "{query:?}");
             assert!(err.to_string().contains(needle), "{query:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn access_options_are_read_and_bad_ones_named() {
+        let r = parse(&[
+            ("serviceName", "books"),
+            ("servicePath", "/b"),
+            ("allowedMethods", "get, HEAD"),
+            ("deniedMethods", "DELETE"),
+            ("denyHttp", "true"),
+            ("allowedSources", "10.0.0.0/8, ::1"),
+            ("deniedSources", "10.9.0.0/16"),
+            ("serviceColor", "blue"),
+        ])
+        .expect("valid");
+        assert!(r.ignored.is_empty());
+        assert_eq!(r.policy.allowed_methods.to_string(), "GET,HEAD");
+        assert_eq!(r.policy.denied_methods.to_string(), "DELETE");
+        assert!(r.policy.deny_http);
+        assert_eq!(r.policy.allowed_sources.to_string(), "10.0.0.0/8,::1/128");
+        assert_eq!(r.policy.denied_sources.to_string(), "10.9.0.0/16");
+        assert_eq!(r.lookup_name(), "books-blue");
+        assert_eq!(r.spec().name, "books");
+        let cases: &[(&str, &str, &str)] = &[
+            ("allowedMethods", "GET,GE T", "\"GE T\""),
+            ("deniedMethods", "(DELETE)", "(DELETE)"),
+            ("denyHttp", "yes", "true or false"),
+            ("allowedSources", "10.0.0.0/8,10.0.0.300", "10.0.0.300"),
+            ("deniedSources", "10.1.0.0/8", "10.1.0.0/8"),
+            ("deniedSources", "fe80::/129", "fe80::/129"),
+            ("serviceColor", "bl ue", "serviceColor"),
+        ];
+        for (name, value, needle) in cases {
+            let err = parse(&[("serviceName", "books"), ("servicePath", "/b"), (name, value)])
+                .expect_err(value);
+            assert_eq!(err.status(), 400);
+            let message = err.to_string();
+            assert!(message.contains(name) && message.contains(needle), "{message}");
         }
     }
 

@@ -40,6 +40,12 @@ const SUPPORTED: &[&str] = &[
     "timeoutServer",
     "timeoutTunnel",
     "reqMode",
+    "allowedMethods",
+    "deniedMethods",
+    "denyHttp",
+    "allowedSources",
+    "deniedSources",
+    "serviceColor",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -343,7 +349,7 @@ fn value_for(name: &'static str) -> BoxedStrategy<String> {
         "servicePath" | "servicePathExclude" => list(path_item()).boxed(),
         "serviceDomain" => list(domain_item()).boxed(),
         "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" => number().boxed(),
-        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" => boolean().boxed(),
+        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp" => boolean().boxed(),
         "reqPathSearch" | "reqPathReplace" => regex().boxed(),
         "users" => list(user_item()).boxed(),
         "addReqHeader" | "setReqHeader" | "addResHeader" | "setResHeader" | "delReqHeader"
@@ -371,7 +377,7 @@ fn pair() -> impl Strategy<Value = (String, String)> {
             "service_path",
             "",
             "distribute",
-            "serviceColor",
+            "servicecolor",
             "servicePath[]",
             "port\u{0}",
         ]),

@@ -35,6 +35,19 @@ pub(crate) enum ProxyError {
     /// The service's path rewrite produced something that is not a path: its configuration's
     /// fault, not the client's.
     RewriteFailed,
+    /// The service's access rules refuse the request (403).
+    Forbidden(Forbidden),
+}
+
+/// Which of a service's access rules refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forbidden {
+    /// The client's address is not in `allowedSources`, or is in `deniedSources`.
+    Source,
+    /// `denyHttp`: the request came over plain HTTP.
+    Http,
+    /// The method is not in `allowedMethods`, or is in `deniedMethods`.
+    Method,
 }
 
 impl ProxyError {
@@ -67,6 +80,15 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the service's path rewrite (reqPathSearch/reqPathReplace) gave an invalid path\n",
             ),
+            ProxyError::Forbidden(Forbidden::Source) => {
+                (StatusCode::FORBIDDEN, "this service does not accept requests from your address\n")
+            }
+            ProxyError::Forbidden(Forbidden::Http) => {
+                (StatusCode::FORBIDDEN, "this service is served over HTTPS only\n")
+            }
+            ProxyError::Forbidden(Forbidden::Method) => {
+                (StatusCode::FORBIDDEN, "this service does not accept this method\n")
+            }
         }
     }
 
@@ -84,7 +106,8 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout
             | ProxyError::Redirect { .. }
             | ProxyError::Unauthorized { .. }
-            | ProxyError::RewriteFailed => false,
+            | ProxyError::RewriteFailed
+            | ProxyError::Forbidden(_) => false,
         }
     }
 
@@ -101,7 +124,8 @@ impl ProxyError {
             | ProxyError::NoInstance
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
-            | ProxyError::RewriteFailed => None,
+            | ProxyError::RewriteFailed
+            | ProxyError::Forbidden(_) => None,
         }
     }
 

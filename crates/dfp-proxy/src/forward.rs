@@ -53,6 +53,8 @@ pub(crate) struct Forwarder {
     pub(crate) client_timeout: Duration,
     pub(crate) access_log: bool,
     pub(crate) trust_forwarded_proto: bool,
+    /// `--trusted-proxies`: peers whose `X-Forwarded-For` names the client.
+    pub(crate) trusted_proxies: dfp_routing::SourceList,
 }
 
 impl Forwarder {
@@ -68,6 +70,7 @@ impl Forwarder {
             client_timeout: config.client_timeout,
             access_log: config.access_log,
             trust_forwarded_proto: config.trust_forwarded_proto,
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
@@ -116,8 +119,12 @@ impl Forwarder {
             parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
         )?;
         let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
+        let client_ip =
+            || rules::client_ip(client.addr.ip(), &self.trusted_proxies, fields.clone());
         let request = RoutedRequest {
             https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            method: parts.method.as_str(),
+            client: rules::ClientIp(&client_ip),
             authorization: facts.authorization,
             defaults: (self.server_timeout, self.tunnel_timeout),
         };

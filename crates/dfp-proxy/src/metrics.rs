@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::ProxyError;
+use crate::error::{Forbidden, ProxyError};
 
 /// Why the proxy answered a request itself: the `reason` label of
 /// `dfp_proxy_responses_total`, with the status it answers.
@@ -45,10 +45,16 @@ pub(crate) enum OwnAnswer {
     HttpsRedirect(u16),
     /// 500: the service's path rewrite gave an invalid path.
     RewriteFailed,
+    /// 403: the client's address is not allowed (`allowedSources`/`deniedSources`).
+    ForbiddenSource,
+    /// 403: plain HTTP to a `denyHttp` service.
+    HttpDenied,
+    /// 403: the method is not allowed (`allowedMethods`/`deniedMethods`).
+    ForbiddenMethod,
 }
 
 /// Every `(status, reason)` series, in the order they are reported.
-const SERIES: [(u16, &str); 16] = [
+const SERIES: [(u16, &str); 19] = [
     (400, "bad_request"),
     (408, "header_timeout"),
     (431, "head_too_large"),
@@ -65,6 +71,9 @@ const SERIES: [(u16, &str); 16] = [
     (307, "https_redirect"),
     (308, "https_redirect"),
     (500, "rewrite_failed"),
+    (403, "forbidden_source"),
+    (403, "http_denied"),
+    (403, "forbidden_method"),
 ];
 
 /// One counter on its own cache line.
@@ -88,6 +97,9 @@ impl OwnAnswer {
             ProxyError::Redirect { status, .. } => OwnAnswer::HttpsRedirect(status.as_u16()),
             ProxyError::Unauthorized { .. } => OwnAnswer::AuthRequired,
             ProxyError::RewriteFailed => OwnAnswer::RewriteFailed,
+            ProxyError::Forbidden(Forbidden::Source) => OwnAnswer::ForbiddenSource,
+            ProxyError::Forbidden(Forbidden::Http) => OwnAnswer::HttpDenied,
+            ProxyError::Forbidden(Forbidden::Method) => OwnAnswer::ForbiddenMethod,
         }
     }
 
@@ -111,6 +123,9 @@ impl OwnAnswer {
             OwnAnswer::HttpsRedirect(308) => 14,
             OwnAnswer::HttpsRedirect(_) => 11,
             OwnAnswer::RewriteFailed => 15,
+            OwnAnswer::ForbiddenSource => 16,
+            OwnAnswer::HttpDenied => 17,
+            OwnAnswer::ForbiddenMethod => 18,
         }
     }
 
@@ -152,6 +167,9 @@ mod tests {
             OwnAnswer::HttpsRedirect(307),
             OwnAnswer::HttpsRedirect(308),
             OwnAnswer::RewriteFailed,
+            OwnAnswer::ForbiddenSource,
+            OwnAnswer::HttpDenied,
+            OwnAnswer::ForbiddenMethod,
         ];
         let mut slots: Vec<usize> = answers.iter().map(|a| a.slot()).collect();
         for (answer, slot) in answers.iter().zip(&slots) {
@@ -173,6 +191,9 @@ mod tests {
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::NotImplemented("x"), 501),
             (ProxyError::RewriteFailed, 500),
+            (ProxyError::Forbidden(Forbidden::Source), 403),
+            (ProxyError::Forbidden(Forbidden::Http), 403),
+            (ProxyError::Forbidden(Forbidden::Method), 403),
         ] {
             assert_eq!(SERIES[OwnAnswer::of(&err).slot()].0, status, "{err:?}");
             assert_eq!(err.status_and_text().0.as_u16(), status, "{err:?}");

@@ -41,6 +41,10 @@ pub struct ProxyConfig {
     /// Whether `X-Forwarded-Proto: https` from the client counts as HTTPS for `httpsOnly`
     /// (enable only when TLS is terminated by a trusted balancer in front of the proxy).
     pub trust_forwarded_proto: bool,
+    /// Peers (balancers in front of the proxy) whose right-most untrusted `X-Forwarded-For`
+    /// entry is taken as the client's address for services' source lists. Empty: the peer
+    /// is always the client.
+    pub trusted_proxies: dfp_routing::SourceList,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +60,7 @@ impl Default for ProxyConfig {
             tunnel_timeout: Duration::from_secs(3600),
             access_log: false,
             trust_forwarded_proto: false,
+            trusted_proxies: dfp_routing::SourceList::default(),
         }
     }
 }

@@ -15,11 +15,13 @@
 //! It must not do IO: no sockets, no tokio, no hyper, no serde. Nothing here can fail at
 //! request time; a lookup either finds a backend or it does not.
 
+mod access;
 mod backend;
 mod policy;
 mod prefix;
 mod table;
 
+pub use access::{canonical, client_address, MethodList, SourceList};
 pub use backend::{
     health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
     LATENCY_BUCKETS_MS,

@@ -12,6 +12,8 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use regex::Regex;
 
+use crate::access::{MethodList, SourceList};
+
 /// Why a service option was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -29,6 +31,12 @@ pub enum PolicyError {
     BadHash(String),
     #[error("redirect code {0} is not one of 301, 302, 303, 307, 308")]
     BadRedirectCode(u16),
+    #[error("source {entry:?} is refused: {why}; give addresses or CIDR blocks such as 10.0.0.0/8 or 2001:db8::/32, separated by commas")]
+    BadSource { entry: String, why: &'static str },
+    #[error(
+        "method {0:?} is not an HTTP method name; give names such as GET,HEAD separated by commas"
+    )]
+    BadMethod(String),
 }
 
 /// A host a service answers for: exact (`shop.example.com`) or one-label wildcard
@@ -253,6 +261,16 @@ impl HeaderEdits {
 /// Per-request policy of a service. The default asks for nothing.
 #[derive(Debug, Clone, Default)]
 pub struct ServicePolicy {
+    /// Clients (by address) let through (`allowedSources`); empty: every client.
+    pub allowed_sources: SourceList,
+    /// Clients refused even when allowed (`deniedSources`).
+    pub denied_sources: SourceList,
+    /// Plain-HTTP requests are refused with 403 (`denyHttp`).
+    pub deny_http: bool,
+    /// Methods let through (`allowedMethods`); empty: every method.
+    pub allowed_methods: MethodList,
+    /// Methods refused even when allowed (`deniedMethods`).
+    pub denied_methods: MethodList,
     /// Plain-HTTP requests are redirected to HTTPS with this status (`httpsOnly`).
     pub https_redirect: Option<u16>,
     pub path_rewrite: Option<PathRewrite>,

@@ -54,6 +54,8 @@ pub struct ServiceRoutes<'t> {
     pub domains: &'t [Domain],
     pub excluded: &'t [PathPrefix],
     pub default_backend: bool,
+    /// `serviceColor`: the instances are the registry's `<name>-<color>`.
+    pub color: Option<&'t str>,
 }
 
 /// What a service asks of the table: its paths, and optionally the hosts they apply to, the
@@ -67,6 +69,8 @@ pub struct ServiceSpec {
     pub excluded: Vec<PathPrefix>,
     pub default_backend: bool,
     pub policy: ServicePolicy,
+    /// `serviceColor`: the instances were looked up as `<name>-<color>` (shown, not used here).
+    pub color: Option<String>,
 }
 
 impl ServiceSpec {
@@ -81,6 +85,7 @@ struct ServiceSlot {
     prefixes: Vec<PathPrefix>,
     domains: Vec<Domain>,
     excluded: Vec<PathPrefix>,
+    color: Option<String>,
 }
 
 impl ServiceSlot {
@@ -203,6 +208,7 @@ impl RouteTable {
             domains: &s.domains,
             excluded: &s.excluded,
             default_backend: self.default_service == Some(i),
+            color: s.color.as_deref(),
         })
     }
 
@@ -439,6 +445,7 @@ impl RouteTableBuilder {
                 prefixes: spec.prefixes,
                 domains: spec.domains,
                 excluded: spec.excluded,
+                color: spec.color,
             });
         }
         table.retired = retired.into_values().collect();

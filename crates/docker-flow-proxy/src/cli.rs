@@ -126,6 +126,13 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_TRUST_FORWARDED_PROTO")]
     pub(crate) trust_forwarded_proto: bool,
 
+    /// Balancers in front of this proxy, as addresses or CIDR blocks separated by commas.
+    /// For a request from one of them, a service's allowedSources/deniedSources check the
+    /// right-most X-Forwarded-For entry that is not in this list (nginx's real_ip_recursive).
+    /// Empty: the TCP peer is the client.
+    #[arg(long, env = "DFP_TRUSTED_PROXIES", value_name = "CIDR,...", value_parser = parse_sources)]
+    pub(crate) trusted_proxies: Option<dfp_routing::SourceList>,
+
     /// How long each call to Consul may take before the next agent is tried.
     #[arg(long, env = "DFP_CONSUL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) consul_timeout: Duration,
@@ -275,6 +282,30 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) users: Option<String>,
 
+    /// Consul mode: route the instances of `<service-name>-<service-color>` (blue/green).
+    #[arg(long)]
+    pub(crate) service_color: Option<String>,
+
+    /// Only these methods are let through (others get 403), separated by commas.
+    #[arg(long)]
+    pub(crate) allowed_methods: Option<String>,
+
+    /// These methods get 403, separated by commas.
+    #[arg(long)]
+    pub(crate) denied_methods: Option<String>,
+
+    /// Refuse plain-HTTP requests with 403.
+    #[arg(long)]
+    pub(crate) deny_http: Option<bool>,
+
+    /// Only clients from these addresses or CIDR blocks are let through (others get 403).
+    #[arg(long)]
+    pub(crate) allowed_sources: Option<String>,
+
+    /// Clients from these addresses or CIDR blocks get 403.
+    #[arg(long)]
+    pub(crate) denied_sources: Option<String>,
+
     /// Docker Flow Proxy's reqMode; only HTTP is proxied.
     #[arg(long, value_parser = ["http"])]
     pub(crate) req_mode: Option<String>,
@@ -323,6 +354,12 @@ impl ReconfigureArgs {
             ("httpsOnly", self.https_only.map(|b| b.to_string())),
             ("users", self.users.clone()),
             ("reqMode", self.req_mode.clone()),
+            ("serviceColor", self.service_color.clone()),
+            ("allowedMethods", self.allowed_methods.clone()),
+            ("deniedMethods", self.denied_methods.clone()),
+            ("denyHttp", self.deny_http.map(|b| b.to_string())),
+            ("allowedSources", self.allowed_sources.clone()),
+            ("deniedSources", self.denied_sources.clone()),
         ];
         q.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         q.extend(self.params.iter().cloned());
@@ -366,6 +403,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("a timeout must be longer than zero".to_owned());
     }
     Ok(d)
+}
+
+/// `--trusted-proxies`: addresses or CIDR blocks, separated by commas.
+fn parse_sources(text: &str) -> Result<dfp_routing::SourceList, String> {
+    dfp_routing::SourceList::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {

@@ -168,7 +168,9 @@ PATH           HOST           SERVICE   INSTANCE        STATE
             "Consul": {"Agents": ["http://127.0.0.1:8500"], "Reachable": false,
                        "LastError": "connection refused"},
             "Services": [{"ServiceName": "books-ms", "ServicePath": ["/api/v1/books", "/b"],
-                          "Instances": [], "Users": ["alice"]}]
+                          "Instances": [], "Users": ["alice"],
+                          "ServiceColor": "blue", "AllowedSources": ["10.0.0.0/8", "::1/128"],
+                          "DenyHttp": true, "DeniedMethods": ["DELETE"]}]
         });
         let text = config(&answer);
         for line in [
@@ -178,6 +180,10 @@ PATH           HOST           SERVICE   INSTANCE        STATE
             "  ServicePath: /api/v1/books, /b",
             "  Instances: (none)",
             "  Users: alice",
+            "  ServiceColor: blue",
+            "  AllowedSources: 10.0.0.0/8, ::1/128",
+            "  DenyHttp: true",
+            "  DeniedMethods: DELETE",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

@@ -104,6 +104,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         upstream_idle_timeout: args.upstream_idle_timeout,
         access_log: args.access_log,
         trust_forwarded_proto: args.trust_forwarded_proto,
+        trusted_proxies: args.trusted_proxies.clone().unwrap_or_default(),
         shutdown_grace: args.shutdown_grace,
     };
 

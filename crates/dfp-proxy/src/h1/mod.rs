@@ -364,8 +364,12 @@ fn prepare_parsed<'b>(
         Some(authority) => Some(authority),
         None => facts.host.and_then(|h| std::str::from_utf8(h).ok()),
     };
+    let client_ip =
+        || rules::client_ip(conn.client.ip(), &forwarder.trusted_proxies, fields.clone());
     let request = RoutedRequest {
         https: conn.proto == "https" || (forwarder.trust_forwarded_proto && facts.forwarded_https),
+        method,
+        client: rules::ClientIp(&client_ip),
         authorization: facts.authorization,
         defaults: (forwarder.server_timeout, forwarder.tunnel_timeout),
     };

@@ -1,6 +1,9 @@
 //! A service's policy and the route: what lets a request through, and what it asks of it.
 
+use std::net::IpAddr;
+
 use super::*;
+use crate::error::Forbidden;
 
 // ---------------------------------------------------------------------------------------------
 // A service's policy
@@ -20,20 +23,46 @@ pub(crate) struct Admitted<'p> {
     pub(crate) tunnel_timeout: Duration,
 }
 
+/// The client's address, found only when a service's rules ask for it (a service without
+/// source lists never reads `X-Forwarded-For`): the engine's [`client_address`] over the
+/// peer, `--trusted-proxies` and the request's fields.
+///
+/// [`client_address`]: dfp_routing::client_address
+#[derive(Clone, Copy)]
+pub(crate) struct ClientIp<'a>(pub(crate) &'a (dyn Fn() -> IpAddr + 'a));
+
+impl std::fmt::Debug for ClientIp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIp(..)")
+    }
+}
+
 /// What [`admit`] needs to know of a request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Admission<'a> {
     /// The request came over TLS terminated here, or (with `--trust-forwarded-proto`) says it
     /// came over HTTPS to a trusted balancer.
     pub(crate) https: bool,
+    pub(crate) method: &'a str,
+    pub(crate) client: ClientIp<'a>,
     pub(crate) host: Option<&'a str>,
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
     pub(crate) authorization: Option<&'a [u8]>,
 }
 
-/// Applies a service's policy to a routed request, in this order: HTTPS redirect,
-/// authentication, path rewrite. An `Err` is the proxy's own answer.
+/// Applies a service's policy to a routed request, in this order (HAProxy's: `http-request
+/// deny` rules before `redirect` rules, access before authentication):
+///
+/// 1. client address (`allowedSources`, then `deniedSources`): 403. First, so a refused
+///    address learns nothing of the service, not even that it wants HTTPS or a password;
+/// 2. `denyHttp`: 403 on plain HTTP (so it wins over `httpsOnly`'s redirect);
+/// 3. method (`allowedMethods`, then `deniedMethods`: denied wins): 403;
+/// 4. `httpsOnly`: the redirect to HTTPS;
+/// 5. basic authentication: 401;
+/// 6. path rewrite.
+///
+/// An `Err` is the proxy's own answer.
 pub(crate) fn admit<'p>(
     policy: &'p ServicePolicy,
     service: &str,
@@ -42,6 +71,11 @@ pub(crate) fn admit<'p>(
 ) -> Result<Admitted<'p>, ProxyError> {
     // No `..`: a new policy field must be given a meaning here before this compiles.
     let ServicePolicy {
+        allowed_sources,
+        denied_sources,
+        deny_http,
+        allowed_methods,
+        denied_methods,
         https_redirect,
         path_rewrite,
         users,
@@ -50,6 +84,21 @@ pub(crate) fn admit<'p>(
         server_timeout,
         tunnel_timeout,
     } = policy;
+    if !allowed_sources.is_empty() || !denied_sources.is_empty() {
+        let client = (request.client.0)();
+        let allowed = allowed_sources.is_empty() || allowed_sources.contains(client);
+        if !allowed || denied_sources.contains(client) {
+            return Err(ProxyError::Forbidden(Forbidden::Source));
+        }
+    }
+    if *deny_http && !request.https {
+        return Err(ProxyError::Forbidden(Forbidden::Http));
+    }
+    if (!allowed_methods.is_empty() && !allowed_methods.contains(request.method))
+        || denied_methods.contains(request.method)
+    {
+        return Err(ProxyError::Forbidden(Forbidden::Method));
+    }
     if let Some(status) = *https_redirect {
         if !request.https {
             return Err(https_redirect_to(request.host, request.path, request.query, status));
@@ -126,6 +175,8 @@ pub(crate) fn route<'t, 'b>(
     };
     let admission = Admission {
         https: request.https,
+        method: request.method,
+        client: request.client,
         host,
         path: &path,
         query: target.query,
@@ -144,6 +195,8 @@ pub(crate) fn route<'t, 'b>(
 pub(crate) struct RoutedRequest<'a> {
     /// Came over TLS, or (trusted) says it came over HTTPS.
     pub(crate) https: bool,
+    pub(crate) method: &'a str,
+    pub(crate) client: ClientIp<'a>,
     pub(crate) authorization: Option<&'a [u8]>,
     /// The proxy's server and tunnel timeouts.
     pub(crate) defaults: (Duration, Duration),

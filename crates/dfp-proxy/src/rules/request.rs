@@ -81,6 +81,20 @@ pub(crate) fn listed<'a>(
             .any(|value| tokens(value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
+/// The client's address for a service's source lists: the TCP peer, or, when the peer is
+/// one of `--trusted-proxies`, the right-most `X-Forwarded-For` entry not trusted
+/// ([`dfp_routing::client_address`]). Called only for services with source lists.
+pub(crate) fn client_ip<'a>(
+    peer: std::net::IpAddr,
+    trusted: &dfp_routing::SourceList,
+    fields: impl DoubleEndedIterator<Item = (&'a str, &'a [u8])>,
+) -> std::net::IpAddr {
+    let forwarded = fields
+        .filter(|(name, _)| request_field(name) == RequestField::ForwardedFor)
+        .map(|(_, value)| value);
+    dfp_routing::client_address(peer, trusted, forwarded)
+}
+
 /// How a request's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestBody {

@@ -74,8 +74,11 @@ fn connection_options() {
 fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy) -> String {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_request(false, pairs()).expect("valid request");
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
     let admission = Admission {
         https: false,
+        method: "GET",
+        client: ClientIp(&peer),
         host: Some("a"),
         path: "/",
         query: None,
@@ -141,8 +144,11 @@ fn request_edits_and_auth_apply() {
 #[test]
 fn policy_answers_in_order_redirect_auth_rewrite() {
     let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
     let request = Admission {
         https: false,
+        method: "GET",
+        client: ClientIp(&peer),
         host: Some("shop:80"),
         path: "/a",
         query: Some("q=1"),
@@ -176,6 +182,87 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
         ..ServicePolicy::default()
     };
     assert!(matches!(admit(&broken, "s", &request, defaults), Err(ProxyError::RewriteFailed)));
+}
+
+/// Which answer each combination of access rules gives, in `admit`'s order: source lists,
+/// then `denyHttp`, then methods, then the redirect, then authentication.
+#[test]
+fn access_rules_answer_in_order() {
+    use crate::error::Forbidden;
+    use dfp_routing::{MethodList, SourceList};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let inside = || std::net::IpAddr::from([10, 1, 2, 3]);
+    let outside = || std::net::IpAddr::from([192, 0, 2, 1]);
+    let mapped = || "::ffff:10.1.2.3".parse().expect("address");
+    let never = || -> std::net::IpAddr { panic!("a service without source lists read the client") };
+    let request = |https, method, client| Admission {
+        https,
+        method,
+        client,
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: None,
+    };
+    let policy = ServicePolicy {
+        allowed_sources: SourceList::parse("10.0.0.0/8").expect("list"),
+        denied_sources: SourceList::parse("10.9.0.0/16").expect("list"),
+        deny_http: true,
+        allowed_methods: MethodList::parse("GET,POST,DELETE").expect("list"),
+        denied_methods: MethodList::parse("DELETE").expect("list"),
+        https_redirect: Some(301),
+        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
+        ..ServicePolicy::default()
+    };
+    let in_denied = || std::net::IpAddr::from([10, 9, 1, 1]);
+    type Verdict = Result<(), &'static str>;
+    let cases: [(bool, &str, ClientIp<'_>, Verdict); 9] = [
+        // The address first: even a plain-HTTP PUT from outside is told only that.
+        (false, "PUT", ClientIp(&outside), Err("source")),
+        (true, "GET", ClientIp(&in_denied), Err("source")),
+        // Then plain HTTP, before the method and the redirect.
+        (false, "PUT", ClientIp(&inside), Err("http")),
+        (false, "GET", ClientIp(&mapped), Err("http")),
+        // Then the method: not allowed, or denied (denied wins over allowed).
+        (true, "PUT", ClientIp(&inside), Err("method")),
+        (true, "delete", ClientIp(&inside), Err("method")),
+        // Then authentication.
+        (true, "GET", ClientIp(&inside), Err("auth")),
+        (true, "post", ClientIp(&mapped), Err("auth")),
+        (true, "GET", ClientIp(&inside), Err("auth")),
+    ];
+    for (https, method, client, expected) in cases {
+        let verdict: Verdict = match admit(&policy, "s", &request(https, method, client), defaults)
+        {
+            Ok(_) => Ok(()),
+            Err(ProxyError::Forbidden(Forbidden::Source)) => Err("source"),
+            Err(ProxyError::Forbidden(Forbidden::Http)) => Err("http"),
+            Err(ProxyError::Forbidden(Forbidden::Method)) => Err("method"),
+            Err(ProxyError::Unauthorized { .. }) => Err("auth"),
+            Err(other) => panic!("{other:?}"),
+        };
+        assert_eq!(verdict, expected, "https={https} {method}");
+    }
+    // Without denyHttp, the redirect comes after the method check.
+    let redirect = ServicePolicy { deny_http: false, users: Vec::new(), ..policy.clone() };
+    assert!(matches!(
+        admit(&redirect, "s", &request(false, "PUT", ClientIp(&inside)), defaults),
+        Err(ProxyError::Forbidden(Forbidden::Method))
+    ));
+    assert!(matches!(
+        admit(&redirect, "s", &request(false, "GET", ClientIp(&inside)), defaults),
+        Err(ProxyError::Redirect { .. })
+    ));
+    assert!(admit(&redirect, "s", &request(true, "GET", ClientIp(&inside)), defaults).is_ok());
+    // Only a deny list: everyone else passes; no list: the client is never looked for.
+    let deny_only = ServicePolicy {
+        denied_sources: SourceList::parse("192.0.2.0/24").expect("list"),
+        ..ServicePolicy::default()
+    };
+    assert!(admit(&deny_only, "s", &request(false, "GET", ClientIp(&inside)), defaults).is_ok());
+    assert!(admit(&deny_only, "s", &request(false, "GET", ClientIp(&outside)), defaults).is_err());
+    let open = ServicePolicy::default();
+    assert!(admit(&open, "s", &request(false, "BREW", ClientIp(&never)), defaults).is_ok());
 }
 
 fn framing(
