@@ -9,6 +9,7 @@
 
 mod support;
 
+mod access;
 mod admin;
 mod admin_auth;
 mod cli;
