@@ -177,7 +177,8 @@ async fn rewrite_auth_headers_and_timeouts_apply_per_service(protocol: Protocol)
     assert_eq!(get(protocol, &proxy, "h", "/api/v1/books/7", &[bob]).await.0, 200);
     let alice = "Authorization: Basic YWxpY2U6d29uZGVybGFuZA=="; // alice:wonderland
     let (status, head, body) =
-        get(protocol, &proxy, "h", "/api/v1/books/7?x=1", &[alice, "X-Drop: 1", "X-Env: staging"]).await;
+        get(protocol, &proxy, "h", "/api/v1/books/7?x=1", &[alice, "X-Drop: 1", "X-Env: staging"])
+            .await;
     assert_eq!((status, body.as_str()), (200, "books"));
 
     // Rewrite, request and response header edits.
