@@ -1,11 +1,20 @@
 //! The data plane's contract with real sockets: status mapping, forwarded and hop-by-hop
 //! headers, malformed requests, graceful shutdown.
+//!
+//! Status mapping runs once per protocol (`NAME::plain`, `NAME::tls`, `NAME::h2`): every
+//! engine classifies an instance's failure the same way. The header and malformed-request
+//! tests send HTTP/1 bytes, so they run over plain TCP and TLS (`NAME::plain`, `NAME::tls`);
+//! HTTP/2's own framing is engines.rs's and h2_attacks.rs's. Shutdown is plain only (the TLS
+//! listener's drain is tls.rs's).
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{free_port, raw_http, Consul, Proxy, Upstream};
+use crate::support::{
+    free_port, over_plain_and_tls, over_plain_tls_and_h2, Consul, Protocol, Proxy, Transport,
+    Upstream,
+};
 
 async fn routed(consul: &Consul, proxy: &Proxy, service: &str, path: &str) {
     let (status, answer) = proxy
@@ -17,30 +26,31 @@ async fn routed(consul: &Consul, proxy: &Proxy, service: &str, path: &str) {
     let _ = consul;
 }
 
-#[tokio::test]
-async fn failures_map_to_502_and_504() {
+async fn failures_map_to_502_and_504(protocol: Protocol) {
     let consul = Consul::start().await;
     let slow = Upstream::start_with_delay("slow-1", Duration::from_secs(3)).await;
     consul.register("slow-ms", "slow-1", slow.port(), None).await;
     // An instance whose port nothing listens on: connection refused.
     consul.register("dead-ms", "dead-1", free_port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &["--server-timeout=1s"]).await;
+    protocol.prepare(&proxy).await;
     routed(&consul, &proxy, "slow-ms", "/slow").await;
     routed(&consul, &proxy, "dead-ms", "/dead").await;
 
-    let (status, body) = proxy.get("/dead/x").await;
-    assert_eq!(status, 502, "{body}");
-    let (status, body) = proxy.get("/slow").await;
-    assert_eq!(status, 504, "{body}");
-    assert_eq!(proxy.get("/nothing-here").await.0, 404);
+    let get = |path| protocol.get(&proxy, "app.example", path, &[]);
+    let answer = get("/dead/x").await;
+    assert_eq!(answer.status, 502, "{answer:?}");
+    let answer = get("/slow").await;
+    assert_eq!(answer.status, 504, "{answer:?}");
+    assert_eq!(get("/nothing-here").await.status, 404);
 }
 
-#[tokio::test]
-async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
+async fn headers_are_forwarded_and_hop_by_hop_ones_stripped(transport: Transport) {
     let consul = Consul::start().await;
     let books = Upstream::start("books-1").await;
     consul.register("books-ms", "books-1", books.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    transport.prepare(&proxy).await;
     routed(&consul, &proxy, "books-ms", "/api/v1/books").await;
 
     let request = "GET /api/v1/books/1?x=y HTTP/1.1\r\n\
@@ -51,7 +61,7 @@ async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
                    Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
                    X-Forwarded-For: 203.0.113.9\r\n\
                    X-Kept: yes\r\n\r\n";
-    let answer = raw_http(proxy.addr, request.as_bytes()).await;
+    let answer = transport.raw_http(&proxy, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         !answer.to_ascii_lowercase().contains("keep-alive: timeout=30"),
@@ -62,7 +72,8 @@ async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
     assert_eq!(books.last_uri().as_deref(), Some("/api/v1/books/1?x=y"));
     assert_eq!(headers["host"], "shop.example");
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
-    assert_eq!(headers["x-forwarded-proto"], "http");
+    // The one field the client's connection decides: the scheme it spoke.
+    assert_eq!(headers["x-forwarded-proto"], transport.scheme());
     assert_eq!(headers["x-forwarded-host"], "shop.example");
     assert_eq!(headers["x-kept"], "yes");
     for stripped in ["x-secret", "keep-alive", "proxy-authorization"] {
@@ -70,12 +81,12 @@ async fn headers_are_forwarded_and_hop_by_hop_ones_stripped() {
     }
 }
 
-#[tokio::test]
-async fn malformed_requests_never_reach_an_upstream() {
+async fn malformed_requests_never_reach_an_upstream(transport: Transport) {
     let consul = Consul::start().await;
     let books = Upstream::start("books-1").await;
     consul.register("books-ms", "books-1", books.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    transport.prepare(&proxy).await;
     routed(&consul, &proxy, "books-ms", "/").await;
 
     let cases: &[&[u8]] = &[
@@ -85,7 +96,7 @@ async fn malformed_requests_never_reach_an_upstream() {
         b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
     ];
     for request in cases {
-        let answer = raw_http(proxy.addr, request).await;
+        let answer = transport.raw_http(&proxy, request).await;
         assert!(
             answer.starts_with("HTTP/1.1 4"),
             "{:?} got {answer:?}",
@@ -94,9 +105,11 @@ async fn malformed_requests_never_reach_an_upstream() {
     }
     assert_eq!(books.hits(), 0, "a malformed request reached the upstream");
     // The proxy is still fine.
-    assert_eq!(proxy.get("/ok").await.0, 200);
+    assert_eq!(transport.client(&proxy).await.get("/ok", "").await.status, 200);
 }
 
+// Plain only: this is about the process and its listeners at shutdown; tls.rs has the same
+// drain for HTTPS (`sigterm_lets_https_requests_in_flight_finish`).
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
     let consul = Consul::start().await;
@@ -133,3 +146,10 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "idle connection left open: {closed:?}");
     assert!(started.elapsed() < Duration::from_secs(8), "shutdown waited {:?}", started.elapsed());
 }
+
+over_plain_tls_and_h2!(failures_map_to_502_and_504);
+
+over_plain_and_tls!(
+    headers_are_forwarded_and_hop_by_hop_ones_stripped,
+    malformed_requests_never_reach_an_upstream,
+);

@@ -6,14 +6,21 @@
 //! that stops reading is let go, the head limit holds on every request, bodies are forwarded
 //! or refused but never dropped, `Host` is checked and never lost, interim responses reach
 //! the client, and a head sent one byte at a time is served.
+//!
+//! Every test runs twice (`over_plain_and_tls!` at the end): `NAME::plain` over TCP and
+//! `NAME::tls` over TLS, where the same HTTP/1 engine reads the same bytes after the
+//! handshake; a client that lies, stalls or trickles must cost the same over either. The
+//! answers are the same on both.
 
 use std::time::Duration;
 
-use crate::support::{eventually, http_client, Proxy, RawClient, RawUpstream, Reply};
+use crate::support::{
+    eventually, http_client, over_plain_and_tls, Proxy, RawUpstream, Reply, Transport,
+};
 
-/// A standalone proxy whose only route sends `/` to `upstream`.
-async fn proxy_to(upstream: &RawUpstream, extra: &[&str]) -> Proxy {
-    let proxy = Proxy::start(None, extra).await;
+/// A standalone proxy for `transport` whose only route sends `/` to `upstream`.
+async fn proxy_to(transport: Transport, upstream: &RawUpstream, extra: &[&str]) -> Proxy {
+    let proxy = transport.proxy(extra).await;
     proxy.route_all_to_port(upstream.port()).await;
     proxy
 }
@@ -38,33 +45,31 @@ async fn instance_blame(proxy: &Proxy) -> (u64, u64) {
     (counter(proxy, "dfp_upstream_errors_total").await, counter(proxy, "dfp_ejections_total").await)
 }
 
-#[tokio::test]
-async fn a_broken_request_body_is_the_clients_fault_not_the_instances() {
+async fn a_broken_request_body_is_the_clients_fault_not_the_instances(transport: Transport) {
     let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
-    let proxy = proxy_to(&upstream, &[]).await;
+    let proxy = proxy_to(transport, &upstream, &[]).await;
 
     // Broken chunked framing: 400, the connection ends.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client.send(b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
     let got = String::from_utf8_lossy(&client.read_to_close().await).into_owned();
     assert!(got.starts_with("HTTP/1.1 400 "), "{got:?}");
 
     // A Content-Length body cut short, then the client goes: a quiet end.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly a little").await;
     drop(client);
 
     // A Content-Length body that stalls for the client timeout: 400.
-    let stalled = Proxy::start(None, &["--client-timeout=1s"]).await;
-    stalled.route_all_to_port(upstream.port()).await;
-    let mut client = RawClient::connect(stalled.addr).await;
+    let stalled = proxy_to(transport, &upstream, &["--client-timeout=1s"]).await;
+    let mut client = transport.client(&stalled).await;
     client.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nsome").await;
     let got = String::from_utf8_lossy(&client.read_to_close().await).into_owned();
     assert!(got.starts_with("HTTP/1.1 400 "), "{got:?}");
 
     for proxy in [&proxy, &stalled] {
         // The instance is as healthy as before: no error, no ejection, and it serves.
-        let mut client = RawClient::connect(proxy.addr).await;
+        let mut client = transport.client(proxy).await;
         let answer = client.get("/after", "").await;
         assert_eq!((answer.status, answer.text().as_str()), (200, "fine"));
         assert_eq!(
@@ -75,8 +80,7 @@ async fn a_broken_request_body_is_the_clients_fault_not_the_instances() {
     }
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_let_go_and_frees_the_instance() {
+async fn a_client_that_stops_reading_is_let_go_and_frees_the_instance(transport: Transport) {
     // 64 MiB: far more than the socket buffers between the instance and a client that reads
     // nothing hold.
     const LEN: usize = 64 << 20;
@@ -84,9 +88,9 @@ async fn a_client_that_stops_reading_is_let_go_and_frees_the_instance() {
     big.resize(big.len() + LEN, b'x');
     let big = std::sync::Arc::new(big);
     let upstream = RawUpstream::start(move |_, _| Reply::Bytes(big.to_vec())).await;
-    let proxy = proxy_to(&upstream, &["--client-timeout=1s"]).await;
+    let proxy = proxy_to(transport, &upstream, &["--client-timeout=1s"]).await;
 
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").await;
     // The client reads nothing. Within the client timeout (plus slack for a loaded machine)
     // the proxy gives up the exchange and closes the instance's connection.
@@ -98,11 +102,10 @@ async fn a_client_that_stops_reading_is_let_go_and_frees_the_instance() {
     drop(client);
 }
 
-#[tokio::test]
-async fn the_head_limit_holds_for_every_request_on_a_connection() {
+async fn the_head_limit_holds_for_every_request_on_a_connection(transport: Transport) {
     let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
-    let proxy = proxy_to(&upstream, &[]).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let proxy = proxy_to(transport, &upstream, &[]).await;
+    let mut client = transport.client(&proxy).await;
     // First a request with a body, then one whose head is over 64 KiB.
     client.send(b"POST /form HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello").await;
     assert_eq!(client.answer(false).await.status, 200);
@@ -118,13 +121,12 @@ async fn the_head_limit_holds_for_every_request_on_a_connection() {
     assert_eq!(upstream.received().len(), 1, "the large head reached the instance");
 }
 
-#[tokio::test]
-async fn bodies_are_forwarded_or_refused_never_dropped() {
+async fn bodies_are_forwarded_or_refused_never_dropped(transport: Transport) {
     let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
-    let proxy = proxy_to(&upstream, &[]).await;
+    let proxy = proxy_to(transport, &upstream, &[]).await;
 
     // A GET (or HEAD) with a chunked body: the instance gets it, framing and all.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client
         .send(b"GET /g HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         .await;
@@ -141,7 +143,7 @@ async fn bodies_are_forwarded_or_refused_never_dropped() {
 
     // A coding the proxy cannot pass on faithfully: refused, nothing forwarded.
     for coding in ["gzip, chunked", "chunked, gzip", "identity"] {
-        let mut client = RawClient::connect(proxy.addr).await;
+        let mut client = transport.client(&proxy).await;
         client
             .send(
                 format!(
@@ -159,13 +161,12 @@ async fn bodies_are_forwarded_or_refused_never_dropped() {
     assert_eq!(upstream.received().len(), 2, "a refused body reached the instance");
 }
 
-#[tokio::test]
-async fn host_is_checked_and_never_lost() {
+async fn host_is_checked_and_never_lost(transport: Transport) {
     let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
-    let proxy = proxy_to(&upstream, &[]).await;
+    let proxy = proxy_to(transport, &upstream, &[]).await;
 
     for host in ["a@b", "t:99999", "t:", "a,b", "a b", "[::1", "t:0"] {
-        let mut client = RawClient::connect(proxy.addr).await;
+        let mut client = transport.client(&proxy).await;
         client.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await;
         let got = String::from_utf8_lossy(&client.read_to_close().await).into_owned();
         assert!(got.starts_with("HTTP/1.1 400 "), "Host {host:?}: {got:?}");
@@ -173,7 +174,7 @@ async fn host_is_checked_and_never_lost() {
     assert!(upstream.received().is_empty(), "a bad Host reached the instance");
 
     // `Connection` may name hop-by-hop fields, never the ones framing and forwarding rely on.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client
         .send(
             b"POST /c HTTP/1.1\r\nHost: shop.example\r\nConnection: Host, Content-Length, \
@@ -191,7 +192,7 @@ async fn host_is_checked_and_never_lost() {
 
     // An absolute-form target's authority wins over Host (RFC 9112 §3.2.2): it is routed by
     // and sent as Host, with the target in origin form.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client.send(b"GET http://a.example/p?q=1 HTTP/1.1\r\nHost: b.example\r\n\r\n").await;
     assert_eq!(client.answer(false).await.status, 200);
     let got = upstream.received().pop().expect("forwarded");
@@ -200,11 +201,10 @@ async fn host_is_checked_and_never_lost() {
     assert_eq!(got.header_values("x-forwarded-host"), ["a.example"], "{got:?}");
 }
 
-#[tokio::test]
-async fn absolute_form_targets_are_routed_by_their_authority() {
+async fn absolute_form_targets_are_routed_by_their_authority(transport: Transport) {
     let a = RawUpstream::start(|_, _| Reply::ok("a")).await;
     let b = RawUpstream::start(|_, _| Reply::ok("b")).await;
-    let proxy = Proxy::start(None, &[]).await;
+    let proxy = transport.proxy(&[]).await;
     // Two services (standalone: named by what their name resolves to; `localhost` may also
     // resolve to ::1, where nothing listens: the retry covers that).
     for (service, domain, upstream) in
@@ -219,7 +219,7 @@ async fn absolute_form_targets_are_routed_by_their_authority() {
             .await;
         assert_eq!(status, 200, "{answer}");
     }
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client.send(b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n").await;
     let answer = client.answer(false).await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "a"), "{answer:?}");
@@ -228,8 +228,7 @@ async fn absolute_form_targets_are_routed_by_their_authority() {
     assert_eq!((answer.status, answer.text().as_str()), (200, "b"), "{answer:?}");
 }
 
-#[tokio::test]
-async fn interim_responses_reach_the_client_and_expect_is_answered_once() {
+async fn interim_responses_reach_the_client_and_expect_is_answered_once(transport: Transport) {
     let upstream = RawUpstream::start(|_, head| {
         if head.starts_with("GET /hints") {
             Reply::Bytes(
@@ -242,9 +241,9 @@ async fn interim_responses_reach_the_client_and_expect_is_answered_once() {
         }
     })
     .await;
-    let proxy = proxy_to(&upstream, &[]).await;
+    let proxy = proxy_to(transport, &upstream, &[]).await;
 
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     let answer = client.get("/hints", "").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.interim.len(), 1, "{answer:?}");
@@ -253,7 +252,7 @@ async fn interim_responses_reach_the_client_and_expect_is_answered_once() {
 
     // `Expect: 100-continue`: this instance reads the body before it answers anything, so the
     // proxy tells the client to go on itself, once; the body then reaches the instance.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     client
         .send(b"PUT /file HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         .await;
@@ -282,20 +281,20 @@ async fn interim_responses_reach_the_client_and_expect_is_answered_once() {
     assert_eq!(got.body, b"hello");
 }
 
-#[tokio::test]
-async fn a_head_sent_one_byte_at_a_time_is_served() {
+async fn a_head_sent_one_byte_at_a_time_is_served(transport: Transport) {
     // Each byte of a head is looked at a bounded number of times however it trickles in (the
     // engine scans only what it has not scanned: `h1::tests::heads_are_found_scanning_each_byte_once`).
-    // Over loopback the kernel joins most of these one-byte writes into larger reads, so CPU
+    // Over plain TCP the kernel joins most of these one-byte writes into larger reads; over
+    // TLS each byte is a record of its own, and the engine gets one record's byte per read. CPU
     // time here cannot tell linear from quadratic; this checks the answer.
     let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
-    let proxy = proxy_to(&upstream, &["--header-timeout=60s"]).await;
+    let proxy = proxy_to(transport, &upstream, &["--header-timeout=60s"]).await;
     let mut head = b"GET /slow HTTP/1.1\r\nHost: t\r\n".to_vec();
     for i in 0..60 {
         head.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(980)).as_bytes());
     }
     head.extend_from_slice(b"\r\n");
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = transport.client(&proxy).await;
     for byte in &head {
         client.send(std::slice::from_ref(byte)).await;
     }
@@ -303,3 +302,14 @@ async fn a_head_sent_one_byte_at_a_time_is_served() {
     assert_eq!((answer.status, answer.text().as_str()), (200, "fine"));
     assert_eq!(upstream.received()[0].header_values("x-filler-59").len(), 1);
 }
+
+over_plain_and_tls!(
+    a_broken_request_body_is_the_clients_fault_not_the_instances,
+    a_client_that_stops_reading_is_let_go_and_frees_the_instance,
+    the_head_limit_holds_for_every_request_on_a_connection,
+    bodies_are_forwarded_or_refused_never_dropped,
+    host_is_checked_and_never_lost,
+    absolute_form_targets_are_routed_by_their_authority,
+    interim_responses_reach_the_client_and_expect_is_answered_once,
+    a_head_sent_one_byte_at_a_time_is_served,
+);

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::support::{eventually, Proxy, RawUpstream, Received, Reply, Transport};
+use crate::support::{
+    eventually, over_plain_and_tls, Proxy, RawUpstream, Received, Reply, Transport,
+};
 
 /// A standalone proxy for `transport` whose only route sends `path` to `upstream`.
 async fn proxy_to(
@@ -652,25 +654,6 @@ async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout(
     let answer = client.get("/again", "").await;
     assert_eq!((answer.status, answer.text().as_str()), (200, "/again"), "{answer:?}");
     assert_eq!(upstream.accepted(), 2);
-}
-
-/// Every test above, once per transport: `NAME::plain` over TCP, `NAME::tls` over TLS.
-macro_rules! over_plain_and_tls {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use crate::support::Transport;
-
-            #[tokio::test]
-            async fn plain() {
-                super::$name(Transport::Plain).await;
-            }
-
-            #[tokio::test]
-            async fn tls() {
-                super::$name(Transport::Tls).await;
-            }
-        }
-    )*};
 }
 
 over_plain_and_tls!(

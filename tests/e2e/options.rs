@@ -1,23 +1,36 @@
-//! Docker Flow Proxy's per-service options over plain HTTP: host routing with wildcards,
-//! HTTPS redirects, path rewrites, basic auth, header edits, per-service timeouts, excluded
-//! paths and the default backend; each shown in `config` and restored after a restart.
+//! Docker Flow Proxy's per-service options: host routing with wildcards, HTTPS redirects,
+//! path rewrites, basic auth, header edits, per-service timeouts, excluded paths and the
+//! default backend; each shown in `config` and restored after a restart.
+//!
+//! The tests that send requests run once per protocol (`over_plain_tls_and_h2!` at the end):
+//! `NAME::plain` (HTTP/1.1 over TCP), `NAME::tls` (HTTP/1.1 over TLS) and `NAME::h2` (HTTP/2
+//! over TLS, the host in `:authority`), since every engine must apply a service's options the
+//! same way. What the client's connection legitimately changes is said where it is checked:
+//! an HTTPS-only service redirects plain HTTP and serves HTTPS, and `X-Forwarded-Proto` is the
+//! scheme the client spoke.
 
 use serde_json::Value;
 
-use crate::support::{raw_http, Consul, Proxy, Upstream};
+use crate::support::{over_plain_tls_and_h2, Consul, Protocol, Proxy, Upstream};
 
-/// A GET with an explicit Host and headers over a fresh connection: (status, headers, body).
-async fn get(proxy: &Proxy, host: &str, path: &str, extra: &[&str]) -> (u16, String, String) {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for line in extra {
-        request.push_str(line);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    let answer = raw_http(proxy.addr, request.as_bytes()).await;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_owned())
+/// A GET of `path` for `host` with the extra fields given, over `protocol` on a fresh
+/// connection: (status, head with lower-case names and values, body).
+async fn get(
+    protocol: Protocol,
+    proxy: &Proxy,
+    host: &str,
+    path: &str,
+    extra: &[&str],
+) -> (u16, String, String) {
+    let answer = protocol.get(proxy, host, path, extra).await;
+    (answer.status, answer.head.to_ascii_lowercase(), answer.text())
+}
+
+/// A proxy following `consul` with `extra` flags, ready for `protocol`.
+async fn start(protocol: Protocol, consul: &Consul, extra: &[&str]) -> Proxy {
+    let proxy = Proxy::start(Some(&consul.url()), extra).await;
+    protocol.prepare(&proxy).await;
+    proxy
 }
 
 async fn reconfigure(proxy: &Proxy, query: &str) -> (u16, Value) {
@@ -36,10 +49,9 @@ async fn services(names: &[&str]) -> (Consul, Vec<Upstream>) {
     (consul, upstreams)
 }
 
-#[tokio::test]
-async fn hosts_route_first_with_wildcards_then_paths_then_the_default_backend() {
+async fn hosts_route_first_with_wildcards_then_paths_then_the_default_backend(protocol: Protocol) {
     let (consul, _up) = services(&["shop", "tenants", "api", "fallback", "books"]).await;
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let proxy = start(protocol, &consul, &[]).await;
     for query in [
         "serviceName=shop&servicePath=/&serviceDomain=shop.example.com,www.shop.example.com",
         "serviceName=tenants&servicePath=/&serviceDomain=*.tenants.example.com",
@@ -64,7 +76,7 @@ async fn hosts_route_first_with_wildcards_then_paths_then_the_default_backend() 
         ("other.example.com", "/books/admin/users", "fallback"),
     ];
     for (host, path, want) in cases {
-        let (status, _, body) = get(&proxy, host, path, &[]).await;
+        let (status, _, body) = get(protocol, &proxy, host, path, &[]).await;
         assert_eq!((status, body.as_str()), (200, want), "{host}{path}");
     }
     // The same path on two hosts is fine; on the same host it is a conflict.
@@ -79,13 +91,11 @@ async fn hosts_route_first_with_wildcards_then_paths_then_the_default_backend() 
     assert_eq!(status, 400, "{answer}");
 }
 
-#[tokio::test]
-async fn https_only_redirects_plain_http_with_the_chosen_code() {
-    let (consul, _up) = services(&["secure", "secure301"]).await;
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+async fn https_only_redirects_plain_http_and_serves_https(protocol: Protocol) {
+    let (consul, upstreams) = services(&["secure", "secure301"]).await;
+    let proxy = start(protocol, &consul, &[]).await;
     let trusting =
-        Proxy::start(Some(&consul.url()), &["--trust-forwarded-proto", "--instance-name=trusting"])
-            .await;
+        start(protocol, &consul, &["--trust-forwarded-proto", "--instance-name=trusting"]).await;
     for p in [&proxy, &trusting] {
         assert_eq!(reconfigure(p, "serviceName=secure&servicePath=/s&httpsOnly=true").await.0, 200);
         assert_eq!(
@@ -98,17 +108,39 @@ async fn https_only_redirects_plain_http_with_the_chosen_code() {
             200
         );
     }
-    let (status, head, _) = get(&proxy, "shop.example.com:8080", "/s/cart?id=7", &[]).await;
-    assert_eq!(status, 302);
-    assert!(head.contains("location: https://shop.example.com/s/cart?id=7"), "{head}");
-    let (status, head, _) = get(&proxy, "shop.example.com", "/t", &[]).await;
-    assert_eq!(status, 301, "{head}");
-
-    // X-Forwarded-Proto from the client counts only when the proxy is told to trust it.
+    let cart = get(protocol, &proxy, "shop.example.com:8080", "/s/cart?id=7", &[]).await;
+    let moved = get(protocol, &proxy, "shop.example.com", "/t", &[]).await;
     let offloaded = ["X-Forwarded-Proto: https"];
-    assert_eq!(get(&proxy, "shop.example.com", "/s", &offloaded).await.0, 302);
-    assert_eq!(get(&trusting, "shop.example.com", "/s", &offloaded).await.0, 200);
-    assert_eq!(get(&trusting, "shop.example.com", "/s", &[]).await.0, 302);
+    let downgraded = ["X-Forwarded-Proto: http"];
+    if protocol == Protocol::Plain {
+        // Plain HTTP is redirected to HTTPS, with the code chosen.
+        let (status, head, _) = cart;
+        assert_eq!(status, 302, "{head}");
+        assert!(head.contains("location: https://shop.example.com/s/cart?id=7"), "{head}");
+        assert_eq!(moved.0, 301, "{}", moved.1);
+
+        // X-Forwarded-Proto from the client counts only when the proxy is told to trust it.
+        assert_eq!(get(protocol, &proxy, "shop.example.com", "/s", &offloaded).await.0, 302);
+        assert_eq!(get(protocol, &trusting, "shop.example.com", "/s", &offloaded).await.0, 200);
+        assert_eq!(get(protocol, &trusting, "shop.example.com", "/s", &[]).await.0, 302);
+        assert_eq!(get(protocol, &trusting, "shop.example.com", "/s", &downgraded).await.0, 302);
+    } else {
+        // Over HTTPS (HTTP/1.1 or HTTP/2) the same services serve: the request already came
+        // the way they ask for.
+        assert_eq!((cart.0, cart.2.as_str()), (200, "secure"), "{}", cart.1);
+        assert_eq!((moved.0, moved.2.as_str()), (200, "secure301"), "{}", moved.1);
+        let headers = upstreams[0].last_headers().expect("served");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+
+        // Whatever X-Forwarded-Proto a client sends, trusted or not, the TLS the proxy
+        // terminated itself counts: no redirect.
+        for p in [&proxy, &trusting] {
+            for extra in [&[][..], &offloaded, &downgraded] {
+                let (status, head, _) = get(protocol, p, "shop.example.com", "/s", extra).await;
+                assert_eq!(status, 200, "{extra:?}: {head}");
+            }
+        }
+    }
     let (status, answer) = reconfigure(
         &proxy,
         "serviceName=secure&servicePath=/s&httpsOnly=true&httpsRedirectCode=200",
@@ -117,11 +149,10 @@ async fn https_only_redirects_plain_http_with_the_chosen_code() {
     assert_eq!(status, 400, "{answer}");
 }
 
-#[tokio::test]
-async fn rewrite_auth_headers_and_timeouts_apply_per_service() {
+async fn rewrite_auth_headers_and_timeouts_apply_per_service(protocol: Protocol) {
     let (consul, upstreams) = services(&["books", "slow", "quick"]).await;
     let books = &upstreams[0];
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let proxy = start(protocol, &consul, &[]).await;
     // bob's password is "secret", as a SHA-512 crypt hash.
     let hash = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
     let query = format!(
@@ -136,17 +167,18 @@ async fn rewrite_auth_headers_and_timeouts_apply_per_service() {
     assert_eq!(status, 200, "{answer}");
 
     // Basic auth: missing, wrong, right (plain and hashed).
-    let (status, head, _) = get(&proxy, "h", "/api/v1/books/7?x=1", &[]).await;
+    let (status, head, _) = get(protocol, &proxy, "h", "/api/v1/books/7?x=1", &[]).await;
     assert_eq!(status, 401);
     assert!(head.contains("www-authenticate: basic realm=\"books\""), "{head}");
     let wrong = "Authorization: Basic YWxpY2U6d3Jvbmc="; // alice:wrong
-    assert_eq!(get(&proxy, "h", "/api/v1/books/7", &[wrong]).await.0, 401);
+    assert_eq!(get(protocol, &proxy, "h", "/api/v1/books/7", &[wrong]).await.0, 401);
     assert_eq!(books.hits(), 0, "unauthorised requests never reach the service");
     let bob = "Authorization: Basic Ym9iOnNlY3JldA=="; // bob:secret
-    assert_eq!(get(&proxy, "h", "/api/v1/books/7", &[bob]).await.0, 200);
+    assert_eq!(get(protocol, &proxy, "h", "/api/v1/books/7", &[bob]).await.0, 200);
     let alice = "Authorization: Basic YWxpY2U6d29uZGVybGFuZA=="; // alice:wonderland
     let (status, head, body) =
-        get(&proxy, "h", "/api/v1/books/7?x=1", &[alice, "X-Drop: 1", "X-Env: staging"]).await;
+        get(protocol, &proxy, "h", "/api/v1/books/7?x=1", &[alice, "X-Drop: 1", "X-Env: staging"])
+            .await;
     assert_eq!((status, body.as_str()), (200, "books"));
 
     // Rewrite, request and response header edits.
@@ -155,6 +187,8 @@ async fn rewrite_auth_headers_and_timeouts_apply_per_service() {
     assert!(seen.get("authorization").is_none(), "credentials were forwarded");
     assert!(seen.get("x-drop").is_none());
     assert_eq!(seen["x-env"], "production");
+    // The one field the client's connection decides: the scheme it spoke.
+    assert_eq!(seen["x-forwarded-proto"], protocol.scheme());
     let added: Vec<_> =
         seen.get_all("x-added").iter().map(|v| v.to_str().unwrap_or_default()).collect();
     assert_eq!(added, ["one", "two"]);
@@ -164,9 +198,9 @@ async fn rewrite_auth_headers_and_timeouts_apply_per_service() {
     // A per-service server timeout.
     assert_eq!(reconfigure(&proxy, "serviceName=slow&servicePath=/slow&timeoutServer=1&reqPathSearch=%5E/slow&reqPathReplace=").await.0, 200);
     assert_eq!(reconfigure(&proxy, "serviceName=quick&servicePath=/quick").await.0, 200);
-    assert_eq!(get(&proxy, "h", "/slow/sleep?ms=2500", &[]).await.0, 504);
+    assert_eq!(get(protocol, &proxy, "h", "/slow/sleep?ms=2500", &[]).await.0, 504);
     // (the rewrite-free service keeps the 20 s default)
-    assert_eq!(get(&proxy, "h", "/quick", &[]).await.0, 200);
+    assert_eq!(get(protocol, &proxy, "h", "/quick", &[]).await.0, 200);
 
     // Bad options are refused and change nothing.
     let before = proxy.config().await["Services"].clone();
@@ -184,6 +218,8 @@ async fn rewrite_auth_headers_and_timeouts_apply_per_service() {
     assert_eq!(proxy.config().await["Services"], before);
 }
 
+// Plain HTTP only: this is about the control plane (`config`, Consul KV, a restart); what the
+// options do over each protocol is checked above.
 #[tokio::test]
 async fn every_option_shows_in_config_and_survives_a_restart() {
     let (consul, _up) = services(&["books"]).await;
@@ -206,9 +242,15 @@ async fn every_option_shows_in_config_and_survives_a_restart() {
     assert_eq!(restored["TimeoutServer"], 7);
     assert_eq!(restored["TimeoutTunnel"], 60);
     assert!(!restored.to_string().contains("wonderland"), "passwords never leave the proxy");
-    let (status, head, _) = get(&proxy, "a.example.com", "/api/x", &[]).await;
+    let (status, head, _) = get(Protocol::Plain, &proxy, "a.example.com", "/api/x", &[]).await;
     assert_eq!(status, 308, "{head}");
 }
+
+over_plain_tls_and_h2!(
+    hosts_route_first_with_wildcards_then_paths_then_the_default_backend,
+    https_only_redirects_plain_http_and_serves_https,
+    rewrite_auth_headers_and_timeouts_apply_per_service,
+);
 
 /// Percent-encodes the characters of a crypt hash that a query string would mangle.
 fn url_escape(s: &str) -> String {

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 pub use consul::Consul;
 pub use proxy::{Proxy, Scratch};
-pub use raw::{ClientStream, RawClient, RawUpstream, Received, Reply};
-pub use transport::Transport;
+pub use raw::{Answer, ClientStream, RawClient, RawUpstream, Received, Reply};
+pub(crate) use transport::{over_plain_and_tls, over_plain_tls_and_h2};
+pub use transport::{Protocol, Transport};
 pub use upstream::{EchoUpgrade, Upstream};
 
 /// A port that was free a moment ago (the kernel picks it; the listener is dropped at once).
@@ -112,6 +113,8 @@ pub async fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> String {
 pub async fn raw_exchange(mut stream: impl ClientStream, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     stream.write_all(request).await.expect("request is sent");
+    // A TLS stream may keep records the socket would not take yet until it is flushed.
+    stream.flush().await.expect("request is flushed");
     let mut answer = Vec::new();
     // Over TLS, a close without `close_notify` is an error here; what came before it is kept.
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;

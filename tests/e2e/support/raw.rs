@@ -362,8 +362,11 @@ impl RawClient {
         &mut *self.stream
     }
 
+    /// Writes `bytes` and flushes them: a TLS stream may keep records the socket would not
+    /// take yet until it is flushed.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("the request is sent");
+        self.stream.flush().await.expect("the request is flushed");
     }
 
     /// Sends `GET path` with `Host: app.example` and the extra header lines given (each ending

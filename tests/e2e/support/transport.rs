@@ -1,11 +1,22 @@
-//! How a test's HTTP/1.x client reaches the proxy: plain TCP on `--listen`, or TLS on
-//! `--tls-listen`. Both are served by the same HTTP/1 engine (TLS without ALPN `h2` is handed
-//! to it after the handshake), so a suite written against [`Transport`] runs for both and a
-//! failure names the one that broke.
+//! How a test's client reaches the proxy.
+//!
+//! [`Transport`] is the byte stream an HTTP/1.x client writes on: plain TCP on `--listen`, or
+//! TLS on `--tls-listen`. Both are served by the same HTTP/1 engine (TLS without ALPN `h2` is
+//! handed to it after the handshake), so a suite written against it runs for both
+//! ([`over_plain_and_tls!`]) and a failure names the one that broke.
+//!
+//! [`Protocol`] adds HTTP/2 over TLS (hyper's HTTP/2 server, handing each stream to the same
+//! rules) for tests that send ordinary requests and look at the answers, not at HTTP/1 bytes:
+//! [`Protocol::get`] sends a GET with any `Host` (`:authority` over HTTP/2) over each, and
+//! [`over_plain_tls_and_h2!`] runs a test once per protocol.
 
 use std::net::SocketAddr;
 
-use super::{raw_exchange, raw_http, Proxy, RawClient};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::{raw_exchange, raw_http, Answer, Proxy, RawClient};
 use crate::tls::{connect_offering, tls_addr, upload, Ca};
 
 /// The server name a TLS client asks for, and the host the proxy's certificate is for.
@@ -23,17 +34,23 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Starts a standalone proxy with `extra` flags, ready for this transport: over TLS, with a
-    /// certificate for `app.example` uploaded through the admin API (being the only one, it is
-    /// also served to any other name).
+    /// Starts a standalone proxy with `extra` flags, ready for this transport (see
+    /// [`Transport::prepare`]).
     pub async fn proxy(self, extra: &[&str]) -> Proxy {
         let proxy = Proxy::start(None, extra).await;
+        self.prepare(&proxy).await;
+        proxy
+    }
+
+    /// Makes a running proxy ready for this transport: over TLS, uploads a certificate for
+    /// `app.example` through the admin API (being the only one, it is also served to any
+    /// other name; with Consul it is kept in KV, as any upload is).
+    pub async fn prepare(self, proxy: &Proxy) {
         if self == Transport::Tls {
             let ca = Ca::new();
-            let (status, answer) = upload(&proxy, "app", &ca.issue(&[SNI]).pem).await;
+            let (status, answer) = upload(proxy, "app", &ca.issue(&[SNI]).pem).await;
             assert_eq!(status, 200, "{answer}");
         }
-        proxy
     }
 
     /// The proxy's listener for this transport.
@@ -83,3 +100,129 @@ impl Transport {
         }
     }
 }
+
+/// The protocol a client speaks to the proxy, and so the engine that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 over TCP: the HTTP/1 engine.
+    Plain,
+    /// HTTP/1.1 over TLS (ALPN `http/1.1`): the HTTP/1 engine after the handshake.
+    Tls,
+    /// HTTP/2 over TLS (ALPN `h2`): hyper's HTTP/2 server, then the same rules.
+    H2,
+}
+
+impl Protocol {
+    /// The listener this protocol is spoken on.
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Plain => Transport::Plain,
+            Protocol::Tls | Protocol::H2 => Transport::Tls,
+        }
+    }
+
+    /// Makes a running proxy ready for this protocol. See [`Transport::prepare`].
+    pub async fn prepare(self, proxy: &Proxy) {
+        self.transport().prepare(proxy).await;
+    }
+
+    /// The scheme the client spoke, as the proxy tells instances in `X-Forwarded-Proto`.
+    pub fn scheme(self) -> &'static str {
+        self.transport().scheme()
+    }
+
+    /// A GET of `path` for `host` (`Host` over HTTP/1.1, `:authority` over HTTP/2) with the
+    /// extra fields given (`"Name: value"`), on a new connection. Over HTTP/2 the answer's head
+    /// is written out as `HTTP/2 STATUS` and `name: value` lines, so that [`Answer::header`]
+    /// reads it as it reads an HTTP/1.1 head.
+    pub async fn get(self, proxy: &Proxy, host: &str, path: &str, extra: &[&str]) -> Answer {
+        if self == Protocol::H2 {
+            return h2_get(proxy, host, path, extra).await;
+        }
+        let mut client = self.transport().client(proxy).await;
+        let extra: String = extra.iter().map(|line| format!("{line}\r\n")).collect();
+        client.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").as_bytes()).await;
+        client.answer(false).await
+    }
+}
+
+async fn h2_get(proxy: &Proxy, host: &str, path: &str, extra: &[&str]) -> Answer {
+    let tls = connect_offering(tls_addr(proxy), Some(SNI), &[b"h2"])
+        .await
+        .expect("the TLS handshake completes");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose HTTP/2");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("the HTTP/2 connection starts");
+    let connection = tokio::spawn(connection);
+    let mut request = hyper::Request::get(format!("https://{host}{path}"));
+    for line in extra {
+        let (name, value) = line.split_once(':').expect("a field is `Name: value`");
+        request = request.header(name.trim(), value.trim());
+    }
+    let request = request.body(Empty::<Bytes>::new()).expect("a valid request");
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let response = sender.send_request(request).await.expect("an HTTP/2 answer");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("the body arrives whole").to_bytes();
+        (parts, body)
+    })
+    .await
+    .expect("answered within 10 s");
+    drop(sender);
+    connection.abort();
+    let (parts, body) = response;
+    let mut head = format!("HTTP/2 {}", parts.status.as_u16());
+    for (name, value) in &parts.headers {
+        head.push_str(&format!("\r\n{name}: {}", value.to_str().unwrap_or("<binary>")));
+    }
+    Answer { interim: Vec::new(), status: parts.status.as_u16(), head, body: body.to_vec() }
+}
+
+/// Runs each test function named (an `async fn(Transport)` in the invoking module) once per
+/// transport: `NAME::plain` over TCP, `NAME::tls` over TLS.
+macro_rules! over_plain_and_tls {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Transport;
+
+            #[tokio::test]
+            async fn plain() {
+                super::$name(Transport::Plain).await;
+            }
+
+            #[tokio::test]
+            async fn tls() {
+                super::$name(Transport::Tls).await;
+            }
+        }
+    )*};
+}
+
+/// Runs each test function named (an `async fn(Protocol)` in the invoking module) once per
+/// protocol: `NAME::plain`, `NAME::tls` (HTTP/1.1 over TLS) and `NAME::h2` (HTTP/2 over TLS).
+macro_rules! over_plain_tls_and_h2 {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use crate::support::Protocol;
+
+            #[tokio::test]
+            async fn plain() {
+                super::$name(Protocol::Plain).await;
+            }
+
+            #[tokio::test]
+            async fn tls() {
+                super::$name(Protocol::Tls).await;
+            }
+
+            #[tokio::test]
+            async fn h2() {
+                super::$name(Protocol::H2).await;
+            }
+        }
+    )*};
+}
+
+pub(crate) use {over_plain_and_tls, over_plain_tls_and_h2};
