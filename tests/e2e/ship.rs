@@ -100,6 +100,20 @@ fn dockerfile_runtime_is_minimal_non_root_and_can_write_its_state() {
     let owner = state.chown.as_deref().unwrap_or_default();
     assert_eq!(owner.split(':').next(), Some(uid), "WORKDIR {workdir} belongs to USER {user}");
 
+    // The standalone state file is named by DFP_STATE_FILE (a variable `server` reads), in a
+    // directory the COPY above makes and gives to the user: the binary's own default, the XDG
+    // state directory under $HOME, means nothing in a scratch image.
+    let state_file = runtime.env("DFP_STATE_FILE").expect("the runtime stage sets DFP_STATE_FILE");
+    let state_dir = Path::new(state_file).parent().expect("DFP_STATE_FILE names a file in a dir");
+    assert!(state_dir.is_absolute(), "DFP_STATE_FILE is absolute: {state_file}");
+    assert_eq!(
+        state_dir,
+        Path::new(state.dest.trim_end_matches('/')),
+        "DFP_STATE_FILE={state_file} is in the directory owned by USER {user}"
+    );
+    let help = run_ok(&["server", "--help"]);
+    assert!(env_names(&help).contains("DFP_STATE_FILE"), "`server` reads DFP_STATE_FILE");
+
     // Consul over https needs the CA certificates, copied in directly or with a root tree
     // that its stage filled.
     let has_certs = runtime.copies().any(|copy| {

@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod server;
+mod state_file;
 
 use std::process::ExitCode;
 
