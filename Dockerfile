@@ -48,7 +48,8 @@ RUN setcap cap_net_bind_service=+ep /usr/local/bin/docker-flow-proxy \
  && getcap /usr/local/bin/docker-flow-proxy | grep -q cap_net_bind_service
 
 # The rest of the runtime file system: CA certificates, names for the two users (for tools
-# that print them), and the working directory, owned by the runtime user.
+# that print them), and the state directory (also the working directory), owned by the
+# runtime user: scratch has no mkdir, so it is made here and copied with --chown.
 RUN mkdir -p /rootfs/etc/ssl/certs /state \
  && cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt \
  && printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/var/lib/docker-flow-proxy:/sbin/nologin\n' \
@@ -63,11 +64,13 @@ COPY --from=builder /rootfs/ /
 COPY --from=builder /usr/local/bin/docker-flow-proxy /usr/local/bin/docker-flow-proxy
 COPY --from=builder --chown=65532:65532 /state/ /var/lib/docker-flow-proxy/
 
+# DFP_STATE_FILE: the standalone state file (--state-file), in the directory above that
+# belongs to the runtime user; uploaded certificates go to certs/ beside it. (Outside the
+# image the default is the XDG state directory, which here would be the user's $HOME.)
 ENV PATH=/usr/local/bin \
-    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    DFP_STATE_FILE=/var/lib/docker-flow-proxy/state.json
 
-# The standalone state file (--state-file, default docker-flow-proxy-state.json) lands here,
-# and uploaded certificates in certs/ beside it.
 WORKDIR /var/lib/docker-flow-proxy
 USER 65532:65532
 

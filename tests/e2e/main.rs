@@ -1,9 +1,9 @@
 //! End-to-end tests: the real `docker-flow-proxy` binary, a real `consul agent -dev`, real
-//! upstream servers, all on 127.0.0.1. One test binary (see STYLE.md); each test starts and
-//! stops its own processes.
+//! upstream servers, all on 127.0.0.1. One test binary, so the suite is compiled and linked
+//! once rather than once per file; each test starts and stops its own processes.
 //!
-//! These tests need `consul` on PATH (`../shared/bin/install-consul` puts it there); without
-//! it the Consul tests fail and say so, they never pass silently.
+//! These tests need `consul` on PATH (README.md, "Getting Consul", says where to get it);
+//! without it the Consul tests fail and say so, they never pass silently.
 
 #![allow(unreachable_pub, reason = "test support is `pub` for the test modules, not a public API")]
 

@@ -100,6 +100,20 @@ fn dockerfile_runtime_is_minimal_non_root_and_can_write_its_state() {
     let owner = state.chown.as_deref().unwrap_or_default();
     assert_eq!(owner.split(':').next(), Some(uid), "WORKDIR {workdir} belongs to USER {user}");
 
+    // The standalone state file is named by DFP_STATE_FILE (a variable `server` reads), in a
+    // directory the COPY above makes and gives to the user: the binary's own default, the XDG
+    // state directory under $HOME, means nothing in a scratch image.
+    let state_file = runtime.env("DFP_STATE_FILE").expect("the runtime stage sets DFP_STATE_FILE");
+    let state_dir = Path::new(state_file).parent().expect("DFP_STATE_FILE names a file in a dir");
+    assert!(state_dir.is_absolute(), "DFP_STATE_FILE is absolute: {state_file}");
+    assert_eq!(
+        state_dir,
+        Path::new(state.dest.trim_end_matches('/')),
+        "DFP_STATE_FILE={state_file} is in the directory owned by USER {user}"
+    );
+    let help = run_ok(&["server", "--help"]);
+    assert!(env_names(&help).contains("DFP_STATE_FILE"), "`server` reads DFP_STATE_FILE");
+
     // Consul over https needs the CA certificates, copied in directly or with a root tree
     // that its stage filled.
     let has_certs = runtime.copies().any(|copy| {
@@ -369,6 +383,55 @@ fn compose_demo_gives_the_proxy_only_settings_the_binary_knows() {
     }
 }
 
+/// The demo without Registrator (for engines that refuse its image): the same Consul, proxy
+/// and books-ms, and in Registrator's place a one-shot container of the Consul image that
+/// registers books-ms with the Consul CLI. Its script is checked by `sh -n`, as the image's
+/// shell would parse it once Compose has turned each `$$` into `$`.
+#[test]
+fn compose_demo_without_registrator_registers_books_ms_with_the_consul_cli() {
+    let with = Compose::read();
+    let without = Compose::read_file("docker-compose-demo-no-registrator.yml");
+    let services = without.doc["services"].as_hash().expect("the demo has services");
+    assert!(
+        !services.values().any(|service| str_of(&service["image"]).contains("registrator")),
+        "no Registrator image in the demo without Registrator"
+    );
+
+    // What the article's steps touch is the same as in the Registrator demo.
+    for name in ["consul", "proxy"] {
+        for key in ["image", "command", "ports", "environment", "container_name", "build"] {
+            assert_eq!(
+                with.service(name)[key],
+                without.service(name)[key],
+                "{name}'s {key} is the same in both demos"
+            );
+        }
+    }
+    let books = without.service("books-ms");
+    assert_eq!(books["image"], with.books_ms().1["image"], "books-ms runs the same image");
+    assert_eq!(list(&books["expose"]).len(), 1, "books-ms exposes exactly one port");
+    assert!(books["container_name"].is_badvalue(), "books-ms can be scaled");
+
+    // The one-shot registration: the Consul image, its CLI pointed at the consul service.
+    let register = without.service("register");
+    assert_eq!(register["image"], with.service("consul")["image"], "the Consul image's CLI");
+    let env = env_of(register);
+    assert!(
+        env.iter().any(|(k, v)| k == "CONSUL_HTTP_ADDR" && v == "http://consul:8500"),
+        "the CLI talks to the consul service: {env:?}"
+    );
+    let entrypoint = words(&register["entrypoint"]);
+    assert_eq!(entrypoint, ["/bin/sh", "-ec"], "the script runs in the image's shell");
+    let script = list(&register["command"]);
+    let [script] = script.as_slice() else { panic!("one script as the command: {script:?}") };
+    let script = str_of(script).replace("$$", "$");
+    for needed in ["consul services register", "-name=books-ms", "-port=80", "nslookup books-ms"] {
+        assert!(script.contains(needed), "the script has {needed}: {script}");
+    }
+    let check = Command::new("sh").args(["-n", "-c", &script]).output().expect("sh runs");
+    assert!(check.status.success(), "sh -n: {}", String::from_utf8_lossy(&check.stderr));
+}
+
 #[derive(Debug)]
 struct Compose {
     doc: Yaml,
@@ -376,9 +439,14 @@ struct Compose {
 
 impl Compose {
     fn read() -> Compose {
-        let text = read_repo_file("docker-compose-demo.yml");
-        let mut docs = YamlLoader::load_from_str(&text).expect("docker-compose-demo.yml is YAML");
-        assert_eq!(docs.len(), 1, "one YAML document");
+        Compose::read_file("docker-compose-demo.yml")
+    }
+
+    fn read_file(name: &str) -> Compose {
+        let text = read_repo_file(name);
+        let mut docs =
+            YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{name} is YAML: {e}"));
+        assert_eq!(docs.len(), 1, "one YAML document in {name}");
         Compose { doc: docs.remove(0) }
     }
 

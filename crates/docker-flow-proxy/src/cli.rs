@@ -79,9 +79,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "PROXY_INSTANCE_NAME", default_value = "docker-flow")]
     pub(crate) instance_name: String,
 
-    /// Standalone mode: the file that keeps routes across restarts (written atomically).
-    #[arg(long, env = "DFP_STATE_FILE", default_value = "docker-flow-proxy-state.json")]
-    pub(crate) state_file: std::path::PathBuf,
+    /// Standalone mode: the file that keeps routes across restarts (written atomically; its
+    /// directory is created if missing) [default: $XDG_STATE_HOME/docker-flow-proxy/state.json,
+    /// else ~/.local/state/docker-flow-proxy/state.json]
+    #[arg(long, env = "DFP_STATE_FILE")]
+    pub(crate) state_file: Option<std::path::PathBuf>,
 
     /// Standalone mode: how often each service's name is resolved again.
     #[arg(long, env = "DFP_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod render;
 mod server;
+mod state_file;
 
 use std::process::ExitCode;
 

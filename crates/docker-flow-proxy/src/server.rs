@@ -46,7 +46,11 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
             };
             (Discovery::Consul(consul), store)
         }
-        None => (Discovery::Dns, RouteStore::File(args.state_file.clone())),
+        None => {
+            let state_file = crate::state_file::resolve(args.state_file.as_deref())?;
+            tracing::info!(state_file = %state_file.display(), "standalone routes are kept here");
+            (Discovery::Dns, RouteStore::File(state_file))
+        }
     };
 
     // A certificate in --certs-dir that cannot be served stops the start, naming the file.

@@ -84,7 +84,7 @@ impl Consul {
             .unwrap_or_else(|err| {
                 panic!(
                     "cannot start `consul` ({err}): these tests need a real Consul agent on PATH; \
-                     install it with ../shared/bin/install-consul (or from your OS packages)"
+                     README.md, section Getting Consul, says how to install one"
                 )
             });
         self.child = Some(child);
