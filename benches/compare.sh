@@ -479,8 +479,9 @@ measure() {
   line=$(grep '^RESULT ' <<<"$out") || die "the load ($mode) printed no RESULT line: $out"
   for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
   # The handshake client's count of full and resumed handshakes, and what they negotiated.
+  # (Under churn the field keeps the churner's count of changes instead.)
   if [[ $mode == handshake ]]; then
-    extra="${r[full_handshakes]}/${r[resumed_handshakes]}"
+    [[ -n $churner ]] || extra="${r[full_handshakes]}/${r[resumed_handshakes]}"
     NEGOTIATED[$target]=${r[negotiated]:-}
   fi
   local requests=${r[requests]} duration_us=${r[duration_us]} p50=${r[p50_us]} p99=${r[p99_us]}
