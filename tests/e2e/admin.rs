@@ -168,6 +168,37 @@ async fn unsupported_parameters_are_named_in_the_answer() {
     assert_eq!(status, 200, "{answer}");
     let message = answer["Message"].as_str().unwrap_or_default();
     assert!(message.contains("distribute") && message.contains("fooBar"), "{message}");
+    let warnings = answer["Warnings"].to_string();
+    assert!(warnings.contains("parameter distribute is ignored: every replica"), "{warnings}");
+}
+
+/// Docker Flow Proxy parameters whose meaning is not built here are 400s that say what to
+/// use instead, and change nothing (parity.rs).
+#[tokio::test]
+async fn refused_parameters_change_nothing() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul.register("books-ms", "books-1", books.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let (status, answer) = proxy.admin(BOOKS).await;
+    assert_eq!(status, 200, "{answer}");
+    let version = answer["TableVersion"].clone();
+
+    for (extra, needle) in [
+        ("&sessionType=sticky-server", "parameter sessionType is refused: not supported yet"),
+        ("&srcPort=8081", "not supported yet (HTTP only)"),
+        ("&servicePath.1=/other&port.1=8080", "indexed destinations"),
+        ("&serviceCert=x", "PUT /v1/docker-flow-proxy/cert"),
+    ] {
+        let (status, answer) = proxy.admin(&format!("{BOOKS}{extra}")).await;
+        assert_eq!(status, 400, "{extra}: {answer}");
+        assert_eq!(answer["Status"], "NOK");
+        let message = answer["Message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{extra}: {message}");
+    }
+    let config = proxy.config().await;
+    assert_eq!(config["TableVersion"], version, "a refused call changed the table");
+    assert_eq!(proxy.get("/api/v1/books").await.0, 200);
 }
 
 #[tokio::test]

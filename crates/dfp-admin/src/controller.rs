@@ -360,12 +360,7 @@ impl Inner {
         drop(state);
 
         let mut warnings: Vec<String> = mode_warning.into_iter().chain(found.warnings).collect();
-        if !request.ignored.is_empty() {
-            warnings.push(format!(
-                "parameters not supported by this proxy were ignored: {}",
-                request.ignored.join(", ")
-            ));
-        }
+        warnings.extend(request.ignored_warnings());
         tracing::info!(
             service = %request.service_name,
             paths = ?request.service_paths,
@@ -469,7 +464,7 @@ impl Inner {
                 continue;
             }
             let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            let mut request = match ReconfigureRequest::from_pairs(pairs) {
+            let mut request = match ReconfigureRequest::from_stored_pairs(pairs) {
                 Ok(request) if request.service_name.eq_ignore_ascii_case(name) => request,
                 Ok(request) => {
                     tracing::warn!(

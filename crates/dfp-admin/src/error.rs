@@ -9,6 +9,8 @@ pub enum AdminError {
     MissingParameter { name: &'static str, example: &'static str },
     #[error("parameter {name}={value:?} is invalid: {reason}")]
     InvalidParameter { name: &'static str, value: String, reason: String },
+    #[error("parameter {name} is refused: {instead}")]
+    RefusedParameter { name: String, instead: &'static str },
     #[error("parameter servicePath is invalid: {source}")]
     InvalidPath {
         #[source]
@@ -60,6 +62,7 @@ impl AdminError {
         match self {
             AdminError::MissingParameter { .. }
             | AdminError::InvalidParameter { .. }
+            | AdminError::RefusedParameter { .. }
             | AdminError::InvalidPath { .. }
             | AdminError::InvalidCert { .. } => 400,
             AdminError::NoSuchCert(_) => 404,

@@ -52,6 +52,7 @@ mod follow;
 mod params;
 #[cfg(test)]
 mod params_fuzz;
+pub mod parity;
 mod store;
 
 pub use api::{handle, serve};
