@@ -56,6 +56,17 @@ pub enum AdminError {
 }
 
 impl AdminError {
+    /// The parameter this failure is about, when it is about one.
+    pub fn parameter(&self) -> Option<&str> {
+        match self {
+            AdminError::MissingParameter { name, .. }
+            | AdminError::InvalidParameter { name, .. } => Some(name),
+            AdminError::RefusedParameter { name, .. } => Some(name),
+            AdminError::InvalidPath { .. } => Some("servicePath"),
+            _ => None,
+        }
+    }
+
     /// The HTTP status of this failure: the client's mistakes are 4xx, an unreachable registry
     /// is 503. Exhaustive on purpose: a new variant must choose its status here.
     pub fn status(&self) -> u16 {

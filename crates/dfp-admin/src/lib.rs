@@ -47,6 +47,7 @@ mod auth;
 mod certs;
 mod controller;
 mod discovery;
+pub mod env_services;
 mod error;
 mod follow;
 mod params;
