@@ -220,3 +220,29 @@ async fn metrics_report_the_table() {
     assert!(text.contains("dfp_services 1"), "{text}");
     assert!(text.contains("dfp_admin_calls_total{call=\"reconfigure\",result=\"ok\"} 1"), "{text}");
 }
+
+/// Scripts written for Docker Flow Proxy call `reload` and read `config?type=json`.
+#[tokio::test]
+async fn reload_and_config_type_json_answer_as_docker_flow_proxy() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul.register("books-ms", "books-1", books.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let (status, answer) = proxy.admin(&format!("{BOOKS}&users=alice:secret")).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/reload").await;
+    assert_eq!((status, answer["Status"].as_str()), (200, Some("OK")), "{answer}");
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/reload?recreate=true").await;
+    assert_eq!((status, answer["Status"].as_str()), (200, Some("OK")), "{answer}");
+    assert_eq!(proxy.get("/api/v1/books").await.0, 401, "still routed, with its users");
+
+    let (status, services) = proxy.admin("/v1/docker-flow-proxy/config?type=json").await;
+    assert_eq!(status, 200, "{services}");
+    let books_ms = &services["books-ms"];
+    assert_eq!(books_ms["ServiceName"], "books-ms");
+    assert_eq!(books_ms["ServiceDest"][0]["ServicePath"][0], "/api/v1/books");
+    assert_eq!(books_ms["Users"][0]["Username"], "alice");
+    assert!(!services.to_string().contains("secret"), "no password in config: {services}");
+    assert_eq!(books_ms["Tasks"].as_array().map(Vec::len), Some(1));
+}

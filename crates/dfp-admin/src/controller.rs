@@ -290,6 +290,16 @@ impl Controller {
         result
     }
 
+    /// `reload?recreate=true`: reads the store again and makes the live table match it (what
+    /// a restart would restore). Returns the live table's version.
+    pub async fn reload_from_store(&self) -> Result<u64, AdminError> {
+        let (services, _) = self.inner.store.load().await.map_err(|err| {
+            AdminError::StoreUnavailable { what: format!("cannot read the stored routes: {err}") }
+        })?;
+        self.inner.sync_from_store(services, None).await;
+        Ok(self.inner.table.load().version())
+    }
+
     /// Makes the routes match `desired` (the store's content): adds and updates what differs,
     /// removes what is gone, in one table swap. Nothing is written back to the store.
     pub(crate) async fn sync_from_store(&self, desired: BTreeMap<String, Params>) {

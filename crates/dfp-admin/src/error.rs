@@ -46,7 +46,7 @@ pub enum AdminError {
     CertFromDir { name: String },
     #[error(
         "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, routes, reconfigure, \
-         remove, ping, cert, certs"
+         remove, reload, ping, cert, certs"
     )]
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]
