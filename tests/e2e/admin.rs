@@ -168,6 +168,37 @@ async fn unsupported_parameters_are_named_in_the_answer() {
     assert_eq!(status, 200, "{answer}");
     let message = answer["Message"].as_str().unwrap_or_default();
     assert!(message.contains("distribute") && message.contains("fooBar"), "{message}");
+    let warnings = answer["Warnings"].to_string();
+    assert!(warnings.contains("parameter distribute is ignored: every replica"), "{warnings}");
+}
+
+/// Docker Flow Proxy parameters whose meaning is not built here are 400s that say what to
+/// use instead, and change nothing (parity.rs).
+#[tokio::test]
+async fn refused_parameters_change_nothing() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul.register("books-ms", "books-1", books.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let (status, answer) = proxy.admin(BOOKS).await;
+    assert_eq!(status, 200, "{answer}");
+    let version = answer["TableVersion"].clone();
+
+    for (extra, needle) in [
+        ("&sessionType=sticky-server", "parameter sessionType is refused: not supported yet"),
+        ("&srcPort=8081", "not supported yet (HTTP only)"),
+        ("&servicePath.1=/other&port.1=8080", "indexed destinations"),
+        ("&serviceCert=x", "PUT /v1/docker-flow-proxy/cert"),
+    ] {
+        let (status, answer) = proxy.admin(&format!("{BOOKS}{extra}")).await;
+        assert_eq!(status, 400, "{extra}: {answer}");
+        assert_eq!(answer["Status"], "NOK");
+        let message = answer["Message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{extra}: {message}");
+    }
+    let config = proxy.config().await;
+    assert_eq!(config["TableVersion"], version, "a refused call changed the table");
+    assert_eq!(proxy.get("/api/v1/books").await.0, 200);
 }
 
 #[tokio::test]
@@ -188,4 +219,30 @@ async fn metrics_report_the_table() {
     assert!(text.contains("dfp_table_version 1"), "{text}");
     assert!(text.contains("dfp_services 1"), "{text}");
     assert!(text.contains("dfp_admin_calls_total{call=\"reconfigure\",result=\"ok\"} 1"), "{text}");
+}
+
+/// Scripts written for Docker Flow Proxy call `reload` and read `config?type=json`.
+#[tokio::test]
+async fn reload_and_config_type_json_answer_as_docker_flow_proxy() {
+    let consul = Consul::start().await;
+    let books = Upstream::start("books-1").await;
+    consul.register("books-ms", "books-1", books.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let (status, answer) = proxy.admin(&format!("{BOOKS}&users=alice:secret")).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/reload").await;
+    assert_eq!((status, answer["Status"].as_str()), (200, Some("OK")), "{answer}");
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/reload?recreate=true").await;
+    assert_eq!((status, answer["Status"].as_str()), (200, Some("OK")), "{answer}");
+    assert_eq!(proxy.get("/api/v1/books").await.0, 401, "still routed, with its users");
+
+    let (status, services) = proxy.admin("/v1/docker-flow-proxy/config?type=json").await;
+    assert_eq!(status, 200, "{services}");
+    let books_ms = &services["books-ms"];
+    assert_eq!(books_ms["ServiceName"], "books-ms");
+    assert_eq!(books_ms["ServiceDest"][0]["ServicePath"][0], "/api/v1/books");
+    assert_eq!(books_ms["Users"][0]["Username"], "alice");
+    assert!(!services.to_string().contains("secret"), "no password in config: {services}");
+    assert_eq!(books_ms["Tasks"].as_array().map(Vec::len), Some(1));
 }

@@ -15,6 +15,7 @@ mod admin_auth;
 mod cli;
 mod data_plane;
 mod engines;
+mod env_services;
 mod follow;
 mod h2_attacks;
 mod hostile;

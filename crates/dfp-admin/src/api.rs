@@ -1,5 +1,6 @@
 //! The admin listener: Docker Flow Proxy's HTTP API over the [`Controller`].
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
@@ -121,7 +122,39 @@ async fn route(
         }
         (Some("config"), _) => {
             allow(method, path, &[Method::GET], "GET")?;
-            Ok(json(StatusCode::OK, &config(controller)))
+            let dfp_json =
+                pairs.iter().any(|(k, v)| *k == "type" && v.eq_ignore_ascii_case("json"));
+            if dfp_json {
+                Ok(json(StatusCode::OK, &dfp_services(controller)))
+            } else {
+                Ok(json(StatusCode::OK, &config(controller)))
+            }
+        }
+        (Some("reload"), _) => {
+            allow(method, path, &[Method::GET, Method::PUT], "GET or PUT")?;
+            let flag = |name: &str| {
+                pairs
+                    .iter()
+                    .any(|(k, v)| *k == name && (v.eq_ignore_ascii_case("true") || *v == "1"))
+            };
+            let answer = if flag("recreate") || flag("fromListener") {
+                let version = controller.reload_from_store().await?;
+                Answer {
+                    status: "OK",
+                    message: format!(
+                        "routes re-read from the store; table version {version} (no Swarm \
+                         Listener is consulted: routes come from reconfigure calls and the store)"
+                    ),
+                }
+            } else {
+                Answer {
+                    status: "OK",
+                    message: "nothing to reload: every reconfigure is live when it answers; \
+                              recreate=true re-reads the stored routes"
+                        .to_owned(),
+                }
+            };
+            Ok(json(StatusCode::OK, &answer))
         }
         (Some("routes"), _) => {
             allow(method, path, &[Method::GET], "GET")?;
@@ -354,6 +387,98 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),
         timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
     }
+}
+
+/// `config?type=json`: Docker Flow Proxy's shape, a map from service name to its `Service`
+/// (Go field names), with one `ServiceDest` holding the paths, domains and per-destination
+/// options, and `Tasks` the instances. Only what this proxy acts on is filled in; user names
+/// only, never passwords.
+fn dfp_services(controller: &Controller) -> BTreeMap<String, DfpService> {
+    let table = controller.table().snapshot();
+    table
+        .services()
+        .map(|s| {
+            let v = service_view(&s);
+            let edits = |e: &Option<HeaderEditsView>| {
+                e.as_ref()
+                    .map(|e| (e.add.clone(), e.set.clone(), e.delete.clone()))
+                    .unwrap_or_default()
+            };
+            let (add_req, set_req, del_req) = edits(&v.request_headers);
+            let (add_res, set_res, del_res) = edits(&v.response_headers);
+            let service = DfpService {
+                service_name: v.service_name.clone(),
+                is_default_backend: v.is_default_backend,
+                add_req_header: add_req,
+                set_req_header: set_req,
+                del_req_header: del_req,
+                add_res_header: add_res,
+                set_res_header: set_res,
+                del_res_header: del_res,
+                req_path_search: v.req_path_search.clone().unwrap_or_default(),
+                req_path_replace: v.req_path_replace.clone().unwrap_or_default(),
+                users: v.users.iter().map(|u| DfpUser { username: u.clone() }).collect(),
+                tasks: v.instances.clone(),
+                service_dest: vec![DfpServiceDest {
+                    allowed_methods: v.allowed_methods.clone(),
+                    denied_methods: v.denied_methods.clone(),
+                    deny_http: v.deny_http,
+                    https_only: v.https_redirect_code.is_some(),
+                    https_redirect_code: v
+                        .https_redirect_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    req_mode: "http",
+                    service_domain: v.service_domain.clone(),
+                    service_path: v.service_path.clone(),
+                    service_path_exclude: v.service_path_exclude.clone(),
+                    timeout_server: v.timeout_server.map(|t| t.to_string()).unwrap_or_default(),
+                    timeout_tunnel: v.timeout_tunnel.map(|t| t.to_string()).unwrap_or_default(),
+                }],
+            };
+            (v.service_name, service)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DfpService {
+    service_name: String,
+    is_default_backend: bool,
+    add_req_header: Vec<String>,
+    set_req_header: Vec<String>,
+    del_req_header: Vec<String>,
+    add_res_header: Vec<String>,
+    set_res_header: Vec<String>,
+    del_res_header: Vec<String>,
+    req_path_search: String,
+    req_path_replace: String,
+    users: Vec<DfpUser>,
+    tasks: Vec<String>,
+    service_dest: Vec<DfpServiceDest>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DfpUser {
+    username: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DfpServiceDest {
+    allowed_methods: Vec<String>,
+    denied_methods: Vec<String>,
+    deny_http: bool,
+    https_only: bool,
+    https_redirect_code: String,
+    req_mode: &'static str,
+    service_domain: Vec<String>,
+    service_path: Vec<String>,
+    service_path_exclude: Vec<String>,
+    timeout_server: String,
+    timeout_tunnel: String,
 }
 
 /// The live table as the data plane sees it right now.

@@ -290,6 +290,16 @@ impl Controller {
         result
     }
 
+    /// `reload?recreate=true`: reads the store again and makes the live table match it (what
+    /// a restart would restore). Returns the live table's version.
+    pub async fn reload_from_store(&self) -> Result<u64, AdminError> {
+        let (services, _) = self.inner.store.load().await.map_err(|err| {
+            AdminError::StoreUnavailable { what: format!("cannot read the stored routes: {err}") }
+        })?;
+        self.inner.sync_from_store(services, None).await;
+        Ok(self.inner.table.load().version())
+    }
+
     /// Makes the routes match `desired` (the store's content): adds and updates what differs,
     /// removes what is gone, in one table swap. Nothing is written back to the store.
     pub(crate) async fn sync_from_store(&self, desired: BTreeMap<String, Params>) {
@@ -360,12 +370,7 @@ impl Inner {
         drop(state);
 
         let mut warnings: Vec<String> = mode_warning.into_iter().chain(found.warnings).collect();
-        if !request.ignored.is_empty() {
-            warnings.push(format!(
-                "parameters not supported by this proxy were ignored: {}",
-                request.ignored.join(", ")
-            ));
-        }
+        warnings.extend(request.ignored_warnings());
         tracing::info!(
             service = %request.service_name,
             paths = ?request.service_paths,
@@ -469,7 +474,7 @@ impl Inner {
                 continue;
             }
             let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            let mut request = match ReconfigureRequest::from_pairs(pairs) {
+            let mut request = match ReconfigureRequest::from_stored_pairs(pairs) {
                 Ok(request) if request.service_name.eq_ignore_ascii_case(name) => request,
                 Ok(request) => {
                     tracing::warn!(

@@ -9,6 +9,8 @@ pub enum AdminError {
     MissingParameter { name: &'static str, example: &'static str },
     #[error("parameter {name}={value:?} is invalid: {reason}")]
     InvalidParameter { name: &'static str, value: String, reason: String },
+    #[error("parameter {name} is refused: {instead}")]
+    RefusedParameter { name: String, instead: &'static str },
     #[error("parameter servicePath is invalid: {source}")]
     InvalidPath {
         #[source]
@@ -44,7 +46,7 @@ pub enum AdminError {
     CertFromDir { name: String },
     #[error(
         "no admin endpoint at {0}; see GET /v1/docker-flow-proxy/config, routes, reconfigure, \
-         remove, ping, cert, certs"
+         remove, reload, ping, cert, certs"
     )]
     NoSuchEndpoint(String),
     #[error("method {method} is not allowed on {path}; use {allowed}")]
@@ -54,12 +56,24 @@ pub enum AdminError {
 }
 
 impl AdminError {
+    /// The parameter this failure is about, when it is about one.
+    pub fn parameter(&self) -> Option<&str> {
+        match self {
+            AdminError::MissingParameter { name, .. }
+            | AdminError::InvalidParameter { name, .. } => Some(name),
+            AdminError::RefusedParameter { name, .. } => Some(name),
+            AdminError::InvalidPath { .. } => Some("servicePath"),
+            _ => None,
+        }
+    }
+
     /// The HTTP status of this failure: the client's mistakes are 4xx, an unreachable registry
     /// is 503. Exhaustive on purpose: a new variant must choose its status here.
     pub fn status(&self) -> u16 {
         match self {
             AdminError::MissingParameter { .. }
             | AdminError::InvalidParameter { .. }
+            | AdminError::RefusedParameter { .. }
             | AdminError::InvalidPath { .. }
             | AdminError::InvalidCert { .. } => 400,
             AdminError::NoSuchCert(_) => 404,

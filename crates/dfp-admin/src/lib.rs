@@ -24,7 +24,8 @@
 //! |---|---|---|---|
 //! | GET, PUT | `/v1/docker-flow-proxy/reconfigure?serviceName=N&servicePath=/a,/b[&port=P]` | 200: paths, instances, table version | 400 missing or invalid parameter; 404 service unknown to Consul (or to DNS, standalone); 409 path owned by another service; 503 Consul unreachable |
 //! | GET, PUT, DELETE | `/v1/docker-flow-proxy/remove?serviceName=N` | 200 | 400 no `serviceName`; 404 service not routed |
-//! | GET | `/v1/docker-flow-proxy/config` | 200: the live table (services, paths, instances, version) | |
+//! | GET | `/v1/docker-flow-proxy/config` | 200: the live table (services, paths, instances, version); with `type=json`, Docker Flow Proxy's shape (a map of `Service`s) | |
+//! | GET, PUT | `/v1/docker-flow-proxy/reload[?recreate=true]` | 200: without `recreate` a no-op (every reconfigure is live already); with it (or `fromListener=true`) the stored routes are read again and the table made to match | 503 store unreadable |
 //! | GET | `/v1/docker-flow-proxy/routes` | 200: every route (path, host, service) with each instance's passive health (`healthy`, `ejected`, `probing`) | |
 //! | GET | `/v1/docker-flow-proxy/ping` | 200 | |
 //! | PUT | `/v1/docker-flow-proxy/cert?certName=N`, body: PEM chain and key | 200: names, notAfter; stored, then served | 400 bad name, PEM, key or validity; 503 store unwritable |
@@ -47,11 +48,13 @@ mod auth;
 mod certs;
 mod controller;
 mod discovery;
+pub mod env_services;
 mod error;
 mod follow;
 mod params;
 #[cfg(test)]
 mod params_fuzz;
+pub mod parity;
 mod store;
 
 pub use api::{handle, serve};

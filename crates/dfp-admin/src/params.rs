@@ -9,6 +9,7 @@ use dfp_routing::{
     ServicePolicy, ServiceSpec, SourceList,
 };
 
+use crate::parity::{self, Parameter, Reading, Status};
 use crate::AdminError;
 
 /// Longest service name accepted: Consul and DNS names are far shorter in practice.
@@ -41,45 +42,32 @@ pub struct ReconfigureRequest {
     pub params: BTreeMap<String, String>,
 }
 
-/// The parameters this proxy acts on (Docker Flow Proxy's names).
-const SUPPORTED: &[&str] = &[
-    "serviceName",
-    "servicePath",
-    "port",
-    "serviceDomain",
-    "servicePathExclude",
-    "isDefaultBackend",
-    "httpsOnly",
-    "httpsRedirectCode",
-    "reqPathSearch",
-    "reqPathReplace",
-    "users",
-    "usersPassEncrypted",
-    "addReqHeader",
-    "setReqHeader",
-    "delReqHeader",
-    "addResHeader",
-    "setResHeader",
-    "delResHeader",
-    "timeoutServer",
-    "timeoutTunnel",
-    "reqMode",
-    "allowedMethods",
-    "deniedMethods",
-    "denyHttp",
-    "allowedSources",
-    "deniedSources",
-    "serviceColor",
-];
-
 impl ReconfigureRequest {
     /// Reads a reconfigure from `key=value` pairs (a decoded query string).
     ///
-    /// Every supported parameter is validated; any other parameter is kept by name in
-    /// [`ReconfigureRequest::ignored`] so the answer can say it had no effect. Tools such as
-    /// Docker Flow Swarm Listener send extra parameters, so an unknown one is not an error.
+    /// Each parameter is read as [`crate::parity`] says: a built one is validated; a refused
+    /// one (or an indexed `servicePath.1`) is a 400 that says what to use instead; an ignored
+    /// one, and any parameter Docker Flow Proxy does not know, is kept by name in
+    /// [`ReconfigureRequest::ignored`] so the answer can say it had no effect (tools such as
+    /// Docker Flow Swarm Listener send extra parameters, so an unknown one is not an error).
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, AdminError> {
+        Self::read(pairs, true)
+    }
+
+    /// Reads a stored call (restore, another replica). A parameter refused now but stored by
+    /// a version that ignored it is ignored again, so an upgrade keeps serving the route as
+    /// it was served before; everything else is read as [`Self::from_pairs`] reads it.
+    pub(crate) fn from_stored_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, AdminError> {
+        Self::read(pairs, false)
+    }
+
+    fn read<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        refuse: bool,
     ) -> Result<Self, AdminError> {
         let mut raw_paths = Vec::new();
         let mut ignored: Vec<String> = Vec::new();
@@ -89,11 +77,28 @@ impl ReconfigureRequest {
                 raw_paths.extend(value.split(',').map(str::trim).map(str::to_owned));
                 continue;
             }
-            if !SUPPORTED.contains(&key) && !ignored.iter().any(|seen| seen == key) {
+            let built = match parity::read(key) {
+                Reading::Known(Parameter { name, status: Status::Built { .. } }) => Some(name),
+                Reading::Known(Parameter { name, status: Status::Refused { instead } })
+                    if refuse =>
+                {
+                    return Err(AdminError::RefusedParameter { name: name.to_owned(), instead });
+                }
+                Reading::Indexed(Parameter { status, .. })
+                    if refuse && !matches!(status, Status::Ignored { .. }) =>
+                {
+                    return Err(AdminError::RefusedParameter {
+                        name: key.to_owned(),
+                        instead: parity::INDEXED,
+                    });
+                }
+                Reading::Known(_) | Reading::Indexed(_) | Reading::Unknown => None,
+            };
+            if built.is_none() && !ignored.iter().any(|seen| seen == key) {
                 ignored.push(key.to_owned());
             }
             if let Some(previous) = params.get(key).filter(|previous| *previous != value) {
-                if let Some(name) = SUPPORTED.iter().find(|name| **name == key) {
+                if let Some(name) = built {
                     return Err(given_twice(name, previous, value));
                 }
             }
@@ -152,6 +157,39 @@ impl ReconfigureRequest {
             ignored,
             params: stored,
         })
+    }
+
+    /// The answer's warnings about parameters that had no effect: why, for those Docker Flow
+    /// Proxy knows and that mean nothing here; by name, for the others.
+    pub fn ignored_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut unknown: Vec<&str> = Vec::new();
+        for name in &self.ignored {
+            match parity::read(name) {
+                Reading::Known(Parameter { status: Status::Ignored { why }, .. })
+                | Reading::Indexed(Parameter { status: Status::Ignored { why }, .. }) => {
+                    warnings.push(format!("parameter {name} is ignored: {why}"));
+                }
+                Reading::Known(Parameter { status: Status::Refused { instead }, .. }) => {
+                    warnings.push(format!(
+                        "stored parameter {name} is ignored (it is refused in new calls: {instead})"
+                    ));
+                }
+                Reading::Indexed(_) => warnings.push(format!(
+                    "stored parameter {name} is ignored (it is refused in new calls: {})",
+                    parity::INDEXED
+                )),
+                Reading::Known(Parameter { status: Status::Built { .. }, .. })
+                | Reading::Unknown => unknown.push(name),
+            }
+        }
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "parameters not supported by this proxy were ignored: {}",
+                unknown.join(", ")
+            ));
+        }
+        warnings
     }
 
     /// Drops `port` from the request and what is stored of it; returns it if there was one.
@@ -441,11 +479,53 @@ mod tests {
             ("serviceName", "books-ms"),
             ("servicePath", "/b"),
             ("distribute", "true"),
-            ("sessionType", "sticky-server"),
-            ("distribute", "true"),
+            ("com.df.notify", "true"),
+            ("distribute", "false"),
+            ("userDef.1", "x"),
         ])
         .expect("extra parameters are accepted");
-        assert_eq!(r.ignored, ["distribute", "sessionType"]);
+        assert_eq!(r.ignored, ["distribute", "com.df.notify", "userDef.1"]);
+        let warnings = r.ignored_warnings();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].starts_with("parameter distribute is ignored: every replica"));
+        assert!(warnings[1].starts_with("parameter userDef.1 is ignored: data for custom"));
+        assert_eq!(
+            warnings[2],
+            "parameters not supported by this proxy were ignored: com.df.notify"
+        );
+    }
+
+    #[test]
+    fn refused_parameters_are_400s_that_say_what_instead() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("sessionType", "sticky-server", "parameter sessionType is refused: not supported yet"),
+            ("srcPort", "8080", "parameter srcPort is refused: not supported yet (HTTP only)"),
+            ("serviceCert", "-----BEGIN", "PUT /v1/docker-flow-proxy/cert"),
+            ("servicePath.1", "/a", "parameter servicePath.1 is refused: indexed destinations"),
+            ("port.2", "80", "parameter port.2 is refused: indexed destinations"),
+            ("distribute.x", "1", ""),
+        ];
+        for (name, value, needle) in cases {
+            let result = parse(&[("serviceName", "books"), ("servicePath", "/b"), (name, value)]);
+            if needle.is_empty() {
+                assert!(result.is_ok(), "{name}: {result:?}");
+                continue;
+            }
+            let err = result.expect_err(name);
+            assert_eq!(err.status(), 400, "{name}");
+            assert!(err.to_string().contains(needle), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn stored_calls_ignore_what_is_refused_now() {
+        let pairs =
+            [("serviceName", "books"), ("servicePath", "/b"), ("sessionType", "sticky-server")];
+        assert!(parse(&pairs).is_err());
+        let r = ReconfigureRequest::from_stored_pairs(pairs).expect("restored as it was served");
+        assert_eq!(r.ignored, ["sessionType"]);
+        assert_eq!(r.params["sessionType"], "sticky-server");
+        assert!(r.ignored_warnings()[0].starts_with("stored parameter sessionType is ignored"));
     }
 
     #[test]

@@ -16,8 +16,9 @@ use proptest::prelude::*;
 
 use crate::params::{service_name_from_pairs, ReconfigureRequest};
 
-/// The parameters the proxy acts on (README's list; `params.rs` keeps its own). A name added
-/// there must be added here too, or the check of `ignored` fails and says which.
+/// The parameters the proxy acts on, written out again here (`parity.rs` holds them as its
+/// `Built` rows; `built_rows_are_these` checks the two agree). A name built there must be
+/// added here too.
 const SUPPORTED: &[&str] = &[
     "serviceName",
     "servicePath",
@@ -49,6 +50,19 @@ const SUPPORTED: &[&str] = &[
 ];
 
 type Pairs = Vec<(String, String)>;
+
+#[test]
+fn built_rows_are_these() {
+    let mut built: Vec<&str> = crate::parity::PARAMETERS
+        .iter()
+        .filter(|p| crate::parity::is_built(p.name))
+        .map(|p| p.name)
+        .collect();
+    let mut here = SUPPORTED.to_vec();
+    built.sort_unstable();
+    here.sort_unstable();
+    assert_eq!(built, here, "parity.rs's Built rows and this SUPPORTED list differ");
+}
 
 fn borrowed(pairs: &Pairs) -> impl Iterator<Item = (&str, &str)> {
     pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
@@ -197,6 +211,14 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
     // Parameters not acted on: named once each, every one of them.
     let mut ignored: Vec<&str> = Vec::new();
     for (key, _) in pairs {
+        prop_assert!(
+            !matches!(
+                crate::parity::lookup(key).map(|p| p.status),
+                Some(crate::parity::Status::Refused { .. })
+            ),
+            "refused parameter {} accepted",
+            key
+        );
         if key != "servicePath"
             && !SUPPORTED.contains(&key.as_str())
             && !ignored.contains(&key.as_str())

@@ -14,8 +14,10 @@ use anyhow::Context as _;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+use dfp_admin::env_services::EnvService;
 use dfp_admin::{
-    AdminAuth, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook, RouteStore,
+    AdminAuth, AdminError, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook,
+    ReconfigureRequest, RouteStore,
 };
 use dfp_consul::ConsulClient;
 use dfp_proxy::{ConnectionStats, ProxyConfig};
@@ -30,6 +32,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Credentials first: a mistake in them stops the start before any port is bound.
     let credentials = args.credentials.credentials()?;
     let admin_auth = AdminAuth::new(&credentials);
+    // Static services (DFP_SERVICE_*) are read and validated before any port is bound too.
+    let static_services = static_services(std::env::vars())?;
     let threads = match args.threads {
         Some(n) => usize::from(n),
         None => thread::available_parallelism().map_or(1, |n| n.get()),
@@ -123,6 +127,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     control_plane.block_on(controller.start())?;
     // Certificates likewise: --certs-dir, then those stored (Consul KV or beside the state file).
     control_plane.block_on(cert_admin.start())?;
+    // Static services after the restore, so that they win over what was stored for them.
+    control_plane.block_on(apply_static_services(&controller, static_services))?;
 
     let connection_stats = Arc::new(ConnectionStats::new(args.max_connections));
     let stats = connection_stats.clone();
@@ -231,6 +237,76 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     result?;
     proxy_result.context("data plane failed")?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The services `DFP_SERVICE_*` variables define, each read as a reconfigure call. A mistake
+/// names the variable and stops the start.
+fn static_services(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<Vec<(EnvService, ReconfigureRequest)>> {
+    let services = dfp_admin::env_services::services_from_env(vars)?;
+    services
+        .into_iter()
+        .map(|service| {
+            let pairs = service.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            match ReconfigureRequest::from_pairs(pairs) {
+                Ok(request) => Ok((service, request)),
+                Err(err) => Err(static_error(&service, &err)),
+            }
+        })
+        .collect()
+}
+
+fn static_error(service: &EnvService, err: &AdminError) -> anyhow::Error {
+    let variable = err
+        .parameter()
+        .and_then(|p| service.variable(p))
+        .map_or_else(|| format!("{}_*", service.prefix), str::to_owned);
+    anyhow::anyhow!(
+        "the static service of {}_* is invalid ({variable}): {err}; fix or unset {variable}",
+        service.prefix
+    )
+}
+
+/// Routes each static service like a reconfigure. A call this proxy refuses (bad value,
+/// unknown service, path conflict) stops the start; Consul or the store being unreachable
+/// does not: the call is retried in the background until it is applied.
+async fn apply_static_services(
+    controller: &Arc<Controller>,
+    services: Vec<(EnvService, ReconfigureRequest)>,
+) -> anyhow::Result<()> {
+    for (service, request) in services {
+        match controller.reconfigure(request.clone()).await {
+            Ok(report) => tracing::info!(
+                variables = %format!("{}_*", service.prefix),
+                service = %report.service_name,
+                table_version = report.table_version,
+                "static service routed"
+            ),
+            Err(err) if err.status() == 503 => {
+                tracing::warn!(variables = %format!("{}_*", service.prefix), error = %err, "static service not routed yet; retrying");
+                let controller = controller.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        match controller.reconfigure(request.clone()).await {
+                            Ok(_) => {
+                                tracing::info!(variables = %format!("{}_*", service.prefix), "static service routed");
+                                break;
+                            }
+                            Err(err) if err.status() == 503 => {}
+                            Err(err) => {
+                                tracing::error!(error = %static_error(&service, &err), "static service cannot be routed");
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(err) => return Err(static_error(&service, &err)),
+        }
+    }
     Ok(())
 }
 

@@ -46,11 +46,22 @@ impl Proxy {
     /// Every proxy gets an HTTPS listener on a free loopback port (the binary's default,
     /// `0.0.0.0:443`, would collide between tests), unless `extra` has `--tls-listen=...`.
     pub async fn start_logging(consul: Option<&str>, extra: &[&str], level: &str) -> Proxy {
+        Self::start_with_env(consul, extra, &[], level).await
+    }
+
+    /// As [`Proxy::start_logging`], with the environment variables `env` set (e.g. static
+    /// services, `DFP_SERVICE_*`).
+    pub async fn start_with_env(
+        consul: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> Proxy {
         // Ports come from the kernel and are free when picked, but another process may take
         // one before the proxy binds it (tests run in parallel); the proxy then exits at once
         // with an error, and the start is retried on fresh ports.
         for attempt in 1..=3 {
-            match Self::try_start(consul, extra, level).await {
+            match Self::try_start(consul, extra, env, level).await {
                 Ok(proxy) => return proxy,
                 Err(log) => eprintln!("the proxy did not start (attempt {attempt}):\n{log}"),
             }
@@ -58,7 +69,12 @@ impl Proxy {
         panic!("the proxy did not start in 3 attempts on fresh ports");
     }
 
-    async fn try_start(consul: Option<&str>, extra: &[&str], level: &str) -> Result<Proxy, String> {
+    async fn try_start(
+        consul: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> Result<Proxy, String> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
         command.arg("server").arg(format!("--listen={addr}"));
@@ -83,6 +99,7 @@ impl Proxy {
             .args(extra)
             .env_remove("CONSUL_ADDRESS")
             .env("RUST_LOG", level)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .kill_on_drop(true);
         if let Some(consul) = consul {
