@@ -306,6 +306,15 @@ struct ConsulView {
 struct ServiceView {
     service_name: String,
     service_path: Vec<String>,
+    /// Docker Flow Proxy's `pathType` of `service_path`; absent: segment-aware prefixes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_type: Option<&'static str>,
+    /// `Name:value` entries, every one required (field names lowercase).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_header: Vec<String>,
+    /// Lowercase substrings, any one of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    user_agent: Vec<String>,
     instances: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     service_domain: Vec<String>,
@@ -367,7 +376,15 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
     let policy = s.backend.policy();
     ServiceView {
         service_name: s.backend.service().to_owned(),
-        service_path: s.prefixes.iter().map(ToString::to_string).collect(),
+        service_path: s
+            .prefixes
+            .iter()
+            .map(ToString::to_string)
+            .chain(s.patterns.iter().map(|p| p.as_str().to_owned()))
+            .collect(),
+        path_type: s.patterns.first().map(|p| p.kind().as_str()),
+        service_header: s.conditions.headers.iter().map(ToString::to_string).collect(),
+        user_agent: s.conditions.user_agents.iter().map(ToString::to_string).collect(),
         instances: s.backend.addrs().map(|a| a.to_string()).collect(),
         service_domain: s.domains.iter().map(ToString::to_string).collect(),
         service_path_exclude: s.excluded.iter().map(ToString::to_string).collect(),
@@ -566,9 +583,12 @@ fn routes(controller: &Controller) -> RoutesAnswer {
             s.domains.iter().map(|d| Some(d.to_string())).collect()
         };
         for domain in &domains {
-            for prefix in s.prefixes {
+            let paths = s.prefixes.iter().map(ToString::to_string);
+            for path in
+                paths.chain(s.patterns.iter().map(|p| format!("{} ({})", p.as_str(), p.kind())))
+            {
                 routes.push(RouteView {
-                    path: Some(prefix.to_string()),
+                    path: Some(path),
                     domain: domain.clone(),
                     service_name: s.backend.service().to_owned(),
                     is_default_backend: false,

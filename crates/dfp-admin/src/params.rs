@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    Credential, Domain, HeaderEdits, MethodList, PathPrefix, PathRewrite, PolicyError,
-    ServicePolicy, ServiceSpec, SourceList,
+    ConditionError, Credential, Domain, HeaderEdits, MethodList, PathPattern, PathPrefix,
+    PathRewrite, PathType, PolicyError, RouteConditions, ServicePolicy, ServiceSpec, SourceList,
 };
 
 use crate::parity::{self, Parameter, Reading, Status};
@@ -20,8 +20,13 @@ const MAX_SERVICE_NAME: usize = 255;
 pub struct ReconfigureRequest {
     /// `serviceName`: the Consul service (or, standalone, the DNS name) to route to.
     pub service_name: String,
-    /// `servicePath`: the paths the service owns; repeated or comma-separated.
+    /// `servicePath`: the paths the service owns; repeated or comma-separated. Empty when
+    /// `pathType` is given (then the paths are in `path_patterns`).
     pub service_paths: Vec<PathPrefix>,
+    /// `servicePath` under `pathType` (`path_beg`, `path`, `path_end`, `path_reg`).
+    pub path_patterns: Vec<PathPattern>,
+    /// `serviceHeader`, `userAgent`: what a request's fields must show to take these routes.
+    pub conditions: RouteConditions,
     /// `port`: standalone mode's instance port.
     pub port: Option<u16>,
     /// `serviceDomain`: the hosts the paths apply to (empty: any host).
@@ -109,8 +114,23 @@ impl ReconfigureRequest {
 
         let service_name = validate_service_name(get("serviceName"))?;
         let default_backend = parse_bool(get("isDefaultBackend"), "isDefaultBackend")?;
-        let service_paths = parse_paths(raw_paths.iter().map(String::as_str), "servicePath")?;
-        if service_paths.is_empty() && !default_backend {
+        let path_type = get("pathType")
+            .map(PathType::parse)
+            .transpose()
+            .map_err(|e| condition_err("pathType", get("pathType").unwrap_or_default(), e))?;
+        let (service_paths, path_patterns) = match path_type {
+            None => (parse_paths(raw_paths.iter().map(String::as_str), "servicePath")?, Vec::new()),
+            Some(kind) => (Vec::new(), parse_patterns(kind, &raw_paths)?),
+        };
+        let conditions = RouteConditions::parse(get("serviceHeader"), get("userAgent")).map_err(
+            |e| match e {
+                ConditionError::BadUserAgent(_) => {
+                    condition_err("userAgent", get("userAgent").unwrap_or_default(), e)
+                }
+                _ => condition_err("serviceHeader", get("serviceHeader").unwrap_or_default(), e),
+            },
+        )?;
+        if service_paths.is_empty() && path_patterns.is_empty() && !default_backend {
             return Err(AdminError::MissingParameter {
                 name: "servicePath",
                 example: "servicePath=/api/v1/books",
@@ -142,12 +162,18 @@ impl ReconfigureRequest {
             let joined: Vec<&str> = service_paths.iter().map(PathPrefix::as_str).collect();
             stored.insert("servicePath".to_owned(), joined.join(","));
         }
+        if !path_patterns.is_empty() {
+            let joined: Vec<&str> = path_patterns.iter().map(PathPattern::as_str).collect();
+            stored.insert("servicePath".to_owned(), joined.join(","));
+        }
         if let Some(port) = port {
             stored.insert("port".to_owned(), port.to_string());
         }
         Ok(ReconfigureRequest {
             service_name,
             service_paths,
+            path_patterns,
+            conditions,
             port,
             domains,
             excluded,
@@ -212,6 +238,8 @@ impl ReconfigureRequest {
         ServiceSpec {
             name: self.service_name.clone(),
             prefixes: self.service_paths.clone(),
+            patterns: self.path_patterns.clone(),
+            conditions: self.conditions.clone(),
             domains: self.domains.clone(),
             excluded: self.excluded.clone(),
             default_backend: self.default_backend,
@@ -346,6 +374,23 @@ fn parse_paths<'a>(
         }
     }
     Ok(paths)
+}
+
+/// `servicePath` values under `pathType`, as given (trimmed), each once.
+fn parse_patterns(kind: PathType, raw: &[String]) -> Result<Vec<PathPattern>, AdminError> {
+    let mut patterns: Vec<PathPattern> = Vec::new();
+    for raw in raw.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let pattern =
+            PathPattern::parse(kind, raw).map_err(|e| condition_err("servicePath", raw, e))?;
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    Ok(patterns)
+}
+
+fn condition_err(name: &'static str, value: &str, err: ConditionError) -> AdminError {
+    invalid(name, value, &err.to_string())
 }
 
 fn parse_bool(value: Option<&str>, name: &'static str) -> Result<bool, AdminError> {
@@ -588,6 +633,60 @@ mod tests {
             assert_eq!(err.status(), 400);
             let message = err.to_string();
             assert!(message.contains(name) && message.contains(needle), "{message}");
+        }
+    }
+
+    #[test]
+    fn routing_conditions_are_read_stored_and_bad_ones_named() {
+        let r = parse(&[
+            ("serviceName", "books"),
+            ("servicePath", "/api/, ^/x/[0-9]+$"),
+            ("pathType", "path_reg"),
+            ("serviceHeader", "X-Version:3,X-Env:prod"),
+            ("userAgent", "iPhone,android"),
+        ])
+        .expect("valid");
+        assert!(r.ignored.is_empty());
+        assert!(r.service_paths.is_empty());
+        let patterns: Vec<_> = r.path_patterns.iter().map(PathPattern::as_str).collect();
+        assert_eq!(patterns, ["/api/", "^/x/[0-9]+$"]);
+        assert_eq!(r.params["servicePath"], "/api/,^/x/[0-9]+$", "kept as given");
+        assert_eq!(
+            r.conditions.to_string(),
+            "serviceHeader=x-env:prod,x-version:3 userAgent=android,iphone"
+        );
+        let replayed =
+            parse(&r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())
+                .expect("stored params replay");
+        assert_eq!(replayed.path_patterns, r.path_patterns);
+        assert_eq!(replayed.conditions, r.conditions);
+        assert_eq!(replayed.spec().patterns.len(), 2);
+
+        let cases: &[(&str, &str, &str)] = &[
+            ("pathType", "path_sub", "path_beg, path, path_end or path_reg"),
+            ("serviceHeader", "X-Version", "Name:value"),
+            ("serviceHeader", "X Version:3", "Name:value"),
+            ("userAgent", "caf\u{e9}", "userAgent"),
+        ];
+        for (name, value, needle) in cases {
+            let err = parse(&[("serviceName", "books"), ("servicePath", "/b"), (name, value)])
+                .expect_err(value);
+            assert_eq!(err.status(), 400);
+            let message = err.to_string();
+            assert!(message.contains(name) && message.contains(needle), "{message}");
+        }
+        let paths: &[(&str, &str, &str)] = &[
+            ("path_reg", "^/a(", "regular expression"),
+            ("path_reg", "a{1000}{1000}", "regular expression"),
+            ("path", "api", "pathType path"),
+            ("path_beg", "/a//b", "pathType path_beg"),
+            ("path_end", "a b", "pathType path_end"),
+        ];
+        for (kind, path, needle) in paths {
+            let err = parse(&[("serviceName", "b"), ("servicePath", path), ("pathType", kind)])
+                .expect_err(path);
+            assert_eq!(err.status(), 400);
+            assert!(err.to_string().contains(needle), "{err}");
         }
     }
 

@@ -47,6 +47,9 @@ const SUPPORTED: &[&str] = &[
     "allowedSources",
     "deniedSources",
     "serviceColor",
+    "pathType",
+    "serviceHeader",
+    "userAgent",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -147,8 +150,22 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
     // servicePath: every item of every value counts, once; each is a valid, normal prefix.
     let raw_paths =
         items(pairs.iter().filter(|(k, _)| k == "servicePath").map(|(_, v)| v.as_str()));
-    let paths: Vec<&str> = r.service_paths.iter().map(PathPrefix::as_str).collect();
-    prop_assert_eq!(&paths, &expected_paths(&raw_paths));
+    let mut paths: Vec<&str> = r.service_paths.iter().map(PathPrefix::as_str).collect();
+    if last(pairs, "pathType").is_some() {
+        // Under pathType the values are kept as given (trimmed), not normalised as prefixes.
+        prop_assert!(paths.is_empty());
+        paths = r.path_patterns.iter().map(dfp_routing::PathPattern::as_str).collect();
+        let mut want: Vec<&str> = Vec::new();
+        for item in &raw_paths {
+            if !want.contains(item) {
+                want.push(item);
+            }
+        }
+        prop_assert_eq!(&paths, &want);
+    } else {
+        prop_assert!(r.path_patterns.is_empty());
+        prop_assert_eq!(&paths, &expected_paths(&raw_paths));
+    }
     prop_assert!(!paths.is_empty() || r.default_backend, "no path and not the default backend");
     for prefix in r.service_paths.iter().chain(&r.excluded) {
         prop_assert_eq!(PathPrefix::parse(prefix.as_str()), Ok(prefix.clone()), "not normal");
@@ -232,7 +249,7 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
     let mut keys: BTreeSet<&str> =
         pairs.iter().map(|(k, _)| k.as_str()).filter(|k| *k != "servicePath").collect();
     keys.insert("serviceName");
-    if !r.service_paths.is_empty() {
+    if !paths.is_empty() {
         keys.insert("servicePath");
         prop_assert_eq!(&r.params["servicePath"], &paths.join(","));
     }

@@ -49,6 +49,7 @@ const fn refused(name: &'static str, instead: &'static str) -> Parameter {
 }
 
 const OPTIONS: &str = "service-options";
+const CONDITIONS: &str = "routing-conditions-pathtype-serviceheader-useragent";
 const TCP_ONLY: &str = "not supported yet (HTTP only): this proxy routes HTTP on one plain and \
                         one HTTPS listener; TCP and SNI routing are another issue";
 const TEMPLATES: &str = "HAProxy templates and config snippets mean nothing here: there is no \
@@ -71,12 +72,14 @@ pub const PARAMETERS: &[Parameter] = &[
     built("httpsOnly", OPTIONS),
     built("httpsRedirectCode", OPTIONS),
     built("isDefaultBackend", OPTIONS),
+    built("pathType", CONDITIONS),
     built("port", "standalone-mode"),
     built("reqMode", OPTIONS),
     built("reqPathReplace", OPTIONS),
     built("reqPathSearch", OPTIONS),
     built("serviceColor", OPTIONS),
     built("serviceDomain", OPTIONS),
+    built("serviceHeader", CONDITIONS),
     built("serviceName", "admin-api"),
     built("servicePath", "admin-api"),
     built("servicePathExclude", OPTIONS),
@@ -84,6 +87,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("setResHeader", OPTIONS),
     built("timeoutServer", OPTIONS),
     built("timeoutTunnel", OPTIONS),
+    built("userAgent", CONDITIONS),
     built("users", OPTIONS),
     built("usersPassEncrypted", OPTIONS),
     // Meaningless here: accepted with a warning that says why.
@@ -181,11 +185,6 @@ pub const PARAMETERS: &[Parameter] = &[
          need no credentials as another service without users",
     ),
     refused(
-        "pathType",
-        "not supported yet: servicePath matches segment-aware prefixes (/api matches /api and \
-         /api/x, not /apix); drop pathType",
-    ),
-    refused(
         "redirectFromDomain",
         "not supported yet: route the old domain to a service that redirects",
     ),
@@ -205,17 +204,9 @@ pub const PARAMETERS: &[Parameter] = &[
          replacement)",
     ),
     refused(
-        "serviceHeader",
-        "not supported yet: routes are chosen by host and path only; drop serviceHeader",
-    ),
-    refused(
         "sessionType",
         "not supported yet: requests are balanced round robin across the instances with no \
          affinity; drop sessionType",
-    ),
-    refused(
-        "userAgent",
-        "not supported yet: routes are chosen by host and path only; drop userAgent",
     ),
     refused(
         "usersSecret",

@@ -121,7 +121,9 @@ impl Forwarder {
         let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
         let client_ip =
             || rules::client_ip(client.addr.ip(), &self.trusted_proxies, fields.clone());
+        let field_list = rules::FieldList(fields.clone());
         let request = RoutedRequest {
+            fields: rules::Fields(&field_list),
             https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
             method: parts.method.as_str(),
             client: rules::ClientIp(&client_ip),

@@ -9,6 +9,9 @@
 //!   refuses a path owned by two services, so a table that exists is consistent.
 //! - [`TableHandle`]: the one `ArcSwap` through which a whole table is published. Readers never
 //!   lock and never see a half-built table; writers swap, they never patch in place.
+//! - [`RouteConditions`] / [`PathPattern`]: Docker Flow Proxy's `serviceHeader`, `userAgent`
+//!   and `pathType`, compiled once; evaluated only on the candidates at the index nodes a
+//!   lookup visits.
 //! - [`Backend`]: a routed service's instances with an exact, lock-free round robin that steps
 //!   over instances passive health has ejected, and the service's counters.
 //!
@@ -17,6 +20,7 @@
 
 mod access;
 mod backend;
+mod condition;
 mod policy;
 mod prefix;
 mod table;
@@ -25,6 +29,10 @@ pub use access::{canonical, client_address, MethodList, SourceList};
 pub use backend::{
     health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
     LATENCY_BUCKETS_MS,
+};
+pub use condition::{
+    ConditionError, HeaderCondition, NoFields, PathPattern, PathType, RequestFields,
+    RouteConditions,
 };
 pub use policy::{Credential, Domain, HeaderEdits, PathRewrite, PolicyError, ServicePolicy};
 pub use prefix::{PathPrefix, PrefixError};

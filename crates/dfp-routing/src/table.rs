@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::backend::{BackendStats, InstanceHealth, Upstream};
+use crate::condition::{NoFields, PathPattern, PathType, RequestFields, RouteConditions};
 use crate::policy::{Domain, ServicePolicy};
 use crate::{Backend, PathPrefix};
 
@@ -16,11 +17,12 @@ use crate::{Backend, PathPrefix};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {
     #[error(
-        "path {path}{} is already routed to service {owner:?}; remove it from {owner:?} first \
-         or choose another path for {service:?}",
+        "path {path}{} is already routed to service {owner:?} with the same conditions; remove \
+         it from {owner:?} first, or choose another path or other conditions (pathType, \
+         serviceHeader, userAgent) for {service:?}",
         host_suffix(domain.as_ref())
     )]
-    PathOwned { path: PathPrefix, domain: Option<Domain>, owner: String, service: String },
+    PathOwned { path: String, domain: Option<Domain>, owner: String, service: String },
     #[error(
         "service {owner:?} is already the default backend; remove isDefaultBackend from it \
          before making {service:?} the default"
@@ -38,8 +40,9 @@ fn host_suffix(domain: Option<&Domain>) -> String {
     domain.map(|d| format!(" on {d}")).unwrap_or_default()
 }
 
-/// What a lookup found: the backend that owns the path and the prefix that matched (`None`
-/// when the default backend answered).
+/// What a lookup found: the backend that owns the path and the index node that matched (the
+/// route's prefix, or for a `pathType` route its anchor; `None` when the default backend
+/// answered).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteMatch<'t> {
     pub backend: &'t Arc<Backend>,
@@ -51,6 +54,10 @@ pub struct RouteMatch<'t> {
 pub struct ServiceRoutes<'t> {
     pub backend: &'t Arc<Backend>,
     pub prefixes: &'t [PathPrefix],
+    /// `servicePath` values under a `pathType` (then `prefixes` is empty).
+    pub patterns: &'t [PathPattern],
+    /// `serviceHeader`, `userAgent`.
+    pub conditions: &'t RouteConditions,
     pub domains: &'t [Domain],
     pub excluded: &'t [PathPrefix],
     pub default_backend: bool,
@@ -63,7 +70,13 @@ pub struct ServiceRoutes<'t> {
 #[derive(Debug, Clone, Default)]
 pub struct ServiceSpec {
     pub name: String,
+    /// The segment-aware prefixes it owns (no `pathType`).
     pub prefixes: Vec<PathPrefix>,
+    /// Its `servicePath` values under a `pathType`.
+    pub patterns: Vec<PathPattern>,
+    /// What a request's fields must show for its paths to take it (`serviceHeader`,
+    /// `userAgent`); the default backend role is not conditional.
+    pub conditions: RouteConditions,
     /// Empty: any host.
     pub domains: Vec<Domain>,
     pub excluded: Vec<PathPrefix>,
@@ -83,6 +96,8 @@ impl ServiceSpec {
 struct ServiceSlot {
     backend: Arc<Backend>,
     prefixes: Vec<PathPrefix>,
+    patterns: Vec<PathPattern>,
+    conditions: RouteConditions,
     domains: Vec<Domain>,
     excluded: Vec<PathPrefix>,
     color: Option<String>,
@@ -103,21 +118,57 @@ impl ServiceSlot {
 /// Hosts first: routes of services with a matching `serviceDomain` (exact name, then a
 /// one-label wildcard), then routes for any host, then the default backend. Within each, the
 /// longest segment-aware prefix wins, walking a radix tree (private to this crate) keyed by
-/// path bytes, so lookup cost depends on the request, not on the number of routes. A path a
-/// service excludes falls through to the next shorter owner.
+/// path bytes, so lookup cost depends on the request, not on the number of routes.
+///
+/// Each node of the tree holds its candidates in order: routes with conditions (a `pathType`
+/// pattern, `serviceHeader`, `userAgent`) first, the one unconditioned route last (see
+/// [`Candidate`] for the order among conditioned ones). The first candidate whose conditions
+/// hold and whose service does not exclude the path wins; when none does, the lookup goes on
+/// at the next shorter node, as it does for a path a service excludes.
 pub struct RouteTable {
     version: u64,
     any_host: matchit::Router<usize>,
     by_host: HashMap<Box<str>, matchit::Router<usize>>,
     by_wildcard: HashMap<Box<str>, matchit::Router<usize>>,
     default_service: Option<usize>,
-    routes: Vec<(PathPrefix, usize)>,
+    routes: Vec<Node>,
     services: Vec<ServiceSlot>,
     /// Counters of services routed by an earlier table and not by this one, by name: a
     /// removed service's series go on being reported (a counter that vanished and came back
     /// from zero would look like a reset to a scraper), and a service routed again resumes
     /// them. Carried from table to table like the rest of a service's state.
     retired: Vec<(Arc<str>, Arc<BackendStats>)>,
+}
+
+/// A node of the radix index: a segment-aware prefix and the routes that hang off it.
+struct Node {
+    prefix: PathPrefix,
+    candidates: Box<[Candidate]>,
+}
+
+/// A route at a node, with what it needs checked (`None`: nothing; the common case).
+///
+/// Order at one node, fixed when the table is built: conditioned routes first, by path
+/// specificity (`path` exact, then `path_beg` or a plain prefix with header conditions,
+/// longer value first, then `path_end`, longer first, then `path_reg`), then by the number
+/// of conditions (more first: each `serviceHeader` entry counts one, a `userAgent` list one),
+/// then by service name and path text; the unconditioned route last.
+struct Candidate {
+    service: usize,
+    test: Option<Box<RouteTest>>,
+}
+
+/// What a conditioned route checks: its `pathType` pattern (none for a prefix route) and its
+/// fields conditions.
+struct RouteTest {
+    pattern: Option<PathPattern>,
+    conditions: RouteConditions,
+}
+
+impl RouteTest {
+    fn matches(&self, path: &str, fields: &dyn RequestFields) -> bool {
+        self.pattern.as_ref().is_none_or(|p| p.matches(path)) && self.conditions.matches(fields)
+    }
 }
 
 /// The key a service name is compared by: ASCII lowercase, as Consul compares service names
@@ -156,40 +207,64 @@ impl RouteTable {
     }
 
     /// Finds the service owning `path` on `host` (the request's `Host`, any case, with or
-    /// without a port).
+    /// without a port), for a request without fields: routes with `serviceHeader` or
+    /// `userAgent` are passed over.
     pub fn lookup_host(&self, host: Option<&str>, path: &str) -> Option<RouteMatch<'_>> {
+        self.lookup_request(host, path, &NoFields)
+    }
+
+    /// Finds the service owning `path` on `host` for a request with `fields` (read only for
+    /// the conditioned routes at the nodes the lookup visits).
+    pub fn lookup_request(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        fields: &dyn RequestFields,
+    ) -> Option<RouteMatch<'_>> {
         if !self.by_host.is_empty() || !self.by_wildcard.is_empty() {
             if let Some(host) = host.and_then(normalise_host) {
                 if let Some(found) =
-                    self.by_host.get(host.as_ref()).and_then(|r| self.find(r, path))
+                    self.by_host.get(host.as_ref()).and_then(|r| self.find(r, path, fields))
                 {
                     return Some(found);
                 }
                 let parent = host.split_once('.').map(|(_, rest)| rest);
-                if let Some(found) =
-                    parent.and_then(|p| self.by_wildcard.get(p)).and_then(|r| self.find(r, path))
+                if let Some(found) = parent
+                    .and_then(|p| self.by_wildcard.get(p))
+                    .and_then(|r| self.find(r, path, fields))
                 {
                     return Some(found);
                 }
             }
         }
-        self.find(&self.any_host, path).or_else(|| {
+        self.find(&self.any_host, path, fields).or_else(|| {
             self.default_service
                 .map(|i| RouteMatch { backend: &self.services[i].backend, prefix: None })
         })
     }
 
-    /// The longest owner of `path` in `index` that does not exclude it.
-    fn find<'t>(&'t self, index: &'t matchit::Router<usize>, path: &str) -> Option<RouteMatch<'t>> {
+    /// The longest owner of `path` in `index` whose conditions hold and that does not exclude
+    /// it.
+    fn find<'t>(
+        &'t self,
+        index: &'t matchit::Router<usize>,
+        path: &str,
+        fields: &dyn RequestFields,
+    ) -> Option<RouteMatch<'t>> {
         let mut probe = path;
         loop {
             let found = index.at(probe).ok()?;
-            let (prefix, service) = &self.routes[*found.value];
-            let slot = &self.services[*service];
-            if !slot.excludes(path) {
-                return Some(RouteMatch { backend: &slot.backend, prefix: Some(prefix) });
+            let Node { prefix, candidates } = &self.routes[*found.value];
+            for candidate in candidates.iter() {
+                if candidate.test.as_ref().is_some_and(|t| !t.matches(path, fields)) {
+                    continue;
+                }
+                let slot = &self.services[candidate.service];
+                if !slot.excludes(path) {
+                    return Some(RouteMatch { backend: &slot.backend, prefix: Some(prefix) });
+                }
             }
-            // Excluded: ask again for the owners of the prefix's parent (all shorter).
+            // No candidate here: ask again for the owners of the prefix's parent (all shorter).
             if prefix.is_root() {
                 return None;
             }
@@ -205,6 +280,8 @@ impl RouteTable {
         self.services.iter().enumerate().map(|(i, s)| ServiceRoutes {
             backend: &s.backend,
             prefixes: &s.prefixes,
+            patterns: &s.patterns,
+            conditions: &s.conditions,
             domains: &s.domains,
             excluded: &s.excluded,
             default_backend: self.default_service == Some(i),
@@ -264,8 +341,8 @@ impl fmt::Debug for RouteTable {
 pub struct RouteTableBuilder {
     /// By service key: (spec, instances).
     services: BTreeMap<Arc<str>, (ServiceSpec, Vec<SocketAddr>)>,
-    /// (host or any, path) -> owner.
-    owners: HashMap<(Option<Domain>, PathPrefix), Arc<str>>,
+    /// (host or any, route with its conditions as text) -> owner.
+    owners: HashMap<(Option<Domain>, String), Arc<str>>,
     default_owner: Option<Arc<str>>,
     /// By service key.
     carried: HashMap<Arc<str>, Carried>,
@@ -327,8 +404,10 @@ impl RouteTableBuilder {
 
     /// Adds a service as `spec` describes it, with its instances (possibly none yet).
     ///
-    /// Refuses a path another service already owns on one of the same hosts (or for any
-    /// host), and a second default backend.
+    /// Refuses a route another service already has on one of the same hosts (or for any
+    /// host): the same path with the same path type and the same conditions. Routes that
+    /// differ in any condition may share a path; the lookup order decides between them.
+    /// Refuses a second default backend too.
     pub fn add(
         &mut self,
         mut spec: ServiceSpec,
@@ -343,6 +422,8 @@ impl RouteTableBuilder {
         }
         spec.prefixes.sort();
         spec.prefixes.dedup();
+        spec.patterns.sort_by(|a, b| (a.kind(), a.as_str()).cmp(&(b.kind(), b.as_str())));
+        spec.patterns.dedup();
         spec.domains.sort();
         spec.domains.dedup();
         let hosts: Vec<Option<Domain>> = if spec.domains.is_empty() {
@@ -350,11 +431,12 @@ impl RouteTableBuilder {
         } else {
             spec.domains.iter().cloned().map(Some).collect()
         };
+        let routes = route_keys(&spec);
         for host in &hosts {
-            for prefix in &spec.prefixes {
-                if let Some(owner) = self.owners.get(&(host.clone(), prefix.clone())) {
+            for route in &routes {
+                if let Some(owner) = self.owners.get(&(host.clone(), route.clone())) {
                     return Err(BuildError::PathOwned {
-                        path: prefix.clone(),
+                        path: route.clone(),
                         domain: host.clone(),
                         owner: owner.to_string(),
                         service: spec.name.clone(),
@@ -372,8 +454,8 @@ impl RouteTableBuilder {
         }
         let name: Arc<str> = Arc::from(spec.name.as_str());
         for host in hosts {
-            for prefix in &spec.prefixes {
-                self.owners.insert((host.clone(), prefix.clone()), name.clone());
+            for route in &routes {
+                self.owners.insert((host.clone(), route.clone()), name.clone());
             }
         }
         if spec.default_backend {
@@ -386,6 +468,9 @@ impl RouteTableBuilder {
     /// Builds the table as `version`.
     pub fn build(self, version: u64) -> Result<RouteTable, BuildError> {
         let mut table = RouteTable { version, ..RouteTable::empty() };
+        // (index, node prefix) -> candidates with their order; ordered maps so that a table
+        // built twice from the same services is the same table.
+        let mut nodes: BTreeMap<(IndexId, PathPrefix), Vec<(Order, Candidate)>> = BTreeMap::new();
         let mut retired = self.retired;
         for (key, carried) in &self.carried {
             if !self.services.contains_key(key) {
@@ -393,6 +478,7 @@ impl RouteTableBuilder {
             }
         }
         for (key, (spec, instances)) in self.services {
+            let routes = candidates(&spec, table.services.len(), &key);
             let carried = self.carried.get(&key);
             let resumed = retired.remove(&key).map(|(_, stats)| stats);
             let upstreams = instances
@@ -414,39 +500,51 @@ impl RouteTableBuilder {
             if spec.default_backend {
                 table.default_service = Some(service_index);
             }
-            for prefix in &spec.prefixes {
-                let route_index = table.routes.len();
-                table.routes.push((prefix.clone(), service_index));
-                let insert = |index: &mut matchit::Router<usize>| -> Result<(), BuildError> {
-                    for pattern in index_patterns(prefix) {
-                        index.insert(pattern, route_index).map_err(|e| BuildError::Index {
-                            path: prefix.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    }
-                    Ok(())
+            for (anchor, order, candidate) in routes {
+                let indexes: Vec<IndexId> = if spec.domains.is_empty() {
+                    vec![IndexId::Any]
+                } else {
+                    spec.domains.iter().map(IndexId::of).collect()
                 };
-                if spec.domains.is_empty() {
-                    insert(&mut table.any_host)?;
-                }
-                for domain in &spec.domains {
-                    match domain {
-                        Domain::Exact(host) => {
-                            insert(table.by_host.entry(host.clone()).or_default())?
-                        }
-                        Domain::Wildcard(parent) => {
-                            insert(table.by_wildcard.entry(parent.clone()).or_default())?;
-                        }
-                    }
+                for index in indexes {
+                    let test = candidate.test.as_ref().map(|t| {
+                        Box::new(RouteTest {
+                            pattern: t.pattern.clone(),
+                            conditions: t.conditions.clone(),
+                        })
+                    });
+                    nodes
+                        .entry((index, anchor.clone()))
+                        .or_default()
+                        .push((order.clone(), Candidate { service: candidate.service, test }));
                 }
             }
             table.services.push(ServiceSlot {
                 backend,
                 prefixes: spec.prefixes,
+                patterns: spec.patterns,
+                conditions: spec.conditions,
                 domains: spec.domains,
                 excluded: spec.excluded,
                 color: spec.color,
             });
+        }
+        for ((index, prefix), mut found) in nodes {
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            let route_index = table.routes.len();
+            let router = match index {
+                IndexId::Any => &mut table.any_host,
+                IndexId::Host(host) => table.by_host.entry(host).or_default(),
+                IndexId::Wildcard(parent) => table.by_wildcard.entry(parent).or_default(),
+            };
+            for pattern in index_patterns(&prefix) {
+                router.insert(pattern, route_index).map_err(|e| BuildError::Index {
+                    path: prefix.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let candidates = found.into_iter().map(|(_, c)| c).collect();
+            table.routes.push(Node { prefix, candidates });
         }
         table.retired = retired.into_values().collect();
         table.retired.sort_by(|a, b| a.0.cmp(&b.0));
@@ -460,6 +558,85 @@ impl fmt::Debug for RouteTableBuilder {
             .field("services", &self.services.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
+}
+
+/// Which radix index a node goes in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum IndexId {
+    Any,
+    Host(Box<str>),
+    Wildcard(Box<str>),
+}
+
+impl IndexId {
+    fn of(domain: &Domain) -> Self {
+        match domain {
+            Domain::Exact(host) => IndexId::Host(host.clone()),
+            Domain::Wildcard(parent) => IndexId::Wildcard(parent.clone()),
+        }
+    }
+}
+
+/// A candidate's place at its node (see [`Candidate`]): compared as a tuple, smallest first.
+/// (unconditioned, path rank, longer value first, more conditions first, service, path).
+type Order = (bool, u8, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, Arc<str>, String);
+
+/// A service's routes as (node prefix, order, candidate). The test is built once per route and
+/// cloned into each host's index.
+fn candidates(
+    spec: &ServiceSpec,
+    service: usize,
+    key: &Arc<str>,
+) -> Vec<(PathPrefix, Order, Candidate)> {
+    use std::cmp::Reverse;
+    let conditions = &spec.conditions;
+    let weight = Reverse(conditions.weight());
+    let mut out = Vec::new();
+    for prefix in &spec.prefixes {
+        let test = (!conditions.is_empty())
+            .then(|| Box::new(RouteTest { pattern: None, conditions: conditions.clone() }));
+        let order = (
+            test.is_none(),
+            1,
+            Reverse(prefix.as_str().len()),
+            weight,
+            key.clone(),
+            prefix.as_str().to_owned(),
+        );
+        out.push((prefix.clone(), order, Candidate { service, test }));
+    }
+    for pattern in &spec.patterns {
+        let (rank, len) = match pattern.kind() {
+            PathType::Exact => (0, 0),
+            PathType::Beg => (1, pattern.as_str().len()),
+            PathType::End => (2, pattern.as_str().len()),
+            PathType::Regex => (3, 0),
+        };
+        let test =
+            Box::new(RouteTest { pattern: Some(pattern.clone()), conditions: conditions.clone() });
+        let order = (false, rank, Reverse(len), weight, key.clone(), pattern.as_str().to_owned());
+        out.push((pattern.anchor().clone(), order, Candidate { service, test: Some(test) }));
+    }
+    out
+}
+
+/// A service's routes as the text ownership is keyed by (and conflicts are reported with):
+/// `/api`, `/api (pathType=path_beg)`, `/api (userAgent=mobile)`. Two services with the same
+/// text on one host collide.
+fn route_keys(spec: &ServiceSpec) -> Vec<String> {
+    let conditions = spec.conditions.to_string();
+    let describe =
+        |path: &str, path_type: Option<PathType>| match (path_type, conditions.is_empty()) {
+            (None, true) => path.to_owned(),
+            (None, false) => format!("{path} ({conditions})"),
+            (Some(t), true) => format!("{path} (pathType={t})"),
+            (Some(t), false) => format!("{path} (pathType={t} {conditions})"),
+        };
+    spec.prefixes
+        .iter()
+        .map(|p| describe(p.as_str(), None))
+        .chain(spec.patterns.iter().map(|p| describe(p.as_str(), Some(p.kind()))))
+        .collect()
 }
 
 /// The radix-tree patterns that make `prefix` own its path, the path with a trailing slash, and
@@ -675,6 +852,125 @@ mod tests {
         let err = b.add_service("b", &[p("/x/")], &[]).expect_err("same path, other service");
         assert!(matches!(err, BuildError::PathOwned { ref owner, .. } if owner == "a"), "{err}");
         assert!(b.add_service("a", &[p("/y")], &[]).is_err(), "a service is added once");
+    }
+
+    /// A service with conditions: `paths` under `path_type` (none: plain prefixes),
+    /// `serviceHeader`, `userAgent`.
+    fn conditioned(
+        name: &str,
+        path_type: Option<PathType>,
+        paths: &[&str],
+        header: Option<&str>,
+        agent: Option<&str>,
+    ) -> ServiceSpec {
+        let mut s = ServiceSpec::new(name, &[]);
+        match path_type {
+            None => s.prefixes = paths.iter().map(|x| p(x)).collect(),
+            Some(t) => {
+                s.patterns =
+                    paths.iter().map(|x| PathPattern::parse(t, x).expect("valid")).collect();
+            }
+        }
+        s.conditions = RouteConditions::parse(header, agent).expect("valid conditions");
+        s
+    }
+
+    #[test]
+    fn conditions_pick_among_routes_on_one_path() {
+        use PathType::*;
+        let mut b = RouteTableBuilder::new();
+        let services = [
+            conditioned("web", None, &["/"], None, None),
+            conditioned("api", None, &["/api"], None, None),
+            conditioned("mobile", None, &["/api"], None, Some("iphone,android")),
+            conditioned("v3", None, &["/api"], Some("X-Version:3"), None),
+            conditioned("v3-mobile", None, &["/api"], Some("X-Version:3"), Some("iphone")),
+            conditioned("raw", Some(Beg), &["/api/v"], None, None),
+            conditioned("exact", Some(Exact), &["/api/status"], None, None),
+            conditioned("images", Some(End), &[".png"], None, None),
+            conditioned("numbers", Some(Regex), &["^/n/[0-9]+$"], None, None),
+            conditioned("legacy", Some(Beg), &["/leg"], None, None),
+            conditioned("deep", None, &["/api/v1/deep"], None, None),
+        ];
+        for (i, s) in services.into_iter().enumerate() {
+            b.add(s, &[addr(u16::try_from(i).expect("few") + 1)]).expect("no conflict");
+        }
+        let t = b.build(1).expect("builds");
+        let iphone: &[(&str, &str)] = &[("User-Agent", "Mozilla (iPhone)")];
+        let v3: &[(&str, &str)] = &[("x-version", "3")];
+        let v3_iphone: &[(&str, &str)] = &[("x-version", "3"), ("user-agent", "iphone")];
+        let v4: &[(&str, &str)] = &[("x-version", "4")];
+        let none: &[(&str, &str)] = &[];
+        #[rustfmt::skip]
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(&str, Fields<'_>, &str)] = &[
+            // fields decide among the routes at /api; more conditions first
+            ("/api/x", none, "api"),
+            ("/api/x", iphone, "mobile"),
+            ("/api/x", v3, "v3"),
+            ("/api/x", v3_iphone, "v3-mobile"),
+            ("/api/x", v4, "api"),
+            // path_beg is a raw prefix hanging off /api: before the plain /api
+            ("/api/v1", none, "raw"),
+            ("/api/vx", iphone, "raw"),
+            // ... but a longer plain prefix still wins
+            ("/api/v1/deep/x", iphone, "deep"),
+            // exact path only
+            ("/api/status", iphone, "exact"),
+            ("/api/status/x", none, "api"),
+            // path_end and path_reg compete at /: only where no longer prefix owns the path
+            ("/img/a.png", none, "images"),
+            ("/api/a.png", none, "api"),
+            ("/n/42", none, "numbers"),
+            ("/n/42x", none, "web"),
+            ("/legacy", none, "legacy"),
+            ("/le", none, "web"),
+        ];
+        for (path, fields, want) in cases {
+            let got = t.lookup_request(None, path, fields).map(|m| m.backend.service());
+            assert_eq!(got, Some(*want), "path {path} fields {fields:?}");
+        }
+        // Without fields, header conditions never hold.
+        assert_eq!(t.lookup("/api/x").map(|m| m.backend.service()), Some("api"));
+    }
+
+    #[test]
+    fn conditioned_routes_fall_through_to_shorter_owners_or_miss() {
+        let mut b = RouteTableBuilder::new();
+        b.add(conditioned("bots", None, &["/api"], None, Some("googlebot")), &[]).expect("valid");
+        b.add(conditioned("root", None, &["/"], Some("X-Env:prod"), None), &[]).expect("valid");
+        let t = b.build(1).expect("builds");
+        let owner = |fields: &[(&str, &str)]| {
+            t.lookup_request(None, "/api/x", &fields).map(|m| m.backend.service().to_owned())
+        };
+        assert_eq!(owner(&[("user-agent", "Googlebot/2.1")]).as_deref(), Some("bots"));
+        assert_eq!(owner(&[("x-env", "prod")]).as_deref(), Some("root"));
+        assert_eq!(owner(&[("x-env", "dev")]), None, "no candidate anywhere: 404");
+    }
+
+    #[test]
+    fn equal_conditions_on_one_path_conflict() {
+        use PathType::*;
+        let mut b = RouteTableBuilder::new();
+        b.add(conditioned("a", None, &["/api"], None, Some("iphone")), &[]).expect("first");
+        b.add(conditioned("b", None, &["/api"], None, None), &[]).expect("other conditions");
+        b.add(conditioned("c", None, &["/api"], Some("X-V:1"), None), &[]).expect("other");
+        b.add(conditioned("d", Some(Beg), &["/api"], None, None), &[]).expect("other type");
+        b.add(conditioned("e", Some(Exact), &["/api"], None, None), &[]).expect("other type");
+        let cases = [
+            conditioned("x", None, &["/api"], None, Some("IPhone")),
+            conditioned("x", None, &["/api/"], None, None),
+            conditioned("x", None, &["/api"], Some("x-v : 1"), None),
+            conditioned("x", Some(Beg), &["/api"], None, None),
+        ];
+        for spec in cases {
+            let err = b.add(spec.clone(), &[]).expect_err("same path, same conditions");
+            assert!(matches!(err, BuildError::PathOwned { .. }), "{spec:?}: {err}");
+        }
+        let err = b
+            .add(conditioned("x", None, &["/api"], None, Some("iphone")), &[])
+            .expect_err("duplicate");
+        assert!(err.to_string().contains("/api (userAgent=iphone)"), "{err}");
     }
 
     #[test]

@@ -170,7 +170,9 @@ PATH           HOST           SERVICE   INSTANCE        STATE
             "Services": [{"ServiceName": "books-ms", "ServicePath": ["/api/v1/books", "/b"],
                           "Instances": [], "Users": ["alice"],
                           "ServiceColor": "blue", "AllowedSources": ["10.0.0.0/8", "::1/128"],
-                          "DenyHttp": true, "DeniedMethods": ["DELETE"]}]
+                          "DenyHttp": true, "DeniedMethods": ["DELETE"],
+                          "PathType": "path_beg", "ServiceHeader": ["x-version:3"],
+                          "UserAgent": ["iphone", "android"]}]
         });
         let text = config(&answer);
         for line in [
@@ -184,6 +186,9 @@ PATH           HOST           SERVICE   INSTANCE        STATE
             "  AllowedSources: 10.0.0.0/8, ::1/128",
             "  DenyHttp: true",
             "  DeniedMethods: DELETE",
+            "  PathType: path_beg",
+            "  ServiceHeader: x-version:3",
+            "  UserAgent: iphone, android",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

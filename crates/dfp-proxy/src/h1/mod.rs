@@ -366,7 +366,9 @@ fn prepare_parsed<'b>(
     };
     let client_ip =
         || rules::client_ip(conn.client.ip(), &forwarder.trusted_proxies, fields.clone());
+    let field_list = rules::FieldList(fields.clone());
     let request = RoutedRequest {
+        fields: rules::Fields(&field_list),
         https: conn.proto == "https" || (forwarder.trust_forwarded_proto && facts.forwarded_https),
         method,
         client: rules::ClientIp(&client_ip),

@@ -37,6 +37,29 @@ impl std::fmt::Debug for ClientIp<'_> {
     }
 }
 
+/// A request's fields as the table's routing conditions read them: a [`FieldList`] over the
+/// engine's own `(name, value)` pairs, borrowed, never copied.
+#[derive(Clone, Copy)]
+pub(crate) struct Fields<'a>(pub(crate) &'a dyn dfp_routing::RequestFields);
+
+impl std::fmt::Debug for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fields(..)")
+    }
+}
+
+/// An engine's field iterator (cloned for each question, so nothing is collected).
+pub(crate) struct FieldList<I>(pub(crate) I);
+
+impl<'a, I> dfp_routing::RequestFields for FieldList<I>
+where
+    I: Iterator<Item = (&'a str, &'a [u8])> + Clone,
+{
+    fn any_value(&self, name: &str, test: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.0.clone().any(|(n, value)| n.eq_ignore_ascii_case(name) && test(value))
+    }
+}
+
 /// What [`admit`] needs to know of a request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Admission<'a> {
@@ -168,7 +191,7 @@ pub(crate) fn route<'t, 'b>(
     };
     let backend: &'b Arc<Backend> = {
         let table = table.load();
-        let Some(found) = table.lookup_host(host, &path) else {
+        let Some(found) = table.lookup_request(host, &path, request.fields.0) else {
             return Err((ProxyError::NoRoute, None));
         };
         slot.insert(found.backend.clone())
@@ -193,6 +216,9 @@ pub(crate) fn route<'t, 'b>(
 /// What [`route`] needs to know of a request besides its host and target.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RoutedRequest<'a> {
+    /// The request's fields, for routes with `serviceHeader` or `userAgent` (read only when
+    /// the lookup meets such a route).
+    pub(crate) fields: Fields<'a>,
     /// Came over TLS, or (trusted) says it came over HTTPS.
     pub(crate) https: bool,
     pub(crate) method: &'a str,

@@ -369,3 +369,41 @@ fn only_idempotent_bodiless_requests_are_sent_again() {
         );
     }
 }
+
+/// `route` reads the request's fields for conditioned routes, through the engine's own
+/// iterator (a `FieldList`), and the path after normalisation.
+#[test]
+fn route_reads_fields_for_conditions() {
+    use dfp_routing::{PathPrefix, RouteConditions, RouteTableBuilder, ServiceSpec};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    let api = PathPrefix::parse("/api").expect("valid");
+    let mut builder = RouteTableBuilder::new();
+    builder.add(ServiceSpec::new("api", std::slice::from_ref(&api)), &[addr]).expect("valid");
+    let mut mobile = ServiceSpec::new("mobile", &[api]);
+    mobile.conditions = RouteConditions::parse(None, Some("iphone")).expect("valid");
+    builder.add(mobile, &[addr]).expect("other conditions");
+    let table = TableHandle::new(builder.build(1).expect("builds"));
+    let peer = || std::net::IpAddr::from([127, 0, 0, 1]);
+    let routed = |fields: &[(&str, &[u8])], path: &str| -> Option<String> {
+        let list = FieldList(fields.iter().copied());
+        let request = RoutedRequest {
+            fields: Fields(&list),
+            https: false,
+            method: "GET",
+            client: ClientIp(&peer),
+            authorization: None,
+            defaults: (Duration::from_secs(1), Duration::from_secs(1)),
+        };
+        let target = parse_target(path).expect("origin form");
+        let mut slot = None;
+        route(&table, &mut slot, None, &target, request)
+            .ok()
+            .map(|r| r.backend.service().to_owned())
+    };
+    let iphone: &[(&str, &[u8])] = &[("Host", b"a"), ("USER-AGENT", b"Mozilla (iPhone)")];
+    assert_eq!(routed(iphone, "/api/x").as_deref(), Some("mobile"));
+    assert_eq!(routed(iphone, "/x/../api").as_deref(), Some("mobile"), "normalised first");
+    assert_eq!(routed(&[("user-agent", b"curl")], "/api").as_deref(), Some("api"));
+    assert_eq!(routed(&[], "/api").as_deref(), Some("api"));
+    assert_eq!(routed(iphone, "/other"), None);
+}
