@@ -295,9 +295,22 @@ struct ServiceView {
     #[serde(skip_serializing_if = "Option::is_none")]
     https_redirect_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_when_http_proto: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_unless_https_proto: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redirect_from_domain: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     req_path_search: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     req_path_replace: Option<String>,
+    /// `search,replace` pairs, in the order they apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    req_path_search_replace: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_cookie: Option<String>,
     /// User names only: passwords and hashes never leave the proxy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     users: Vec<String>,
@@ -331,12 +344,23 @@ fn header_edits_view(edits: &dfp_routing::HeaderEdits) -> Option<HeaderEditsView
 }
 
 fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
+    use dfp_routing::ProtoRedirect;
     let policy = s.backend.policy();
+    let redirected = |d: &&dfp_routing::Domain| {
+        policy.domain_redirect.as_ref().is_some_and(|r| r.from.contains(d))
+    };
+    let https_redirect_code = policy.https_redirect.or(policy.proto_redirect.map(|(_, code)| code));
+    let proto = policy.proto_redirect.map(|(when, _)| when);
     ServiceView {
         service_name: s.backend.service().to_owned(),
         service_path: s.prefixes.iter().map(ToString::to_string).collect(),
         instances: s.backend.addrs().map(|a| a.to_string()).collect(),
-        service_domain: s.domains.iter().map(ToString::to_string).collect(),
+        service_domain: s
+            .domains
+            .iter()
+            .filter(|d| !redirected(d))
+            .map(ToString::to_string)
+            .collect(),
         service_path_exclude: s.excluded.iter().map(ToString::to_string).collect(),
         is_default_backend: s.default_backend,
         service_color: s.color.map(str::to_owned),
@@ -345,9 +369,23 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         deny_http: policy.deny_http,
         allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
         denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
-        https_redirect_code: policy.https_redirect,
+        https_redirect_code,
+        redirect_when_http_proto: (proto == Some(ProtoRedirect::WhenHttp)).then_some(true),
+        redirect_unless_https_proto: (proto == Some(ProtoRedirect::UnlessHttps)).then_some(true),
+        redirect_from_domain: policy
+            .domain_redirect
+            .iter()
+            .flat_map(|r| r.from.iter().map(ToString::to_string))
+            .collect(),
         req_path_search: policy.path_rewrite.as_ref().map(|r| r.search().to_owned()),
         req_path_replace: policy.path_rewrite.as_ref().map(|r| r.replacement().to_owned()),
+        req_path_search_replace: policy
+            .search_replace
+            .iter()
+            .map(|r| format!("{},{}", r.search(), r.replacement()))
+            .collect(),
+        session_type: policy.sticky.as_ref().map(|_| "sticky-server"),
+        session_cookie: policy.sticky.as_ref().map(|s| s.cookie().to_owned()),
         users: policy.users.iter().map(|u| u.user().to_owned()).collect(),
         request_headers: header_edits_view(&policy.request_headers),
         response_headers: header_edits_view(&policy.response_headers),

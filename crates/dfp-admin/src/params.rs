@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    Credential, Domain, HeaderEdits, MethodList, PathPrefix, PathRewrite, PolicyError,
-    ServicePolicy, ServiceSpec, SourceList,
+    Credential, Domain, DomainRedirect, HeaderEdits, MethodList, PathPrefix, PathRewrite,
+    PolicyError, ProtoRedirect, ServicePolicy, ServiceSpec, SourceList, StickySession,
 };
 
 use crate::AdminError;
@@ -70,6 +70,12 @@ const SUPPORTED: &[&str] = &[
     "allowedSources",
     "deniedSources",
     "serviceColor",
+    "sessionType",
+    "sessionCookie",
+    "redirectWhenHttpProto",
+    "redirectUnlessHttpsProto",
+    "redirectFromDomain",
+    "reqPathSearchReplace",
 ];
 
 impl ReconfigureRequest {
@@ -127,7 +133,58 @@ impl ReconfigureRequest {
             get("servicePathExclude").unwrap_or_default().split(','),
             "servicePathExclude",
         )?;
-        let policy = parse_policy(&get)?;
+        let mut policy = parse_policy(&get)?;
+        if let Some(raw) = get("redirectFromDomain") {
+            let mut from = Vec::new();
+            for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                from.push(
+                    Domain::parse(entry).map_err(|e| policy_err("redirectFromDomain", entry, e))?,
+                );
+            }
+            let to = domains.first().ok_or_else(|| {
+                invalid(
+                    "redirectFromDomain",
+                    raw,
+                    "it redirects to the first serviceDomain; give serviceDomain too",
+                )
+            })?;
+            if let Some(both) = from.iter().find(|d| domains.contains(d)) {
+                return Err(invalid(
+                    "redirectFromDomain",
+                    &both.to_string(),
+                    "it is also a serviceDomain, so it would redirect to itself; list it in one of them",
+                ));
+            }
+            policy.domain_redirect = Some(
+                DomainRedirect::new(from, to)
+                    .map_err(|e| policy_err("redirectFromDomain", raw, e))?,
+            );
+        }
+        match get("sessionType").map(str::trim) {
+            None => {
+                if let Some(cookie) = get("sessionCookie") {
+                    return Err(invalid(
+                        "sessionCookie",
+                        cookie,
+                        "it needs sessionType=sticky-server too",
+                    ));
+                }
+            }
+            Some(kind) if kind.eq_ignore_ascii_case("sticky-server") => {
+                let cookie = get("sessionCookie").map_or(service_name.as_str(), str::trim);
+                policy.sticky = Some(
+                    StickySession::new(cookie)
+                        .map_err(|e| policy_err("sessionCookie", cookie, e))?,
+                );
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "sessionType",
+                    other,
+                    "only sessionType=sticky-server is supported (a cookie set by the proxy); leave it out for round robin",
+                ));
+            }
+        }
         let color = get("serviceColor").map(|c| validate_color(&service_name, c)).transpose()?;
 
         // What is stored and replayed: everything as sent, the paths normalised.
@@ -169,12 +226,18 @@ impl ReconfigureRequest {
         }
     }
 
-    /// What the route table needs of this service.
+    /// What the route table needs of this service. The `redirectFromDomain` hosts are routed
+    /// to the service too (so their requests reach the rule that redirects them, and no other
+    /// service can own them); `config` shows them apart from `serviceDomain`.
     pub fn spec(&self) -> ServiceSpec {
+        let mut domains = self.domains.clone();
+        if let Some(redirect) = &self.policy.domain_redirect {
+            domains.extend(redirect.from.iter().cloned());
+        }
         ServiceSpec {
             name: self.service_name.clone(),
             prefixes: self.service_paths.clone(),
-            domains: self.domains.clone(),
+            domains,
             excluded: self.excluded.clone(),
             default_backend: self.default_backend,
             policy: self.policy.clone(),
@@ -226,19 +289,25 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
             *list = SourceList::parse(raw).map_err(|e| policy_err(name, raw, e))?;
         }
     }
+    // `httpsRedirectCode` applies to every redirect to HTTPS, as in Docker Flow Proxy's
+    // template; validated whenever given.
+    let code = match get("httpsRedirectCode") {
+        Some(raw) => raw
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| ServicePolicy::redirect_code(c).ok())
+            .ok_or_else(|| invalid("httpsRedirectCode", raw, "give 301, 302, 303, 307 or 308"))?,
+        None => 302,
+    };
     if parse_bool(get("httpsOnly"), "httpsOnly")? {
-        let code = match get("httpsRedirectCode") {
-            Some(raw) => raw
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| ServicePolicy::redirect_code(c).ok())
-                .ok_or_else(|| {
-                    invalid("httpsRedirectCode", raw, "give 301, 302, 303, 307 or 308")
-                })?,
-            None => 302,
-        };
         policy.https_redirect = Some(code);
+    }
+    // Redirecting unless `https` covers redirecting when `http`: it wins when both are set.
+    if parse_bool(get("redirectUnlessHttpsProto"), "redirectUnlessHttpsProto")? {
+        policy.proto_redirect = Some((ProtoRedirect::UnlessHttps, code));
+    } else if parse_bool(get("redirectWhenHttpProto"), "redirectWhenHttpProto")? {
+        policy.proto_redirect = Some((ProtoRedirect::WhenHttp, code));
     }
     match (get("reqPathSearch"), get("reqPathReplace")) {
         (Some(search), replace) => {
@@ -251,6 +320,23 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
             return Err(invalid("reqPathReplace", replace, "it needs reqPathSearch too"));
         }
         (None, None) => {}
+    }
+    // Docker Flow Proxy's pairs: `search,replace` entries separated by `:` (split at the
+    // first comma of each entry, so a replacement may hold commas; a search may not).
+    if let Some(raw) = get("reqPathSearchReplace") {
+        for entry in raw.split(':').filter(|e| !e.is_empty()) {
+            let (search, replace) = entry.split_once(',').ok_or_else(|| {
+                invalid(
+                    "reqPathSearchReplace",
+                    entry,
+                    "give search,replace pairs separated by ':', e.g. /old/,/new/:/a,/b",
+                )
+            })?;
+            policy.search_replace.push(
+                PathRewrite::new(search, replace)
+                    .map_err(|e| policy_err("reqPathSearchReplace", search, e))?,
+            );
+        }
     }
     if let Some(users) = get("users") {
         let hashed = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
@@ -441,11 +527,11 @@ mod tests {
             ("serviceName", "books-ms"),
             ("servicePath", "/b"),
             ("distribute", "true"),
-            ("sessionType", "sticky-server"),
+            ("userDef", "x"),
             ("distribute", "true"),
         ])
         .expect("extra parameters are accepted");
-        assert_eq!(r.ignored, ["distribute", "sessionType"]);
+        assert_eq!(r.ignored, ["distribute", "userDef"]);
     }
 
     #[test]
@@ -519,5 +605,70 @@ mod tests {
         let same = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "a")];
         assert_eq!(parse(&same).expect("the same value twice").service_name, "a");
         assert_eq!(service_name_from_pairs(same).expect("the same value twice"), "a");
+    }
+
+    #[test]
+    fn sticky_sessions_redirects_and_search_replace_pairs() {
+        let base = [("serviceName", "books"), ("servicePath", "/b")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut q = base.to_vec();
+            q.extend_from_slice(extra);
+            parse(&q)
+        };
+        let sticky = with(&[("sessionType", "sticky-server")]).expect("valid");
+        assert_eq!(sticky.policy.sticky.as_ref().map(StickySession::cookie), Some("books"));
+        let named =
+            with(&[("sessionType", "sticky-server"), ("sessionCookie", "SRV")]).expect("valid");
+        assert_eq!(named.policy.sticky.as_ref().map(StickySession::cookie), Some("SRV"));
+        let when = with(&[("redirectWhenHttpProto", "true"), ("httpsRedirectCode", "301")])
+            .expect("valid");
+        assert_eq!(when.policy.proto_redirect, Some((ProtoRedirect::WhenHttp, 301)));
+        assert_eq!(when.policy.https_redirect, None);
+        let unless =
+            with(&[("redirectUnlessHttpsProto", "true"), ("redirectWhenHttpProto", "true")])
+                .expect("valid");
+        assert_eq!(unless.policy.proto_redirect, Some((ProtoRedirect::UnlessHttps, 302)));
+        let moved =
+            with(&[("serviceDomain", "new.com"), ("redirectFromDomain", "old.com,*.old.com")])
+                .expect("valid");
+        let redirect = moved.policy.domain_redirect.as_ref().expect("redirect");
+        assert_eq!(redirect.to(), "new.com");
+        assert_eq!(moved.spec().domains.len(), 3, "redirected hosts are routed to the service");
+        let pairs = with(&[(
+            "reqPathSearchReplace",
+            "/replace-something/,/with-else/:/replace-with-empty,:/foo,/bar",
+        )])
+        .expect("DFP's documented example");
+        assert_eq!(pairs.policy.search_replace.len(), 3);
+        assert_eq!(pairs.policy.search_replace[1].replacement(), "");
+
+        for (bad, name) in [
+            (&[("sessionType", "sticky-client")][..], "sessionType"),
+            (&[("sessionCookie", "X")][..], "sessionCookie"),
+            (&[("sessionType", "sticky-server"), ("sessionCookie", "a b")][..], "sessionCookie"),
+            (&[("redirectWhenHttpProto", "yes")][..], "redirectWhenHttpProto"),
+            (&[("redirectFromDomain", "old.com")][..], "redirectFromDomain"),
+            (
+                &[("serviceDomain", "*.new.com"), ("redirectFromDomain", "old.com")][..],
+                "redirectFromDomain",
+            ),
+            (
+                &[("serviceDomain", "new.com"), ("redirectFromDomain", "new.com")][..],
+                "redirectFromDomain",
+            ),
+            (&[("reqPathSearchReplace", "/no-comma")][..], "reqPathSearchReplace"),
+            (&[("reqPathSearchReplace", "(,x")][..], "reqPathSearchReplace"),
+            (
+                &[("redirectWhenHttpProto", "true"), ("httpsRedirectCode", "200")][..],
+                "httpsRedirectCode",
+            ),
+        ] {
+            match with(bad) {
+                Err(AdminError::InvalidParameter { name: got, .. }) => {
+                    assert_eq!(got, name, "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

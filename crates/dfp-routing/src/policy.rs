@@ -1,6 +1,6 @@
 //! What a service asks of the proxy beyond "send it here": host names, excluded paths, the
-//! default-backend role, and per-request policy (HTTPS redirect, path rewrite, basic auth,
-//! header edits, timeouts).
+//! default-backend role, and per-request policy (HTTPS and domain redirects, path rewrites,
+//! basic auth, sticky sessions, header edits, timeouts).
 //!
 //! Everything is validated when built (at reconfigure time) and stored ready to apply, so the
 //! data plane never parses a header name or compiles a regex per request. Still no IO here:
@@ -37,6 +37,10 @@ pub enum PolicyError {
         "method {0:?} is not an HTTP method name; give names such as GET,HEAD separated by commas"
     )]
     BadMethod(String),
+    #[error("cookie name {0:?} is not a cookie name; use letters, digits and -_.!#$%&'*+^`|~, e.g. DFP_SERVER")]
+    BadCookieName(String),
+    #[error("redirectFromDomain needs an exact serviceDomain to redirect to (the first serviceDomain is {0:?}); give serviceDomain=www.example.com")]
+    BadRedirectTarget(String),
 }
 
 /// A host a service answers for: exact (`shop.example.com`) or one-label wildcard
@@ -68,6 +72,24 @@ impl Domain {
             return Err(bad());
         }
         Ok(if wildcard { Domain::Wildcard(name.into()) } else { Domain::Exact(name.into()) })
+    }
+}
+
+impl Domain {
+    /// Whether `host` (a request's host, without port, any case, perhaps with a trailing dot)
+    /// is this domain.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match self {
+            Domain::Exact(name) => host.eq_ignore_ascii_case(name),
+            Domain::Wildcard(suffix) => host
+                .len()
+                .checked_sub(suffix.len() + 1)
+                .filter(|&dot| dot > 0 && host.as_bytes()[dot] == b'.')
+                .is_some_and(|dot| {
+                    !host[..dot].contains('.') && host[dot + 1..].eq_ignore_ascii_case(suffix)
+                }),
+        }
     }
 }
 
@@ -258,6 +280,70 @@ impl HeaderEdits {
     }
 }
 
+/// `sessionType=sticky-server`: the proxy pins each client to one instance with a cookie it
+/// sets itself (HAProxy's `cookie NAME insert indirect nocache`, which Docker Flow Proxy
+/// writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickySession {
+    cookie: Box<str>,
+}
+
+impl StickySession {
+    /// A sticky session with the cookie `name` (an RFC 6265 cookie name: an HTTP token).
+    pub fn new(name: &str) -> Result<Self, PolicyError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+        if !valid {
+            return Err(PolicyError::BadCookieName(name.to_owned()));
+        }
+        Ok(StickySession { cookie: name.into() })
+    }
+
+    /// The cookie's name.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+}
+
+/// Redirects to HTTPS decided by the `X-Forwarded-Proto` a balancer in front of the proxy
+/// sets (Docker Flow Proxy's `redirectWhenHttpProto` and `redirectUnlessHttpsProto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtoRedirect {
+    /// Redirect when `X-Forwarded-Proto` is `http`.
+    WhenHttp,
+    /// Redirect unless `X-Forwarded-Proto` is `https`.
+    UnlessHttps,
+}
+
+/// `redirectFromDomain`: requests for one of `from` are sent to `to` (the service's first
+/// `serviceDomain`) with `301`, same path and query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRedirect {
+    pub from: Vec<Domain>,
+    to: Box<str>,
+}
+
+impl DomainRedirect {
+    /// `to` must be an exact domain: a wildcard names no one host to send the client to.
+    pub fn new(from: Vec<Domain>, to: &Domain) -> Result<Self, PolicyError> {
+        match to {
+            Domain::Exact(name) => Ok(DomainRedirect { from, to: name.clone() }),
+            Domain::Wildcard(_) => Err(PolicyError::BadRedirectTarget(to.to_string())),
+        }
+    }
+
+    /// The host redirected to.
+    pub fn to(&self) -> &str {
+        &self.to
+    }
+
+    /// Whether a request for `host` (without port) is redirected.
+    pub fn applies_to(&self, host: &str) -> bool {
+        self.from.iter().any(|d| d.matches(host))
+    }
+}
+
 /// Per-request policy of a service. The default asks for nothing.
 #[derive(Debug, Clone, Default)]
 pub struct ServicePolicy {
@@ -273,7 +359,19 @@ pub struct ServicePolicy {
     pub denied_methods: MethodList,
     /// Plain-HTTP requests are redirected to HTTPS with this status (`httpsOnly`).
     pub https_redirect: Option<u16>,
+    /// Redirects to HTTPS by the balancer's `X-Forwarded-Proto`, with this status
+    /// (`httpsRedirectCode`, default 302).
+    pub proto_redirect: Option<(ProtoRedirect, u16)>,
+    /// `redirectFromDomain`.
+    pub domain_redirect: Option<DomainRedirect>,
+    /// `reqPathSearch`/`reqPathReplace`: applied first.
     pub path_rewrite: Option<PathRewrite>,
+    /// `reqPathSearchReplace` pairs: applied after `path_rewrite`, in order, each to the
+    /// previous one's result (HAProxy's `set-path` rules in the order Docker Flow Proxy
+    /// writes them).
+    pub search_replace: Vec<PathRewrite>,
+    /// `sessionType=sticky-server`.
+    pub sticky: Option<StickySession>,
     /// Basic-auth users; empty means no authentication.
     pub users: Vec<Credential>,
     pub request_headers: HeaderEdits,
@@ -329,6 +427,39 @@ mod tests {
         assert_eq!(Domain::parse("*.example.com"), Ok(Domain::Wildcard("example.com".into())));
         for bad in ["", "*.", "a..b", "-a.b", "a b", "*.*.b", "a/b", "ex ample.com"] {
             assert!(Domain::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn domain_matching_and_redirect_targets() {
+        let exact = Domain::parse("old.example.com").expect("valid");
+        let wild = Domain::parse("*.example.com").expect("valid");
+        for (domain, host, expected) in [
+            (&exact, "old.example.com", true),
+            (&exact, "OLD.example.com.", true),
+            (&exact, "x.old.example.com", false),
+            (&wild, "a.example.com", true),
+            (&wild, "example.com", false),
+            (&wild, "a.b.example.com", false),
+            (&wild, ".example.com", false),
+        ] {
+            assert_eq!(domain.matches(host), expected, "{domain} {host}");
+        }
+        assert!(DomainRedirect::new(vec![exact.clone()], &wild).is_err());
+        let redirect =
+            DomainRedirect::new(vec![exact], &Domain::parse("new.example.com").expect("valid"))
+                .expect("exact target");
+        assert_eq!(redirect.to(), "new.example.com");
+        assert!(redirect.applies_to("old.example.com"));
+        assert!(!redirect.applies_to("new.example.com"));
+    }
+
+    #[test]
+    fn cookie_names() {
+        assert!(StickySession::new("DFP_SERVER").is_ok());
+        assert!(StickySession::new("books-ms.v1").is_ok());
+        for bad in ["", "a b", "a=b", "a;b", "é", &"x".repeat(65)] {
+            assert!(StickySession::new(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -71,6 +71,11 @@ fn connection_options() {
     assert!(facts(true, &[]).expect("fine").close);
 }
 
+fn no_cookie(_: &str) -> Option<u64> {
+    None
+}
+const NO_COOKIE: fn(&str) -> Option<u64> = no_cookie;
+
 fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy) -> String {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_request(false, pairs()).expect("valid request");
@@ -83,6 +88,8 @@ fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy
         path: "/",
         query: None,
         authorization: facts.authorization,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
     };
     let admitted =
         admit(policy, "svc", &admission, (Duration::from_secs(1), Duration::from_secs(1)))
@@ -153,10 +160,12 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
         path: "/a",
         query: Some("q=1"),
         authorization: None,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
     };
     let redirect = ServicePolicy { https_redirect: Some(308), ..ServicePolicy::default() };
     match admit(&redirect, "s", &request, defaults) {
-        Err(ProxyError::Redirect { location, status }) => {
+        Err(ProxyError::Redirect { location, status, .. }) => {
             assert_eq!(location, "https://shop/a?q=1");
             assert_eq!(status, 308);
         }
@@ -203,6 +212,8 @@ fn access_rules_answer_in_order() {
         path: "/a",
         query: None,
         authorization: None,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
     };
     let policy = ServicePolicy {
         allowed_sources: SourceList::parse("10.0.0.0/8").expect("list"),
@@ -311,7 +322,7 @@ fn response_fields_lose_hop_by_hop_ones_and_a_length_beside_chunks() {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_response(200, false, false, pairs()).expect("valid");
     let mut out = Vec::new();
-    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), true);
+    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), None, true);
     assert_eq!(
         String::from_utf8_lossy(&out),
         "Transfer-Encoding: chunked\r\nDate: Mon, 30 Nov 2026 15:00:00 GMT\r\nX-Kept: yes\r\n"
@@ -368,4 +379,110 @@ fn only_idempotent_bodiless_requests_are_sent_again() {
             "{method} body={body} upgrade={upgrade}"
         );
     }
+}
+
+fn plain_request<'a>(host: &'a str, forwarded_proto: Option<&'a [u8]>) -> Admission<'a> {
+    static PEER: fn() -> std::net::IpAddr = || std::net::IpAddr::from([10, 0, 0, 9]);
+    Admission {
+        https: false,
+        method: "GET",
+        client: ClientIp(&PEER),
+        host: Some(host),
+        path: "/a",
+        query: Some("q=1"),
+        authorization: None,
+        forwarded_proto,
+        cookie: CookieToken(&NO_COOKIE),
+    }
+}
+
+/// `redirectWhenHttpProto`, `redirectUnlessHttpsProto` and `redirectFromDomain`: which
+/// requests each redirects, where to, and with which status.
+#[test]
+fn forwarded_proto_and_domain_redirects() {
+    use dfp_routing::{Domain, DomainRedirect, ProtoRedirect};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let when_http = ServicePolicy {
+        proto_redirect: Some((ProtoRedirect::WhenHttp, 301)),
+        ..ServicePolicy::default()
+    };
+    let unless_https = ServicePolicy {
+        proto_redirect: Some((ProtoRedirect::UnlessHttps, 302)),
+        ..ServicePolicy::default()
+    };
+    let domain = ServicePolicy {
+        domain_redirect: Some(
+            DomainRedirect::new(
+                vec![Domain::parse("old.example.com").expect("domain")],
+                &Domain::parse("new.example.com").expect("domain"),
+            )
+            .expect("exact"),
+        ),
+        ..ServicePolicy::default()
+    };
+    let location = |policy: &ServicePolicy, request: &Admission<'_>| match admit(
+        policy, "s", request, defaults,
+    ) {
+        Ok(_) => None,
+        Err(ProxyError::Redirect { location, status, .. }) => {
+            Some((status.as_u16(), location.to_str().expect("ascii").to_owned()))
+        }
+        Err(other) => panic!("{other:?}"),
+    };
+    let to = |status: u16, l: &str| Some((status, l.to_owned()));
+    for (policy, request, expected) in [
+        (&when_http, plain_request("shop:8080", Some(b"http")), to(301, "https://shop/a?q=1")),
+        (&when_http, plain_request("shop", Some(b"HTTP ")), to(301, "https://shop/a?q=1")),
+        (&when_http, plain_request("shop", Some(b"https")), None),
+        (&when_http, plain_request("shop", None), None),
+        (&unless_https, plain_request("shop", None), to(302, "https://shop/a?q=1")),
+        (&unless_https, plain_request("shop", Some(b"http")), to(302, "https://shop/a?q=1")),
+        (&unless_https, plain_request("shop", Some(b"https")), None),
+        (&unless_https, Admission { https: true, ..plain_request("shop", None) }, None),
+        (
+            &domain,
+            plain_request("old.example.com:80", None),
+            to(301, "http://new.example.com/a?q=1"),
+        ),
+        (
+            &domain,
+            Admission { https: true, ..plain_request("OLD.example.com", None) },
+            to(301, "https://new.example.com/a?q=1"),
+        ),
+        (&domain, plain_request("new.example.com", None), None),
+    ] {
+        assert_eq!(location(policy, &request), expected, "{:?}", request.host);
+    }
+}
+
+#[test]
+fn search_replace_pairs_apply_in_order_after_req_path_search() {
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let rewrite = |s: &str, r: &str| dfp_routing::PathRewrite::new(s, r).expect("regex");
+    let policy = ServicePolicy {
+        path_rewrite: Some(rewrite("^/a", "/b")),
+        search_replace: vec![rewrite("^/b", "/c"), rewrite("^/nomatch", "/x"), rewrite("c$", "d")],
+        ..ServicePolicy::default()
+    };
+    let admitted = admit(&policy, "s", &plain_request("h", None), defaults).expect("admitted");
+    assert_eq!(admitted.rewritten.as_deref(), Some("/d"));
+}
+
+#[test]
+fn sticky_cookies_are_read_and_written() {
+    let fields = [("cookie", &b"a=1; DFP_SERVER=00000000000000ff"[..]), ("Cookie", b"b=2")];
+    assert_eq!(cookie_token(fields.iter().copied(), "DFP_SERVER"), Some(255));
+    assert_eq!(cookie_token(fields.iter().copied(), "DFP"), None);
+    let split = [("cookie", &b"a=1"[..]), ("cookie", b"S=\"0123456789abcdef\"")];
+    assert_eq!(cookie_token(split.iter().copied(), "S"), Some(0x0123_4567_89ab_cdef));
+    for bad in [&b"S=12"[..], b"S=zzzzzzzzzzzzzzzz", b"XS=0123456789abcdef", b"S=+123456789abcdef"]
+    {
+        assert_eq!(cookie_token([("cookie", bad)].into_iter(), "S"), None, "{bad:?}");
+    }
+    let mut out = Vec::new();
+    write_pin(&mut out, &Pin { cookie: "DFP_SERVER", token: 0xab });
+    assert_eq!(
+        String::from_utf8(out).expect("text"),
+        "set-cookie: DFP_SERVER=00000000000000ab; Path=/; HttpOnly\r\ncache-control: private\r\n"
+    );
 }
