@@ -314,6 +314,15 @@ struct ServiceView {
     /// User names only: passwords and hashes never leave the proxy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     users: Vec<String>,
+    /// Where the users come from: `service` (its `users`), `secret` (its `usersSecret`) or
+    /// `global` (the proxy's `USERS` or users file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_from: Option<&'static str>,
+    /// The secret's name (`dfp_users_<name>`), never its content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_secret: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_authorization: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_headers: Option<HeaderEditsView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,7 +353,7 @@ fn header_edits_view(edits: &dfp_routing::HeaderEdits) -> Option<HeaderEditsView
 }
 
 fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
-    use dfp_routing::ProtoRedirect;
+    use dfp_routing::{ProtoRedirect, UsersFrom};
     let policy = s.backend.policy();
     let redirected = |d: &&dfp_routing::Domain| {
         policy.domain_redirect.as_ref().is_some_and(|r| r.from.contains(d))
@@ -386,7 +395,17 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
             .collect(),
         session_type: policy.sticky.as_ref().map(|_| "sticky-server"),
         session_cookie: policy.sticky.as_ref().map(|s| s.cookie().to_owned()),
-        users: policy.users.iter().map(|u| u.user().to_owned()).collect(),
+        users: policy.auth.users().iter().map(|u| u.user().to_owned()).collect(),
+        users_from: policy.auth.from().map(|from| match from {
+            UsersFrom::Service => "service",
+            UsersFrom::Secret(_) => "secret",
+            UsersFrom::Global => "global",
+        }),
+        users_secret: match policy.auth.from() {
+            Some(UsersFrom::Secret(name)) => Some(name.to_string()),
+            Some(UsersFrom::Service | UsersFrom::Global) | None => None,
+        },
+        ignore_authorization: matches!(policy.auth, dfp_routing::Authentication::Ignored),
         request_headers: header_edits_view(&policy.request_headers),
         response_headers: header_edits_view(&policy.response_headers),
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),

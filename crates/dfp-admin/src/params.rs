@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    Credential, Domain, DomainRedirect, HeaderEdits, MethodList, PathPrefix, PathRewrite,
-    PolicyError, ProtoRedirect, ServicePolicy, ServiceSpec, SourceList, StickySession,
+    Authentication, Credential, Domain, DomainRedirect, HeaderEdits, MethodList, PathPrefix,
+    PathRewrite, PolicyError, ProtoRedirect, ServicePolicy, ServiceSpec, SourceList, StickySession,
+    UsersFrom,
 };
 
 use crate::AdminError;
@@ -32,8 +33,15 @@ pub struct ReconfigureRequest {
     /// `serviceColor` (Consul mode): the instances are those of `<serviceName>-<color>`; the
     /// route keeps the name `serviceName`.
     pub color: Option<String>,
-    /// `httpsOnly`, `reqPathSearch`, `users`, header edits, timeouts.
+    /// `httpsOnly`, `reqPathSearch`, `users`, header edits, timeouts. Its authentication is
+    /// the service's own `users`, or `ignoreAuthorization`; otherwise open until the
+    /// controller resolves it (the `usersSecret`, or the proxy's global users).
     pub policy: ServicePolicy,
+    /// `usersSecret`: the service's users are in the Docker secret `dfp_users_<name>`, read by
+    /// the controller (this is the name, never the users).
+    pub users_secret: Option<String>,
+    /// `usersPassEncrypted`: the passwords of `users` or of the `usersSecret` are hashes.
+    pub users_pass_encrypted: bool,
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
@@ -76,6 +84,8 @@ const SUPPORTED: &[&str] = &[
     "redirectUnlessHttpsProto",
     "redirectFromDomain",
     "reqPathSearchReplace",
+    "ignoreAuthorization",
+    "usersSecret",
 ];
 
 impl ReconfigureRequest {
@@ -186,6 +196,24 @@ impl ReconfigureRequest {
             }
         }
         let color = get("serviceColor").map(|c| validate_color(&service_name, c)).transpose()?;
+        let users_secret = get("usersSecret").map(validate_users_secret).transpose()?;
+        let users_pass_encrypted = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
+        if parse_bool(get("ignoreAuthorization"), "ignoreAuthorization")? {
+            if let Some(given) = ["users", "usersSecret"].into_iter().find(|n| get(n).is_some()) {
+                return Err(invalid(
+                    "ignoreAuthorization",
+                    "true",
+                    &format!("it would ignore the service's own {given}; give one of them"),
+                ));
+            }
+            policy.auth = Authentication::Ignored;
+        } else if let (Some(secret), Some(_)) = (&users_secret, get("users")) {
+            return Err(invalid(
+                "usersSecret",
+                secret,
+                "the service's users are given in users too; give users or usersSecret, not both",
+            ));
+        }
 
         // What is stored and replayed: everything as sent, the paths normalised.
         let mut stored = params.clone();
@@ -206,6 +234,8 @@ impl ReconfigureRequest {
             default_backend,
             color,
             policy,
+            users_secret,
+            users_pass_encrypted,
             ignored,
             params: stored,
         })
@@ -253,6 +283,23 @@ impl ReconfigureRequest {
             None => self.service_name.clone(),
         }
     }
+}
+
+/// `usersSecret`: the suffix of a Docker secret's name (`dfp_users_<name>`), so letters,
+/// digits, `-`, `_` and `.` only: never a path.
+fn validate_users_secret(name: &str) -> Result<String, AdminError> {
+    let name = name.trim();
+    let valid = name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(invalid(
+            "usersSecret",
+            name,
+            "give the suffix of a Docker secret named dfp_users_<suffix> (letters, digits, '-', '_', '.'), e.g. usersSecret=monitoring",
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// `serviceColor`: a name part (letters, digits, `-`, `_`, `.`), so that
@@ -340,15 +387,10 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
     }
     if let Some(users) = get("users") {
         let hashed = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
-        for entry in users.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (user, password) = entry.split_once(':').ok_or_else(|| {
-                invalid("users", "(hidden)", "give user:password entries separated by commas")
-            })?;
-            policy.users.push(
-                Credential::new(user, password, hashed)
-                    .map_err(|e| policy_err("users", user, e))?,
-            );
-        }
+        // Never echo the value: it holds passwords.
+        let users = Credential::parse_list(users, hashed)
+            .map_err(|e| policy_err("users", "(hidden)", e))?;
+        policy.auth = Authentication::Users { users: users.into(), from: UsersFrom::Service };
     }
     let edits = |add: &'static str,
                  set: &'static str,
@@ -605,6 +647,47 @@ mod tests {
         let same = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "a")];
         assert_eq!(parse(&same).expect("the same value twice").service_name, "a");
         assert_eq!(service_name_from_pairs(same).expect("the same value twice"), "a");
+    }
+
+    #[test]
+    fn users_secret_and_ignore_authorization() {
+        let base = [("serviceName", "books"), ("servicePath", "/b")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut q = base.to_vec();
+            q.extend_from_slice(extra);
+            parse(&q)
+        };
+        let open = with(&[]).expect("valid");
+        assert!(matches!(open.policy.auth, Authentication::Open), "resolved by the controller");
+        let secret =
+            with(&[("usersSecret", " monitoring "), ("usersPassEncrypted", "true")]).expect("ok");
+        assert_eq!(secret.users_secret.as_deref(), Some("monitoring"));
+        assert!(secret.users_pass_encrypted);
+        assert!(matches!(secret.policy.auth, Authentication::Open));
+        assert!(secret.ignored.is_empty());
+        let ignored = with(&[("ignoreAuthorization", "true")]).expect("valid");
+        assert!(matches!(ignored.policy.auth, Authentication::Ignored));
+        let own = with(&[("users", "a:1,b:2")]).expect("valid");
+        assert_eq!(own.policy.auth.users().len(), 2);
+        assert_eq!(own.policy.auth.from(), Some(&UsersFrom::Service));
+
+        for (bad, name, hidden) in [
+            (&[("usersSecret", "../etc/passwd")][..], "usersSecret", ""),
+            (&[("usersSecret", "a b")][..], "usersSecret", ""),
+            (&[("usersSecret", "s"), ("users", "a:1")][..], "usersSecret", ""),
+            (&[("ignoreAuthorization", "yes")][..], "ignoreAuthorization", ""),
+            (&[("ignoreAuthorization", "true"), ("users", "a:1")][..], "ignoreAuthorization", ""),
+            (&[("ignoreAuthorization", "1"), ("usersSecret", "s")][..], "ignoreAuthorization", ""),
+            (&[("users", "a:1,s3cret")][..], "users", "s3cret"),
+        ] {
+            match with(bad) {
+                Err(err @ AdminError::InvalidParameter { name: got, .. }) => {
+                    assert_eq!(got, name, "{bad:?}");
+                    assert!(hidden.is_empty() || !err.to_string().contains(hidden), "{err}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub use backend::{
     EJECT_MAX_MS, LATENCY_BUCKETS_MS,
 };
 pub use policy::{
-    Credential, Domain, DomainRedirect, HeaderEdits, PathRewrite, PolicyError, ProtoRedirect,
-    ServicePolicy, StickySession,
+    Authentication, Credential, Domain, DomainRedirect, HeaderEdits, PathRewrite, PolicyError,
+    ProtoRedirect, ServicePolicy, StickySession, UsersFrom,
 };
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{

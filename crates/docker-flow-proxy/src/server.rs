@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use dfp_admin::{
-    AdminAuth, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook, RouteStore,
+    AdminAuth, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook, RouteStore, UsersConfig,
 };
 use dfp_consul::ConsulClient;
 use dfp_proxy::{ConnectionStats, ProxyConfig};
@@ -30,6 +30,13 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Credentials first: a mistake in them stops the start before any port is bound.
     let credentials = args.credentials.credentials()?;
     let admin_auth = AdminAuth::new(&credentials);
+    // Global users likewise: a bad USERS or users file must not start a proxy that serves
+    // its services open.
+    let (global_users, users_from) = args.global_users(|name| std::env::var(name).ok())?;
+    if let Some(from) = &users_from {
+        tracing::info!(users = global_users.len(), from = %from, "global users protect every service without users of its own");
+    }
+    let users = UsersConfig { global: global_users.into(), secrets_dir: args.secrets_dir.clone() };
     let threads = match args.threads {
         Some(n) => usize::from(n),
         None => thread::available_parallelism().map_or(1, |n| n.get()),
@@ -96,7 +103,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
     let certs = CertStore::new();
     let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir);
-    let controller = Arc::new(Controller::new(table.clone(), discovery, store, follow));
+    let controller =
+        Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,

@@ -148,7 +148,8 @@ pub(crate) struct Admission<'a> {
 /// 5. `httpsOnly`, then `redirectWhenHttpProto` / `redirectUnlessHttpsProto` (by the
 ///    balancer's `X-Forwarded-Proto`, never for a request that is HTTPS here): the redirect to
 ///    HTTPS;
-/// 6. basic authentication: 401;
+/// 6. basic authentication (the service's `users`, its `usersSecret`, or the global users;
+///    none with `ignoreAuthorization=true`): 401;
 /// 7. path rewrites: `reqPathSearch`/`reqPathReplace`, then each `reqPathSearchReplace` pair
 ///    in order, each over the previous result;
 /// 8. sticky session: the request's cookie is read (the instance is chosen per attempt by
@@ -174,7 +175,7 @@ pub(crate) fn admit<'p>(
         path_rewrite,
         search_replace,
         sticky,
-        users,
+        auth,
         request_headers,
         response_headers,
         server_timeout,
@@ -221,7 +222,9 @@ pub(crate) fn admit<'p>(
             return Err(https_redirect_to(request.host, request.path, request.query, status));
         }
     }
-    if !users.is_empty() {
+    // The users were resolved at reconfigure time (the service's own, its secret's, or the
+    // global ones, unless `ignoreAuthorization`): only borrowed here.
+    if auth.required() {
         let authorization = request.authorization.and_then(|a| HeaderValue::from_bytes(a).ok());
         if !policy.authorizes(authorization.as_ref()) {
             return Err(ProxyError::Unauthorized { realm: realm(service) });
@@ -247,7 +250,7 @@ pub(crate) fn admit<'p>(
         rewritten,
         request_edits: request_headers,
         response_edits: response_headers,
-        strip_authorization: !users.is_empty(),
+        strip_authorization: auth.required(),
         server_timeout: server_timeout.unwrap_or(defaults.0),
         tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
         sticky,

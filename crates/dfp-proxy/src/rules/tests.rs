@@ -129,7 +129,7 @@ fn request_fields_lose_hop_by_hop_ones_but_never_protected_ones() {
 #[test]
 fn request_edits_and_auth_apply() {
     let policy = ServicePolicy {
-        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
+        auth: service_users(),
         request_headers: HeaderEdits {
             delete: vec![HeaderEdits::parse_name("X-Drop").expect("name")],
             set: vec![HeaderEdits::parse_pair("X-Env prod").expect("pair")],
@@ -172,10 +172,7 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
         other => panic!("{other:?}"),
     }
     assert!(admit(&redirect, "s", &Admission { https: true, ..request }, defaults).is_ok());
-    let auth = ServicePolicy {
-        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
-        ..ServicePolicy::default()
-    };
+    let auth = ServicePolicy { auth: service_users(), ..ServicePolicy::default() };
     assert!(matches!(admit(&auth, "s", &request, defaults), Err(ProxyError::Unauthorized { .. })));
     let rewrite = ServicePolicy {
         path_rewrite: Some(dfp_routing::PathRewrite::new("^/a", "/b").expect("regex")),
@@ -222,7 +219,7 @@ fn access_rules_answer_in_order() {
         allowed_methods: MethodList::parse("GET,POST,DELETE").expect("list"),
         denied_methods: MethodList::parse("DELETE").expect("list"),
         https_redirect: Some(301),
-        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
+        auth: service_users(),
         ..ServicePolicy::default()
     };
     let in_denied = || std::net::IpAddr::from([10, 9, 1, 1]);
@@ -255,7 +252,11 @@ fn access_rules_answer_in_order() {
         assert_eq!(verdict, expected, "https={https} {method}");
     }
     // Without denyHttp, the redirect comes after the method check.
-    let redirect = ServicePolicy { deny_http: false, users: Vec::new(), ..policy.clone() };
+    let redirect = ServicePolicy {
+        deny_http: false,
+        auth: dfp_routing::Authentication::Open,
+        ..policy.clone()
+    };
     assert!(matches!(
         admit(&redirect, "s", &request(false, "PUT", ClientIp(&inside)), defaults),
         Err(ProxyError::Forbidden(Forbidden::Method))
@@ -485,4 +486,58 @@ fn sticky_cookies_are_read_and_written() {
         String::from_utf8(out).expect("text"),
         "set-cookie: DFP_SERVER=00000000000000ab; Path=/; HttpOnly\r\ncache-control: private\r\n"
     );
+}
+
+fn service_users() -> dfp_routing::Authentication {
+    dfp_routing::Authentication::Users {
+        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")].into(),
+        from: dfp_routing::UsersFrom::Service,
+    }
+}
+
+/// Global users, `ignoreAuthorization` and a `usersSecret` that could not be read, as
+/// `admit` sees them: resolved into the policy's one `Authentication`.
+#[test]
+fn global_users_ignored_and_unreadable_secret() {
+    use dfp_routing::{Authentication, Credential, UsersFrom};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
+    // `g:pw` and `g:nope`.
+    let (good, bad) = ("Basic Zzpwdw==", "Basic Zzpub3Bl");
+    let request = |authorization: Option<&'static str>| Admission {
+        https: false,
+        method: "GET",
+        client: ClientIp(&peer),
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: authorization.map(str::as_bytes),
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
+    };
+    let global: std::sync::Arc<[Credential]> =
+        vec![Credential::new("g", "pw", false).expect("user")].into();
+    let with = |auth| ServicePolicy { auth, ..ServicePolicy::default() };
+    let global_policy =
+        with(Authentication::Users { users: global.clone(), from: UsersFrom::Global });
+    let nobody = with(Authentication::Users {
+        users: Vec::new().into(),
+        from: UsersFrom::Secret("gone".into()),
+    });
+    for (policy, authorization, expected) in [
+        (&global_policy, None, Err(())),
+        (&global_policy, Some(bad), Err(())),
+        (&global_policy, Some(good), Ok(true)),
+        (&with(Authentication::Ignored), None, Ok(false)),
+        (&with(Authentication::Open), Some(good), Ok(false)),
+        (&nobody, Some(good), Err(())),
+        (&nobody, None, Err(())),
+    ] {
+        let verdict = match admit(policy, "s", &request(authorization), defaults) {
+            Ok(admitted) => Ok(admitted.strip_authorization),
+            Err(ProxyError::Unauthorized { .. }) => Err(()),
+            Err(other) => panic!("{other:?}"),
+        };
+        assert_eq!(verdict, expected, "{:?} {authorization:?}", policy.auth);
+    }
 }
