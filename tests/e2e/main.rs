@@ -17,6 +17,7 @@ mod cli;
 mod data_plane;
 mod engines;
 mod follow;
+mod global_users;
 mod h2_attacks;
 mod hostile;
 mod http1;

@@ -14,12 +14,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_docker-flow-proxy");
 
 /// The admin API's credential variables: taken out of every process a test starts, so that
 /// only what a test gives explicitly counts.
-pub const CREDENTIAL_ENV: [&str; 5] = [
+pub const CREDENTIAL_ENV: [&str; 11] = [
     "DFP_ADMIN_USER",
     "DFP_ADMIN_PASSWORD",
     "DFP_ADMIN_PASSWORD_FILE",
     "DFP_ADMIN_TOKEN",
     "DFP_ADMIN_TOKEN_FILE",
+    // The global users of the proxied services, Docker Flow Proxy's names and ours.
+    "USERS",
+    "USERS_PASS_ENCRYPTED",
+    "DFP_USERS",
+    "DFP_USERS_FILE",
+    "DFP_USERS_PASS_ENCRYPTED",
+    "DFP_SECRETS_DIR",
 ];
 
 /// A running `docker-flow-proxy server`. Killed when dropped.
@@ -46,11 +53,24 @@ impl Proxy {
     /// Every proxy gets an HTTPS listener on a free loopback port (the binary's default,
     /// `0.0.0.0:443`, would collide between tests), unless `extra` has `--tls-listen=...`.
     pub async fn start_logging(consul: Option<&str>, extra: &[&str], level: &str) -> Proxy {
+        Self::start_with_env(consul, extra, &[], level).await
+    }
+
+    /// As [`Proxy::start_logging`], with environment variables set for the server (the
+    /// credential variables of [`CREDENTIAL_ENV`] are otherwise removed). Unless a test
+    /// gives `--secrets-dir` or `DFP_SECRETS_DIR`, Docker secrets are looked for in an empty
+    /// scratch directory, never in the machine's `/run/secrets`.
+    pub async fn start_with_env(
+        consul: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> Proxy {
         // Ports come from the kernel and are free when picked, but another process may take
         // one before the proxy binds it (tests run in parallel); the proxy then exits at once
         // with an error, and the start is retried on fresh ports.
         for attempt in 1..=3 {
-            match Self::try_start(consul, extra, level).await {
+            match Self::try_start(consul, extra, env, level).await {
                 Ok(proxy) => return proxy,
                 Err(log) => eprintln!("the proxy did not start (attempt {attempt}):\n{log}"),
             }
@@ -58,7 +78,12 @@ impl Proxy {
         panic!("the proxy did not start in 3 attempts on fresh ports");
     }
 
-    async fn try_start(consul: Option<&str>, extra: &[&str], level: &str) -> Result<Proxy, String> {
+    async fn try_start(
+        consul: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        level: &str,
+    ) -> Result<Proxy, String> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
         command.arg("server").arg(format!("--listen={addr}"));
@@ -98,6 +123,12 @@ impl Proxy {
             }
         };
         let scratch = Scratch::new();
+        if !extra.iter().any(|a| a.starts_with("--secrets-dir")) {
+            let secrets = scratch.path("secrets");
+            std::fs::create_dir_all(&secrets).expect("scratch secrets dir");
+            command.env("DFP_SECRETS_DIR", secrets);
+        }
+        command.envs(env.iter().copied());
         let log = std::fs::File::create(scratch.path("proxy.log")).expect("log file");
         command.stderr(log);
         // Standalone proxies keep state in a file: give each its own unless the test chose one.
