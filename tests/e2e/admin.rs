@@ -185,7 +185,7 @@ async fn refused_parameters_change_nothing() {
     let version = answer["TableVersion"].clone();
 
     for (extra, needle) in [
-        ("&sessionType=sticky-server", "parameter sessionType is refused: not supported yet"),
+        ("&sslVerifyNone=true", "parameter sslVerifyNone is refused: not supported yet"),
         ("&srcPort=8081", "not supported yet (HTTP only)"),
         ("&servicePath.1=/other&port.1=8080", "indexed destinations"),
         ("&serviceCert=x", "PUT /v1/docker-flow-proxy/cert"),

@@ -337,12 +337,34 @@ struct ServiceView {
     #[serde(skip_serializing_if = "Option::is_none")]
     https_redirect_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_when_http_proto: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_unless_https_proto: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redirect_from_domain: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     req_path_search: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     req_path_replace: Option<String>,
+    /// `search,replace` pairs, in the order they apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    req_path_search_replace: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_cookie: Option<String>,
     /// User names only: passwords and hashes never leave the proxy.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     users: Vec<String>,
+    /// Where the users come from: `service` (its `users`), `secret` (its `usersSecret`) or
+    /// `global` (the proxy's `USERS` or users file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_from: Option<&'static str>,
+    /// The secret's name (`dfp_users_<name>`), never its content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_secret: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_authorization: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_headers: Option<HeaderEditsView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,7 +395,13 @@ fn header_edits_view(edits: &dfp_routing::HeaderEdits) -> Option<HeaderEditsView
 }
 
 fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
+    use dfp_routing::{ProtoRedirect, UsersFrom};
     let policy = s.backend.policy();
+    let redirected = |d: &&dfp_routing::Domain| {
+        policy.domain_redirect.as_ref().is_some_and(|r| r.from.contains(d))
+    };
+    let https_redirect_code = policy.https_redirect.or(policy.proto_redirect.map(|(_, code)| code));
+    let proto = policy.proto_redirect.map(|(when, _)| when);
     ServiceView {
         service_name: s.backend.service().to_owned(),
         service_path: s
@@ -386,7 +414,12 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         service_header: s.conditions.headers.iter().map(ToString::to_string).collect(),
         user_agent: s.conditions.user_agents.iter().map(ToString::to_string).collect(),
         instances: s.backend.addrs().map(|a| a.to_string()).collect(),
-        service_domain: s.domains.iter().map(ToString::to_string).collect(),
+        service_domain: s
+            .domains
+            .iter()
+            .filter(|d| !redirected(d))
+            .map(ToString::to_string)
+            .collect(),
         service_path_exclude: s.excluded.iter().map(ToString::to_string).collect(),
         is_default_backend: s.default_backend,
         service_color: s.color.map(str::to_owned),
@@ -395,10 +428,34 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         deny_http: policy.deny_http,
         allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
         denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
-        https_redirect_code: policy.https_redirect,
+        https_redirect_code,
+        redirect_when_http_proto: (proto == Some(ProtoRedirect::WhenHttp)).then_some(true),
+        redirect_unless_https_proto: (proto == Some(ProtoRedirect::UnlessHttps)).then_some(true),
+        redirect_from_domain: policy
+            .domain_redirect
+            .iter()
+            .flat_map(|r| r.from.iter().map(ToString::to_string))
+            .collect(),
         req_path_search: policy.path_rewrite.as_ref().map(|r| r.search().to_owned()),
         req_path_replace: policy.path_rewrite.as_ref().map(|r| r.replacement().to_owned()),
-        users: policy.users.iter().map(|u| u.user().to_owned()).collect(),
+        req_path_search_replace: policy
+            .search_replace
+            .iter()
+            .map(|r| format!("{},{}", r.search(), r.replacement()))
+            .collect(),
+        session_type: policy.sticky.as_ref().map(|_| "sticky-server"),
+        session_cookie: policy.sticky.as_ref().map(|s| s.cookie().to_owned()),
+        users: policy.auth.users().iter().map(|u| u.user().to_owned()).collect(),
+        users_from: policy.auth.from().map(|from| match from {
+            UsersFrom::Service => "service",
+            UsersFrom::Secret(_) => "secret",
+            UsersFrom::Global => "global",
+        }),
+        users_secret: match policy.auth.from() {
+            Some(UsersFrom::Secret(name)) => Some(name.to_string()),
+            Some(UsersFrom::Service | UsersFrom::Global) | None => None,
+        },
+        ignore_authorization: matches!(policy.auth, dfp_routing::Authentication::Ignored),
         request_headers: header_edits_view(&policy.request_headers),
         response_headers: header_edits_view(&policy.response_headers),
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::discovery::{Discovery, Strictness};
 use crate::follow::{self, Follower};
 use crate::store::{Params, RouteStore, StoreError};
+use crate::users::UsersConfig;
 use crate::{AdminError, ReconfigureRequest};
 
 /// What a successful reconfigure did. When it is returned, the new table is live.
@@ -143,6 +144,7 @@ pub(crate) struct Inner {
     discovery: Discovery,
     store: RouteStore,
     follow: FollowConfig,
+    users: UsersConfig,
     state: tokio::sync::Mutex<State>,
     counters: AdminCounters,
     registry: Mutex<RegistryHealth>,
@@ -171,13 +173,26 @@ impl Drop for Inner {
 }
 
 impl Controller {
-    /// A controller with no routes. Call [`Controller::start`] on the runtime that should
-    /// run the followers before serving the admin API.
+    /// A controller with no routes and no users beyond the services' own. Call
+    /// [`Controller::start`] on the runtime that should run the followers before serving the
+    /// admin API.
     pub fn new(
         table: TableHandle,
         discovery: Discovery,
         store: RouteStore,
         follow: FollowConfig,
+    ) -> Self {
+        Self::with_users(table, discovery, store, follow, UsersConfig::default())
+    }
+
+    /// [`Controller::new`] with the proxy's global users and the directory of `usersSecret`
+    /// files.
+    pub fn with_users(
+        table: TableHandle,
+        discovery: Discovery,
+        store: RouteStore,
+        follow: FollowConfig,
+        users: UsersConfig,
     ) -> Self {
         Controller {
             inner: Arc::new(Inner {
@@ -185,6 +200,7 @@ impl Controller {
                 discovery,
                 store,
                 follow,
+                users,
                 state: tokio::sync::Mutex::new(State::default()),
                 counters: AdminCounters::default(),
                 registry: Mutex::new(RegistryHealth::default()),
@@ -313,6 +329,8 @@ impl Inner {
         mut request: ReconfigureRequest,
     ) -> Result<ReconfigureReport, AdminError> {
         self.check_mode(&request)?;
+        // The secret is read before anything else is asked: a missing one changes nothing.
+        self.users.resolve(&mut request, Strictness::Interactive)?;
         let mut state = self.state.lock().await;
         let key = key(&request.service_name);
         let mode_warning = self.fit_to_mode(&mut request);
@@ -500,6 +518,14 @@ impl Inner {
             if newer_locally(&state, k) {
                 deferred = true;
                 continue;
+            }
+            match self.users.resolve(&mut request, Strictness::Restore) {
+                Ok(None) => {}
+                Ok(Some(warning)) => tracing::warn!(service = %name, "{warning}"),
+                Err(err) => {
+                    tracing::warn!(service = %name, error = %err, "stored route's users cannot be read; skipped");
+                    continue;
+                }
             }
             changed.push(request);
         }

@@ -56,6 +56,7 @@ mod params;
 mod params_fuzz;
 pub mod parity;
 mod store;
+mod users;
 
 pub use api::{handle, serve};
 pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
@@ -68,3 +69,4 @@ pub use discovery::Discovery;
 pub use error::AdminError;
 pub use params::ReconfigureRequest;
 pub use store::{Params, RouteStore, StoreError};
+pub use users::{read_users_file, UsersConfig, UsersError, DEFAULT_SECRETS_DIR};

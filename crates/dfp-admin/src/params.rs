@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    ConditionError, Credential, Domain, HeaderEdits, MethodList, PathPattern, PathPrefix,
-    PathRewrite, PathType, PolicyError, RouteConditions, ServicePolicy, ServiceSpec, SourceList,
+    Authentication, ConditionError, Credential, Domain, DomainRedirect, HeaderEdits, MethodList,
+    PathPattern, PathPrefix, PathRewrite, PathType, PolicyError, ProtoRedirect, RouteConditions,
+    ServicePolicy, ServiceSpec, SourceList, StickySession, UsersFrom,
 };
 
 use crate::parity::{self, Parameter, Reading, Status};
@@ -38,8 +39,15 @@ pub struct ReconfigureRequest {
     /// `serviceColor` (Consul mode): the instances are those of `<serviceName>-<color>`; the
     /// route keeps the name `serviceName`.
     pub color: Option<String>,
-    /// `httpsOnly`, `reqPathSearch`, `users`, header edits, timeouts.
+    /// `httpsOnly`, `reqPathSearch`, `users`, header edits, timeouts. Its authentication is
+    /// the service's own `users`, or `ignoreAuthorization`; otherwise open until the
+    /// controller resolves it (the `usersSecret`, or the proxy's global users).
     pub policy: ServicePolicy,
+    /// `usersSecret`: the service's users are in the Docker secret `dfp_users_<name>`, read by
+    /// the controller (this is the name, never the users).
+    pub users_secret: Option<String>,
+    /// `usersPassEncrypted`: the passwords of `users` or of the `usersSecret` are hashes.
+    pub users_pass_encrypted: bool,
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
@@ -152,8 +160,77 @@ impl ReconfigureRequest {
             get("servicePathExclude").unwrap_or_default().split(','),
             "servicePathExclude",
         )?;
-        let policy = parse_policy(&get)?;
+        let mut policy = parse_policy(&get)?;
+        if let Some(raw) = get("redirectFromDomain") {
+            let mut from = Vec::new();
+            for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                from.push(
+                    Domain::parse(entry).map_err(|e| policy_err("redirectFromDomain", entry, e))?,
+                );
+            }
+            let to = domains.first().ok_or_else(|| {
+                invalid(
+                    "redirectFromDomain",
+                    raw,
+                    "it redirects to the first serviceDomain; give serviceDomain too",
+                )
+            })?;
+            if let Some(both) = from.iter().find(|d| domains.contains(d)) {
+                return Err(invalid(
+                    "redirectFromDomain",
+                    &both.to_string(),
+                    "it is also a serviceDomain, so it would redirect to itself; list it in one of them",
+                ));
+            }
+            policy.domain_redirect = Some(
+                DomainRedirect::new(from, to)
+                    .map_err(|e| policy_err("redirectFromDomain", raw, e))?,
+            );
+        }
+        match get("sessionType").map(str::trim) {
+            None => {
+                if let Some(cookie) = get("sessionCookie") {
+                    return Err(invalid(
+                        "sessionCookie",
+                        cookie,
+                        "it needs sessionType=sticky-server too",
+                    ));
+                }
+            }
+            Some(kind) if kind.eq_ignore_ascii_case("sticky-server") => {
+                let cookie = get("sessionCookie").map_or(service_name.as_str(), str::trim);
+                policy.sticky = Some(
+                    StickySession::new(cookie)
+                        .map_err(|e| policy_err("sessionCookie", cookie, e))?,
+                );
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "sessionType",
+                    other,
+                    "only sessionType=sticky-server is supported (a cookie set by the proxy); leave it out for round robin",
+                ));
+            }
+        }
         let color = get("serviceColor").map(|c| validate_color(&service_name, c)).transpose()?;
+        let users_secret = get("usersSecret").map(validate_users_secret).transpose()?;
+        let users_pass_encrypted = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
+        if parse_bool(get("ignoreAuthorization"), "ignoreAuthorization")? {
+            if let Some(given) = ["users", "usersSecret"].into_iter().find(|n| get(n).is_some()) {
+                return Err(invalid(
+                    "ignoreAuthorization",
+                    "true",
+                    &format!("it would ignore the service's own {given}; give one of them"),
+                ));
+            }
+            policy.auth = Authentication::Ignored;
+        } else if let (Some(secret), Some(_)) = (&users_secret, get("users")) {
+            return Err(invalid(
+                "usersSecret",
+                secret,
+                "the service's users are given in users too; give users or usersSecret, not both",
+            ));
+        }
 
         // What is stored and replayed: everything as sent, the paths normalised.
         let mut stored = params.clone();
@@ -180,6 +257,8 @@ impl ReconfigureRequest {
             default_backend,
             color,
             policy,
+            users_secret,
+            users_pass_encrypted,
             ignored,
             params: stored,
         })
@@ -233,14 +312,20 @@ impl ReconfigureRequest {
         }
     }
 
-    /// What the route table needs of this service.
+    /// What the route table needs of this service. The `redirectFromDomain` hosts are routed
+    /// to the service too (so their requests reach the rule that redirects them, and no other
+    /// service can own them); `config` shows them apart from `serviceDomain`.
     pub fn spec(&self) -> ServiceSpec {
+        let mut domains = self.domains.clone();
+        if let Some(redirect) = &self.policy.domain_redirect {
+            domains.extend(redirect.from.iter().cloned());
+        }
         ServiceSpec {
             name: self.service_name.clone(),
             prefixes: self.service_paths.clone(),
             patterns: self.path_patterns.clone(),
             conditions: self.conditions.clone(),
-            domains: self.domains.clone(),
+            domains,
             excluded: self.excluded.clone(),
             default_backend: self.default_backend,
             policy: self.policy.clone(),
@@ -256,6 +341,23 @@ impl ReconfigureRequest {
             None => self.service_name.clone(),
         }
     }
+}
+
+/// `usersSecret`: the suffix of a Docker secret's name (`dfp_users_<name>`), so letters,
+/// digits, `-`, `_` and `.` only: never a path.
+fn validate_users_secret(name: &str) -> Result<String, AdminError> {
+    let name = name.trim();
+    let valid = name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(invalid(
+            "usersSecret",
+            name,
+            "give the suffix of a Docker secret named dfp_users_<suffix> (letters, digits, '-', '_', '.'), e.g. usersSecret=monitoring",
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// `serviceColor`: a name part (letters, digits, `-`, `_`, `.`), so that
@@ -292,19 +394,25 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
             *list = SourceList::parse(raw).map_err(|e| policy_err(name, raw, e))?;
         }
     }
+    // `httpsRedirectCode` applies to every redirect to HTTPS, as in Docker Flow Proxy's
+    // template; validated whenever given.
+    let code = match get("httpsRedirectCode") {
+        Some(raw) => raw
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| ServicePolicy::redirect_code(c).ok())
+            .ok_or_else(|| invalid("httpsRedirectCode", raw, "give 301, 302, 303, 307 or 308"))?,
+        None => 302,
+    };
     if parse_bool(get("httpsOnly"), "httpsOnly")? {
-        let code = match get("httpsRedirectCode") {
-            Some(raw) => raw
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| ServicePolicy::redirect_code(c).ok())
-                .ok_or_else(|| {
-                    invalid("httpsRedirectCode", raw, "give 301, 302, 303, 307 or 308")
-                })?,
-            None => 302,
-        };
         policy.https_redirect = Some(code);
+    }
+    // Redirecting unless `https` covers redirecting when `http`: it wins when both are set.
+    if parse_bool(get("redirectUnlessHttpsProto"), "redirectUnlessHttpsProto")? {
+        policy.proto_redirect = Some((ProtoRedirect::UnlessHttps, code));
+    } else if parse_bool(get("redirectWhenHttpProto"), "redirectWhenHttpProto")? {
+        policy.proto_redirect = Some((ProtoRedirect::WhenHttp, code));
     }
     match (get("reqPathSearch"), get("reqPathReplace")) {
         (Some(search), replace) => {
@@ -318,17 +426,29 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
         }
         (None, None) => {}
     }
-    if let Some(users) = get("users") {
-        let hashed = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
-        for entry in users.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (user, password) = entry.split_once(':').ok_or_else(|| {
-                invalid("users", "(hidden)", "give user:password entries separated by commas")
+    // Docker Flow Proxy's pairs: `search,replace` entries separated by `:` (split at the
+    // first comma of each entry, so a replacement may hold commas; a search may not).
+    if let Some(raw) = get("reqPathSearchReplace") {
+        for entry in raw.split(':').filter(|e| !e.is_empty()) {
+            let (search, replace) = entry.split_once(',').ok_or_else(|| {
+                invalid(
+                    "reqPathSearchReplace",
+                    entry,
+                    "give search,replace pairs separated by ':', e.g. /old/,/new/:/a,/b",
+                )
             })?;
-            policy.users.push(
-                Credential::new(user, password, hashed)
-                    .map_err(|e| policy_err("users", user, e))?,
+            policy.search_replace.push(
+                PathRewrite::new(search, replace)
+                    .map_err(|e| policy_err("reqPathSearchReplace", search, e))?,
             );
         }
+    }
+    if let Some(users) = get("users") {
+        let hashed = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
+        // Never echo the value: it holds passwords.
+        let users = Credential::parse_list(users, hashed)
+            .map_err(|e| policy_err("users", "(hidden)", e))?;
+        policy.auth = Authentication::Users { users: users.into(), from: UsersFrom::Service };
     }
     let edits = |add: &'static str,
                  set: &'static str,
@@ -543,7 +663,11 @@ mod tests {
     #[test]
     fn refused_parameters_are_400s_that_say_what_instead() {
         let cases: &[(&str, &str, &str)] = &[
-            ("sessionType", "sticky-server", "parameter sessionType is refused: not supported yet"),
+            (
+                "serviceGroup",
+                "g",
+                "parameter serviceGroup is refused: not supported yet (HTTP only)",
+            ),
             ("srcPort", "8080", "parameter srcPort is refused: not supported yet (HTTP only)"),
             ("serviceCert", "-----BEGIN", "PUT /v1/docker-flow-proxy/cert"),
             ("servicePath.1", "/a", "parameter servicePath.1 is refused: indexed destinations"),
@@ -564,13 +688,12 @@ mod tests {
 
     #[test]
     fn stored_calls_ignore_what_is_refused_now() {
-        let pairs =
-            [("serviceName", "books"), ("servicePath", "/b"), ("sessionType", "sticky-server")];
+        let pairs = [("serviceName", "books"), ("servicePath", "/b"), ("srcPort", "8080")];
         assert!(parse(&pairs).is_err());
         let r = ReconfigureRequest::from_stored_pairs(pairs).expect("restored as it was served");
-        assert_eq!(r.ignored, ["sessionType"]);
-        assert_eq!(r.params["sessionType"], "sticky-server");
-        assert!(r.ignored_warnings()[0].starts_with("stored parameter sessionType is ignored"));
+        assert_eq!(r.ignored, ["srcPort"]);
+        assert_eq!(r.params["srcPort"], "8080");
+        assert!(r.ignored_warnings()[0].starts_with("stored parameter srcPort is ignored"));
     }
 
     #[test]
@@ -698,5 +821,111 @@ mod tests {
         let same = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "a")];
         assert_eq!(parse(&same).expect("the same value twice").service_name, "a");
         assert_eq!(service_name_from_pairs(same).expect("the same value twice"), "a");
+    }
+
+    #[test]
+    fn users_secret_and_ignore_authorization() {
+        let base = [("serviceName", "books"), ("servicePath", "/b")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut q = base.to_vec();
+            q.extend_from_slice(extra);
+            parse(&q)
+        };
+        let open = with(&[]).expect("valid");
+        assert!(matches!(open.policy.auth, Authentication::Open), "resolved by the controller");
+        let secret =
+            with(&[("usersSecret", " monitoring "), ("usersPassEncrypted", "true")]).expect("ok");
+        assert_eq!(secret.users_secret.as_deref(), Some("monitoring"));
+        assert!(secret.users_pass_encrypted);
+        assert!(matches!(secret.policy.auth, Authentication::Open));
+        assert!(secret.ignored.is_empty());
+        let ignored = with(&[("ignoreAuthorization", "true")]).expect("valid");
+        assert!(matches!(ignored.policy.auth, Authentication::Ignored));
+        let own = with(&[("users", "a:1,b:2")]).expect("valid");
+        assert_eq!(own.policy.auth.users().len(), 2);
+        assert_eq!(own.policy.auth.from(), Some(&UsersFrom::Service));
+
+        for (bad, name, hidden) in [
+            (&[("usersSecret", "../etc/passwd")][..], "usersSecret", ""),
+            (&[("usersSecret", "a b")][..], "usersSecret", ""),
+            (&[("usersSecret", "s"), ("users", "a:1")][..], "usersSecret", ""),
+            (&[("ignoreAuthorization", "yes")][..], "ignoreAuthorization", ""),
+            (&[("ignoreAuthorization", "true"), ("users", "a:1")][..], "ignoreAuthorization", ""),
+            (&[("ignoreAuthorization", "1"), ("usersSecret", "s")][..], "ignoreAuthorization", ""),
+            (&[("users", "a:1,s3cret")][..], "users", "s3cret"),
+        ] {
+            match with(bad) {
+                Err(err @ AdminError::InvalidParameter { name: got, .. }) => {
+                    assert_eq!(got, name, "{bad:?}");
+                    assert!(hidden.is_empty() || !err.to_string().contains(hidden), "{err}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sticky_sessions_redirects_and_search_replace_pairs() {
+        let base = [("serviceName", "books"), ("servicePath", "/b")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut q = base.to_vec();
+            q.extend_from_slice(extra);
+            parse(&q)
+        };
+        let sticky = with(&[("sessionType", "sticky-server")]).expect("valid");
+        assert_eq!(sticky.policy.sticky.as_ref().map(StickySession::cookie), Some("books"));
+        let named =
+            with(&[("sessionType", "sticky-server"), ("sessionCookie", "SRV")]).expect("valid");
+        assert_eq!(named.policy.sticky.as_ref().map(StickySession::cookie), Some("SRV"));
+        let when = with(&[("redirectWhenHttpProto", "true"), ("httpsRedirectCode", "301")])
+            .expect("valid");
+        assert_eq!(when.policy.proto_redirect, Some((ProtoRedirect::WhenHttp, 301)));
+        assert_eq!(when.policy.https_redirect, None);
+        let unless =
+            with(&[("redirectUnlessHttpsProto", "true"), ("redirectWhenHttpProto", "true")])
+                .expect("valid");
+        assert_eq!(unless.policy.proto_redirect, Some((ProtoRedirect::UnlessHttps, 302)));
+        let moved =
+            with(&[("serviceDomain", "new.com"), ("redirectFromDomain", "old.com,*.old.com")])
+                .expect("valid");
+        let redirect = moved.policy.domain_redirect.as_ref().expect("redirect");
+        assert_eq!(redirect.to(), "new.com");
+        assert_eq!(moved.spec().domains.len(), 3, "redirected hosts are routed to the service");
+        let pairs = with(&[(
+            "reqPathSearchReplace",
+            "/replace-something/,/with-else/:/replace-with-empty,:/foo,/bar",
+        )])
+        .expect("DFP's documented example");
+        assert_eq!(pairs.policy.search_replace.len(), 3);
+        assert_eq!(pairs.policy.search_replace[1].replacement(), "");
+
+        for (bad, name) in [
+            (&[("sessionType", "sticky-client")][..], "sessionType"),
+            (&[("sessionCookie", "X")][..], "sessionCookie"),
+            (&[("sessionType", "sticky-server"), ("sessionCookie", "a b")][..], "sessionCookie"),
+            (&[("redirectWhenHttpProto", "yes")][..], "redirectWhenHttpProto"),
+            (&[("redirectFromDomain", "old.com")][..], "redirectFromDomain"),
+            (
+                &[("serviceDomain", "*.new.com"), ("redirectFromDomain", "old.com")][..],
+                "redirectFromDomain",
+            ),
+            (
+                &[("serviceDomain", "new.com"), ("redirectFromDomain", "new.com")][..],
+                "redirectFromDomain",
+            ),
+            (&[("reqPathSearchReplace", "/no-comma")][..], "reqPathSearchReplace"),
+            (&[("reqPathSearchReplace", "(,x")][..], "reqPathSearchReplace"),
+            (
+                &[("redirectWhenHttpProto", "true"), ("httpsRedirectCode", "200")][..],
+                "httpsRedirectCode",
+            ),
+        ] {
+            match with(bad) {
+                Err(AdminError::InvalidParameter { name: got, .. }) => {
+                    assert_eq!(got, name, "{bad:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -50,6 +50,14 @@ const SUPPORTED: &[&str] = &[
     "pathType",
     "serviceHeader",
     "userAgent",
+    "ignoreAuthorization",
+    "usersSecret",
+    "sessionType",
+    "sessionCookie",
+    "redirectWhenHttpProto",
+    "redirectUnlessHttpsProto",
+    "redirectFromDomain",
+    "reqPathSearchReplace",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -218,8 +226,19 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
         prop_assert!([301, 302, 303, 307, 308].contains(&code), "redirect code {}", code);
     }
     prop_assert_eq!(policy.path_rewrite.is_some(), last(pairs, "reqPathSearch").is_some());
-    for user in &policy.users {
+    for user in policy.auth.users() {
         prop_assert!(!user.user().is_empty() && !user.user().contains(':'));
+    }
+    // ignoreAuthorization opens the service, and never beside users of its own; a
+    // usersSecret is a name (never a path), never beside users.
+    prop_assert_eq!(
+        matches!(policy.auth, dfp_routing::Authentication::Ignored),
+        flag("ignoreAuthorization")
+    );
+    if let Some(secret) = &r.users_secret {
+        prop_assert_eq!(Some(secret.as_str()), last(pairs, "usersSecret").map(str::trim));
+        prop_assert!(!secret.contains('/') && !secret.starts_with('.'), "{}", secret);
+        prop_assert!(policy.auth.users().is_empty());
     }
     for timeout in [policy.server_timeout, policy.tunnel_timeout].into_iter().flatten() {
         prop_assert!(!timeout.is_zero());
@@ -388,7 +407,14 @@ fn value_for(name: &'static str) -> BoxedStrategy<String> {
         "servicePath" | "servicePathExclude" => list(path_item()).boxed(),
         "serviceDomain" => list(domain_item()).boxed(),
         "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" => number().boxed(),
-        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp" => boolean().boxed(),
+        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp"
+        | "ignoreAuthorization" => boolean().boxed(),
+        "usersSecret" => prop_oneof![
+            6 => "[a-z0-9._-]{1,12}",
+            1 => prop::sample::select(vec!["../x", "a/b", ".hidden", " s ", ""]).prop_map(str::to_owned),
+            1 => anything(),
+        ]
+        .boxed(),
         "reqPathSearch" | "reqPathReplace" => regex().boxed(),
         "users" => list(user_item()).boxed(),
         "addReqHeader" | "setReqHeader" | "addResHeader" | "setResHeader" | "delReqHeader"

@@ -71,18 +71,25 @@ pub const PARAMETERS: &[Parameter] = &[
     built("denyHttp", OPTIONS),
     built("httpsOnly", OPTIONS),
     built("httpsRedirectCode", OPTIONS),
+    built("ignoreAuthorization", OPTIONS),
     built("isDefaultBackend", OPTIONS),
     built("pathType", CONDITIONS),
     built("port", "standalone-mode"),
+    built("redirectFromDomain", OPTIONS),
+    built("redirectUnlessHttpsProto", OPTIONS),
+    built("redirectWhenHttpProto", OPTIONS),
     built("reqMode", OPTIONS),
     built("reqPathReplace", OPTIONS),
     built("reqPathSearch", OPTIONS),
+    built("reqPathSearchReplace", OPTIONS),
     built("serviceColor", OPTIONS),
     built("serviceDomain", OPTIONS),
     built("serviceHeader", CONDITIONS),
     built("serviceName", "admin-api"),
     built("servicePath", "admin-api"),
     built("servicePathExclude", OPTIONS),
+    built("sessionCookie", OPTIONS),
+    built("sessionType", OPTIONS),
     built("setReqHeader", OPTIONS),
     built("setResHeader", OPTIONS),
     built("timeoutServer", OPTIONS),
@@ -90,6 +97,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("userAgent", CONDITIONS),
     built("users", OPTIONS),
     built("usersPassEncrypted", OPTIONS),
+    built("usersSecret", OPTIONS),
     // Meaningless here: accepted with a warning that says why.
     ignored(
         "aclName",
@@ -180,40 +188,6 @@ pub const PARAMETERS: &[Parameter] = &[
          the service for now",
     ),
     refused(
-        "ignoreAuthorization",
-        "not supported yet: users applies to every path of the service; route the paths that \
-         need no credentials as another service without users",
-    ),
-    refused(
-        "redirectFromDomain",
-        "not supported yet: route the old domain to a service that redirects",
-    ),
-    refused(
-        "redirectUnlessHttpsProto",
-        "not supported yet: use httpsOnly=true (with --trust-forwarded-proto when a balancer \
-         in front terminates TLS)",
-    ),
-    refused(
-        "redirectWhenHttpProto",
-        "not supported yet: use httpsOnly=true (with --trust-forwarded-proto when a balancer \
-         in front terminates TLS)",
-    ),
-    refused(
-        "reqPathSearchReplace",
-        "not supported yet: use reqPathSearch and reqPathReplace (one regex and its \
-         replacement)",
-    ),
-    refused(
-        "sessionType",
-        "not supported yet: requests are balanced round robin across the instances with no \
-         affinity; drop sessionType",
-    ),
-    refused(
-        "usersSecret",
-        "not supported yet: give the credentials with users (usersPassEncrypted=true for \
-         hashes)",
-    ),
-    refused(
         "verifyClientSsl",
         "not supported yet: client certificates are not requested; drop verifyClientSsl",
     ),
@@ -288,7 +262,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("servicePath", "built"),
             ("distribute", "ignored"),
-            ("sessionType", "refused"),
+            ("sessionType", "built"),
             ("servicePath.1", "indexed"),
             ("port.10", "indexed"),
             ("userDef.1", "indexed"),

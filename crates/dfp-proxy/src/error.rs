@@ -29,7 +29,7 @@ pub(crate) enum ProxyError {
     UpstreamTimeout,
     /// The service is HTTPS-only and the request came over plain HTTP: not a failure, the
     /// proxy's own answer.
-    Redirect { location: HeaderValue, status: StatusCode },
+    Redirect { location: HeaderValue, status: StatusCode, kind: RedirectKind },
     /// The service wants basic auth and the request's credentials are missing or wrong.
     Unauthorized { realm: HeaderValue },
     /// The service's path rewrite produced something that is not a path: its configuration's
@@ -37,6 +37,15 @@ pub(crate) enum ProxyError {
     RewriteFailed,
     /// The service's access rules refuse the request (403).
     Forbidden(Forbidden),
+}
+
+/// Why the proxy redirected a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedirectKind {
+    /// To HTTPS: `httpsOnly`, `redirectWhenHttpProto`, `redirectUnlessHttpsProto`.
+    Https,
+    /// To the service's domain: `redirectFromDomain`.
+    Domain,
 }
 
 /// Which of a service's access rules refused a request.
@@ -72,7 +81,12 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => {
                 (StatusCode::GATEWAY_TIMEOUT, "the service instance did not answer in time\n")
             }
-            ProxyError::Redirect { status, .. } => (*status, "this service is served over HTTPS\n"),
+            ProxyError::Redirect { status, kind: RedirectKind::Https, .. } => {
+                (*status, "this service is served over HTTPS\n")
+            }
+            ProxyError::Redirect { status, kind: RedirectKind::Domain, .. } => {
+                (*status, "this service moved to another domain\n")
+            }
             ProxyError::Unauthorized { .. } => {
                 (StatusCode::UNAUTHORIZED, "this service needs a user name and password\n")
             }

@@ -122,12 +122,15 @@ impl Forwarder {
         let client_ip =
             || rules::client_ip(client.addr.ip(), &self.trusted_proxies, fields.clone());
         let field_list = rules::FieldList(fields.clone());
+        let cookie = |name: &str| rules::cookie_token(fields.clone(), name);
         let request = RoutedRequest {
             fields: rules::Fields(&field_list),
             https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
             method: parts.method.as_str(),
             client: rules::ClientIp(&client_ip),
             authorization: facts.authorization,
+            forwarded_proto: facts.forwarded_proto,
+            cookie: rules::CookieToken(&cookie),
             defaults: (self.server_timeout, self.tunnel_timeout),
         };
         let mut slot = None;
@@ -177,13 +180,14 @@ impl Forwarder {
             response_edits,
             server_timeout,
             tunnel_timeout: _, // HTTP/2 carries no upgrades here
+            sticky,
         } = admitted;
 
         let replayable = rules::replayable(parts.method.as_str(), has_body, false);
         let head_request = parts.method == Method::HEAD;
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let Some(upstream) = backend.next_instance_except(now_ms, &tried) else {
+            let Some((upstream, pin)) = rules::choose_instance(backend, sticky, &tried) else {
                 return Err(ProxyError::UpstreamUnreachable);
             };
             let addr = upstream.addr();
@@ -196,7 +200,8 @@ impl Forwarder {
                 chunked,
             };
             let body = has_body.then_some(&mut body);
-            let failure = match attempt.run(&head, body, head_request, response_edits).await {
+            let response = (response_edits, pin.as_ref());
+            let failure = match attempt.run(&head, body, head_request, response).await {
                 Ok((stream, parsed, leftover, sent_all)) => {
                     upstream.health().record_success();
                     return Ok(relay(stream, parsed, leftover, sent_all, &attempt));
@@ -214,6 +219,10 @@ impl Forwarder {
         }
     }
 }
+
+/// What the proxy adds to an instance's response head: the service's edits and the sticky
+/// cookie it sets, if any.
+type ResponseAdditions<'a> = (&'a HeaderEdits, Option<&'a rules::Pin<'a>>);
 
 /// One attempt at one instance.
 struct Attempt<'a> {
@@ -242,7 +251,7 @@ impl Attempt<'_> {
         head: &[u8],
         mut body: Option<&mut Incoming>,
         head_request: bool,
-        edits: &HeaderEdits,
+        edits: ResponseAdditions<'_>,
     ) -> Result<(TcpStream, ParsedHead, BytesMut, bool), Failure> {
         let (mut stream, reused) = loop {
             let (mut stream, reused) =
@@ -339,7 +348,7 @@ async fn read_head(
     reader: &mut tokio::net::tcp::ReadHalf<'_>,
     buf: &mut BytesMut,
     head_request: bool,
-    edits: &HeaderEdits,
+    (edits, pin): ResponseAdditions<'_>,
 ) -> Result<ParsedHead, Failure> {
     use tokio::io::AsyncReadExt as _;
     loop {
@@ -369,7 +378,14 @@ async fn read_head(
                     )
                     .map_err(Failure::BadResponse)?;
                     let mut client_fields = HeaderMap::with_capacity(response.headers.len() + 1);
-                    rules::write_response_fields(&mut client_fields, fields, &facts, edits, false);
+                    rules::write_response_fields(
+                        &mut client_fields,
+                        fields,
+                        &facts,
+                        edits,
+                        pin,
+                        false,
+                    );
                     return Ok(ParsedHead { status, facts, fields: client_fields, head_len });
                 }
                 Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {

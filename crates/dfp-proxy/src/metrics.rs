@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::{Forbidden, ProxyError};
+use crate::error::{Forbidden, ProxyError, RedirectKind};
 
 /// Why the proxy answered a request itself: the `reason` label of
 /// `dfp_proxy_responses_total`, with the status it answers.
@@ -41,7 +41,8 @@ pub(crate) enum OwnAnswer {
     UpstreamTimeout,
     /// 401: the service's basic auth refused the request.
     AuthRequired,
-    /// 301/302/303/307/308: an `httpsOnly` service's redirect to HTTPS.
+    /// 301/302/303/307/308: an `httpsOnly`, `redirectWhenHttpProto` or
+    /// `redirectUnlessHttpsProto` service's redirect to HTTPS.
     HttpsRedirect(u16),
     /// 500: the service's path rewrite gave an invalid path.
     RewriteFailed,
@@ -51,10 +52,12 @@ pub(crate) enum OwnAnswer {
     HttpDenied,
     /// 403: the method is not allowed (`allowedMethods`/`deniedMethods`).
     ForbiddenMethod,
+    /// 301: `redirectFromDomain`'s redirect to the service's domain.
+    DomainRedirect,
 }
 
 /// Every `(status, reason)` series, in the order they are reported.
-const SERIES: [(u16, &str); 19] = [
+const SERIES: [(u16, &str); 20] = [
     (400, "bad_request"),
     (408, "header_timeout"),
     (431, "head_too_large"),
@@ -74,6 +77,7 @@ const SERIES: [(u16, &str); 19] = [
     (403, "forbidden_source"),
     (403, "http_denied"),
     (403, "forbidden_method"),
+    (301, "domain_redirect"),
 ];
 
 /// One counter on its own cache line.
@@ -94,7 +98,10 @@ impl OwnAnswer {
             ProxyError::NoInstance => OwnAnswer::NoInstance,
             ProxyError::UpstreamUnreachable => OwnAnswer::UpstreamUnreachable,
             ProxyError::UpstreamTimeout => OwnAnswer::UpstreamTimeout,
-            ProxyError::Redirect { status, .. } => OwnAnswer::HttpsRedirect(status.as_u16()),
+            ProxyError::Redirect { status, kind: RedirectKind::Https, .. } => {
+                OwnAnswer::HttpsRedirect(status.as_u16())
+            }
+            ProxyError::Redirect { kind: RedirectKind::Domain, .. } => OwnAnswer::DomainRedirect,
             ProxyError::Unauthorized { .. } => OwnAnswer::AuthRequired,
             ProxyError::RewriteFailed => OwnAnswer::RewriteFailed,
             ProxyError::Forbidden(Forbidden::Source) => OwnAnswer::ForbiddenSource,
@@ -126,6 +133,7 @@ impl OwnAnswer {
             OwnAnswer::ForbiddenSource => 16,
             OwnAnswer::HttpDenied => 17,
             OwnAnswer::ForbiddenMethod => 18,
+            OwnAnswer::DomainRedirect => 19,
         }
     }
 
@@ -170,6 +178,7 @@ mod tests {
             OwnAnswer::ForbiddenSource,
             OwnAnswer::HttpDenied,
             OwnAnswer::ForbiddenMethod,
+            OwnAnswer::DomainRedirect,
         ];
         let mut slots: Vec<usize> = answers.iter().map(|a| a.slot()).collect();
         for (answer, slot) in answers.iter().zip(&slots) {

@@ -22,13 +22,20 @@ pub struct Upstream {
     /// `addr` as a URI authority, built once here instead of on every request.
     authority: http::uri::Authority,
     health: Arc<InstanceHealth>,
+    /// The instance's sticky-session token ([`sticky_token`]), computed once per table.
+    token: u64,
 }
 
 impl Upstream {
-    pub(crate) fn new(addr: SocketAddr, health: Arc<InstanceHealth>) -> Self {
+    pub(crate) fn new(service: &str, addr: SocketAddr, health: Arc<InstanceHealth>) -> Self {
         let authority = http::uri::Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| unreachable!("a socket address is always a valid URI authority"));
-        Upstream { addr, authority, health }
+        Upstream { addr, authority, health, token: sticky_token(service, addr) }
+    }
+
+    /// The token a sticky-session cookie carries to name this instance ([`sticky_token`]).
+    pub fn token(&self) -> u64 {
+        self.token
     }
 
     /// The instance as a URI authority (`ip:port`, `[v6]:port`).
@@ -113,6 +120,27 @@ pub fn health_clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// The opaque token naming `addr` among `service`'s instances in a sticky-session cookie:
+/// the first 64 bits of SHA-256 over the service's key (its lowercase name) and the address.
+///
+/// Why this shape: the cookie must not show clients the instance's internal address, and it
+/// must mean the same instance on every proxy replica and after a restart, with nothing shared
+/// between them but the configuration. A hash of what every replica already knows gives
+/// both; the service name keys it, so the same address behind two services gets two tokens.
+/// It is not a secret: a client that learns a token can only ask for the instance it names,
+/// which is what the cookie is for.
+pub fn sticky_token(service: &str, addr: SocketAddr) -> u64 {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(crate::service_key(service).as_bytes());
+    hasher.update([0]);
+    hasher.update(addr.to_string().as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0_u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Per-service counters, read by `/metrics`.
@@ -227,6 +255,28 @@ impl Backend {
         }
         fallback
     }
+
+    /// The instance a sticky-session cookie's `token` names, when it is still one of the
+    /// service's instances, not in `tried` and not ejected at `now_ms` (read only when the
+    /// instance has a failure on record). `None`: the caller picks by round robin and pins
+    /// the client again (Docker Flow Proxy's issue #446: cookies pinned to dead containers).
+    ///
+    /// The round-robin cursor is not touched, so requests without a cookie keep their exact
+    /// rotation whatever pinned clients do.
+    pub fn pinned_instance(
+        &self,
+        token: u64,
+        now_ms: impl FnOnce() -> u64,
+        tried: &[SocketAddr],
+    ) -> Option<&Upstream> {
+        let upstream = self.instances.iter().find(|u| u.token == token)?;
+        if tried.contains(&upstream.addr)
+            || upstream.health.has_failures() && upstream.health.is_ejected(now_ms())
+        {
+            return None;
+        }
+        Some(upstream)
+    }
 }
 
 impl fmt::Debug for Backend {
@@ -247,7 +297,7 @@ mod tests {
             service: Arc::from("s"),
             instances: ports
                 .iter()
-                .map(|&p| Upstream::new(SocketAddr::from(([127, 0, 0, 1], p)), Arc::default()))
+                .map(|&p| Upstream::new("s", SocketAddr::from(([127, 0, 0, 1], p)), Arc::default()))
                 .collect(),
             cursor: Arc::default(),
             stats: Arc::default(),
@@ -305,6 +355,34 @@ mod tests {
         for _ in 0..4 {
             b.next_instance(|| panic!("no failure on record, no clock needed"));
         }
+    }
+
+    #[test]
+    fn pinned_instances_are_kept_while_live_and_never_move_the_rotation() {
+        let b = backend(&[1, 2, 3]);
+        let second = b.instances()[1].token();
+        let picked = b.pinned_instance(second, || 0, &[]).expect("live");
+        assert_eq!(picked.addr().port(), 2);
+        // Round robin is untouched by pinned picks.
+        let picks: Vec<u16> = (0..3).map(|_| pick(&b, 0)).collect();
+        assert_eq!(picks, [1, 2, 3]);
+        // Gone from the table, tried already, or ejected: no pinned instance.
+        assert!(b.pinned_instance(second ^ 1, || 0, &[]).is_none());
+        assert!(b.pinned_instance(second, || 0, &[picked.addr()]).is_none());
+        b.instances()[1].health().record_failure(100);
+        assert!(b.pinned_instance(second, || 200, &[]).is_none());
+        assert!(b.pinned_instance(second, || 100 + EJECT_FIRST_MS, &[]).is_some(), "window over");
+    }
+
+    #[test]
+    fn tokens_are_stable_per_service_and_address() {
+        let addr = SocketAddr::from(([10, 0, 0, 7], 8080));
+        assert_eq!(sticky_token("Books", addr), sticky_token("books", addr));
+        assert_ne!(sticky_token("books", addr), sticky_token("shop", addr));
+        assert_ne!(
+            sticky_token("books", addr),
+            sticky_token("books", SocketAddr::from(([10, 0, 0, 8], 8080)))
+        );
     }
 
     #[test]

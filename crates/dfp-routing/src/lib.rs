@@ -27,14 +27,17 @@ mod table;
 
 pub use access::{canonical, client_address, MethodList, SourceList};
 pub use backend::{
-    health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
-    LATENCY_BUCKETS_MS,
+    health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS,
+    EJECT_MAX_MS, LATENCY_BUCKETS_MS,
 };
 pub use condition::{
     ConditionError, HeaderCondition, NoFields, PathPattern, PathType, RequestFields,
     RouteConditions,
 };
-pub use policy::{Credential, Domain, HeaderEdits, PathRewrite, PolicyError, ServicePolicy};
+pub use policy::{
+    Authentication, Credential, Domain, DomainRedirect, HeaderEdits, PathRewrite, PolicyError,
+    ProtoRedirect, ServicePolicy, StickySession, UsersFrom,
+};
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{
     service_key, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec,

@@ -1,12 +1,13 @@
 //! What a service asks of the proxy beyond "send it here": host names, excluded paths, the
-//! default-backend role, and per-request policy (HTTPS redirect, path rewrite, basic auth,
-//! header edits, timeouts).
+//! default-backend role, and per-request policy (HTTPS and domain redirects, path rewrites,
+//! basic auth, sticky sessions, header edits, timeouts).
 //!
 //! Everything is validated when built (at reconfigure time) and stored ready to apply, so the
 //! data plane never parses a header name or compiles a regex per request. Still no IO here:
 //! these are values and pure functions over them.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -27,6 +28,10 @@ pub enum PolicyError {
     BadRegex { pattern: String, reason: String },
     #[error("user entry {0:?} is not `name:password`")]
     BadUser(String),
+    #[error("users entry {0} is not `name:password` with a name and a password; separate entries with commas or newlines")]
+    BadUsersEntry(usize),
+    #[error("no users are given; give `name:password` entries separated by commas or newlines")]
+    NoUsers,
     #[error("password hash of user {0:?} is not a SHA-512 crypt hash ($6$[rounds=N$]salt$hash)")]
     BadHash(String),
     #[error("redirect code {0} is not one of 301, 302, 303, 307, 308")]
@@ -37,6 +42,10 @@ pub enum PolicyError {
         "method {0:?} is not an HTTP method name; give names such as GET,HEAD separated by commas"
     )]
     BadMethod(String),
+    #[error("cookie name {0:?} is not a cookie name; use letters, digits and -_.!#$%&'*+^`|~, e.g. DFP_SERVER")]
+    BadCookieName(String),
+    #[error("redirectFromDomain needs an exact serviceDomain to redirect to (the first serviceDomain is {0:?}); give serviceDomain=www.example.com")]
+    BadRedirectTarget(String),
 }
 
 /// A host a service answers for: exact (`shop.example.com`) or one-label wildcard
@@ -68,6 +77,24 @@ impl Domain {
             return Err(bad());
         }
         Ok(if wildcard { Domain::Wildcard(name.into()) } else { Domain::Exact(name.into()) })
+    }
+}
+
+impl Domain {
+    /// Whether `host` (a request's host, without port, any case, perhaps with a trailing dot)
+    /// is this domain.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match self {
+            Domain::Exact(name) => host.eq_ignore_ascii_case(name),
+            Domain::Wildcard(suffix) => host
+                .len()
+                .checked_sub(suffix.len() + 1)
+                .filter(|&dot| dot > 0 && host.as_bytes()[dot] == b'.')
+                .is_some_and(|dot| {
+                    !host[..dot].contains('.') && host[dot + 1..].eq_ignore_ascii_case(suffix)
+                }),
+        }
     }
 }
 
@@ -174,6 +201,29 @@ impl Credential {
         &self.user
     }
 
+    /// Reads Docker Flow Proxy's users format: `name:password` entries separated by commas
+    /// or newlines, blanks around them ignored (the `users` parameter, the `USERS` variable,
+    /// users files and `dfp_users_*` secrets). A password is plain, or a SHA-512 crypt hash
+    /// when `hashed` (`usersPassEncrypted`, `USERS_PASS_ENCRYPTED`) or when it starts with
+    /// `$6$`. Errors name an entry by its position, never by its text: it may be a password.
+    pub fn parse_list(text: &str, hashed: bool) -> Result<Vec<Credential>, PolicyError> {
+        let mut users = Vec::new();
+        let entries = text.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty());
+        for (index, entry) in entries.enumerate() {
+            let bad = || PolicyError::BadUsersEntry(index + 1);
+            let (user, password) = entry.split_once(':').ok_or_else(bad)?;
+            let (user, password) = (user.trim(), password.trim());
+            if user.is_empty() || password.is_empty() {
+                return Err(bad());
+            }
+            users.push(Credential::new(user, password, hashed)?);
+        }
+        if users.is_empty() {
+            return Err(PolicyError::NoUsers);
+        }
+        Ok(users)
+    }
+
     fn accepts(&self, user: &str, password: &str) -> bool {
         let user_ok = constant_time_eq(self.user.as_bytes(), user.as_bytes());
         let password_ok = match &self.secret {
@@ -258,6 +308,122 @@ impl HeaderEdits {
     }
 }
 
+/// `sessionType=sticky-server`: the proxy pins each client to one instance with a cookie it
+/// sets itself (HAProxy's `cookie NAME insert indirect nocache`, which Docker Flow Proxy
+/// writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickySession {
+    cookie: Box<str>,
+}
+
+impl StickySession {
+    /// A sticky session with the cookie `name` (an RFC 6265 cookie name: an HTTP token).
+    pub fn new(name: &str) -> Result<Self, PolicyError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+        if !valid {
+            return Err(PolicyError::BadCookieName(name.to_owned()));
+        }
+        Ok(StickySession { cookie: name.into() })
+    }
+
+    /// The cookie's name.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+}
+
+/// Redirects to HTTPS decided by the `X-Forwarded-Proto` a balancer in front of the proxy
+/// sets (Docker Flow Proxy's `redirectWhenHttpProto` and `redirectUnlessHttpsProto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtoRedirect {
+    /// Redirect when `X-Forwarded-Proto` is `http`.
+    WhenHttp,
+    /// Redirect unless `X-Forwarded-Proto` is `https`.
+    UnlessHttps,
+}
+
+/// `redirectFromDomain`: requests for one of `from` are sent to `to` (the service's first
+/// `serviceDomain`) with `301`, same path and query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRedirect {
+    pub from: Vec<Domain>,
+    to: Box<str>,
+}
+
+impl DomainRedirect {
+    /// `to` must be an exact domain: a wildcard names no one host to send the client to.
+    pub fn new(from: Vec<Domain>, to: &Domain) -> Result<Self, PolicyError> {
+        match to {
+            Domain::Exact(name) => Ok(DomainRedirect { from, to: name.clone() }),
+            Domain::Wildcard(_) => Err(PolicyError::BadRedirectTarget(to.to_string())),
+        }
+    }
+
+    /// The host redirected to.
+    pub fn to(&self) -> &str {
+        &self.to
+    }
+
+    /// Whether a request for `host` (without port) is redirected.
+    pub fn applies_to(&self, host: &str) -> bool {
+        self.from.iter().any(|d| d.matches(host))
+    }
+}
+
+/// Where a service's users come from, for `config` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsersFrom {
+    /// The service's own `users`.
+    Service,
+    /// The Docker secret `dfp_users_<name>` (`usersSecret=<name>`).
+    Secret(Box<str>),
+    /// The proxy's global users (`USERS`, `--users`, `--users-file`).
+    Global,
+}
+
+/// HTTP basic authentication of a service, resolved at reconfigure time: the users are a
+/// shared list (the global users are one list for every service that uses them), so a
+/// request only borrows it.
+#[derive(Debug, Clone, Default)]
+pub enum Authentication {
+    /// Nobody is asked for credentials: no users anywhere.
+    #[default]
+    Open,
+    /// `ignoreAuthorization=true`: open although users are configured (globally).
+    Ignored,
+    /// One of `users` with the right password. An empty list lets nobody in: the service
+    /// asks for users that could not be read (a `usersSecret` gone at restore).
+    Users { users: Arc<[Credential]>, from: UsersFrom },
+}
+
+impl Authentication {
+    /// Whether requests must carry credentials (then the proxy strips them before forwarding).
+    pub fn required(&self) -> bool {
+        match self {
+            Authentication::Open | Authentication::Ignored => false,
+            Authentication::Users { .. } => true,
+        }
+    }
+
+    /// The users let in (none when open).
+    pub fn users(&self) -> &[Credential] {
+        match self {
+            Authentication::Open | Authentication::Ignored => &[],
+            Authentication::Users { users, .. } => users,
+        }
+    }
+
+    /// Where the users come from, when there are any to ask for.
+    pub fn from(&self) -> Option<&UsersFrom> {
+        match self {
+            Authentication::Open | Authentication::Ignored => None,
+            Authentication::Users { from, .. } => Some(from),
+        }
+    }
+}
+
 /// Per-request policy of a service. The default asks for nothing.
 #[derive(Debug, Clone, Default)]
 pub struct ServicePolicy {
@@ -273,9 +439,21 @@ pub struct ServicePolicy {
     pub denied_methods: MethodList,
     /// Plain-HTTP requests are redirected to HTTPS with this status (`httpsOnly`).
     pub https_redirect: Option<u16>,
+    /// Redirects to HTTPS by the balancer's `X-Forwarded-Proto`, with this status
+    /// (`httpsRedirectCode`, default 302).
+    pub proto_redirect: Option<(ProtoRedirect, u16)>,
+    /// `redirectFromDomain`.
+    pub domain_redirect: Option<DomainRedirect>,
+    /// `reqPathSearch`/`reqPathReplace`: applied first.
     pub path_rewrite: Option<PathRewrite>,
-    /// Basic-auth users; empty means no authentication.
-    pub users: Vec<Credential>,
+    /// `reqPathSearchReplace` pairs: applied after `path_rewrite`, in order, each to the
+    /// previous one's result (HAProxy's `set-path` rules in the order Docker Flow Proxy
+    /// writes them).
+    pub search_replace: Vec<PathRewrite>,
+    /// `sessionType=sticky-server`.
+    pub sticky: Option<StickySession>,
+    /// Basic authentication (`users`, `usersSecret`, the global users, `ignoreAuthorization`).
+    pub auth: Authentication,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     /// Overrides the proxy's server timeout (`timeoutServer`).
@@ -294,12 +472,14 @@ impl ServicePolicy {
     }
 
     /// Whether `authorization` (the request's header) names one of the users with the right
-    /// password. True when the service has no users.
+    /// password. True when the service asks for none; false when it asks for users of an
+    /// empty list.
     pub fn authorizes(&self, authorization: Option<&HeaderValue>) -> bool {
         use base64::Engine as _;
-        if self.users.is_empty() {
-            return true;
-        }
+        let users = match &self.auth {
+            Authentication::Open | Authentication::Ignored => return true,
+            Authentication::Users { users, .. } => users,
+        };
         let Some(encoded) = authorization
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
@@ -312,7 +492,7 @@ impl ServicePolicy {
         let Ok(decoded) = std::str::from_utf8(&decoded) else { return false };
         let Some((user, password)) = decoded.split_once(':') else { return false };
         // Check every user (no early exit), so timing does not tell which user exists.
-        self.users.iter().fold(false, |ok, c| c.accepts(user, password) | ok)
+        users.iter().fold(false, |ok, c| c.accepts(user, password) | ok)
     }
 }
 
@@ -329,6 +509,39 @@ mod tests {
         assert_eq!(Domain::parse("*.example.com"), Ok(Domain::Wildcard("example.com".into())));
         for bad in ["", "*.", "a..b", "-a.b", "a b", "*.*.b", "a/b", "ex ample.com"] {
             assert!(Domain::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn domain_matching_and_redirect_targets() {
+        let exact = Domain::parse("old.example.com").expect("valid");
+        let wild = Domain::parse("*.example.com").expect("valid");
+        for (domain, host, expected) in [
+            (&exact, "old.example.com", true),
+            (&exact, "OLD.example.com.", true),
+            (&exact, "x.old.example.com", false),
+            (&wild, "a.example.com", true),
+            (&wild, "example.com", false),
+            (&wild, "a.b.example.com", false),
+            (&wild, ".example.com", false),
+        ] {
+            assert_eq!(domain.matches(host), expected, "{domain} {host}");
+        }
+        assert!(DomainRedirect::new(vec![exact.clone()], &wild).is_err());
+        let redirect =
+            DomainRedirect::new(vec![exact], &Domain::parse("new.example.com").expect("valid"))
+                .expect("exact target");
+        assert_eq!(redirect.to(), "new.example.com");
+        assert!(redirect.applies_to("old.example.com"));
+        assert!(!redirect.applies_to("new.example.com"));
+    }
+
+    #[test]
+    fn cookie_names() {
+        assert!(StickySession::new("DFP_SERVER").is_ok());
+        assert!(StickySession::new("books-ms.v1").is_ok());
+        for bad in ["", "a b", "a=b", "a;b", "é", &"x".repeat(65)] {
+            assert!(StickySession::new(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -352,11 +565,12 @@ mod tests {
     fn basic_auth_plain_and_sha512() {
         // `mkpasswd -m sha-512 -S saltsalt secret` (glibc crypt).
         let hash = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+        let users = vec![
+            Credential::new("alice", "wonderland", false).expect("plain"),
+            Credential::new("bob", hash, false).expect("hash"),
+        ];
         let policy = ServicePolicy {
-            users: vec![
-                Credential::new("alice", "wonderland", false).expect("plain"),
-                Credential::new("bob", hash, false).expect("hash"),
-            ],
+            auth: Authentication::Users { users: users.into(), from: UsersFrom::Service },
             ..ServicePolicy::default()
         };
         assert!(policy.authorizes(Some(&basic("alice", "wonderland"))));
@@ -369,6 +583,50 @@ mod tests {
         assert!(ServicePolicy::default().authorizes(None));
         assert!(Credential::new("x", "$6$bad", false).is_err());
         assert!(Credential::new("", "p", false).is_err());
+    }
+
+    #[test]
+    fn users_lists_read_commas_and_newlines_and_hide_passwords_in_errors() {
+        let users =
+            Credential::parse_list(" alice:a , bob:b\ncarol:c:d\n\n", false).expect("valid list");
+        let names: Vec<&str> = users.iter().map(Credential::user).collect();
+        assert_eq!(names, ["alice", "bob", "carol"]);
+        let policy = ServicePolicy {
+            auth: Authentication::Users { users: users.into(), from: UsersFrom::Global },
+            ..ServicePolicy::default()
+        };
+        assert!(policy.authorizes(Some(&basic("carol", "c:d"))), "a password may hold ':'");
+        for (text, expected) in [
+            ("alice:a,s3cret", PolicyError::BadUsersEntry(2)),
+            ("alice:", PolicyError::BadUsersEntry(1)),
+            (":pw", PolicyError::BadUsersEntry(1)),
+            (" , \n", PolicyError::NoUsers),
+        ] {
+            let err = Credential::parse_list(text, false).expect_err(text);
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+            assert_eq!(err, expected, "{text:?}");
+        }
+        assert_eq!(
+            Credential::parse_list("bob:not-a-hash", true).expect_err("hashed"),
+            PolicyError::BadHash("bob".to_owned())
+        );
+    }
+
+    #[test]
+    fn authentication_open_ignored_and_nobody() {
+        let nobody = ServicePolicy {
+            auth: Authentication::Users {
+                users: Arc::from(Vec::new()),
+                from: UsersFrom::Secret("gone".into()),
+            },
+            ..ServicePolicy::default()
+        };
+        assert!(nobody.auth.required());
+        assert!(!nobody.authorizes(Some(&basic("any", "thing"))));
+        assert!(!nobody.authorizes(None));
+        let ignored = ServicePolicy { auth: Authentication::Ignored, ..ServicePolicy::default() };
+        assert!(!ignored.auth.required());
+        assert!(ignored.authorizes(None));
     }
 
     #[test]

@@ -485,7 +485,7 @@ impl RouteTableBuilder {
                 .iter()
                 .map(|&addr| {
                     let health = carried.and_then(|c| c.health.get(&addr)).cloned();
-                    Upstream::new(addr, health.unwrap_or_default())
+                    Upstream::new(&spec.name, addr, health.unwrap_or_default())
                 })
                 .collect();
             let stats = carried.map(|c| c.stats.clone()).or(resumed).unwrap_or_default();

@@ -147,6 +147,27 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub(crate) log_format: String,
 
+    /// Basic-auth users for every service without users of its own (and without
+    /// ignoreAuthorization=true): `user:password` separated by commas. Docker Flow Proxy's
+    /// USERS is read when DFP_USERS is not set.
+    #[arg(long, env = "DFP_USERS", hide_env_values = true, value_name = "USER:PASS,...")]
+    pub(crate) users: Option<String>,
+
+    /// A file of global users (`user:password` separated by commas or newlines), instead of
+    /// --users [default: <secrets-dir>/dfp_users when it exists, Docker Flow Proxy's secret]
+    #[arg(long, env = "DFP_USERS_FILE")]
+    pub(crate) users_file: Option<PathBuf>,
+
+    /// The global users' passwords are SHA-512 crypt hashes (`mkpasswd -m sha-512`). Docker
+    /// Flow Proxy's USERS_PASS_ENCRYPTED is read when DFP_USERS_PASS_ENCRYPTED is not set.
+    #[arg(long, env = "DFP_USERS_PASS_ENCRYPTED", value_name = "true|false")]
+    pub(crate) users_pass_encrypted: Option<String>,
+
+    /// Directory of Docker secrets: a service's usersSecret=<name> is read from
+    /// `dfp_users_<name>` here.
+    #[arg(long, env = "DFP_SECRETS_DIR", default_value = dfp_admin::DEFAULT_SECRETS_DIR)]
+    pub(crate) secrets_dir: PathBuf,
+
     #[command(flatten)]
     pub(crate) credentials: CredentialArgs,
 }
@@ -231,6 +252,66 @@ impl CredentialArgs {
         }
         Ok(credentials)
     }
+}
+
+impl ServerArgs {
+    /// The global users, from (first given) --users-file, --users, Docker Flow Proxy's
+    /// `dfp_users` secret in --secrets-dir, or its `USERS` variable; `env` reads the
+    /// environment. Errors name the flag, variable or file to fix, never a password.
+    pub(crate) fn global_users(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<(Vec<dfp_routing::Credential>, Option<String>)> {
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let (encrypted, encrypted_from) = match &self.users_pass_encrypted {
+            Some(value) => {
+                (Some(value.clone()), "--users-pass-encrypted (DFP_USERS_PASS_ENCRYPTED)")
+            }
+            None => (env("USERS_PASS_ENCRYPTED"), "USERS_PASS_ENCRYPTED"),
+        };
+        let hashed = match encrypted.as_deref().map(str::trim) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+            Some(v) => bail!("{encrypted_from} is {v:?}; give true or false"),
+        };
+        let secret = self.secrets_dir.join("dfp_users");
+        let users = match (&self.users_file, &self.users) {
+            (Some(_), Some(_)) => bail!(
+                "--users (DFP_USERS) and --users-file (DFP_USERS_FILE) are both set; give only one"
+            ),
+            (Some(path), None) => file_users(path, hashed, "--users-file (DFP_USERS_FILE)")?,
+            (None, Some(text)) => text_users(text, hashed, "--users (DFP_USERS)")?,
+            (None, None) if secret.is_file() => {
+                file_users(&secret, hashed, "Docker Flow Proxy's dfp_users secret")?
+            }
+            (None, None) => match env("USERS") {
+                Some(text) => text_users(&text, hashed, "USERS")?,
+                None => return Ok((Vec::new(), None)),
+            },
+        };
+        Ok(users)
+    }
+}
+
+fn text_users(
+    text: &str,
+    hashed: bool,
+    from: &str,
+) -> anyhow::Result<(Vec<dfp_routing::Credential>, Option<String>)> {
+    let users = dfp_routing::Credential::parse_list(text, hashed)
+        .with_context(|| format!("invalid global users in {from}"))?;
+    Ok((users, Some(from.to_owned())))
+}
+
+fn file_users(
+    path: &std::path::Path,
+    hashed: bool,
+    from: &str,
+) -> anyhow::Result<(Vec<dfp_routing::Credential>, Option<String>)> {
+    let users = dfp_admin::read_users_file(path, hashed)
+        .with_context(|| format!("invalid global users ({from})"))?;
+    Ok((users, Some(format!("{from}: {}", path.display()))))
 }
 
 /// A secret given directly or in a file (never both).
@@ -527,6 +608,59 @@ mod tests {
         ] {
             let err = format!("{:#}", result.expect_err(needle));
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn global_users_come_from_one_place_and_errors_name_it() {
+        let dir = std::env::temp_dir().join(format!("dfp-cli-users-{}", std::process::id()));
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&secrets).expect("temp dir");
+        let file = dir.join("users");
+        std::fs::write(&file, "f1:a\nf2:b\n").expect("users file");
+        let server = |args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["docker-flow-proxy", "server", "--secrets-dir"]
+                    .into_iter()
+                    .chain([secrets.to_str().expect("utf-8")])
+                    .chain(args.iter().copied()),
+            )
+            .expect("valid command line");
+            let Command::Server(args) = cli.command else { panic!("parsed as server") };
+            args
+        };
+        let names = |result: anyhow::Result<(Vec<dfp_routing::Credential>, Option<String>)>| {
+            let (users, _) = result.expect("valid users");
+            users.iter().map(|c| c.user().to_owned()).collect::<Vec<_>>().join(",")
+        };
+        let dfp_env = |name: &str| match name {
+            "USERS" => Some("e1:x, e2:y".to_owned()),
+            _ => None,
+        };
+        let no_env = |_: &str| None;
+        let path = file.to_str().expect("utf-8");
+        assert_eq!(names(server(&[]).global_users(no_env)), "");
+        assert_eq!(names(server(&[]).global_users(dfp_env)), "e1,e2");
+        assert_eq!(names(server(&["--users", "u:1"]).global_users(dfp_env)), "u");
+        assert_eq!(names(server(&["--users-file", path]).global_users(dfp_env)), "f1,f2");
+        std::fs::write(secrets.join("dfp_users"), "s:1").expect("secret");
+        assert_eq!(names(server(&[]).global_users(dfp_env)), "s", "DFP: the secret wins");
+        let encrypted = |name: &str| (name == "USERS_PASS_ENCRYPTED").then(|| "yes".to_owned());
+        for (args, env, needle) in [
+            (
+                &["--users", "u:1", "--users-file", path][..],
+                &no_env as &dyn Fn(&str) -> _,
+                "both set",
+            ),
+            (&["--users", "u:1,p4ss"], &no_env, "--users (DFP_USERS)"),
+            (&["--users-file", "/nonexistent/users"], &no_env, "/nonexistent/users"),
+            (&["--users", "u:1", "--users-pass-encrypted", "true"], &no_env, "SHA-512"),
+            (&["--users", "u:1"], &encrypted, "USERS_PASS_ENCRYPTED is \"yes\""),
+        ] {
+            let err = format!("{:#}", server(args).global_users(env).expect_err(needle));
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+            assert!(!err.contains("p4ss"), "{err}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use dfp_admin::env_services::EnvService;
 use dfp_admin::{
     AdminAuth, AdminError, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook,
-    ReconfigureRequest, RouteStore,
+    ReconfigureRequest, RouteStore, UsersConfig,
 };
 use dfp_consul::ConsulClient;
 use dfp_proxy::{ConnectionStats, ProxyConfig};
@@ -32,6 +32,13 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Credentials first: a mistake in them stops the start before any port is bound.
     let credentials = args.credentials.credentials()?;
     let admin_auth = AdminAuth::new(&credentials);
+    // Global users likewise: a bad USERS or users file must not start a proxy that serves
+    // its services open.
+    let (global_users, users_from) = args.global_users(|name| std::env::var(name).ok())?;
+    if let Some(from) = &users_from {
+        tracing::info!(users = global_users.len(), from = %from, "global users protect every service without users of its own");
+    }
+    let users = UsersConfig { global: global_users.into(), secrets_dir: args.secrets_dir.clone() };
     // Static services (DFP_SERVICE_*) are read and validated before any port is bound too.
     let static_services = static_services(std::env::vars())?;
     let threads = match args.threads {
@@ -100,7 +107,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
     let certs = CertStore::new();
     let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir);
-    let controller = Arc::new(Controller::new(table.clone(), discovery, store, follow));
+    let controller =
+        Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,

@@ -14,12 +14,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_docker-flow-proxy");
 
 /// The admin API's credential variables: taken out of every process a test starts, so that
 /// only what a test gives explicitly counts.
-pub const CREDENTIAL_ENV: [&str; 5] = [
+pub const CREDENTIAL_ENV: [&str; 11] = [
     "DFP_ADMIN_USER",
     "DFP_ADMIN_PASSWORD",
     "DFP_ADMIN_PASSWORD_FILE",
     "DFP_ADMIN_TOKEN",
     "DFP_ADMIN_TOKEN_FILE",
+    // The global users of the proxied services, Docker Flow Proxy's names and ours.
+    "USERS",
+    "USERS_PASS_ENCRYPTED",
+    "DFP_USERS",
+    "DFP_USERS_FILE",
+    "DFP_USERS_PASS_ENCRYPTED",
+    "DFP_SECRETS_DIR",
 ];
 
 /// A running `docker-flow-proxy server`. Killed when dropped.
@@ -49,8 +56,11 @@ impl Proxy {
         Self::start_with_env(consul, extra, &[], level).await
     }
 
-    /// As [`Proxy::start_logging`], with the environment variables `env` set (e.g. static
-    /// services, `DFP_SERVICE_*`).
+    /// As [`Proxy::start_logging`], with environment variables set for the server (static
+    /// services, `DFP_SERVICE_*`, for example; the credential variables of [`CREDENTIAL_ENV`]
+    /// are otherwise removed). Unless a test gives `--secrets-dir` or `DFP_SECRETS_DIR`,
+    /// Docker secrets are looked for in an empty scratch directory, never in the machine's
+    /// `/run/secrets`.
     pub async fn start_with_env(
         consul: Option<&str>,
         extra: &[&str],
@@ -115,6 +125,12 @@ impl Proxy {
             }
         };
         let scratch = Scratch::new();
+        if !extra.iter().any(|a| a.starts_with("--secrets-dir")) {
+            let secrets = scratch.path("secrets");
+            std::fs::create_dir_all(&secrets).expect("scratch secrets dir");
+            command.env("DFP_SECRETS_DIR", secrets);
+        }
+        command.envs(env.iter().copied());
         let log = std::fs::File::create(scratch.path("proxy.log")).expect("log file");
         command.stderr(log);
         // Standalone proxies keep state in a file: give each its own unless the test chose one.

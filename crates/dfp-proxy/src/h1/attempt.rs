@@ -30,6 +30,8 @@ use super::{
 /// One attempt at one instance.
 pub(super) struct Attempt<'a> {
     pub(super) addr: SocketAddr,
+    /// The sticky cookie the answer sets (the client had none for this instance).
+    pub(super) pin: Option<rules::Pin<'a>>,
     pub(super) plan: &'a Plan<'a>,
     pub(super) forwarder: &'a Forwarder,
     pub(super) state: &'a ConnState,
@@ -251,7 +253,7 @@ impl Attempt<'_> {
             if !buf.is_empty() {
                 // Once shutdown has begun, every answer says it is the connection's last.
                 let close = close || shutting_down(&conn.shutdown);
-                match parse_response(buf, self.plan, close, client_head)? {
+                match parse_response(buf, self.plan, self.pin.as_ref(), close, client_head)? {
                     Some(head) => return Ok(head),
                     None if buf.len() >= MAX_HEAD_BYTES => {
                         return Err(Failure::BadResponse("response head too large"));
@@ -413,6 +415,7 @@ async fn upload(
 fn parse_response(
     buf: &[u8],
     plan: &Plan<'_>,
+    pin: Option<&rules::Pin<'_>>,
     close: bool,
     client_head: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, Failure> {
@@ -442,8 +445,8 @@ fn parse_response(
     client_head.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     client_head.extend_from_slice(b"\r\n");
     let interim = (100..200).contains(&status) && status != 101;
-    let edits = if interim { &EMPTY_EDITS } else { plan.response_edits };
-    rules::write_response_fields(client_head, fields, &facts, edits, true);
+    let (edits, pin) = if interim { (&EMPTY_EDITS, None) } else { (plan.response_edits, pin) };
+    rules::write_response_fields(client_head, fields, &facts, edits, pin, true);
     if !interim && status != 101 {
         if close || facts.framing == Framing::UntilClose {
             client_head.extend_from_slice(b"connection: close\r\n");

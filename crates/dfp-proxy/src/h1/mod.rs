@@ -50,10 +50,10 @@ mod buffers;
 
 use crate::conn::{ConnState, TimedIo};
 use crate::error::ProxyError;
-use crate::forward::{now_ms, Forwarder};
+use crate::forward::Forwarder;
 use crate::rules::{
-    self, Admitted, Failure, Forwarding, Record, RequestBody, RoutedRequest, Routing, MAX_HEADERS,
-    MAX_HEAD_BYTES,
+    self, Admitted, Failure, Forwarding, Record, RequestBody, RoutedRequest, Routing, Sticky,
+    MAX_HEADERS, MAX_HEAD_BYTES,
 };
 use attempt::Attempt;
 use buffers::{LazyTimer, Scratch};
@@ -249,6 +249,8 @@ struct Plan<'b> {
     response_edits: &'b HeaderEdits,
     server_timeout: Duration,
     tunnel_timeout: Duration,
+    /// The service pins clients to instances ([`rules::choose_instance`]).
+    sticky: Option<Sticky<'b>>,
 }
 
 /// Serves one request whose head ends at `head_end` in the read buffer.
@@ -367,12 +369,15 @@ fn prepare_parsed<'b>(
     let client_ip =
         || rules::client_ip(conn.client.ip(), &forwarder.trusted_proxies, fields.clone());
     let field_list = rules::FieldList(fields.clone());
+    let cookie = |name: &str| rules::cookie_token(fields.clone(), name);
     let request = RoutedRequest {
         fields: rules::Fields(&field_list),
         https: conn.proto == "https" || (forwarder.trust_forwarded_proto && facts.forwarded_https),
         method,
         client: rules::ClientIp(&client_ip),
         authorization: facts.authorization,
+        forwarded_proto: facts.forwarded_proto,
+        cookie: rules::CookieToken(&cookie),
         defaults: (forwarder.server_timeout, forwarder.tunnel_timeout),
     };
     let Routing { path: routed_path, backend, admitted, first } =
@@ -420,6 +425,7 @@ fn prepare_parsed<'b>(
         response_edits,
         server_timeout,
         tunnel_timeout,
+        sticky,
     } = admitted;
     let head_request = method == "HEAD";
     let no_body = matches!(body, RequestBody::None | RequestBody::Length(0));
@@ -435,6 +441,7 @@ fn prepare_parsed<'b>(
         response_edits,
         server_timeout,
         tunnel_timeout,
+        sticky,
     })
 }
 
@@ -463,12 +470,12 @@ where
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = None;
     let result = loop {
-        let Some(upstream) = backend.next_instance_except(now_ms, &tried) else {
+        let Some((upstream, pin)) = rules::choose_instance(backend, plan.sticky, &tried) else {
             break Err(Failure::Unreachable(io::ErrorKind::NotConnected.into()));
         };
         let addr = upstream.addr();
         last = Some(addr);
-        let attempt = Attempt { addr, plan, forwarder, state, started };
+        let attempt = Attempt { addr, pin, plan, forwarder, state, started };
         match attempt.run(io, conn, upstream_head, &mut body).await {
             Ok(relayed) => {
                 upstream.health().record_success();

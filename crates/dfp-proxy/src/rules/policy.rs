@@ -2,8 +2,10 @@
 
 use std::net::IpAddr;
 
+use dfp_routing::{ProtoRedirect, StickySession};
+
 use super::*;
-use crate::error::Forbidden;
+use crate::error::{Forbidden, RedirectKind};
 
 // ---------------------------------------------------------------------------------------------
 // A service's policy
@@ -21,6 +23,86 @@ pub(crate) struct Admitted<'p> {
     pub(crate) strip_authorization: bool,
     pub(crate) server_timeout: Duration,
     pub(crate) tunnel_timeout: Duration,
+    /// The service pins clients to instances: pick with [`choose_instance`].
+    pub(crate) sticky: Option<Sticky<'p>>,
+}
+
+/// A sticky service's cookie, and the instance the request's cookie names, if it names one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sticky<'p> {
+    pub(crate) cookie: &'p str,
+    pub(crate) pinned: Option<u64>,
+}
+
+/// The cookie the proxy sets on a response to pin the client to the instance that answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pin<'p> {
+    pub(crate) cookie: &'p str,
+    pub(crate) token: u64,
+}
+
+/// The request's cookie `name`, read as a sticky-session token, found only when a service's
+/// rules ask for it (the engine's [`cookie_token`] over the request's fields).
+#[derive(Clone, Copy)]
+pub(crate) struct CookieToken<'a>(pub(crate) &'a (dyn Fn(&str) -> Option<u64> + 'a));
+
+impl std::fmt::Debug for CookieToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieToken(..)")
+    }
+}
+
+/// The sticky token in the `Cookie` fields (HTTP/2 may split them) under `name`: 16
+/// lowercase or uppercase hex digits, else `None` (a forged or stale value is no pin).
+pub(crate) fn cookie_token<'a>(
+    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+    name: &str,
+) -> Option<u64> {
+    fields
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, value)| value.split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let value = pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            let value = value.trim_ascii();
+            let value =
+                value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+            if value.len() != 16 || !value.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            u64::from_str_radix(std::str::from_utf8(value).ok()?, 16).ok()
+        })
+}
+
+/// The instance for the next attempt: for a sticky service, the one the request's cookie
+/// names while it is live (still configured, not ejected, not tried by this request);
+/// otherwise the next one by round robin, with the [`Pin`] to set when the service is sticky.
+/// A pinned instance that failed is in `tried`, so a retry never loops on it.
+pub(crate) fn choose_instance<'b, 'p>(
+    backend: &'b Backend,
+    sticky: Option<Sticky<'p>>,
+    tried: &[SocketAddr],
+) -> Option<(&'b Upstream, Option<Pin<'p>>)> {
+    if let Some(pinned) = sticky.and_then(|s| s.pinned) {
+        if let Some(upstream) = backend.pinned_instance(pinned, now_ms, tried) {
+            return Some((upstream, None));
+        }
+    }
+    let upstream = backend.next_instance_except(now_ms, tried)?;
+    Some((upstream, sticky.map(|s| Pin { cookie: s.cookie, token: upstream.token() })))
+}
+
+/// Writes the pinning cookie (`HttpOnly`, `Path=/`) and `Cache-Control: private`, so that no
+/// shared cache keeps one client's pin for others (HAProxy's `insert indirect nocache`).
+/// The value is formatted on the stack.
+pub(crate) fn write_pin(out: &mut impl FieldSink, pin: &Pin<'_>) {
+    let mut buf = [0_u8; 128];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{}={:016x}; Path=/; HttpOnly", pin.cookie, pin.token).is_ok() {
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        out.field("set-cookie", &buf[..len]);
+        out.field("cache-control", b"private");
+    }
 }
 
 /// The client's address, found only when a service's rules ask for it (a service without
@@ -72,6 +154,10 @@ pub(crate) struct Admission<'a> {
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
     pub(crate) authorization: Option<&'a [u8]>,
+    /// The request's `X-Forwarded-Proto`, trusted or not (read only by the services that
+    /// redirect by it).
+    pub(crate) forwarded_proto: Option<&'a [u8]>,
+    pub(crate) cookie: CookieToken<'a>,
 }
 
 /// Applies a service's policy to a routed request, in this order (HAProxy's: `http-request
@@ -81,9 +167,16 @@ pub(crate) struct Admission<'a> {
 ///    address learns nothing of the service, not even that it wants HTTPS or a password;
 /// 2. `denyHttp`: 403 on plain HTTP (so it wins over `httpsOnly`'s redirect);
 /// 3. method (`allowedMethods`, then `deniedMethods`: denied wins): 403;
-/// 4. `httpsOnly`: the redirect to HTTPS;
-/// 5. basic authentication: 401;
-/// 6. path rewrite.
+/// 4. `redirectFromDomain`: `301` to the service's first domain, same scheme, path and query;
+/// 5. `httpsOnly`, then `redirectWhenHttpProto` / `redirectUnlessHttpsProto` (by the
+///    balancer's `X-Forwarded-Proto`, never for a request that is HTTPS here): the redirect to
+///    HTTPS;
+/// 6. basic authentication (the service's `users`, its `usersSecret`, or the global users;
+///    none with `ignoreAuthorization=true`): 401;
+/// 7. path rewrites: `reqPathSearch`/`reqPathReplace`, then each `reqPathSearchReplace` pair
+///    in order, each over the previous result;
+/// 8. sticky session: the request's cookie is read (the instance is chosen per attempt by
+///    [`choose_instance`]).
 ///
 /// An `Err` is the proxy's own answer.
 pub(crate) fn admit<'p>(
@@ -100,8 +193,12 @@ pub(crate) fn admit<'p>(
         allowed_methods,
         denied_methods,
         https_redirect,
+        proto_redirect,
+        domain_redirect,
         path_rewrite,
-        users,
+        search_replace,
+        sticky,
+        auth,
         request_headers,
         response_headers,
         server_timeout,
@@ -122,37 +219,64 @@ pub(crate) fn admit<'p>(
     {
         return Err(ProxyError::Forbidden(Forbidden::Method));
     }
+    if let Some(redirect) = domain_redirect {
+        if request.host.map(host_only).is_some_and(|host| redirect.applies_to(host)) {
+            let scheme = if request.https { "https" } else { "http" };
+            let location = location(scheme, redirect.to(), request.path, request.query);
+            let status = StatusCode::MOVED_PERMANENTLY;
+            return Err(ProxyError::Redirect { location, status, kind: RedirectKind::Domain });
+        }
+    }
     if let Some(status) = *https_redirect {
         if !request.https {
             return Err(https_redirect_to(request.host, request.path, request.query, status));
         }
     }
-    if !users.is_empty() {
+    if let Some((when, status)) = *proto_redirect {
+        let proto = request.forwarded_proto.map(<[u8]>::trim_ascii);
+        let redirect = !request.https
+            && match when {
+                ProtoRedirect::WhenHttp => proto.is_some_and(|p| p.eq_ignore_ascii_case(b"http")),
+                ProtoRedirect::UnlessHttps => {
+                    !proto.is_some_and(|p| p.eq_ignore_ascii_case(b"https"))
+                }
+            };
+        if redirect {
+            return Err(https_redirect_to(request.host, request.path, request.query, status));
+        }
+    }
+    // The users were resolved at reconfigure time (the service's own, its secret's, or the
+    // global ones, unless `ignoreAuthorization`): only borrowed here.
+    if auth.required() {
         let authorization = request.authorization.and_then(|a| HeaderValue::from_bytes(a).ok());
         if !policy.authorizes(authorization.as_ref()) {
             return Err(ProxyError::Unauthorized { realm: realm(service) });
         }
     }
-    let rewritten = match path_rewrite {
-        Some(rewrite) => match rewrite.apply(request.path) {
-            Some(path)
-                if path.starts_with('/')
-                    && path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#') =>
-            {
-                Some(path)
-            }
-            Some(_) => return Err(ProxyError::RewriteFailed),
-            None => None,
-        },
-        None => None,
-    };
+    let mut rewritten: Option<String> = None;
+    for rewrite in path_rewrite.iter().chain(search_replace) {
+        if let Some(path) = rewrite.apply(rewritten.as_deref().unwrap_or(request.path)) {
+            rewritten = Some(path);
+        }
+    }
+    if rewritten.as_deref().is_some_and(|path| {
+        !path.starts_with('/')
+            || !path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+    }) {
+        return Err(ProxyError::RewriteFailed);
+    }
+    let sticky = sticky.as_ref().map(|s: &StickySession| Sticky {
+        cookie: s.cookie(),
+        pinned: (request.cookie.0)(s.cookie()),
+    });
     Ok(Admitted {
         rewritten,
         request_edits: request_headers,
         response_edits: response_headers,
-        strip_authorization: !users.is_empty(),
+        strip_authorization: auth.required(),
         server_timeout: server_timeout.unwrap_or(defaults.0),
         tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
+        sticky,
     })
 }
 
@@ -204,6 +328,8 @@ pub(crate) fn route<'t, 'b>(
         path: &path,
         query: target.query,
         authorization: request.authorization,
+        forwarded_proto: request.forwarded_proto,
+        cookie: request.cookie,
     };
     let admitted = admit(backend.policy(), backend.service(), &admission, request.defaults)
         .map_err(|err| (err, Some(backend)))?;
@@ -224,6 +350,9 @@ pub(crate) struct RoutedRequest<'a> {
     pub(crate) method: &'a str,
     pub(crate) client: ClientIp<'a>,
     pub(crate) authorization: Option<&'a [u8]>,
+    /// The request's `X-Forwarded-Proto`, trusted or not.
+    pub(crate) forwarded_proto: Option<&'a [u8]>,
+    pub(crate) cookie: CookieToken<'a>,
     /// The proxy's server and tunnel timeouts.
     pub(crate) defaults: (Duration, Duration),
 }
@@ -236,22 +365,27 @@ fn https_redirect_to(
     query: Option<&str>,
     status: u16,
 ) -> ProxyError {
-    let host = host.map_or("", |h| {
-        if h.starts_with('[') {
-            h.split_once(']').map_or(h, |(v6, _)| v6)
-        } else {
-            h.rsplit_once(':').map_or(h, |(name, _)| name)
-        }
-    });
-    let closing = if host.starts_with('[') { "]" } else { "" };
-    let location = match query {
-        Some(query) => format!("https://{host}{closing}{path}?{query}"),
-        None => format!("https://{host}{closing}{path}"),
-    };
-    let location =
-        HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/"));
+    let host = host.map_or("", host_only);
+    let location = location("https", host, path, query);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    ProxyError::Redirect { location, status }
+    ProxyError::Redirect { location, status, kind: RedirectKind::Https }
+}
+
+/// A `Host` value without its port (an IPv6 literal keeps its brackets).
+fn host_only(host: &str) -> &str {
+    if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(v6, _)| &host[..=v6.len()])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    }
+}
+
+fn location(scheme: &str, host: &str, path: &str, query: Option<&str>) -> HeaderValue {
+    let location = match query {
+        Some(query) => format!("{scheme}://{host}{path}?{query}"),
+        None => format!("{scheme}://{host}{path}"),
+    };
+    HeaderValue::try_from(location).unwrap_or_else(|_| HeaderValue::from_static("/"))
 }
 
 fn realm(service: &str) -> HeaderValue {

@@ -116,6 +116,8 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) expect_continue: bool,
     pub(crate) forwarded_for: Option<&'a [u8]>,
     pub(crate) forwarded_https: bool,
+    /// The first `X-Forwarded-Proto` value, trusted or not.
+    pub(crate) forwarded_proto: Option<&'a [u8]>,
     pub(crate) authorization: Option<&'a [u8]>,
     /// `TE: trailers`: the client takes trailer fields.
     pub(crate) trailers: bool,
@@ -208,6 +210,7 @@ pub(crate) fn analyse_request<'a>(
             }
             RequestField::ForwardedProto => {
                 facts.forwarded_https |= value.trim_ascii().eq_ignore_ascii_case(b"https");
+                facts.forwarded_proto = facts.forwarded_proto.or(Some(value));
             }
             RequestField::Authorization => {
                 facts.authorization = facts.authorization.or(Some(value));

@@ -122,13 +122,15 @@ pub(crate) fn analyse_response<'a>(
 /// hop-by-hop ones (and a `Content-Length` next to `Transfer-Encoding`, RFC 9112 §6.3) and
 /// those the service's edits delete or replace; `Transfer-Encoding` only when `relay_chunked`
 /// (an HTTP/1 client gets the chunks verbatim); `Content-Length` unless `relay_length` is false;
-/// a `Date` when the instance sent none (RFC 9110 §6.6.1); the edits' own fields; and for a
-/// `101`, the protocol switched to.
+/// a `Date` when the instance sent none (RFC 9110 §6.6.1); the edits' own fields; for a
+/// `101`, the protocol switched to; and a sticky service's [`Pin`] (never on an interim head:
+/// the caller passes none).
 pub(crate) fn write_response_fields<'a>(
     out: &mut impl FieldSink,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     facts: &ResponseFacts,
     edits: &HeaderEdits,
+    pin: Option<&Pin<'_>>,
     relay_chunked: bool,
 ) {
     let editing = !edits.is_empty();
@@ -160,6 +162,9 @@ pub(crate) fn write_response_fields<'a>(
         with_date(|date| out.field("date", date));
     }
     write_edits(out, edits);
+    if let Some(pin) = pin {
+        write_pin(out, pin);
+    }
 }
 
 /// The current `Date` value, formatted at most once a second per thread.

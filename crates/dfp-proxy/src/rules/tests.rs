@@ -71,6 +71,11 @@ fn connection_options() {
     assert!(facts(true, &[]).expect("fine").close);
 }
 
+fn no_cookie(_: &str) -> Option<u64> {
+    None
+}
+const NO_COOKIE: fn(&str) -> Option<u64> = no_cookie;
+
 fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy) -> String {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_request(false, pairs()).expect("valid request");
@@ -83,6 +88,8 @@ fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy
         path: "/",
         query: None,
         authorization: facts.authorization,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
     };
     let admitted =
         admit(policy, "svc", &admission, (Duration::from_secs(1), Duration::from_secs(1)))
@@ -122,7 +129,7 @@ fn request_fields_lose_hop_by_hop_ones_but_never_protected_ones() {
 #[test]
 fn request_edits_and_auth_apply() {
     let policy = ServicePolicy {
-        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
+        auth: service_users(),
         request_headers: HeaderEdits {
             delete: vec![HeaderEdits::parse_name("X-Drop").expect("name")],
             set: vec![HeaderEdits::parse_pair("X-Env prod").expect("pair")],
@@ -153,20 +160,19 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
         path: "/a",
         query: Some("q=1"),
         authorization: None,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
     };
     let redirect = ServicePolicy { https_redirect: Some(308), ..ServicePolicy::default() };
     match admit(&redirect, "s", &request, defaults) {
-        Err(ProxyError::Redirect { location, status }) => {
+        Err(ProxyError::Redirect { location, status, .. }) => {
             assert_eq!(location, "https://shop/a?q=1");
             assert_eq!(status, 308);
         }
         other => panic!("{other:?}"),
     }
     assert!(admit(&redirect, "s", &Admission { https: true, ..request }, defaults).is_ok());
-    let auth = ServicePolicy {
-        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
-        ..ServicePolicy::default()
-    };
+    let auth = ServicePolicy { auth: service_users(), ..ServicePolicy::default() };
     assert!(matches!(admit(&auth, "s", &request, defaults), Err(ProxyError::Unauthorized { .. })));
     let rewrite = ServicePolicy {
         path_rewrite: Some(dfp_routing::PathRewrite::new("^/a", "/b").expect("regex")),
@@ -203,6 +209,8 @@ fn access_rules_answer_in_order() {
         path: "/a",
         query: None,
         authorization: None,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
     };
     let policy = ServicePolicy {
         allowed_sources: SourceList::parse("10.0.0.0/8").expect("list"),
@@ -211,7 +219,7 @@ fn access_rules_answer_in_order() {
         allowed_methods: MethodList::parse("GET,POST,DELETE").expect("list"),
         denied_methods: MethodList::parse("DELETE").expect("list"),
         https_redirect: Some(301),
-        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")],
+        auth: service_users(),
         ..ServicePolicy::default()
     };
     let in_denied = || std::net::IpAddr::from([10, 9, 1, 1]);
@@ -244,7 +252,11 @@ fn access_rules_answer_in_order() {
         assert_eq!(verdict, expected, "https={https} {method}");
     }
     // Without denyHttp, the redirect comes after the method check.
-    let redirect = ServicePolicy { deny_http: false, users: Vec::new(), ..policy.clone() };
+    let redirect = ServicePolicy {
+        deny_http: false,
+        auth: dfp_routing::Authentication::Open,
+        ..policy.clone()
+    };
     assert!(matches!(
         admit(&redirect, "s", &request(false, "PUT", ClientIp(&inside)), defaults),
         Err(ProxyError::Forbidden(Forbidden::Method))
@@ -311,7 +323,7 @@ fn response_fields_lose_hop_by_hop_ones_and_a_length_beside_chunks() {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_response(200, false, false, pairs()).expect("valid");
     let mut out = Vec::new();
-    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), true);
+    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), None, true);
     assert_eq!(
         String::from_utf8_lossy(&out),
         "Transfer-Encoding: chunked\r\nDate: Mon, 30 Nov 2026 15:00:00 GMT\r\nX-Kept: yes\r\n"
@@ -392,6 +404,8 @@ fn route_reads_fields_for_conditions() {
             method: "GET",
             client: ClientIp(&peer),
             authorization: None,
+            forwarded_proto: None,
+            cookie: CookieToken(&NO_COOKIE),
             defaults: (Duration::from_secs(1), Duration::from_secs(1)),
         };
         let target = parse_target(path).expect("origin form");
@@ -406,4 +420,164 @@ fn route_reads_fields_for_conditions() {
     assert_eq!(routed(&[("user-agent", b"curl")], "/api").as_deref(), Some("api"));
     assert_eq!(routed(&[], "/api").as_deref(), Some("api"));
     assert_eq!(routed(iphone, "/other"), None);
+}
+
+fn plain_request<'a>(host: &'a str, forwarded_proto: Option<&'a [u8]>) -> Admission<'a> {
+    static PEER: fn() -> std::net::IpAddr = || std::net::IpAddr::from([10, 0, 0, 9]);
+    Admission {
+        https: false,
+        method: "GET",
+        client: ClientIp(&PEER),
+        host: Some(host),
+        path: "/a",
+        query: Some("q=1"),
+        authorization: None,
+        forwarded_proto,
+        cookie: CookieToken(&NO_COOKIE),
+    }
+}
+
+/// `redirectWhenHttpProto`, `redirectUnlessHttpsProto` and `redirectFromDomain`: which
+/// requests each redirects, where to, and with which status.
+#[test]
+fn forwarded_proto_and_domain_redirects() {
+    use dfp_routing::{Domain, DomainRedirect, ProtoRedirect};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let when_http = ServicePolicy {
+        proto_redirect: Some((ProtoRedirect::WhenHttp, 301)),
+        ..ServicePolicy::default()
+    };
+    let unless_https = ServicePolicy {
+        proto_redirect: Some((ProtoRedirect::UnlessHttps, 302)),
+        ..ServicePolicy::default()
+    };
+    let domain = ServicePolicy {
+        domain_redirect: Some(
+            DomainRedirect::new(
+                vec![Domain::parse("old.example.com").expect("domain")],
+                &Domain::parse("new.example.com").expect("domain"),
+            )
+            .expect("exact"),
+        ),
+        ..ServicePolicy::default()
+    };
+    let location = |policy: &ServicePolicy, request: &Admission<'_>| match admit(
+        policy, "s", request, defaults,
+    ) {
+        Ok(_) => None,
+        Err(ProxyError::Redirect { location, status, .. }) => {
+            Some((status.as_u16(), location.to_str().expect("ascii").to_owned()))
+        }
+        Err(other) => panic!("{other:?}"),
+    };
+    let to = |status: u16, l: &str| Some((status, l.to_owned()));
+    for (policy, request, expected) in [
+        (&when_http, plain_request("shop:8080", Some(b"http")), to(301, "https://shop/a?q=1")),
+        (&when_http, plain_request("shop", Some(b"HTTP ")), to(301, "https://shop/a?q=1")),
+        (&when_http, plain_request("shop", Some(b"https")), None),
+        (&when_http, plain_request("shop", None), None),
+        (&unless_https, plain_request("shop", None), to(302, "https://shop/a?q=1")),
+        (&unless_https, plain_request("shop", Some(b"http")), to(302, "https://shop/a?q=1")),
+        (&unless_https, plain_request("shop", Some(b"https")), None),
+        (&unless_https, Admission { https: true, ..plain_request("shop", None) }, None),
+        (
+            &domain,
+            plain_request("old.example.com:80", None),
+            to(301, "http://new.example.com/a?q=1"),
+        ),
+        (
+            &domain,
+            Admission { https: true, ..plain_request("OLD.example.com", None) },
+            to(301, "https://new.example.com/a?q=1"),
+        ),
+        (&domain, plain_request("new.example.com", None), None),
+    ] {
+        assert_eq!(location(policy, &request), expected, "{:?}", request.host);
+    }
+}
+
+#[test]
+fn search_replace_pairs_apply_in_order_after_req_path_search() {
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let rewrite = |s: &str, r: &str| dfp_routing::PathRewrite::new(s, r).expect("regex");
+    let policy = ServicePolicy {
+        path_rewrite: Some(rewrite("^/a", "/b")),
+        search_replace: vec![rewrite("^/b", "/c"), rewrite("^/nomatch", "/x"), rewrite("c$", "d")],
+        ..ServicePolicy::default()
+    };
+    let admitted = admit(&policy, "s", &plain_request("h", None), defaults).expect("admitted");
+    assert_eq!(admitted.rewritten.as_deref(), Some("/d"));
+}
+
+#[test]
+fn sticky_cookies_are_read_and_written() {
+    let fields = [("cookie", &b"a=1; DFP_SERVER=00000000000000ff"[..]), ("Cookie", b"b=2")];
+    assert_eq!(cookie_token(fields.iter().copied(), "DFP_SERVER"), Some(255));
+    assert_eq!(cookie_token(fields.iter().copied(), "DFP"), None);
+    let split = [("cookie", &b"a=1"[..]), ("cookie", b"S=\"0123456789abcdef\"")];
+    assert_eq!(cookie_token(split.iter().copied(), "S"), Some(0x0123_4567_89ab_cdef));
+    for bad in [&b"S=12"[..], b"S=zzzzzzzzzzzzzzzz", b"XS=0123456789abcdef", b"S=+123456789abcdef"]
+    {
+        assert_eq!(cookie_token([("cookie", bad)].into_iter(), "S"), None, "{bad:?}");
+    }
+    let mut out = Vec::new();
+    write_pin(&mut out, &Pin { cookie: "DFP_SERVER", token: 0xab });
+    assert_eq!(
+        String::from_utf8(out).expect("text"),
+        "set-cookie: DFP_SERVER=00000000000000ab; Path=/; HttpOnly\r\ncache-control: private\r\n"
+    );
+}
+
+fn service_users() -> dfp_routing::Authentication {
+    dfp_routing::Authentication::Users {
+        users: vec![dfp_routing::Credential::new("u", "p", false).expect("user")].into(),
+        from: dfp_routing::UsersFrom::Service,
+    }
+}
+
+/// Global users, `ignoreAuthorization` and a `usersSecret` that could not be read, as
+/// `admit` sees them: resolved into the policy's one `Authentication`.
+#[test]
+fn global_users_ignored_and_unreadable_secret() {
+    use dfp_routing::{Authentication, Credential, UsersFrom};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
+    // `g:pw` and `g:nope`.
+    let (good, bad) = ("Basic Zzpwdw==", "Basic Zzpub3Bl");
+    let request = |authorization: Option<&'static str>| Admission {
+        https: false,
+        method: "GET",
+        client: ClientIp(&peer),
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: authorization.map(str::as_bytes),
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
+    };
+    let global: std::sync::Arc<[Credential]> =
+        vec![Credential::new("g", "pw", false).expect("user")].into();
+    let with = |auth| ServicePolicy { auth, ..ServicePolicy::default() };
+    let global_policy =
+        with(Authentication::Users { users: global.clone(), from: UsersFrom::Global });
+    let nobody = with(Authentication::Users {
+        users: Vec::new().into(),
+        from: UsersFrom::Secret("gone".into()),
+    });
+    for (policy, authorization, expected) in [
+        (&global_policy, None, Err(())),
+        (&global_policy, Some(bad), Err(())),
+        (&global_policy, Some(good), Ok(true)),
+        (&with(Authentication::Ignored), None, Ok(false)),
+        (&with(Authentication::Open), Some(good), Ok(false)),
+        (&nobody, Some(good), Err(())),
+        (&nobody, None, Err(())),
+    ] {
+        let verdict = match admit(policy, "s", &request(authorization), defaults) {
+            Ok(admitted) => Ok(admitted.strip_authorization),
+            Err(ProxyError::Unauthorized { .. }) => Err(()),
+            Err(other) => panic!("{other:?}"),
+        };
+        assert_eq!(verdict, expected, "{:?} {authorization:?}", policy.auth);
+    }
 }
