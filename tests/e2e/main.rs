@@ -13,6 +13,7 @@ mod access;
 mod admin;
 mod admin_auth;
 mod cli;
+mod client_certs;
 mod data_plane;
 mod engines;
 mod follow;

@@ -70,6 +70,7 @@ const SUPPORTED: &[&str] = &[
     "allowedSources",
     "deniedSources",
     "serviceColor",
+    "verifyClientSsl",
 ];
 
 impl ReconfigureRequest {
@@ -218,6 +219,7 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
         }
     }
     policy.deny_http = parse_bool(get("denyHttp"), "denyHttp")?;
+    policy.verify_client_cert = parse_bool(get("verifyClientSsl"), "verifyClientSsl")?;
     for (name, list) in [
         ("allowedSources", &mut policy.allowed_sources),
         ("deniedSources", &mut policy.denied_sources),

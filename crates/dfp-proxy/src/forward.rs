@@ -123,6 +123,7 @@ impl Forwarder {
             || rules::client_ip(client.addr.ip(), &self.trusted_proxies, fields.clone());
         let request = RoutedRequest {
             https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            client_cert: client.client_cert,
             method: parts.method.as_str(),
             client: rules::ClientIp(&client_ip),
             authorization: facts.authorization,
@@ -548,6 +549,8 @@ pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
     /// The request arrived over TLS terminated by this proxy.
     pub(crate) tls: bool,
+    /// The TLS handshake verified a client certificate against `--client-ca`.
+    pub(crate) client_cert: bool,
 }
 
 /// What a request was routed to, for counters and the access log.

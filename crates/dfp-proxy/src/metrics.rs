@@ -51,10 +51,12 @@ pub(crate) enum OwnAnswer {
     HttpDenied,
     /// 403: the method is not allowed (`allowedMethods`/`deniedMethods`).
     ForbiddenMethod,
+    /// 403: no verified client certificate for a `verifyClientSsl` service.
+    ClientCertRequired,
 }
 
 /// Every `(status, reason)` series, in the order they are reported.
-const SERIES: [(u16, &str); 19] = [
+const SERIES: [(u16, &str); 20] = [
     (400, "bad_request"),
     (408, "header_timeout"),
     (431, "head_too_large"),
@@ -74,6 +76,7 @@ const SERIES: [(u16, &str); 19] = [
     (403, "forbidden_source"),
     (403, "http_denied"),
     (403, "forbidden_method"),
+    (403, "client_cert_required"),
 ];
 
 /// One counter on its own cache line.
@@ -100,6 +103,7 @@ impl OwnAnswer {
             ProxyError::Forbidden(Forbidden::Source) => OwnAnswer::ForbiddenSource,
             ProxyError::Forbidden(Forbidden::Http) => OwnAnswer::HttpDenied,
             ProxyError::Forbidden(Forbidden::Method) => OwnAnswer::ForbiddenMethod,
+            ProxyError::Forbidden(Forbidden::ClientCert) => OwnAnswer::ClientCertRequired,
         }
     }
 
@@ -126,6 +130,7 @@ impl OwnAnswer {
             OwnAnswer::ForbiddenSource => 16,
             OwnAnswer::HttpDenied => 17,
             OwnAnswer::ForbiddenMethod => 18,
+            OwnAnswer::ClientCertRequired => 19,
         }
     }
 
@@ -170,6 +175,7 @@ mod tests {
             OwnAnswer::ForbiddenSource,
             OwnAnswer::HttpDenied,
             OwnAnswer::ForbiddenMethod,
+            OwnAnswer::ClientCertRequired,
         ];
         let mut slots: Vec<usize> = answers.iter().map(|a| a.slot()).collect();
         for (answer, slot) in answers.iter().zip(&slots) {
@@ -194,6 +200,7 @@ mod tests {
             (ProxyError::Forbidden(Forbidden::Source), 403),
             (ProxyError::Forbidden(Forbidden::Http), 403),
             (ProxyError::Forbidden(Forbidden::Method), 403),
+            (ProxyError::Forbidden(Forbidden::ClientCert), 403),
         ] {
             assert_eq!(SERIES[OwnAnswer::of(&err).slot()].0, status, "{err:?}");
             assert_eq!(err.status_and_text().0.as_u16(), status, "{err:?}");

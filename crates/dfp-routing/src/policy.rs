@@ -267,6 +267,9 @@ pub struct ServicePolicy {
     pub denied_sources: SourceList,
     /// Plain-HTTP requests are refused with 403 (`denyHttp`).
     pub deny_http: bool,
+    /// Requests without a client certificate verified against `--client-ca` are refused
+    /// with 403 (`verifyClientSsl`), plain-HTTP ones included.
+    pub verify_client_cert: bool,
     /// Methods let through (`allowedMethods`); empty: every method.
     pub allowed_methods: MethodList,
     /// Methods refused even when allowed (`deniedMethods`).

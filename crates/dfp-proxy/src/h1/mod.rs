@@ -78,6 +78,7 @@ pub(crate) async fn serve<S>(
     state: &ConnState,
     client: SocketAddr,
     tls: bool,
+    client_cert: bool,
     forwarder: &Forwarder,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -87,6 +88,7 @@ pub(crate) async fn serve<S>(
         client,
         client_ip: client.ip().to_string(),
         proto: if tls { "https" } else { "http" },
+        client_cert,
         buf: BytesMut::with_capacity(4096),
         timer: LazyTimer::default(),
         shutdown: stop.clone(),
@@ -182,6 +184,8 @@ struct Conn {
     client: SocketAddr,
     client_ip: String,
     proto: &'static str,
+    /// The TLS handshake verified a client certificate against `--client-ca`.
+    client_cert: bool,
     /// Bytes read from the client and not consumed yet.
     buf: BytesMut,
     timer: LazyTimer,
@@ -368,6 +372,7 @@ fn prepare_parsed<'b>(
         || rules::client_ip(conn.client.ip(), &forwarder.trusted_proxies, fields.clone());
     let request = RoutedRequest {
         https: conn.proto == "https" || (forwarder.trust_forwarded_proto && facts.forwarded_https),
+        client_cert: conn.client_cert,
         method,
         client: rules::ClientIp(&client_ip),
         authorization: facts.authorization,

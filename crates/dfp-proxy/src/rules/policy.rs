@@ -43,6 +43,9 @@ pub(crate) struct Admission<'a> {
     /// The request came over TLS terminated here, or (with `--trust-forwarded-proto`) says it
     /// came over HTTPS to a trusted balancer.
     pub(crate) https: bool,
+    /// The connection is TLS terminated here and the client presented a certificate that
+    /// verified against `--client-ca` (the handshake refuses one that does not).
+    pub(crate) client_cert: bool,
     pub(crate) method: &'a str,
     pub(crate) client: ClientIp<'a>,
     pub(crate) host: Option<&'a str>,
@@ -57,10 +60,12 @@ pub(crate) struct Admission<'a> {
 /// 1. client address (`allowedSources`, then `deniedSources`): 403. First, so a refused
 ///    address learns nothing of the service, not even that it wants HTTPS or a password;
 /// 2. `denyHttp`: 403 on plain HTTP (so it wins over `httpsOnly`'s redirect);
-/// 3. method (`allowedMethods`, then `deniedMethods`: denied wins): 403;
-/// 4. `httpsOnly`: the redirect to HTTPS;
-/// 5. basic authentication: 401;
-/// 6. path rewrite.
+/// 3. `verifyClientSsl`: 403 without a verified client certificate (plain HTTP never has
+///    one), before anything else the service would say;
+/// 4. method (`allowedMethods`, then `deniedMethods`: denied wins): 403;
+/// 5. `httpsOnly`: the redirect to HTTPS;
+/// 6. basic authentication: 401;
+/// 7. path rewrite.
 ///
 /// An `Err` is the proxy's own answer.
 pub(crate) fn admit<'p>(
@@ -74,6 +79,7 @@ pub(crate) fn admit<'p>(
         allowed_sources,
         denied_sources,
         deny_http,
+        verify_client_cert,
         allowed_methods,
         denied_methods,
         https_redirect,
@@ -93,6 +99,9 @@ pub(crate) fn admit<'p>(
     }
     if *deny_http && !request.https {
         return Err(ProxyError::Forbidden(Forbidden::Http));
+    }
+    if *verify_client_cert && !request.client_cert {
+        return Err(ProxyError::Forbidden(Forbidden::ClientCert));
     }
     if (!allowed_methods.is_empty() && !allowed_methods.contains(request.method))
         || denied_methods.contains(request.method)
@@ -175,6 +184,7 @@ pub(crate) fn route<'t, 'b>(
     };
     let admission = Admission {
         https: request.https,
+        client_cert: request.client_cert,
         method: request.method,
         client: request.client,
         host,
@@ -195,6 +205,8 @@ pub(crate) fn route<'t, 'b>(
 pub(crate) struct RoutedRequest<'a> {
     /// Came over TLS, or (trusted) says it came over HTTPS.
     pub(crate) https: bool,
+    /// Came over TLS with a client certificate verified against `--client-ca`.
+    pub(crate) client_cert: bool,
     pub(crate) method: &'a str,
     pub(crate) client: ClientIp<'a>,
     pub(crate) authorization: Option<&'a [u8]>,

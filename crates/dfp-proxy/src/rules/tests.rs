@@ -77,6 +77,7 @@ fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy
     let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
     let admission = Admission {
         https: false,
+        client_cert: false,
         method: "GET",
         client: ClientIp(&peer),
         host: Some("a"),
@@ -147,6 +148,7 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
     let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
     let request = Admission {
         https: false,
+        client_cert: false,
         method: "GET",
         client: ClientIp(&peer),
         host: Some("shop:80"),
@@ -197,6 +199,7 @@ fn access_rules_answer_in_order() {
     let never = || -> std::net::IpAddr { panic!("a service without source lists read the client") };
     let request = |https, method, client| Admission {
         https,
+        client_cert: false,
         method,
         client,
         host: Some("shop"),
@@ -368,4 +371,52 @@ fn only_idempotent_bodiless_requests_are_sent_again() {
             "{method} body={body} upgrade={upgrade}"
         );
     }
+}
+
+/// `verifyClientSsl`: only a request whose connection verified a client certificate passes;
+/// after the address and `denyHttp`, before the method, redirect and authentication.
+#[test]
+fn client_certificates_are_required_where_asked() {
+    use crate::error::Forbidden;
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
+    let request = |https, client_cert| Admission {
+        https,
+        client_cert,
+        method: "GET",
+        client: ClientIp(&peer),
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: None,
+    };
+    let verify = ServicePolicy { verify_client_cert: true, ..ServicePolicy::default() };
+    let refused = |policy: &ServicePolicy, https, cert| match admit(
+        policy,
+        "s",
+        &request(https, cert),
+        defaults,
+    ) {
+        Ok(_) => None,
+        Err(ProxyError::Forbidden(why)) => Some(why),
+        Err(other) => panic!("{other:?}"),
+    };
+    assert_eq!(refused(&verify, true, true), None);
+    assert_eq!(refused(&verify, true, false), Some(Forbidden::ClientCert));
+    assert_eq!(refused(&verify, false, false), Some(Forbidden::ClientCert), "plain HTTP");
+    assert_eq!(refused(&ServicePolicy::default(), true, false), None, "not asked");
+    let deny_http = ServicePolicy { deny_http: true, ..verify.clone() };
+    assert_eq!(refused(&deny_http, false, false), Some(Forbidden::Http), "denyHttp first");
+    let redirect = ServicePolicy { https_redirect: Some(301), ..verify.clone() };
+    assert_eq!(
+        refused(&redirect, false, false),
+        Some(Forbidden::ClientCert),
+        "before the redirect"
+    );
+    let methods = ServicePolicy {
+        allowed_methods: dfp_routing::MethodList::parse("POST").expect("list"),
+        ..verify
+    };
+    assert_eq!(refused(&methods, true, false), Some(Forbidden::ClientCert), "before methods");
+    assert_eq!(refused(&methods, true, true), Some(Forbidden::Method));
 }
