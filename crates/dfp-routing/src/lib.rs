@@ -17,6 +17,7 @@
 
 mod access;
 mod backend;
+mod compression;
 mod policy;
 mod prefix;
 mod table;
@@ -26,6 +27,7 @@ pub use backend::{
     health_clock_ms, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS, EJECT_MAX_MS,
     LATENCY_BUCKETS_MS,
 };
+pub use compression::{Compression, CompressionAlgo};
 pub use policy::{Credential, Domain, HeaderEdits, PathRewrite, PolicyError, ServicePolicy};
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{

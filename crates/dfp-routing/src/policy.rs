@@ -37,6 +37,14 @@ pub enum PolicyError {
         "method {0:?} is not an HTTP method name; give names such as GET,HEAD separated by commas"
     )]
     BadMethod(String),
+    #[error(
+        "compression algorithm {0:?} is not supported; give gzip or deflate (or identity for none)"
+    )]
+    BadCompressionAlgo(String),
+    #[error("compression type {0:?} is not a media type; give types such as text/html text/css application/javascript, separated by spaces")]
+    BadCompressionType(String),
+    #[error("compressionType needs compressionAlgo; add compressionAlgo=gzip")]
+    CompressionTypeAlone,
 }
 
 /// A host a service answers for: exact (`shop.example.com`) or one-label wildcard

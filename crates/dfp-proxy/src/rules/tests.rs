@@ -420,3 +420,59 @@ fn client_certificates_are_required_where_asked() {
     assert_eq!(refused(&methods, true, false), Some(Forbidden::ClientCert), "before methods");
     assert_eq!(refused(&methods, true, true), Some(Forbidden::Method));
 }
+
+/// `compressionAlgo`/`compressionType`: which responses are compressed.
+#[test]
+fn compression_is_decided_from_the_response_the_request_and_the_service() {
+    use dfp_routing::{Compression, CompressionAlgo};
+    let text = Compression::parse(Some("gzip"), Some("text/html text/css")).expect("valid");
+    let text = text.as_ref();
+    let html: &[(&str, &[u8])] = &[("Content-Type", b"text/html; charset=utf-8")];
+    let facts = |status, framing| ResponseFacts {
+        status,
+        framing,
+        keep_alive: true,
+        transfer_encoded: false,
+        lists_fields: false,
+        dated: false,
+    };
+    let big = Framing::Length(10_000);
+    type Case<'a> =
+        (Option<&'a Compression>, u16, Framing, Option<&'a [u8]>, &'a [(&'a str, &'a [u8])], bool);
+    let cases: [Case<'_>; 16] = [
+        (text, 200, big, Some(b"gzip, deflate, br"), html, true),
+        (text, 200, Framing::Chunked, Some(b"gzip"), html, true),
+        (text, 200, Framing::UntilClose, Some(b"*"), html, true),
+        (None, 200, big, Some(b"gzip"), html, false),
+        (text, 200, big, None, html, false),
+        (text, 200, big, Some(b"deflate, br"), html, false),
+        (text, 200, big, Some(b"gzip;q=0"), html, false),
+        (text, 200, big, Some(b"gzip;q=0.000, *"), html, false),
+        (text, 200, big, Some(b"gzip;q=0.5"), html, true),
+        (text, 200, Framing::Length(255), Some(b"gzip"), html, false),
+        (text, 200, Framing::Empty, Some(b"gzip"), html, false),
+        (text, 206, big, Some(b"gzip"), html, false),
+        (text, 404, big, Some(b"gzip"), html, false),
+        (text, 200, big, Some(b"gzip"), &[("Content-Type", b"image/png")], false),
+        (
+            text,
+            200,
+            big,
+            Some(b"gzip"),
+            &[("content-type", b"text/css"), ("Content-Encoding", b"br")],
+            false,
+        ),
+        (
+            text,
+            200,
+            big,
+            Some(b"gzip"),
+            &[("content-type", b"text/css"), ("Cache-Control", b"public, no-transform")],
+            false,
+        ),
+    ];
+    for (i, (service, status, framing, accept, fields, expected)) in cases.into_iter().enumerate() {
+        let got = compression(service, &facts(status, framing), accept, fields.iter().copied());
+        assert_eq!(got, expected.then_some(CompressionAlgo::Gzip), "case {i}");
+    }
+}
