@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    Credential, Domain, HeaderEdits, MethodList, PathPrefix, PathRewrite, PolicyError,
+    Compression, Credential, Domain, HeaderEdits, MethodList, PathPrefix, PathRewrite, PolicyError,
     ServicePolicy, ServiceSpec, SourceList,
 };
 
@@ -71,6 +71,8 @@ const SUPPORTED: &[&str] = &[
     "deniedSources",
     "serviceColor",
     "verifyClientSsl",
+    "compressionAlgo",
+    "compressionType",
 ];
 
 impl ReconfigureRequest {
@@ -289,6 +291,13 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
         get("timeoutServer").map(|v| parse_seconds(v, "timeoutServer")).transpose()?;
     policy.tunnel_timeout =
         get("timeoutTunnel").map(|v| parse_seconds(v, "timeoutTunnel")).transpose()?;
+    let (algo, types) = (get("compressionAlgo"), get("compressionType"));
+    policy.compression = Compression::parse(algo, types).map_err(|e| match e {
+        PolicyError::BadCompressionAlgo(_) => {
+            policy_err("compressionAlgo", algo.unwrap_or_default(), e)
+        }
+        _ => policy_err("compressionType", types.unwrap_or_default(), e),
+    })?;
     Ok(policy)
 }
 
@@ -507,6 +516,42 @@ mod tests {
         for (name, value, needle) in cases {
             let err = parse(&[("serviceName", "books"), ("servicePath", "/b"), (name, value)])
                 .expect_err(value);
+            assert_eq!(err.status(), 400);
+            let message = err.to_string();
+            assert!(message.contains(name) && message.contains(needle), "{message}");
+        }
+    }
+
+    #[test]
+    fn compression_is_read_and_bad_values_named() {
+        let r = parse(&[
+            ("serviceName", "books"),
+            ("servicePath", "/b"),
+            ("compressionAlgo", "gzip"),
+            ("compressionType", "text/plain text/html"),
+        ])
+        .expect("valid");
+        assert!(r.ignored.is_empty());
+        let compression = r.policy.compression.expect("compresses");
+        assert_eq!(compression.algo().token(), "gzip");
+        assert_eq!(compression.types().collect::<Vec<_>>(), ["text/plain", "text/html"]);
+        let off =
+            parse(&[("serviceName", "b"), ("servicePath", "/b"), ("compressionAlgo", "identity")]);
+        assert!(off.expect("valid").policy.compression.is_none());
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
+            (&[("compressionAlgo", "br")], "compressionAlgo", "gzip"),
+            (
+                &[("compressionAlgo", "gzip"), ("compressionType", "text")],
+                "compressionType",
+                "\"text\"",
+            ),
+            (&[("compressionType", "text/html")], "compressionType", "compressionAlgo=gzip"),
+        ];
+        for (extra, name, needle) in cases {
+            let mut query = vec![("serviceName", "books"), ("servicePath", "/b")];
+            query.extend_from_slice(extra);
+            let err = parse(&query).expect_err("invalid");
             assert_eq!(err.status(), 400);
             let message = err.to_string();
             assert!(message.contains(name) && message.contains(needle), "{message}");

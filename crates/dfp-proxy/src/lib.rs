@@ -12,7 +12,6 @@
 //! them: a reconfigure in progress cannot slow a request down.
 
 mod chunked;
-#[allow(dead_code, reason = "the engines' body relays use it in the next step")]
 mod compress;
 mod conn;
 mod error;

@@ -310,6 +310,16 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) verify_client_ssl: Option<bool>,
 
+    /// Compress responses on the way to clients that accept it: gzip or deflate (identity:
+    /// none).
+    #[arg(long)]
+    pub(crate) compression_algo: Option<String>,
+
+    /// The media types compressed, separated by spaces (e.g. "text/html text/css"); none:
+    /// every type. Needs --compression-algo.
+    #[arg(long)]
+    pub(crate) compression_type: Option<String>,
+
     /// Only clients from these addresses or CIDR blocks are let through (others get 403).
     #[arg(long)]
     pub(crate) allowed_sources: Option<String>,
@@ -371,6 +381,8 @@ impl ReconfigureArgs {
             ("deniedMethods", self.denied_methods.clone()),
             ("denyHttp", self.deny_http.map(|b| b.to_string())),
             ("verifyClientSsl", self.verify_client_ssl.map(|b| b.to_string())),
+            ("compressionAlgo", self.compression_algo.clone()),
+            ("compressionType", self.compression_type.clone()),
             ("allowedSources", self.allowed_sources.clone()),
             ("deniedSources", self.denied_sources.clone()),
         ];

@@ -253,6 +253,9 @@ struct Plan<'b> {
     response_edits: &'b HeaderEdits,
     server_timeout: Duration,
     tunnel_timeout: Duration,
+    /// The service compresses and this client accepts its coding: each response's head
+    /// decides ([`rules::compression`]).
+    compression: Option<&'b dfp_routing::Compression>,
 }
 
 /// Serves one request whose head ends at `head_end` in the read buffer.
@@ -376,6 +379,8 @@ fn prepare_parsed<'b>(
         method,
         client: rules::ClientIp(&client_ip),
         authorization: facts.authorization,
+        // An HTTP/1.0 client reads no chunked body, and a compressed one has no length.
+        accept_encoding: if http10 { None } else { facts.accept_encoding },
         defaults: (forwarder.server_timeout, forwarder.tunnel_timeout),
     };
     let Routing { path: routed_path, backend, admitted, first } =
@@ -423,6 +428,7 @@ fn prepare_parsed<'b>(
         response_edits,
         server_timeout,
         tunnel_timeout,
+        compression,
     } = admitted;
     let head_request = method == "HEAD";
     let no_body = matches!(body, RequestBody::None | RequestBody::Length(0));
@@ -438,6 +444,7 @@ fn prepare_parsed<'b>(
         response_edits,
         server_timeout,
         tunnel_timeout,
+        compression,
     })
 }
 

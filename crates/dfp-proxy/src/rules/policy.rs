@@ -21,6 +21,9 @@ pub(crate) struct Admitted<'p> {
     pub(crate) strip_authorization: bool,
     pub(crate) server_timeout: Duration,
     pub(crate) tunnel_timeout: Duration,
+    /// The service's compression, when the client accepts its coding ([`accepted_compression`]):
+    /// whether a response is compressed is decided on its head ([`compression`]).
+    pub(crate) compression: Option<&'p dfp_routing::Compression>,
 }
 
 /// The client's address, found only when a service's rules ask for it (a service without
@@ -52,6 +55,9 @@ pub(crate) struct Admission<'a> {
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
     pub(crate) authorization: Option<&'a [u8]>,
+    /// The request's `Accept-Encoding`, if it has one and the client reads a chunked (or
+    /// HTTP/2) body: a compressed response has no length. `None` for HTTP/1.0 clients.
+    pub(crate) accept_encoding: Option<&'a [u8]>,
 }
 
 /// Applies a service's policy to a routed request, in this order (HAProxy's: `http-request
@@ -89,6 +95,7 @@ pub(crate) fn admit<'p>(
         response_headers,
         server_timeout,
         tunnel_timeout,
+        compression,
     } = policy;
     if !allowed_sources.is_empty() || !denied_sources.is_empty() {
         let client = (request.client.0)();
@@ -139,6 +146,7 @@ pub(crate) fn admit<'p>(
         strip_authorization: !users.is_empty(),
         server_timeout: server_timeout.unwrap_or(defaults.0),
         tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
+        compression: accepted_compression(compression.as_ref(), request.accept_encoding),
     })
 }
 
@@ -191,6 +199,7 @@ pub(crate) fn route<'t, 'b>(
         path: &path,
         query: target.query,
         authorization: request.authorization,
+        accept_encoding: request.accept_encoding,
     };
     let admitted = admit(backend.policy(), backend.service(), &admission, request.defaults)
         .map_err(|err| (err, Some(backend)))?;
@@ -210,6 +219,8 @@ pub(crate) struct RoutedRequest<'a> {
     pub(crate) method: &'a str,
     pub(crate) client: ClientIp<'a>,
     pub(crate) authorization: Option<&'a [u8]>,
+    /// See [`Admission::accept_encoding`].
+    pub(crate) accept_encoding: Option<&'a [u8]>,
     /// The proxy's server and tunnel timeouts.
     pub(crate) defaults: (Duration, Duration),
 }

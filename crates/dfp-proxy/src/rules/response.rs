@@ -124,13 +124,20 @@ pub(crate) fn analyse_response<'a>(
 /// (an HTTP/1 client gets the chunks verbatim); `Content-Length` unless `relay_length` is false;
 /// a `Date` when the instance sent none (RFC 9110 §6.6.1); the edits' own fields; and for a
 /// `101`, the protocol switched to.
+///
+/// With `coding` (the body is compressed on the way, [`compression`]) neither framing field
+/// passes (the engine frames the new body itself), `Content-Encoding` names the coding, and
+/// `Vary: Accept-Encoding` is added unless the instance's `Vary` already covers it (a second
+/// `Vary` line appends to the first, RFC 9110 §5.3), so shared caches keep both versions.
 pub(crate) fn write_response_fields<'a>(
     out: &mut impl FieldSink,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     facts: &ResponseFacts,
     edits: &HeaderEdits,
     relay_chunked: bool,
+    coding: Option<dfp_routing::CompressionAlgo>,
 ) {
+    let compressed = coding.is_some();
     let editing = !edits.is_empty();
     let connection_values = || {
         fields
@@ -141,8 +148,8 @@ pub(crate) fn write_response_fields<'a>(
     for (name, value) in fields.clone() {
         let pass = match response_field(name) {
             ResponseField::EndToEnd | ResponseField::Date => true,
-            ResponseField::ContentLength => !facts.transfer_encoded,
-            ResponseField::TransferEncoding => relay_chunked,
+            ResponseField::ContentLength => !facts.transfer_encoded && !compressed,
+            ResponseField::TransferEncoding => relay_chunked && !compressed,
             ResponseField::Upgrade => facts.status == 101,
             ResponseField::Connection | ResponseField::HopByHop => false,
         };
@@ -158,6 +165,15 @@ pub(crate) fn write_response_fields<'a>(
         out.field("connection", b"upgrade");
     } else if !facts.dated && facts.status >= 200 {
         with_date(|date| out.field("date", date));
+    }
+    if let Some(coding) = coding {
+        out.field("content-encoding", coding.token().as_bytes());
+        let varies = fields.filter(|(n, _)| n.eq_ignore_ascii_case("vary")).any(|(_, v)| {
+            tokens(v).any(|t| t == b"*" || t.eq_ignore_ascii_case(b"accept-encoding"))
+        });
+        if !varies {
+            out.field("vary", b"accept-encoding");
+        }
     }
     write_edits(out, edits);
 }
@@ -214,20 +230,30 @@ pub(crate) fn write_error(
 /// MTU carries it either way.
 pub(crate) const MIN_COMPRESSED_LENGTH: u64 = 256;
 
+/// The service's compression when the request's `Accept-Encoding` accepts its coding (by
+/// name or `*`, with a non-zero `q`), decided once per request at admission so an engine
+/// keeps no borrow of the request's fields. `accept_encoding` is `None` for a client that
+/// could not read a body without a length (HTTP/1.0: no chunked coding).
+pub(crate) fn accepted_compression<'p>(
+    service: Option<&'p dfp_routing::Compression>,
+    accept_encoding: Option<&[u8]>,
+) -> Option<&'p dfp_routing::Compression> {
+    let service = service?;
+    accepts(accept_encoding?, service.algo().token()).then_some(service)
+}
+
 /// Whether a response is compressed on its way to the client, and with which coding: only
-/// when the service asks for it, the status is 200..=203 (never `204`, `206`'s byte ranges or
+/// when the service asks for it and the client accepts it (`accepted`, from
+/// [`accepted_compression`]), the status is 200..=203 (never `204`, `206`'s byte ranges or
 /// `304`), there is a body (not `HEAD`) of at least [`MIN_COMPRESSED_LENGTH`] bytes (or of
 /// unknown length), the instance did not encode it already (`Content-Encoding`) nor forbid
-/// it (`Cache-Control: no-transform`), its `Content-Type` is in the service's list, and the
-/// request's `Accept-Encoding` accepts the coding (by name or `*`, with a non-zero `q`).
-#[allow(dead_code, reason = "the engines' body relays call it in the next step")]
+/// it (`Cache-Control: no-transform`), and its `Content-Type` is in the service's list.
 pub(crate) fn compression<'a>(
-    service: Option<&dfp_routing::Compression>,
+    accepted: Option<&dfp_routing::Compression>,
     facts: &ResponseFacts,
-    accept_encoding: Option<&[u8]>,
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Option<dfp_routing::CompressionAlgo> {
-    let service = service?;
+    let service = accepted?;
     if !(200..=203).contains(&facts.status) {
         return None;
     }
@@ -235,10 +261,6 @@ pub(crate) fn compression<'a>(
         Framing::Empty => return None,
         Framing::Length(length) if length < MIN_COMPRESSED_LENGTH => return None,
         Framing::Length(_) | Framing::Chunked | Framing::UntilClose => {}
-    }
-    let algo = service.algo();
-    if !accepts(accept_encoding?, algo.token()) {
-        return None;
     }
     let mut content_type = None;
     for (name, value) in fields {
@@ -254,7 +276,7 @@ pub(crate) fn compression<'a>(
             content_type = Some(value);
         }
     }
-    service.applies_to(content_type).then_some(algo)
+    service.applies_to(content_type).then_some(service.algo())
 }
 
 /// Whether an `Accept-Encoding` value accepts `coding`: named (or `*`) with a `q` above 0.

@@ -84,6 +84,7 @@ fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy
         path: "/",
         query: None,
         authorization: facts.authorization,
+        accept_encoding: facts.accept_encoding,
     };
     let admitted =
         admit(policy, "svc", &admission, (Duration::from_secs(1), Duration::from_secs(1)))
@@ -155,6 +156,7 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
         path: "/a",
         query: Some("q=1"),
         authorization: None,
+        accept_encoding: None,
     };
     let redirect = ServicePolicy { https_redirect: Some(308), ..ServicePolicy::default() };
     match admit(&redirect, "s", &request, defaults) {
@@ -206,6 +208,7 @@ fn access_rules_answer_in_order() {
         path: "/a",
         query: None,
         authorization: None,
+        accept_encoding: None,
     };
     let policy = ServicePolicy {
         allowed_sources: SourceList::parse("10.0.0.0/8").expect("list"),
@@ -314,7 +317,7 @@ fn response_fields_lose_hop_by_hop_ones_and_a_length_beside_chunks() {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_response(200, false, false, pairs()).expect("valid");
     let mut out = Vec::new();
-    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), true);
+    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), true, None);
     assert_eq!(
         String::from_utf8_lossy(&out),
         "Transfer-Encoding: chunked\r\nDate: Mon, 30 Nov 2026 15:00:00 GMT\r\nX-Kept: yes\r\n"
@@ -389,6 +392,7 @@ fn client_certificates_are_required_where_asked() {
         path: "/a",
         query: None,
         authorization: None,
+        accept_encoding: None,
     };
     let verify = ServicePolicy { verify_client_cert: true, ..ServicePolicy::default() };
     let refused = |policy: &ServicePolicy, https, cert| match admit(
@@ -472,7 +476,8 @@ fn compression_is_decided_from_the_response_the_request_and_the_service() {
         ),
     ];
     for (i, (service, status, framing, accept, fields, expected)) in cases.into_iter().enumerate() {
-        let got = compression(service, &facts(status, framing), accept, fields.iter().copied());
+        let accepted = accepted_compression(service, accept);
+        let got = compression(accepted, &facts(status, framing), fields.iter().copied());
         assert_eq!(got, expected.then_some(CompressionAlgo::Gzip), "case {i}");
     }
 }
