@@ -14,6 +14,7 @@ mod admin;
 mod admin_auth;
 mod cli;
 mod client_certs;
+mod compression;
 mod data_plane;
 mod engines;
 mod follow;
