@@ -46,6 +46,9 @@ const SUPPORTED: &[&str] = &[
     "allowedSources",
     "deniedSources",
     "serviceColor",
+    "verifyClientSsl",
+    "compressionAlgo",
+    "compressionType",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -349,7 +352,19 @@ fn value_for(name: &'static str) -> BoxedStrategy<String> {
         "servicePath" | "servicePathExclude" => list(path_item()).boxed(),
         "serviceDomain" => list(domain_item()).boxed(),
         "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" => number().boxed(),
-        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp" => boolean().boxed(),
+        "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp"
+        | "verifyClientSsl" => boolean().boxed(),
+        "compressionAlgo" => prop_oneof![
+            4 => prop::sample::select(vec!["gzip", " GZIP ", "deflate", "identity", "br", "raw-deflate", ""])
+                .prop_map(str::to_owned),
+            1 => anything(),
+        ]
+        .boxed(),
+        "compressionType" => prop_oneof![
+            4 => "([a-zA-Z]{1,6}/[a-z0-9+.-]{1,8}(;q=1)?[ ,\t]{1,2}){0,3}",
+            1 => anything(),
+        ]
+        .boxed(),
         "reqPathSearch" | "reqPathReplace" => regex().boxed(),
         "users" => list(user_item()).boxed(),
         "addReqHeader" | "setReqHeader" | "addResHeader" | "setResHeader" | "delReqHeader"
