@@ -14,6 +14,8 @@ mod admin;
 mod admin_auth;
 mod affinity;
 mod cli;
+mod client_certs;
+mod compression;
 mod conditions;
 mod data_plane;
 mod engines;

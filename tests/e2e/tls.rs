@@ -53,6 +53,24 @@ impl Ca {
         self.issue_with(names, |_| {})
     }
 
+    /// A client certificate (extended key usage: client authentication) for `name`, with its
+    /// key, as a client presents it: `pem` holds the leaf, then the key.
+    pub fn issue_client(&self, name: &str) -> Issued {
+        let key = KeyPair::generate().expect("ring makes a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2090, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("the CA signs");
+        Issued { pem: format!("{}{}", cert.pem(), key.serialize_pem()), der: cert.der().to_vec() }
+    }
+
+    /// The CA's own certificate, PEM (what `--client-ca` is given).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
     fn issue_with(&self, names: &[&str], edit: impl FnOnce(&mut CertificateParams)) -> Issued {
         let key = KeyPair::generate().expect("ring makes a key");
         let mut params =

@@ -330,6 +330,13 @@ struct ServiceView {
     denied_sources: Vec<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deny_http: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    verify_client_ssl: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression_algo: Option<&'static str>,
+    /// Empty with an algorithm: every type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression_type: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_methods: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -426,6 +433,13 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         allowed_sources: policy.allowed_sources.entries().collect(),
         denied_sources: policy.denied_sources.entries().collect(),
         deny_http: policy.deny_http,
+        verify_client_ssl: policy.verify_client_cert,
+        compression_algo: policy.compression.as_ref().map(|c| c.algo().token()),
+        compression_type: policy
+            .compression
+            .as_ref()
+            .map(|c| c.types().collect::<Vec<_>>().join(" "))
+            .filter(|t| !t.is_empty()),
         allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
         denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
         https_redirect_code,

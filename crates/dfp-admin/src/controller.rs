@@ -153,6 +153,9 @@ pub(crate) struct Inner {
     /// Local writes to the store so far. A store listing read while one happened may predate
     /// it, so the services it touched are not taken from that listing (see `sync_from_store`).
     local_writes: AtomicU64,
+    /// The TLS listener checks client certificates (`--client-ca`): without it, a
+    /// `verifyClientSsl` service could never be reached, so such a call is refused.
+    client_ca: std::sync::atomic::AtomicBool,
 }
 
 /// Renders more Prometheus text into `/metrics` (the binary adds the data plane's gauges).
@@ -207,6 +210,7 @@ impl Controller {
                 publish_wanted: Arc::new(Notify::new()),
                 metrics_hook: std::sync::OnceLock::new(),
                 local_writes: AtomicU64::new(0),
+                client_ca: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -248,6 +252,14 @@ impl Controller {
             ));
         }
         Ok(())
+    }
+
+    /// Says whether the TLS listener checks client certificates (`--client-ca`); until this
+    /// is called with `true`, a reconfigure with `verifyClientSsl=true` is refused (400).
+    /// Services restored from the store are kept either way: theirs answer 403 to every
+    /// request without a verified certificate, which is what they asked for.
+    pub fn set_client_ca_configured(&self, configured: bool) {
+        self.inner.client_ca.store(configured, Ordering::Relaxed);
     }
 
     /// Adds `hook`'s output to `/metrics` (set once; later calls are ignored).
@@ -721,6 +733,16 @@ impl Inner {
     /// (`<serviceName>-<serviceColor>`, Docker Flow Proxy's blue/green); standalone mode has
     /// no registry to pick from.
     fn check_mode(&self, request: &ReconfigureRequest) -> Result<(), AdminError> {
+        if request.policy.verify_client_cert && !self.client_ca.load(Ordering::Relaxed) {
+            return Err(AdminError::InvalidParameter {
+                name: "verifyClientSsl",
+                value: "true".to_owned(),
+                reason: "this proxy checks no client certificates; start it with --client-ca \
+                         <PEM file of the CAs that issue them> (DFP_CLIENT_CA), or leave \
+                         verifyClientSsl out"
+                    .to_owned(),
+            });
+        }
         match (&self.discovery, &request.color) {
             (Discovery::Dns, Some(color)) => Err(AdminError::InvalidParameter {
                 name: "serviceColor",

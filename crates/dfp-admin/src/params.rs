@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dfp_routing::{
-    Authentication, ConditionError, Credential, Domain, DomainRedirect, HeaderEdits, MethodList,
-    PathPattern, PathPrefix, PathRewrite, PathType, PolicyError, ProtoRedirect, RouteConditions,
-    ServicePolicy, ServiceSpec, SourceList, StickySession, UsersFrom,
+    Authentication, Compression, ConditionError, Credential, Domain, DomainRedirect, HeaderEdits,
+    MethodList, PathPattern, PathPrefix, PathRewrite, PathType, PolicyError, ProtoRedirect,
+    RouteConditions, ServicePolicy, ServiceSpec, SourceList, StickySession, UsersFrom,
 };
 
 use crate::parity::{self, Parameter, Reading, Status};
@@ -386,6 +386,7 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
         }
     }
     policy.deny_http = parse_bool(get("denyHttp"), "denyHttp")?;
+    policy.verify_client_cert = parse_bool(get("verifyClientSsl"), "verifyClientSsl")?;
     for (name, list) in [
         ("allowedSources", &mut policy.allowed_sources),
         ("deniedSources", &mut policy.denied_sources),
@@ -473,6 +474,13 @@ fn parse_policy<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicePol
         get("timeoutServer").map(|v| parse_seconds(v, "timeoutServer")).transpose()?;
     policy.tunnel_timeout =
         get("timeoutTunnel").map(|v| parse_seconds(v, "timeoutTunnel")).transpose()?;
+    let (algo, types) = (get("compressionAlgo"), get("compressionType"));
+    policy.compression = Compression::parse(algo, types).map_err(|e| match e {
+        PolicyError::BadCompressionAlgo(_) => {
+            policy_err("compressionAlgo", algo.unwrap_or_default(), e)
+        }
+        _ => policy_err("compressionType", types.unwrap_or_default(), e),
+    })?;
     Ok(policy)
 }
 
@@ -794,6 +802,55 @@ mod tests {
         for (name, value, needle) in cases {
             let err = parse(&[("serviceName", "books"), ("servicePath", "/b"), (name, value)])
                 .expect_err(value);
+            assert_eq!(err.status(), 400);
+            let message = err.to_string();
+            assert!(message.contains(name) && message.contains(needle), "{message}");
+        }
+        let paths: &[(&str, &str, &str)] = &[
+            ("path_reg", "^/a(", "regular expression"),
+            ("path_reg", "a{1000}{1000}", "regular expression"),
+            ("path", "api", "pathType path"),
+            ("path_beg", "/a//b", "pathType path_beg"),
+            ("path_end", "a b", "pathType path_end"),
+        ];
+        for (kind, path, needle) in paths {
+            let err = parse(&[("serviceName", "b"), ("servicePath", path), ("pathType", kind)])
+                .expect_err(path);
+            assert_eq!(err.status(), 400);
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn compression_is_read_and_bad_values_named() {
+        let r = parse(&[
+            ("serviceName", "books"),
+            ("servicePath", "/b"),
+            ("compressionAlgo", "gzip"),
+            ("compressionType", "text/plain text/html"),
+        ])
+        .expect("valid");
+        assert!(r.ignored.is_empty());
+        let compression = r.policy.compression.expect("compresses");
+        assert_eq!(compression.algo().token(), "gzip");
+        assert_eq!(compression.types().collect::<Vec<_>>(), ["text/plain", "text/html"]);
+        let off =
+            parse(&[("serviceName", "b"), ("servicePath", "/b"), ("compressionAlgo", "identity")]);
+        assert!(off.expect("valid").policy.compression.is_none());
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
+            (&[("compressionAlgo", "br")], "compressionAlgo", "gzip"),
+            (
+                &[("compressionAlgo", "gzip"), ("compressionType", "text")],
+                "compressionType",
+                "\"text\"",
+            ),
+            (&[("compressionType", "text/html")], "compressionType", "compressionAlgo=gzip"),
+        ];
+        for (extra, name, needle) in cases {
+            let mut query = vec![("serviceName", "books"), ("servicePath", "/b")];
+            query.extend_from_slice(extra);
+            let err = parse(&query).expect_err("invalid");
             assert_eq!(err.status(), 400);
             let message = err.to_string();
             assert!(message.contains(name) && message.contains(needle), "{message}");

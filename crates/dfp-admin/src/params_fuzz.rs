@@ -58,6 +58,9 @@ const SUPPORTED: &[&str] = &[
     "redirectUnlessHttpsProto",
     "redirectFromDomain",
     "reqPathSearchReplace",
+    "verifyClientSsl",
+    "compressionAlgo",
+    "compressionType",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -408,10 +411,21 @@ fn value_for(name: &'static str) -> BoxedStrategy<String> {
         "serviceDomain" => list(domain_item()).boxed(),
         "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" => number().boxed(),
         "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp"
-        | "ignoreAuthorization" => boolean().boxed(),
+        | "ignoreAuthorization" | "verifyClientSsl" => boolean().boxed(),
         "usersSecret" => prop_oneof![
             6 => "[a-z0-9._-]{1,12}",
             1 => prop::sample::select(vec!["../x", "a/b", ".hidden", " s ", ""]).prop_map(str::to_owned),
+            1 => anything(),
+        ]
+        .boxed(),
+        "compressionAlgo" => prop_oneof![
+            4 => prop::sample::select(vec!["gzip", " GZIP ", "deflate", "identity", "br", "raw-deflate", ""])
+                .prop_map(str::to_owned),
+            1 => anything(),
+        ]
+        .boxed(),
+        "compressionType" => prop_oneof![
+            4 => "([a-zA-Z]{1,6}/[a-z0-9+.-]{1,8}(;q=1)?[ ,\t]{1,2}){0,3}",
             1 => anything(),
         ]
         .boxed(),

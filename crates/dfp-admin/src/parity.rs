@@ -64,6 +64,8 @@ pub const PARAMETERS: &[Parameter] = &[
     built("addResHeader", OPTIONS),
     built("allowedMethods", OPTIONS),
     built("allowedSources", OPTIONS),
+    built("compressionAlgo", OPTIONS),
+    built("compressionType", OPTIONS),
     built("delReqHeader", OPTIONS),
     built("delResHeader", OPTIONS),
     built("deniedMethods", OPTIONS),
@@ -98,6 +100,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("users", OPTIONS),
     built("usersPassEncrypted", OPTIONS),
     built("usersSecret", OPTIONS),
+    built("verifyClientSsl", OPTIONS),
     // Meaningless here: accepted with a warning that says why.
     ignored(
         "aclName",
@@ -175,21 +178,6 @@ pub const PARAMETERS: &[Parameter] = &[
         "timeoutClient",
         "Docker Flow Proxy uses it for TCP frontends only; the HTTP client timeout is global: \
          --client-timeout (DFP_CLIENT_TIMEOUT)",
-    ),
-    // Being built on other branches: each flips its own row to `built` when it lands.
-    refused(
-        "compressionAlgo",
-        "not supported yet: responses pass through as the instance sent them; compress in \
-         the service for now",
-    ),
-    refused(
-        "compressionType",
-        "not supported yet: responses pass through as the instance sent them; compress in \
-         the service for now",
-    ),
-    refused(
-        "verifyClientSsl",
-        "not supported yet: client certificates are not requested; drop verifyClientSsl",
     ),
 ];
 

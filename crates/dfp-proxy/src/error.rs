@@ -57,6 +57,8 @@ pub(crate) enum Forbidden {
     Http,
     /// The method is not in `allowedMethods`, or is in `deniedMethods`.
     Method,
+    /// `verifyClientSsl`: no client certificate verified against `--client-ca`.
+    ClientCert,
 }
 
 impl ProxyError {
@@ -103,6 +105,11 @@ impl ProxyError {
             ProxyError::Forbidden(Forbidden::Method) => {
                 (StatusCode::FORBIDDEN, "this service does not accept this method\n")
             }
+            ProxyError::Forbidden(Forbidden::ClientCert) => (
+                StatusCode::FORBIDDEN,
+                "this service needs a client certificate: connect over HTTPS with a certificate \
+                 issued by the proxy's client CA\n",
+            ),
         }
     }
 

@@ -19,7 +19,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use dfp_routing::{Backend, HeaderEdits, TableHandle};
+use dfp_routing::{Backend, CompressionAlgo, HeaderEdits, TableHandle};
 use http::header::HeaderMap;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
@@ -29,6 +29,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use crate::chunked::{ChunkedScanner, Scan};
+use crate::compress::Encoder;
 use crate::error::ProxyError;
 use crate::rules::{
     self, Admitted, Failure, FieldSink as _, Forwarding, Framing, Record, RequestBody,
@@ -37,9 +38,9 @@ use crate::rules::{
 use crate::upstream::Connector;
 use crate::ProxyConfig;
 
-/// What the proxy answers an HTTP/2 client with: the instance's body as it is read, or a
-/// short body of its own.
-pub(crate) type ProxyBody = Either<InstanceBody, Full<Bytes>>;
+/// What the proxy answers an HTTP/2 client with: the instance's body as it is read (or
+/// compressed as it is read), or a short body of its own.
+pub(crate) type ProxyBody = Either<Either<InstanceBody, CompressedBody>, Full<Bytes>>;
 
 /// What both engines share: the table, this thread's connections to instances, the
 /// timeouts. One per data-plane server, shared by its connections.
@@ -126,11 +127,13 @@ impl Forwarder {
         let request = RoutedRequest {
             fields: rules::Fields(&field_list),
             https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            client_cert: client.client_cert,
             method: parts.method.as_str(),
             client: rules::ClientIp(&client_ip),
             authorization: facts.authorization,
             forwarded_proto: facts.forwarded_proto,
             cookie: rules::CookieToken(&cookie),
+            accept_encoding: facts.accept_encoding,
             defaults: (self.server_timeout, self.tunnel_timeout),
         };
         let mut slot = None;
@@ -181,6 +184,7 @@ impl Forwarder {
             server_timeout,
             tunnel_timeout: _, // HTTP/2 carries no upgrades here
             sticky,
+            compression,
         } = admitted;
 
         let replayable = rules::replayable(parts.method.as_str(), has_body, false);
@@ -198,6 +202,7 @@ impl Forwarder {
                 server_timeout,
                 client_timeout: self.client_timeout,
                 chunked,
+                compression,
             };
             let body = has_body.then_some(&mut body);
             let response = (response_edits, pin.as_ref());
@@ -232,6 +237,9 @@ struct Attempt<'a> {
     client_timeout: Duration,
     /// The body goes on chunked (else with the client's `Content-Length`).
     chunked: bool,
+    /// The service compresses and the client accepts its coding ([`rules::compression`]
+    /// decides on the response's head).
+    compression: Option<&'a dfp_routing::Compression>,
 }
 
 /// A response head as parsed: status, reason-less fields, and what the rules made of them.
@@ -241,6 +249,8 @@ struct ParsedHead {
     /// The client's fields, already rewritten by the rules.
     fields: HeaderMap,
     head_len: usize,
+    /// The body is compressed on its way (the fields already say so).
+    coding: Option<CompressionAlgo>,
 }
 
 impl Attempt<'_> {
@@ -275,7 +285,8 @@ impl Attempt<'_> {
                 }
             });
             let mut pump = pump;
-            let mut read = pin!(read_head(&mut reader, &mut buf, head_request, edits));
+            let mut read =
+                pin!(read_head(&mut reader, &mut buf, head_request, edits, self.compression));
             // The server timeout runs from the end of the upload.
             let mut deadline = tokio::time::Instant::now() + self.server_timeout;
             loop {
@@ -349,6 +360,7 @@ async fn read_head(
     buf: &mut BytesMut,
     head_request: bool,
     (edits, pin): ResponseAdditions<'_>,
+    compression: Option<&dfp_routing::Compression>,
 ) -> Result<ParsedHead, Failure> {
     use tokio::io::AsyncReadExt as _;
     loop {
@@ -377,7 +389,8 @@ async fn read_head(
                         fields.clone(),
                     )
                     .map_err(Failure::BadResponse)?;
-                    let mut client_fields = HeaderMap::with_capacity(response.headers.len() + 1);
+                    let coding = rules::compression(compression, &facts, fields.clone());
+                    let mut client_fields = HeaderMap::with_capacity(response.headers.len() + 3);
                     rules::write_response_fields(
                         &mut client_fields,
                         fields,
@@ -385,8 +398,15 @@ async fn read_head(
                         edits,
                         pin,
                         false,
+                        coding,
                     );
-                    return Ok(ParsedHead { status, facts, fields: client_fields, head_len });
+                    return Ok(ParsedHead {
+                        status,
+                        facts,
+                        fields: client_fields,
+                        head_len,
+                        coding,
+                    });
                 }
                 Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                     return Err(Failure::BadResponse("response head too large"));
@@ -413,7 +433,7 @@ fn relay(
     sent_all: bool,
     attempt: &Attempt<'_>,
 ) -> Response<ProxyBody> {
-    let ParsedHead { status, facts, fields, head_len } = head;
+    let ParsedHead { status, facts, fields, head_len, coding } = head;
     leftover.advance(head_len);
     let mut body = InstanceBody {
         stream: Some(stream),
@@ -430,6 +450,12 @@ fn relay(
         done: facts.framing == Framing::Empty,
     };
     body.finish_if_done();
+    let body = match coding {
+        None => Either::Left(body),
+        Some(coding) => {
+            Either::Right(CompressedBody { inner: body, encoder: Some(Encoder::new(coding)) })
+        }
+    };
     let mut response = Response::new(Either::Left(body));
     *response.status_mut() = status;
     *response.version_mut() = Version::HTTP_2;
@@ -560,12 +586,70 @@ impl http_body::Body for InstanceBody {
     }
 }
 
+/// An instance's body compressed as hyper asks for it: each DATA piece [`InstanceBody`]
+/// gives goes through the encoder at once and what it gives comes out as one DATA frame
+/// (nothing is held back for a later piece); the encoder's end is the last frame. The
+/// connection goes back to the pool exactly as the inner body says.
+pub(crate) struct CompressedBody {
+    inner: InstanceBody,
+    /// `None` once the stream has ended (or failed).
+    encoder: Option<Encoder>,
+}
+
+impl std::fmt::Debug for CompressedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompressedBody").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl http_body::Body for CompressedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(encoder) = this.encoder.as_mut() else { return Poll::Ready(None) };
+            let mut out = Vec::new();
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers are not carried after a compressed body.
+                    let Ok(data) = frame.into_data() else { continue };
+                    encoder.compress(&data, &mut out);
+                    if out.is_empty() {
+                        continue;
+                    }
+                }
+                Some(Err(err)) => {
+                    this.encoder = None;
+                    return Poll::Ready(Some(Err(err)));
+                }
+                None => {
+                    if let Some(encoder) = this.encoder.take() {
+                        encoder.finish(&mut out);
+                    }
+                }
+            }
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.encoder.is_none()
+    }
+}
+
 /// Who sent a request, and how.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
     /// The request arrived over TLS terminated by this proxy.
     pub(crate) tls: bool,
+    /// The TLS handshake verified a client certificate against `--client-ca`.
+    pub(crate) client_cert: bool,
 }
 
 /// What a request was routed to, for counters and the access log.

@@ -12,6 +12,7 @@
 //! them: a reconfigure in progress cannot slow a request down.
 
 mod chunked;
+mod compress;
 mod conn;
 mod error;
 mod forward;

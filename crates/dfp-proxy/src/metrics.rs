@@ -54,10 +54,12 @@ pub(crate) enum OwnAnswer {
     ForbiddenMethod,
     /// 301: `redirectFromDomain`'s redirect to the service's domain.
     DomainRedirect,
+    /// 403: no verified client certificate for a `verifyClientSsl` service.
+    ClientCertRequired,
 }
 
 /// Every `(status, reason)` series, in the order they are reported.
-const SERIES: [(u16, &str); 20] = [
+const SERIES: [(u16, &str); 21] = [
     (400, "bad_request"),
     (408, "header_timeout"),
     (431, "head_too_large"),
@@ -78,6 +80,7 @@ const SERIES: [(u16, &str); 20] = [
     (403, "http_denied"),
     (403, "forbidden_method"),
     (301, "domain_redirect"),
+    (403, "client_cert_required"),
 ];
 
 /// One counter on its own cache line.
@@ -107,6 +110,7 @@ impl OwnAnswer {
             ProxyError::Forbidden(Forbidden::Source) => OwnAnswer::ForbiddenSource,
             ProxyError::Forbidden(Forbidden::Http) => OwnAnswer::HttpDenied,
             ProxyError::Forbidden(Forbidden::Method) => OwnAnswer::ForbiddenMethod,
+            ProxyError::Forbidden(Forbidden::ClientCert) => OwnAnswer::ClientCertRequired,
         }
     }
 
@@ -134,6 +138,7 @@ impl OwnAnswer {
             OwnAnswer::HttpDenied => 17,
             OwnAnswer::ForbiddenMethod => 18,
             OwnAnswer::DomainRedirect => 19,
+            OwnAnswer::ClientCertRequired => 20,
         }
     }
 
@@ -179,6 +184,7 @@ mod tests {
             OwnAnswer::HttpDenied,
             OwnAnswer::ForbiddenMethod,
             OwnAnswer::DomainRedirect,
+            OwnAnswer::ClientCertRequired,
         ];
         let mut slots: Vec<usize> = answers.iter().map(|a| a.slot()).collect();
         for (answer, slot) in answers.iter().zip(&slots) {
@@ -203,6 +209,7 @@ mod tests {
             (ProxyError::Forbidden(Forbidden::Source), 403),
             (ProxyError::Forbidden(Forbidden::Http), 403),
             (ProxyError::Forbidden(Forbidden::Method), 403),
+            (ProxyError::Forbidden(Forbidden::ClientCert), 403),
         ] {
             assert_eq!(SERIES[OwnAnswer::of(&err).slot()].0, status, "{err:?}");
             assert_eq!(err.status_and_text().0.as_u16(), status, "{err:?}");

@@ -45,6 +45,11 @@ pub struct ProxyConfig {
     /// entry is taken as the client's address for services' source lists. Empty: the peer
     /// is always the client.
     pub trusted_proxies: dfp_routing::SourceList,
+    /// The CAs client certificates are checked against on the TLS listener (`--client-ca`):
+    /// every client is asked for one, one that does not verify fails the handshake, and a
+    /// client without one is let through (services with `verifyClientSsl` answer it 403).
+    /// `None`: no client certificates are asked for.
+    pub client_ca: Option<dfp_tls::ClientCa>,
 }
 
 impl Default for ProxyConfig {
@@ -61,6 +66,7 @@ impl Default for ProxyConfig {
             access_log: false,
             trust_forwarded_proto: false,
             trusted_proxies: dfp_routing::SourceList::default(),
+            client_ca: None,
         }
     }
 }
@@ -144,7 +150,7 @@ pub async fn serve(
         let stats = stats.clone();
         async move {
             stats.open.fetch_add(1, Ordering::Relaxed);
-            h1::serve(&mut io, &state, client_addr, false, &forwarder, stop).await;
+            h1::serve(&mut io, &state, client_addr, false, false, &forwarder, stop).await;
             stats.open.fetch_sub(1, Ordering::Relaxed);
         }
     })

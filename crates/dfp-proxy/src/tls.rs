@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dfp_routing::TableHandle;
-use dfp_tls::CertStore;
+use dfp_tls::{CertStore, ClientCa};
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
 use hyper::body::Incoming;
@@ -63,7 +63,7 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let forwarder = Arc::new(Forwarder::new(table, &config));
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(certs)?));
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(certs, config.client_ca.as_ref())?));
     let mut http = http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
@@ -87,15 +87,20 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// rustls settings: ring, TLS 1.2 and 1.3, no client certificates, ALPN `h2` then
-/// `http/1.1`, certificates from `certs` (SNI).
-fn server_config(certs: CertStore) -> io::Result<ServerConfig> {
+/// rustls settings: ring, TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, certificates from
+/// `certs` (SNI). With `client_ca`, every client is asked for a certificate: one that does not
+/// verify against it fails the handshake, none at all is allowed (only `verifyClientSsl`
+/// services need one, and they answer 403 without it); without, none is asked for.
+fn server_config(certs: CertStore, client_ca: Option<&ClientCa>) -> io::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(certs));
+        .map_err(io::Error::other)?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(ca.verifier().map_err(io::Error::other)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -132,8 +137,11 @@ impl TlsConnection {
             },
             () = stopping(&mut self.stop) => return,
         };
+        // A certificate is only ever recorded when it verified: the verifier fails the
+        // handshake for one that does not.
+        let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            self.serve_http2(tls, client_addr).await;
+            self.serve_http2(tls, client_addr, client_cert).await;
         } else {
             let state = Arc::new(ConnState::default());
             let mut io = TimedIo::new(
@@ -143,11 +151,17 @@ impl TlsConnection {
                 self.idle_timeout,
                 self.client_timeout,
             );
-            h1::serve(&mut io, &state, client_addr, true, &self.forwarder, self.stop.clone()).await;
+            let stop = self.stop.clone();
+            h1::serve(&mut io, &state, client_addr, true, client_cert, &self.forwarder, stop).await;
         }
     }
 
-    async fn serve_http2(mut self, tls: TlsStream<TcpStream>, client_addr: SocketAddr) {
+    async fn serve_http2(
+        mut self,
+        tls: TlsStream<TcpStream>,
+        client_addr: SocketAddr,
+        client_cert: bool,
+    ) {
         let activity = Arc::new(Activity::new());
         let forwarder = self.forwarder.clone();
         let requests = activity.clone();
@@ -159,8 +173,8 @@ impl TlsConnection {
             // biggest single cost of an HTTP/2 request.
             Box::pin(async move {
                 authority_as_host(&mut request);
-                let response =
-                    forwarder.handle(request, Client { addr: client_addr, tls: true }).await;
+                let client = Client { addr: client_addr, tls: true, client_cert };
+                let response = forwarder.handle(request, client).await;
                 let stalls = in_flight.0.clone();
                 response
                     .map(|r| r.map(|body| StallWatch::new(EndOfBody::new(body, in_flight), stalls)))

@@ -20,6 +20,7 @@
 
 mod access;
 mod backend;
+mod compression;
 mod condition;
 mod policy;
 mod prefix;
@@ -30,6 +31,7 @@ pub use backend::{
     health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth, Upstream, EJECT_FIRST_MS,
     EJECT_MAX_MS, LATENCY_BUCKETS_MS,
 };
+pub use compression::{Compression, CompressionAlgo};
 pub use condition::{
     ConditionError, HeaderCondition, NoFields, PathPattern, PathType, RequestFields,
     RouteConditions,

@@ -46,6 +46,14 @@ pub enum PolicyError {
     BadCookieName(String),
     #[error("redirectFromDomain needs an exact serviceDomain to redirect to (the first serviceDomain is {0:?}); give serviceDomain=www.example.com")]
     BadRedirectTarget(String),
+    #[error(
+        "compression algorithm {0:?} is not supported; give gzip or deflate (or identity for none)"
+    )]
+    BadCompressionAlgo(String),
+    #[error("compression type {0:?} is not a media type; give types such as text/html text/css application/javascript, separated by spaces")]
+    BadCompressionType(String),
+    #[error("compressionType needs compressionAlgo; add compressionAlgo=gzip")]
+    CompressionTypeAlone,
 }
 
 /// A host a service answers for: exact (`shop.example.com`) or one-label wildcard
@@ -433,6 +441,9 @@ pub struct ServicePolicy {
     pub denied_sources: SourceList,
     /// Plain-HTTP requests are refused with 403 (`denyHttp`).
     pub deny_http: bool,
+    /// Requests without a client certificate verified against `--client-ca` are refused
+    /// with 403 (`verifyClientSsl`), plain-HTTP ones included.
+    pub verify_client_cert: bool,
     /// Methods let through (`allowedMethods`); empty: every method.
     pub allowed_methods: MethodList,
     /// Methods refused even when allowed (`deniedMethods`).
@@ -460,6 +471,9 @@ pub struct ServicePolicy {
     pub server_timeout: Option<Duration>,
     /// Overrides the proxy's tunnel timeout (`timeoutTunnel`).
     pub tunnel_timeout: Option<Duration>,
+    /// Responses compressed on the way to the client (`compressionAlgo`,
+    /// `compressionType`); `None`: passed as the instance sent them.
+    pub compression: Option<crate::Compression>,
 }
 
 impl ServicePolicy {

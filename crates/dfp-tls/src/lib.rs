@@ -8,9 +8,13 @@
 //! route tables are published, so a handshake sees the old set or the new one, never a mix,
 //! and connections already established are never touched.
 //!
+//! [`ClientCa`] is the bundle of CAs that client certificates are checked against
+//! (`--client-ca`, `verifyClientSsl`).
+//!
 //! It must not do network IO, know where certificates are kept (Consul KV, files: that is the
 //! admin crate's business) or know about HTTP.
 
+mod client_ca;
 mod der;
 mod store;
 
@@ -22,6 +26,7 @@ use rustls::pki_types::pem::{self, PemObject as _, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+pub use client_ca::{ClientCa, ClientCaError};
 pub use store::{CertSet, CertStore};
 
 /// Why a certificate was refused. The message says what was wrong and what to do.

@@ -135,6 +135,12 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_TRUSTED_PROXIES", value_name = "CIDR,...", value_parser = parse_sources)]
     pub(crate) trusted_proxies: Option<dfp_routing::SourceList>,
 
+    /// A PEM file of the CAs that issue client certificates. The HTTPS listener then asks
+    /// every client for a certificate and refuses one these CAs did not issue; services
+    /// reconfigured with verifyClientSsl=true answer 403 to requests without one.
+    #[arg(long, env = "DFP_CLIENT_CA", value_name = "PEM_FILE")]
+    pub(crate) client_ca: Option<std::path::PathBuf>,
+
     /// How long each call to Consul may take before the next agent is tried.
     #[arg(long, env = "DFP_CONSUL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) consul_timeout: Duration,
@@ -381,6 +387,20 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) deny_http: Option<bool>,
 
+    /// Requests without a client certificate issued by the proxy's --client-ca get 403.
+    #[arg(long)]
+    pub(crate) verify_client_ssl: Option<bool>,
+
+    /// Compress responses on the way to clients that accept it: gzip or deflate (identity:
+    /// none).
+    #[arg(long)]
+    pub(crate) compression_algo: Option<String>,
+
+    /// The media types compressed, separated by spaces (e.g. "text/html text/css"); none:
+    /// every type. Needs --compression-algo.
+    #[arg(long)]
+    pub(crate) compression_type: Option<String>,
+
     /// Only clients from these addresses or CIDR blocks are let through (others get 403).
     #[arg(long)]
     pub(crate) allowed_sources: Option<String>,
@@ -441,6 +461,9 @@ impl ReconfigureArgs {
             ("allowedMethods", self.allowed_methods.clone()),
             ("deniedMethods", self.denied_methods.clone()),
             ("denyHttp", self.deny_http.map(|b| b.to_string())),
+            ("verifyClientSsl", self.verify_client_ssl.map(|b| b.to_string())),
+            ("compressionAlgo", self.compression_algo.clone()),
+            ("compressionType", self.compression_type.clone()),
             ("allowedSources", self.allowed_sources.clone()),
             ("deniedSources", self.denied_sources.clone()),
         ];

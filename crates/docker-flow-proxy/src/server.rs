@@ -72,6 +72,14 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
+    // Likewise a --client-ca bundle that holds no usable CA certificate.
+    let client_ca = match &args.client_ca {
+        Some(path) => Some(dfp_tls::ClientCa::load_file(path).with_context(|| {
+            format!("cannot use {} as the client CA bundle (--client-ca)", path.display())
+        })?),
+        None => None,
+    };
+
     // Bind every port before anything starts, so a taken port fails fast and says which.
     let backlog = i32::try_from(args.listen_backlog).unwrap_or(i32::MAX);
     let proxy_listener = listen(args.listen, backlog)
@@ -109,6 +117,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir);
     let controller =
         Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
+    controller.set_client_ca_configured(client_ca.is_some());
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
@@ -122,6 +131,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         trust_forwarded_proto: args.trust_forwarded_proto,
         trusted_proxies: args.trusted_proxies.clone().unwrap_or_default(),
         shutdown_grace: args.shutdown_grace,
+        client_ca,
     };
 
     // Routes are restored before either listener serves, so the first request already sees

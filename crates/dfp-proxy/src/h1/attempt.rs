@@ -9,12 +9,13 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Buf as _;
-use dfp_routing::HeaderEdits;
+use dfp_routing::{CompressionAlgo, HeaderEdits};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::chunked::{ChunkedScanner, Scan};
+use crate::compress::Encoder;
 use crate::conn::{ConnState, TimedIo};
 use crate::forward::Forwarder;
 use crate::rules::{
@@ -43,13 +44,13 @@ pub(super) struct Attempt<'a> {
 /// What the instance's next head turned out to be.
 enum ResponseHead {
     /// A `1xx` (not `101`) head of this length.
-    Interim {
-        status: u16,
-        head_len: usize,
-    },
+    Interim { status: u16, head_len: usize },
     Final {
         facts: ResponseFacts,
         head_len: usize,
+        /// The body is compressed on its way ([`rules::compression`]); the client's head
+        /// already says so and is chunked.
+        coding: Option<CompressionAlgo>,
     },
 }
 
@@ -129,9 +130,9 @@ impl Attempt<'_> {
                     deadline,
                 );
                 match read.await {
-                    Ok(ResponseHead::Final { facts, head_len }) => {
+                    Ok(ResponseHead::Final { facts, head_len, coding }) => {
                         conn.answered_at = Some(std::time::Instant::now());
-                        break 'connection (upstream, (facts, head_len, body_sent));
+                        break 'connection (upstream, (facts, head_len, body_sent, coding));
                     }
                     Ok(ResponseHead::Interim { status, head_len }) => {
                         let duplicate = status == 100 && continue_sent;
@@ -157,15 +158,22 @@ impl Attempt<'_> {
                 }
             }
         };
-        let (facts, head_len, body_sent) = head;
+        let (facts, head_len, body_sent, coding) = head;
         if facts.status == 101 {
             return self
                 .tunnel(io, conn, upstream, &buf[head_len..], &client_head, facts.status)
                 .await;
         }
         let close = facts.framing == Framing::UntilClose || plan.close || !body_sent;
-        let reusable =
-            self.relay(io, &mut upstream, &facts, head_len, &mut buf, client_head, conn).await?;
+        let reusable = match coding {
+            None => {
+                self.relay(io, &mut upstream, &facts, head_len, &mut buf, client_head, conn).await?
+            }
+            Some(coding) => {
+                let relay = Compressed { io, upstream: &mut upstream, head: &facts, conn };
+                relay.run(coding, head_len, &mut buf, client_head).await?
+            }
+        };
         if reusable && body_sent {
             connector.give_back(self.addr, upstream);
         }
@@ -385,6 +393,125 @@ impl Attempt<'_> {
     }
 }
 
+/// The relay of a body compressed on its way ([`Attempt::relay`]'s other branch, taken only
+/// when the rules said so): the instance's body is taken by its framing (a chunked one
+/// decoded by the same [`ChunkedScanner`]), each piece read goes through the encoder at
+/// once, and what the encoder gives goes out as one chunk, so nothing is held back longer
+/// than one read. The instance's connection is reusable exactly as in the plain relay.
+struct Compressed<'a, S> {
+    io: &'a mut TimedIo<S>,
+    upstream: &'a mut TcpStream,
+    head: &'a ResponseFacts,
+    conn: &'a mut Conn,
+}
+
+impl<S> Compressed<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(
+        self,
+        coding: CompressionAlgo,
+        body_start: usize,
+        buf: &mut Vec<u8>,
+        out: Scratch,
+    ) -> Result<bool, Failure> {
+        let Compressed { io, upstream, head, conn } = self;
+        let status = head.status;
+        let client_gone = |_| Failure::Broken(status);
+        let mut encoder = Some(Encoder::new(coding));
+        let mut scanner = ChunkedScanner::new();
+        let mut remaining = match head.framing {
+            Framing::Length(length) => length,
+            _ => 0,
+        };
+        let mut plain = Scratch::take();
+        let mut frame = Scratch::take();
+        let mut reusable = head.keep_alive;
+        // The head goes out with what came with it, as in the plain relay.
+        frame.extend_from_slice(&out);
+        drop(out);
+        let mut start = body_start;
+        let mut finished = false;
+        loop {
+            let input = &buf[start..];
+            plain.clear();
+            let taken = match head.framing {
+                Framing::Length(_) => {
+                    let take =
+                        usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
+                    remaining -= take as u64;
+                    finished = remaining == 0;
+                    plain.extend_from_slice(&input[..take]);
+                    take
+                }
+                Framing::Chunked => {
+                    let scan = scanner
+                        .feed_with(input, |range| plain.extend_from_slice(&input[range]))
+                        .map_err(|_| Failure::Broken(status))?;
+                    match scan {
+                        Scan::Done(end) => {
+                            finished = true;
+                            end
+                        }
+                        Scan::NeedMore => input.len(),
+                    }
+                }
+                Framing::UntilClose | Framing::Empty => {
+                    plain.extend_from_slice(input);
+                    input.len()
+                }
+            };
+            reusable &= taken == input.len();
+            let mut packed = Scratch::take();
+            if let (Some(encoder), false) = (encoder.as_mut(), plain.is_empty()) {
+                encoder.compress(&plain, &mut packed);
+            }
+            if finished {
+                if let Some(encoder) = encoder.take() {
+                    encoder.finish(&mut packed);
+                }
+            }
+            if !packed.is_empty() {
+                write_chunk(&mut frame, &packed);
+            }
+            if finished {
+                frame.extend_from_slice(b"0\r\n\r\n");
+            }
+            if !frame.is_empty() {
+                send(io, &frame).await.map_err(client_gone)?;
+                frame.clear();
+            }
+            if finished {
+                break;
+            }
+            buf.clear();
+            start = 0;
+            let got = match read_some(upstream, buf, None, &mut conn.timer).await {
+                Ok(got) => got,
+                Err(_) => return Err(Failure::Broken(status)),
+            };
+            if got == 0 {
+                if head.framing == Framing::UntilClose {
+                    finished = true;
+                    // One more turn with nothing read: the encoder's end and the last chunk.
+                    continue;
+                }
+                return Err(Failure::Broken(status));
+            }
+        }
+        Ok(reusable && head.framing != Framing::UntilClose)
+    }
+}
+
+/// Appends `data` to `frame` as one chunk (RFC 9112 §7.1).
+fn write_chunk(frame: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write as _;
+    let _ = write!(frame, "{:x}\r\n", data.len());
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"\r\n");
+}
+
 /// Writes all of `bytes` to the instance, unless it starts answering first (`Ok(false)`).
 /// A write that makes no progress for `timeout` is the instance's fault.
 async fn upload(
@@ -446,7 +573,11 @@ fn parse_response(
     client_head.extend_from_slice(b"\r\n");
     let interim = (100..200).contains(&status) && status != 101;
     let (edits, pin) = if interim { (&EMPTY_EDITS, None) } else { (plan.response_edits, pin) };
-    rules::write_response_fields(client_head, fields, &facts, edits, pin, true);
+    let coding = rules::compression(plan.compression, &facts, fields.clone());
+    rules::write_response_fields(client_head, fields, &facts, edits, pin, true, coding);
+    if coding.is_some() {
+        client_head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
     if !interim && status != 101 {
         if close || facts.framing == Framing::UntilClose {
             client_head.extend_from_slice(b"connection: close\r\n");
@@ -458,7 +589,7 @@ fn parse_response(
     Ok(Some(if interim {
         ResponseHead::Interim { status, head_len }
     } else {
-        ResponseHead::Final { facts, head_len }
+        ResponseHead::Final { facts, head_len, coding }
     }))
 }
 

@@ -78,6 +78,7 @@ pub(crate) async fn serve<S>(
     state: &ConnState,
     client: SocketAddr,
     tls: bool,
+    client_cert: bool,
     forwarder: &Forwarder,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -87,6 +88,7 @@ pub(crate) async fn serve<S>(
         client,
         client_ip: client.ip().to_string(),
         proto: if tls { "https" } else { "http" },
+        client_cert,
         buf: BytesMut::with_capacity(4096),
         timer: LazyTimer::default(),
         shutdown: stop.clone(),
@@ -182,6 +184,8 @@ struct Conn {
     client: SocketAddr,
     client_ip: String,
     proto: &'static str,
+    /// The TLS handshake verified a client certificate against `--client-ca`.
+    client_cert: bool,
     /// Bytes read from the client and not consumed yet.
     buf: BytesMut,
     timer: LazyTimer,
@@ -251,6 +255,9 @@ struct Plan<'b> {
     tunnel_timeout: Duration,
     /// The service pins clients to instances ([`rules::choose_instance`]).
     sticky: Option<Sticky<'b>>,
+    /// The service compresses and this client accepts its coding: each response's head
+    /// decides ([`rules::compression`]).
+    compression: Option<&'b dfp_routing::Compression>,
 }
 
 /// Serves one request whose head ends at `head_end` in the read buffer.
@@ -373,11 +380,14 @@ fn prepare_parsed<'b>(
     let request = RoutedRequest {
         fields: rules::Fields(&field_list),
         https: conn.proto == "https" || (forwarder.trust_forwarded_proto && facts.forwarded_https),
+        client_cert: conn.client_cert,
         method,
         client: rules::ClientIp(&client_ip),
         authorization: facts.authorization,
         forwarded_proto: facts.forwarded_proto,
         cookie: rules::CookieToken(&cookie),
+        // An HTTP/1.0 client reads no chunked body, and a compressed one has no length.
+        accept_encoding: if http10 { None } else { facts.accept_encoding },
         defaults: (forwarder.server_timeout, forwarder.tunnel_timeout),
     };
     let Routing { path: routed_path, backend, admitted, first } =
@@ -426,6 +436,7 @@ fn prepare_parsed<'b>(
         server_timeout,
         tunnel_timeout,
         sticky,
+        compression,
     } = admitted;
     let head_request = method == "HEAD";
     let no_body = matches!(body, RequestBody::None | RequestBody::Length(0));
@@ -442,6 +453,7 @@ fn prepare_parsed<'b>(
         server_timeout,
         tunnel_timeout,
         sticky,
+        compression,
     })
 }
 

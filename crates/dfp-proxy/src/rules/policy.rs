@@ -23,6 +23,9 @@ pub(crate) struct Admitted<'p> {
     pub(crate) strip_authorization: bool,
     pub(crate) server_timeout: Duration,
     pub(crate) tunnel_timeout: Duration,
+    /// The service's compression, when the client accepts its coding ([`accepted_compression`]):
+    /// whether a response is compressed is decided on its head ([`compression`]).
+    pub(crate) compression: Option<&'p dfp_routing::Compression>,
     /// The service pins clients to instances: pick with [`choose_instance`].
     pub(crate) sticky: Option<Sticky<'p>>,
 }
@@ -148,6 +151,9 @@ pub(crate) struct Admission<'a> {
     /// The request came over TLS terminated here, or (with `--trust-forwarded-proto`) says it
     /// came over HTTPS to a trusted balancer.
     pub(crate) https: bool,
+    /// The connection is TLS terminated here and the client presented a certificate that
+    /// verified against `--client-ca` (the handshake refuses one that does not).
+    pub(crate) client_cert: bool,
     pub(crate) method: &'a str,
     pub(crate) client: ClientIp<'a>,
     pub(crate) host: Option<&'a str>,
@@ -158,6 +164,9 @@ pub(crate) struct Admission<'a> {
     /// redirect by it).
     pub(crate) forwarded_proto: Option<&'a [u8]>,
     pub(crate) cookie: CookieToken<'a>,
+    /// The request's `Accept-Encoding`, if it has one and the client reads a chunked (or
+    /// HTTP/2) body: a compressed response has no length. `None` for HTTP/1.0 clients.
+    pub(crate) accept_encoding: Option<&'a [u8]>,
 }
 
 /// Applies a service's policy to a routed request, in this order (HAProxy's: `http-request
@@ -166,16 +175,18 @@ pub(crate) struct Admission<'a> {
 /// 1. client address (`allowedSources`, then `deniedSources`): 403. First, so a refused
 ///    address learns nothing of the service, not even that it wants HTTPS or a password;
 /// 2. `denyHttp`: 403 on plain HTTP (so it wins over `httpsOnly`'s redirect);
-/// 3. method (`allowedMethods`, then `deniedMethods`: denied wins): 403;
-/// 4. `redirectFromDomain`: `301` to the service's first domain, same scheme, path and query;
-/// 5. `httpsOnly`, then `redirectWhenHttpProto` / `redirectUnlessHttpsProto` (by the
+/// 3. `verifyClientSsl`: 403 without a verified client certificate (plain HTTP never has
+///    one), before anything else the service would say;
+/// 4. method (`allowedMethods`, then `deniedMethods`: denied wins): 403;
+/// 5. `redirectFromDomain`: `301` to the service's first domain, same scheme, path and query;
+/// 6. `httpsOnly`, then `redirectWhenHttpProto` / `redirectUnlessHttpsProto` (by the
 ///    balancer's `X-Forwarded-Proto`, never for a request that is HTTPS here): the redirect to
 ///    HTTPS;
-/// 6. basic authentication (the service's `users`, its `usersSecret`, or the global users;
+/// 7. basic authentication (the service's `users`, its `usersSecret`, or the global users;
 ///    none with `ignoreAuthorization=true`): 401;
-/// 7. path rewrites: `reqPathSearch`/`reqPathReplace`, then each `reqPathSearchReplace` pair
+/// 8. path rewrites: `reqPathSearch`/`reqPathReplace`, then each `reqPathSearchReplace` pair
 ///    in order, each over the previous result;
-/// 8. sticky session: the request's cookie is read (the instance is chosen per attempt by
+/// 9. sticky session: the request's cookie is read (the instance is chosen per attempt by
 ///    [`choose_instance`]).
 ///
 /// An `Err` is the proxy's own answer.
@@ -190,6 +201,7 @@ pub(crate) fn admit<'p>(
         allowed_sources,
         denied_sources,
         deny_http,
+        verify_client_cert,
         allowed_methods,
         denied_methods,
         https_redirect,
@@ -203,6 +215,7 @@ pub(crate) fn admit<'p>(
         response_headers,
         server_timeout,
         tunnel_timeout,
+        compression,
     } = policy;
     if !allowed_sources.is_empty() || !denied_sources.is_empty() {
         let client = (request.client.0)();
@@ -213,6 +226,9 @@ pub(crate) fn admit<'p>(
     }
     if *deny_http && !request.https {
         return Err(ProxyError::Forbidden(Forbidden::Http));
+    }
+    if *verify_client_cert && !request.client_cert {
+        return Err(ProxyError::Forbidden(Forbidden::ClientCert));
     }
     if (!allowed_methods.is_empty() && !allowed_methods.contains(request.method))
         || denied_methods.contains(request.method)
@@ -277,6 +293,7 @@ pub(crate) fn admit<'p>(
         server_timeout: server_timeout.unwrap_or(defaults.0),
         tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
         sticky,
+        compression: accepted_compression(compression.as_ref(), request.accept_encoding),
     })
 }
 
@@ -322,6 +339,7 @@ pub(crate) fn route<'t, 'b>(
     };
     let admission = Admission {
         https: request.https,
+        client_cert: request.client_cert,
         method: request.method,
         client: request.client,
         host,
@@ -330,6 +348,7 @@ pub(crate) fn route<'t, 'b>(
         authorization: request.authorization,
         forwarded_proto: request.forwarded_proto,
         cookie: request.cookie,
+        accept_encoding: request.accept_encoding,
     };
     let admitted = admit(backend.policy(), backend.service(), &admission, request.defaults)
         .map_err(|err| (err, Some(backend)))?;
@@ -347,12 +366,16 @@ pub(crate) struct RoutedRequest<'a> {
     pub(crate) fields: Fields<'a>,
     /// Came over TLS, or (trusted) says it came over HTTPS.
     pub(crate) https: bool,
+    /// Came over TLS with a client certificate verified against `--client-ca`.
+    pub(crate) client_cert: bool,
     pub(crate) method: &'a str,
     pub(crate) client: ClientIp<'a>,
     pub(crate) authorization: Option<&'a [u8]>,
     /// The request's `X-Forwarded-Proto`, trusted or not.
     pub(crate) forwarded_proto: Option<&'a [u8]>,
     pub(crate) cookie: CookieToken<'a>,
+    /// See [`Admission::accept_encoding`].
+    pub(crate) accept_encoding: Option<&'a [u8]>,
     /// The proxy's server and tunnel timeouts.
     pub(crate) defaults: (Duration, Duration),
 }

@@ -19,6 +19,8 @@ pub(crate) enum RequestField {
     /// `X-Forwarded-Proto`: replaced by the proxy's own; read only when trusted.
     ForwardedProto,
     Authorization,
+    /// Forwarded as it is; kept for the compression decision (`compressionAlgo`).
+    AcceptEncoding,
     /// Replaced by the proxy's own (`X-Forwarded-Host`) or describing one hop (`Keep-Alive`,
     /// `Proxy-*`): never forwarded.
     Dropped,
@@ -38,6 +40,7 @@ pub(crate) fn request_field(name: &str) -> RequestField {
         7 if is("upgrade") => RequestField::Upgrade,
         2 if is("te") => RequestField::Te,
         15 if is("x-forwarded-for") => RequestField::ForwardedFor,
+        15 if is("accept-encoding") => RequestField::AcceptEncoding,
         17 if is("x-forwarded-proto") => RequestField::ForwardedProto,
         16 if is("x-forwarded-host") => RequestField::Dropped,
         13 if is("authorization") => RequestField::Authorization,
@@ -119,6 +122,9 @@ pub(crate) struct RequestFacts<'a> {
     /// The first `X-Forwarded-Proto` value, trusted or not.
     pub(crate) forwarded_proto: Option<&'a [u8]>,
     pub(crate) authorization: Option<&'a [u8]>,
+    /// The first `Accept-Encoding` value (a client sends one; later ones are not combined,
+    /// which would allocate): borrowed, read only by a service with `compressionAlgo`.
+    pub(crate) accept_encoding: Option<&'a [u8]>,
     /// `TE: trailers`: the client takes trailer fields.
     pub(crate) trailers: bool,
     /// Some `Connection` value names other fields: they are hop-by-hop.
@@ -214,6 +220,9 @@ pub(crate) fn analyse_request<'a>(
             }
             RequestField::Authorization => {
                 facts.authorization = facts.authorization.or(Some(value));
+            }
+            RequestField::AcceptEncoding => {
+                facts.accept_encoding = facts.accept_encoding.or(Some(value));
             }
             RequestField::Dropped | RequestField::EndToEnd => {}
         }
@@ -358,7 +367,7 @@ pub(crate) fn write_request_fields<'a>(
     let mut wrote_length = false;
     for (name, value) in fields.clone() {
         let pass = match request_field(name) {
-            RequestField::EndToEnd => true,
+            RequestField::EndToEnd | RequestField::AcceptEncoding => true,
             RequestField::Authorization => !admitted.strip_authorization,
             RequestField::ContentLength => {
                 // One, whatever the repeats (they agree: analyse_request checked).

@@ -125,6 +125,11 @@ pub(crate) fn analyse_response<'a>(
 /// a `Date` when the instance sent none (RFC 9110 §6.6.1); the edits' own fields; for a
 /// `101`, the protocol switched to; and a sticky service's [`Pin`] (never on an interim head:
 /// the caller passes none).
+///
+/// With `coding` (the body is compressed on the way, [`compression`]) neither framing field
+/// passes (the engine frames the new body itself), `Content-Encoding` names the coding, and
+/// `Vary: Accept-Encoding` is added unless the instance's `Vary` already covers it (a second
+/// `Vary` line appends to the first, RFC 9110 §5.3), so shared caches keep both versions.
 pub(crate) fn write_response_fields<'a>(
     out: &mut impl FieldSink,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
@@ -132,7 +137,9 @@ pub(crate) fn write_response_fields<'a>(
     edits: &HeaderEdits,
     pin: Option<&Pin<'_>>,
     relay_chunked: bool,
+    coding: Option<dfp_routing::CompressionAlgo>,
 ) {
+    let compressed = coding.is_some();
     let editing = !edits.is_empty();
     let connection_values = || {
         fields
@@ -143,8 +150,8 @@ pub(crate) fn write_response_fields<'a>(
     for (name, value) in fields.clone() {
         let pass = match response_field(name) {
             ResponseField::EndToEnd | ResponseField::Date => true,
-            ResponseField::ContentLength => !facts.transfer_encoded,
-            ResponseField::TransferEncoding => relay_chunked,
+            ResponseField::ContentLength => !facts.transfer_encoded && !compressed,
+            ResponseField::TransferEncoding => relay_chunked && !compressed,
             ResponseField::Upgrade => facts.status == 101,
             ResponseField::Connection | ResponseField::HopByHop => false,
         };
@@ -160,6 +167,15 @@ pub(crate) fn write_response_fields<'a>(
         out.field("connection", b"upgrade");
     } else if !facts.dated && facts.status >= 200 {
         with_date(|date| out.field("date", date));
+    }
+    if let Some(coding) = coding {
+        out.field("content-encoding", coding.token().as_bytes());
+        let varies = fields.filter(|(n, _)| n.eq_ignore_ascii_case("vary")).any(|(_, v)| {
+            tokens(v).any(|t| t == b"*" || t.eq_ignore_ascii_case(b"accept-encoding"))
+        });
+        if !varies {
+            out.field("vary", b"accept-encoding");
+        }
     }
     write_edits(out, edits);
     if let Some(pin) = pin {
@@ -212,4 +228,80 @@ pub(crate) fn write_error(
         out.extend_from_slice(text.as_bytes());
     }
     status.as_u16()
+}
+
+/// A response whose `Content-Length` is below this is not compressed: the gzip header and
+/// trailer (18 bytes) and a deflate block eat most of what a tiny body could save, and one
+/// MTU carries it either way.
+pub(crate) const MIN_COMPRESSED_LENGTH: u64 = 256;
+
+/// The service's compression when the request's `Accept-Encoding` accepts its coding (by
+/// name or `*`, with a non-zero `q`), decided once per request at admission so an engine
+/// keeps no borrow of the request's fields. `accept_encoding` is `None` for a client that
+/// could not read a body without a length (HTTP/1.0: no chunked coding).
+pub(crate) fn accepted_compression<'p>(
+    service: Option<&'p dfp_routing::Compression>,
+    accept_encoding: Option<&[u8]>,
+) -> Option<&'p dfp_routing::Compression> {
+    let service = service?;
+    accepts(accept_encoding?, service.algo().token()).then_some(service)
+}
+
+/// Whether a response is compressed on its way to the client, and with which coding: only
+/// when the service asks for it and the client accepts it (`accepted`, from
+/// [`accepted_compression`]), the status is 200..=203 (never `204`, `206`'s byte ranges or
+/// `304`), there is a body (not `HEAD`) of at least [`MIN_COMPRESSED_LENGTH`] bytes (or of
+/// unknown length), the instance did not encode it already (`Content-Encoding`) nor forbid
+/// it (`Cache-Control: no-transform`), and its `Content-Type` is in the service's list.
+pub(crate) fn compression<'a>(
+    accepted: Option<&dfp_routing::Compression>,
+    facts: &ResponseFacts,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Option<dfp_routing::CompressionAlgo> {
+    let service = accepted?;
+    if !(200..=203).contains(&facts.status) {
+        return None;
+    }
+    match facts.framing {
+        Framing::Empty => return None,
+        Framing::Length(length) if length < MIN_COMPRESSED_LENGTH => return None,
+        Framing::Length(_) | Framing::Chunked | Framing::UntilClose => {}
+    }
+    let mut content_type = None;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case("content-encoding") && !value.trim_ascii().is_empty() {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("cache-control")
+            && tokens(value).any(|t| t.eq_ignore_ascii_case(b"no-transform"))
+        {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value);
+        }
+    }
+    service.applies_to(content_type).then_some(service.algo())
+}
+
+/// Whether an `Accept-Encoding` value accepts `coding`: named (or `*`) with a `q` above 0.
+fn accepts(accept_encoding: &[u8], coding: &str) -> bool {
+    let mut wildcard = None;
+    for item in accept_encoding.split(|b| *b == b',') {
+        let mut parts = item.split(|b| *b == b';');
+        let name = parts.next().unwrap_or_default().trim_ascii();
+        let refused = parts.any(|p| {
+            let p = p.trim_ascii();
+            p.len() >= 2
+                && p[..2].eq_ignore_ascii_case(b"q=")
+                && p[2..].iter().all(|b| matches!(b, b'0' | b'.'))
+        });
+        if name.eq_ignore_ascii_case(coding.as_bytes()) {
+            return !refused;
+        }
+        if name == b"*" {
+            wildcard = Some(!refused);
+        }
+    }
+    wildcard.unwrap_or(false)
 }

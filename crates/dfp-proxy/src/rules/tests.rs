@@ -82,6 +82,7 @@ fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy
     let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
     let admission = Admission {
         https: false,
+        client_cert: false,
         method: "GET",
         client: ClientIp(&peer),
         host: Some("a"),
@@ -90,6 +91,7 @@ fn upstream_head(fields: &[(&'static str, &'static str)], policy: &ServicePolicy
         authorization: facts.authorization,
         forwarded_proto: None,
         cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: facts.accept_encoding,
     };
     let admitted =
         admit(policy, "svc", &admission, (Duration::from_secs(1), Duration::from_secs(1)))
@@ -154,6 +156,7 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
     let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
     let request = Admission {
         https: false,
+        client_cert: false,
         method: "GET",
         client: ClientIp(&peer),
         host: Some("shop:80"),
@@ -162,6 +165,7 @@ fn policy_answers_in_order_redirect_auth_rewrite() {
         authorization: None,
         forwarded_proto: None,
         cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
     };
     let redirect = ServicePolicy { https_redirect: Some(308), ..ServicePolicy::default() };
     match admit(&redirect, "s", &request, defaults) {
@@ -203,6 +207,7 @@ fn access_rules_answer_in_order() {
     let never = || -> std::net::IpAddr { panic!("a service without source lists read the client") };
     let request = |https, method, client| Admission {
         https,
+        client_cert: false,
         method,
         client,
         host: Some("shop"),
@@ -211,6 +216,7 @@ fn access_rules_answer_in_order() {
         authorization: None,
         forwarded_proto: None,
         cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
     };
     let policy = ServicePolicy {
         allowed_sources: SourceList::parse("10.0.0.0/8").expect("list"),
@@ -323,7 +329,7 @@ fn response_fields_lose_hop_by_hop_ones_and_a_length_beside_chunks() {
     let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
     let facts = analyse_response(200, false, false, pairs()).expect("valid");
     let mut out = Vec::new();
-    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), None, true);
+    write_response_fields(&mut out, pairs(), &facts, &HeaderEdits::default(), None, true, None);
     assert_eq!(
         String::from_utf8_lossy(&out),
         "Transfer-Encoding: chunked\r\nDate: Mon, 30 Nov 2026 15:00:00 GMT\r\nX-Kept: yes\r\n"
@@ -401,11 +407,13 @@ fn route_reads_fields_for_conditions() {
         let request = RoutedRequest {
             fields: Fields(&list),
             https: false,
+            client_cert: false,
             method: "GET",
             client: ClientIp(&peer),
             authorization: None,
             forwarded_proto: None,
             cookie: CookieToken(&NO_COOKIE),
+            accept_encoding: None,
             defaults: (Duration::from_secs(1), Duration::from_secs(1)),
         };
         let target = parse_target(path).expect("origin form");
@@ -426,6 +434,7 @@ fn plain_request<'a>(host: &'a str, forwarded_proto: Option<&'a [u8]>) -> Admiss
     static PEER: fn() -> std::net::IpAddr = || std::net::IpAddr::from([10, 0, 0, 9]);
     Admission {
         https: false,
+        client_cert: false,
         method: "GET",
         client: ClientIp(&PEER),
         host: Some(host),
@@ -434,6 +443,7 @@ fn plain_request<'a>(host: &'a str, forwarded_proto: Option<&'a [u8]>) -> Admiss
         authorization: None,
         forwarded_proto,
         cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
     }
 }
 
@@ -546,6 +556,7 @@ fn global_users_ignored_and_unreadable_secret() {
     let (good, bad) = ("Basic Zzpwdw==", "Basic Zzpub3Bl");
     let request = |authorization: Option<&'static str>| Admission {
         https: false,
+        client_cert: false,
         method: "GET",
         client: ClientIp(&peer),
         host: Some("shop"),
@@ -554,6 +565,7 @@ fn global_users_ignored_and_unreadable_secret() {
         authorization: authorization.map(str::as_bytes),
         forwarded_proto: None,
         cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
     };
     let global: std::sync::Arc<[Credential]> =
         vec![Credential::new("g", "pw", false).expect("user")].into();
@@ -579,5 +591,113 @@ fn global_users_ignored_and_unreadable_secret() {
             Err(other) => panic!("{other:?}"),
         };
         assert_eq!(verdict, expected, "{:?} {authorization:?}", policy.auth);
+    }
+}
+
+/// `verifyClientSsl`: only a request whose connection verified a client certificate passes;
+/// after the address and `denyHttp`, before the method, redirect and authentication.
+#[test]
+fn client_certificates_are_required_where_asked() {
+    use crate::error::Forbidden;
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
+    let request = |https, client_cert| Admission {
+        https,
+        client_cert,
+        method: "GET",
+        client: ClientIp(&peer),
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: None,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
+    };
+    let verify = ServicePolicy { verify_client_cert: true, ..ServicePolicy::default() };
+    let refused = |policy: &ServicePolicy, https, cert| match admit(
+        policy,
+        "s",
+        &request(https, cert),
+        defaults,
+    ) {
+        Ok(_) => None,
+        Err(ProxyError::Forbidden(why)) => Some(why),
+        Err(other) => panic!("{other:?}"),
+    };
+    assert_eq!(refused(&verify, true, true), None);
+    assert_eq!(refused(&verify, true, false), Some(Forbidden::ClientCert));
+    assert_eq!(refused(&verify, false, false), Some(Forbidden::ClientCert), "plain HTTP");
+    assert_eq!(refused(&ServicePolicy::default(), true, false), None, "not asked");
+    let deny_http = ServicePolicy { deny_http: true, ..verify.clone() };
+    assert_eq!(refused(&deny_http, false, false), Some(Forbidden::Http), "denyHttp first");
+    let redirect = ServicePolicy { https_redirect: Some(301), ..verify.clone() };
+    assert_eq!(
+        refused(&redirect, false, false),
+        Some(Forbidden::ClientCert),
+        "before the redirect"
+    );
+    let methods = ServicePolicy {
+        allowed_methods: dfp_routing::MethodList::parse("POST").expect("list"),
+        ..verify
+    };
+    assert_eq!(refused(&methods, true, false), Some(Forbidden::ClientCert), "before methods");
+    assert_eq!(refused(&methods, true, true), Some(Forbidden::Method));
+}
+
+/// `compressionAlgo`/`compressionType`: which responses are compressed.
+#[test]
+fn compression_is_decided_from_the_response_the_request_and_the_service() {
+    use dfp_routing::{Compression, CompressionAlgo};
+    let text = Compression::parse(Some("gzip"), Some("text/html text/css")).expect("valid");
+    let text = text.as_ref();
+    let html: &[(&str, &[u8])] = &[("Content-Type", b"text/html; charset=utf-8")];
+    let facts = |status, framing| ResponseFacts {
+        status,
+        framing,
+        keep_alive: true,
+        transfer_encoded: false,
+        lists_fields: false,
+        dated: false,
+    };
+    let big = Framing::Length(10_000);
+    type Case<'a> =
+        (Option<&'a Compression>, u16, Framing, Option<&'a [u8]>, &'a [(&'a str, &'a [u8])], bool);
+    let cases: [Case<'_>; 16] = [
+        (text, 200, big, Some(b"gzip, deflate, br"), html, true),
+        (text, 200, Framing::Chunked, Some(b"gzip"), html, true),
+        (text, 200, Framing::UntilClose, Some(b"*"), html, true),
+        (None, 200, big, Some(b"gzip"), html, false),
+        (text, 200, big, None, html, false),
+        (text, 200, big, Some(b"deflate, br"), html, false),
+        (text, 200, big, Some(b"gzip;q=0"), html, false),
+        (text, 200, big, Some(b"gzip;q=0.000, *"), html, false),
+        (text, 200, big, Some(b"gzip;q=0.5"), html, true),
+        (text, 200, Framing::Length(255), Some(b"gzip"), html, false),
+        (text, 200, Framing::Empty, Some(b"gzip"), html, false),
+        (text, 206, big, Some(b"gzip"), html, false),
+        (text, 404, big, Some(b"gzip"), html, false),
+        (text, 200, big, Some(b"gzip"), &[("Content-Type", b"image/png")], false),
+        (
+            text,
+            200,
+            big,
+            Some(b"gzip"),
+            &[("content-type", b"text/css"), ("Content-Encoding", b"br")],
+            false,
+        ),
+        (
+            text,
+            200,
+            big,
+            Some(b"gzip"),
+            &[("content-type", b"text/css"), ("Cache-Control", b"public, no-transform")],
+            false,
+        ),
+    ];
+    for (i, (service, status, framing, accept, fields, expected)) in cases.into_iter().enumerate() {
+        let accepted = accepted_compression(service, accept);
+        let got = compression(accepted, &facts(status, framing), fields.iter().copied());
+        assert_eq!(got, expected.then_some(CompressionAlgo::Gzip), "case {i}");
     }
 }
