@@ -129,7 +129,8 @@ pub(crate) fn analyse_response<'a>(
 /// With `coding` (the body is compressed on the way, [`compression`]) neither framing field
 /// passes (the engine frames the new body itself), `Content-Encoding` names the coding, and
 /// `Vary: Accept-Encoding` is added unless the instance's `Vary` already covers it (a second
-/// `Vary` line appends to the first, RFC 9110 §5.3), so shared caches keep both versions.
+/// `Vary` line appends to the first, RFC 9110 §5.3), so shared caches keep both versions, and
+/// a strong `ETag` becomes weak (`W/"..."`): the bytes it named are not the bytes sent.
 pub(crate) fn write_response_fields<'a>(
     out: &mut impl FieldSink,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
@@ -159,6 +160,13 @@ pub(crate) fn write_response_fields<'a>(
             || (facts.lists_fields && listed(connection_values(), name))
             || (editing && edited(edits, name))
         {
+            continue;
+        }
+        if compressed && name.eq_ignore_ascii_case("etag") && value.starts_with(b"\"") {
+            // A strong validator names these exact bytes, and the client gets other bytes: it
+            // becomes weak (RFC 9110 §8.8.1), as HAProxy's compression does. Only compressed
+            // answers pay for the copy.
+            out.field(name, &[b"W/".as_slice(), value].concat());
             continue;
         }
         out.field(name, value);

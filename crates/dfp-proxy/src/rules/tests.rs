@@ -701,3 +701,34 @@ fn compression_is_decided_from_the_response_the_request_and_the_service() {
         assert_eq!(got, expected.then_some(CompressionAlgo::Gzip), "case {i}");
     }
 }
+
+/// A compressed answer's strong `ETag` becomes weak (the bytes differ from the instance's); a
+/// weak one, and every `ETag` of an answer passed as it came, stay as they are.
+#[test]
+fn compression_weakens_a_strong_etag() {
+    use dfp_routing::CompressionAlgo;
+    let written = |etag: &str, coding: Option<CompressionAlgo>| {
+        let fields: &[(&str, &str)] =
+            &[("Content-Type", "text/html"), ("Content-Length", "4096"), ("ETag", etag)];
+        let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
+        let facts = analyse_response(200, false, false, pairs()).expect("valid");
+        let mut out = Vec::new();
+        write_response_fields(
+            &mut out,
+            pairs(),
+            &facts,
+            &HeaderEdits::default(),
+            None,
+            true,
+            coding,
+        );
+        let text = String::from_utf8(out).expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ETag: ").map(str::to_owned))
+            .expect("an ETag line")
+    };
+    let gzip = Some(CompressionAlgo::Gzip);
+    assert_eq!(written("\"v1\"", gzip), "W/\"v1\"");
+    assert_eq!(written("W/\"v1\"", gzip), "W/\"v1\"");
+    assert_eq!(written("\"v1\"", None), "\"v1\"");
+}
