@@ -1,6 +1,6 @@
 //! Routes that follow Consul, survive restarts and are shared by replicas: scaling without a
-//! reconfigure, critical checks, restarts, replicas converging, Consul outages, standalone
-//! state files.
+//! reconfigure, critical checks, restarts, replicas converging (with every service option),
+//! Consul outages, standalone state files.
 
 use std::time::Duration;
 
@@ -268,4 +268,193 @@ async fn standalone_routes_survive_a_restart_and_a_corrupt_state_file_is_refused
         "{stderr}"
     );
     assert_eq!(std::fs::read(&state).expect("still there"), b"{ half a file", "never overwritten");
+}
+
+/// A request through `proxy` for `host` (redirects not followed): status, fields and body.
+async fn send(
+    proxy: &Proxy,
+    method: reqwest::Method,
+    host: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client builds");
+    let mut request = client.request(method, proxy.url(path)).header("host", host);
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("the proxy answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.expect("the body arrives whole").to_vec())
+}
+
+fn field<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.to_str().expect("ascii"))
+}
+
+/// The `config` entries of these services, in this order (`Null` for one not routed).
+async fn entries(proxy: &Proxy, services: &[&str]) -> Vec<Value> {
+    let config = proxy.config().await;
+    let all = config["Services"].as_array().cloned().unwrap_or_default();
+    services
+        .iter()
+        .map(|name| all.iter().find(|s| s["ServiceName"] == *name).cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Waits (bounded by [`FOLLOW`]) until `proxy`'s entries of `services` are `want`; on
+/// timeout the assertion shows how they differ.
+async fn wait_for_entries(proxy: &Proxy, services: &[&str], want: &[Value], what: &str) {
+    let deadline = std::time::Instant::now() + FOLLOW;
+    loop {
+        let got = entries(proxy, services).await;
+        if got == want {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            assert_eq!(got, want, "timed out after {FOLLOW:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 14's per-service options reach a replica through Consul KV: one reconfigure sent to
+/// A carries many of them at once, and B (same instance name) shows the same `config` entry
+/// and behaves alike; then a change sent to B (an option dropped) is followed by A.
+#[tokio::test]
+async fn replicas_follow_every_service_option_through_consul_kv() {
+    let consul = Consul::start().await;
+    let shop = [Upstream::start("shop-1").await, Upstream::start("shop-2").await];
+    for upstream in &shop {
+        consul.register("shop-ms", upstream.name(), upstream.port(), None).await;
+    }
+    // Blue/green: the conditioned service's instances are registered under its color.
+    let mobile = Upstream::start("mobile-green-1").await;
+    consul.register("mobile-ms-green", "mobile-green-1", mobile.port(), None).await;
+    let flags =
+        ["--instance-name=shop-proxy", "--users=admin:secret", "--trusted-proxies=127.0.0.1"];
+    let a = Proxy::start(Some(&consul.url()), &flags).await;
+    let b = Proxy::start(Some(&consul.url()), &flags).await;
+
+    let shop_options = "serviceName=shop-ms&servicePath=/shop&pathType=path_beg\
+        &serviceDomain=shop.example&redirectFromDomain=old.example\
+        &redirectWhenHttpProto=true\
+        &sessionType=sticky-server&sessionCookie=DFP_SHOP\
+        &reqPathSearchReplace=^/shop/dl,/download:^/shop/old/,/shop/new/\
+        &compressionAlgo=gzip&allowedSources=127.0.0.0/8&ignoreAuthorization=true";
+    let reconfigure = |options: &str| format!("/v1/docker-flow-proxy/reconfigure?{options}");
+    let (status, answer) =
+        a.admin(&reconfigure(&format!("{shop_options}&deniedMethods=DELETE"))).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = a
+        .admin(&reconfigure(
+            "serviceName=mobile-ms&servicePath=/shop&serviceDomain=shop.example\
+             &userAgent=iphone&serviceHeader=X-App:shop&serviceColor=green",
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // (1) B's `config` shows what A's does, option for option (instances included: both read
+    // them from Consul, the colored ones by `<serviceName>-<serviceColor>`).
+    let services = ["shop-ms", "mobile-ms"];
+    let on_a = entries(&a, &services).await;
+    for (key, value) in [
+        ("PathType", serde_json::json!("path_beg")),
+        ("DeniedMethods", serde_json::json!(["DELETE"])),
+        ("RedirectFromDomain", serde_json::json!(["old.example"])),
+        ("RedirectWhenHttpProto", serde_json::json!(true)),
+        ("SessionType", serde_json::json!("sticky-server")),
+        ("SessionCookie", serde_json::json!("DFP_SHOP")),
+        (
+            "ReqPathSearchReplace",
+            serde_json::json!(["^/shop/dl,/download", "^/shop/old/,/shop/new/"]),
+        ),
+        ("CompressionAlgo", serde_json::json!("gzip")),
+        ("AllowedSources", serde_json::json!(["127.0.0.0/8"])),
+        ("IgnoreAuthorization", serde_json::json!(true)),
+    ] {
+        assert_eq!(on_a[0][key], value, "{key} on A: {}", on_a[0]);
+    }
+    assert_eq!(on_a[1]["UserAgent"], serde_json::json!(["iphone"]), "{}", on_a[1]);
+    assert_eq!(on_a[1]["ServiceHeader"], serde_json::json!(["x-app:shop"]), "{}", on_a[1]);
+    assert_eq!(on_a[1]["ServiceColor"], "green", "{}", on_a[1]);
+    assert_eq!(on_a[1]["Instances"].as_array().map(Vec::len), Some(1), "{}", on_a[1]);
+    wait_for_entries(&b, &services, &on_a, "replica B to show A's options").await;
+
+    // (2) B acts on them.
+    let get = reqwest::Method::GET;
+    let host = "shop.example";
+    // deniedMethods: refused before any instance sees it.
+    let hits = shop[0].hits() + shop[1].hits();
+    assert_eq!(send(&b, reqwest::Method::DELETE, host, "/shop/x", &[]).await.0, 403);
+    assert_eq!(shop[0].hits() + shop[1].hits(), hits, "a denied method reached an instance");
+    // allowedSources, with the client named by X-Forwarded-For from a trusted balancer.
+    let outsider = [("x-forwarded-for", "10.1.2.3")];
+    assert_eq!(send(&b, get.clone(), host, "/shop/x", &outsider).await.0, 403);
+    // redirectFromDomain and redirectWhenHttpProto.
+    let (status, headers, _) = send(&b, get.clone(), "old.example", "/shop/x?q=1", &[]).await;
+    assert_eq!(
+        (status, field(&headers, "location")),
+        (301, Some("http://shop.example/shop/x?q=1"))
+    );
+    let (status, headers, _) =
+        send(&b, get.clone(), host, "/shop/x", &[("x-forwarded-proto", "http")]).await;
+    assert_eq!((status, field(&headers, "location")), (302, Some("https://shop.example/shop/x")));
+    // pathType=path_beg: a raw prefix, `/shopping` included; ignoreAuthorization: no 401
+    // although the proxy has global users; sticky-server: the answer pins the client.
+    let (status, headers, body) = send(&b, get.clone(), host, "/shopping", &[]).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let pinned = String::from_utf8(body).expect("a name");
+    let cookie = field(&headers, "set-cookie").expect("pinned").split(';').next().expect("pair");
+    assert!(cookie.starts_with("DFP_SHOP="), "{cookie}");
+    assert_eq!(field(&headers, "cache-control"), Some("private"));
+    let cookie = cookie.to_owned();
+    for proxy in [&b, &a] {
+        // The same pin on every replica (its token does not depend on the proxy).
+        let (status, headers, body) =
+            send(proxy, get.clone(), host, "/shop/x", &[("cookie", &cookie)]).await;
+        assert_eq!((status, String::from_utf8(body).expect("a name")), (200, pinned.clone()));
+        assert_eq!(field(&headers, "set-cookie"), None, "a valid pin is not set again");
+    }
+    // reqPathSearchReplace: the pairs rewrite the path the instance gets, query kept.
+    let pinned_upstream = shop.iter().find(|u| u.name() == pinned).expect("one of ours");
+    let with_cookie = [("cookie", cookie.as_str())];
+    assert_eq!(send(&b, get.clone(), host, "/shop/old/x?q=1", &with_cookie).await.0, 200);
+    assert_eq!(pinned_upstream.last_uri().as_deref(), Some("/shop/new/x?q=1"));
+    // compressionAlgo: gzip for a client that accepts it (the instance's 1000 bytes).
+    let gzip = [("cookie", cookie.as_str()), ("accept-encoding", "gzip")];
+    let (status, headers, body) = send(&b, get.clone(), host, "/shop/dl?bytes=1000", &gzip).await;
+    assert_eq!(status, 200);
+    assert_eq!(pinned_upstream.last_uri().as_deref(), Some("/download?bytes=1000"));
+    assert_eq!(field(&headers, "content-encoding"), Some("gzip"));
+    assert!(body.starts_with(&[0x1f, 0x8b]) && body.len() < 1000, "{} bytes", body.len());
+    let (_, headers, body) = send(&b, get.clone(), host, "/shop/dl?bytes=1000", &[]).await;
+    assert_eq!((field(&headers, "content-encoding"), body.len()), (None, 1000));
+    // userAgent + serviceHeader + serviceColor: the conditioned service, whose instance is
+    // the green one, behind the global users (it does not ignore them).
+    let iphone = [("user-agent", "Mozilla/5.0 (iPhone)"), ("x-app", "shop")];
+    let (status, headers, _) = send(&b, get.clone(), host, "/shop/x", &iphone).await;
+    assert_eq!(status, 401);
+    assert!(field(&headers, "www-authenticate").is_some_and(|v| v.contains("mobile-ms")));
+    // `admin:secret`, the global user.
+    let iphone = [iphone[0], iphone[1], ("authorization", "Basic YWRtaW46c2VjcmV0")];
+    let (status, _, body) = send(&b, get.clone(), host, "/shop/x", &iphone).await;
+    assert_eq!((status, body.as_slice()), (200, b"mobile-green-1".as_slice()));
+    let (status, _, body) = send(&b, get.clone(), host, "/shop/x", &iphone[..1]).await;
+    assert!(status == 200 && body.starts_with(b"shop-"), "one condition is not enough");
+
+    // A change sent to B (deniedMethods dropped) is followed by A.
+    let (status, answer) = b.admin(&reconfigure(shop_options)).await;
+    assert_eq!(status, 200, "{answer}");
+    let on_b = entries(&b, &services).await;
+    assert_eq!(on_b[0].get("DeniedMethods"), None, "{}", on_b[0]);
+    wait_for_entries(&a, &services, &on_b, "replica A to drop the option removed on B").await;
+    let (status, _, body) = send(&a, reqwest::Method::DELETE, host, "/shop/x", &with_cookie).await;
+    assert_eq!((status, String::from_utf8(body).expect("a name")), (200, pinned));
 }
