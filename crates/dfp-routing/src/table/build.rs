@@ -1,0 +1,335 @@
+//! Building a table off to the side: refusing conflicting routes, ordering each node's
+//! candidates, indexing them per host, and carrying services' state from the live table.
+//! Nothing here runs on the request path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use super::{
+    service_key, BuildError, Candidate, Node, RouteTable, RouteTest, ServiceSlot, ServiceSpec,
+};
+use crate::backend::{BackendStats, InstanceHealth, Upstream};
+use crate::condition::PathType;
+use crate::policy::Domain;
+use crate::{Backend, PathPrefix};
+
+/// Builds a [`RouteTable`] off to the side; nothing is visible until it is published.
+///
+/// Services are keyed by [`service_key`]: adding `Books-ms` to a builder that has `books-ms`
+/// is a duplicate, and state carried from an earlier table follows the name in any case.
+#[derive(Default)]
+pub struct RouteTableBuilder {
+    /// By service key: (spec, instances).
+    services: BTreeMap<Arc<str>, (ServiceSpec, Vec<SocketAddr>)>,
+    /// (host or any, route with its conditions as text) -> owner.
+    owners: HashMap<(Option<Domain>, String), Arc<str>>,
+    default_owner: Option<Arc<str>>,
+    /// By service key.
+    carried: HashMap<Arc<str>, Carried>,
+    /// Counters of services no longer routed (by service key: display name, counters).
+    retired: BTreeMap<Arc<str>, (Arc<str>, Arc<BackendStats>)>,
+}
+
+/// What a service keeps from one table to the next.
+struct Carried {
+    /// The name the service had (its counters' label if it is not routed again).
+    name: Arc<str>,
+    cursor: Arc<AtomicUsize>,
+    stats: Arc<BackendStats>,
+    health: HashMap<SocketAddr, Arc<InstanceHealth>>,
+}
+
+impl RouteTableBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps, for every service that `previous` already routes, its round-robin position
+    /// (so a swap does not send the next requests back to each first instance), its counters,
+    /// and the passive health of the instances it keeps (an ejected instance stays ejected).
+    /// The counters of services `previous` routes and the new table will not, and of those
+    /// it had retired already, become the new table's retired counters (a service added
+    /// again resumes them).
+    pub fn carry_state_from(&mut self, previous: &RouteTable) -> &mut Self {
+        for (name, stats) in &previous.retired {
+            self.retired.insert(Arc::from(service_key(name)), (name.clone(), stats.clone()));
+        }
+        for slot in &previous.services {
+            let backend = &slot.backend;
+            let health = backend.instances.iter().map(|u| (u.addr(), u.health_arc())).collect();
+            let key: Arc<str> = Arc::from(service_key(&backend.service));
+            self.retired.remove(&key);
+            self.carried.insert(
+                key,
+                Carried {
+                    name: backend.service.clone(),
+                    cursor: backend.cursor.clone(),
+                    stats: backend.stats.clone(),
+                    health,
+                },
+            );
+        }
+        self
+    }
+
+    /// Adds a service with the paths it owns (for any host) and its instances.
+    pub fn add_service(
+        &mut self,
+        name: &str,
+        prefixes: &[PathPrefix],
+        instances: &[SocketAddr],
+    ) -> Result<&mut Self, BuildError> {
+        self.add(ServiceSpec::new(name, prefixes), instances)
+    }
+
+    /// Adds a service as `spec` describes it, with its instances (possibly none yet).
+    ///
+    /// Refuses a route another service already has on one of the same hosts (or for any
+    /// host): the same path with the same path type and the same conditions. Routes that
+    /// differ in any condition may share a path; the lookup order decides between them.
+    /// Refuses a second default backend too.
+    pub fn add(
+        &mut self,
+        mut spec: ServiceSpec,
+        instances: &[SocketAddr],
+    ) -> Result<&mut Self, BuildError> {
+        if spec.name.is_empty() {
+            return Err(BuildError::EmptyServiceName);
+        }
+        let key: Arc<str> = Arc::from(service_key(&spec.name));
+        if self.services.contains_key(&key) {
+            return Err(BuildError::DuplicateService(spec.name.clone()));
+        }
+        spec.prefixes.sort();
+        spec.prefixes.dedup();
+        spec.patterns.sort_by(|a, b| (a.kind(), a.as_str()).cmp(&(b.kind(), b.as_str())));
+        spec.patterns.dedup();
+        spec.domains.sort();
+        spec.domains.dedup();
+        let hosts: Vec<Option<Domain>> = if spec.domains.is_empty() {
+            vec![None]
+        } else {
+            spec.domains.iter().cloned().map(Some).collect()
+        };
+        let routes = route_keys(&spec);
+        for host in &hosts {
+            for route in &routes {
+                if let Some(owner) = self.owners.get(&(host.clone(), route.clone())) {
+                    return Err(BuildError::PathOwned {
+                        path: route.clone(),
+                        domain: host.clone(),
+                        owner: owner.to_string(),
+                        service: spec.name.clone(),
+                    });
+                }
+            }
+        }
+        if spec.default_backend {
+            if let Some(owner) = &self.default_owner {
+                return Err(BuildError::DefaultTaken {
+                    owner: owner.to_string(),
+                    service: spec.name.clone(),
+                });
+            }
+        }
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        for host in hosts {
+            for route in &routes {
+                self.owners.insert((host.clone(), route.clone()), name.clone());
+            }
+        }
+        if spec.default_backend {
+            self.default_owner = Some(name.clone());
+        }
+        self.services.insert(key, (spec, instances.to_vec()));
+        Ok(self)
+    }
+
+    /// Builds the table as `version`.
+    pub fn build(self, version: u64) -> Result<RouteTable, BuildError> {
+        let mut table = RouteTable { version, ..RouteTable::empty() };
+        // (index, node prefix) -> candidates with their order; ordered maps so that a table
+        // built twice from the same services is the same table.
+        let mut nodes: BTreeMap<(IndexId, PathPrefix), Vec<(Order, Candidate)>> = BTreeMap::new();
+        let mut retired = self.retired;
+        for (key, carried) in &self.carried {
+            if !self.services.contains_key(key) {
+                retired.insert(key.clone(), (carried.name.clone(), carried.stats.clone()));
+            }
+        }
+        for (key, (spec, instances)) in self.services {
+            let routes = candidates(&spec, table.services.len(), &key);
+            let carried = self.carried.get(&key);
+            let resumed = retired.remove(&key).map(|(_, stats)| stats);
+            let upstreams = instances
+                .iter()
+                .map(|&addr| {
+                    let health = carried.and_then(|c| c.health.get(&addr)).cloned();
+                    Upstream::new(&spec.name, addr, health.unwrap_or_default())
+                })
+                .collect();
+            let stats = carried.map(|c| c.stats.clone()).or(resumed).unwrap_or_default();
+            let backend = Arc::new(Backend {
+                service: Arc::from(spec.name.as_str()),
+                instances: upstreams,
+                cursor: carried.map(|c| c.cursor.clone()).unwrap_or_default(),
+                stats,
+                policy: spec.policy,
+            });
+            let service_index = table.services.len();
+            if spec.default_backend {
+                table.default_service = Some(service_index);
+            }
+            for (anchor, order, candidate) in routes {
+                let indexes: Vec<IndexId> = if spec.domains.is_empty() {
+                    vec![IndexId::Any]
+                } else {
+                    spec.domains.iter().map(IndexId::of).collect()
+                };
+                for index in indexes {
+                    let test = candidate.test.as_ref().map(|t| {
+                        Box::new(RouteTest {
+                            pattern: t.pattern.clone(),
+                            conditions: t.conditions.clone(),
+                        })
+                    });
+                    nodes
+                        .entry((index, anchor.clone()))
+                        .or_default()
+                        .push((order.clone(), Candidate { service: candidate.service, test }));
+                }
+            }
+            table.services.push(ServiceSlot {
+                backend,
+                prefixes: spec.prefixes,
+                patterns: spec.patterns,
+                conditions: spec.conditions,
+                domains: spec.domains,
+                excluded: spec.excluded,
+                color: spec.color,
+            });
+        }
+        for ((index, prefix), mut found) in nodes {
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            let route_index = table.routes.len();
+            let router = match index {
+                IndexId::Any => &mut table.any_host,
+                IndexId::Host(host) => table.by_host.entry(host).or_default(),
+                IndexId::Wildcard(parent) => table.by_wildcard.entry(parent).or_default(),
+            };
+            for pattern in index_patterns(&prefix) {
+                router.insert(pattern, route_index).map_err(|e| BuildError::Index {
+                    path: prefix.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let candidates = found.into_iter().map(|(_, c)| c).collect();
+            table.routes.push(Node { prefix, candidates });
+        }
+        table.retired = retired.into_values().collect();
+        table.retired.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(table)
+    }
+}
+
+impl fmt::Debug for RouteTableBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTableBuilder")
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which radix index a node goes in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum IndexId {
+    Any,
+    Host(Box<str>),
+    Wildcard(Box<str>),
+}
+
+impl IndexId {
+    fn of(domain: &Domain) -> Self {
+        match domain {
+            Domain::Exact(host) => IndexId::Host(host.clone()),
+            Domain::Wildcard(parent) => IndexId::Wildcard(parent.clone()),
+        }
+    }
+}
+
+/// A candidate's place at its node (see [`Candidate`]): compared as a tuple, smallest first.
+/// (unconditioned, path rank, longer value first, more conditions first, service, path).
+type Order = (bool, u8, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, Arc<str>, String);
+
+/// A service's routes as (node prefix, order, candidate). The test is built once per route and
+/// cloned into each host's index.
+fn candidates(
+    spec: &ServiceSpec,
+    service: usize,
+    key: &Arc<str>,
+) -> Vec<(PathPrefix, Order, Candidate)> {
+    use std::cmp::Reverse;
+    let conditions = &spec.conditions;
+    let weight = Reverse(conditions.weight());
+    let mut out = Vec::new();
+    for prefix in &spec.prefixes {
+        let test = (!conditions.is_empty())
+            .then(|| Box::new(RouteTest { pattern: None, conditions: conditions.clone() }));
+        let order = (
+            test.is_none(),
+            1,
+            Reverse(prefix.as_str().len()),
+            weight,
+            key.clone(),
+            prefix.as_str().to_owned(),
+        );
+        out.push((prefix.clone(), order, Candidate { service, test }));
+    }
+    for pattern in &spec.patterns {
+        let (rank, len) = match pattern.kind() {
+            PathType::Exact => (0, 0),
+            PathType::Beg => (1, pattern.as_str().len()),
+            PathType::End => (2, pattern.as_str().len()),
+            PathType::Regex => (3, 0),
+        };
+        let test =
+            Box::new(RouteTest { pattern: Some(pattern.clone()), conditions: conditions.clone() });
+        let order = (false, rank, Reverse(len), weight, key.clone(), pattern.as_str().to_owned());
+        out.push((pattern.anchor().clone(), order, Candidate { service, test: Some(test) }));
+    }
+    out
+}
+
+/// A service's routes as the text ownership is keyed by (and conflicts are reported with):
+/// `/api`, `/api (pathType=path_beg)`, `/api (userAgent=mobile)`. Two services with the same
+/// text on one host collide.
+fn route_keys(spec: &ServiceSpec) -> Vec<String> {
+    let conditions = spec.conditions.to_string();
+    let describe =
+        |path: &str, path_type: Option<PathType>| match (path_type, conditions.is_empty()) {
+            (None, true) => path.to_owned(),
+            (None, false) => format!("{path} ({conditions})"),
+            (Some(t), true) => format!("{path} (pathType={t})"),
+            (Some(t), false) => format!("{path} (pathType={t} {conditions})"),
+        };
+    spec.prefixes
+        .iter()
+        .map(|p| describe(p.as_str(), None))
+        .chain(spec.patterns.iter().map(|p| describe(p.as_str(), Some(p.kind()))))
+        .collect()
+}
+
+/// The radix-tree patterns that make `prefix` own its path, the path with a trailing slash, and
+/// every path below it. A prefix never holds `{` or `}` (see [`PathPrefix`]), so it needs no
+/// escaping.
+fn index_patterns(prefix: &PathPrefix) -> Vec<String> {
+    if prefix.is_root() {
+        vec!["/".to_owned(), "/{*rest}".to_owned()]
+    } else {
+        let p = prefix.as_str();
+        vec![p.to_owned(), format!("{p}/"), format!("{p}/{{*rest}}")]
+    }
+}

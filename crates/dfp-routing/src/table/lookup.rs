@@ -1,0 +1,163 @@
+//! Answering a lookup: host index, then any-host index, then the default backend, walking
+//! each radix index from the longest prefix down. This is the code every request runs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::{service_key, Node, RouteMatch, RouteTable, ServiceRoutes};
+use crate::backend::BackendStats;
+use crate::condition::{NoFields, RequestFields};
+use crate::Backend;
+
+impl RouteTable {
+    /// The empty table a proxy starts with: every lookup misses.
+    pub fn empty() -> Self {
+        RouteTable {
+            version: 0,
+            any_host: matchit::Router::new(),
+            by_host: HashMap::new(),
+            by_wildcard: HashMap::new(),
+            default_service: None,
+            routes: Vec::new(),
+            services: Vec::new(),
+            retired: Vec::new(),
+        }
+    }
+
+    /// The version this table was built as; each swap publishes a higher one.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Finds the service owning `path` (the request path, without query string) for any host.
+    pub fn lookup(&self, path: &str) -> Option<RouteMatch<'_>> {
+        self.lookup_host(None, path)
+    }
+
+    /// Finds the service owning `path` on `host` (the request's `Host`, any case, with or
+    /// without a port), for a request without fields: routes with `serviceHeader` or
+    /// `userAgent` are passed over.
+    pub fn lookup_host(&self, host: Option<&str>, path: &str) -> Option<RouteMatch<'_>> {
+        self.lookup_request(host, path, &NoFields)
+    }
+
+    /// Finds the service owning `path` on `host` for a request with `fields` (read only for
+    /// the conditioned routes at the nodes the lookup visits).
+    pub fn lookup_request(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        fields: &dyn RequestFields,
+    ) -> Option<RouteMatch<'_>> {
+        if !self.by_host.is_empty() || !self.by_wildcard.is_empty() {
+            if let Some(host) = host.and_then(normalise_host) {
+                if let Some(found) =
+                    self.by_host.get(host.as_ref()).and_then(|r| self.find(r, path, fields))
+                {
+                    return Some(found);
+                }
+                let parent = host.split_once('.').map(|(_, rest)| rest);
+                if let Some(found) = parent
+                    .and_then(|p| self.by_wildcard.get(p))
+                    .and_then(|r| self.find(r, path, fields))
+                {
+                    return Some(found);
+                }
+            }
+        }
+        self.find(&self.any_host, path, fields).or_else(|| {
+            self.default_service
+                .map(|i| RouteMatch { backend: &self.services[i].backend, prefix: None })
+        })
+    }
+
+    /// The longest owner of `path` in `index` whose conditions hold and that does not exclude
+    /// it.
+    fn find<'t>(
+        &'t self,
+        index: &'t matchit::Router<usize>,
+        path: &str,
+        fields: &dyn RequestFields,
+    ) -> Option<RouteMatch<'t>> {
+        let mut probe = path;
+        loop {
+            let found = index.at(probe).ok()?;
+            let Node { prefix, candidates } = &self.routes[*found.value];
+            for candidate in candidates.iter() {
+                if candidate.test.as_ref().is_some_and(|t| !t.matches(path, fields)) {
+                    continue;
+                }
+                let slot = &self.services[candidate.service];
+                if !slot.excludes(path) {
+                    return Some(RouteMatch { backend: &slot.backend, prefix: Some(prefix) });
+                }
+            }
+            // No candidate here: ask again for the owners of the prefix's parent (all shorter).
+            if prefix.is_root() {
+                return None;
+            }
+            probe = match prefix.as_str().rfind('/') {
+                Some(0) | None => "/",
+                Some(i) => &prefix.as_str()[..i],
+            };
+        }
+    }
+
+    /// The routed services, ordered by [`service_key`].
+    pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceRoutes<'_>> {
+        self.services.iter().enumerate().map(|(i, s)| ServiceRoutes {
+            backend: &s.backend,
+            prefixes: &s.prefixes,
+            patterns: &s.patterns,
+            conditions: &s.conditions,
+            domains: &s.domains,
+            excluded: &s.excluded,
+            default_backend: self.default_service == Some(i),
+            color: s.color.as_deref(),
+        })
+    }
+
+    /// The backend of a service by name, compared as [`service_key`] compares names.
+    pub fn service(&self, name: &str) -> Option<&Arc<Backend>> {
+        let key = service_key(name);
+        self.services
+            .binary_search_by(|s| service_key(s.backend.service()).as_ref().cmp(key.as_ref()))
+            .ok()
+            .map(|i| &self.services[i].backend)
+    }
+
+    /// Counters of services that earlier tables routed and this one does not (removed
+    /// services), by name, ordered by name. Their series stay in `/metrics`.
+    pub fn retired_stats(&self) -> impl ExactSizeIterator<Item = (&str, &BackendStats)> {
+        self.retired.iter().map(|(name, stats)| (name.as_ref(), stats.as_ref()))
+    }
+}
+
+/// `Host` without port or trailing dot, lowercase. Borrowed unless it had uppercase letters.
+fn normalise_host(host: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let host = if host.starts_with('[') {
+        // An IPv6 literal: never a configured domain name.
+        return None;
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("version", &self.version)
+            .field("services", &self.services.iter().map(|s| &s.backend).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,193 @@
+//! The route table: the types a table is made of, and the spec a service asks it for.
+//!
+//! A table has three jobs, each in its own file so that each can be read alone: answering
+//! lookups on the hot path (`lookup`), being built off to the side with conflicts refused
+//! (`build`), and being published whole through one `ArcSwap` (`handle`). The types they share
+//! live here; their private fields are visible to those child modules and nowhere else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::backend::BackendStats;
+use crate::condition::{PathPattern, RequestFields, RouteConditions};
+use crate::policy::{Domain, ServicePolicy};
+use crate::{Backend, PathPrefix};
+
+mod build;
+mod handle;
+mod lookup;
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod tests;
+
+pub use build::RouteTableBuilder;
+pub use handle::TableHandle;
+
+/// Why a table could not be built. The live table is never touched by a failed build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "path {path}{} is already routed to service {owner:?} with the same conditions; remove \
+         it from {owner:?} first, or choose another path or other conditions (pathType, \
+         serviceHeader, userAgent) for {service:?}",
+        host_suffix(domain.as_ref())
+    )]
+    PathOwned { path: String, domain: Option<Domain>, owner: String, service: String },
+    #[error(
+        "service {owner:?} is already the default backend; remove isDefaultBackend from it \
+         before making {service:?} the default"
+    )]
+    DefaultTaken { owner: String, service: String },
+    #[error("service {0:?} was added twice to one table")]
+    DuplicateService(String),
+    #[error("service name is empty")]
+    EmptyServiceName,
+    #[error("path {path} could not be indexed: {reason}")]
+    Index { path: PathPrefix, reason: String },
+}
+
+fn host_suffix(domain: Option<&Domain>) -> String {
+    domain.map(|d| format!(" on {d}")).unwrap_or_default()
+}
+
+/// What a lookup found: the backend that owns the path and the index node that matched (the
+/// route's prefix, or for a `pathType` route its anchor; `None` when the default backend
+/// answered).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'t> {
+    pub backend: &'t Arc<Backend>,
+    pub prefix: Option<&'t PathPrefix>,
+}
+
+/// A service's entry in a table, for reporting (`config`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceRoutes<'t> {
+    pub backend: &'t Arc<Backend>,
+    pub prefixes: &'t [PathPrefix],
+    /// `servicePath` values under a `pathType` (then `prefixes` is empty).
+    pub patterns: &'t [PathPattern],
+    /// `serviceHeader`, `userAgent`.
+    pub conditions: &'t RouteConditions,
+    pub domains: &'t [Domain],
+    pub excluded: &'t [PathPrefix],
+    pub default_backend: bool,
+    /// `serviceColor`: the instances are the registry's `<name>-<color>`.
+    pub color: Option<&'t str>,
+}
+
+/// What a service asks of the table: its paths, and optionally the hosts they apply to, the
+/// paths below them it does not own, whether it is the default backend, and its policy.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The segment-aware prefixes it owns (no `pathType`).
+    pub prefixes: Vec<PathPrefix>,
+    /// Its `servicePath` values under a `pathType`.
+    pub patterns: Vec<PathPattern>,
+    /// What a request's fields must show for its paths to take it (`serviceHeader`,
+    /// `userAgent`); the default backend role is not conditional.
+    pub conditions: RouteConditions,
+    /// Empty: any host.
+    pub domains: Vec<Domain>,
+    pub excluded: Vec<PathPrefix>,
+    pub default_backend: bool,
+    pub policy: ServicePolicy,
+    /// `serviceColor`: the instances were looked up as `<name>-<color>` (shown, not used here).
+    pub color: Option<String>,
+}
+
+impl ServiceSpec {
+    pub fn new(name: &str, prefixes: &[PathPrefix]) -> Self {
+        ServiceSpec { name: name.to_owned(), prefixes: prefixes.to_vec(), ..ServiceSpec::default() }
+    }
+}
+
+/// One service in a built table.
+struct ServiceSlot {
+    backend: Arc<Backend>,
+    prefixes: Vec<PathPrefix>,
+    patterns: Vec<PathPattern>,
+    conditions: RouteConditions,
+    domains: Vec<Domain>,
+    excluded: Vec<PathPrefix>,
+    color: Option<String>,
+}
+
+impl ServiceSlot {
+    /// Whether one of the service's excluded paths owns `path` (segment-aware).
+    fn excludes(&self, path: &str) -> bool {
+        self.excluded.iter().any(|e| {
+            let e = e.as_str();
+            path.strip_prefix(e).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}
+
+/// An immutable routing table: for a host and a path, the owning backend.
+///
+/// Hosts first: routes of services with a matching `serviceDomain` (exact name, then a
+/// one-label wildcard), then routes for any host, then the default backend. Within each, the
+/// longest segment-aware prefix wins, walking a radix tree (private to this crate) keyed by
+/// path bytes, so lookup cost depends on the request, not on the number of routes.
+///
+/// Each node of the tree holds its candidates in order: routes with conditions (a `pathType`
+/// pattern, `serviceHeader`, `userAgent`) first, the one unconditioned route last (see
+/// [`Candidate`] for the order among conditioned ones). The first candidate whose conditions
+/// hold and whose service does not exclude the path wins; when none does, the lookup goes on
+/// at the next shorter node, as it does for a path a service excludes.
+pub struct RouteTable {
+    version: u64,
+    any_host: matchit::Router<usize>,
+    by_host: HashMap<Box<str>, matchit::Router<usize>>,
+    by_wildcard: HashMap<Box<str>, matchit::Router<usize>>,
+    default_service: Option<usize>,
+    routes: Vec<Node>,
+    services: Vec<ServiceSlot>,
+    /// Counters of services routed by an earlier table and not by this one, by name: a
+    /// removed service's series go on being reported (a counter that vanished and came back
+    /// from zero would look like a reset to a scraper), and a service routed again resumes
+    /// them. Carried from table to table like the rest of a service's state.
+    retired: Vec<(Arc<str>, Arc<BackendStats>)>,
+}
+
+/// A node of the radix index: a segment-aware prefix and the routes that hang off it.
+struct Node {
+    prefix: PathPrefix,
+    candidates: Box<[Candidate]>,
+}
+
+/// A route at a node, with what it needs checked (`None`: nothing; the common case).
+///
+/// Order at one node, fixed when the table is built: conditioned routes first, by path
+/// specificity (`path` exact, then `path_beg` or a plain prefix with header conditions,
+/// longer value first, then `path_end`, longer first, then `path_reg`), then by the number
+/// of conditions (more first: each `serviceHeader` entry counts one, a `userAgent` list one),
+/// then by service name and path text; the unconditioned route last.
+struct Candidate {
+    service: usize,
+    test: Option<Box<RouteTest>>,
+}
+
+/// What a conditioned route checks: its `pathType` pattern (none for a prefix route) and its
+/// fields conditions.
+struct RouteTest {
+    pattern: Option<PathPattern>,
+    conditions: RouteConditions,
+}
+
+impl RouteTest {
+    fn matches(&self, path: &str, fields: &dyn RequestFields) -> bool {
+        self.pattern.as_ref().is_none_or(|p| p.matches(path)) && self.conditions.matches(fields)
+    }
+}
+
+/// The key a service name is compared by: ASCII lowercase, as Consul compares service names
+/// (and DNS compares host names). `Books-ms` and `books-ms` are one service.
+pub fn service_key(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
