@@ -1,0 +1,342 @@
+//! The per-service options as `route` and `admit` see them: routing conditions, redirects,
+//! rewrites, sticky sessions, users, client certificates and compression.
+
+use super::*;
+
+/// `route` reads the request's fields for conditioned routes, through the engine's own
+/// iterator (a `FieldList`), and the path after normalisation.
+#[test]
+fn route_reads_fields_for_conditions() {
+    use dfp_routing::{PathPrefix, RouteConditions, RouteTableBuilder, ServiceSpec};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    let api = PathPrefix::parse("/api").expect("valid");
+    let mut builder = RouteTableBuilder::new();
+    builder.add(ServiceSpec::new("api", std::slice::from_ref(&api)), &[addr]).expect("valid");
+    let mut mobile = ServiceSpec::new("mobile", &[api]);
+    mobile.conditions = RouteConditions::parse(None, Some("iphone")).expect("valid");
+    builder.add(mobile, &[addr]).expect("other conditions");
+    let table = TableHandle::new(builder.build(1).expect("builds"));
+    let peer = || std::net::IpAddr::from([127, 0, 0, 1]);
+    let routed = |fields: &[(&str, &[u8])], path: &str| -> Option<String> {
+        let list = FieldList(fields.iter().copied());
+        let request = RoutedRequest {
+            fields: Fields(&list),
+            https: false,
+            client_cert: false,
+            method: "GET",
+            client: ClientIp(&peer),
+            authorization: None,
+            forwarded_proto: None,
+            cookie: CookieToken(&NO_COOKIE),
+            accept_encoding: None,
+            defaults: (Duration::from_secs(1), Duration::from_secs(1)),
+        };
+        let target = parse_target(path).expect("origin form");
+        let mut slot = None;
+        route(&table, &mut slot, None, &target, request)
+            .ok()
+            .map(|r| r.backend.service().to_owned())
+    };
+    let iphone: &[(&str, &[u8])] = &[("Host", b"a"), ("USER-AGENT", b"Mozilla (iPhone)")];
+    assert_eq!(routed(iphone, "/api/x").as_deref(), Some("mobile"));
+    assert_eq!(routed(iphone, "/x/../api").as_deref(), Some("mobile"), "normalised first");
+    assert_eq!(routed(&[("user-agent", b"curl")], "/api").as_deref(), Some("api"));
+    assert_eq!(routed(&[], "/api").as_deref(), Some("api"));
+    assert_eq!(routed(iphone, "/other"), None);
+}
+
+fn plain_request<'a>(host: &'a str, forwarded_proto: Option<&'a [u8]>) -> Admission<'a> {
+    static PEER: fn() -> std::net::IpAddr = || std::net::IpAddr::from([10, 0, 0, 9]);
+    Admission {
+        https: false,
+        client_cert: false,
+        method: "GET",
+        client: ClientIp(&PEER),
+        host: Some(host),
+        path: "/a",
+        query: Some("q=1"),
+        authorization: None,
+        forwarded_proto,
+        cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
+    }
+}
+
+/// `redirectWhenHttpProto`, `redirectUnlessHttpsProto` and `redirectFromDomain`: which
+/// requests each redirects, where to, and with which status.
+#[test]
+fn forwarded_proto_and_domain_redirects() {
+    use dfp_routing::{Domain, DomainRedirect, ProtoRedirect};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let when_http = ServicePolicy {
+        proto_redirect: Some((ProtoRedirect::WhenHttp, 301)),
+        ..ServicePolicy::default()
+    };
+    let unless_https = ServicePolicy {
+        proto_redirect: Some((ProtoRedirect::UnlessHttps, 302)),
+        ..ServicePolicy::default()
+    };
+    let domain = ServicePolicy {
+        domain_redirect: Some(
+            DomainRedirect::new(
+                vec![Domain::parse("old.example.com").expect("domain")],
+                &Domain::parse("new.example.com").expect("domain"),
+            )
+            .expect("exact"),
+        ),
+        ..ServicePolicy::default()
+    };
+    let location = |policy: &ServicePolicy, request: &Admission<'_>| match admit(
+        policy, "s", request, defaults,
+    ) {
+        Ok(_) => None,
+        Err(ProxyError::Redirect { location, status, .. }) => {
+            Some((status.as_u16(), location.to_str().expect("ascii").to_owned()))
+        }
+        Err(other) => panic!("{other:?}"),
+    };
+    let to = |status: u16, l: &str| Some((status, l.to_owned()));
+    for (policy, request, expected) in [
+        (&when_http, plain_request("shop:8080", Some(b"http")), to(301, "https://shop/a?q=1")),
+        (&when_http, plain_request("shop", Some(b"HTTP ")), to(301, "https://shop/a?q=1")),
+        (&when_http, plain_request("shop", Some(b"https")), None),
+        (&when_http, plain_request("shop", None), None),
+        (&unless_https, plain_request("shop", None), to(302, "https://shop/a?q=1")),
+        (&unless_https, plain_request("shop", Some(b"http")), to(302, "https://shop/a?q=1")),
+        (&unless_https, plain_request("shop", Some(b"https")), None),
+        (&unless_https, Admission { https: true, ..plain_request("shop", None) }, None),
+        (
+            &domain,
+            plain_request("old.example.com:80", None),
+            to(301, "http://new.example.com/a?q=1"),
+        ),
+        (
+            &domain,
+            Admission { https: true, ..plain_request("OLD.example.com", None) },
+            to(301, "https://new.example.com/a?q=1"),
+        ),
+        (&domain, plain_request("new.example.com", None), None),
+    ] {
+        assert_eq!(location(policy, &request), expected, "{:?}", request.host);
+    }
+}
+
+#[test]
+fn search_replace_pairs_apply_in_order_after_req_path_search() {
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let rewrite = |s: &str, r: &str| dfp_routing::PathRewrite::new(s, r).expect("regex");
+    let policy = ServicePolicy {
+        path_rewrite: Some(rewrite("^/a", "/b")),
+        search_replace: vec![rewrite("^/b", "/c"), rewrite("^/nomatch", "/x"), rewrite("c$", "d")],
+        ..ServicePolicy::default()
+    };
+    let admitted = admit(&policy, "s", &plain_request("h", None), defaults).expect("admitted");
+    assert_eq!(admitted.rewritten.as_deref(), Some("/d"));
+}
+
+#[test]
+fn sticky_cookies_are_read_and_written() {
+    let fields = [("cookie", &b"a=1; DFP_SERVER=00000000000000ff"[..]), ("Cookie", b"b=2")];
+    assert_eq!(cookie_token(fields.iter().copied(), "DFP_SERVER"), Some(255));
+    assert_eq!(cookie_token(fields.iter().copied(), "DFP"), None);
+    let split = [("cookie", &b"a=1"[..]), ("cookie", b"S=\"0123456789abcdef\"")];
+    assert_eq!(cookie_token(split.iter().copied(), "S"), Some(0x0123_4567_89ab_cdef));
+    for bad in [&b"S=12"[..], b"S=zzzzzzzzzzzzzzzz", b"XS=0123456789abcdef", b"S=+123456789abcdef"]
+    {
+        assert_eq!(cookie_token([("cookie", bad)].into_iter(), "S"), None, "{bad:?}");
+    }
+    let mut out = Vec::new();
+    write_pin(&mut out, &Pin { cookie: "DFP_SERVER", token: 0xab });
+    assert_eq!(
+        String::from_utf8(out).expect("text"),
+        "set-cookie: DFP_SERVER=00000000000000ab; Path=/; HttpOnly\r\ncache-control: private\r\n"
+    );
+}
+
+/// Global users, `ignoreAuthorization` and a `usersSecret` that could not be read, as
+/// `admit` sees them: resolved into the policy's one `Authentication`.
+#[test]
+fn global_users_ignored_and_unreadable_secret() {
+    use dfp_routing::{Authentication, Credential, UsersFrom};
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
+    // `g:pw` and `g:nope`.
+    let (good, bad) = ("Basic Zzpwdw==", "Basic Zzpub3Bl");
+    let request = |authorization: Option<&'static str>| Admission {
+        https: false,
+        client_cert: false,
+        method: "GET",
+        client: ClientIp(&peer),
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: authorization.map(str::as_bytes),
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
+    };
+    let global: std::sync::Arc<[Credential]> =
+        vec![Credential::new("g", "pw", false).expect("user")].into();
+    let with = |auth| ServicePolicy { auth, ..ServicePolicy::default() };
+    let global_policy =
+        with(Authentication::Users { users: global.clone(), from: UsersFrom::Global });
+    let nobody = with(Authentication::Users {
+        users: Vec::new().into(),
+        from: UsersFrom::Secret("gone".into()),
+    });
+    for (policy, authorization, expected) in [
+        (&global_policy, None, Err(())),
+        (&global_policy, Some(bad), Err(())),
+        (&global_policy, Some(good), Ok(true)),
+        (&with(Authentication::Ignored), None, Ok(false)),
+        (&with(Authentication::Open), Some(good), Ok(false)),
+        (&nobody, Some(good), Err(())),
+        (&nobody, None, Err(())),
+    ] {
+        let verdict = match admit(policy, "s", &request(authorization), defaults) {
+            Ok(admitted) => Ok(admitted.strip_authorization),
+            Err(ProxyError::Unauthorized { .. }) => Err(()),
+            Err(other) => panic!("{other:?}"),
+        };
+        assert_eq!(verdict, expected, "{:?} {authorization:?}", policy.auth);
+    }
+}
+
+/// `verifyClientSsl`: only a request whose connection verified a client certificate passes;
+/// after the address and `denyHttp`, before the method, redirect and authentication.
+#[test]
+fn client_certificates_are_required_where_asked() {
+    use crate::error::Forbidden;
+    let defaults = (Duration::from_secs(1), Duration::from_secs(2));
+    let peer = || std::net::IpAddr::from([10, 0, 0, 9]);
+    let request = |https, client_cert| Admission {
+        https,
+        client_cert,
+        method: "GET",
+        client: ClientIp(&peer),
+        host: Some("shop"),
+        path: "/a",
+        query: None,
+        authorization: None,
+        forwarded_proto: None,
+        cookie: CookieToken(&NO_COOKIE),
+        accept_encoding: None,
+    };
+    let verify = ServicePolicy { verify_client_cert: true, ..ServicePolicy::default() };
+    let refused = |policy: &ServicePolicy, https, cert| match admit(
+        policy,
+        "s",
+        &request(https, cert),
+        defaults,
+    ) {
+        Ok(_) => None,
+        Err(ProxyError::Forbidden(why)) => Some(why),
+        Err(other) => panic!("{other:?}"),
+    };
+    assert_eq!(refused(&verify, true, true), None);
+    assert_eq!(refused(&verify, true, false), Some(Forbidden::ClientCert));
+    assert_eq!(refused(&verify, false, false), Some(Forbidden::ClientCert), "plain HTTP");
+    assert_eq!(refused(&ServicePolicy::default(), true, false), None, "not asked");
+    let deny_http = ServicePolicy { deny_http: true, ..verify.clone() };
+    assert_eq!(refused(&deny_http, false, false), Some(Forbidden::Http), "denyHttp first");
+    let redirect = ServicePolicy { https_redirect: Some(301), ..verify.clone() };
+    assert_eq!(
+        refused(&redirect, false, false),
+        Some(Forbidden::ClientCert),
+        "before the redirect"
+    );
+    let methods = ServicePolicy {
+        allowed_methods: dfp_routing::MethodList::parse("POST").expect("list"),
+        ..verify
+    };
+    assert_eq!(refused(&methods, true, false), Some(Forbidden::ClientCert), "before methods");
+    assert_eq!(refused(&methods, true, true), Some(Forbidden::Method));
+}
+
+/// `compressionAlgo`/`compressionType`: which responses are compressed.
+#[test]
+fn compression_is_decided_from_the_response_the_request_and_the_service() {
+    use dfp_routing::{Compression, CompressionAlgo};
+    let text = Compression::parse(Some("gzip"), Some("text/html text/css")).expect("valid");
+    let text = text.as_ref();
+    let html: &[(&str, &[u8])] = &[("Content-Type", b"text/html; charset=utf-8")];
+    let facts = |status, framing| ResponseFacts {
+        status,
+        framing,
+        keep_alive: true,
+        transfer_encoded: false,
+        lists_fields: false,
+        dated: false,
+    };
+    let big = Framing::Length(10_000);
+    type Case<'a> =
+        (Option<&'a Compression>, u16, Framing, Option<&'a [u8]>, &'a [(&'a str, &'a [u8])], bool);
+    let cases: [Case<'_>; 16] = [
+        (text, 200, big, Some(b"gzip, deflate, br"), html, true),
+        (text, 200, Framing::Chunked, Some(b"gzip"), html, true),
+        (text, 200, Framing::UntilClose, Some(b"*"), html, true),
+        (None, 200, big, Some(b"gzip"), html, false),
+        (text, 200, big, None, html, false),
+        (text, 200, big, Some(b"deflate, br"), html, false),
+        (text, 200, big, Some(b"gzip;q=0"), html, false),
+        (text, 200, big, Some(b"gzip;q=0.000, *"), html, false),
+        (text, 200, big, Some(b"gzip;q=0.5"), html, true),
+        (text, 200, Framing::Length(255), Some(b"gzip"), html, false),
+        (text, 200, Framing::Empty, Some(b"gzip"), html, false),
+        (text, 206, big, Some(b"gzip"), html, false),
+        (text, 404, big, Some(b"gzip"), html, false),
+        (text, 200, big, Some(b"gzip"), &[("Content-Type", b"image/png")], false),
+        (
+            text,
+            200,
+            big,
+            Some(b"gzip"),
+            &[("content-type", b"text/css"), ("Content-Encoding", b"br")],
+            false,
+        ),
+        (
+            text,
+            200,
+            big,
+            Some(b"gzip"),
+            &[("content-type", b"text/css"), ("Cache-Control", b"public, no-transform")],
+            false,
+        ),
+    ];
+    for (i, (service, status, framing, accept, fields, expected)) in cases.into_iter().enumerate() {
+        let accepted = accepted_compression(service, accept);
+        let got = compression(accepted, &facts(status, framing), fields.iter().copied());
+        assert_eq!(got, expected.then_some(CompressionAlgo::Gzip), "case {i}");
+    }
+}
+
+/// A compressed answer's strong `ETag` becomes weak (the bytes differ from the instance's); a
+/// weak one, and every `ETag` of an answer passed as it came, stay as they are.
+#[test]
+fn compression_weakens_a_strong_etag() {
+    use dfp_routing::CompressionAlgo;
+    let written = |etag: &str, coding: Option<CompressionAlgo>| {
+        let fields: &[(&str, &str)] =
+            &[("Content-Type", "text/html"), ("Content-Length", "4096"), ("ETag", etag)];
+        let pairs = || fields.iter().map(|(n, v)| (*n, v.as_bytes()));
+        let facts = analyse_response(200, false, false, pairs()).expect("valid");
+        let mut out = Vec::new();
+        write_response_fields(
+            &mut out,
+            pairs(),
+            &facts,
+            &HeaderEdits::default(),
+            None,
+            true,
+            coding,
+        );
+        let text = String::from_utf8(out).expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ETag: ").map(str::to_owned))
+            .expect("an ETag line")
+    };
+    let gzip = Some(CompressionAlgo::Gzip);
+    assert_eq!(written("\"v1\"", gzip), "W/\"v1\"");
+    assert_eq!(written("W/\"v1\"", gzip), "W/\"v1\"");
+    assert_eq!(written("\"v1\"", None), "\"v1\"");
+}
