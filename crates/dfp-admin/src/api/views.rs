@@ -1,0 +1,412 @@
+//! The JSON views of the live table: `config` (services, paths, instances, version),
+//! `config?type=json` (Docker Flow Proxy's `Service` shape) and `routes` (every route with its
+//! instances' passive health). Split out of `api.rs` (a pure move): rendering, not routing.
+
+use http::HeaderValue;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use crate::controller::Controller;
+use crate::Discovery;
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct ConfigAnswer {
+    status: &'static str,
+    mode: &'static str,
+    table_version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consul: Option<ConsulView>,
+    services: Vec<ServiceView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ConsulView {
+    agents: Vec<String>,
+    /// `null` until the first call to Consul.
+    reachable: Option<bool>,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceView {
+    service_name: String,
+    service_path: Vec<String>,
+    /// Docker Flow Proxy's `pathType` of `service_path`; absent: segment-aware prefixes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_type: Option<&'static str>,
+    /// `Name:value` entries, every one required (field names lowercase).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_header: Vec<String>,
+    /// Lowercase substrings, any one of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    user_agent: Vec<String>,
+    instances: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_domain: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service_path_exclude: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_default_backend: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_color: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_sources: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    denied_sources: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deny_http: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    verify_client_ssl: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression_algo: Option<&'static str>,
+    /// Empty with an algorithm: every type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression_type: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    denied_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    https_redirect_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_when_http_proto: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_unless_https_proto: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    redirect_from_domain: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_path_search: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_path_replace: Option<String>,
+    /// `search,replace` pairs, in the order they apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    req_path_search_replace: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_cookie: Option<String>,
+    /// User names only: passwords and hashes never leave the proxy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    users: Vec<String>,
+    /// Where the users come from: `service` (its `users`), `secret` (its `usersSecret`) or
+    /// `global` (the proxy's `USERS` or users file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_from: Option<&'static str>,
+    /// The secret's name (`dfp_users_<name>`), never its content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_secret: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_authorization: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_headers: Option<HeaderEditsView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_headers: Option<HeaderEditsView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_server: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_tunnel: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct HeaderEditsView {
+    delete: Vec<String>,
+    set: Vec<String>,
+    add: Vec<String>,
+}
+
+fn header_edits_view(edits: &dfp_routing::HeaderEdits) -> Option<HeaderEditsView> {
+    let pairs = |list: &[(http::HeaderName, HeaderValue)]| {
+        list.iter().map(|(n, v)| format!("{n} {}", String::from_utf8_lossy(v.as_bytes()))).collect()
+    };
+    (!edits.is_empty()).then(|| HeaderEditsView {
+        delete: edits.delete.iter().map(ToString::to_string).collect(),
+        set: pairs(&edits.set),
+        add: pairs(&edits.add),
+    })
+}
+
+fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
+    use dfp_routing::{ProtoRedirect, UsersFrom};
+    let policy = s.backend.policy();
+    let redirected = |d: &&dfp_routing::Domain| {
+        policy.domain_redirect.as_ref().is_some_and(|r| r.from.contains(d))
+    };
+    let https_redirect_code = policy.https_redirect.or(policy.proto_redirect.map(|(_, code)| code));
+    let proto = policy.proto_redirect.map(|(when, _)| when);
+    ServiceView {
+        service_name: s.backend.service().to_owned(),
+        service_path: s
+            .prefixes
+            .iter()
+            .map(ToString::to_string)
+            .chain(s.patterns.iter().map(|p| p.as_str().to_owned()))
+            .collect(),
+        path_type: s.patterns.first().map(|p| p.kind().as_str()),
+        service_header: s.conditions.headers.iter().map(ToString::to_string).collect(),
+        user_agent: s.conditions.user_agents.iter().map(ToString::to_string).collect(),
+        instances: s.backend.addrs().map(|a| a.to_string()).collect(),
+        service_domain: s
+            .domains
+            .iter()
+            .filter(|d| !redirected(d))
+            .map(ToString::to_string)
+            .collect(),
+        service_path_exclude: s.excluded.iter().map(ToString::to_string).collect(),
+        is_default_backend: s.default_backend,
+        service_color: s.color.map(str::to_owned),
+        allowed_sources: policy.allowed_sources.entries().collect(),
+        denied_sources: policy.denied_sources.entries().collect(),
+        deny_http: policy.deny_http,
+        verify_client_ssl: policy.verify_client_cert,
+        compression_algo: policy.compression.as_ref().map(|c| c.algo().token()),
+        compression_type: policy
+            .compression
+            .as_ref()
+            .map(|c| c.types().collect::<Vec<_>>().join(" "))
+            .filter(|t| !t.is_empty()),
+        allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
+        denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
+        https_redirect_code,
+        redirect_when_http_proto: (proto == Some(ProtoRedirect::WhenHttp)).then_some(true),
+        redirect_unless_https_proto: (proto == Some(ProtoRedirect::UnlessHttps)).then_some(true),
+        redirect_from_domain: policy
+            .domain_redirect
+            .iter()
+            .flat_map(|r| r.from.iter().map(ToString::to_string))
+            .collect(),
+        req_path_search: policy.path_rewrite.as_ref().map(|r| r.search().to_owned()),
+        req_path_replace: policy.path_rewrite.as_ref().map(|r| r.replacement().to_owned()),
+        req_path_search_replace: policy
+            .search_replace
+            .iter()
+            .map(|r| format!("{},{}", r.search(), r.replacement()))
+            .collect(),
+        session_type: policy.sticky.as_ref().map(|_| "sticky-server"),
+        session_cookie: policy.sticky.as_ref().map(|s| s.cookie().to_owned()),
+        users: policy.auth.users().iter().map(|u| u.user().to_owned()).collect(),
+        users_from: policy.auth.from().map(|from| match from {
+            UsersFrom::Service => "service",
+            UsersFrom::Secret(_) => "secret",
+            UsersFrom::Global => "global",
+        }),
+        users_secret: match policy.auth.from() {
+            Some(UsersFrom::Secret(name)) => Some(name.to_string()),
+            Some(UsersFrom::Service | UsersFrom::Global) | None => None,
+        },
+        ignore_authorization: matches!(policy.auth, dfp_routing::Authentication::Ignored),
+        request_headers: header_edits_view(&policy.request_headers),
+        response_headers: header_edits_view(&policy.response_headers),
+        timeout_server: policy.server_timeout.map(|d| d.as_secs()),
+        timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
+    }
+}
+
+/// `config?type=json`: Docker Flow Proxy's shape, a map from service name to its `Service`
+/// (Go field names), with one `ServiceDest` holding the paths, domains and per-destination
+/// options, and `Tasks` the instances. Only what this proxy acts on is filled in; user names
+/// only, never passwords.
+pub(super) fn dfp_services(controller: &Controller) -> BTreeMap<String, DfpService> {
+    let table = controller.table().snapshot();
+    table
+        .services()
+        .map(|s| {
+            let v = service_view(&s);
+            let edits = |e: &Option<HeaderEditsView>| {
+                e.as_ref()
+                    .map(|e| (e.add.clone(), e.set.clone(), e.delete.clone()))
+                    .unwrap_or_default()
+            };
+            let (add_req, set_req, del_req) = edits(&v.request_headers);
+            let (add_res, set_res, del_res) = edits(&v.response_headers);
+            let service = DfpService {
+                service_name: v.service_name.clone(),
+                is_default_backend: v.is_default_backend,
+                add_req_header: add_req,
+                set_req_header: set_req,
+                del_req_header: del_req,
+                add_res_header: add_res,
+                set_res_header: set_res,
+                del_res_header: del_res,
+                req_path_search: v.req_path_search.clone().unwrap_or_default(),
+                req_path_replace: v.req_path_replace.clone().unwrap_or_default(),
+                users: v.users.iter().map(|u| DfpUser { username: u.clone() }).collect(),
+                tasks: v.instances.clone(),
+                service_dest: vec![DfpServiceDest {
+                    allowed_methods: v.allowed_methods.clone(),
+                    denied_methods: v.denied_methods.clone(),
+                    deny_http: v.deny_http,
+                    https_only: v.https_redirect_code.is_some(),
+                    https_redirect_code: v
+                        .https_redirect_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    req_mode: "http",
+                    service_domain: v.service_domain.clone(),
+                    service_path: v.service_path.clone(),
+                    service_path_exclude: v.service_path_exclude.clone(),
+                    timeout_server: v.timeout_server.map(|t| t.to_string()).unwrap_or_default(),
+                    timeout_tunnel: v.timeout_tunnel.map(|t| t.to_string()).unwrap_or_default(),
+                }],
+            };
+            (v.service_name, service)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct DfpService {
+    service_name: String,
+    is_default_backend: bool,
+    add_req_header: Vec<String>,
+    set_req_header: Vec<String>,
+    del_req_header: Vec<String>,
+    add_res_header: Vec<String>,
+    set_res_header: Vec<String>,
+    del_res_header: Vec<String>,
+    req_path_search: String,
+    req_path_replace: String,
+    users: Vec<DfpUser>,
+    tasks: Vec<String>,
+    service_dest: Vec<DfpServiceDest>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DfpUser {
+    username: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DfpServiceDest {
+    allowed_methods: Vec<String>,
+    denied_methods: Vec<String>,
+    deny_http: bool,
+    https_only: bool,
+    https_redirect_code: String,
+    req_mode: &'static str,
+    service_domain: Vec<String>,
+    service_path: Vec<String>,
+    service_path_exclude: Vec<String>,
+    timeout_server: String,
+    timeout_tunnel: String,
+}
+
+/// The live table as the data plane sees it right now.
+pub(super) fn config(controller: &Controller) -> ConfigAnswer {
+    let table = controller.table().snapshot();
+    ConfigAnswer {
+        status: "OK",
+        mode: controller.discovery().mode(),
+        table_version: table.version(),
+        consul: match controller.discovery() {
+            Discovery::Consul(consul) => {
+                let health = controller.registry_health();
+                Some(ConsulView {
+                    agents: consul.agents().map(str::to_owned).collect(),
+                    reachable: health.reachable,
+                    last_error: health.last_error,
+                })
+            }
+            Discovery::Dns => None,
+        },
+        services: table.services().map(|s| service_view(&s)).collect(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct RoutesAnswer {
+    status: &'static str,
+    table_version: u64,
+    routes: Vec<RouteView>,
+}
+
+/// One route: a path (on a host, or any) and the service it leads to, with each instance's
+/// passive health as the data plane sees it now.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RouteView {
+    /// `null` for the default backend's row.
+    path: Option<String>,
+    /// `null`: any host.
+    domain: Option<String>,
+    service_name: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    is_default_backend: bool,
+    instances: Vec<InstanceView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InstanceView {
+    address: String,
+    /// `healthy`; `ejected` (left out by passive health for `EjectedForMs` more); or
+    /// `probing` (failed before, window over: the next request to it is the probe).
+    state: &'static str,
+    /// Failed attempts in a row.
+    failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ejected_for_ms: Option<u64>,
+}
+
+fn instance_view(upstream: &dfp_routing::Upstream, now_ms: u64) -> InstanceView {
+    let health = upstream.health();
+    let ejected_for_ms = health.ejected_for_ms(now_ms);
+    let failures = health.failures();
+    let state = match (ejected_for_ms, failures) {
+        (Some(_), _) => "ejected",
+        (None, 0) => "healthy",
+        (None, _) => "probing",
+    };
+    InstanceView { address: upstream.addr().to_string(), state, failures, ejected_for_ms }
+}
+
+/// Every route of the live table, by host (any host first) then path, the default backend
+/// last: what `docker-flow-proxy routes` prints. Only instances that pass their checks in
+/// Consul (or that DNS gives) are in the table, so the health shown is the proxy's own.
+pub(super) fn routes(controller: &Controller) -> RoutesAnswer {
+    let table = controller.table().snapshot();
+    let now_ms = dfp_routing::health_clock_ms();
+    let mut routes = Vec::new();
+    for s in table.services() {
+        let instances = || s.backend.instances().iter().map(|u| instance_view(u, now_ms)).collect();
+        let domains: Vec<Option<String>> = if s.domains.is_empty() {
+            vec![None]
+        } else {
+            s.domains.iter().map(|d| Some(d.to_string())).collect()
+        };
+        for domain in &domains {
+            let paths = s.prefixes.iter().map(ToString::to_string);
+            for path in
+                paths.chain(s.patterns.iter().map(|p| format!("{} ({})", p.as_str(), p.kind())))
+            {
+                routes.push(RouteView {
+                    path: Some(path),
+                    domain: domain.clone(),
+                    service_name: s.backend.service().to_owned(),
+                    is_default_backend: false,
+                    instances: instances(),
+                });
+            }
+        }
+        if s.default_backend {
+            routes.push(RouteView {
+                path: None,
+                domain: None,
+                service_name: s.backend.service().to_owned(),
+                is_default_backend: true,
+                instances: instances(),
+            });
+        }
+    }
+    routes.sort_by(|a, b| {
+        (a.is_default_backend, &a.domain, &a.path).cmp(&(b.is_default_backend, &b.domain, &b.path))
+    });
+    RoutesAnswer { status: "OK", table_version: table.version(), routes }
+}

@@ -1,0 +1,400 @@
+//! Reconfigure and remove, restore at start, and following Consul afterwards: every change
+//! ends in one whole new table, built off to the side and swapped in.
+//!
+//! Testable without HTTP: the admin listener only parses parameters and renders answers.
+//!
+//! Split by job so each file stays readable: this file holds the controller's types, its
+//! public API and the registry-health glue; `reconfigure.rs` the reconfigure/remove path
+//! (mode checks, conflict checks, building a table); `sync.rs` the store sync/restore path
+//! and the followers' instance updates; `tests.rs` the unit tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dfp_routing::{service_key, PathPrefix, TableHandle};
+use tokio::sync::Notify;
+
+use crate::discovery::Discovery;
+use crate::follow::{self, Follower};
+use crate::store::{Params, RouteStore, StoreError};
+use crate::users::UsersConfig;
+use crate::{AdminError, ReconfigureRequest};
+
+mod reconfigure;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+/// What a successful reconfigure did. When it is returned, the new table is live.
+#[derive(Debug, Clone)]
+pub struct ReconfigureReport {
+    pub service_name: String,
+    pub service_paths: Vec<PathPrefix>,
+    pub instances: Vec<SocketAddr>,
+    pub table_version: u64,
+    /// Things the caller should know although the call succeeded (no instance yet, ignored
+    /// parameters, skipped instances).
+    pub warnings: Vec<String>,
+}
+
+/// What a successful remove did.
+#[derive(Debug, Clone)]
+pub struct RemoveReport {
+    pub service_name: String,
+    pub table_version: u64,
+}
+
+/// Counts of control-plane outcomes, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    pub reconfigure_ok: AtomicU64,
+    pub reconfigure_failed: AtomicU64,
+    pub remove_ok: AtomicU64,
+    pub remove_failed: AtomicU64,
+    /// Instance-set changes that came from following Consul or DNS.
+    pub instance_updates: AtomicU64,
+    /// Route changes that came from the store (another replica, or a restore).
+    pub store_syncs: AtomicU64,
+}
+
+/// Whether the registry (Consul) answered the last time anyone asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryHealth {
+    /// `None` until the first call.
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+}
+
+/// How the controller follows the registry after a reconfigure.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// How long a Consul blocking query waits for a change.
+    pub consul_wait: Duration,
+    /// How often standalone services are resolved again.
+    pub dns_refresh: Duration,
+    /// How long changes are gathered before one rebuild (bursts become one swap).
+    pub coalesce: Duration,
+}
+
+impl Default for FollowConfig {
+    fn default() -> Self {
+        FollowConfig {
+            consul_wait: Duration::from_secs(30),
+            dns_refresh: Duration::from_secs(5),
+            coalesce: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A configured service: its call, the instances last found, and the task following them.
+#[derive(Debug)]
+struct ServiceEntry {
+    request: ReconfigureRequest,
+    instances: Vec<SocketAddr>,
+    generation: u64,
+    _follower: Option<Follower>,
+}
+
+/// The key a service is kept under: its name as Consul compares names (ignoring ASCII case).
+/// The entry's request keeps the name as first given, for display and as its store key.
+fn key(name: &str) -> String {
+    service_key(name).into_owned()
+}
+
+/// The configured services. Only changed under the controller's lock, and for calls only
+/// after the table built from the new state has been published.
+#[derive(Debug, Default)]
+struct State {
+    /// By [`key`]: `Books-ms` and `books-ms` are one service.
+    services: BTreeMap<String, ServiceEntry>,
+    /// Store keys (by service key) that name a routed service in another case, left over
+    /// from versions that told them apart: ignored, and deleted with the service.
+    shadowed: BTreeMap<String, Vec<String>>,
+    next_generation: u64,
+    /// Instance changes recorded but not yet published.
+    dirty: bool,
+    /// For each service (by key), the local write (reconfigure or remove) that last stored
+    /// it, by its sequence number (see `Inner::local_writes`).
+    touched: HashMap<String, u64>,
+}
+
+impl State {
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    /// Every service's stored parameters, by the name it is stored under (its display name).
+    fn params(&self) -> BTreeMap<String, Params> {
+        self.services
+            .values()
+            .map(|e| (e.request.service_name.clone(), e.request.params.clone()))
+            .collect()
+    }
+}
+
+/// Owns the configured services and publishes a new table for each change.
+///
+/// Changes are serialised by one async lock held across a whole call (validation, lookup,
+/// store, build, publish), so two changes never interleave. The data plane never takes this
+/// lock: it only reads the [`TableHandle`].
+#[derive(Debug, Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    table: TableHandle,
+    discovery: Discovery,
+    store: RouteStore,
+    follow: FollowConfig,
+    users: UsersConfig,
+    state: tokio::sync::Mutex<State>,
+    counters: AdminCounters,
+    registry: Mutex<RegistryHealth>,
+    publish_wanted: Arc<Notify>,
+    metrics_hook: std::sync::OnceLock<MetricsHook>,
+    /// Local writes to the store so far. A store listing read while one happened may predate
+    /// it, so the services it touched are not taken from that listing (see `sync_from_store`).
+    local_writes: AtomicU64,
+    /// The TLS listener checks client certificates (`--client-ca`): without it, a
+    /// `verifyClientSsl` service could never be reached, so such a call is refused.
+    client_ca: std::sync::atomic::AtomicBool,
+}
+
+/// Renders more Prometheus text into `/metrics` (the binary adds the data plane's gauges).
+#[derive(Clone)]
+pub struct MetricsHook(pub Arc<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for MetricsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsHook")
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Wakes the publisher so that it sees the controller is gone and ends.
+        self.publish_wanted.notify_one();
+    }
+}
+
+impl Controller {
+    /// A controller with no routes and no users beyond the services' own. Call
+    /// [`Controller::start`] on the runtime that should run the followers before serving the
+    /// admin API.
+    pub fn new(
+        table: TableHandle,
+        discovery: Discovery,
+        store: RouteStore,
+        follow: FollowConfig,
+    ) -> Self {
+        Self::with_users(table, discovery, store, follow, UsersConfig::default())
+    }
+
+    /// [`Controller::new`] with the proxy's global users and the directory of `usersSecret`
+    /// files.
+    pub fn with_users(
+        table: TableHandle,
+        discovery: Discovery,
+        store: RouteStore,
+        follow: FollowConfig,
+        users: UsersConfig,
+    ) -> Self {
+        Controller {
+            inner: Arc::new(Inner {
+                table,
+                discovery,
+                store,
+                follow,
+                users,
+                state: tokio::sync::Mutex::new(State::default()),
+                counters: AdminCounters::default(),
+                registry: Mutex::new(RegistryHealth::default()),
+                publish_wanted: Arc::new(Notify::new()),
+                metrics_hook: std::sync::OnceLock::new(),
+                local_writes: AtomicU64::new(0),
+                client_ca: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Restores the stored routes, then starts following the store (Consul KV) and publishing
+    /// coalesced instance changes. Returns once the restored table is live.
+    ///
+    /// With Consul unreachable it returns at once, serving nothing yet, and keeps retrying in
+    /// the background. A state file that cannot be read is an error (the caller should stop).
+    pub async fn start(&self) -> Result<(), StoreError> {
+        tokio::spawn(publisher(Arc::downgrade(&self.inner), self.inner.publish_wanted.clone()));
+        let loaded = self.inner.store.load().await;
+        let index = match loaded {
+            Ok((services, index)) => {
+                if matches!(self.inner.store, RouteStore::ConsulKv { .. }) {
+                    self.inner.registry_answered(Ok(()));
+                }
+                let restored = services.len();
+                self.sync_from_store(services).await;
+                tracing::info!(services = restored, "routes restored from the store");
+                index
+            }
+            Err(StoreError::Consul(err)) => {
+                tracing::warn!(error = %err, "cannot load routes from Consul yet; serving none until it answers");
+                self.inner.registry_answered(Err(err.to_string()));
+                0
+            }
+            Err(err) => return Err(err),
+        };
+        if let Discovery::Consul(consul) = &self.inner.discovery {
+            tokio::spawn(follow::follow_registry(Arc::downgrade(&self.inner), consul.clone()));
+        }
+        if let RouteStore::ConsulKv { consul, instance_name } = &self.inner.store {
+            tokio::spawn(follow::follow_store(
+                Arc::downgrade(&self.inner),
+                consul.clone(),
+                instance_name.clone(),
+                index,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Says whether the TLS listener checks client certificates (`--client-ca`); until this
+    /// is called with `true`, a reconfigure with `verifyClientSsl=true` is refused (400).
+    /// Services restored from the store are kept either way: theirs answer 403 to every
+    /// request without a verified certificate, which is what they asked for.
+    pub fn set_client_ca_configured(&self, configured: bool) {
+        self.inner.client_ca.store(configured, Ordering::Relaxed);
+    }
+
+    /// Adds `hook`'s output to `/metrics` (set once; later calls are ignored).
+    pub fn set_metrics_hook(&self, hook: MetricsHook) {
+        let _ = self.inner.metrics_hook.set(hook);
+    }
+
+    pub(crate) fn metrics_hook(&self) -> Option<&MetricsHook> {
+        self.inner.metrics_hook.get()
+    }
+
+    /// The handle the data plane reads.
+    pub fn table(&self) -> &TableHandle {
+        &self.inner.table
+    }
+
+    /// Where instances come from.
+    pub fn discovery(&self) -> &Discovery {
+        &self.inner.discovery
+    }
+
+    /// Outcome counters.
+    pub fn counters(&self) -> &AdminCounters {
+        &self.inner.counters
+    }
+
+    /// Whether Consul answered last time.
+    pub fn registry_health(&self) -> RegistryHealth {
+        self.inner.registry.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Routes the request's paths to the service's current instances, stores the call, and
+    /// follows the service's instances from then on.
+    ///
+    /// Calling it again for the same service replaces its paths and picks up its current
+    /// instances. On any error the live table and the store are exactly as they were.
+    pub async fn reconfigure(
+        &self,
+        request: ReconfigureRequest,
+    ) -> Result<ReconfigureReport, AdminError> {
+        let result = self.inner.reconfigure(request).await;
+        let counters = &self.inner.counters;
+        let counter =
+            if result.is_ok() { &counters.reconfigure_ok } else { &counters.reconfigure_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// Stops routing a service and deletes it from the store. Unknown services are an error
+    /// (a typo guard), and change nothing.
+    pub async fn remove(&self, service: &str) -> Result<RemoveReport, AdminError> {
+        let result = self.inner.remove(service).await;
+        let counters = &self.inner.counters;
+        let counter = if result.is_ok() { &counters.remove_ok } else { &counters.remove_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// `reload?recreate=true`: reads the store again and makes the live table match it (what
+    /// a restart would restore). Returns the live table's version.
+    pub async fn reload_from_store(&self) -> Result<u64, AdminError> {
+        let (services, _) = self.inner.store.load().await.map_err(|err| {
+            AdminError::StoreUnavailable { what: format!("cannot read the stored routes: {err}") }
+        })?;
+        self.inner.sync_from_store(services, None).await;
+        Ok(self.inner.table.load().version())
+    }
+
+    /// Makes the routes match `desired` (the store's content): adds and updates what differs,
+    /// removes what is gone, in one table swap. Nothing is written back to the store.
+    pub(crate) async fn sync_from_store(&self, desired: BTreeMap<String, Params>) {
+        self.inner.sync_from_store(desired, None).await;
+    }
+}
+
+impl Inner {
+    pub(crate) fn registry_answered(&self, outcome: Result<(), String>) {
+        let Ok(mut health) = self.registry.lock() else {
+            return;
+        };
+        let was = health.reachable;
+        match outcome {
+            Ok(()) => {
+                health.reachable = Some(true);
+                if was == Some(false) {
+                    tracing::info!("Consul is reachable again");
+                }
+            }
+            Err(error) => {
+                if was != Some(false) {
+                    tracing::warn!(%error, "Consul is unreachable; serving the last table");
+                }
+                health.reachable = Some(false);
+                health.last_error = Some(error);
+            }
+        }
+    }
+
+    fn note_registry<T>(&self, outcome: &Result<T, AdminError>) {
+        if !matches!(self.discovery, Discovery::Consul(_)) {
+            return;
+        }
+        match outcome {
+            Err(AdminError::RegistryUnavailable { what }) => {
+                self.registry_answered(Err(what.clone()));
+            }
+            _ => self.registry_answered(Ok(())),
+        }
+    }
+
+    pub(crate) fn follow_config(&self) -> &FollowConfig {
+        &self.follow
+    }
+}
+
+/// Publishes instance changes: waits for a change, gathers the burst for the coalescing
+/// window, then rebuilds once. Ends when the controller is gone.
+async fn publisher(inner: Weak<Inner>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let Some(coalesce) = inner.upgrade().map(|i| i.follow.coalesce) else {
+            return;
+        };
+        tokio::time::sleep(coalesce).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        strong.publish_pending().await;
+    }
+}

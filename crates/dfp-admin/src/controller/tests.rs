@@ -1,0 +1,139 @@
+//! The controller's unit tests: reconfigure, remove, names in other cases, and store sync,
+//! without HTTP. Moved out of `controller.rs` unchanged.
+
+use super::*;
+
+fn request(name: &str, paths: &[&str], port: u16) -> ReconfigureRequest {
+    let port = port.to_string();
+    let joined = paths.join(",");
+    ReconfigureRequest::from_pairs([
+        ("serviceName", name),
+        ("servicePath", joined.as_str()),
+        ("port", port.as_str()),
+    ])
+    .expect("valid request")
+}
+
+// Standalone discovery with an IP literal as the "name" needs no DNS server.
+fn controller() -> Controller {
+    Controller::new(
+        TableHandle::default(),
+        Discovery::Dns,
+        RouteStore::Memory,
+        FollowConfig::default(),
+    )
+}
+
+#[tokio::test]
+async fn reconfigure_publishes_and_reports() {
+    let c = controller();
+    let report = c.reconfigure(request("127.0.0.1", &["/api"], 8080)).await.expect("valid");
+    assert_eq!(report.table_version, 1);
+    assert_eq!(report.instances, ["127.0.0.1:8080".parse::<SocketAddr>().expect("addr")]);
+    let live = c.table().load();
+    assert_eq!(live.lookup("/api/x").map(|m| m.backend.service()), Some("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn conflicts_and_bad_requests_leave_the_table_alone() {
+    let c = controller();
+    c.reconfigure(request("127.0.0.1", &["/api"], 8080)).await.expect("valid");
+    let before = c.table().snapshot();
+
+    let err =
+        c.reconfigure(request("127.0.0.2", &["/other", "/api/"], 8080)).await.expect_err("taken");
+    assert_eq!(err.status(), 409);
+    assert!(err.to_string().contains("/api"), "{err}");
+
+    let mut no_port = request("127.0.0.2", &["/other"], 1);
+    no_port.port = None;
+    assert_eq!(c.reconfigure(no_port).await.expect_err("port is required").status(), 400);
+    assert_eq!(c.remove("nope").await.expect_err("not routed").status(), 404);
+
+    let after = c.table().snapshot();
+    assert!(Arc::ptr_eq(&before, &after), "no failed call publishes a table");
+    assert_eq!(c.counters().reconfigure_failed.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn reconfigure_again_replaces_paths_and_remove_drops_them() {
+    let c = controller();
+    c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
+    c.reconfigure(request("127.0.0.1", &["/b"], 2)).await.expect("same service again");
+    {
+        let live = c.table().load();
+        assert!(live.lookup("/a").is_none());
+        let b = live.lookup("/b").expect("moved");
+        assert_eq!(
+            b.backend.addrs().collect::<Vec<_>>(),
+            ["127.0.0.1:2".parse::<SocketAddr>().expect("addr")]
+        );
+    }
+    let removed = c.remove("127.0.0.1").await.expect("routed");
+    assert_eq!(removed.table_version, 3);
+    assert!(c.table().load().lookup("/b").is_none());
+}
+
+#[tokio::test]
+async fn a_name_in_another_case_is_the_same_service() {
+    let c = controller();
+    c.reconfigure(request("localhost", &["/a"], 1)).await.expect("valid");
+    // The same service in another case: it moves (no 409 against itself, no second
+    // route), and keeps the name it was first given.
+    let report = c.reconfigure(request("LocalHost", &["/b"], 1)).await.expect("same service");
+    assert_eq!(report.service_name, "localhost");
+    let live = c.table().snapshot();
+    assert_eq!(live.services().len(), 1);
+    assert!(live.lookup("/a").is_none());
+    assert_eq!(live.lookup("/b").map(|m| m.backend.service()), Some("localhost"));
+    assert_eq!(c.remove("LOCALHOST").await.expect("routed").service_name, "localhost");
+    assert_eq!(c.table().snapshot().services().len(), 0);
+}
+
+#[tokio::test]
+async fn a_store_naming_one_service_in_two_cases_serves_it_once() {
+    let c = controller();
+    let mut desired = BTreeMap::new();
+    for (name, path) in [("LocalHost", "/a"), ("localhost", "/b")] {
+        desired.insert(name.to_owned(), request(name, &[path], 80).params);
+    }
+    c.sync_from_store(desired).await;
+    let live = c.table().snapshot();
+    assert_eq!(live.services().len(), 1, "one service, not two routes to the same instances");
+    assert_eq!(live.lookup("/a").map(|m| m.backend.service()), Some("LocalHost"));
+    assert!(live.lookup("/b").is_none(), "the copy in another case is ignored");
+    c.remove("localhost").await.expect("routed, in any case");
+    assert_eq!(c.inner.state.lock().await.shadowed.len(), 0, "its copies are deleted too");
+}
+
+#[tokio::test]
+async fn a_listing_older_than_a_local_write_does_not_undo_it() {
+    let c = controller();
+    let before = c.inner.local_write_seq();
+    c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
+    // A listing requested before the write, answered without it.
+    let deferred = c.inner.sync_from_store(BTreeMap::new(), Some(before)).await;
+    assert!(deferred, "the follower is told to read again");
+    assert!(c.table().load().lookup("/a").is_some(), "the local write stands");
+    // A listing requested after the write is the truth.
+    let after = c.inner.local_write_seq();
+    assert!(!c.inner.sync_from_store(BTreeMap::new(), Some(after)).await);
+    assert!(c.table().load().lookup("/a").is_none());
+}
+
+#[tokio::test]
+async fn store_sync_adds_updates_removes_in_one_swap_and_skips_conflicts() {
+    let c = controller();
+    c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
+    let mut desired = BTreeMap::new();
+    for (name, path) in [("127.0.0.2", "/b"), ("127.0.0.3", "/c"), ("127.0.0.4", "/b")] {
+        desired.insert(name.to_owned(), request(name, &[path], 80).params);
+    }
+    c.sync_from_store(desired).await;
+    let live = c.table().load();
+    assert_eq!(live.version(), 2, "one swap for the whole batch");
+    assert!(live.lookup("/a").is_none(), "a service gone from the store is removed");
+    assert_eq!(live.lookup("/c").map(|m| m.backend.service()), Some("127.0.0.3"));
+    // The two services claiming /b conflict: both are left out, the rest is served.
+    assert!(live.lookup("/b").is_none());
+}
