@@ -1,0 +1,374 @@
+//! Unit tests of reading a reconfigure's parameters (the model-based fuzzing is in
+//! `params_fuzz`). Apart from the code so each file stays readable on its own.
+
+use dfp_routing::{ProtoRedirect, UsersFrom};
+
+use super::*;
+
+fn parse(query: &[(&str, &str)]) -> Result<ReconfigureRequest, AdminError> {
+    ReconfigureRequest::from_pairs(query.iter().copied())
+}
+
+/// The call most cases start from (`serviceName=books&servicePath=/b`), then `extra`.
+fn books<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut query = vec![("serviceName", "books"), ("servicePath", "/b")];
+    query.extend_from_slice(extra);
+    query
+}
+
+/// Asserts `query` is refused with a 400 whose message holds every one of `needles`: the
+/// check each table of bad calls below makes of each of its rows.
+#[track_caller]
+fn refused(query: &[(&str, &str)], needles: &[&str]) {
+    let err = match parse(query) {
+        Ok(r) => panic!("{query:?} was accepted: {r:?}"),
+        Err(err) => err,
+    };
+    assert_eq!(err.status(), 400, "{query:?}: {err}");
+    let message = err.to_string();
+    for needle in needles {
+        assert!(message.contains(needle), "{query:?}: {needle:?} not in {message}");
+    }
+}
+
+#[test]
+fn paths_may_be_repeated_or_comma_separated() {
+    let r = parse(&[
+        ("serviceName", "books-ms"),
+        ("servicePath", "/api/v1/books, /api/v2/books/"),
+        ("servicePath", "/books"),
+        ("servicePath", "/books"),
+    ])
+    .expect("valid");
+    let paths: Vec<_> = r.service_paths.iter().map(PathPrefix::as_str).collect();
+    assert_eq!(paths, ["/api/v1/books", "/api/v2/books", "/books"]);
+    assert_eq!(r.service_name, "books-ms");
+    assert_eq!(r.port, None);
+    assert!(r.ignored.is_empty());
+    assert_eq!(r.params["servicePath"], "/api/v1/books,/api/v2/books,/books");
+}
+
+#[test]
+fn stored_params_replay_to_the_same_request() {
+    let first = parse(&[
+        ("serviceName", " books-ms "),
+        ("servicePath", "/a/, /b"),
+        ("port", "08080"),
+        ("distribute", "true"),
+    ])
+    .expect("valid");
+    let replayed =
+        ReconfigureRequest::from_pairs(first.params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .expect("stored parameters are valid");
+    assert_eq!(replayed.params, first.params);
+    assert_eq!(replayed.service_paths, first.service_paths);
+    assert_eq!(first.params["port"], "8080");
+}
+
+#[test]
+fn unsupported_parameters_are_named_not_refused() {
+    let r = parse(&[
+        ("serviceName", "books-ms"),
+        ("servicePath", "/b"),
+        ("distribute", "true"),
+        ("com.df.notify", "true"),
+        ("distribute", "false"),
+        ("userDef.1", "x"),
+    ])
+    .expect("extra parameters are accepted");
+    assert_eq!(r.ignored, ["distribute", "com.df.notify", "userDef.1"]);
+    let warnings = r.ignored_warnings();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].starts_with("parameter distribute is ignored: every replica"));
+    assert!(warnings[1].starts_with("parameter userDef.1 is ignored: data for custom"));
+    assert_eq!(warnings[2], "parameters not supported by this proxy were ignored: com.df.notify");
+}
+
+#[test]
+fn refused_parameters_are_400s_that_say_what_instead() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("serviceGroup", "g", "parameter serviceGroup is refused: not supported yet (HTTP only)"),
+        ("srcPort", "8080", "parameter srcPort is refused: not supported yet (HTTP only)"),
+        ("serviceCert", "-----BEGIN", "PUT /v1/docker-flow-proxy/cert"),
+        ("servicePath.1", "/a", "parameter servicePath.1 is refused: indexed destinations"),
+        ("port.2", "80", "parameter port.2 is refused: indexed destinations"),
+        ("distribute.x", "1", ""),
+    ];
+    for &(name, value, needle) in cases {
+        let query = books(&[(name, value)]);
+        if needle.is_empty() {
+            let result = parse(&query);
+            assert!(result.is_ok(), "{name}: {result:?}");
+            continue;
+        }
+        refused(&query, &[needle]);
+    }
+}
+
+#[test]
+fn stored_calls_ignore_what_is_refused_now() {
+    let pairs = [("serviceName", "books"), ("servicePath", "/b"), ("srcPort", "8080")];
+    assert!(parse(&pairs).is_err());
+    let r = ReconfigureRequest::from_stored_pairs(pairs).expect("restored as it was served");
+    assert_eq!(r.ignored, ["srcPort"]);
+    assert_eq!(r.params["srcPort"], "8080");
+    assert!(r.ignored_warnings()[0].starts_with("stored parameter srcPort is ignored"));
+}
+
+#[test]
+fn bad_requests_say_what_is_wrong() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("servicePath", "/b")], "serviceName"),
+        (&[("serviceName", ""), ("servicePath", "/b")], "serviceName"),
+        (&[("serviceName", "a b"), ("servicePath", "/b")], "serviceName"),
+        (&[("serviceName", "books")], "servicePath"),
+        (&[("serviceName", "books"), ("servicePath", ",")], "servicePath"),
+        (&[("serviceName", "books"), ("servicePath", "api")], "must start with '/'"),
+        (&[("serviceName", "books"), ("servicePath", "/b"), ("port", "0")], "port"),
+        (&[("serviceName", "books"), ("servicePath", "/b"), ("port", "http")], "port"),
+        (&[("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "0")], "given twice"),
+        (
+            &[("serviceName", "a"), ("servicePath", "/a"), ("port", "1"), ("port", "2")],
+            "given twice",
+        ),
+    ];
+    for &(query, needle) in cases {
+        refused(query, &[needle]);
+    }
+}
+
+#[test]
+fn access_options_are_read_and_bad_ones_named() {
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath", "/b"),
+        ("allowedMethods", "get, HEAD"),
+        ("deniedMethods", "DELETE"),
+        ("denyHttp", "true"),
+        ("allowedSources", "10.0.0.0/8, ::1"),
+        ("deniedSources", "10.9.0.0/16"),
+        ("serviceColor", "blue"),
+    ])
+    .expect("valid");
+    assert!(r.ignored.is_empty());
+    assert_eq!(r.policy.allowed_methods.to_string(), "GET,HEAD");
+    assert_eq!(r.policy.denied_methods.to_string(), "DELETE");
+    assert!(r.policy.deny_http);
+    assert_eq!(r.policy.allowed_sources.to_string(), "10.0.0.0/8,::1/128");
+    assert_eq!(r.policy.denied_sources.to_string(), "10.9.0.0/16");
+    assert_eq!(r.lookup_name(), "books-blue");
+    assert_eq!(r.spec().name, "books");
+    let cases: &[(&str, &str, &str)] = &[
+        ("allowedMethods", "GET,GE T", "\"GE T\""),
+        ("deniedMethods", "(DELETE)", "(DELETE)"),
+        ("denyHttp", "yes", "true or false"),
+        ("allowedSources", "10.0.0.0/8,10.0.0.300", "10.0.0.300"),
+        ("deniedSources", "10.1.0.0/8", "10.1.0.0/8"),
+        ("deniedSources", "fe80::/129", "fe80::/129"),
+        ("serviceColor", "bl ue", "serviceColor"),
+    ];
+    for &(name, value, needle) in cases {
+        refused(&books(&[(name, value)]), &[name, needle]);
+    }
+}
+
+#[test]
+fn routing_conditions_are_read_stored_and_bad_ones_named() {
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath", "/api/, ^/x/[0-9]+$"),
+        ("pathType", "path_reg"),
+        ("serviceHeader", "X-Version:3,X-Env:prod"),
+        ("userAgent", "iPhone,android"),
+    ])
+    .expect("valid");
+    assert!(r.ignored.is_empty());
+    assert!(r.service_paths.is_empty());
+    let patterns: Vec<_> = r.path_patterns.iter().map(PathPattern::as_str).collect();
+    assert_eq!(patterns, ["/api/", "^/x/[0-9]+$"]);
+    assert_eq!(r.params["servicePath"], "/api/,^/x/[0-9]+$", "kept as given");
+    assert_eq!(
+        r.conditions.to_string(),
+        "serviceHeader=x-env:prod,x-version:3 userAgent=android,iphone"
+    );
+    let replayed =
+        parse(&r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())
+            .expect("stored params replay");
+    assert_eq!(replayed.path_patterns, r.path_patterns);
+    assert_eq!(replayed.conditions, r.conditions);
+    assert_eq!(replayed.spec().patterns.len(), 2);
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("pathType", "path_sub", "path_beg, path, path_end or path_reg"),
+        ("serviceHeader", "X-Version", "Name:value"),
+        ("serviceHeader", "X Version:3", "Name:value"),
+        ("userAgent", "caf\u{e9}", "userAgent"),
+    ];
+    for &(name, value, needle) in cases {
+        refused(&books(&[(name, value)]), &[name, needle]);
+    }
+    let paths: &[(&str, &str, &str)] = &[
+        ("path_reg", "^/a(", "regular expression"),
+        ("path_reg", "a{1000}{1000}", "regular expression"),
+        ("path", "api", "pathType path"),
+        ("path_beg", "/a//b", "pathType path_beg"),
+        ("path_end", "a b", "pathType path_end"),
+    ];
+    for &(kind, path, needle) in paths {
+        refused(&[("serviceName", "b"), ("servicePath", path), ("pathType", kind)], &[needle]);
+    }
+}
+
+#[test]
+fn compression_is_read_and_bad_values_named() {
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath", "/b"),
+        ("compressionAlgo", "gzip"),
+        ("compressionType", "text/plain text/html"),
+    ])
+    .expect("valid");
+    assert!(r.ignored.is_empty());
+    let compression = r.policy.compression.expect("compresses");
+    assert_eq!(compression.algo().token(), "gzip");
+    assert_eq!(compression.types().collect::<Vec<_>>(), ["text/plain", "text/html"]);
+    let off =
+        parse(&[("serviceName", "b"), ("servicePath", "/b"), ("compressionAlgo", "identity")]);
+    assert!(off.expect("valid").policy.compression.is_none());
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
+        (&[("compressionAlgo", "br")], "compressionAlgo", "gzip"),
+        (
+            &[("compressionAlgo", "gzip"), ("compressionType", "text")],
+            "compressionType",
+            "\"text\"",
+        ),
+        (&[("compressionType", "text/html")], "compressionType", "compressionAlgo=gzip"),
+    ];
+    for &(extra, name, needle) in cases {
+        refused(&books(extra), &[name, needle]);
+    }
+    let paths: &[(&str, &str, &str)] = &[
+        ("path_reg", "^/a(", "regular expression"),
+        ("path_reg", "a{1000}{1000}", "regular expression"),
+        ("path", "api", "pathType path"),
+        ("path_beg", "/a//b", "pathType path_beg"),
+        ("path_end", "a b", "pathType path_end"),
+    ];
+    for &(kind, path, needle) in paths {
+        refused(&[("serviceName", "b"), ("servicePath", path), ("pathType", kind)], &[needle]);
+    }
+}
+
+#[test]
+fn reconfigure_and_remove_read_a_repeated_service_name_alike() {
+    let twice = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "0")];
+    assert!(parse(&twice).is_err());
+    assert!(service_name_from_pairs(twice).is_err());
+    let same = [("serviceName", "a"), ("servicePath", "/a"), ("serviceName", "a")];
+    assert_eq!(parse(&same).expect("the same value twice").service_name, "a");
+    assert_eq!(service_name_from_pairs(same).expect("the same value twice"), "a");
+}
+
+#[test]
+fn users_secret_and_ignore_authorization() {
+    let base = [("serviceName", "books"), ("servicePath", "/b")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut q = base.to_vec();
+        q.extend_from_slice(extra);
+        parse(&q)
+    };
+    let open = with(&[]).expect("valid");
+    assert!(matches!(open.policy.auth, Authentication::Open), "resolved by the controller");
+    let secret =
+        with(&[("usersSecret", " monitoring "), ("usersPassEncrypted", "true")]).expect("ok");
+    assert_eq!(secret.users_secret.as_deref(), Some("monitoring"));
+    assert!(secret.users_pass_encrypted);
+    assert!(matches!(secret.policy.auth, Authentication::Open));
+    assert!(secret.ignored.is_empty());
+    let ignored = with(&[("ignoreAuthorization", "true")]).expect("valid");
+    assert!(matches!(ignored.policy.auth, Authentication::Ignored));
+    let own = with(&[("users", "a:1,b:2")]).expect("valid");
+    assert_eq!(own.policy.auth.users().len(), 2);
+    assert_eq!(own.policy.auth.from(), Some(&UsersFrom::Service));
+
+    for (bad, name, hidden) in [
+        (&[("usersSecret", "../etc/passwd")][..], "usersSecret", ""),
+        (&[("usersSecret", "a b")][..], "usersSecret", ""),
+        (&[("usersSecret", "s"), ("users", "a:1")][..], "usersSecret", ""),
+        (&[("ignoreAuthorization", "yes")][..], "ignoreAuthorization", ""),
+        (&[("ignoreAuthorization", "true"), ("users", "a:1")][..], "ignoreAuthorization", ""),
+        (&[("ignoreAuthorization", "1"), ("usersSecret", "s")][..], "ignoreAuthorization", ""),
+        (&[("users", "a:1,s3cret")][..], "users", "s3cret"),
+    ] {
+        match with(bad) {
+            Err(err @ AdminError::InvalidParameter { name: got, .. }) => {
+                assert_eq!(got, name, "{bad:?}");
+                assert!(hidden.is_empty() || !err.to_string().contains(hidden), "{err}");
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn sticky_sessions_redirects_and_search_replace_pairs() {
+    let base = [("serviceName", "books"), ("servicePath", "/b")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut q = base.to_vec();
+        q.extend_from_slice(extra);
+        parse(&q)
+    };
+    let sticky = with(&[("sessionType", "sticky-server")]).expect("valid");
+    assert_eq!(sticky.policy.sticky.as_ref().map(StickySession::cookie), Some("books"));
+    let named = with(&[("sessionType", "sticky-server"), ("sessionCookie", "SRV")]).expect("valid");
+    assert_eq!(named.policy.sticky.as_ref().map(StickySession::cookie), Some("SRV"));
+    let when =
+        with(&[("redirectWhenHttpProto", "true"), ("httpsRedirectCode", "301")]).expect("valid");
+    assert_eq!(when.policy.proto_redirect, Some((ProtoRedirect::WhenHttp, 301)));
+    assert_eq!(when.policy.https_redirect, None);
+    let unless = with(&[("redirectUnlessHttpsProto", "true"), ("redirectWhenHttpProto", "true")])
+        .expect("valid");
+    assert_eq!(unless.policy.proto_redirect, Some((ProtoRedirect::UnlessHttps, 302)));
+    let moved = with(&[("serviceDomain", "new.com"), ("redirectFromDomain", "old.com,*.old.com")])
+        .expect("valid");
+    let redirect = moved.policy.domain_redirect.as_ref().expect("redirect");
+    assert_eq!(redirect.to(), "new.com");
+    assert_eq!(moved.spec().domains.len(), 3, "redirected hosts are routed to the service");
+    let pairs = with(&[(
+        "reqPathSearchReplace",
+        "/replace-something/,/with-else/:/replace-with-empty,:/foo,/bar",
+    )])
+    .expect("DFP's documented example");
+    assert_eq!(pairs.policy.search_replace.len(), 3);
+    assert_eq!(pairs.policy.search_replace[1].replacement(), "");
+
+    for (bad, name) in [
+        (&[("sessionType", "sticky-client")][..], "sessionType"),
+        (&[("sessionCookie", "X")][..], "sessionCookie"),
+        (&[("sessionType", "sticky-server"), ("sessionCookie", "a b")][..], "sessionCookie"),
+        (&[("redirectWhenHttpProto", "yes")][..], "redirectWhenHttpProto"),
+        (&[("redirectFromDomain", "old.com")][..], "redirectFromDomain"),
+        (
+            &[("serviceDomain", "*.new.com"), ("redirectFromDomain", "old.com")][..],
+            "redirectFromDomain",
+        ),
+        (
+            &[("serviceDomain", "new.com"), ("redirectFromDomain", "new.com")][..],
+            "redirectFromDomain",
+        ),
+        (&[("reqPathSearchReplace", "/no-comma")][..], "reqPathSearchReplace"),
+        (&[("reqPathSearchReplace", "(,x")][..], "reqPathSearchReplace"),
+        (
+            &[("redirectWhenHttpProto", "true"), ("httpsRedirectCode", "200")][..],
+            "httpsRedirectCode",
+        ),
+    ] {
+        match with(bad) {
+            Err(AdminError::InvalidParameter { name: got, .. }) => {
+                assert_eq!(got, name, "{bad:?}")
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}
