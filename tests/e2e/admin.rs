@@ -187,7 +187,7 @@ async fn refused_parameters_change_nothing() {
     for (extra, needle) in [
         ("&sslVerifyNone=true", "parameter sslVerifyNone is refused: not supported yet"),
         ("&srcPort=8081", "not supported yet (HTTP only)"),
-        ("&servicePath.1=/other&port.1=8080", "indexed destinations"),
+        ("&servicePath.1=/other&srcPort.1=8080", "parameter srcPort.1 is refused"),
         ("&serviceCert=x", "PUT /v1/docker-flow-proxy/cert"),
     ] {
         let (status, answer) = proxy.admin(&format!("{BOOKS}{extra}")).await;

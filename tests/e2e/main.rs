@@ -18,6 +18,7 @@ mod client_certs;
 mod compression;
 mod conditions;
 mod data_plane;
+mod destinations;
 mod engines;
 mod env_services;
 mod follow;

@@ -11,6 +11,17 @@ pub enum AdminError {
     InvalidParameter { name: &'static str, value: String, reason: String },
     #[error("parameter {name} is refused: {instead}")]
     RefusedParameter { name: String, instead: &'static str },
+    #[error("destination {index} (the parameters ending in .{index}, over the unindexed ones): {source}")]
+    InDestination {
+        index: u8,
+        #[source]
+        source: Box<AdminError>,
+    },
+    #[error("{source}")]
+    DestinationsOverlap {
+        #[source]
+        source: BuildError,
+    },
     #[error("parameter servicePath is invalid: {source}")]
     InvalidPath {
         #[source]
@@ -63,6 +74,7 @@ impl AdminError {
             | AdminError::InvalidParameter { name, .. } => Some(name),
             AdminError::RefusedParameter { name, .. } => Some(name),
             AdminError::InvalidPath { .. } => Some("servicePath"),
+            AdminError::InDestination { source, .. } => source.parameter(),
             _ => None,
         }
     }
@@ -75,7 +87,9 @@ impl AdminError {
             | AdminError::InvalidParameter { .. }
             | AdminError::RefusedParameter { .. }
             | AdminError::InvalidPath { .. }
+            | AdminError::DestinationsOverlap { .. }
             | AdminError::InvalidCert { .. } => 400,
+            AdminError::InDestination { source, .. } => source.status(),
             AdminError::NoSuchCert(_) => 404,
             AdminError::CertFromDir { .. } => 409,
             AdminError::UnknownService { .. } | AdminError::NotRouted(_) => 404,

@@ -95,6 +95,8 @@ struct Read {
     ignored: BTreeSet<String>,
     params: BTreeMap<String, String>,
     policy: String,
+    /// The further destinations, whole.
+    destinations: Vec<String>,
 }
 
 fn read(pairs: &Pairs) -> Result<Read, String> {
@@ -113,6 +115,7 @@ fn summary(r: &ReconfigureRequest) -> Read {
         ignored: r.ignored.iter().cloned().collect(),
         params: r.params.clone(),
         policy: format!("{:?}", r.policy),
+        destinations: r.more_destinations.iter().map(|d| format!("{d:?}")).collect(),
     }
 }
 
@@ -147,8 +150,79 @@ fn expected_paths(raw: &[&str]) -> Vec<String> {
     paths
 }
 
-/// What an accepted call must hold, read again from `pairs` without the module's code.
+/// The built parameter and destination index of an indexed key (`servicePath.2`): Docker
+/// Flow Proxy's numbering, 1 to 10 without leading zeros. `None` for any other key.
+fn indexed_key(key: &str) -> Option<(&str, u8)> {
+    let (base, n) = key.rsplit_once('.')?;
+    let index: u8 = n.parse().ok().filter(|i| (1..=10).contains(i) && !n.starts_with('0'))?;
+    let per_destination = !matches!(base, "serviceName" | "serviceColor" | "isDefaultBackend");
+    (SUPPORTED.contains(&base) && per_destination).then_some((base, index))
+}
+
+/// The call as destination `index` reads it: its own `.N` parameters (named without the
+/// index) over the unindexed ones they do not give; 0: the unindexed parameters alone.
+fn projected(pairs: &Pairs, index: u8) -> Pairs {
+    let own: Vec<(String, String)> = pairs
+        .iter()
+        .filter_map(|(k, v)| match indexed_key(k) {
+            Some((base, i)) if i == index => Some((base.to_owned(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    let given = |name: &str| match name {
+        "servicePath" => {
+            !items(own.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str())).is_empty()
+        }
+        _ => own.iter().any(|(k, v)| k == name && !v.trim().is_empty()),
+    };
+    pairs
+        .iter()
+        .filter(|(k, _)| {
+            !k.contains('.')
+                || (indexed_key(k).is_none() && !k.ends_with(|c: char| c.is_ascii_digit()))
+        })
+        .filter(|(k, _)| index == 0 || !given(k))
+        .cloned()
+        .chain(own.iter().cloned())
+        .collect()
+}
+
+/// What an accepted call must hold, read again from `pairs` without the module's code: each
+/// destination as its own projected call, then what belongs to the call as a whole.
 fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseError> {
+    let mut indexes: Vec<u8> =
+        pairs.iter().filter_map(|(k, _)| indexed_key(k)).map(|(_, i)| i).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    prop_assert!(indexes.iter().copied().eq(1..=indexes.len() as u8), "gap in {:?}", indexes);
+    let mut seen: Vec<u8> = Vec::new();
+    for (position, d) in r.destinations().enumerate() {
+        seen.push(d.index);
+        let own = projected(pairs, d.index);
+        check_destination(&own, d, position == 0)?;
+        prop_assert_eq!(&d.service_name, &r.service_name);
+        prop_assert!(position == 0 || (d.params.is_empty() && d.ignored.is_empty()));
+    }
+    let unindexed =
+        !items(pairs.iter().filter(|(k, _)| k == "servicePath").map(|(_, v)| v.as_str()))
+            .is_empty();
+    let mut want: Vec<u8> = indexes.clone();
+    if unindexed || want.is_empty() {
+        want.insert(0, 0);
+    }
+    prop_assert_eq!(seen, want);
+    check_call(pairs, r)
+}
+
+/// What one destination must hold, read again from its projected call (`pairs`).
+fn check_destination(
+    pairs: &Pairs,
+    r: &ReconfigureRequest,
+    first: bool,
+) -> Result<(), TestCaseError> {
+    let flag = |name: &str| {
+        last(pairs, name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
+    };
     // serviceName: the last one sent, trimmed; letters, digits, '-', '_', '.'; at most 255.
     let name = last(pairs, "serviceName").map(str::trim);
     prop_assert_eq!(Some(r.service_name.as_str()), name);
@@ -177,7 +251,10 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
         prop_assert!(r.path_patterns.is_empty());
         prop_assert_eq!(&paths, &expected_paths(&raw_paths));
     }
-    prop_assert!(!paths.is_empty() || r.default_backend, "no path and not the default backend");
+    prop_assert!(
+        !paths.is_empty() || flag("isDefaultBackend"),
+        "no path and not the default backend"
+    );
     for prefix in r.service_paths.iter().chain(&r.excluded) {
         prop_assert_eq!(PathPrefix::parse(prefix.as_str()), Ok(prefix.clone()), "not normal");
         let path = prefix.as_str();
@@ -209,15 +286,12 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
     let port = last(pairs, "port").map(|p| p.trim().parse::<u16>().expect("an accepted port"));
     prop_assert_eq!(r.port, port);
     prop_assert!(r.port != Some(0));
-    if let Some(port) = r.port {
+    if let Some(port) = r.port.filter(|_| first && r.index == 0) {
         prop_assert_eq!(&r.params["port"], &port.to_string());
     }
 
     // Flags and modes.
-    let flag = |name: &str| {
-        last(pairs, name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
-    };
-    prop_assert_eq!(r.default_backend, flag("isDefaultBackend"));
+    prop_assert_eq!(r.default_backend, first && flag("isDefaultBackend"));
     if let Some(mode) = last(pairs, "reqMode") {
         prop_assert!(mode.eq_ignore_ascii_case("http"), "reqMode={:?} accepted", mode);
     }
@@ -247,6 +321,11 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
         prop_assert!(!timeout.is_zero());
     }
 
+    Ok(())
+}
+
+/// What belongs to the call as a whole: what it ignored, and what it stores.
+fn check_call(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseError> {
     // Parameters not acted on: named once each, every one of them.
     let mut ignored: Vec<&str> = Vec::new();
     for (key, _) in pairs {
@@ -260,6 +339,7 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
         );
         if key != "servicePath"
             && !SUPPORTED.contains(&key.as_str())
+            && indexed_key(key).is_none()
             && !ignored.contains(&key.as_str())
         {
             ignored.push(key);
@@ -268,14 +348,27 @@ fn check_accepted(pairs: &Pairs, r: &ReconfigureRequest) -> Result<(), TestCaseE
     prop_assert_eq!(&r.ignored, &ignored);
 
     // What is stored: every parameter sent (servicePath once, normalised, when there is one).
-    let mut keys: BTreeSet<&str> =
-        pairs.iter().map(|(k, _)| k.as_str()).filter(|k| *k != "servicePath").collect();
+    // (`servicePath.N` are stored normalised when their destination has paths of its own.)
+    let indexed_path = |k: &str| indexed_key(k).is_some_and(|(base, _)| base == "servicePath");
+    let mut keys: BTreeSet<&str> = pairs
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| *k != "servicePath" && !indexed_path(k))
+        .collect();
     keys.insert("serviceName");
-    if !paths.is_empty() {
+    let paths: Vec<&str> = r
+        .service_paths
+        .iter()
+        .map(PathPrefix::as_str)
+        .chain(r.path_patterns.iter().map(dfp_routing::PathPattern::as_str))
+        .collect();
+    if !paths.is_empty() && r.index == 0 {
         keys.insert("servicePath");
         prop_assert_eq!(&r.params["servicePath"], &paths.join(","));
     }
-    prop_assert_eq!(r.params.keys().map(String::as_str).collect::<BTreeSet<_>>(), keys);
+    let stored: BTreeSet<&str> =
+        r.params.keys().map(String::as_str).filter(|k| !indexed_path(k)).collect();
+    prop_assert_eq!(stored, keys);
     prop_assert_eq!(&r.params["serviceName"], &r.service_name);
     Ok(())
 }
@@ -463,8 +556,11 @@ fn pair() -> impl Strategy<Value = (String, String)> {
         anything(),
     )
         .prop_map(|(k, v)| (k.to_owned(), v));
+    let indexed = (prop::sample::select(SUPPORTED), 0u8..12)
+        .prop_flat_map(|(name, n)| (Just(format!("{name}.{n}")), value_for(name)));
     prop_oneof![
         8 => known,
+        2 => indexed,
         1 => near_miss,
         1 => (anything(), anything()),
     ]
@@ -512,8 +608,13 @@ fn valid_call() -> impl Strategy<Value = (Pairs, Vec<String>, Option<u16>, Vec<S
                         .join("/")
                 })
                 .collect();
-            let mut pairs: Pairs =
-                extra.into_iter().filter(|(k, _)| !SUPPORTED.contains(&k.as_str())).collect();
+            let mut pairs: Pairs = extra
+                .into_iter()
+                .filter(|(k, _)| {
+                    let base = k.rsplit_once('.').map_or(k.as_str(), |(base, _)| base);
+                    !SUPPORTED.contains(&k.as_str()) && !SUPPORTED.contains(&base)
+                })
+                .collect();
             pairs.push(("serviceName".to_owned(), name));
             pairs.push(("servicePath".to_owned(), paths.join(",")));
             if let Some(port) = port {

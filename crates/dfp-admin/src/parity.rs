@@ -181,12 +181,6 @@ pub const PARAMETERS: &[Parameter] = &[
     ),
 ];
 
-/// What to tell a caller who sends an indexed parameter (`servicePath.1`, `port.2`, ...).
-pub const INDEXED: &str = "indexed destinations (servicePath.1, port.1, ...) are not \
-                           supported yet; send the parameters without the index: one \
-                           reconfigure per service, whose options apply to all of its paths \
-                           (servicePath=/a,/b)";
-
 /// How this proxy reads one parameter name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reading {

@@ -32,16 +32,28 @@ pub(crate) fn config(answer: &Value) -> String {
     }
     for service in services {
         let _ = writeln!(out, "\n{}", text(&service["ServiceName"]));
-        let Some(fields) = service.as_object() else { continue };
-        for (name, value) in fields.iter().filter(|(name, _)| *name != "ServiceName") {
-            let value = match value {
-                Value::Array(list) if list.is_empty() => "(none)".to_owned(),
-                other => text(other),
-            };
-            let _ = writeln!(out, "  {name}: {value}");
+        fields(&mut out, service, "  ");
+        // Further destinations (indexed servicePath.N...): each under its index, indented.
+        for destination in service["Destinations"].as_array().map(Vec::as_slice).unwrap_or_default()
+        {
+            let _ = writeln!(out, "  Destination {}:", text(&destination["Index"]));
+            fields(&mut out, destination, "    ");
         }
     }
     out
+}
+
+/// A service's (or destination's) fields, one per line, but its name and destinations.
+fn fields(out: &mut String, service: &Value, indent: &str) {
+    let Some(fields) = service.as_object() else { return };
+    let shown = |name: &&String| !matches!(name.as_str(), "ServiceName" | "Destinations");
+    for (name, value) in fields.iter().filter(|(name, _)| shown(name)) {
+        let value = match value {
+            Value::Array(list) if list.is_empty() => "(none)".to_owned(),
+            other => text(other),
+        };
+        let _ = writeln!(out, "{indent}{name}: {value}");
+    }
 }
 
 /// `GET /v1/docker-flow-proxy/routes` as a table: each route's path, host and service, then
@@ -172,7 +184,9 @@ PATH           HOST           SERVICE   INSTANCE        STATE
                           "ServiceColor": "blue", "AllowedSources": ["10.0.0.0/8", "::1/128"],
                           "DenyHttp": true, "DeniedMethods": ["DELETE"],
                           "PathType": "path_beg", "ServiceHeader": ["x-version:3"],
-                          "UserAgent": ["iphone", "android"]}]
+                          "UserAgent": ["iphone", "android"], "Index": 0,
+                          "Destinations": [{"ServiceName": "books-ms", "Index": 1,
+                                            "ServicePath": ["/admin"], "Instances": []}]}]
         });
         let text = config(&answer);
         for line in [
@@ -189,6 +203,10 @@ PATH           HOST           SERVICE   INSTANCE        STATE
             "  PathType: path_beg",
             "  ServiceHeader: x-version:3",
             "  UserAgent: iphone, android",
+            "  Index: 0",
+            "  Destination 1:",
+            "    ServicePath: /admin",
+            "    Instances: (none)",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

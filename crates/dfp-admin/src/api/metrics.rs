@@ -15,7 +15,14 @@ use crate::Discovery;
 pub(super) fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
     let table = controller.table().snapshot();
     let counters = controller.counters();
-    let instances: usize = table.services().map(|s| s.backend.instances().len()).sum();
+    // An instance reached by several destinations of its service (same address) counts once.
+    let mut addrs: Vec<(&str, std::net::SocketAddr)> = table
+        .services()
+        .flat_map(|s| s.backend.addrs().map(move |a| (s.backend.service(), a)))
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    let instances = addrs.len();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -81,6 +88,8 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
     const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
     let services: Vec<(&str, &dfp_routing::BackendStats)> = table
         .services()
+        // A service's destinations share its counters: one series per service.
+        .filter(|s| s.destination == 0)
         .map(|s| (s.backend.service(), s.backend.stats()))
         .chain(table.retired_stats())
         .collect();

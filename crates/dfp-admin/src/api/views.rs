@@ -33,6 +33,10 @@ struct ConsulView {
 #[serde(rename_all = "PascalCase")]
 struct ServiceView {
     service_name: String,
+    /// Docker Flow Proxy's destination index (`servicePath.N`...): shown for services with
+    /// indexed destinations, 0 for the unindexed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u8>,
     service_path: Vec<String>,
     /// Docker Flow Proxy's `pathType` of `service_path`; absent: segment-aware prefixes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +112,10 @@ struct ServiceView {
     timeout_server: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_tunnel: Option<u64>,
+    /// The service's further destinations (indexed `servicePath.N`...), each with its own
+    /// paths, hosts, options and instances; the fields above are the first destination's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    destinations: Vec<ServiceView>,
 }
 
 #[derive(Serialize)]
@@ -139,6 +147,7 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
     let proto = policy.proto_redirect.map(|(when, _)| when);
     ServiceView {
         service_name: s.backend.service().to_owned(),
+        index: (s.index > 0 || s.destination > 0).then_some(s.index),
         service_path: s
             .prefixes
             .iter()
@@ -202,19 +211,35 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         response_headers: header_edits_view(&policy.response_headers),
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),
         timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
+        destinations: Vec::new(),
     }
 }
 
+/// The live table's services, each with its further destinations nested in it.
+fn service_views(table: &dfp_routing::RouteTable) -> Vec<ServiceView> {
+    let mut views: Vec<ServiceView> = Vec::with_capacity(table.services().len());
+    for s in table.services() {
+        let view = service_view(&s);
+        match views.last_mut() {
+            Some(first) if s.destination > 0 => {
+                first.index.get_or_insert(0);
+                first.destinations.push(view);
+            }
+            _ => views.push(view),
+        }
+    }
+    views
+}
+
 /// `config?type=json`: Docker Flow Proxy's shape, a map from service name to its `Service`
-/// (Go field names), with one `ServiceDest` holding the paths, domains and per-destination
+/// (Go field names), with a `ServiceDest` per destination holding its paths, domains and
 /// options, and `Tasks` the instances. Only what this proxy acts on is filled in; user names
 /// only, never passwords.
 pub(super) fn dfp_services(controller: &Controller) -> BTreeMap<String, DfpService> {
     let table = controller.table().snapshot();
-    table
-        .services()
-        .map(|s| {
-            let v = service_view(&s);
+    service_views(&table)
+        .into_iter()
+        .map(|v| {
             let edits = |e: &Option<HeaderEditsView>| {
                 e.as_ref()
                     .map(|e| (e.add.clone(), e.set.clone(), e.delete.clone()))
@@ -222,6 +247,12 @@ pub(super) fn dfp_services(controller: &Controller) -> BTreeMap<String, DfpServi
             };
             let (add_req, set_req, del_req) = edits(&v.request_headers);
             let (add_res, set_res, del_res) = edits(&v.response_headers);
+            let mut tasks: Vec<String> = v.instances.clone();
+            tasks.extend(v.destinations.iter().flat_map(|d| d.instances.iter().cloned()));
+            tasks.sort();
+            tasks.dedup();
+            let service_dest =
+                std::iter::once(&v).chain(&v.destinations).map(dfp_service_dest).collect();
             let service = DfpService {
                 service_name: v.service_name.clone(),
                 is_default_backend: v.is_default_backend,
@@ -234,27 +265,30 @@ pub(super) fn dfp_services(controller: &Controller) -> BTreeMap<String, DfpServi
                 req_path_search: v.req_path_search.clone().unwrap_or_default(),
                 req_path_replace: v.req_path_replace.clone().unwrap_or_default(),
                 users: v.users.iter().map(|u| DfpUser { username: u.clone() }).collect(),
-                tasks: v.instances.clone(),
-                service_dest: vec![DfpServiceDest {
-                    allowed_methods: v.allowed_methods.clone(),
-                    denied_methods: v.denied_methods.clone(),
-                    deny_http: v.deny_http,
-                    https_only: v.https_redirect_code.is_some(),
-                    https_redirect_code: v
-                        .https_redirect_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    req_mode: "http",
-                    service_domain: v.service_domain.clone(),
-                    service_path: v.service_path.clone(),
-                    service_path_exclude: v.service_path_exclude.clone(),
-                    timeout_server: v.timeout_server.map(|t| t.to_string()).unwrap_or_default(),
-                    timeout_tunnel: v.timeout_tunnel.map(|t| t.to_string()).unwrap_or_default(),
-                }],
+                tasks,
+                service_dest,
             };
             (v.service_name, service)
         })
         .collect()
+}
+
+/// One destination in Docker Flow Proxy's `ServiceDest` shape.
+fn dfp_service_dest(v: &ServiceView) -> DfpServiceDest {
+    DfpServiceDest {
+        allowed_methods: v.allowed_methods.clone(),
+        denied_methods: v.denied_methods.clone(),
+        deny_http: v.deny_http,
+        https_only: v.https_redirect_code.is_some(),
+        https_redirect_code: v.https_redirect_code.map(|c| c.to_string()).unwrap_or_default(),
+        index: v.index.unwrap_or(0),
+        req_mode: "http",
+        service_domain: v.service_domain.clone(),
+        service_path: v.service_path.clone(),
+        service_path_exclude: v.service_path_exclude.clone(),
+        timeout_server: v.timeout_server.map(|t| t.to_string()).unwrap_or_default(),
+        timeout_tunnel: v.timeout_tunnel.map(|t| t.to_string()).unwrap_or_default(),
+    }
 }
 
 #[derive(Serialize)]
@@ -289,6 +323,7 @@ struct DfpServiceDest {
     deny_http: bool,
     https_only: bool,
     https_redirect_code: String,
+    index: u8,
     req_mode: &'static str,
     service_domain: Vec<String>,
     service_path: Vec<String>,
@@ -315,7 +350,7 @@ pub(super) fn config(controller: &Controller) -> ConfigAnswer {
             }
             Discovery::Dns => None,
         },
-        services: table.services().map(|s| service_view(&s)).collect(),
+        services: service_views(&table),
     }
 }
 

@@ -21,7 +21,7 @@ impl Inner {
     ) -> Result<ReconfigureReport, AdminError> {
         self.check_mode(&request)?;
         // The secret is read before anything else is asked: a missing one changes nothing.
-        self.users.resolve(&mut request, Strictness::Interactive)?;
+        request.for_each_destination(|d| self.users.resolve(d, Strictness::Interactive))?;
         let mut state = self.state.lock().await;
         let key = key(&request.service_name);
         let mode_warning = self.fit_to_mode(&mut request);
@@ -90,9 +90,10 @@ impl Inner {
         for warning in &warnings {
             tracing::warn!(service = %request.service_name, "{warning}");
         }
+        let service_paths = request.destinations().flat_map(|d| d.service_paths.clone()).collect();
         Ok(ReconfigureReport {
             service_name: request.service_name,
-            service_paths: request.service_paths,
+            service_paths,
             instances: found.instances,
             table_version: version,
             warnings,
@@ -156,7 +157,8 @@ impl Inner {
     /// (`<serviceName>-<serviceColor>`, Docker Flow Proxy's blue/green); standalone mode has
     /// no registry to pick from.
     pub(super) fn check_mode(&self, request: &ReconfigureRequest) -> Result<(), AdminError> {
-        if request.policy.verify_client_cert && !self.client_ca.load(Ordering::Relaxed) {
+        let checks_certs = request.destinations().any(|d| d.policy.verify_client_cert);
+        if checks_certs && !self.client_ca.load(Ordering::Relaxed) {
             return Err(AdminError::InvalidParameter {
                 name: "verifyClientSsl",
                 value: "true".to_owned(),
@@ -166,6 +168,7 @@ impl Inner {
                     .to_owned(),
             });
         }
+        self.check_destination_ports(request)?;
         match (&self.discovery, &request.color) {
             (Discovery::Dns, Some(color)) => Err(AdminError::InvalidParameter {
                 name: "serviceColor",
@@ -176,6 +179,48 @@ impl Inner {
                     .to_owned(),
             }),
             (Discovery::Dns | Discovery::Consul(_), _) => Ok(()),
+        }
+    }
+
+    /// Refuses destinations whose ports this mode cannot give them. Standalone, every
+    /// destination needs a port (its own `port.N` or the unindexed `port`): the instances are
+    /// the name's addresses at that port. With Consul the ports are the registered ones, so
+    /// destinations asking for different ports cannot all get theirs: Registrator registers
+    /// a container's ports as separate services, which are routed as separate services.
+    fn check_destination_ports(&self, request: &ReconfigureRequest) -> Result<(), AdminError> {
+        match self.discovery {
+            Discovery::Dns => {
+                // The first destination's port is the lookup's, which asks for it.
+                match request.more_destinations.iter().find(|d| d.port.is_none()) {
+                    Some(d) => Err(AdminError::InDestination {
+                        index: d.index,
+                        source: Box::new(AdminError::MissingParameter {
+                            name: "port",
+                            example: "port.1=8080 (standalone mode routes each destination to \
+                                      serviceName:port, its own port.N or the unindexed port)",
+                        }),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Discovery::Consul(_) => {
+                let mut ports = request.destinations().filter_map(|d| d.port.map(|p| (d.index, p)));
+                let Some((first_index, first)) = ports.next() else { return Ok(()) };
+                match ports.find(|(_, port)| *port != first) {
+                    None => Ok(()),
+                    Some((index, port)) => Err(AdminError::InvalidParameter {
+                        name: "port",
+                        value: format!(
+                            "{first} (destination {first_index}) and {port} (destination {index})"
+                        ),
+                        reason: "with Consul each instance is reached at the port it registered, \
+                                 so destinations cannot choose different ports; a container's \
+                                 ports are registered as separate services (Registrator names \
+                                 them <name>-<port>): reconfigure each as its own service"
+                            .to_owned(),
+                    }),
+                }
+            }
         }
     }
 
@@ -226,9 +271,9 @@ impl Inner {
         let mut builder = RouteTableBuilder::new();
         let others = state.services.iter().filter(|(k, _)| k.as_str() != key);
         for (_, entry) in others {
-            builder.add(entry.request.spec(), &[]).map_err(conflict)?;
+            builder.add_destinations(entry.request.destination_specs(&[])).map_err(conflict)?;
         }
-        builder.add(request.spec(), &[]).map_err(conflict)?;
+        builder.add_destinations(request.destination_specs(&[])).map_err(conflict)?;
         Ok(())
     }
 
@@ -242,7 +287,7 @@ impl Inner {
         builder.carry_state_from(&live);
         let build = || {
             for (request, instances) in services.values() {
-                builder.add(request.spec(), instances)?;
+                builder.add_destinations(request.destination_specs(instances))?;
             }
             builder.build(live.version() + 1)
         };
@@ -256,6 +301,7 @@ fn conflict(err: BuildError) -> AdminError {
         BuildError::PathOwned { .. } | BuildError::DefaultTaken { .. } => {
             AdminError::PathConflict { source: err }
         }
+        BuildError::RoutedTwice { .. } => AdminError::DestinationsOverlap { source: err },
         other => AdminError::Internal(other.to_string()),
     }
 }

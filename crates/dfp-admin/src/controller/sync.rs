@@ -93,9 +93,12 @@ impl Inner {
                 deferred = true;
                 continue;
             }
-            match self.users.resolve(&mut request, Strictness::Restore) {
-                Ok(None) => {}
-                Ok(Some(warning)) => tracing::warn!(service = %name, "{warning}"),
+            match request.for_each_destination(|d| self.users.resolve(d, Strictness::Restore)) {
+                Ok(warnings) => {
+                    for warning in warnings.into_iter().flatten() {
+                        tracing::warn!(service = %name, "{warning}");
+                    }
+                }
                 Err(err) => {
                     tracing::warn!(service = %name, error = %err, "stored route's users cannot be read; skipped");
                     continue;

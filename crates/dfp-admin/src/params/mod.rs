@@ -10,7 +10,8 @@ mod policy;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
 use dfp_routing::{
     Authentication, ConditionError, Domain, DomainRedirect, PathPattern, PathPrefix, PathType,
@@ -62,8 +63,49 @@ pub struct ReconfigureRequest {
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
-    /// the state file, so a restore or another replica replays exactly this call.
+    /// the state file, so a restore or another replica replays exactly this call. Empty in
+    /// [`ReconfigureRequest::more_destinations`]: the first destination holds the call.
     pub params: BTreeMap<String, String>,
+    /// Which destination this is: 0 for the unindexed parameters, N for those ending in `.N`
+    /// (Docker Flow Proxy's indexed `servicePath.N`, `port.N`...).
+    pub index: u8,
+    /// The service's further destinations, in index order: each read from its `.N`
+    /// parameters over the unindexed ones, with its own paths, hosts, conditions, options and
+    /// (standalone) port. The fields above are the first destination's; `serviceName`,
+    /// `serviceColor` and `isDefaultBackend` are the service's and the same in all.
+    pub more_destinations: Vec<ReconfigureRequest>,
+}
+
+/// Most destinations one service may have: Docker Flow Proxy reads `.1` to `.10`.
+pub(crate) const MAX_DESTINATIONS: u8 = 10;
+
+/// Built parameters that belong to the service as a whole; their indexed form is refused.
+const SERVICE_WIDE: [&str; 3] = ["serviceName", "serviceColor", "isDefaultBackend"];
+
+/// The `N` of an indexed parameter `key` (`<name>.<N>`), 1 to [`MAX_DESTINATIONS`].
+fn destination_index(key: &str, name: &'static str) -> Result<u8, AdminError> {
+    let digits = key.rsplit_once('.').map_or("", |(_, n)| n);
+    match digits.parse::<u8>() {
+        Ok(n) if (1..=MAX_DESTINATIONS).contains(&n) && !digits.starts_with('0') => Ok(n),
+        _ => Err(AdminError::InvalidParameter {
+            name,
+            value: key.to_owned(),
+            reason: format!(
+                "destinations are numbered 1 to {MAX_DESTINATIONS} ({name}.1 ... \
+                 {name}.{MAX_DESTINATIONS}), as Docker Flow Proxy numbers them"
+            ),
+        }),
+    }
+}
+
+/// A destination's failure, said to be that destination's.
+fn in_destination(index: u8, err: AdminError) -> AdminError {
+    AdminError::InDestination { index, source: Box::new(err) }
+}
+
+/// The entries of a comma-separated list, trimmed.
+fn split_list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value.split(',').map(str::trim).map(str::to_owned)
 }
 
 impl ReconfigureRequest {
@@ -93,29 +135,47 @@ impl ReconfigureRequest {
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         refuse: bool,
     ) -> Result<Self, AdminError> {
-        let mut raw_paths = Vec::new();
+        // `servicePath` values by destination index (0: unindexed); they may be repeated.
+        let mut raw_paths: BTreeMap<u8, Vec<String>> = BTreeMap::new();
+        let mut indexes: BTreeSet<u8> = BTreeSet::new();
         let mut ignored: Vec<String> = Vec::new();
         let mut params: BTreeMap<String, String> = BTreeMap::new();
         for (key, value) in pairs {
-            if key == "servicePath" {
-                raw_paths.extend(value.split(',').map(str::trim).map(str::to_owned));
+            let reading = parity::read(key);
+            let index = match reading {
+                Reading::Indexed(Parameter { name, status: Status::Built { .. } }) => {
+                    let index = destination_index(key, name)?;
+                    if SERVICE_WIDE.contains(&name) {
+                        if refuse {
+                            return Err(AdminError::RefusedParameter {
+                                name: key.to_owned(),
+                                instead: "it is one per service, not per destination: give it \
+                                          without the index",
+                            });
+                        }
+                        None
+                    } else {
+                        indexes.insert(index);
+                        Some((name, index))
+                    }
+                }
+                _ => None,
+            };
+            if key == "servicePath" || index.is_some_and(|(name, _)| name == "servicePath") {
+                let at = index.map_or(0, |(_, index)| index);
+                raw_paths.entry(at).or_default().extend(split_list(value));
                 continue;
             }
-            let built = match parity::read(key) {
+            let built = match reading {
                 Reading::Known(Parameter { name, status: Status::Built { .. } }) => Some(name),
                 Reading::Known(Parameter { name, status: Status::Refused { instead } })
+                | Reading::Indexed(Parameter { name, status: Status::Refused { instead } })
                     if refuse =>
                 {
+                    let name = if matches!(reading, Reading::Known(_)) { name } else { key };
                     return Err(AdminError::RefusedParameter { name: name.to_owned(), instead });
                 }
-                Reading::Indexed(Parameter { status, .. })
-                    if refuse && !matches!(status, Status::Ignored { .. }) =>
-                {
-                    return Err(AdminError::RefusedParameter {
-                        name: key.to_owned(),
-                        instead: parity::INDEXED,
-                    });
-                }
+                Reading::Indexed(Parameter { name, .. }) if index.is_some() => Some(name),
                 Reading::Known(_) | Reading::Indexed(_) | Reading::Unknown => None,
             };
             if built.is_none() && !ignored.iter().any(|seen| seen == key) {
@@ -123,15 +183,117 @@ impl ReconfigureRequest {
             }
             if let Some(previous) = params.get(key).filter(|previous| *previous != value) {
                 if let Some(name) = built {
-                    return Err(given_twice(name, previous, value));
+                    let err = given_twice(name, previous, value);
+                    return Err(match index {
+                        Some((_, index)) => in_destination(index, err),
+                        None => err,
+                    });
                 }
             }
             params.insert(key.to_owned(), value.to_owned());
         }
-        let get =
-            |name: &str| params.get(name).map(String::as_str).filter(|v| !v.trim().is_empty());
+        for (expected, &index) in (1..).zip(&indexes) {
+            if index != expected {
+                return Err(AdminError::InvalidParameter {
+                    name: "destination index",
+                    value: index.to_string(),
+                    reason: format!(
+                        "there are parameters ending in .{index} but none ending in \
+                         .{expected}; number the destinations from 1 without gaps (Docker \
+                         Flow Proxy stops reading at the first missing one)"
+                    ),
+                });
+            }
+        }
+        let service_name = validate_service_name(params.get("serviceName").map(String::as_str))?;
 
-        let service_name = validate_service_name(get("serviceName"))?;
+        // Destination 0 (the unindexed parameters) exists on its own when it has paths, or
+        // when there is no indexed one; each indexed one reads its own parameters over the
+        // unindexed ones (Docker Flow Proxy's fallback).
+        let unindexed_paths = raw_paths.get(&0).is_some_and(|p| p.iter().any(|p| !p.is_empty()));
+        let mut wanted: Vec<u8> = indexes.iter().copied().collect();
+        if unindexed_paths || wanted.is_empty() {
+            wanted.insert(0, 0);
+        }
+        let mut destinations = Vec::with_capacity(wanted.len());
+        for index in wanted {
+            let get = |name: &str| {
+                let indexed = (index > 0)
+                    .then(|| params.get(&format!("{name}.{index}")))
+                    .flatten()
+                    .filter(|v| !v.trim().is_empty());
+                indexed
+                    .or_else(|| params.get(name))
+                    .map(String::as_str)
+                    .filter(|v| !v.trim().is_empty())
+            };
+            let paths = raw_paths
+                .get(&index)
+                .filter(|p| p.iter().any(|p| !p.is_empty()))
+                .or_else(|| raw_paths.get(&0))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let destination = Self::destination(&service_name, &get, paths).map_err(|err| {
+                if index > 0 {
+                    in_destination(index, err)
+                } else {
+                    err
+                }
+            })?;
+            destinations.push((index, destination));
+        }
+
+        // What is stored and replayed: everything as sent, the paths normalised.
+        let mut stored = params;
+        stored.insert("serviceName".to_owned(), service_name.clone());
+        for (index, destination) in &destinations {
+            if !raw_paths.contains_key(index) {
+                continue;
+            }
+            let key = match index {
+                0 => "servicePath".to_owned(),
+                n => format!("servicePath.{n}"),
+            };
+            let joined: Vec<&str> = destination
+                .service_paths
+                .iter()
+                .map(PathPrefix::as_str)
+                .chain(destination.path_patterns.iter().map(PathPattern::as_str))
+                .collect();
+            if !joined.is_empty() {
+                stored.insert(key, joined.join(","));
+            }
+        }
+        if let Some(port) =
+            destinations.first().and_then(|(index, d)| d.port.filter(|_| *index == 0))
+        {
+            stored.insert("port".to_owned(), port.to_string());
+        }
+        let mut destinations = destinations.into_iter();
+        let (first_index, mut first) =
+            destinations.next().unwrap_or_else(|| unreachable!("at least one destination"));
+        first.index = first_index;
+        first.more_destinations = destinations
+            .map(|(index, mut d)| {
+                d.index = index;
+                d.default_backend = false;
+                d
+            })
+            .collect();
+        first.ignored = ignored;
+        first.params = stored;
+        Ok(first)
+    }
+
+    /// Reads one destination from its parameters (`get`: a destination's own over the
+    /// unindexed ones) and its `servicePath` values; `ignored`, `params` and the further
+    /// destinations are the caller's to fill in.
+    fn destination<'a>(
+        service_name: &str,
+        get: &impl Fn(&str) -> Option<&'a str>,
+        raw_paths: &[String],
+    ) -> Result<Self, AdminError> {
+        let service_name = service_name.to_owned();
         let default_backend = parse_bool(get("isDefaultBackend"), "isDefaultBackend")?;
         let path_type = get("pathType")
             .map(PathType::parse)
@@ -139,7 +301,7 @@ impl ReconfigureRequest {
             .map_err(|e| condition_err("pathType", get("pathType").unwrap_or_default(), e))?;
         let (service_paths, path_patterns) = match path_type {
             None => (parse_paths(raw_paths.iter().map(String::as_str), "servicePath")?, Vec::new()),
-            Some(kind) => (Vec::new(), parse_patterns(kind, &raw_paths)?),
+            Some(kind) => (Vec::new(), parse_patterns(kind, raw_paths)?),
         };
         let conditions = RouteConditions::parse(get("serviceHeader"), get("userAgent")).map_err(
             |e| match e {
@@ -171,7 +333,7 @@ impl ReconfigureRequest {
             get("servicePathExclude").unwrap_or_default().split(','),
             "servicePathExclude",
         )?;
-        let mut policy = parse_policy(&get)?;
+        let mut policy = parse_policy(get)?;
         if let Some(raw) = get("redirectFromDomain") {
             let mut from = Vec::new();
             for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -243,20 +405,6 @@ impl ReconfigureRequest {
             ));
         }
 
-        // What is stored and replayed: everything as sent, the paths normalised.
-        let mut stored = params.clone();
-        stored.insert("serviceName".to_owned(), service_name.clone());
-        if !service_paths.is_empty() {
-            let joined: Vec<&str> = service_paths.iter().map(PathPrefix::as_str).collect();
-            stored.insert("servicePath".to_owned(), joined.join(","));
-        }
-        if !path_patterns.is_empty() {
-            let joined: Vec<&str> = path_patterns.iter().map(PathPattern::as_str).collect();
-            stored.insert("servicePath".to_owned(), joined.join(","));
-        }
-        if let Some(port) = port {
-            stored.insert("port".to_owned(), port.to_string());
-        }
         Ok(ReconfigureRequest {
             service_name,
             service_paths,
@@ -270,8 +418,10 @@ impl ReconfigureRequest {
             policy,
             users_secret,
             users_pass_encrypted,
-            ignored,
-            params: stored,
+            ignored: Vec::new(),
+            params: BTreeMap::new(),
+            index: 0,
+            more_destinations: Vec::new(),
         })
     }
 
@@ -286,15 +436,18 @@ impl ReconfigureRequest {
                 | Reading::Indexed(Parameter { status: Status::Ignored { why }, .. }) => {
                     warnings.push(format!("parameter {name} is ignored: {why}"));
                 }
-                Reading::Known(Parameter { status: Status::Refused { instead }, .. }) => {
+                Reading::Known(Parameter { status: Status::Refused { instead }, .. })
+                | Reading::Indexed(Parameter { status: Status::Refused { instead }, .. }) => {
                     warnings.push(format!(
                         "stored parameter {name} is ignored (it is refused in new calls: {instead})"
                     ));
                 }
-                Reading::Indexed(_) => warnings.push(format!(
-                    "stored parameter {name} is ignored (it is refused in new calls: {})",
-                    parity::INDEXED
-                )),
+                Reading::Indexed(Parameter { status: Status::Built { .. }, .. }) => {
+                    warnings.push(format!(
+                        "stored parameter {name} is ignored (it is one per service, not per \
+                         destination: give it without the index)"
+                    ))
+                }
                 Reading::Known(Parameter { status: Status::Built { .. }, .. })
                 | Reading::Unknown => unknown.push(name),
             }
@@ -308,10 +461,13 @@ impl ReconfigureRequest {
         warnings
     }
 
-    /// Drops `port` from the request and what is stored of it; returns it if there was one.
+    /// Drops `port` (and every `port.N`) from the request and what is stored of it; returns
+    /// the first destination's if there was one.
     pub(crate) fn drop_port(&mut self) -> Option<u16> {
-        self.params.remove("port");
-        self.port.take()
+        self.params.retain(|key, _| key != "port" && !key.starts_with("port."));
+        let first = self.port.take();
+        let others = self.more_destinations.iter_mut().filter_map(|d| d.port.take());
+        others.fold(first, |found, port| found.or(Some(port)))
     }
 
     /// Names the service `name` (the same service in another case: Consul compares names
@@ -320,10 +476,55 @@ impl ReconfigureRequest {
         if self.service_name != name {
             self.service_name = name.to_owned();
             self.params.insert("serviceName".to_owned(), name.to_owned());
+            for destination in &mut self.more_destinations {
+                destination.service_name = name.to_owned();
+            }
         }
     }
 
-    /// What the route table needs of this service. The `redirectFromDomain` hosts are routed
+    /// The service's destinations, the first first (most services have one).
+    pub fn destinations(&self) -> impl Iterator<Item = &ReconfigureRequest> {
+        std::iter::once(self).chain(&self.more_destinations)
+    }
+
+    /// Applies `f` to each destination, the first first; a failure of a further destination
+    /// is said to be that destination's.
+    pub(crate) fn for_each_destination<T>(
+        &mut self,
+        mut f: impl FnMut(&mut ReconfigureRequest) -> Result<T, AdminError>,
+    ) -> Result<Vec<T>, AdminError> {
+        let mut apply = |destination: &mut ReconfigureRequest| {
+            let index = destination.index;
+            f(destination).map_err(|err| if index > 0 { in_destination(index, err) } else { err })
+        };
+        let mut out = vec![apply(self)?];
+        for destination in &mut self.more_destinations {
+            out.push(apply(destination)?);
+        }
+        Ok(out)
+    }
+
+    /// What the route table needs of each destination, with its instances: those found for
+    /// the service, at the destination's own `port` where it has one that differs (standalone
+    /// mode resolves the name once; a destination's port only changes where it connects).
+    pub fn destination_specs(
+        &self,
+        instances: &[SocketAddr],
+    ) -> Vec<(ServiceSpec, Vec<SocketAddr>)> {
+        self.destinations()
+            .map(|d| {
+                let at = match d.port {
+                    Some(port) if d.port != self.port => {
+                        instances.iter().map(|addr| SocketAddr::new(addr.ip(), port)).collect()
+                    }
+                    _ => instances.to_vec(),
+                };
+                (d.spec(), at)
+            })
+            .collect()
+    }
+
+    /// What the route table needs of this destination. The `redirectFromDomain` hosts are routed
     /// to the service too (so their requests reach the rule that redirects them, and no other
     /// service can own them); `config` shows them apart from `serviceDomain`.
     pub fn spec(&self) -> ServiceSpec {
@@ -341,6 +542,7 @@ impl ReconfigureRequest {
             default_backend: self.default_backend,
             policy: self.policy.clone(),
             color: self.color.clone(),
+            index: self.index,
         }
     }
 

@@ -90,8 +90,9 @@ fn refused_parameters_are_400s_that_say_what_instead() {
         ("serviceGroup", "g", "parameter serviceGroup is refused: not supported yet (HTTP only)"),
         ("srcPort", "8080", "parameter srcPort is refused: not supported yet (HTTP only)"),
         ("serviceCert", "-----BEGIN", "PUT /v1/docker-flow-proxy/cert"),
-        ("servicePath.1", "/a", "parameter servicePath.1 is refused: indexed destinations"),
-        ("port.2", "80", "parameter port.2 is refused: indexed destinations"),
+        ("srcPort.1", "8080", "parameter srcPort.1 is refused: not supported yet (HTTP only)"),
+        ("serviceColor.1", "blue", "parameter serviceColor.1 is refused: it is one per service"),
+        ("isDefaultBackend.2", "true", "isDefaultBackend.2 is refused: it is one per service"),
         ("distribute.x", "1", ""),
     ];
     for &(name, value, needle) in cases {
@@ -371,4 +372,103 @@ fn sticky_sessions_redirects_and_search_replace_pairs() {
             other => panic!("{bad:?}: {other:?}"),
         }
     }
+}
+
+/// Docker Flow Proxy's documented call with two destinations, then the same with options.
+#[test]
+fn indexed_destinations_each_read_their_own_parameters_over_the_unindexed_ones() {
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath.1", "/path-1"),
+        ("port.1", "8080"),
+        ("servicePath.2", "/path-2"),
+        ("port.2", "9090"),
+    ])
+    .expect("Docker Flow Proxy's example");
+    let paths = |d: &ReconfigureRequest| {
+        d.service_paths.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>().join(",")
+    };
+    let seen: Vec<(u8, String, Option<u16>)> =
+        r.destinations().map(|d| (d.index, paths(d), d.port)).collect();
+    assert_eq!(
+        seen,
+        [(1, "/path-1".to_owned(), Some(8080)), (2, "/path-2".to_owned(), Some(9090))],
+        "no unindexed servicePath: no destination 0"
+    );
+
+    // The unindexed parameters are every destination's fallback; `.N` ones override them.
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath", "/"),
+        ("serviceDomain", "example.com"),
+        ("httpsOnly", "true"),
+        ("addReqHeader", "X-Dest 0"),
+        ("servicePath.1", "/api"),
+        ("addReqHeader.1", "X-Dest 1"),
+        ("httpsOnly.1", "false"),
+        ("serviceDomain.2", "admin.example.com"),
+        ("users.2", "ops:secret"),
+        ("isDefaultBackend", "true"),
+    ])
+    .expect("valid");
+    let d: Vec<&ReconfigureRequest> = r.destinations().collect();
+    assert_eq!(d.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(paths(d[0]), "/");
+    assert_eq!(paths(d[1]), "/api");
+    assert_eq!(paths(d[2]), "/", "servicePath falls back to the unindexed one");
+    assert_eq!(d[1].domains, d[0].domains, "serviceDomain falls back");
+    assert_eq!(
+        d[2].domains.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["admin.example.com"]
+    );
+    assert!(d[0].policy.https_redirect.is_some());
+    assert!(d[1].policy.https_redirect.is_none(), "httpsOnly.1=false overrides");
+    assert!(d[2].policy.https_redirect.is_some(), "httpsOnly falls back");
+    assert_eq!(d[1].policy.request_headers.add[0].1, "1");
+    assert_eq!(d[2].policy.request_headers.add[0].1, "0");
+    assert!(d[2].policy.auth.required() && !d[0].policy.auth.required());
+    assert!(d[0].default_backend && !d[1].default_backend && !d[2].default_backend);
+    assert!(d[1].params.is_empty(), "the call is stored once, with the first destination");
+
+    // Stored as sent (paths normalised) and replayed to the same destinations.
+    assert_eq!(r.params.get("servicePath.1").map(String::as_str), Some("/api"));
+    let replayed = ReconfigureRequest::from_stored_pairs(
+        r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .expect("replays");
+    assert_eq!(format!("{replayed:?}"), format!("{r:?}"));
+    let specs = r.destination_specs(&[]);
+    assert_eq!(specs.iter().map(|(s, _)| s.index).collect::<Vec<_>>(), [0, 1, 2]);
+}
+
+#[test]
+fn bad_indexed_destinations_are_400s_that_name_the_destination() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &[("servicePath.1", "/a"), ("servicePath.3", "/c")],
+            &["ending in .3 but none ending in .2"],
+        ),
+        (&[("servicePath.0", "/a")], &["numbered 1 to 10"]),
+        (&[("servicePath.11", "/a")], &["numbered 1 to 10"]),
+        (&[("servicePath.01", "/a")], &["numbered 1 to 10"]),
+        (&[("servicePath.1", "no-slash")], &["destination 1", "servicePath"]),
+        (
+            &[("servicePath.1", "/a"), ("servicePath.2", "/b"), ("httpsRedirectCode.2", "999")],
+            &["destination 2", "httpsRedirectCode"],
+        ),
+        (
+            &[("servicePath.1", "/a"), ("addReqHeader.1", "X 1"), ("addReqHeader.1", "X 2")],
+            &["destination 1", "given twice"],
+        ),
+        (&[("port.1", "8080")], &["destination 1", "servicePath is missing"]),
+    ];
+    for (extra, needles) in cases {
+        let mut query = vec![("serviceName", "books")];
+        query.extend_from_slice(extra);
+        refused(&query, needles);
+    }
+    // An indexed ignored parameter stays ignored; an unknown base is not a destination.
+    let r = parse(&books(&[("userDef.1", "x"), ("com.df.servicePath.1", "/x")])).expect("valid");
+    assert!(r.more_destinations.is_empty());
 }

@@ -22,8 +22,8 @@ use crate::{Backend, PathPrefix};
 /// is a duplicate, and state carried from an earlier table follows the name in any case.
 #[derive(Default)]
 pub struct RouteTableBuilder {
-    /// By service key: (spec, instances).
-    services: BTreeMap<Arc<str>, (ServiceSpec, Vec<SocketAddr>)>,
+    /// By service key: its destinations as (spec, instances), the first first.
+    services: BTreeMap<Arc<str>, Vec<(ServiceSpec, Vec<SocketAddr>)>>,
     /// (host or any, route with its conditions as text) -> owner.
     owners: HashMap<(Option<Domain>, String), Arc<str>>,
     default_owner: Option<Arc<str>>,
@@ -59,18 +59,19 @@ impl RouteTableBuilder {
         }
         for slot in &previous.services {
             let backend = &slot.backend;
-            let health = backend.instances.iter().map(|u| (u.addr(), u.health_arc())).collect();
             let key: Arc<str> = Arc::from(service_key(&backend.service));
             self.retired.remove(&key);
-            self.carried.insert(
-                key,
-                Carried {
-                    name: backend.service.clone(),
-                    cursor: backend.cursor.clone(),
-                    stats: backend.stats.clone(),
-                    health,
-                },
-            );
+            // A service's destinations share cursor and counters; their instances' health is
+            // gathered from all of them.
+            let carried = self.carried.entry(key).or_insert_with(|| Carried {
+                name: backend.service.clone(),
+                cursor: backend.cursor.clone(),
+                stats: backend.stats.clone(),
+                health: HashMap::new(),
+            });
+            for upstream in &backend.instances {
+                carried.health.entry(upstream.addr()).or_insert_with(|| upstream.health_arc());
+            }
         }
         self
     }
@@ -93,58 +94,93 @@ impl RouteTableBuilder {
     /// Refuses a second default backend too.
     pub fn add(
         &mut self,
-        mut spec: ServiceSpec,
+        spec: ServiceSpec,
         instances: &[SocketAddr],
     ) -> Result<&mut Self, BuildError> {
-        if spec.name.is_empty() {
+        self.add_destinations(vec![(spec, instances.to_vec())])
+    }
+
+    /// Adds a service with several destinations (Docker Flow Proxy's indexed `servicePath.N`,
+    /// `port.N`...): each its own routes, policy and instances, all under the first's name.
+    /// They share the service's counters, round-robin position and instances' health. Only
+    /// the first may be the default backend (a later one's `default_backend` is not read).
+    ///
+    /// Refuses what [`Self::add`] refuses, and a route two destinations of the service both
+    /// claim ([`BuildError::RoutedTwice`]).
+    pub fn add_destinations(
+        &mut self,
+        destinations: Vec<(ServiceSpec, Vec<SocketAddr>)>,
+    ) -> Result<&mut Self, BuildError> {
+        let Some((first, _)) = destinations.first() else {
+            return Err(BuildError::EmptyServiceName);
+        };
+        if first.name.is_empty() {
             return Err(BuildError::EmptyServiceName);
         }
-        let key: Arc<str> = Arc::from(service_key(&spec.name));
+        let name: Arc<str> = Arc::from(first.name.as_str());
+        let key: Arc<str> = Arc::from(service_key(&name));
         if self.services.contains_key(&key) {
-            return Err(BuildError::DuplicateService(spec.name.clone()));
+            return Err(BuildError::DuplicateService(first.name.clone()));
         }
-        spec.prefixes.sort();
-        spec.prefixes.dedup();
-        spec.patterns.sort_by(|a, b| (a.kind(), a.as_str()).cmp(&(b.kind(), b.as_str())));
-        spec.patterns.dedup();
-        spec.domains.sort();
-        spec.domains.dedup();
-        let hosts: Vec<Option<Domain>> = if spec.domains.is_empty() {
-            vec![None]
-        } else {
-            spec.domains.iter().cloned().map(Some).collect()
-        };
-        let routes = route_keys(&spec);
-        for host in &hosts {
-            for route in &routes {
-                if let Some(owner) = self.owners.get(&(host.clone(), route.clone())) {
-                    return Err(BuildError::PathOwned {
-                        path: route.clone(),
-                        domain: host.clone(),
-                        owner: owner.to_string(),
-                        service: spec.name.clone(),
-                    });
+        let default_backend = first.default_backend;
+        let mut claimed: Vec<(Option<Domain>, String)> = Vec::new();
+        let mut normalised = Vec::with_capacity(destinations.len());
+        for (position, (mut spec, instances)) in destinations.into_iter().enumerate() {
+            if service_key(&spec.name) != *key {
+                return Err(BuildError::ForeignDestination {
+                    destination: spec.name,
+                    service: name.to_string(),
+                });
+            }
+            spec.name = name.to_string();
+            spec.default_backend = position == 0 && default_backend;
+            spec.prefixes.sort();
+            spec.prefixes.dedup();
+            spec.patterns.sort_by(|a, b| (a.kind(), a.as_str()).cmp(&(b.kind(), b.as_str())));
+            spec.patterns.dedup();
+            spec.domains.sort();
+            spec.domains.dedup();
+            let hosts: Vec<Option<Domain>> = if spec.domains.is_empty() {
+                vec![None]
+            } else {
+                spec.domains.iter().cloned().map(Some).collect()
+            };
+            for host in hosts {
+                for route in route_keys(&spec) {
+                    let claim = (host.clone(), route);
+                    if let Some(owner) = self.owners.get(&claim) {
+                        return Err(BuildError::PathOwned {
+                            path: claim.1,
+                            domain: claim.0,
+                            owner: owner.to_string(),
+                            service: spec.name.clone(),
+                        });
+                    }
+                    if claimed.contains(&claim) {
+                        return Err(BuildError::RoutedTwice {
+                            path: claim.1,
+                            domain: claim.0,
+                            service: name.to_string(),
+                        });
+                    }
+                    claimed.push(claim);
                 }
             }
+            normalised.push((spec, instances));
         }
-        if spec.default_backend {
+        if default_backend {
             if let Some(owner) = &self.default_owner {
                 return Err(BuildError::DefaultTaken {
                     owner: owner.to_string(),
-                    service: spec.name.clone(),
+                    service: name.to_string(),
                 });
             }
-        }
-        let name: Arc<str> = Arc::from(spec.name.as_str());
-        for host in hosts {
-            for route in &routes {
-                self.owners.insert((host.clone(), route.clone()), name.clone());
-            }
-        }
-        if spec.default_backend {
             self.default_owner = Some(name.clone());
         }
-        self.services.insert(key, (spec, instances.to_vec()));
+        for claim in claimed {
+            self.owners.insert(claim, name.clone());
+        }
+        self.services.insert(key, normalised);
         Ok(self)
     }
 
@@ -160,57 +196,66 @@ impl RouteTableBuilder {
                 retired.insert(key.clone(), (carried.name.clone(), carried.stats.clone()));
             }
         }
-        for (key, (spec, instances)) in self.services {
-            let routes = candidates(&spec, table.services.len(), &key);
+        for (key, destinations) in self.services {
             let carried = self.carried.get(&key);
             let resumed = retired.remove(&key).map(|(_, stats)| stats);
-            let upstreams = instances
-                .iter()
-                .map(|&addr| {
-                    let health = carried.and_then(|c| c.health.get(&addr)).cloned();
-                    Upstream::new(&spec.name, addr, health.unwrap_or_default())
-                })
-                .collect();
             let stats = carried.map(|c| c.stats.clone()).or(resumed).unwrap_or_default();
-            let backend = Arc::new(Backend {
-                service: Arc::from(spec.name.as_str()),
-                instances: upstreams,
-                cursor: carried.map(|c| c.cursor.clone()).unwrap_or_default(),
-                stats,
-                policy: spec.policy,
-            });
-            let service_index = table.services.len();
-            if spec.default_backend {
-                table.default_service = Some(service_index);
-            }
-            for (anchor, order, candidate) in routes {
-                let indexes: Vec<IndexId> = if spec.domains.is_empty() {
-                    vec![IndexId::Any]
-                } else {
-                    spec.domains.iter().map(IndexId::of).collect()
-                };
-                for index in indexes {
-                    let test = candidate.test.as_ref().map(|t| {
-                        Box::new(RouteTest {
-                            pattern: t.pattern.clone(),
-                            conditions: t.conditions.clone(),
-                        })
-                    });
-                    nodes
-                        .entry((index, anchor.clone()))
-                        .or_default()
-                        .push((order.clone(), Candidate { service: candidate.service, test }));
+            let cursor = carried.map(|c| c.cursor.clone()).unwrap_or_default();
+            // One health per instance address across the destinations: an instance ejected
+            // through one destination is ejected for all of them.
+            let mut health: HashMap<SocketAddr, Arc<InstanceHealth>> =
+                carried.map(|c| c.health.clone()).unwrap_or_default();
+            for (destination, (spec, instances)) in destinations.into_iter().enumerate() {
+                let service_index = table.services.len();
+                let routes = candidates(&spec, service_index, &key);
+                let upstreams = instances
+                    .iter()
+                    .map(|&addr| {
+                        let health = health.entry(addr).or_default().clone();
+                        Upstream::new(&spec.name, addr, health)
+                    })
+                    .collect();
+                let backend = Arc::new(Backend {
+                    service: Arc::from(spec.name.as_str()),
+                    instances: upstreams,
+                    cursor: cursor.clone(),
+                    stats: stats.clone(),
+                    policy: spec.policy,
+                });
+                if spec.default_backend {
+                    table.default_service = Some(service_index);
                 }
+                for (anchor, order, candidate) in routes {
+                    let indexes: Vec<IndexId> = if spec.domains.is_empty() {
+                        vec![IndexId::Any]
+                    } else {
+                        spec.domains.iter().map(IndexId::of).collect()
+                    };
+                    for index in indexes {
+                        let test = candidate.test.as_ref().map(|t| {
+                            Box::new(RouteTest {
+                                pattern: t.pattern.clone(),
+                                conditions: t.conditions.clone(),
+                            })
+                        });
+                        nodes
+                            .entry((index, anchor.clone()))
+                            .or_default()
+                            .push((order.clone(), Candidate { service: candidate.service, test }));
+                    }
+                }
+                table.services.push(ServiceSlot {
+                    backend,
+                    destination,
+                    index: spec.index,
+                    prefixes: spec.prefixes,
+                    patterns: spec.patterns,
+                    conditions: spec.conditions,
+                    domains: spec.domains,
+                    excluded: spec.excluded,
+                    color: spec.color,
+                });
             }
-            table.services.push(ServiceSlot {
-                backend,
-                prefixes: spec.prefixes,
-                patterns: spec.patterns,
-                conditions: spec.conditions,
-                domains: spec.domains,
-                excluded: spec.excluded,
-                color: spec.color,
-            });
         }
         for ((index, prefix), mut found) in nodes {
             found.sort_by(|a, b| a.0.cmp(&b.0));

@@ -104,7 +104,8 @@ impl RouteTable {
         }
     }
 
-    /// The routed services, ordered by [`service_key`].
+    /// The routed services' destinations, ordered by [`service_key`], then destination (most
+    /// services have one).
     pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceRoutes<'_>> {
         self.services.iter().enumerate().map(|(i, s)| ServiceRoutes {
             backend: &s.backend,
@@ -115,14 +116,19 @@ impl RouteTable {
             excluded: &s.excluded,
             default_backend: self.default_service == Some(i),
             color: s.color.as_deref(),
+            destination: s.destination,
+            index: s.index,
         })
     }
 
-    /// The backend of a service by name, compared as [`service_key`] compares names.
+    /// The backend of a service's first destination by name, compared as [`service_key`]
+    /// compares names.
     pub fn service(&self, name: &str) -> Option<&Arc<Backend>> {
         let key = service_key(name);
         self.services
-            .binary_search_by(|s| service_key(s.backend.service()).as_ref().cmp(key.as_ref()))
+            .binary_search_by(|s| {
+                (service_key(s.backend.service()).as_ref(), s.destination).cmp(&(key.as_ref(), 0))
+            })
             .ok()
             .map(|i| &self.services[i].backend)
     }

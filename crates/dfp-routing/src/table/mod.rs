@@ -41,6 +41,15 @@ pub enum BuildError {
     DefaultTaken { owner: String, service: String },
     #[error("service {0:?} was added twice to one table")]
     DuplicateService(String),
+    #[error(
+        "service {service:?} routes path {path}{} in two of its destinations with the same \
+         conditions; give each destination its own path (servicePath.N), hosts \
+         (serviceDomain.N) or conditions",
+        host_suffix(domain.as_ref())
+    )]
+    RoutedTwice { path: String, domain: Option<Domain>, service: String },
+    #[error("destination {destination:?} was added to service {service:?}: all destinations of one service share its name")]
+    ForeignDestination { destination: String, service: String },
     #[error("service name is empty")]
     EmptyServiceName,
     #[error("path {path} could not be indexed: {reason}")]
@@ -74,10 +83,19 @@ pub struct ServiceRoutes<'t> {
     pub default_backend: bool,
     /// `serviceColor`: the instances are the registry's `<name>-<color>`.
     pub color: Option<&'t str>,
+    /// The destination's place among its service's destinations (Docker Flow Proxy's indexed
+    /// `servicePath.N`...): 0 for the first. The destinations of a service share its counters,
+    /// round-robin position and instances' health, so per-service reports read destination 0.
+    pub destination: usize,
+    /// Docker Flow Proxy's index of the destination ([`ServiceSpec::index`]).
+    pub index: u8,
 }
 
-/// What a service asks of the table: its paths, and optionally the hosts they apply to, the
-/// paths below them it does not own, whether it is the default backend, and its policy.
+/// What a service (or one of its destinations) asks of the table: its paths, and optionally the
+/// hosts they apply to, the paths below them it does not own, whether it is the default
+/// backend, and its policy. A service with several destinations (Docker Flow Proxy's indexed
+/// parameters) is added as one spec per destination, all with its name
+/// ([`RouteTableBuilder::add_destinations`]).
 #[derive(Debug, Clone, Default)]
 pub struct ServiceSpec {
     pub name: String,
@@ -95,6 +113,9 @@ pub struct ServiceSpec {
     pub policy: ServicePolicy,
     /// `serviceColor`: the instances were looked up as `<name>-<color>` (shown, not used here).
     pub color: Option<String>,
+    /// Docker Flow Proxy's destination index (`servicePath.N`...), 0 for the unindexed
+    /// parameters (shown, not used here).
+    pub index: u8,
 }
 
 impl ServiceSpec {
@@ -103,9 +124,12 @@ impl ServiceSpec {
     }
 }
 
-/// One service in a built table.
+/// One destination of a service in a built table (most services have one). A service's slots
+/// are adjacent, in destination order, and share their backend's counters, cursor and health.
 struct ServiceSlot {
     backend: Arc<Backend>,
+    destination: usize,
+    index: u8,
     prefixes: Vec<PathPrefix>,
     patterns: Vec<PathPattern>,
     conditions: RouteConditions,

@@ -405,3 +405,84 @@ fn many_routes_build_and_resolve() {
     assert_eq!(t.lookup("/api/9999/items/3").map(|m| m.backend.service()), Some("svc-9999"));
     assert!(t.lookup("/api/9999/itemsx").is_none());
 }
+
+/// A destination of service `name`: its paths on `hosts`, its instance ports, an https
+/// redirect code as a visible piece of policy.
+fn destination(name: &str, paths: &[&str], hosts: &[&str], code: Option<u16>) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(name, &paths.iter().map(|s| p(s)).collect::<Vec<_>>());
+    spec.domains = hosts.iter().map(|h| Domain::parse(h).expect("test domain")).collect();
+    spec.policy.https_redirect = code;
+    spec
+}
+
+#[test]
+fn each_destination_of_a_service_routes_with_its_own_policy_and_instances() {
+    let mut b = RouteTableBuilder::new();
+    let mut first = destination("books", &["/a"], &[], None);
+    first.default_backend = true;
+    b.add_destinations(vec![
+        (first, vec![addr(8080)]),
+        (destination("books", &["/b"], &[], Some(301)), vec![addr(9090)]),
+        (destination("Books", &["/a"], &["b.example"], Some(308)), vec![addr(8080)]),
+    ])
+    .expect("distinct routes");
+    let t = b.build(1).expect("builds");
+    let at = |host: Option<&str>, path: &str| {
+        let m = t.lookup_host(host, path).expect("routed");
+        (
+            m.backend.service().to_owned(),
+            m.backend.policy().https_redirect,
+            m.backend.addrs().next(),
+        )
+    };
+    assert_eq!(at(None, "/a/1"), ("books".to_owned(), None, Some(addr(8080))));
+    assert_eq!(at(None, "/b"), ("books".to_owned(), Some(301), Some(addr(9090))));
+    assert_eq!(at(Some("b.example"), "/a"), ("books".to_owned(), Some(308), Some(addr(8080))));
+    assert_eq!(at(None, "/elsewhere").1, None, "the default backend is the first destination");
+
+    let destinations: Vec<usize> = t.services().map(|s| s.destination).collect();
+    assert_eq!(destinations, [0, 1, 2]);
+    assert!(t.service("BOOKS").is_some_and(|b| b.policy().https_redirect.is_none()));
+
+    // One service: counters, cursor and each address's health are shared.
+    let backends: Vec<&Arc<Backend>> = t.services().map(|s| s.backend).collect();
+    assert!(Arc::ptr_eq(&backends[0].stats, &backends[2].stats));
+    assert!(Arc::ptr_eq(&backends[0].cursor, &backends[1].cursor));
+    backends[2].instances()[0].health().record_failure(crate::health_clock_ms());
+    assert!(backends[0].instances()[0].health().failures() > 0, "same instance, same health");
+
+    // Carried to the next table: the ejection stays, for every destination.
+    let mut next = RouteTableBuilder::new();
+    next.carry_state_from(&t);
+    next.add_destinations(vec![
+        (destination("books", &["/a"], &[], None), vec![addr(8080)]),
+        (destination("books", &["/b"], &[], None), vec![addr(8080)]),
+    ])
+    .expect("valid");
+    let next = next.build(2).expect("builds");
+    for s in next.services() {
+        assert!(s.backend.instances()[0].health().failures() > 0, "destination {}", s.destination);
+    }
+}
+
+#[test]
+fn two_destinations_of_one_service_may_not_claim_one_route() {
+    let mut b = RouteTableBuilder::new();
+    let err = b
+        .add_destinations(vec![
+            (destination("books", &["/a"], &[], None), vec![]),
+            (destination("books", &["/a"], &[], Some(301)), vec![]),
+        ])
+        .expect_err("same path twice");
+    assert!(matches!(err, BuildError::RoutedTwice { .. }), "{err}");
+    assert!(err.to_string().contains("servicePath.N"), "{err}");
+    let err = b
+        .add_destinations(vec![
+            (destination("books", &["/a"], &[], None), vec![]),
+            (destination("films", &["/b"], &[], None), vec![]),
+        ])
+        .expect_err("another service's name");
+    assert!(matches!(err, BuildError::ForeignDestination { .. }), "{err}");
+    // Nothing of a refused service was kept.
+    b.add_service("films", &[p("/a")], &[]).expect("the path is free");
+}
