@@ -175,13 +175,22 @@ fn projected(pairs: &Pairs, index: u8) -> Pairs {
         }
         _ => own.iter().any(|(k, v)| k == name && !v.trim().is_empty()),
     };
+    // A destination's own authentication replaces the service's.
+    let truthy = |v: &str| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1";
+    let opens = own.iter().any(|(k, v)| k == "ignoreAuthorization" && truthy(v));
+    let protects = given("users") || given("usersSecret");
+    let hidden = |name: &str| match name {
+        "users" | "usersSecret" => opens,
+        "ignoreAuthorization" => protects,
+        _ => false,
+    };
     pairs
         .iter()
         .filter(|(k, _)| {
             !k.contains('.')
                 || (indexed_key(k).is_none() && !k.ends_with(|c: char| c.is_ascii_digit()))
         })
-        .filter(|(k, _)| index == 0 || !given(k))
+        .filter(|(k, _)| index == 0 || (!given(k) && !hidden(k)))
         .cloned()
         .chain(own.iter().cloned())
         .collect()

@@ -217,15 +217,32 @@ impl ReconfigureRequest {
         }
         let mut destinations = Vec::with_capacity(wanted.len());
         for index in wanted {
-            let get = |name: &str| {
-                let indexed = (index > 0)
+            let own = |name: &str| {
+                (index > 0)
                     .then(|| params.get(&format!("{name}.{index}")))
                     .flatten()
-                    .filter(|v| !v.trim().is_empty());
-                indexed
-                    .or_else(|| params.get(name))
                     .map(String::as_str)
                     .filter(|v| !v.trim().is_empty())
+            };
+            // A destination's own authentication replaces the service's instead of meeting
+            // it: `ignoreAuthorization.2=true` opens destination 2 of a service with users
+            // (Docker Flow Proxy's use of it), `users.2` protects one of an open service.
+            let opens = own("ignoreAuthorization")
+                .is_some_and(|v| parse_bool(Some(v), "ignoreAuthorization").unwrap_or(false));
+            let protects = own("users").is_some() || own("usersSecret").is_some();
+            let get = |name: &str| {
+                let inherited = match name {
+                    "users" | "usersSecret" => !opens,
+                    "ignoreAuthorization" => !protects,
+                    _ => true,
+                };
+                own(name).or_else(|| {
+                    params
+                        .get(name)
+                        .filter(|_| inherited)
+                        .map(String::as_str)
+                        .filter(|v| !v.trim().is_empty())
+                })
             };
             let paths = raw_paths
                 .get(&index)

@@ -472,3 +472,34 @@ fn bad_indexed_destinations_are_400s_that_name_the_destination() {
     let r = parse(&books(&[("userDef.1", "x"), ("com.df.servicePath.1", "/x")])).expect("valid");
     assert!(r.more_destinations.is_empty());
 }
+
+#[test]
+fn a_destinations_own_authentication_replaces_the_services() {
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath", "/"),
+        ("users", "alice:a"),
+        ("servicePath.1", "/public"),
+        ("ignoreAuthorization.1", "true"),
+    ])
+    .expect("Docker Flow Proxy's open destination of a protected service");
+    assert!(r.policy.auth.required());
+    assert!(matches!(r.more_destinations[0].policy.auth, dfp_routing::Authentication::Ignored));
+
+    let r = parse(&[
+        ("serviceName", "books"),
+        ("servicePath", "/"),
+        ("ignoreAuthorization", "true"),
+        ("servicePath.1", "/private"),
+        ("users.1", "ops:o"),
+    ])
+    .expect("a protected destination of an open service");
+    assert!(matches!(r.policy.auth, dfp_routing::Authentication::Ignored));
+    assert!(r.more_destinations[0].policy.auth.required());
+
+    // At one level both are still a 400.
+    refused(
+        &books(&[("servicePath.1", "/x"), ("users.1", "a:b"), ("ignoreAuthorization.1", "true")]),
+        &["destination 1", "ignoreAuthorization"],
+    );
+}
