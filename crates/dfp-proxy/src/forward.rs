@@ -239,7 +239,7 @@ struct Attempt<'a> {
     chunked: bool,
     /// The service compresses and the client accepts its coding ([`rules::compression`]
     /// decides on the response's head).
-    compression: Option<&'a dfp_routing::Compression>,
+    compression: Option<rules::AcceptedCompression<'a>>,
 }
 
 /// A response head as parsed: status, reason-less fields, and what the rules made of them.
@@ -360,7 +360,7 @@ async fn read_head(
     buf: &mut BytesMut,
     head_request: bool,
     (edits, pin): ResponseAdditions<'_>,
-    compression: Option<&dfp_routing::Compression>,
+    compression: Option<rules::AcceptedCompression<'_>>,
 ) -> Result<ParsedHead, Failure> {
     use tokio::io::AsyncReadExt as _;
     loop {

@@ -46,9 +46,7 @@ pub enum PolicyError {
     BadCookieName(String),
     #[error("redirectFromDomain needs an exact serviceDomain to redirect to (the first serviceDomain is {0:?}); give serviceDomain=www.example.com")]
     BadRedirectTarget(String),
-    #[error(
-        "compression algorithm {0:?} is not supported; give gzip or deflate (or identity for none)"
-    )]
+    #[error("compression algorithm {0:?} is not supported; give gzip, deflate or br (brotli), or several separated by spaces in order of preference (identity for none)")]
     BadCompressionAlgo(String),
     #[error("compression type {0:?} is not a media type; give types such as text/html text/css application/javascript, separated by spaces")]
     BadCompressionType(String),

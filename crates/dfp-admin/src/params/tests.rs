@@ -224,20 +224,22 @@ fn compression_is_read_and_bad_values_named() {
     let r = parse(&[
         ("serviceName", "books"),
         ("servicePath", "/b"),
-        ("compressionAlgo", "gzip"),
+        ("compressionAlgo", "br gzip"),
         ("compressionType", "text/plain text/html"),
     ])
     .expect("valid");
     assert!(r.ignored.is_empty());
     let compression = r.policy.compression.expect("compresses");
-    assert_eq!(compression.algo().token(), "gzip");
+    let algos: Vec<_> = compression.algos().map(|a| a.token()).collect();
+    assert_eq!(algos, ["br", "gzip"]);
     assert_eq!(compression.types().collect::<Vec<_>>(), ["text/plain", "text/html"]);
     let off =
         parse(&[("serviceName", "b"), ("servicePath", "/b"), ("compressionAlgo", "identity")]);
     assert!(off.expect("valid").policy.compression.is_none());
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case<'_>] = &[
-        (&[("compressionAlgo", "br")], "compressionAlgo", "gzip"),
+        (&[("compressionAlgo", "gzip brotli")], "compressionAlgo", "\"brotli\""),
+        (&[("compressionAlgo", "raw-deflate")], "compressionAlgo", "gzip, deflate or br"),
         (
             &[("compressionAlgo", "gzip"), ("compressionType", "text")],
             "compressionType",
