@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{http_client, Proxy, RawUpstream, Reply, Scratch};
+use crate::support::{
+    http_client, over_plain_tls_and_h2, Protocol, Proxy, RawUpstream, Reply, Scratch,
+};
 use crate::tls::{https, upload, Ca};
 
 const HOST: &str = "shop.example";
@@ -70,6 +72,21 @@ fn reply(bodies: &Bodies, head: &str) -> Reply {
             pieces.push(b"0\r\n\r\n".to_vec());
             Reply::Pieces(pieces)
         }
+        "/trailers" => {
+            // The page, chunked, then trailers: two that compression leaves true and two
+            // checksums of the bytes as sent, which it makes false.
+            let mut pieces = vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTrailer: Grpc-Status, X-Checksum, Content-MD5, Digest\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()];
+            for part in bodies.page.chunks(3000) {
+                let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                chunk.extend_from_slice(part);
+                chunk.extend_from_slice(b"\r\n");
+                pieces.push(chunk);
+            }
+            pieces.push(
+                format!("0\r\n{}\r\n", TRAILERS.map(|t| format!("{t}\r\n")).concat()).into_bytes(),
+            );
+            Reply::Pieces(pieces)
+        }
         "/png" => with_length("Content-Type: image/png\r\n", &bodies.png),
         "/encoded" => {
             with_length("Content-Type: text/plain\r\nContent-Encoding: gzip\r\n", &bodies.encoded)
@@ -82,6 +99,14 @@ fn reply(bodies: &Bodies, head: &str) -> Reply {
         _ => Reply::Bytes(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()),
     }
 }
+
+/// The trailers the instance sends after `/trailers`: the last two are checksums of its bytes.
+const TRAILERS: [&str; 4] = [
+    "Grpc-Status: 0",
+    "X-Checksum: abc",
+    "Content-MD5: Q2hlY2s=",
+    "Digest: sha-256=X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=",
+];
 
 fn unbrotli(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -294,3 +319,63 @@ async fn brotli_is_sent_to_clients_that_accept_it_and_gzip_to_the_others() {
     check_negotiated("HTTP/2", &h2, &tls_url).await;
     assert!(proxy.terminate().await.success());
 }
+
+/// The data of a chunked body as it came on the wire.
+fn dechunk(mut wire: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let line_end = wire.windows(2).position(|w| w == b"\r\n").expect("a size line");
+        let line = std::str::from_utf8(&wire[..line_end]).expect("ASCII");
+        let size =
+            usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).expect("hex");
+        wire = &wire[line_end + 2..];
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&wire[..size]);
+        wire = &wire[size + 2..];
+    }
+}
+
+/// A chunked response's trailers reach the client after the compressed body (an HTTP/1.1
+/// trailer section, an HTTP/2 trailers frame), less the checksums of the instance's bytes
+/// that compression makes false; uncompressed, every one arrives.
+async fn trailers_follow_a_compressed_body(protocol: Protocol) {
+    let bodies = Arc::new(Bodies::new());
+    let page = bodies.page.clone();
+    let upstream = RawUpstream::start(move |_, head| reply(&bodies, head)).await;
+    let proxy = Proxy::start(None, &[]).await;
+    protocol.prepare(&proxy).await;
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
+             &compressionAlgo=br%20gzip&compressionType=text/html",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let lower = |lines: &[&str]| {
+        let mut lines: Vec<String> = lines.iter().map(|l| l.to_ascii_lowercase()).collect();
+        lines.sort();
+        lines
+    };
+    for (accept, coding) in [("br", Some("br")), ("gzip", Some("gzip")), ("identity", None)] {
+        let what = format!("{protocol:?} Accept-Encoding: {accept}");
+        let extra = ["TE: trailers".to_owned(), format!("Accept-Encoding: {accept}")];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let got = protocol.get(&proxy, "shop.example", "/trailers", &extra).await;
+        assert_eq!((got.status, got.header("content-encoding")), (200, coding), "{what}");
+        let data = if protocol == Protocol::H2 { got.body.clone() } else { dechunk(&got.body) };
+        let data = match coding {
+            Some("br") => unbrotli(&data),
+            Some(_) => gunzip(&data),
+            None => data,
+        };
+        assert!(data == page, "{what}: the body decodes to the instance's");
+        let want = if coding.is_some() { &TRAILERS[..2] } else { &TRAILERS[..] };
+        let got_trailers: Vec<&str> = got.trailers.iter().map(String::as_str).collect();
+        assert_eq!(lower(&got_trailers), lower(want), "{what}");
+    }
+}
+
+over_plain_tls_and_h2!(trailers_follow_a_compressed_body);
