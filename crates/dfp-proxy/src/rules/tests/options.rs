@@ -318,7 +318,8 @@ fn the_coding_is_the_first_of_the_service_list_the_client_accepts() {
     use dfp_routing::Compression;
     let services = |algo: &str| Compression::parse(Some(algo), None).expect("valid");
     let (br, br_gzip, gzip_br) = (services("br"), services("br gzip"), services("gzip br"));
-    let cases: [(&Option<Compression>, Option<&[u8]>, Option<&str>); 22] = [
+    type Case<'a> = (&'a Option<Compression>, Option<&'a [u8]>, Option<&'a str>);
+    let cases: [Case<'_>; 22] = [
         (&br, Some(b"gzip, deflate, br"), Some("br")),
         (&br, Some(b"BR"), Some("br")),
         (&br, Some(b"gzip"), None),
