@@ -8,7 +8,8 @@
 //! sent as it comes, with its `Content-Length` or chunked; the instance's response head is
 //! parsed into hyper's response, and its body read from the socket and decoded (chunked
 //! framing cannot cross to HTTP/2) into DATA frames as hyper asks for them, so an unread
-//! response reads no more from the instance than the client's window takes.
+//! response reads no more from the instance than the client's window takes; a chunked body's
+//! trailers become a trailers frame.
 
 use std::convert::Infallible;
 use std::io::{self, Write as _};
