@@ -1,5 +1,6 @@
-//! `compressionAlgo`/`compressionType` (issue 14): a service's listed types are gzipped on
-//! their way to clients that accept it, over plain HTTP/1.1, HTTP/1.1 over TLS and HTTP/2,
+//! `compressionAlgo`/`compressionType` (issue 14): a service's listed types are gzipped (or
+//! brotli-compressed, with the coding negotiated from the service's list) on their way to
+//! clients that accept it, over plain HTTP/1.1, HTTP/1.1 over TLS and HTTP/2,
 //! and decode to exactly what the instance sent, whether it sent a `Content-Length` body or
 //! a chunked one; images, bodies the instance already encoded, tiny bodies, `HEAD`, `304`,
 //! clients without `Accept-Encoding` and HTTP/1.0 clients get the instance's bytes
@@ -14,7 +15,9 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{http_client, Proxy, RawUpstream, Reply, Scratch};
+use crate::support::{
+    http_client, over_plain_tls_and_h2, Protocol, Proxy, RawUpstream, Reply, Scratch,
+};
 use crate::tls::{https, upload, Ca};
 
 const HOST: &str = "shop.example";
@@ -69,6 +72,21 @@ fn reply(bodies: &Bodies, head: &str) -> Reply {
             pieces.push(b"0\r\n\r\n".to_vec());
             Reply::Pieces(pieces)
         }
+        "/trailers" => {
+            // The page, chunked, then trailers: two that compression leaves true and two
+            // checksums of the bytes as sent, which it makes false.
+            let mut pieces = vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTrailer: Grpc-Status, X-Checksum, Content-MD5, Digest\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()];
+            for part in bodies.page.chunks(3000) {
+                let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                chunk.extend_from_slice(part);
+                chunk.extend_from_slice(b"\r\n");
+                pieces.push(chunk);
+            }
+            pieces.push(
+                format!("0\r\n{}\r\n", TRAILERS.map(|t| format!("{t}\r\n")).concat()).into_bytes(),
+            );
+            Reply::Pieces(pieces)
+        }
         "/png" => with_length("Content-Type: image/png\r\n", &bodies.png),
         "/encoded" => {
             with_length("Content-Type: text/plain\r\nContent-Encoding: gzip\r\n", &bodies.encoded)
@@ -80,6 +98,20 @@ fn reply(bodies: &Bodies, head: &str) -> Reply {
         ),
         _ => Reply::Bytes(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec()),
     }
+}
+
+/// The trailers the instance sends after `/trailers`: the last two are checksums of its bytes.
+const TRAILERS: [&str; 4] = [
+    "Grpc-Status: 0",
+    "X-Checksum: abc",
+    "Content-MD5: Q2hlY2s=",
+    "Digest: sha-256=X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=",
+];
+
+fn unbrotli(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    brotli::Decompressor::new(bytes, 4096).read_to_end(&mut out).expect("a valid brotli stream");
+    out
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
@@ -98,9 +130,13 @@ struct Got {
     body: Vec<u8>,
 }
 
-async fn fetch(client: &reqwest::Client, url: &str, head: bool, gzip: bool) -> Got {
+/// `accept`: the request's `Accept-Encoding`, if any.
+async fn fetch(client: &reqwest::Client, url: &str, head: bool, accept: Option<&str>) -> Got {
     let request = if head { client.head(url) } else { client.get(url) };
-    let request = if gzip { request.header("accept-encoding", "gzip, br") } else { request };
+    let request = match accept {
+        Some(accept) => request.header("accept-encoding", accept),
+        None => request,
+    };
     let response = request.send().await.expect("the proxy answers");
     let field =
         |name: &str| response.headers().get(name).map(|v| v.to_str().expect("text").to_owned());
@@ -116,10 +152,13 @@ async fn fetch(client: &reqwest::Client, url: &str, head: bool, gzip: bool) -> G
     Got { status, encoding, vary, length, body }
 }
 
+/// What the gzip checks' clients accept: brotli too, which a gzip-only service never sends.
+const GZIP: Option<&str> = Some("gzip, br");
+
 /// Every check, through one client (`what` names it in failures).
 async fn check(what: &str, client: &reqwest::Client, url: &dyn Fn(&str) -> String, b: &Bodies) {
     for (path, original) in [("/big", &b.big), ("/page", &b.page)] {
-        let got = fetch(client, &url(path), false, true).await;
+        let got = fetch(client, &url(path), false, GZIP).await;
         assert_eq!(got.status, 200, "{what} {path}");
         assert_eq!(got.encoding.as_deref(), Some("gzip"), "{what} {path}");
         assert!(got.vary.iter().any(|v| v.contains("accept-encoding")), "{what} {path}: {got:?}");
@@ -128,25 +167,25 @@ async fn check(what: &str, client: &reqwest::Client, url: &dyn Fn(&str) -> Strin
         assert!(gunzip(&got.body) == *original, "{what} {path}: decodes to the original");
     }
     // The instance's own Vary is kept beside the proxy's.
-    let page = fetch(client, &url("/page"), false, true).await;
+    let page = fetch(client, &url("/page"), false, GZIP).await;
     assert!(page.vary.iter().any(|v| v.contains("origin")), "{what}: {:?}", page.vary);
 
     for (path, original, encoding) in
         [("/png", &b.png, None), ("/encoded", &b.encoded, Some("gzip")), ("/tiny", &b.tiny, None)]
     {
-        let got = fetch(client, &url(path), false, true).await;
+        let got = fetch(client, &url(path), false, GZIP).await;
         assert_eq!((got.status, got.encoding.as_deref()), (200, encoding), "{what} {path}");
         assert!(got.vary.is_empty(), "{what} {path}: {:?}", got.vary);
         assert!(got.body == *original, "{what} {path}: untouched");
         assert_eq!(got.length, Some(original.len().to_string()), "{what} {path}");
     }
-    let head = fetch(client, &url("/big"), true, true).await;
+    let head = fetch(client, &url("/big"), true, GZIP).await;
     assert_eq!((head.status, head.encoding.as_deref()), (200, None), "{what} HEAD");
     assert!(head.body.is_empty(), "{what} HEAD");
-    let unchanged = fetch(client, &url("/unchanged"), false, true).await;
+    let unchanged = fetch(client, &url("/unchanged"), false, GZIP).await;
     assert_eq!((unchanged.status, unchanged.encoding.as_deref()), (304, None), "{what} 304");
 
-    let identity = fetch(client, &url("/big"), false, false).await;
+    let identity = fetch(client, &url("/big"), false, None).await;
     assert_eq!((identity.status, identity.encoding.as_deref()), (200, None), "{what}");
     assert_eq!(identity.length, Some(b.big.len().to_string()), "{what} identity");
     assert!(identity.body == b.big, "{what}: without Accept-Encoding, the instance's bytes");
@@ -198,13 +237,13 @@ async fn listed_types_are_gzipped_for_clients_that_accept_it() {
     assert!(answer10[head_end..] == bodies.big, "HTTP/1.0: untouched");
 
     // A bad value is a 400 naming it, and changes nothing.
-    for bad in ["&compressionAlgo=br", "&compressionAlgo=gzip&compressionType=text"] {
+    for bad in ["&compressionAlgo=brotli", "&compressionAlgo=gzip&compressionType=text"] {
         let (status, answer) = proxy.admin(&route(bad)).await;
         assert_eq!(status, 400, "{answer}");
         assert!(answer["Message"].as_str().is_some_and(|m| m.contains("compression")), "{answer}");
     }
     assert_eq!(
-        fetch(&plain, &proxy.url("/big"), false, true).await.encoding.as_deref(),
+        fetch(&plain, &proxy.url("/big"), false, GZIP).await.encoding.as_deref(),
         Some("gzip")
     );
 
@@ -218,7 +257,125 @@ async fn listed_types_are_gzipped_for_clients_that_accept_it() {
     // Without the option, nothing is compressed.
     let (status, answer) = proxy.admin(&route("")).await;
     assert_eq!(status, 200, "{answer}");
-    let got = fetch(&plain, &proxy.url("/big"), false, true).await;
+    let got = fetch(&plain, &proxy.url("/big"), false, GZIP).await;
     assert_eq!(got.encoding, None);
     assert!(got.body == bodies.big);
 }
+
+/// A service listing `br gzip`: each client gets the first of the two it accepts, and the
+/// body decodes to exactly what the instance sent, over each protocol.
+async fn check_negotiated(what: &str, client: &reqwest::Client, url: &dyn Fn(&str) -> String) {
+    let b = Bodies::new();
+    let cases = [
+        ("gzip, deflate, br", Some("br")),
+        ("gzip;q=1.0, br;q=0.5", Some("br")),
+        ("gzip", Some("gzip")),
+        ("br;q=0, gzip", Some("gzip")),
+        ("*", Some("br")),
+        ("deflate, identity", None),
+    ];
+    for (accept, coding) in cases {
+        for (path, original) in [("/big", &b.big), ("/page", &b.page)] {
+            let got = fetch(client, &url(path), false, Some(accept)).await;
+            let what = format!("{what} {path} Accept-Encoding: {accept}");
+            assert_eq!((got.status, got.encoding.as_deref()), (200, coding), "{what}");
+            let body = match coding {
+                Some("br") => unbrotli(&got.body),
+                Some(_) => gunzip(&got.body),
+                None => got.body.clone(),
+            };
+            assert!(body == *original, "{what}: decodes to the original");
+            if coding.is_some() {
+                assert!(got.body.len() < original.len() / 3, "{what}: {} bytes", got.body.len());
+                assert!(got.vary.iter().any(|v| v.contains("accept-encoding")), "{what}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn brotli_is_sent_to_clients_that_accept_it_and_gzip_to_the_others() {
+    let bodies = Arc::new(Bodies::new());
+    let upstream = RawUpstream::start(move |_, head| reply(&bodies, head)).await;
+    let mut proxy = Proxy::start(None, &[]).await;
+    let ca = Ca::new();
+    assert_eq!(upload(&proxy, "shop", &ca.issue(&[HOST]).pem).await.0, 200);
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
+             &compressionAlgo=br%20gzip&compressionType=text/plain%20text/html",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(proxy.config().await["Services"][0]["CompressionAlgo"], "br gzip");
+
+    check_negotiated("HTTP/1.1", &http_client(), &|path| proxy.url(path)).await;
+    let tls_url = |path: &str| https(&proxy, HOST, path);
+    check_negotiated("HTTP/1.1 over TLS", &ca.client(&proxy, &[HOST], true), &tls_url).await;
+    let h2 = ca.client(&proxy, &[HOST], false);
+    let version = h2.get(tls_url("/tiny")).send().await.expect("answer").version();
+    assert_eq!(version, reqwest::Version::HTTP_2);
+    check_negotiated("HTTP/2", &h2, &tls_url).await;
+    assert!(proxy.terminate().await.success());
+}
+
+/// The data of a chunked body as it came on the wire.
+fn dechunk(mut wire: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let line_end = wire.windows(2).position(|w| w == b"\r\n").expect("a size line");
+        let line = std::str::from_utf8(&wire[..line_end]).expect("ASCII");
+        let size =
+            usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).expect("hex");
+        wire = &wire[line_end + 2..];
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&wire[..size]);
+        wire = &wire[size + 2..];
+    }
+}
+
+/// A chunked response's trailers reach the client after the compressed body (an HTTP/1.1
+/// trailer section, an HTTP/2 trailers frame), less the checksums of the instance's bytes
+/// that compression makes false; uncompressed, every one arrives.
+async fn trailers_follow_a_compressed_body(protocol: Protocol) {
+    let bodies = Arc::new(Bodies::new());
+    let page = bodies.page.clone();
+    let upstream = RawUpstream::start(move |_, head| reply(&bodies, head)).await;
+    let proxy = Proxy::start(None, &[]).await;
+    protocol.prepare(&proxy).await;
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
+             &compressionAlgo=br%20gzip&compressionType=text/html",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let lower = |lines: &[&str]| {
+        let mut lines: Vec<String> = lines.iter().map(|l| l.to_ascii_lowercase()).collect();
+        lines.sort();
+        lines
+    };
+    for (accept, coding) in [("br", Some("br")), ("gzip", Some("gzip")), ("identity", None)] {
+        let what = format!("{protocol:?} Accept-Encoding: {accept}");
+        let extra = ["TE: trailers".to_owned(), format!("Accept-Encoding: {accept}")];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let got = protocol.get(&proxy, "shop.example", "/trailers", &extra).await;
+        assert_eq!((got.status, got.header("content-encoding")), (200, coding), "{what}");
+        let data = if protocol == Protocol::H2 { got.body.clone() } else { dechunk(&got.body) };
+        let data = match coding {
+            Some("br") => unbrotli(&data),
+            Some(_) => gunzip(&data),
+            None => data,
+        };
+        assert!(data == page, "{what}: the body decodes to the instance's");
+        let want = if coding.is_some() { &TRAILERS[..2] } else { &TRAILERS[..] };
+        let got_trailers: Vec<&str> = got.trailers.iter().map(String::as_str).collect();
+        assert_eq!(lower(&got_trailers), lower(want), "{what}");
+    }
+}
+
+over_plain_tls_and_h2!(trailers_follow_a_compressed_body);

@@ -1,7 +1,7 @@
 //! Basic auth as Docker Flow Proxy users set it up: global users (`USERS`, a users file)
 //! protecting every service without users of its own, `ignoreAuthorization=true` opening one,
-//! a service's own `users` replacing the global ones, and `usersSecret` read from a Docker
-//! secrets directory. Through the real binary (standalone), over plain HTTP/1.1 and over
+//! a service's own `users` replacing the global ones, `usersSecret` read from a Docker
+//! secrets directory, and a `users` entry without a password taking the global user's. Through the real binary (standalone), over plain HTTP/1.1 and over
 //! TLS with HTTP/1.1 and HTTP/2, before and after a restart from the state file.
 
 use crate::support::{proxy::Proxy, Scratch, Upstream};
@@ -228,4 +228,68 @@ async fn global_users_from_a_file_and_a_bad_one_stops_the_start() {
         assert!(!out.status.success(), "{args:?} {env:?} started: {stderr}");
         assert!(stderr.contains(&needle), "{args:?} {env:?}: {stderr}");
     }
+}
+
+/// `users=admin,bob:bob-pw,ops`: the bare names take the global users' passwords (plain or
+/// hashed as given there), the call is stored with the bare names only, a restart resolves
+/// them again against the global users it starts with, and a bare name no global user has is
+/// a 400 naming the entry by position that changes nothing.
+#[tokio::test]
+async fn a_bare_name_in_users_takes_the_global_users_password() {
+    let web = Upstream::start("web-1").await;
+    let scratch = Scratch::new();
+    let state = format!("--state-file={}", scratch.path("state.json").display());
+    let users = format!("--users={}:{},ops:{HASH_OF_SECRET}", GLOBAL.0, GLOBAL.1);
+    let mut proxy = Proxy::start_logging(None, &[&state, &users], "info").await;
+    let reconfigure = |users: &str| {
+        format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/bare&port={}\
+             &users={users}",
+            web.port()
+        )
+    };
+    let (code, answer) = proxy.admin(&reconfigure("admin,bob:bob-pw,ops")).await;
+    assert_eq!(code, 200, "{answer}");
+    let client = crate::support::http_client();
+    let url = proxy.url("/bare");
+    for (user, expected) in [
+        (None, 401),
+        (Some(GLOBAL), 200),
+        (Some(("bob", "bob-pw")), 200),
+        (Some(("ops", "secret")), 200),
+        (Some(("ops", HASH_OF_SECRET)), 401),
+        (Some(("admin", "bob-pw")), 401),
+    ] {
+        assert_eq!(status(&client, &url, user).await, expected, "{user:?}");
+    }
+    let config = proxy.config().await;
+    assert_eq!(config["Services"][0]["Users"], serde_json::json!(["admin", "bob", "ops"]));
+    assert_eq!(config["Services"][0]["UsersFrom"], "service");
+    let stored = std::fs::read_to_string(scratch.path("state.json")).expect("state file");
+    assert!(stored.contains("admin,bob:bob-pw,ops"), "the call as sent: {stored}");
+    assert!(!stored.contains(GLOBAL.1) && !stored.contains("saltsalt"), "{stored}");
+
+    // A bare name that no global user has: a 400 naming the entry, never its text.
+    let (code, answer) = proxy.admin(&reconfigure("bob:bob-pw,zed")).await;
+    assert_eq!(code, 400, "{answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("users entry 2 ") && message.contains("global users"), "{message}");
+    assert!(!message.contains("zed") && !message.contains("bob-pw"), "{message}");
+    assert_eq!(proxy.config().await["Services"], config["Services"], "nothing changed");
+    assert_eq!(status(&client, &url, Some(GLOBAL)).await, 200);
+
+    // Restarted with other global users: the bare names are resolved against those.
+    proxy.terminate().await;
+    let users = format!("--users={}:new-pw", GLOBAL.0);
+    let proxy = Proxy::start_logging(None, &[&state, &users], "info").await;
+    let url = proxy.url("/bare");
+    for (user, expected) in [
+        (Some((GLOBAL.0, "new-pw")), 200),
+        (Some(GLOBAL), 401),
+        (Some(("bob", "bob-pw")), 200),
+        (Some(("ops", "secret")), 401),
+    ] {
+        assert_eq!(status(&client, &url, user).await, expected, "after a restart: {user:?}");
+    }
+    assert!(proxy.log().contains("users entry 3 "), "the restore warns: {}", proxy.log());
 }

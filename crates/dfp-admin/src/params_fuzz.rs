@@ -521,7 +521,7 @@ fn value_for(name: &'static str) -> BoxedStrategy<String> {
         ]
         .boxed(),
         "compressionAlgo" => prop_oneof![
-            4 => prop::sample::select(vec!["gzip", " GZIP ", "deflate", "identity", "br", "raw-deflate", ""])
+            4 => prop::sample::select(vec!["gzip", " GZIP ", "deflate", "identity", "br", "br gzip", "gzip,br", "brotli", "raw-deflate", ""])
                 .prop_map(str::to_owned),
             1 => anything(),
         ]

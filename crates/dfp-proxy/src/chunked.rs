@@ -119,7 +119,20 @@ impl ChunkedScanner {
     pub(crate) fn feed_with(
         &mut self,
         input: &[u8],
+        data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Scan, ChunkedError> {
+        self.feed_parts(input, data, |_| {})
+    }
+
+    /// As [`feed_with`](Self::feed_with), also telling `trailers` where in `input` the
+    /// trailer section's bytes lie: each field line with its CRLF and the final empty line's
+    /// CRLF (what a decoder that passes trailers on needs; they are only delimited here, and
+    /// [`MAX_TRAILERS`] bounds them). Called once per call at most, before it returns.
+    pub(crate) fn feed_parts(
+        &mut self,
+        input: &[u8],
         mut data: impl FnMut(std::ops::Range<usize>),
+        mut trailers: impl FnMut(std::ops::Range<usize>),
     ) -> Result<Scan, ChunkedError> {
         match self.state {
             State::Done => return Ok(Scan::Done(0)),
@@ -127,6 +140,8 @@ impl ChunkedScanner {
             _ => {}
         }
         let mut at = 0;
+        // The trailer bytes of this input, from where they start.
+        let mut trailer_start = None;
         while at < input.len() {
             if self.state == State::Data {
                 let left = input.len() - at;
@@ -144,14 +159,28 @@ impl ChunkedScanner {
                 continue;
             }
             let byte = input[at];
+            if trailer_start.is_none()
+                && matches!(
+                    self.state,
+                    State::TrailerStart | State::TrailerLine | State::TrailerLf | State::EndLf
+                )
+            {
+                trailer_start = Some(at);
+            }
             at += 1;
             if let Err(error) = self.step(byte) {
                 self.state = State::Failed(error);
                 return Err(error);
             }
             if self.state == State::Done {
+                if let Some(start) = trailer_start {
+                    trailers(start..at);
+                }
                 return Ok(Scan::Done(at));
             }
+        }
+        if let Some(start) = trailer_start {
+            trailers(start..at);
         }
         Ok(Scan::NeedMore)
     }
@@ -454,6 +483,39 @@ mod tests {
         for (input, want) in &cases {
             check(input, *want);
         }
+    }
+
+    /// The trailer section is reported whole, however the input is cut, and nothing else is.
+    #[test]
+    fn trailers_are_reported_however_cut() {
+        let body = b"5\r\nhello\r\n0\r\nDigest: x\r\nGrpc-Status: 0\r\n\r\nNEXT";
+        let want = &b"Digest: x\r\nGrpc-Status: 0\r\n\r\n"[..];
+        for cut in 0..body.len() {
+            let mut scanner = ChunkedScanner::new();
+            let (mut data, mut trailers) = (Vec::new(), Vec::new());
+            let mut end = None;
+            for (offset, piece) in [(0, &body[..cut]), (cut, &body[cut..])] {
+                let scan = scanner
+                    .feed_parts(
+                        piece,
+                        |r| data.extend_from_slice(&piece[r]),
+                        |r| trailers.extend_from_slice(&piece[r]),
+                    )
+                    .expect("valid");
+                if let (Scan::Done(n), None) = (scan, end) {
+                    end = Some(offset + n);
+                }
+            }
+            assert_eq!(end, Some(body.len() - 4), "cut at {cut}");
+            assert_eq!(data, b"hello", "cut at {cut}");
+            assert_eq!(trailers, want, "cut at {cut}");
+        }
+        let mut scanner = ChunkedScanner::new();
+        let mut trailers = Vec::new();
+        scanner
+            .feed_parts(b"0\r\n\r\n", |_| {}, |r| trailers.push((r.start, r.end)))
+            .expect("valid");
+        assert_eq!(trailers, [(3, 5)], "an empty section is its final CRLF");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! sent as it comes, with its `Content-Length` or chunked; the instance's response head is
 //! parsed into hyper's response, and its body read from the socket and decoded (chunked
 //! framing cannot cross to HTTP/2) into DATA frames as hyper asks for them, so an unread
-//! response reads no more from the instance than the client's window takes.
+//! response reads no more from the instance than the client's window takes; a chunked body's
+//! trailers become a trailers frame.
 
 use std::convert::Infallible;
 use std::io::{self, Write as _};
@@ -35,6 +36,7 @@ use crate::rules::{
     self, Admitted, Failure, FieldSink as _, Forwarding, Framing, Record, RequestBody,
     RoutedRequest, Routing, MAX_HEADERS, MAX_HEAD_BYTES,
 };
+use crate::trailers;
 use crate::upstream::Connector;
 use crate::ProxyConfig;
 
@@ -239,7 +241,7 @@ struct Attempt<'a> {
     chunked: bool,
     /// The service compresses and the client accepts its coding ([`rules::compression`]
     /// decides on the response's head).
-    compression: Option<&'a dfp_routing::Compression>,
+    compression: Option<rules::AcceptedCompression<'a>>,
 }
 
 /// A response head as parsed: status, reason-less fields, and what the rules made of them.
@@ -360,7 +362,7 @@ async fn read_head(
     buf: &mut BytesMut,
     head_request: bool,
     (edits, pin): ResponseAdditions<'_>,
-    compression: Option<&dfp_routing::Compression>,
+    compression: Option<rules::AcceptedCompression<'_>>,
 ) -> Result<ParsedHead, Failure> {
     use tokio::io::AsyncReadExt as _;
     loop {
@@ -444,6 +446,7 @@ fn relay(
             _ => 0,
         },
         scanner: ChunkedScanner::new(),
+        trailers: Vec::new(),
         reusable: facts.keep_alive && sent_all,
         connector: *attempt.connector,
         addr: attempt.addr,
@@ -453,7 +456,8 @@ fn relay(
     let body = match coding {
         None => Either::Left(body),
         Some(coding) => {
-            Either::Right(CompressedBody { inner: body, encoder: Some(Encoder::new(coding)) })
+            let encoder = Some(Encoder::new(coding));
+            Either::Right(CompressedBody { inner: body, encoder, trailers: None })
         }
     };
     let mut response = Response::new(Either::Left(body));
@@ -474,6 +478,8 @@ pub(crate) struct InstanceBody {
     /// Of a `Content-Length` body, the bytes still to hand on.
     remaining: u64,
     scanner: ChunkedScanner,
+    /// The chunked body's trailer section as read, until it goes out as a trailers frame.
+    trailers: Vec<u8>,
     reusable: bool,
     connector: Connector,
     addr: SocketAddr,
@@ -516,9 +522,14 @@ impl InstanceBody {
             Framing::Chunked => {
                 let mut data = BytesMut::new();
                 let input = &self.buf[..];
+                let trailers = &mut self.trailers;
                 let scan = self
                     .scanner
-                    .feed_with(input, |range| data.extend_from_slice(&input[range]))
+                    .feed_parts(
+                        input,
+                        |range| data.extend_from_slice(&input[range]),
+                        |range| trailers.extend_from_slice(&input[range]),
+                    )
                     .map_err(io::Error::other)?;
                 let consumed = match scan {
                     Scan::Done(end) => {
@@ -546,7 +557,9 @@ impl http_body::Body for InstanceBody {
         loop {
             if this.done {
                 this.finish_if_done();
-                return Poll::Ready(None);
+                // The trailers, if the instance sent any, after the last DATA frame.
+                let section = std::mem::take(&mut this.trailers);
+                return Poll::Ready(trailers::header_map(&section).map(|t| Ok(Frame::trailers(t))));
             }
             match this.take_data() {
                 Err(err) => return Poll::Ready(Some(Err(err))),
@@ -582,18 +595,22 @@ impl http_body::Body for InstanceBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.trailers.is_empty()
     }
 }
 
 /// An instance's body compressed as hyper asks for it: each DATA piece [`InstanceBody`]
 /// gives goes through the encoder at once and what it gives comes out as one DATA frame
-/// (nothing is held back for a later piece); the encoder's end is the last frame. The
-/// connection goes back to the pool exactly as the inner body says.
+/// (nothing is held back for a later piece); the encoder's end is the last DATA frame, and
+/// the instance's trailers follow it, less those compression makes false
+/// ([`trailers::drop_invalidated`]). The connection goes back to the pool exactly as the inner
+/// body says.
 pub(crate) struct CompressedBody {
     inner: InstanceBody,
     /// `None` once the stream has ended (or failed).
     encoder: Option<Encoder>,
+    /// The instance's trailers, held until the encoder's end has gone out.
+    trailers: Option<HeaderMap>,
 }
 
 impl std::fmt::Debug for CompressedBody {
@@ -612,13 +629,21 @@ impl http_body::Body for CompressedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         loop {
-            let Some(encoder) = this.encoder.as_mut() else { return Poll::Ready(None) };
+            let Some(encoder) = this.encoder.as_mut() else {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            };
             let mut out = Vec::new();
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
-                    // Trailers are not carried after a compressed body.
-                    let Ok(data) = frame.into_data() else { continue };
-                    encoder.compress(&data, &mut out);
+                    match frame.into_data() {
+                        Ok(data) => encoder.compress(&data, &mut out),
+                        Err(frame) => {
+                            if let Ok(mut fields) = frame.into_trailers() {
+                                trailers::drop_invalidated(&mut fields);
+                                this.trailers = (!fields.is_empty()).then_some(fields);
+                            }
+                        }
+                    }
                     if out.is_empty() {
                         continue;
                     }
@@ -638,7 +663,7 @@ impl http_body::Body for CompressedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.encoder.is_none()
+        self.encoder.is_none() && self.trailers.is_none()
     }
 }
 

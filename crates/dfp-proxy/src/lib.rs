@@ -24,6 +24,7 @@ mod path;
 mod rules;
 mod server;
 mod tls;
+mod trailers;
 mod tunnel;
 mod upstream;
 

@@ -46,9 +46,7 @@ pub enum PolicyError {
     BadCookieName(String),
     #[error("redirectFromDomain needs an exact serviceDomain to redirect to (the first serviceDomain is {0:?}); give serviceDomain=www.example.com")]
     BadRedirectTarget(String),
-    #[error(
-        "compression algorithm {0:?} is not supported; give gzip or deflate (or identity for none)"
-    )]
+    #[error("compression algorithm {0:?} is not supported; give gzip, deflate or br (brotli), or several separated by spaces in order of preference (identity for none)")]
     BadCompressionAlgo(String),
     #[error("compression type {0:?} is not a media type; give types such as text/html text/css application/javascript, separated by spaces")]
     BadCompressionType(String),
@@ -215,16 +213,32 @@ impl Credential {
     /// when `hashed` (`usersPassEncrypted`, `USERS_PASS_ENCRYPTED`) or when it starts with
     /// `$6$`. Errors name an entry by its position, never by its text: it may be a password.
     pub fn parse_list(text: &str, hashed: bool) -> Result<Vec<Credential>, PolicyError> {
+        let entries = Credential::parse_entries(text, hashed)?;
+        let given = entries.into_iter().enumerate().map(|(index, entry)| match entry {
+            UsersEntry::Given(credential) => Ok(credential),
+            UsersEntry::Bare(_) => Err(PolicyError::BadUsersEntry(index + 1)),
+        });
+        given.collect()
+    }
+
+    /// As [`parse_list`](Self::parse_list), for a service's `users` parameter, where an entry
+    /// may also be a bare name (no `:`): Docker Flow Proxy then takes the password of the same
+    /// user from the service's `usersSecret`, else from the global users
+    /// ([`UsersEntry::Bare`]). A name with an empty password (`alice:`) is still an error.
+    pub fn parse_entries(text: &str, hashed: bool) -> Result<Vec<UsersEntry>, PolicyError> {
         let mut users = Vec::new();
         let entries = text.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty());
         for (index, entry) in entries.enumerate() {
             let bad = || PolicyError::BadUsersEntry(index + 1);
-            let (user, password) = entry.split_once(':').ok_or_else(bad)?;
+            let Some((user, password)) = entry.split_once(':') else {
+                users.push(UsersEntry::Bare(entry.into()));
+                continue;
+            };
             let (user, password) = (user.trim(), password.trim());
             if user.is_empty() || password.is_empty() {
                 return Err(bad());
             }
-            users.push(Credential::new(user, password, hashed)?);
+            users.push(UsersEntry::Given(Credential::new(user, password, hashed)?));
         }
         if users.is_empty() {
             return Err(PolicyError::NoUsers);
@@ -378,6 +392,17 @@ impl DomainRedirect {
     pub fn applies_to(&self, host: &str) -> bool {
         self.from.iter().any(|d| d.matches(host))
     }
+}
+
+/// An entry of a service's `users` parameter ([`Credential::parse_entries`]).
+#[derive(Debug, Clone)]
+pub enum UsersEntry {
+    /// `name:password`.
+    Given(Credential),
+    /// A name alone: the user's password is found where the proxy keeps users (the
+    /// service's `usersSecret`, else the global users) when the call is applied, and never
+    /// stored with the call. Its text is never shown: it may be a password cut at a comma.
+    Bare(Box<str>),
 }
 
 /// Where a service's users come from, for `config` and logs.

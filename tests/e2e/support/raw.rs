@@ -308,6 +308,9 @@ pub struct Answer {
     /// The body as it came on the wire: for a chunked response, the chunks with their sizes,
     /// extensions and trailers.
     pub body: Vec<u8>,
+    /// The trailer fields, as `name: value` lines as sent: after a chunked body's last chunk
+    /// (they stay in `body` too), or in an HTTP/2 trailers frame.
+    pub trailers: Vec<String>,
 }
 
 impl Answer {
@@ -330,6 +333,25 @@ impl Answer {
     /// HTTP library writes every name in lower case.
     pub fn verbatim(&self) -> bool {
         self.head.contains("\r\nX-Raw-Upstream: yes")
+    }
+}
+
+/// The field lines after a whole chunked body's last chunk.
+fn trailer_lines(mut wire: &[u8]) -> Vec<String> {
+    loop {
+        let line_end = find(wire, b"\r\n").expect("a size line");
+        let line = String::from_utf8_lossy(&wire[..line_end]);
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or_default().trim(), 16)
+            .expect("a hex size");
+        wire = &wire[line_end + 2..];
+        if size == 0 {
+            return String::from_utf8_lossy(wire)
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        wire = &wire[size + 2..];
     }
 }
 
@@ -471,8 +493,9 @@ impl RawClient {
             self.buf.len()
         };
         let body = self.buf[start..end].to_vec();
+        let trailers = if chunked { trailer_lines(&body) } else { Vec::new() };
         self.buf.drain(..end);
-        Answer { interim, status, head, body }
+        Answer { interim, status, head, body, trailers }
     }
 
     /// Where the chunked body starting at `pos` ends (after the trailers' blank line).

@@ -165,19 +165,26 @@ async fn h2_get(proxy: &Proxy, host: &str, path: &str, extra: &[&str]) -> Answer
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let response = sender.send_request(request).await.expect("an HTTP/2 answer");
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("the body arrives whole").to_bytes();
-        (parts, body)
+        let body = body.collect().await.expect("the body arrives whole");
+        let trailers: Vec<String> = body
+            .trailers()
+            .into_iter()
+            .flatten()
+            .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("<binary>")))
+            .collect();
+        (parts, (body.to_bytes(), trailers))
     })
     .await
     .expect("answered within 10 s");
     drop(sender);
     connection.abort();
-    let (parts, body) = response;
+    let (parts, (body, trailers)) = response;
     let mut head = format!("HTTP/2 {}", parts.status.as_u16());
     for (name, value) in &parts.headers {
         head.push_str(&format!("\r\n{name}: {}", value.to_str().unwrap_or("<binary>")));
     }
-    Answer { interim: Vec::new(), status: parts.status.as_u16(), head, body: body.to_vec() }
+    let status = parts.status.as_u16();
+    Answer { interim: Vec::new(), status, head, body: body.to_vec(), trailers }
 }
 
 /// Runs each test function named (an `async fn(Transport)` in the invoking module) once per

@@ -65,7 +65,7 @@ struct ServiceView {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     verify_client_ssl: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    compression_algo: Option<&'static str>,
+    compression_algo: Option<String>,
     /// Empty with an algorithm: every type.
     #[serde(skip_serializing_if = "Option::is_none")]
     compression_type: Option<String>,
@@ -171,7 +171,10 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         denied_sources: policy.denied_sources.entries().collect(),
         deny_http: policy.deny_http,
         verify_client_ssl: policy.verify_client_cert,
-        compression_algo: policy.compression.as_ref().map(|c| c.algo().token()),
+        compression_algo: policy
+            .compression
+            .as_ref()
+            .map(|c| c.algos().map(|a| a.token()).collect::<Vec<_>>().join(" ")),
         compression_type: policy
             .compression
             .as_ref()

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use dfp_routing::{
     Authentication, ConditionError, Domain, DomainRedirect, PathPattern, PathPrefix, PathType,
-    RouteConditions, ServicePolicy, ServiceSpec, StickySession,
+    RouteConditions, ServicePolicy, ServiceSpec, StickySession, UsersEntry,
 };
 
 use self::policy::{
@@ -60,6 +60,11 @@ pub struct ReconfigureRequest {
     pub users_secret: Option<String>,
     /// `usersPassEncrypted`: the passwords of `users` or of the `usersSecret` are hashes.
     pub users_pass_encrypted: bool,
+    /// The `users` entries, in order, when one is a bare name (Docker Flow Proxy's `users=alice`):
+    /// the controller gives each bare name the password of the same user in the `usersSecret`,
+    /// else in the global users. Empty when every entry has its password (`policy` holds them).
+    /// Only the bare name is stored (in `params`), never the password found for it.
+    pub users_entries: Vec<UsersEntry>,
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
@@ -350,7 +355,7 @@ impl ReconfigureRequest {
             get("servicePathExclude").unwrap_or_default().split(','),
             "servicePathExclude",
         )?;
-        let mut policy = parse_policy(get)?;
+        let (mut policy, users_entries) = parse_policy(get)?;
         if let Some(raw) = get("redirectFromDomain") {
             let mut from = Vec::new();
             for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -414,11 +419,16 @@ impl ReconfigureRequest {
                 ));
             }
             policy.auth = Authentication::Ignored;
-        } else if let (Some(secret), Some(_)) = (&users_secret, get("users")) {
+        } else if let (Some(secret), Some(_), true) =
+            (&users_secret, get("users"), users_entries.is_empty())
+        {
+            // With bare names in users the secret is where their passwords are; without, it
+            // would be unused.
             return Err(invalid(
                 "usersSecret",
                 secret,
-                "the service's users are given in users too; give users or usersSecret, not both",
+                "the service's users are all given with passwords in users; give users or \
+                 usersSecret, or leave out the passwords of the users entries to take from the secret",
             ));
         }
 
@@ -435,6 +445,7 @@ impl ReconfigureRequest {
             policy,
             users_secret,
             users_pass_encrypted,
+            users_entries,
             ignored: Vec::new(),
             params: BTreeMap::new(),
             index: 0,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dfp_routing::{
     Authentication, Compression, ConditionError, Credential, HeaderEdits, MethodList, PathPattern,
     PathPrefix, PathRewrite, PathType, PolicyError, ProtoRedirect, ServicePolicy, SourceList,
-    UsersFrom,
+    UsersEntry, UsersFrom,
 };
 
 use super::MAX_SERVICE_NAME;
@@ -46,10 +46,13 @@ pub(super) fn validate_color(service: &str, color: &str) -> Result<String, Admin
     Ok(color.to_owned())
 }
 
+/// The service's policy, and its `users` entries when one of them is a bare name (else empty:
+/// the policy holds every user).
 pub(super) fn parse_policy<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
-) -> Result<ServicePolicy, AdminError> {
+) -> Result<(ServicePolicy, Vec<UsersEntry>), AdminError> {
     let mut policy = ServicePolicy::default();
+    let mut bare_users = Vec::new();
     for (name, list) in [
         ("allowedMethods", &mut policy.allowed_methods),
         ("deniedMethods", &mut policy.denied_methods),
@@ -120,9 +123,20 @@ pub(super) fn parse_policy<'a>(
     if let Some(users) = get("users") {
         let hashed = parse_bool(get("usersPassEncrypted"), "usersPassEncrypted")?;
         // Never echo the value: it holds passwords.
-        let users = Credential::parse_list(users, hashed)
+        let entries = Credential::parse_entries(users, hashed)
             .map_err(|e| policy_err("users", "(hidden)", e))?;
-        policy.auth = Authentication::Users { users: users.into(), from: UsersFrom::Service };
+        let given: Vec<Credential> = entries
+            .iter()
+            .filter_map(|e| match e {
+                UsersEntry::Given(credential) => Some(credential.clone()),
+                UsersEntry::Bare(_) => None,
+            })
+            .collect();
+        if given.len() < entries.len() {
+            // Bare names: the controller completes the list (`UsersConfig::resolve`).
+            bare_users = entries;
+        }
+        policy.auth = Authentication::Users { users: given.into(), from: UsersFrom::Service };
     }
     let edits = |add: &'static str,
                  set: &'static str,
@@ -154,7 +168,7 @@ pub(super) fn parse_policy<'a>(
         }
         _ => policy_err("compressionType", types.unwrap_or_default(), e),
     })?;
-    Ok(policy)
+    Ok((policy, bare_users))
 }
 
 pub(super) fn parse_paths<'a>(

@@ -225,20 +225,22 @@ fn compression_is_read_and_bad_values_named() {
     let r = parse(&[
         ("serviceName", "books"),
         ("servicePath", "/b"),
-        ("compressionAlgo", "gzip"),
+        ("compressionAlgo", "br gzip"),
         ("compressionType", "text/plain text/html"),
     ])
     .expect("valid");
     assert!(r.ignored.is_empty());
     let compression = r.policy.compression.expect("compresses");
-    assert_eq!(compression.algo().token(), "gzip");
+    let algos: Vec<_> = compression.algos().map(|a| a.token()).collect();
+    assert_eq!(algos, ["br", "gzip"]);
     assert_eq!(compression.types().collect::<Vec<_>>(), ["text/plain", "text/html"]);
     let off =
         parse(&[("serviceName", "b"), ("servicePath", "/b"), ("compressionAlgo", "identity")]);
     assert!(off.expect("valid").policy.compression.is_none());
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case<'_>] = &[
-        (&[("compressionAlgo", "br")], "compressionAlgo", "gzip"),
+        (&[("compressionAlgo", "gzip brotli")], "compressionAlgo", "\"brotli\""),
+        (&[("compressionAlgo", "raw-deflate")], "compressionAlgo", "gzip, deflate or br"),
         (
             &[("compressionAlgo", "gzip"), ("compressionType", "text")],
             "compressionType",
@@ -292,6 +294,13 @@ fn users_secret_and_ignore_authorization() {
     let own = with(&[("users", "a:1,b:2")]).expect("valid");
     assert_eq!(own.policy.auth.users().len(), 2);
     assert_eq!(own.policy.auth.from(), Some(&UsersFrom::Service));
+    assert!(own.users_entries.is_empty(), "every entry has its password");
+    // Bare names are kept for the controller to resolve; the call is stored as sent.
+    let bare = with(&[("users", "a:1,bob")]).expect("valid");
+    assert_eq!((bare.policy.auth.users().len(), bare.users_entries.len()), (1, 2));
+    assert_eq!(bare.params["users"], "a:1,bob");
+    let from_secret = with(&[("users", "bob"), ("usersSecret", "s")]).expect("valid");
+    assert_eq!(from_secret.users_secret.as_deref(), Some("s"));
 
     for (bad, name, hidden) in [
         (&[("usersSecret", "../etc/passwd")][..], "usersSecret", ""),
@@ -300,7 +309,8 @@ fn users_secret_and_ignore_authorization() {
         (&[("ignoreAuthorization", "yes")][..], "ignoreAuthorization", ""),
         (&[("ignoreAuthorization", "true"), ("users", "a:1")][..], "ignoreAuthorization", ""),
         (&[("ignoreAuthorization", "1"), ("usersSecret", "s")][..], "ignoreAuthorization", ""),
-        (&[("users", "a:1,s3cret")][..], "users", "s3cret"),
+        (&[("users", "a:1,:s3cret")][..], "users", "s3cret"),
+        (&[("users", "a:1,b:")][..], "users", ""),
     ] {
         match with(bad) {
             Err(err @ AdminError::InvalidParameter { name: got, .. }) => {

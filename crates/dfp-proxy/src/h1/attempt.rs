@@ -397,7 +397,8 @@ impl Attempt<'_> {
 /// when the rules said so): the instance's body is taken by its framing (a chunked one
 /// decoded by the same [`ChunkedScanner`]), each piece read goes through the encoder at
 /// once, and what the encoder gives goes out as one chunk, so nothing is held back longer
-/// than one read. The instance's connection is reusable exactly as in the plain relay.
+/// than one read. The instance's trailers follow the last chunk, less those compression makes
+/// false ([`crate::trailers::write_last_chunk`]). The instance's connection is reusable exactly as in the plain relay.
 struct Compressed<'a, S> {
     io: &'a mut TimedIo<S>,
     upstream: &'a mut TcpStream,
@@ -421,6 +422,8 @@ where
         let client_gone = |_| Failure::Broken(status);
         let mut encoder = Some(Encoder::new(coding));
         let mut scanner = ChunkedScanner::new();
+        // A chunked body's trailer section, written after the compressed body.
+        let mut trailer_section = Vec::new();
         let mut remaining = match head.framing {
             Framing::Length(length) => length,
             _ => 0,
@@ -447,7 +450,11 @@ where
                 }
                 Framing::Chunked => {
                     let scan = scanner
-                        .feed_with(input, |range| plain.extend_from_slice(&input[range]))
+                        .feed_parts(
+                            input,
+                            |range| plain.extend_from_slice(&input[range]),
+                            |range| trailer_section.extend_from_slice(&input[range]),
+                        )
                         .map_err(|_| Failure::Broken(status))?;
                     match scan {
                         Scan::Done(end) => {
@@ -476,7 +483,7 @@ where
                 write_chunk(&mut frame, &packed);
             }
             if finished {
-                frame.extend_from_slice(b"0\r\n\r\n");
+                crate::trailers::write_last_chunk(&trailer_section, &mut frame);
             }
             if !frame.is_empty() {
                 send(io, &frame).await.map_err(client_gone)?;

@@ -257,7 +257,7 @@ struct Plan<'b> {
     sticky: Option<Sticky<'b>>,
     /// The service compresses and this client accepts its coding: each response's head
     /// decides ([`rules::compression`]).
-    compression: Option<&'b dfp_routing::Compression>,
+    compression: Option<rules::AcceptedCompression<'b>>,
 }
 
 /// Serves one request whose head ends at `head_end` in the read buffer.

@@ -25,7 +25,7 @@ pub(crate) struct Admitted<'p> {
     pub(crate) tunnel_timeout: Duration,
     /// The service's compression, when the client accepts its coding ([`accepted_compression`]):
     /// whether a response is compressed is decided on its head ([`compression`]).
-    pub(crate) compression: Option<&'p dfp_routing::Compression>,
+    pub(crate) compression: Option<AcceptedCompression<'p>>,
     /// The service pins clients to instances: pick with [`choose_instance`].
     pub(crate) sticky: Option<Sticky<'p>>,
 }

@@ -243,16 +243,27 @@ pub(crate) fn write_error(
 /// MTU carries it either way.
 pub(crate) const MIN_COMPRESSED_LENGTH: u64 = 256;
 
-/// The service's compression when the request's `Accept-Encoding` accepts its coding (by
-/// name or `*`, with a non-zero `q`), decided once per request at admission so an engine
-/// keeps no borrow of the request's fields. `accept_encoding` is `None` for a client that
-/// could not read a body without a length (HTTP/1.0: no chunked coding).
+/// The service's compression and the coding chosen for one client: of the service's list
+/// ([`dfp_routing::Compression::algos`]), the first that the request's `Accept-Encoding`
+/// accepts (by name or `*`, with a `q` above 0). The service's order wins over the client's
+/// `q` weights, as the operator listed them in order of preference (`br gzip`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AcceptedCompression<'p> {
+    pub(crate) service: &'p dfp_routing::Compression,
+    pub(crate) algo: dfp_routing::CompressionAlgo,
+}
+
+/// The service's compression with the coding this client accepts ([`AcceptedCompression`]),
+/// decided once per request at admission so an engine keeps no borrow of the request's
+/// fields. `accept_encoding` is `None` for a client that could not read a body without a
+/// length (HTTP/1.0: no chunked coding).
 pub(crate) fn accepted_compression<'p>(
     service: Option<&'p dfp_routing::Compression>,
     accept_encoding: Option<&[u8]>,
-) -> Option<&'p dfp_routing::Compression> {
-    let service = service?;
-    accepts(accept_encoding?, service.algo().token()).then_some(service)
+) -> Option<AcceptedCompression<'p>> {
+    let (service, accept_encoding) = (service?, accept_encoding?);
+    let algo = service.algos().find(|algo| accepts(accept_encoding, algo.token()))?;
+    Some(AcceptedCompression { service, algo })
 }
 
 /// Whether a response is compressed on its way to the client, and with which coding: only
@@ -262,11 +273,11 @@ pub(crate) fn accepted_compression<'p>(
 /// unknown length), the instance did not encode it already (`Content-Encoding`) nor forbid
 /// it (`Cache-Control: no-transform`), and its `Content-Type` is in the service's list.
 pub(crate) fn compression<'a>(
-    accepted: Option<&dfp_routing::Compression>,
+    accepted: Option<AcceptedCompression<'_>>,
     facts: &ResponseFacts,
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Option<dfp_routing::CompressionAlgo> {
-    let service = accepted?;
+    let AcceptedCompression { service, algo } = accepted?;
     if !(200..=203).contains(&facts.status) {
         return None;
     }
@@ -289,27 +300,51 @@ pub(crate) fn compression<'a>(
             content_type = Some(value);
         }
     }
-    service.applies_to(content_type).then_some(service.algo())
+    service.applies_to(content_type).then_some(algo)
 }
 
-/// Whether an `Accept-Encoding` value accepts `coding`: named (or `*`) with a `q` above 0.
+/// Whether an `Accept-Encoding` value accepts `coding` (RFC 9110 §12.5.3): named with a `q`
+/// above 0, or not named and `*` has one. A malformed `q` accepts nothing: the client may not
+/// read a coding it did not clearly ask for.
 fn accepts(accept_encoding: &[u8], coding: &str) -> bool {
-    let mut wildcard = None;
+    let mut wildcard = false;
     for item in accept_encoding.split(|b| *b == b',') {
         let mut parts = item.split(|b| *b == b';');
         let name = parts.next().unwrap_or_default().trim_ascii();
-        let refused = parts.any(|p| {
-            let p = p.trim_ascii();
-            p.len() >= 2
-                && p[..2].eq_ignore_ascii_case(b"q=")
-                && p[2..].iter().all(|b| matches!(b, b'0' | b'.'))
-        });
+        let mut weight = Some(1000);
+        for p in parts.map(<[u8]>::trim_ascii) {
+            if p.len() >= 2 && p[..2].eq_ignore_ascii_case(b"q=") {
+                weight = qvalue(&p[2..]);
+            }
+        }
+        let accepted = weight.is_some_and(|w| w > 0);
         if name.eq_ignore_ascii_case(coding.as_bytes()) {
-            return !refused;
+            return accepted;
         }
         if name == b"*" {
-            wildcard = Some(!refused);
+            wildcard = accepted;
         }
     }
-    wildcard.unwrap_or(false)
+    wildcard
+}
+
+/// A `qvalue` (`0`, `0.5`, `1.000`; RFC 9110 §12.4.2) in thousandths; `None` if malformed.
+fn qvalue(value: &[u8]) -> Option<u16> {
+    let (whole, fraction) = match value.iter().position(|b| *b == b'.') {
+        Some(dot) => (&value[..dot], &value[dot + 1..]),
+        None => (value, &[][..]),
+    };
+    if fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let thousandths = fraction
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
+        .take(3)
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match whole {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }

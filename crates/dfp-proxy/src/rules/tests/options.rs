@@ -310,6 +310,45 @@ fn compression_is_decided_from_the_response_the_request_and_the_service() {
     }
 }
 
+/// `Accept-Encoding` against a service's list of codings: the first of the service's list
+/// that the client accepts by name or `*` with a `q` above 0, and a malformed `q` accepts
+/// nothing.
+#[test]
+fn the_coding_is_the_first_of_the_service_list_the_client_accepts() {
+    use dfp_routing::Compression;
+    let services = |algo: &str| Compression::parse(Some(algo), None).expect("valid");
+    let (br, br_gzip, gzip_br) = (services("br"), services("br gzip"), services("gzip br"));
+    type Case<'a> = (&'a Option<Compression>, Option<&'a [u8]>, Option<&'a str>);
+    let cases: [Case<'_>; 22] = [
+        (&br, Some(b"gzip, deflate, br"), Some("br")),
+        (&br, Some(b"BR"), Some("br")),
+        (&br, Some(b"gzip"), None),
+        (&br, Some(b"br;q=0"), None),
+        (&br, Some(b"br; q=0.000, gzip"), None),
+        (&br, Some(b"br;q=0.001"), Some("br")),
+        (&br, Some(b"br;q=1.0"), Some("br")),
+        (&br, Some(b"br;q=1.5"), None),
+        (&br, Some(b"br;q=high"), None),
+        (&br, Some(b"br;q=0.0001"), None),
+        (&br, Some(b"*"), Some("br")),
+        (&br, Some(b"*;q=0"), None),
+        (&br, Some(b"br;q=0, *"), None),
+        (&br, Some(b"*, br;q=0"), None),
+        (&br, Some(b"identity"), None),
+        (&br, Some(b""), None),
+        (&br, None, None),
+        (&br_gzip, Some(b"gzip, br"), Some("br")),
+        (&br_gzip, Some(b"gzip;q=1, br;q=0.1"), Some("br")),
+        (&br_gzip, Some(b"gzip, deflate"), Some("gzip")),
+        (&gzip_br, Some(b"br, gzip;q=0"), Some("br")),
+        (&gzip_br, Some(b"*;q=0.5, gzip;q=0"), Some("br")),
+    ];
+    for (i, (service, accept, expected)) in cases.into_iter().enumerate() {
+        let got = accepted_compression(service.as_ref(), accept).map(|a| a.algo.token());
+        assert_eq!(got, expected, "case {i}: {:?}", accept.map(String::from_utf8_lossy));
+    }
+}
+
 /// A compressed answer's strong `ETag` becomes weak (the bytes differ from the instance's); a
 /// weak one, and every `ETag` of an answer passed as it came, stay as they are.
 #[test]
