@@ -46,7 +46,7 @@ use crate::conn::{ConnState, EndOfBody, TimedIo};
 use crate::forward::{Client, Forwarder};
 use crate::h1;
 use crate::rules::MAX_HEAD_BYTES;
-use crate::server::{accept_loop, ConnectionStats, ProxyConfig};
+use crate::server::{accept_loop, ConnectionStats, ProxyConfig, ProxyHeaders};
 
 /// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
 /// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
@@ -69,20 +69,29 @@ pub async fn serve_tls(
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
     let http = Arc::new(http);
     let grace = config.shutdown_grace;
+    let headers = ProxyHeaders::of(&config);
     let counters = stats.clone();
-    accept_loop(listener, "TLS", &counters, grace, shutdown, move |stream, client_addr, stop| {
-        let connection = TlsConnection {
-            acceptor: acceptor.clone(),
-            http: http.clone(),
-            forwarder: forwarder.clone(),
-            header_timeout: config.header_read_timeout,
-            idle_timeout: config.idle_timeout,
-            client_timeout: config.client_timeout,
-            stop,
-            stats: stats.clone(),
-        };
-        connection.run(stream, client_addr)
-    })
+    accept_loop(
+        listener,
+        "TLS",
+        &counters,
+        grace,
+        headers,
+        shutdown,
+        move |stream, client_addr, stop| {
+            let connection = TlsConnection {
+                acceptor: acceptor.clone(),
+                http: http.clone(),
+                forwarder: forwarder.clone(),
+                header_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+                client_timeout: config.client_timeout,
+                stop,
+                stats: stats.clone(),
+            };
+            connection.run(stream, client_addr)
+        },
+    )
     .await;
     Ok(())
 }
@@ -119,7 +128,6 @@ struct TlsConnection {
 
 impl TlsConnection {
     async fn run(mut self, stream: TcpStream, client_addr: SocketAddr) {
-        let _open = OpenConnection::count(&self.stats);
         let handshake = tokio::time::timeout(self.header_timeout, self.acceptor.accept(stream));
         let tls = tokio::select! {
             handshake = handshake => match handshake {
@@ -226,22 +234,6 @@ impl TlsConnection {
 /// Completes once the listener stops (or its sender is gone).
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
-}
-
-/// Counts a connection as open for as long as it lives.
-struct OpenConnection(Arc<ConnectionStats>);
-
-impl OpenConnection {
-    fn count(stats: &Arc<ConnectionStats>) -> Self {
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(stats.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, not in `Host`: give the request
