@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::limits::metric;
-use crate::support::{over_plain_tls_and_h2, Answer, Protocol, Proxy, RawClient, Upstream};
+use crate::support::{
+    eventually, over_plain_tls_and_h2, Answer, Protocol, Proxy, RawClient, RawUpstream, Reply,
+    Upstream,
+};
 use crate::tls::client_config;
 
 const V1: &[u8] = b"PROXY TCP4 203.0.113.7 127.0.0.1 54321 80\r\n";
@@ -90,7 +93,11 @@ async fn the_header_names_the_client(protocol: Protocol) {
     let answer = get_after(&proxy, protocol, V1).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(forwarded_for(&web), "203.0.113.7", "v1 TCP4");
-    assert!(proxy.log().contains("client=203.0.113.7:54321"), "the access log: {}", proxy.log());
+    eventually(Duration::from_secs(5), "the access log to name the header's client", || {
+        let logged = proxy.log().contains("client=203.0.113.7:54321");
+        async move { logged.then_some(()) }
+    })
+    .await;
 
     let answer = get_after(&proxy, protocol, &v2_ipv6()).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -160,4 +167,61 @@ async fn an_unlisted_peers_header_is_a_bad_request_never_trusted() {
         assert_eq!(forwarded_for(&web), "127.0.0.1");
     }
     assert_eq!(web.hits(), 2);
+}
+
+/// `sendProxyProtocol=v1`: each connection to the instance starts with a header naming the
+/// client (here, the one the incoming header named), and carries that client's request only;
+/// without it, the clients' requests share a kept-alive connection.
+#[tokio::test]
+async fn instances_that_ask_get_the_header_and_never_share_a_connection() {
+    let instance = RawUpstream::start(|_, _| Reply::ok("hi")).await;
+    // One data-plane thread, one pool: without the option, every request would share it.
+    let proxy = Proxy::start(None, &["--accept-proxy=127.0.0.1/32", "--threads=1"]).await;
+    Protocol::H2.prepare(&proxy).await;
+    let route = |extra: &str| {
+        format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}{extra}",
+            instance.port()
+        )
+    };
+    let (status, answer) = proxy.admin(&route("&sendProxyProtocol=v1")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(proxy.config().await["Services"][0]["SendProxyProtocol"], "v1");
+
+    // Two clients, two requests each, interleaved, each on one kept-alive client connection.
+    let connect = |header: &'static [u8]| async move {
+        let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        tcp.write_all(header).await.expect("the PROXY header is sent");
+        RawClient::over(tcp)
+    };
+    let (mut a, mut b) = (connect(V1).await, connect(V1_OTHER).await);
+    for _ in 0..2 {
+        assert_eq!(a.get("/", "").await.status, 200);
+        assert_eq!(b.get("/", "").await.status, 200);
+    }
+    // And one over HTTP/2.
+    assert_eq!(get_after(&proxy, Protocol::H2, V1).await.status, 200);
+
+    let received = instance.received();
+    assert_eq!(received.len(), 5);
+    assert_eq!(instance.accepted(), 5, "one connection per request: {received:#?}");
+    let clients = ["203.0.113.7", "198.51.100.1", "203.0.113.7", "198.51.100.1", "203.0.113.7"];
+    for (request, client) in received.iter().zip(clients) {
+        let (hello, head) = request.head.split_once("\r\n").expect("two lines at least");
+        let port = if client == "203.0.113.7" { "54321" } else { "1000" };
+        assert_eq!(hello, format!("PROXY TCP4 {client} 127.0.0.1 {port} 80"), "{request:#?}");
+        assert!(head.starts_with("GET / HTTP/1.1"), "{request:#?}");
+        assert_eq!(request.header_values("x-forwarded-for"), [client]);
+    }
+
+    // Without the option, the same clients share the instance's kept-alive connection.
+    let (status, answer) = proxy.admin(&route("")).await;
+    assert_eq!(status, 200, "{answer}");
+    for _ in 0..2 {
+        assert_eq!(a.get("/", "").await.status, 200);
+        assert_eq!(b.get("/", "").await.status, 200);
+    }
+    let received = &instance.received()[5..];
+    assert!(received.iter().all(|r| r.line() == "GET / HTTP/1.1"), "no header: {received:#?}");
+    assert!(received.iter().all(|r| r.connection == received[0].connection), "{received:#?}");
 }

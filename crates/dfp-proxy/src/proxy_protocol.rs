@@ -11,9 +11,13 @@
 //! one). Reading is bounded: v1's line is at most 107 bytes (the spec's limit), v2's
 //! variable part at most [`MAX_V2_LEN`]; the socket is peeked, and only the header's own bytes
 //! are consumed, so what follows (a request, a ClientHello) is left for the engine.
+//!
+//! Sending ([`encode`]) is for instances that ask for the header (`sendProxyProtocol`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
+
+use dfp_routing::ProxyProtocol;
 
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
@@ -58,6 +62,8 @@ pub(crate) struct Header {
     /// The client the balancer accepted, or `None` for v1 `UNKNOWN`, v2 `LOCAL` and address
     /// families other than IPv4/IPv6: the connection's real peer stays the client.
     pub(crate) source: Option<SocketAddr>,
+    /// The address the client connected to (the balancer's), when `source` is known.
+    pub(crate) destination: Option<SocketAddr>,
 }
 
 /// The outcome of looking at the bytes a connection started with.
@@ -97,7 +103,7 @@ fn parse_v1(input: &[u8]) -> Result<Parse, BadProxyHeader> {
     let line = std::str::from_utf8(&line[V1_START.len()..])
         .map_err(|_| BadProxyHeader::V1Malformed("not ASCII"))?;
     if line == "UNKNOWN" || line.starts_with("UNKNOWN ") {
-        return Ok(Parse::Complete(Header { len, source: None }));
+        return Ok(Parse::Complete(Header { len, source: None, destination: None }));
     }
     let mut fields = line.split(' ');
     let mut next = || fields.next().ok_or(BadProxyHeader::V1Malformed("missing field"));
@@ -113,9 +119,10 @@ fn parse_v1(input: &[u8]) -> Result<Parse, BadProxyHeader> {
         };
         ip.map_err(|_| BadProxyHeader::V1Malformed("bad address"))
     };
-    let (src, _dst) = (ip(src)?, ip(dst)?);
-    let (sport, _dport) = (port(sport)?, port(dport)?);
-    Ok(Parse::Complete(Header { len, source: Some(SocketAddr::new(src, sport)) }))
+    let (src, dst) = (ip(src)?, ip(dst)?);
+    let (sport, dport) = (port(sport)?, port(dport)?);
+    let (source, destination) = (SocketAddr::new(src, sport), SocketAddr::new(dst, dport));
+    Ok(Parse::Complete(Header { len, source: Some(source), destination: Some(destination) }))
 }
 
 /// A decimal port: 1 to 5 digits, at most 65535, no sign, no leading zero (but `0` itself).
@@ -149,42 +156,51 @@ fn parse_v2(input: &[u8]) -> Result<Parse, BadProxyHeader> {
     }
     let len = 16 + rest;
     let Some(body) = input.get(16..len) else { return Ok(Parse::Incomplete) };
-    let source = match command {
+    let addresses = match command {
         // LOCAL: the balancer's own connection (a health check); the addresses are ignored.
         0 => None,
         1 => match family {
             1 => {
                 let a = body.get(..12).ok_or(BadProxyHeader::V2Malformed("short IPv4 block"))?;
-                let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
-                Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([a[8], a[9]])))
+                let ip =
+                    |at: usize| IpAddr::V4(Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]));
+                let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
+                Some((SocketAddr::new(ip(0), port(8)), SocketAddr::new(ip(4), port(10))))
             }
             2 => {
                 let a = body.get(..36).ok_or(BadProxyHeader::V2Malformed("short IPv6 block"))?;
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(&a[..16]);
-                let ip = Ipv6Addr::from(octets);
-                Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be_bytes([a[32], a[33]])))
+                let ip = |at: usize| {
+                    let mut octets = [0u8; 16];
+                    octets.copy_from_slice(&a[at..at + 16]);
+                    IpAddr::V6(Ipv6Addr::from(octets))
+                };
+                let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
+                Some((SocketAddr::new(ip(0), port(32)), SocketAddr::new(ip(16), port(34))))
             }
             // UNSPEC or UNIX: nothing that is an IP address; the real peer stays the client.
             _ => None,
         },
         _ => return Err(BadProxyHeader::V2Malformed("command is neither LOCAL nor PROXY")),
     };
-    Ok(Parse::Complete(Header { len, source }))
+    let (source, destination) = (addresses.map(|a| a.0), addresses.map(|a| a.1));
+    Ok(Parse::Complete(Header { len, source, destination }))
 }
 
 /// Reads the PROXY header `stream` must start with, within `timeout`, consuming exactly its
-/// bytes, and returns the client it names (`None`: keep the real peer).
+/// bytes, and returns what it says: the client, and the address the client connected to
+/// (`None`: keep the real peer and local address).
 pub(crate) async fn read_header(
     stream: &mut TcpStream,
     timeout: Duration,
-) -> Result<Option<SocketAddr>, BadProxyHeader> {
+) -> Result<Option<(SocketAddr, SocketAddr)>, BadProxyHeader> {
     tokio::time::timeout(timeout, read_header_untimed(stream))
         .await
         .map_err(|_| BadProxyHeader::Timeout(timeout))?
 }
 
-async fn read_header_untimed(stream: &mut TcpStream) -> Result<Option<SocketAddr>, BadProxyHeader> {
+async fn read_header_untimed(
+    stream: &mut TcpStream,
+) -> Result<Option<(SocketAddr, SocketAddr)>, BadProxyHeader> {
     // Bytes consumed so far (all of them header), then what the socket has past them.
     let mut seen: Vec<u8> = Vec::with_capacity(MAX_V1_LEN + 1);
     let mut peeked = [0u8; 512];
@@ -197,7 +213,9 @@ async fn read_header_untimed(stream: &mut TcpStream) -> Result<Option<SocketAddr
         seen.extend_from_slice(&peeked[..n]);
         // Consume only the header's bytes: what follows is the engine's.
         let (take, done) = match parse(&seen)? {
-            Parse::Complete(header) => (header.len - consumed, Some(header.source)),
+            Parse::Complete(header) => {
+                (header.len - consumed, Some(header.source.zip(header.destination)))
+            }
             // Everything peeked is header: take it, and wait for more.
             Parse::Incomplete => (n, None),
         };
@@ -206,6 +224,62 @@ async fn read_header_untimed(stream: &mut TcpStream) -> Result<Option<SocketAddr
             return Ok(source);
         }
     }
+}
+
+/// The header to send an instance for a connection from `client` to `local` (the proxy's end
+/// of the client's connection). Addresses of different families are sent as IPv6 (an IPv4
+/// one mapped), since a header carries one family.
+pub(crate) fn encode(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (client, local) = match (client, local) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+            (client, local)
+        }
+        _ => (as_v6(client), as_v6(local)),
+    };
+    match version {
+        ProxyProtocol::V1 => {
+            let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                client.ip(),
+                local.ip(),
+                client.port(),
+                local.port()
+            )
+            .into_bytes()
+        }
+        ProxyProtocol::V2 => {
+            let mut out = Vec::with_capacity(16 + 36);
+            out.extend_from_slice(V2_SIGNATURE);
+            out.push(0x21); // version 2, PROXY
+            match (client.ip(), local.ip()) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                    out.extend_from_slice(&[0x11, 0, 12]); // AF_INET, STREAM; 12 bytes
+                    out.extend_from_slice(&src.octets());
+                    out.extend_from_slice(&dst.octets());
+                }
+                (src, dst) => {
+                    out.extend_from_slice(&[0x21, 0, 36]); // AF_INET6, STREAM; 36 bytes
+                    out.extend_from_slice(&v6(src).octets());
+                    out.extend_from_slice(&v6(dst).octets());
+                }
+            }
+            out.extend_from_slice(&client.port().to_be_bytes());
+            out.extend_from_slice(&local.port().to_be_bytes());
+            out
+        }
+    }
+}
+
+fn v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        IpAddr::V6(ip) => ip,
+    }
+}
+
+fn as_v6(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(v6(addr.ip())), addr.port())
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ pub async fn serve(
         grace,
         headers,
         shutdown,
-        move |stream, client_addr, stop| {
+        move |stream, endpoints, stop| {
             let state = Arc::new(ConnState::default());
             let mut io = TimedIo::new(
                 stream,
@@ -166,12 +166,21 @@ pub async fn serve(
             );
             let forwarder = forwarder.clone();
             async move {
-                h1::serve(&mut io, &state, client_addr, false, false, &forwarder, stop).await;
+                h1::serve(&mut io, &state, endpoints, false, false, &forwarder, stop).await;
             }
         },
     )
     .await;
     Ok(())
+}
+
+/// The two ends of a client connection as the rules see them: the client (the TCP peer, or
+/// the client a PROXY header named) and the address it connected to (the listener's, or the
+/// balancer's the header named): what a PROXY header sent on to an instance says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Endpoints {
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
 }
 
 /// Which peers must open their connections with a PROXY protocol header, and how long they
@@ -188,7 +197,8 @@ impl ProxyHeaders {
     }
 
     /// The connection's client: the peer itself, or, for a peer that must send a PROXY
-    /// header, the client the header names (the peer for `UNKNOWN`/`LOCAL`). `None`: the
+    /// header, the client the header names (the peer for `UNKNOWN`/`LOCAL`), with the
+    /// address it connected to. `None`: the
     /// connection must be closed (counted in `stats`, logged at debug).
     ///
     /// This is the one place a connection's client address is decided, before TLS and before
@@ -199,12 +209,20 @@ impl ProxyHeaders {
         stream: &mut TcpStream,
         peer: SocketAddr,
         stats: &ConnectionStats,
-    ) -> Option<SocketAddr> {
+    ) -> Option<Endpoints> {
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(err) => {
+                tracing::debug!(peer = %peer, error = %err, "the accepted socket has no local address");
+                return None;
+            }
+        };
+        let real = Endpoints { client: peer, local };
         if self.from.is_empty() || !self.from.contains(peer.ip()) {
-            return Some(peer);
+            return Some(real);
         }
         match proxy_protocol::read_header(stream, self.timeout).await {
-            Ok(source) => Some(source.unwrap_or(peer)),
+            Ok(named) => Some(named.map_or(real, |(client, local)| Endpoints { client, local })),
             Err(err) => {
                 stats.proxy_header_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %peer, error = %err, "closing a connection without a valid PROXY header");
@@ -235,7 +253,7 @@ pub(crate) async fn accept_loop<S, F>(
     shutdown: impl Future<Output = ()>,
     serve: S,
 ) where
-    S: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F + Send + Sync + 'static,
+    S: Fn(TcpStream, Endpoints, watch::Receiver<bool>) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let serve = Arc::new(serve);

@@ -22,7 +22,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +45,7 @@ use crate::conn::{ConnState, EndOfBody, TimedIo};
 use crate::forward::{Client, Forwarder};
 use crate::h1;
 use crate::rules::MAX_HEAD_BYTES;
-use crate::server::{accept_loop, ConnectionStats, ProxyConfig, ProxyHeaders};
+use crate::server::{accept_loop, ConnectionStats, Endpoints, ProxyConfig, ProxyHeaders};
 
 /// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
 /// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
@@ -78,7 +77,7 @@ pub async fn serve_tls(
         grace,
         headers,
         shutdown,
-        move |stream, client_addr, stop| {
+        move |stream, endpoints, stop| {
             let connection = TlsConnection {
                 acceptor: acceptor.clone(),
                 http: http.clone(),
@@ -89,7 +88,7 @@ pub async fn serve_tls(
                 stop,
                 stats: stats.clone(),
             };
-            connection.run(stream, client_addr)
+            connection.run(stream, endpoints)
         },
     )
     .await;
@@ -127,7 +126,8 @@ struct TlsConnection {
 }
 
 impl TlsConnection {
-    async fn run(mut self, stream: TcpStream, client_addr: SocketAddr) {
+    async fn run(mut self, stream: TcpStream, endpoints: Endpoints) {
+        let client_addr = endpoints.client;
         let handshake = tokio::time::timeout(self.header_timeout, self.acceptor.accept(stream));
         let tls = tokio::select! {
             handshake = handshake => match handshake {
@@ -149,7 +149,7 @@ impl TlsConnection {
         // handshake for one that does not.
         let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            self.serve_http2(tls, client_addr, client_cert).await;
+            self.serve_http2(tls, endpoints, client_cert).await;
         } else {
             let state = Arc::new(ConnState::default());
             let mut io = TimedIo::new(
@@ -160,16 +160,17 @@ impl TlsConnection {
                 self.client_timeout,
             );
             let stop = self.stop.clone();
-            h1::serve(&mut io, &state, client_addr, true, client_cert, &self.forwarder, stop).await;
+            h1::serve(&mut io, &state, endpoints, true, client_cert, &self.forwarder, stop).await;
         }
     }
 
     async fn serve_http2(
         mut self,
         tls: TlsStream<TcpStream>,
-        client_addr: SocketAddr,
+        endpoints: Endpoints,
         client_cert: bool,
     ) {
+        let client_addr = endpoints.client;
         let activity = Arc::new(Activity::new());
         let forwarder = self.forwarder.clone();
         let requests = activity.clone();
@@ -181,7 +182,8 @@ impl TlsConnection {
             // biggest single cost of an HTTP/2 request.
             Box::pin(async move {
                 authority_as_host(&mut request);
-                let client = Client { addr: client_addr, tls: true, client_cert };
+                let client =
+                    Client { addr: client_addr, local: endpoints.local, tls: true, client_cert };
                 let response = forwarder.handle(request, client).await;
                 let stalls = in_flight.0.clone();
                 response

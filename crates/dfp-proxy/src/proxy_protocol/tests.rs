@@ -152,7 +152,8 @@ async fn reading_consumes_exactly_the_header() {
     });
     let (mut accepted, _) = listener.accept().await.expect("accept");
     let source = read_header(&mut accepted, Duration::from_secs(5)).await.expect("a header");
-    assert_eq!(source, Some("203.0.113.7:54321".parse().expect("addr")));
+    let named = ("203.0.113.7:54321".parse().expect("addr"), "10.0.0.1:80".parse().expect("addr"));
+    assert_eq!(source, Some(named));
     let mut rest = [0u8; 5];
     accepted.read_exact(&mut rest).await.expect("the request follows");
     assert_eq!(&rest, b"GET /");
@@ -170,4 +171,35 @@ async fn reading_consumes_exactly_the_header() {
     let (mut accepted, _) = listener.accept().await.expect("accept");
     let err = read_header(&mut accepted, Duration::from_secs(5)).await.expect_err("truncated");
     assert!(matches!(err, BadProxyHeader::Truncated), "{err}");
+}
+
+/// What is sent reads back as sent, in both versions, for both families and a mix of them.
+#[test]
+fn encoded_headers_read_back() {
+    let cases = [
+        ("203.0.113.7:54321", "10.0.0.1:80", "203.0.113.7:54321", "10.0.0.1:80"),
+        ("[2001:db8::7]:1", "[::1]:443", "[2001:db8::7]:1", "[::1]:443"),
+        // One header carries one family: an IPv4 client on an IPv6 listener goes as IPv6.
+        ("203.0.113.7:2", "[::1]:80", "[::ffff:203.0.113.7]:2", "[::1]:80"),
+    ];
+    for (client, local, source, destination) in cases {
+        let addr = |a: &str| a.parse::<SocketAddr>().expect("a test address");
+        for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            let mut sent = encode(version, addr(client), addr(local));
+            let len = sent.len();
+            sent.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let Ok(Parse::Complete(header)) = parse(&sent) else {
+                panic!("{version:?} {client}: {}", String::from_utf8_lossy(&sent))
+            };
+            assert_eq!(header.len, len);
+            assert_eq!(header.source, Some(addr(source)), "{version:?} {client}");
+            assert_eq!(header.destination, Some(addr(destination)), "{version:?} {client}");
+        }
+    }
+    let v1 = encode(
+        ProxyProtocol::V1,
+        "203.0.113.7:54321".parse().expect("a"),
+        "10.0.0.1:80".parse().expect("a"),
+    );
+    assert_eq!(v1, b"PROXY TCP4 203.0.113.7 10.0.0.1 54321 80\r\n");
 }

@@ -417,6 +417,11 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) denied_sources: Option<String>,
 
+    /// The instances want a PROXY protocol header (v1 or v2) naming the client on each
+    /// connection; such connections carry one client's requests only.
+    #[arg(long, value_name = "v1|v2")]
+    pub(crate) send_proxy_protocol: Option<String>,
+
     /// Docker Flow Proxy's reqMode; only HTTP is proxied.
     #[arg(long, value_parser = ["http"])]
     pub(crate) req_mode: Option<String>,
@@ -474,6 +479,7 @@ impl ReconfigureArgs {
             ("compressionType", self.compression_type.clone()),
             ("allowedSources", self.allowed_sources.clone()),
             ("deniedSources", self.denied_sources.clone()),
+            ("sendProxyProtocol", self.send_proxy_protocol.clone()),
         ];
         q.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         q.extend(self.params.iter().cloned());
