@@ -28,6 +28,7 @@ mod hostile;
 mod http1;
 mod limits;
 mod options;
+mod proxy_protocol;
 mod redirects;
 mod resilience;
 mod seed;

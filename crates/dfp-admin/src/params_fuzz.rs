@@ -61,6 +61,7 @@ const SUPPORTED: &[&str] = &[
     "verifyClientSsl",
     "compressionAlgo",
     "compressionType",
+    "sendProxyProtocol",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -517,6 +518,12 @@ fn value_for(name: &'static str) -> BoxedStrategy<String> {
         "usersSecret" => prop_oneof![
             6 => "[a-z0-9._-]{1,12}",
             1 => prop::sample::select(vec!["../x", "a/b", ".hidden", " s ", ""]).prop_map(str::to_owned),
+            1 => anything(),
+        ]
+        .boxed(),
+        "sendProxyProtocol" => prop_oneof![
+            4 => prop::sample::select(vec!["v1", "v2", " V2 ", "v3", "1", "true", ""])
+                .prop_map(str::to_owned),
             1 => anything(),
         ]
         .boxed(),

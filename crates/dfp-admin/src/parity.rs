@@ -57,7 +57,7 @@ const TEMPLATES: &str = "HAProxy templates and config snippets mean nothing here
 
 /// Docker Flow Proxy's reconfigure parameters (its docs/usage.md: general, HTTP-mode and
 /// TCP-mode query parameters, the environment-variable map, and remove's), plus this proxy's
-/// own (`allowedSources`, `deniedSources`), in alphabetical order within each block.
+/// own (`allowedSources`, `deniedSources`, `sendProxyProtocol`), in alphabetical order within each block.
 pub const PARAMETERS: &[Parameter] = &[
     // Built here.
     built("addReqHeader", OPTIONS),
@@ -84,6 +84,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("reqPathReplace", OPTIONS),
     built("reqPathSearch", OPTIONS),
     built("reqPathSearchReplace", OPTIONS),
+    built("sendProxyProtocol", OPTIONS),
     built("serviceColor", OPTIONS),
     built("serviceDomain", OPTIONS),
     built("serviceHeader", CONDITIONS),

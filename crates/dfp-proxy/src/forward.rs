@@ -37,7 +37,7 @@ use crate::rules::{
     RoutedRequest, Routing, MAX_HEADERS, MAX_HEAD_BYTES,
 };
 use crate::trailers;
-use crate::upstream::Connector;
+use crate::upstream::{Connector, ProxyHello};
 use crate::ProxyConfig;
 
 /// What the proxy answers an HTTP/2 client with: the instance's body as it is read (or
@@ -187,7 +187,13 @@ impl Forwarder {
             tunnel_timeout: _, // HTTP/2 carries no upgrades here
             sticky,
             compression,
+            send_proxy,
         } = admitted;
+        let hello = send_proxy.map(|version| ProxyHello {
+            version,
+            client: client.addr,
+            local: client.local,
+        });
 
         let replayable = rules::replayable(parts.method.as_str(), has_body, false);
         let head_request = parts.method == Method::HEAD;
@@ -201,6 +207,7 @@ impl Forwarder {
             let attempt = Attempt {
                 connector: &self.connector,
                 addr,
+                hello,
                 server_timeout,
                 client_timeout: self.client_timeout,
                 chunked,
@@ -235,6 +242,8 @@ type ResponseAdditions<'a> = (&'a HeaderEdits, Option<&'a rules::Pin<'a>>);
 struct Attempt<'a> {
     connector: &'a Connector,
     addr: SocketAddr,
+    /// The PROXY header the instance wants first, which makes the connection this client's.
+    hello: Option<ProxyHello>,
     server_timeout: Duration,
     client_timeout: Duration,
     /// The body goes on chunked (else with the client's `Content-Length`).
@@ -267,7 +276,7 @@ impl Attempt<'_> {
     ) -> Result<(TcpStream, ParsedHead, BytesMut, bool), Failure> {
         let (mut stream, reused) = loop {
             let (mut stream, reused) =
-                self.connector.get(self.addr).await.map_err(Failure::Unreachable)?;
+                self.connector.get(self.addr, self.hello).await.map_err(Failure::Unreachable)?;
             match stream.write_all(head).await {
                 Ok(()) => break (stream, reused),
                 // A pooled connection the instance closed meanwhile: nothing was sent.
@@ -450,6 +459,7 @@ fn relay(
         reusable: facts.keep_alive && sent_all,
         connector: *attempt.connector,
         addr: attempt.addr,
+        hello: attempt.hello,
         done: facts.framing == Framing::Empty,
     };
     body.finish_if_done();
@@ -483,6 +493,7 @@ pub(crate) struct InstanceBody {
     reusable: bool,
     connector: Connector,
     addr: SocketAddr,
+    hello: Option<ProxyHello>,
     done: bool,
 }
 
@@ -498,7 +509,7 @@ impl InstanceBody {
         if self.done {
             if let Some(stream) = self.stream.take() {
                 if self.reusable && self.buf.is_empty() {
-                    self.connector.give_back(self.addr, stream);
+                    self.connector.give_back(self.addr, stream, self.hello);
                 }
             }
         }
@@ -671,6 +682,8 @@ impl http_body::Body for CompressedBody {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
+    /// The address the client connected to (for a PROXY header sent on).
+    pub(crate) local: SocketAddr,
     /// The request arrived over TLS terminated by this proxy.
     pub(crate) tls: bool,
     /// The TLS handshake verified a client certificate against `--client-ca`.

@@ -21,6 +21,7 @@ mod fuzz;
 mod h1;
 mod metrics;
 mod path;
+mod proxy_protocol;
 mod rules;
 mod server;
 mod tls;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::conn::{ConnState, TimedIo};
 use crate::forward::Forwarder;
 use crate::h1;
+use crate::proxy_protocol;
 
 /// Data-plane settings. [`ProxyConfig::default`] holds Docker Flow Proxy's defaults.
 #[derive(Debug, Clone)]
@@ -50,6 +51,11 @@ pub struct ProxyConfig {
     /// client without one is let through (services with `verifyClientSsl` answer it 403).
     /// `None`: no client certificates are asked for.
     pub client_ca: Option<dfp_tls::ClientCa>,
+    /// Peers (L4 balancers) that must open every connection with a PROXY protocol header
+    /// (`--accept-proxy`), on this listener: the header's client becomes the connection's
+    /// peer for every rule. A listed peer without a valid header is closed; an unlisted one is
+    /// never read for one. Empty: no header is expected from anyone.
+    pub accept_proxy: dfp_routing::SourceList,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +73,7 @@ impl Default for ProxyConfig {
             trust_forwarded_proto: false,
             trusted_proxies: dfp_routing::SourceList::default(),
             client_ca: None,
+            accept_proxy: dfp_routing::SourceList::default(),
         }
     }
 }
@@ -90,6 +97,9 @@ pub struct ConnectionStats {
     pub tls_handshake_failures: AtomicU64,
     /// How often an accepted connection had to wait because the limit was reached.
     pub limit_reached: AtomicU64,
+    /// Connections from an `--accept-proxy` peer closed for want of a valid PROXY header
+    /// (malformed, truncated, or not complete within the header timeout).
+    pub proxy_header_failures: AtomicU64,
     /// One permit per connection that may open; taken at accept, given back at close.
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -105,6 +115,7 @@ impl ConnectionStats {
             open: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             limit_reached: AtomicU64::new(0),
+            proxy_header_failures: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
         }
@@ -136,55 +147,123 @@ pub async fn serve(
 ) -> io::Result<()> {
     let forwarder = Arc::new(Forwarder::new(table, &config));
     let grace = config.shutdown_grace;
-    let counters = stats.clone();
-    accept_loop(listener, "proxy", &counters, grace, shutdown, move |stream, client_addr, stop| {
-        let state = Arc::new(ConnState::default());
-        let mut io = TimedIo::new(
-            stream,
-            state.clone(),
-            config.header_read_timeout,
-            config.idle_timeout,
-            config.client_timeout,
-        );
-        let forwarder = forwarder.clone();
-        let stats = stats.clone();
-        async move {
-            stats.open.fetch_add(1, Ordering::Relaxed);
-            h1::serve(&mut io, &state, client_addr, false, false, &forwarder, stop).await;
-            stats.open.fetch_sub(1, Ordering::Relaxed);
-        }
-    })
+    let headers = ProxyHeaders::of(&config);
+    accept_loop(
+        listener,
+        "proxy",
+        &stats,
+        grace,
+        headers,
+        shutdown,
+        move |stream, endpoints, stop| {
+            let state = Arc::new(ConnState::default());
+            let mut io = TimedIo::new(
+                stream,
+                state.clone(),
+                config.header_read_timeout,
+                config.idle_timeout,
+                config.client_timeout,
+            );
+            let forwarder = forwarder.clone();
+            async move {
+                h1::serve(&mut io, &state, endpoints, false, false, &forwarder, stop).await;
+            }
+        },
+    )
     .await;
     Ok(())
 }
 
+/// The two ends of a client connection as the rules see them: the client (the TCP peer, or
+/// the client a PROXY header named) and the address it connected to (the listener's, or the
+/// balancer's the header named): what a PROXY header sent on to an instance says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Endpoints {
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+}
+
+/// Which peers must open their connections with a PROXY protocol header, and how long they
+/// have to send it (the header read timeout).
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyHeaders {
+    from: dfp_routing::SourceList,
+    timeout: Duration,
+}
+
+impl ProxyHeaders {
+    pub(crate) fn of(config: &ProxyConfig) -> Self {
+        ProxyHeaders { from: config.accept_proxy.clone(), timeout: config.header_read_timeout }
+    }
+
+    /// The connection's client: the peer itself, or, for a peer that must send a PROXY
+    /// header, the client the header names (the peer for `UNKNOWN`/`LOCAL`), with the
+    /// address it connected to. `None`: the
+    /// connection must be closed (counted in `stats`, logged at debug).
+    ///
+    /// This is the one place a connection's client address is decided, before TLS and before
+    /// either HTTP engine: everything downstream (`X-Forwarded-For`, the access log, the
+    /// source lists, `--trusted-proxies`) sees only its answer.
+    async fn client(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        stats: &ConnectionStats,
+    ) -> Option<Endpoints> {
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(err) => {
+                tracing::debug!(peer = %peer, error = %err, "the accepted socket has no local address");
+                return None;
+            }
+        };
+        let real = Endpoints { client: peer, local };
+        if self.from.is_empty() || !self.from.contains(peer.ip()) {
+            return Some(real);
+        }
+        match proxy_protocol::read_header(stream, self.timeout).await {
+            Ok(named) => Some(named.map_or(real, |(client, local)| Endpoints { client, local })),
+            Err(err) => {
+                stats.proxy_header_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer, error = %err, "closing a connection without a valid PROXY header");
+                None
+            }
+        }
+    }
+}
+
 /// What both listeners do around their connections: accept (backing off when accepting
-/// fails, e.g. out of descriptors), set `TCP_NODELAY`, count it, and run `serve` for each connection on
-/// its own task, handing it the stop signal. Once `shutdown` completes: stop accepting,
-/// signal every connection (each finishes its request in flight, idle ones close at once),
-/// and return when all have closed or `grace` has passed.
+/// fails, e.g. out of descriptors), set `TCP_NODELAY`, count it, and run `serve` for each
+/// connection on its own task, handing it the client's address (after the PROXY header, for
+/// peers that send one: see [`ProxyHeaders::client`]) and the stop signal. Once `shutdown`
+/// completes: stop accepting, signal every connection (each finishes its request in flight,
+/// idle ones close at once), and return when all have closed or `grace` has passed.
 ///
-/// Each connection holds one of `stats`' permits from accept to close. A loop takes one only
+/// Each connection holds one of `stats`' permits from accept to close, and counts as open
+/// from the same moment. A loop takes a permit only
 /// after accepting (an idle listener must not sit on permits the other listener needs); with
 /// none left, it holds that one connection unserved and stops accepting until a connection
 /// closes, and the next ones wait in the kernel's backlog (HAProxy's `maxconn`).
 pub(crate) async fn accept_loop<S, F>(
     listener: TcpListener,
     name: &'static str,
-    stats: &ConnectionStats,
+    stats: &Arc<ConnectionStats>,
     grace: Duration,
+    headers: ProxyHeaders,
     shutdown: impl Future<Output = ()>,
-    mut serve: S,
+    serve: S,
 ) where
-    S: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
+    S: Fn(TcpStream, Endpoints, watch::Receiver<bool>) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
+    let headers = Arc::new(headers);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are gone, every connection has closed.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
-        let (stream, client_addr) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -218,10 +297,15 @@ pub(crate) async fn accept_loop<S, F>(
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let connection = serve(stream, client_addr, stop_rx.clone());
+        let (serve, headers, stats, stop) =
+            (serve.clone(), headers.clone(), stats.clone(), stop_rx.clone());
         let alive = alive_tx.clone();
         tokio::spawn(async move {
-            connection.await;
+            let open = OpenConnection::count(&stats);
+            if let Some(client) = headers.client(&mut stream, peer, &stats).await {
+                serve(stream, client, stop).await;
+            }
+            drop(open);
             drop(permit);
             drop(alive);
         });
@@ -240,5 +324,21 @@ pub(crate) async fn accept_loop<S, F>(
                 "grace period over; closing the remaining connections"
             );
         }
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<ConnectionStats>);
+
+impl OpenConnection {
+    fn count(stats: &Arc<ConnectionStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(stats.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -22,7 +22,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +45,7 @@ use crate::conn::{ConnState, EndOfBody, TimedIo};
 use crate::forward::{Client, Forwarder};
 use crate::h1;
 use crate::rules::MAX_HEAD_BYTES;
-use crate::server::{accept_loop, ConnectionStats, ProxyConfig};
+use crate::server::{accept_loop, ConnectionStats, Endpoints, ProxyConfig, ProxyHeaders};
 
 /// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
 /// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
@@ -69,20 +68,29 @@ pub async fn serve_tls(
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
     let http = Arc::new(http);
     let grace = config.shutdown_grace;
+    let headers = ProxyHeaders::of(&config);
     let counters = stats.clone();
-    accept_loop(listener, "TLS", &counters, grace, shutdown, move |stream, client_addr, stop| {
-        let connection = TlsConnection {
-            acceptor: acceptor.clone(),
-            http: http.clone(),
-            forwarder: forwarder.clone(),
-            header_timeout: config.header_read_timeout,
-            idle_timeout: config.idle_timeout,
-            client_timeout: config.client_timeout,
-            stop,
-            stats: stats.clone(),
-        };
-        connection.run(stream, client_addr)
-    })
+    accept_loop(
+        listener,
+        "TLS",
+        &counters,
+        grace,
+        headers,
+        shutdown,
+        move |stream, endpoints, stop| {
+            let connection = TlsConnection {
+                acceptor: acceptor.clone(),
+                http: http.clone(),
+                forwarder: forwarder.clone(),
+                header_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+                client_timeout: config.client_timeout,
+                stop,
+                stats: stats.clone(),
+            };
+            connection.run(stream, endpoints)
+        },
+    )
     .await;
     Ok(())
 }
@@ -118,8 +126,8 @@ struct TlsConnection {
 }
 
 impl TlsConnection {
-    async fn run(mut self, stream: TcpStream, client_addr: SocketAddr) {
-        let _open = OpenConnection::count(&self.stats);
+    async fn run(mut self, stream: TcpStream, endpoints: Endpoints) {
+        let client_addr = endpoints.client;
         let handshake = tokio::time::timeout(self.header_timeout, self.acceptor.accept(stream));
         let tls = tokio::select! {
             handshake = handshake => match handshake {
@@ -141,7 +149,7 @@ impl TlsConnection {
         // handshake for one that does not.
         let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            self.serve_http2(tls, client_addr, client_cert).await;
+            self.serve_http2(tls, endpoints, client_cert).await;
         } else {
             let state = Arc::new(ConnState::default());
             let mut io = TimedIo::new(
@@ -152,16 +160,17 @@ impl TlsConnection {
                 self.client_timeout,
             );
             let stop = self.stop.clone();
-            h1::serve(&mut io, &state, client_addr, true, client_cert, &self.forwarder, stop).await;
+            h1::serve(&mut io, &state, endpoints, true, client_cert, &self.forwarder, stop).await;
         }
     }
 
     async fn serve_http2(
         mut self,
         tls: TlsStream<TcpStream>,
-        client_addr: SocketAddr,
+        endpoints: Endpoints,
         client_cert: bool,
     ) {
+        let client_addr = endpoints.client;
         let activity = Arc::new(Activity::new());
         let forwarder = self.forwarder.clone();
         let requests = activity.clone();
@@ -173,7 +182,8 @@ impl TlsConnection {
             // biggest single cost of an HTTP/2 request.
             Box::pin(async move {
                 authority_as_host(&mut request);
-                let client = Client { addr: client_addr, tls: true, client_cert };
+                let client =
+                    Client { addr: client_addr, local: endpoints.local, tls: true, client_cert };
                 let response = forwarder.handle(request, client).await;
                 let stalls = in_flight.0.clone();
                 response
@@ -226,22 +236,6 @@ impl TlsConnection {
 /// Completes once the listener stops (or its sender is gone).
 async fn stopping(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
-}
-
-/// Counts a connection as open for as long as it lives.
-struct OpenConnection(Arc<ConnectionStats>);
-
-impl OpenConnection {
-    fn count(stats: &Arc<ConnectionStats>) -> Self {
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(stats.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, not in `Host`: give the request

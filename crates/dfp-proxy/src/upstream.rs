@@ -12,7 +12,13 @@
 //!   an upgrade, a broken body or a response delimited by the instance closing;
 //! - at most [`MAX_IDLE_PER_INSTANCE`] idle connections are kept per instance and thread;
 //! - a sweeper task per thread closes expired or closed ones every half idle timeout, so
-//!   descriptors do not pile up as instances come and go with every deploy.
+//!   descriptors do not pile up as instances come and go with every deploy;
+//! - a connection that began with a PROXY protocol header (`sendProxyProtocol`) is never
+//!   pooled: the instance takes every request on it as that one client's. Keying the pool by
+//!   client instead would leave an idle connection behind every client that left, for the
+//!   whole idle timeout (HAProxy closes such "private" connections with the client's session,
+//!   which a thread-wide pool cannot see), so each request of such a service gets a
+//!   connection of its own, closed after it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -22,7 +28,11 @@ use std::net::SocketAddr;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
+use dfp_routing::ProxyProtocol;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
+
+use crate::proxy_protocol;
 
 /// Idle connections kept per instance, per thread.
 pub(crate) const MAX_IDLE_PER_INSTANCE: usize = 256;
@@ -77,22 +87,44 @@ pub(crate) struct Connector {
     pub(crate) idle_timeout: Duration,
 }
 
+/// The PROXY protocol header a service's instances want before a connection's first request:
+/// its version, the client, and the address the client connected to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProxyHello {
+    pub(crate) version: ProxyProtocol,
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+}
+
 impl Connector {
     /// An idle connection to `addr` that is still quiet (and `true`), or a new one (`false`).
-    pub(crate) async fn get(&self, addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
-        if let Some(stream) = checkout(addr, self.idle_timeout) {
-            return Ok((stream, true));
+    /// With `hello`, always a new one, which has been sent the header: such a connection is
+    /// one client's and is never pooled (see the module's rules).
+    pub(crate) async fn get(
+        &self,
+        addr: SocketAddr,
+        hello: Option<ProxyHello>,
+    ) -> io::Result<(TcpStream, bool)> {
+        if hello.is_none() {
+            if let Some(stream) = checkout(addr, self.idle_timeout) {
+                return Ok((stream, true));
+            }
         }
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let mut stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         stream.set_nodelay(true)?;
+        if let Some(hello) = hello {
+            let header = proxy_protocol::encode(hello.version, hello.client, hello.local);
+            stream.write_all(&header).await?;
+        }
         Ok((stream, false))
     }
 
-    /// Gives a connection whose last response ended cleanly back to this thread's pool.
-    pub(crate) fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
-        if self.idle_timeout.is_zero() {
+    /// Gives a connection whose last response ended cleanly back to this thread's pool;
+    /// closes it instead when it was opened with a PROXY header (`hello`) for one client.
+    pub(crate) fn give_back(&self, addr: SocketAddr, stream: TcpStream, hello: Option<ProxyHello>) {
+        if self.idle_timeout.is_zero() || hello.is_some() {
             return;
         }
         IDLE.with(|idle| {

@@ -38,7 +38,7 @@ pub use condition::{
 };
 pub use policy::{
     Authentication, Credential, Domain, DomainRedirect, HeaderEdits, PathRewrite, PolicyError,
-    ProtoRedirect, ServicePolicy, StickySession, UsersEntry, UsersFrom,
+    ProtoRedirect, ProxyProtocol, ServicePolicy, StickySession, UsersEntry, UsersFrom,
 };
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{

@@ -52,6 +52,8 @@ pub enum PolicyError {
     BadCompressionType(String),
     #[error("compressionType needs compressionAlgo; add compressionAlgo=gzip")]
     CompressionTypeAlone,
+    #[error("PROXY protocol version {0:?} is not supported; give v1 or v2")]
+    BadProxyProtocol(String),
 }
 
 /// A host a service answers for: exact (`shop.example.com`) or one-label wildcard
@@ -499,6 +501,38 @@ pub struct ServicePolicy {
     /// Responses compressed on the way to the client (`compressionAlgo`,
     /// `compressionType`); `None`: passed as the instance sent them.
     pub compression: Option<crate::Compression>,
+    /// The instances want a PROXY protocol header naming the client before each connection's
+    /// first request (`sendProxyProtocol`); `None`: they are sent none.
+    pub send_proxy: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol version a service's instances read (HAProxy's `send-proxy` and
+/// `send-proxy-v2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// Reads `v1` or `v2` (any case).
+    pub fn parse(value: &str) -> Result<Self, PolicyError> {
+        match value.trim() {
+            v if v.eq_ignore_ascii_case("v1") => Ok(ProxyProtocol::V1),
+            v if v.eq_ignore_ascii_case("v2") => Ok(ProxyProtocol::V2),
+            other => Err(PolicyError::BadProxyProtocol(other.to_owned())),
+        }
+    }
+
+    /// The parameter's value for this version, as `config` shows it.
+    pub fn token(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 impl ServicePolicy {
@@ -538,6 +572,21 @@ impl ServicePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_protocol_versions() {
+        for (value, want) in [
+            ("v1", Some(ProxyProtocol::V1)),
+            (" V2 ", Some(ProxyProtocol::V2)),
+            ("v3", None),
+            ("1", None),
+            ("", None),
+            ("true", None),
+        ] {
+            assert_eq!(ProxyProtocol::parse(value).ok(), want, "{value:?}");
+        }
+        assert_eq!(ProxyProtocol::V2.token(), "v2");
+    }
 
     #[test]
     fn domains() {

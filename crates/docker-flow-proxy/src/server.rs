@@ -130,6 +130,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         access_log: args.access_log,
         trust_forwarded_proto: args.trust_forwarded_proto,
         trusted_proxies: args.trusted_proxies.clone().unwrap_or_default(),
+        accept_proxy: args.accept_proxy.clone().unwrap_or_default(),
         shutdown_grace: args.shutdown_grace,
         client_ca,
     };
@@ -156,6 +157,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let accepted = stats.accepted.load(Ordering::Relaxed);
         let max = stats.max_connections();
         let limited = stats.limit_reached.load(Ordering::Relaxed);
+        let proxy_header_failures = stats.proxy_header_failures.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP dfp_open_connections Client connections open now.\n\
@@ -169,7 +171,10 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
              dfp_connection_limit_reached_total {limited}\n\
              # HELP dfp_accepted_connections_total Client connections accepted since start.\n\
              # TYPE dfp_accepted_connections_total counter\n\
-             dfp_accepted_connections_total {accepted}"
+             dfp_accepted_connections_total {accepted}\n\
+             # HELP dfp_proxy_header_failures_total Connections from --accept-proxy peers closed without a valid PROXY header.\n\
+             # TYPE dfp_proxy_header_failures_total counter\n\
+             dfp_proxy_header_failures_total {proxy_header_failures}"
         );
         tls_metrics(out, &served_certs, &stats);
         own_answer_metrics(out);

@@ -69,6 +69,8 @@ struct ServiceView {
     /// Empty with an algorithm: every type.
     #[serde(skip_serializing_if = "Option::is_none")]
     compression_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    send_proxy_protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_methods: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -180,6 +182,7 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
             .as_ref()
             .map(|c| c.types().collect::<Vec<_>>().join(" "))
             .filter(|t| !t.is_empty()),
+        send_proxy_protocol: policy.send_proxy.map(dfp_routing::ProxyProtocol::token),
         allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
         denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
         https_redirect_code,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use dfp_routing::{
     Authentication, Compression, ConditionError, Credential, HeaderEdits, MethodList, PathPattern,
-    PathPrefix, PathRewrite, PathType, PolicyError, ProtoRedirect, ServicePolicy, SourceList,
-    UsersEntry, UsersFrom,
+    PathPrefix, PathRewrite, PathType, PolicyError, ProtoRedirect, ProxyProtocol, ServicePolicy,
+    SourceList, UsersEntry, UsersFrom,
 };
 
 use super::MAX_SERVICE_NAME;
@@ -168,6 +168,10 @@ pub(super) fn parse_policy<'a>(
         }
         _ => policy_err("compressionType", types.unwrap_or_default(), e),
     })?;
+    policy.send_proxy = get("sendProxyProtocol")
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| ProxyProtocol::parse(v).map_err(|e| policy_err("sendProxyProtocol", v, e)))
+        .transpose()?;
     Ok((policy, bare_users))
 }
 

@@ -1,7 +1,7 @@
 //! Unit tests of reading a reconfigure's parameters (the model-based fuzzing is in
 //! `params_fuzz`). Apart from the code so each file stays readable on its own.
 
-use dfp_routing::{ProtoRedirect, UsersFrom};
+use dfp_routing::{ProtoRedirect, ProxyProtocol, UsersFrom};
 
 use super::*;
 
@@ -247,6 +247,8 @@ fn compression_is_read_and_bad_values_named() {
             "\"text\"",
         ),
         (&[("compressionType", "text/html")], "compressionType", "compressionAlgo=gzip"),
+        (&[("sendProxyProtocol", "v3")], "sendProxyProtocol", "v1 or v2"),
+        (&[("sendProxyProtocol", "true")], "sendProxyProtocol", "v1 or v2"),
     ];
     for &(extra, name, needle) in cases {
         refused(&books(extra), &[name, needle]);
@@ -260,6 +262,16 @@ fn compression_is_read_and_bad_values_named() {
     ];
     for &(kind, path, needle) in paths {
         refused(&[("serviceName", "b"), ("servicePath", path), ("pathType", kind)], &[needle]);
+    }
+}
+
+#[test]
+fn send_proxy_protocol_is_a_version() {
+    for (value, want) in
+        [("v1", Some(ProxyProtocol::V1)), ("V2", Some(ProxyProtocol::V2)), (" ", None)]
+    {
+        let r = parse(&[("serviceName", "b"), ("servicePath", "/b"), ("sendProxyProtocol", value)]);
+        assert_eq!(r.expect("valid").policy.send_proxy, want, "{value:?}");
     }
 }
 

@@ -9,6 +9,7 @@ pub(crate) mod harness;
 mod head;
 mod host;
 mod path;
+mod proxy_header;
 
 use std::fmt::Debug;
 

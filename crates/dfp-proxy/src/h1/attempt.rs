@@ -21,6 +21,7 @@ use crate::forward::Forwarder;
 use crate::rules::{
     self, Failure, Framing, ResponseFacts, EXPECT_WAIT, MAX_HEADERS, MAX_HEAD_BYTES,
 };
+use crate::upstream::ProxyHello;
 
 use super::buffers::{LazyTimer, Scratch};
 use super::{
@@ -84,9 +85,14 @@ impl Attempt<'_> {
             }
         }
         let first: &[u8] = if prefix.is_some() { &first } else { request_head };
+        let hello = plan.send_proxy.map(|version| ProxyHello {
+            version,
+            client: conn.client,
+            local: conn.local,
+        });
         let (mut upstream, head) = 'connection: loop {
             let (mut upstream, reused) =
-                connector.get(self.addr).await.map_err(Failure::Unreachable)?;
+                connector.get(self.addr, hello).await.map_err(Failure::Unreachable)?;
             if let Err(err) = upstream.write_all(first).await {
                 if reused {
                     continue;
@@ -175,7 +181,7 @@ impl Attempt<'_> {
             }
         };
         if reusable && body_sent {
-            connector.give_back(self.addr, upstream);
+            connector.give_back(self.addr, upstream, hello);
         }
         Ok(Relayed { status: facts.status, close, tunnelled: false })
     }

@@ -55,6 +55,7 @@ use crate::rules::{
     self, Admitted, Failure, Forwarding, Record, RequestBody, RoutedRequest, Routing, Sticky,
     MAX_HEADERS, MAX_HEAD_BYTES,
 };
+use crate::server::Endpoints;
 use attempt::Attempt;
 use buffers::{LazyTimer, Scratch};
 
@@ -76,7 +77,7 @@ const COALESCE_BODY_LIMIT: usize = 16 * 1024;
 pub(crate) async fn serve<S>(
     io: &mut TimedIo<S>,
     state: &ConnState,
-    client: SocketAddr,
+    endpoints: Endpoints,
     tls: bool,
     client_cert: bool,
     forwarder: &Forwarder,
@@ -84,8 +85,10 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Endpoints { client, local } = endpoints;
     let mut conn = Conn {
         client,
+        local,
         client_ip: client.ip().to_string(),
         proto: if tls { "https" } else { "http" },
         client_cert,
@@ -182,6 +185,8 @@ where
 /// What lives as long as the client connection.
 struct Conn {
     client: SocketAddr,
+    /// The address the client connected to (for a PROXY header sent on).
+    local: SocketAddr,
     client_ip: String,
     proto: &'static str,
     /// The TLS handshake verified a client certificate against `--client-ca`.
@@ -258,6 +263,8 @@ struct Plan<'b> {
     /// The service compresses and this client accepts its coding: each response's head
     /// decides ([`rules::compression`]).
     compression: Option<rules::AcceptedCompression<'b>>,
+    /// The instances want a PROXY protocol header on each connection.
+    send_proxy: Option<dfp_routing::ProxyProtocol>,
 }
 
 /// Serves one request whose head ends at `head_end` in the read buffer.
@@ -437,6 +444,7 @@ fn prepare_parsed<'b>(
         tunnel_timeout,
         sticky,
         compression,
+        send_proxy,
     } = admitted;
     let head_request = method == "HEAD";
     let no_body = matches!(body, RequestBody::None | RequestBody::Length(0));
@@ -454,6 +462,7 @@ fn prepare_parsed<'b>(
         tunnel_timeout,
         sticky,
         compression,
+        send_proxy,
     })
 }
 

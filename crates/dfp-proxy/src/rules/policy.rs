@@ -28,6 +28,8 @@ pub(crate) struct Admitted<'p> {
     pub(crate) compression: Option<AcceptedCompression<'p>>,
     /// The service pins clients to instances: pick with [`choose_instance`].
     pub(crate) sticky: Option<Sticky<'p>>,
+    /// The instances want a PROXY protocol header naming the client on each connection.
+    pub(crate) send_proxy: Option<dfp_routing::ProxyProtocol>,
 }
 
 /// A sticky service's cookie, and the instance the request's cookie names, if it names one.
@@ -216,6 +218,7 @@ pub(crate) fn admit<'p>(
         server_timeout,
         tunnel_timeout,
         compression,
+        send_proxy,
     } = policy;
     if !allowed_sources.is_empty() || !denied_sources.is_empty() {
         let client = (request.client.0)();
@@ -294,6 +297,7 @@ pub(crate) fn admit<'p>(
         tunnel_timeout: tunnel_timeout.unwrap_or(defaults.1),
         sticky,
         compression: accepted_compression(compression.as_ref(), request.accept_encoding),
+        send_proxy: *send_proxy,
     })
 }
 

@@ -135,6 +135,14 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_TRUSTED_PROXIES", value_name = "CIDR,...", value_parser = parse_sources)]
     pub(crate) trusted_proxies: Option<dfp_routing::SourceList>,
 
+    /// L4 balancers that open every connection with a PROXY protocol header (v1 or v2), as
+    /// addresses or CIDR blocks separated by commas. On both the proxy and the HTTPS listener,
+    /// a connection from one of them must start with the header (before TLS), and the client
+    /// it names is the connection's client; one without a valid header is closed. Other peers
+    /// are served as usual and never trusted with one. Empty: no header is accepted.
+    #[arg(long, env = "DFP_ACCEPT_PROXY", value_name = "CIDR,...", value_parser = parse_sources)]
+    pub(crate) accept_proxy: Option<dfp_routing::SourceList>,
+
     /// A PEM file of the CAs that issue client certificates. The HTTPS listener then asks
     /// every client for a certificate and refuses one these CAs did not issue; services
     /// reconfigured with verifyClientSsl=true answer 403 to requests without one.
@@ -409,6 +417,11 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) denied_sources: Option<String>,
 
+    /// The instances want a PROXY protocol header (v1 or v2) naming the client on each
+    /// connection; such connections carry one client's requests only.
+    #[arg(long, value_name = "v1|v2")]
+    pub(crate) send_proxy_protocol: Option<String>,
+
     /// Docker Flow Proxy's reqMode; only HTTP is proxied.
     #[arg(long, value_parser = ["http"])]
     pub(crate) req_mode: Option<String>,
@@ -466,6 +479,7 @@ impl ReconfigureArgs {
             ("compressionType", self.compression_type.clone()),
             ("allowedSources", self.allowed_sources.clone()),
             ("deniedSources", self.denied_sources.clone()),
+            ("sendProxyProtocol", self.send_proxy_protocol.clone()),
         ];
         q.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         q.extend(self.params.iter().cloned());
