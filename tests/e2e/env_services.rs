@@ -19,9 +19,13 @@ async fn standalone_static_services_are_routed_at_start() {
         ("DFP_SERVICE_SERVICE_PATH", "/api/v1/books"),
         ("DFP_SERVICE_PORT", books_port.as_str()),
         ("DFP_SERVICE_DISTRIBUTE", "true"),
+        // Indexed destinations in the environment (`SERVICE_PATH_1` is `servicePath.1`),
+        // the unindexed header edit the fallback of both.
         ("DFP_SERVICE_1_SERVICE_NAME", "localhost"),
-        ("DFP_SERVICE_1_SERVICE_PATH", "/web"),
-        ("DFP_SERVICE_1_PORT", web_port.as_str()),
+        ("DFP_SERVICE_1_SERVICE_PATH_1", "/web"),
+        ("DFP_SERVICE_1_PORT_1", web_port.as_str()),
+        ("DFP_SERVICE_1_SERVICE_PATH_2", "/shop"),
+        ("DFP_SERVICE_1_PORT_2", books_port.as_str()),
         ("DFP_SERVICE_1_SET_RES_HEADER", "X-Static yes"),
     ];
     let proxy = Proxy::start_with_env(None, &[], &env, "warn").await;
@@ -29,6 +33,9 @@ async fn standalone_static_services_are_routed_at_start() {
     let answer = proxy.client().get(proxy.url("/web")).send().await.expect("proxy answers");
     assert_eq!(answer.headers()["x-static"], "yes");
     assert_eq!(answer.text().await.expect("body"), "web-1");
+    let answer = proxy.client().get(proxy.url("/shop")).send().await.expect("proxy answers");
+    assert_eq!(answer.headers()["x-static"], "yes", "the fallback applies to destination 2");
+    assert_eq!(answer.text().await.expect("body"), "books-1", "destination 2's own port");
 }
 
 #[tokio::test]
