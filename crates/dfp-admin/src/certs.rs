@@ -348,12 +348,11 @@ impl CertAdmin {
 impl Inner {
     async fn save(&self, name: &str, pem: &[u8]) -> Result<(), AdminError> {
         match &self.backing {
-            Backing::ConsulKv { consul, prefix } => consul
-                .kv_put(&format!("{prefix}{name}"), pem.to_vec())
-                .await
-                .map_err(|err| AdminError::RegistryUnavailable {
-                    what: format!("storing the certificate in Consul KV failed: {err}"),
-                }),
+            Backing::ConsulKv { consul, prefix } => {
+                consul.kv_put(&format!("{prefix}{name}"), pem.to_vec()).await.map_err(|err| {
+                    AdminError::consul(Some("storing the certificate in Consul KV failed"), &err)
+                })
+            }
             Backing::Dir(dir) => {
                 let (dir, path, pem) = (dir.clone(), dir.join(format!("{name}.pem")), pem.to_vec());
                 let shown = path.display().to_string();
@@ -370,12 +369,11 @@ impl Inner {
 
     async fn delete(&self, name: &str) -> Result<(), AdminError> {
         match &self.backing {
-            Backing::ConsulKv { consul, prefix } => consul
-                .kv_delete(&format!("{prefix}{name}"))
-                .await
-                .map_err(|err| AdminError::RegistryUnavailable {
-                    what: format!("deleting the certificate from Consul KV failed: {err}"),
-                }),
+            Backing::ConsulKv { consul, prefix } => {
+                consul.kv_delete(&format!("{prefix}{name}")).await.map_err(|err| {
+                    AdminError::consul(Some("deleting the certificate from Consul KV failed"), &err)
+                })
+            }
             Backing::Dir(dir) => {
                 let (dir, path) = (dir.clone(), dir.join(format!("{name}.pem")));
                 let shown = path.display().to_string();

@@ -239,6 +239,7 @@ impl Controller {
                 let restored = services.len();
                 self.sync_from_store(services).await;
                 tracing::info!(services = restored, "routes restored from the store");
+                self.check_consul_token().await;
                 index
             }
             Err(StoreError::Consul(err)) => {
@@ -260,6 +261,18 @@ impl Controller {
             ));
         }
         Ok(())
+    }
+
+    /// With Consul's ACLs on and no token (or one Consul does not know), Consul 1.8 answers
+    /// reads with nothing rather than refusing them: the store looks empty and every service
+    /// unknown. Said once at start, with what to set; the calls that fail say it again.
+    async fn check_consul_token(&self) {
+        let Discovery::Consul(consul) = &self.inner.discovery else { return };
+        if let Err(err @ dfp_consul::ConsulError::PermissionDenied { .. }) =
+            consul.check_token().await
+        {
+            tracing::warn!(error = %err, "Consul's ACLs will hide services and refuse writes to this proxy");
+        }
     }
 
     /// Says whether the TLS listener checks client certificates (`--client-ca`); until this
@@ -358,7 +371,8 @@ impl Inner {
             }
             Err(error) => {
                 if was != Some(false) {
-                    tracing::warn!(%error, "Consul is unreachable; serving the last table");
+                    // Unreachable, or refused by its ACLs (the error says which).
+                    tracing::warn!(%error, "Consul cannot be used; serving the last table");
                 }
                 health.reachable = Some(false);
                 health.last_error = Some(error);
@@ -371,7 +385,7 @@ impl Inner {
             return;
         }
         match outcome {
-            Err(AdminError::RegistryUnavailable { what }) => {
+            Err(AdminError::RegistryUnavailable { what } | AdminError::RegistryDenied { what }) => {
                 self.registry_answered(Err(what.clone()));
             }
             _ => self.registry_answered(Ok(())),
