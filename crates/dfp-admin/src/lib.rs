@@ -51,6 +51,7 @@ mod discovery;
 pub mod env_services;
 mod error;
 mod follow;
+mod local_writes;
 mod params;
 #[cfg(test)]
 mod params_fuzz;

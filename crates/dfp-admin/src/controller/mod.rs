@@ -8,7 +8,7 @@
 //! (mode checks, conflict checks, building a table); `sync.rs` the store sync/restore path
 //! and the followers' instance updates; `tests.rs` the unit tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::discovery::Discovery;
 use crate::follow::{self, Follower};
+use crate::local_writes::LocalWrites;
 use crate::store::{Params, RouteStore, StoreError};
 use crate::users::UsersConfig;
 use crate::{AdminError, ReconfigureRequest};
@@ -116,9 +117,6 @@ struct State {
     next_generation: u64,
     /// Instance changes recorded but not yet published.
     dirty: bool,
-    /// For each service (by key), the local write (reconfigure or remove) that last stored
-    /// it, by its sequence number (see `Inner::local_writes`).
-    touched: HashMap<String, u64>,
 }
 
 impl State {
@@ -158,9 +156,10 @@ pub(crate) struct Inner {
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
     metrics_hook: std::sync::OnceLock<MetricsHook>,
-    /// Local writes to the store so far. A store listing read while one happened may predate
-    /// it, so the services it touched are not taken from that listing (see `sync_from_store`).
-    local_writes: AtomicU64,
+    /// Local writes (reconfigure, remove) to the store, by service key. A store listing read
+    /// while one happened may predate it, so the services it touched are not taken from that
+    /// listing (see `sync_from_store`).
+    local_writes: LocalWrites,
     /// The TLS listener checks client certificates (`--client-ca`): without it, a
     /// `verifyClientSsl` service could never be reached, so such a call is refused.
     client_ca: std::sync::atomic::AtomicBool,
@@ -217,7 +216,7 @@ impl Controller {
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
                 metrics_hook: std::sync::OnceLock::new(),
-                local_writes: AtomicU64::new(0),
+                local_writes: LocalWrites::default(),
                 client_ca: std::sync::atomic::AtomicBool::new(false),
             }),
         }

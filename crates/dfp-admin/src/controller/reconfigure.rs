@@ -72,8 +72,7 @@ impl Inner {
                 self.note_registry(&saved);
             }
             saved?;
-            let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-            state.touched.insert(key.clone(), seq);
+            self.local_writes.record(&key);
         }
 
         let version = table.version();
@@ -135,8 +134,7 @@ impl Inner {
                 tracing::warn!(key = %shadow, error = %err, "could not delete a stored copy of the route in another case");
             }
         }
-        let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-        state.touched.insert(key.clone(), seq);
+        self.local_writes.record(&key);
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
