@@ -119,7 +119,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let table = TableHandle::default();
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
     let certs = CertStore::new();
-    let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir);
+    let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir, &follow);
     let controller =
         Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
     controller.set_client_ca_configured(client_ca.is_some());
