@@ -82,7 +82,9 @@ node_prefix "" { policy = "read" }
 key_prefix "docker-flow/" { policy = "read" }"#,
         )
         .await;
-    let cases: [(&str, &[(&str, &str)], &str); 3] = [
+    // (what, the proxy's environment, what its message must say)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 3] = [
         // Consul finds the service, then refuses the KV write.
         (
             "a token without key:write",

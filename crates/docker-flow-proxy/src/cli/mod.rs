@@ -17,6 +17,10 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; the server's many flags make its variant the largest"
+)]
 pub(crate) enum Command {
     /// Run the proxy: the data plane on --listen and the admin API on --admin-listen.
     Server(ServerArgs),
