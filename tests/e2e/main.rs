@@ -17,6 +17,7 @@ mod cli;
 mod client_certs;
 mod compression;
 mod conditions;
+mod consul_acl;
 mod data_plane;
 mod destinations;
 mod engines;

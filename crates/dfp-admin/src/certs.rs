@@ -11,22 +11,27 @@
 //!
 //! The same rules as for routes apply: an upload is validated fully, then stored, then
 //! published (one swap of the whole certificate set); a call that fails changes nothing.
-//! Changes are serialised by one lock. Certificates from `--certs-dir` are loaded by the binary
+//! Changes are serialised by one lock. The follower follows the routes' follower too: it
+//! waits as long as the configured [`FollowConfig::consul_wait`], and a listing asked for
+//! before a local upload or delete does not decide that certificate ([`LocalWrites`]), so
+//! it is never briefly unpublished (or brought back) on the replica that took the call. Certificates from `--certs-dir` are loaded by the binary
 //! and passed in; they cannot be deleted through the API (delete the file), but an upload of
 //! the same name takes their place.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dfp_consul::ConsulClient;
+use dfp_consul::{ConsulClient, ConsulError, Indexed, KvEntry};
 use dfp_tls::{CertSet, CertStore, Certificate};
 use serde::Serialize;
 
 use crate::follow::blocking_query_loop;
+use crate::local_writes::LocalWrites;
 use crate::store::{RouteStore, StoreError};
 use crate::{AdminError, FollowConfig};
 
@@ -43,8 +48,11 @@ pub struct CertAdmin {
 struct Inner {
     live: CertStore,
     backing: Backing,
+    /// How long the follower's blocking query waits (the configured follow settings).
     consul_wait: Duration,
     state: tokio::sync::Mutex<State>,
+    /// Uploads and deletes stored by this replica, by certificate name (see the module doc).
+    local_writes: LocalWrites,
 }
 
 /// Where uploaded certificates are kept.
@@ -111,11 +119,24 @@ impl State {
     }
 
     /// Makes the stored certificates those of `desired` (name -> PEM), parsing only what
-    /// changed. Returns whether anything did. A PEM that no longer validates is skipped with
-    /// a warning; a previous version of it that did is kept.
-    fn sync(&mut self, desired: BTreeMap<String, Pem>) -> bool {
-        let gone: Vec<String> =
-            self.stored.keys().filter(|n| !desired.contains_key(*n)).cloned().collect();
+    /// changed, but for the names `written_since` says were written here after the listing
+    /// was asked for. A PEM that no longer validates is skipped with a warning; a previous
+    /// version of it that did is kept. Returns whether anything changed, and whether a name
+    /// was left for being written since (the caller should read the store again).
+    fn sync(
+        &mut self,
+        desired: BTreeMap<String, Pem>,
+        written_since: impl Fn(&str) -> bool,
+    ) -> Synced {
+        let mut deferred = false;
+        let mut gone = Vec::new();
+        for name in self.stored.keys().filter(|n| !desired.contains_key(*n)) {
+            if written_since(name) {
+                deferred = true;
+            } else {
+                gone.push(name.clone());
+            }
+        }
         let mut changed = !gone.is_empty();
         for name in gone {
             self.remove(&name);
@@ -125,6 +146,10 @@ impl State {
             if self.stored.get(&name).is_some_and(|s| s.pem == pem)
                 || self.refused.get(&name) == Some(&pem)
             {
+                continue;
+            }
+            if written_since(&name) {
+                deferred = true;
                 continue;
             }
             match Certificate::from_pem(&name, &pem.0) {
@@ -138,8 +163,15 @@ impl State {
                 }
             }
         }
-        changed
+        Synced { changed, deferred }
     }
+}
+
+/// What [`State::sync`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Synced {
+    changed: bool,
+    deferred: bool,
 }
 
 /// What an upload did.
@@ -188,8 +220,14 @@ struct CertView {
 impl CertAdmin {
     /// Certificates published through `live`, kept where `store` keeps routes (Consul KV
     /// `<instance-name>/certs/`, or `certs/` beside the state file), plus those loaded from
-    /// `--certs-dir`. Call [`CertAdmin::start`] before serving.
-    pub fn new(live: CertStore, store: &RouteStore, from_dir: Vec<Certificate>) -> CertAdmin {
+    /// `--certs-dir`, followed in Consul KV as `follow` says (as the routes are). Call
+    /// [`CertAdmin::start`] before serving.
+    pub fn new(
+        live: CertStore,
+        store: &RouteStore,
+        from_dir: Vec<Certificate>,
+        follow: &FollowConfig,
+    ) -> CertAdmin {
         let backing = match store {
             RouteStore::ConsulKv { consul, instance_name } => Backing::ConsulKv {
                 consul: consul.clone(),
@@ -210,8 +248,9 @@ impl CertAdmin {
             inner: Arc::new(Inner {
                 live,
                 backing,
-                consul_wait: FollowConfig::default().consul_wait,
+                consul_wait: follow.consul_wait,
                 state: tokio::sync::Mutex::new(state),
+                local_writes: LocalWrites::default(),
             }),
         }
     }
@@ -228,7 +267,8 @@ impl CertAdmin {
             Backing::ConsulKv { consul, prefix } => {
                 match consul.kv_list(prefix, 0, Duration::ZERO).await {
                     Ok(listed) => {
-                        state.sync(certs_from_kv(&listed.value, prefix));
+                        // Nothing is written before start returns: no name to leave.
+                        state.sync(certs_from_kv(&listed.value, prefix), |_| false);
                         listed.index
                     }
                     Err(err) => {
@@ -243,7 +283,7 @@ impl CertAdmin {
                     tokio::task::spawn_blocking(move || read_cert_dir(&dir)).await.map_err(
                         |e| StoreError::StateFile { path: PathBuf::new(), reason: e.to_string() },
                     )??;
-                state.sync(found);
+                state.sync(found, |_| false);
                 0
             }
             Backing::Memory => 0,
@@ -255,11 +295,15 @@ impl CertAdmin {
         );
         drop(state);
         if let Backing::ConsulKv { consul, prefix } = &self.inner.backing {
+            let (consul, listed) = (consul.clone(), prefix.clone());
             tokio::spawn(follow_certs(
                 Arc::downgrade(&self.inner),
-                consul.clone(),
                 prefix.clone(),
                 index,
+                move |index, wait| {
+                    let (consul, prefix) = (consul.clone(), listed.clone());
+                    async move { consul.kv_list(&prefix, index, wait).await }
+                },
             ));
         }
         Ok(())
@@ -276,6 +320,7 @@ impl CertAdmin {
             .map_err(|source| AdminError::InvalidCert { name: name.clone(), source })?;
         let mut state = self.inner.state.lock().await;
         self.inner.save(&name, &body).await?;
+        self.inner.local_writes.record(&name);
         let answer = Uploaded {
             status: "OK",
             message: format!(
@@ -310,6 +355,7 @@ impl CertAdmin {
             });
         }
         self.inner.delete(&name).await?;
+        self.inner.local_writes.record(&name);
         state.remove(&name);
         self.inner.live.publish(state.build());
         tracing::info!(cert = %name, "certificate deleted");
@@ -348,12 +394,11 @@ impl CertAdmin {
 impl Inner {
     async fn save(&self, name: &str, pem: &[u8]) -> Result<(), AdminError> {
         match &self.backing {
-            Backing::ConsulKv { consul, prefix } => consul
-                .kv_put(&format!("{prefix}{name}"), pem.to_vec())
-                .await
-                .map_err(|err| AdminError::RegistryUnavailable {
-                    what: format!("storing the certificate in Consul KV failed: {err}"),
-                }),
+            Backing::ConsulKv { consul, prefix } => {
+                consul.kv_put(&format!("{prefix}{name}"), pem.to_vec()).await.map_err(|err| {
+                    AdminError::consul(Some("storing the certificate in Consul KV failed"), &err)
+                })
+            }
             Backing::Dir(dir) => {
                 let (dir, path, pem) = (dir.clone(), dir.join(format!("{name}.pem")), pem.to_vec());
                 let shown = path.display().to_string();
@@ -370,12 +415,11 @@ impl Inner {
 
     async fn delete(&self, name: &str) -> Result<(), AdminError> {
         match &self.backing {
-            Backing::ConsulKv { consul, prefix } => consul
-                .kv_delete(&format!("{prefix}{name}"))
-                .await
-                .map_err(|err| AdminError::RegistryUnavailable {
-                    what: format!("deleting the certificate from Consul KV failed: {err}"),
-                }),
+            Backing::ConsulKv { consul, prefix } => {
+                consul.kv_delete(&format!("{prefix}{name}")).await.map_err(|err| {
+                    AdminError::consul(Some("deleting the certificate from Consul KV failed"), &err)
+                })
+            }
             Backing::Dir(dir) => {
                 let (dir, path) = (dir.clone(), dir.join(format!("{name}.pem")));
                 let shown = path.display().to_string();
@@ -391,16 +435,20 @@ impl Inner {
     }
 
     /// Applies what the store holds now (another replica's upload or delete, or Consul
-    /// coming back) in one swap, without writing back.
-    async fn sync_from_kv(&self, desired: BTreeMap<String, Pem>) {
+    /// coming back) in one swap, without writing back. `read_after` is the local write mark
+    /// taken before the listing was asked for: names written here since are left as they are.
+    /// Returns whether one was (the caller should read the store again).
+    async fn sync_from_kv(&self, desired: BTreeMap<String, Pem>, read_after: u64) -> bool {
         let mut state = self.state.lock().await;
-        if state.sync(desired) {
+        let synced = state.sync(desired, |name| self.local_writes.newer_than(name, read_after));
+        if synced.changed {
             self.live.publish(state.build());
             tracing::info!(
                 certificates = self.live.load().len(),
                 "certificates synced from Consul KV"
             );
         }
+        synced.deferred
     }
 }
 
@@ -522,24 +570,26 @@ fn remove_file(dir: &Path, path: &Path) -> std::io::Result<()> {
 }
 
 /// Follows the certificate prefix in KV, so an upload or delete sent to any replica with the
-/// same instance name reaches this one (the same blocking-query loop as for routes).
-async fn follow_certs(inner: Weak<Inner>, consul: Arc<ConsulClient>, prefix: String, index: u64) {
+/// same instance name reaches this one (the same blocking-query loop as for routes, with the
+/// same local-write guard). `list` lists `prefix` (blocking at an index, for a wait): Consul
+/// KV in the proxy, a script in the tests that order a listing against an upload.
+async fn follow_certs<L, F>(inner: Weak<Inner>, prefix: String, index: u64, list: L)
+where
+    L: FnMut(u64, Duration) -> F,
+    F: Future<Output = Result<Indexed<Vec<KvEntry>>, ConsulError>>,
+{
     blocking_query_loop(
         inner,
         index,
-        |i: &Inner| (i.consul_wait, ()),
-        |index, wait| {
-            let (consul, prefix) = (consul.clone(), prefix.clone());
-            async move { consul.kv_list(&prefix, index, wait).await }
-        },
-        |strong: Arc<Inner>, entries: Vec<dfp_consul::KvEntry>, ()| {
+        // The local write mark before the listing is asked for: a listing that may predate
+        // an upload or delete here does not decide that certificate (and is read again).
+        |i: &Inner| (i.consul_wait, i.local_writes.mark()),
+        list,
+        |strong: Arc<Inner>, entries: Vec<KvEntry>, read_after| {
             let prefix = prefix.clone();
-            async move {
-                strong.sync_from_kv(certs_from_kv(&entries, &prefix)).await;
-                false
-            }
+            async move { strong.sync_from_kv(certs_from_kv(&entries, &prefix), read_after).await }
         },
-        |_: &Inner, outcome: Result<(), &dfp_consul::ConsulError>| {
+        |_: &Inner, outcome: Result<(), &ConsulError>| {
             if let Err(err) = outcome {
                 tracing::debug!(error = %err, "following certificates in Consul KV failed; retrying");
             }
@@ -572,7 +622,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dfp-certs-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let store = RouteStore::File(dir.join("state.json"));
-        let admin = CertAdmin::new(CertStore::new(), &store, Vec::new());
+        let admin = CertAdmin::new(CertStore::new(), &store, Vec::new(), &FollowConfig::default());
         admin.start().await.expect("an empty start");
         assert!(served(&admin).is_empty());
 
@@ -591,7 +641,8 @@ mod tests {
         assert!(matches!(bad, Err(AdminError::InvalidParameter { .. })), "{bad:?}");
         assert_eq!(served(&admin), ["shop"], "bad input changes nothing");
 
-        let restarted = CertAdmin::new(CertStore::new(), &store, Vec::new());
+        let restarted =
+            CertAdmin::new(CertStore::new(), &store, Vec::new(), &FollowConfig::default());
         restarted.start().await.expect("restores");
         assert_eq!(served(&restarted), ["shop"]);
         let listed = restarted.list().await;
@@ -609,7 +660,12 @@ mod tests {
     #[tokio::test]
     async fn certs_dir_certificates_come_first_and_cannot_be_deleted() {
         let from_dir = Certificate::from_pem("static", &pem(&["static.example"])).expect("valid");
-        let admin = CertAdmin::new(CertStore::new(), &RouteStore::Memory, vec![from_dir]);
+        let admin = CertAdmin::new(
+            CertStore::new(),
+            &RouteStore::Memory,
+            vec![from_dir],
+            &FollowConfig::default(),
+        );
         admin.start().await.expect("starts");
         admin
             .upload(&[("certName", "later")], Bytes::from(pem(&["later.example"])))
@@ -646,13 +702,103 @@ mod tests {
             ("a".to_owned(), Pem(a.clone())),
             ("b".to_owned(), Pem(b"junk".to_vec())),
         ]);
-        assert!(state.sync(desired.clone()));
+        let synced = |changed, deferred| Synced { changed, deferred };
+        assert_eq!(state.sync(desired.clone(), |_| false), synced(true, false));
         assert_eq!(state.order, ["a"]);
         assert!(state.refused.contains_key("b"));
         assert!(!format!("{state:?}").contains("PRIVATE"), "Debug never shows a key");
-        assert!(!state.sync(desired.clone()), "nothing new: no swap");
+        assert_eq!(state.sync(desired.clone(), |_| false), synced(false, false), "no swap");
         desired.remove("a");
-        assert!(state.sync(desired));
+        // Written here since the listing was asked for: left, and the store read again.
+        assert_eq!(state.sync(desired.clone(), |n| n == "a"), synced(false, true));
+        assert_eq!(state.order, ["a"]);
+        assert_eq!(state.sync(desired, |_| false), synced(true, false));
         assert!(state.stored.is_empty() && state.order.is_empty());
+    }
+
+    type Listing = Result<Indexed<Vec<KvEntry>>, ConsulError>;
+
+    /// One listing the follower asked for: at which index, for how long, and where to answer.
+    type Ask = (u64, Duration, tokio::sync::oneshot::Sender<Listing>);
+
+    /// The follower of `admin`, listing through the test: each listing it asks for arrives on
+    /// the receiver, and waits there until the test answers it. So the test orders a
+    /// listing against uploads and deletes exactly as a slow Consul answer would.
+    fn scripted_follower(
+        admin: &CertAdmin,
+        index: u64,
+    ) -> (tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<Ask>) {
+        let (asks_tx, asks) = tokio::sync::mpsc::unbounded_channel::<Ask>();
+        let list = move |index, wait| {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let asked = asks_tx.send((index, wait, answer)).is_ok();
+            async move {
+                match answered.await {
+                    Ok(listing) if asked => listing,
+                    _ => Err(ConsulError::NoAddress),
+                }
+            }
+        };
+        let task = tokio::spawn(follow_certs(
+            Arc::downgrade(&admin.inner),
+            "dfp/certs/".to_owned(),
+            index,
+            list,
+        ));
+        (task, asks)
+    }
+
+    fn listing(certs: &[(&str, &[u8])], index: u64) -> Listing {
+        let value = certs
+            .iter()
+            .map(|(name, pem)| KvEntry { key: format!("dfp/certs/{name}"), value: pem.to_vec() })
+            .collect();
+        Ok(Indexed { value, index })
+    }
+
+    #[tokio::test]
+    async fn a_listing_asked_for_before_an_upload_or_delete_does_not_undo_it() {
+        let wait = Duration::from_secs(7);
+        let follow = FollowConfig { consul_wait: wait, ..FollowConfig::default() };
+        let admin = CertAdmin::new(CertStore::new(), &RouteStore::Memory, Vec::new(), &follow);
+        admin.start().await.expect("starts");
+        let (task, mut asks) = scripted_follower(&admin, 5);
+
+        // The follower asks, blocking for the configured wait (not the default 30 s) ...
+        let (index, asked_wait, answer) = asks.recv().await.expect("the follower lists");
+        assert_eq!((index, asked_wait), (5, wait));
+        // ... an upload lands meanwhile, and Consul's answer predates it.
+        let a = pem(&["a.example"]);
+        admin.upload(&[("certName", "a")], Bytes::from(a.clone())).await.expect("ok");
+        answer.send(listing(&[], 6)).expect("the follower waits");
+        // The follower reads again at once, and the upload was never unpublished.
+        let (index, asked_wait, answer) = asks.recv().await.expect("reads again");
+        assert_eq!((index, asked_wait), (0, wait), "read again without blocking");
+        assert_eq!(served(&admin), ["a"], "the stale listing did not unpublish the upload");
+        // A listing asked for after the upload decides: with it, nothing changes ...
+        answer.send(listing(&[("a", &a)], 7)).expect("the follower waits");
+        let (index, _, answer) = asks.recv().await.expect("blocks again");
+        assert_eq!(index, 7);
+        assert_eq!(served(&admin), ["a"]);
+
+        // The same for a delete: a listing asked for before it, answered with the
+        // certificate, does not bring it back.
+        admin.delete(&[("certName", "a")]).await.expect("deleted");
+        answer.send(listing(&[("a", &a)], 8)).expect("the follower waits");
+        let (index, _, answer) = asks.recv().await.expect("reads again");
+        assert_eq!(index, 0);
+        assert!(served(&admin).is_empty(), "the stale listing did not bring it back");
+
+        // Another replica's changes are followed as before.
+        let b = pem(&["b.example"]);
+        answer.send(listing(&[("b", &b)], 9)).expect("the follower waits");
+        let (index, _, answer) = asks.recv().await.expect("blocks again");
+        assert_eq!(index, 9);
+        assert_eq!(served(&admin), ["b"]);
+        answer.send(listing(&[], 10)).expect("the follower waits");
+        let (index, _, _answer) = asks.recv().await.expect("blocks again");
+        assert_eq!(index, 10);
+        assert!(served(&admin).is_empty(), "another replica's delete is followed");
+        task.abort();
     }
 }

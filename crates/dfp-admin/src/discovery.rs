@@ -66,17 +66,17 @@ async fn consul_instances(
     service: &str,
     strictness: Strictness,
 ) -> Result<Found, AdminError> {
-    let lookup = consul
-        .lookup_service(service)
-        .await
-        .map_err(|err| AdminError::RegistryUnavailable { what: err.to_string() })?;
+    let lookup =
+        consul.lookup_service(service).await.map_err(|err| AdminError::consul(None, &err))?;
     let registered = match lookup.value {
         ServiceLookup::Unknown if strictness == Strictness::Interactive => {
             return Err(AdminError::UnknownService {
                 service: service.to_owned(),
                 registry: "Consul",
                 hint: "check the name (is it registered in Consul, e.g. by Registrator? \
-                       `curl $CONSUL_ADDRESS/v1/catalog/services` lists the names)",
+                       `curl $CONSUL_ADDRESS/v1/catalog/services` lists the names; with Consul's \
+                       ACLs on, a service the proxy's token may not read looks unknown too: the \
+                       token needs service:read on it and node:read)",
             })
         }
         ServiceLookup::Unknown => Vec::new(),

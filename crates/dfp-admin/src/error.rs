@@ -38,6 +38,12 @@ pub enum AdminError {
     },
     #[error("{what}; the routing table was left unchanged, call again once it is reachable")]
     RegistryUnavailable { what: String },
+    /// Consul answered, but its ACLs refused the call: the message names the call and the
+    /// rule the token lacks.
+    #[error(
+        "{what}; the routing table was left unchanged, call again once Consul's ACLs allow it"
+    )]
+    RegistryDenied { what: String },
     #[error("{what}; the routing table was left unchanged, call again once the store is writable")]
     StoreUnavailable { what: String },
     #[error("internal error: {0}; the routing table was left unchanged")]
@@ -79,6 +85,19 @@ impl AdminError {
         }
     }
 
+    /// A failed call to Consul, `doing` what (e.g. "storing the route in Consul KV failed"):
+    /// refused by its ACLs, or unreachable.
+    pub(crate) fn consul(doing: Option<&str>, err: &dfp_consul::ConsulError) -> AdminError {
+        let what = match doing {
+            Some(doing) => format!("{doing}: {err}"),
+            None => err.to_string(),
+        };
+        match err {
+            dfp_consul::ConsulError::PermissionDenied { .. } => AdminError::RegistryDenied { what },
+            _ => AdminError::RegistryUnavailable { what },
+        }
+    }
+
     /// The HTTP status of this failure: the client's mistakes are 4xx, an unreachable registry
     /// is 503. Exhaustive on purpose: a new variant must choose its status here.
     pub fn status(&self) -> u16 {
@@ -98,7 +117,9 @@ impl AdminError {
             AdminError::MethodNotAllowed { .. } => 405,
             AdminError::PathConflict { .. } => 409,
             AdminError::Internal(_) => 500,
-            AdminError::RegistryUnavailable { .. } | AdminError::StoreUnavailable { .. } => 503,
+            AdminError::RegistryUnavailable { .. }
+            | AdminError::RegistryDenied { .. }
+            | AdminError::StoreUnavailable { .. } => 503,
         }
     }
 }

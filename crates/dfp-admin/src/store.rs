@@ -90,8 +90,8 @@ impl RouteStore {
                 let key = format!("{}{service}", Self::kv_prefix(instance_name));
                 let body =
                     serde_json::to_vec(params).map_err(|e| AdminError::Internal(e.to_string()))?;
-                consul.kv_put(&key, body).await.map_err(|err| AdminError::RegistryUnavailable {
-                    what: format!("storing the route in Consul KV failed: {err}"),
+                consul.kv_put(&key, body).await.map_err(|err| {
+                    AdminError::consul(Some("storing the route in Consul KV failed"), &err)
                 })
             }
             RouteStore::File(path) => write_state(path, all).await,
@@ -108,8 +108,8 @@ impl RouteStore {
         match self {
             RouteStore::ConsulKv { consul, instance_name } => {
                 let key = format!("{}{service}", Self::kv_prefix(instance_name));
-                consul.kv_delete(&key).await.map_err(|err| AdminError::RegistryUnavailable {
-                    what: format!("deleting the route from Consul KV failed: {err}"),
+                consul.kv_delete(&key).await.map_err(|err| {
+                    AdminError::consul(Some("deleting the route from Consul KV failed"), &err)
                 })
             }
             RouteStore::File(path) => write_state(path, all).await,

@@ -26,6 +26,15 @@ pub enum ConsulError {
     Unreachable { tried: String, last: String },
     #[error("Consul refused {url} with {status}: {body}")]
     Refused { url: String, status: u16, body: String },
+    /// Consul's ACLs refused the call (403: `Permission denied`, or `ACL not found` for a
+    /// token Consul does not know). `needs` says what the token must be allowed.
+    #[error("Consul refused {call} ({answer}): {needs}")]
+    PermissionDenied { call: String, answer: String, needs: String },
+    #[error(
+        "the Consul token is not usable: {0}; give the token's SecretID (CONSUL_HTTP_TOKEN, or \
+         CONSUL_HTTP_TOKEN_FILE for a file holding it)"
+    )]
+    InvalidToken(&'static str),
     #[error("Consul's answer to {url} could not be read: {source}")]
     Decode {
         url: String,
@@ -34,6 +43,35 @@ pub enum ConsulError {
     },
     #[error("the HTTP client for Consul could not be set up: {0}")]
     Setup(#[source] reqwest::Error),
+}
+
+/// An ACL token sent to Consul as `X-Consul-Token` on every call (never in a URL). Its
+/// `Debug` never shows it, and no error message carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConsulToken(String);
+
+impl ConsulToken {
+    /// A token as Consul's CLI reads one (`CONSUL_HTTP_TOKEN`, or the content of
+    /// `CONSUL_HTTP_TOKEN_FILE`): surrounding whitespace is dropped; what is left must be a
+    /// non-empty header value.
+    pub fn new(token: &str) -> Result<ConsulToken, ConsulError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ConsulError::InvalidToken("it is empty"));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConsulError::InvalidToken(
+                "it holds a space, a control or a non-ASCII character",
+            ));
+        }
+        Ok(ConsulToken(token.to_owned()))
+    }
+}
+
+impl fmt::Debug for ConsulToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConsulToken(<redacted>)")
+    }
 }
 
 /// What Consul knows of a service.
@@ -54,6 +92,8 @@ pub struct ConsulClient {
     http: reqwest::Client,
     agents: Vec<Url>,
     preferred: AtomicUsize,
+    /// `X-Consul-Token`, marked sensitive (kept out of reqwest's and hyper's debug output).
+    token: Option<reqwest::header::HeaderValue>,
 }
 
 impl ConsulClient {
@@ -71,7 +111,43 @@ impl ConsulClient {
             .no_proxy()
             .build()
             .map_err(ConsulError::Setup)?;
-        Ok(ConsulClient { http, agents, preferred: AtomicUsize::new(0) })
+        Ok(ConsulClient { http, agents, preferred: AtomicUsize::new(0), token: None })
+    }
+
+    /// Sends `token` as `X-Consul-Token` on every call from now on (Consul's ACLs).
+    pub fn with_token(mut self, token: ConsulToken) -> Result<Self, ConsulError> {
+        let mut value = reqwest::header::HeaderValue::from_str(&token.0)
+            .map_err(|_| ConsulError::InvalidToken("it is not a valid header value"))?;
+        value.set_sensitive(true);
+        self.token = Some(value);
+        Ok(self)
+    }
+
+    /// Whether a token is sent (for messages; never the token itself).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Checks the token against Consul's ACLs (`GET /v1/acl/token/self`, which any token may
+    /// read about itself). `Ok` when ACLs are off or the token is one Consul knows;
+    /// [`ConsulError::PermissionDenied`] when ACLs are on and no token, or an unknown one,
+    /// was given. Consul 1.8 does not refuse reads for a token without `service:read`: it
+    /// hides what the token may not read, so without this check a proxy with no token sees
+    /// an empty catalog and says nothing.
+    pub async fn check_token(&self) -> Result<(), ConsulError> {
+        let segments = ["v1", "acl", "token", "self"];
+        let mut call = Call::get(&segments);
+        call.needs = Needs::Fixed(
+            "service:read and node:read on the routed services, and key:write on the \
+             instance name's prefix",
+        );
+        match self.call(call).await {
+            Ok(_) => Ok(()),
+            Err(denied @ ConsulError::PermissionDenied { .. }) => Err(denied),
+            // 401 "ACL support disabled": nothing to check.
+            Err(ConsulError::Refused { status: 401, .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
     }
 
     /// The agents this client talks to, in order.
@@ -92,9 +168,24 @@ impl ConsulClient {
                 index: passing.index,
             });
         }
-        let answer = self.call(Call::get(&["v1", "catalog", "service", service])).await?;
+        let segments = ["v1", "catalog", "service", service];
+        let mut call = Call::get(&segments);
+        call.needs = Needs::Service(service);
+        let answer = self.call(call).await?;
         let catalog: Vec<CatalogEntry> = answer.json()?;
         let value = if catalog.is_empty() {
+            // With ACLs on, a service the token may not read looks unknown: a token Consul
+            // does not know (or none) is told apart here; a known token lacking
+            // `service:read` is not (Consul 1.8 says nothing), the caller's hint mentions it.
+            if let Err(ConsulError::PermissionDenied { answer, needs, .. }) =
+                self.check_token().await
+            {
+                return Err(ConsulError::PermissionDenied {
+                    call: format!("GET /v1/catalog/service/{service}"),
+                    answer: format!("it lists nothing, and /v1/acl/token/self says {answer}"),
+                    needs,
+                });
+            }
             ServiceLookup::Unknown
         } else {
             ServiceLookup::Known(Vec::new())
@@ -114,6 +205,7 @@ impl ConsulClient {
     ) -> Result<Indexed<Vec<Instance>>, ConsulError> {
         let segments = ["v1", "health", "service", service];
         let mut call = Call::get(&segments);
+        call.needs = Needs::Service(service);
         call.query.push(("passing", "true".to_owned()));
         call.block(index, wait);
         let answer = self.call(call).await?;
@@ -130,6 +222,7 @@ impl ConsulClient {
         segments.extend(key.split('/'));
         let mut call = Call::get(&segments);
         call.method = reqwest::Method::PUT;
+        call.needs = Needs::KeyWrite(key);
         call.body = Some(value);
         self.call(call).await.map(drop)
     }
@@ -140,6 +233,7 @@ impl ConsulClient {
         segments.extend(key.split('/'));
         let mut call = Call::get(&segments);
         call.method = reqwest::Method::DELETE;
+        call.needs = Needs::KeyWrite(key);
         self.call(call).await.map(drop)
     }
 
@@ -152,6 +246,7 @@ impl ConsulClient {
         wait: Duration,
     ) -> Result<Indexed<()>, ConsulError> {
         let mut call = Call::get(&["v1", "catalog", "services"]);
+        call.needs = Needs::Fixed("service:read on the routed services");
         call.block(index, wait);
         let answer = self.call(call).await?;
         Ok(Indexed { value: (), index: answer.index })
@@ -166,6 +261,7 @@ impl ConsulClient {
         wait: Duration,
     ) -> Result<Indexed<Vec<CheckState>>, ConsulError> {
         let mut call = Call::get(&["v1", "health", "state", "any"]);
+        call.needs = Needs::Fixed("service:read on the routed services and node:read");
         call.block(index, wait);
         let answer = self.call(call).await?;
         let checks: Vec<RawCheck> = answer.json()?;
@@ -186,6 +282,7 @@ impl ConsulClient {
         let mut segments = vec!["v1", "kv"];
         segments.extend(prefix.split('/'));
         let mut call = Call::get(&segments);
+        call.needs = Needs::KeyRead(prefix);
         call.query.push(("recurse", "true".to_owned()));
         // Consistent: a server that has just been elected leader (Consul restarted) answers
         // from its snapshot until it has applied the log after it, so a default read can miss
@@ -234,6 +331,9 @@ impl ConsulClient {
 
     async fn call_once(&self, call: &Call<'_>, url: &Url) -> Result<Answer, Attempt> {
         let mut request = self.http.request(call.method.clone(), url.clone());
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token.clone());
+        }
         if let Some(timeout) = call.timeout {
             request = request.timeout(timeout);
         }
@@ -257,6 +357,10 @@ impl ConsulClient {
                 String::from_utf8_lossy(&body).trim()
             )));
         }
+        if status == reqwest::StatusCode::FORBIDDEN {
+            let answer = String::from_utf8_lossy(&body).trim().to_owned();
+            return Err(Attempt::Refused(self.denied(call, url, answer)));
+        }
         let missing_ok = call.missing_is_empty && status == reqwest::StatusCode::NOT_FOUND;
         if !status.is_success() && !missing_ok {
             return Err(Attempt::Refused(ConsulError::Refused {
@@ -268,6 +372,36 @@ impl ConsulClient {
         Ok(Answer { status, body, index, url: url.to_string() })
     }
 
+    /// The typed error of a 403: which call, Consul's words, and what the token needs.
+    fn denied(&self, call: &Call<'_>, url: &Url, answer: String) -> ConsulError {
+        let rule = call.needs.rule();
+        let needs = if answer.contains("ACL not found") {
+            if self.token.is_some() {
+                format!(
+                    "Consul knows no such token; set CONSUL_HTTP_TOKEN (or CONSUL_HTTP_TOKEN_FILE) \
+                     to the SecretID of a token with {rule} ({ACL_DOC})"
+                )
+            } else {
+                format!(
+                    "Consul has ACLs on and no token was given; set CONSUL_HTTP_TOKEN (or \
+                     CONSUL_HTTP_TOKEN_FILE) to a token with {rule} ({ACL_DOC})"
+                )
+            }
+        } else if self.token.is_some() {
+            format!("the Consul token needs {rule} ({ACL_DOC})")
+        } else {
+            format!(
+                "Consul has ACLs on and no token was given; set CONSUL_HTTP_TOKEN (or \
+                 CONSUL_HTTP_TOKEN_FILE) to a token with {rule} ({ACL_DOC})"
+            )
+        };
+        ConsulError::PermissionDenied {
+            call: format!("{} {}", call.method, url.path()),
+            answer: if answer.is_empty() { "403 Forbidden".to_owned() } else { answer },
+            needs,
+        }
+    }
+
     fn agents_list(&self) -> String {
         self.agents.iter().map(|u| u.as_str().trim_end_matches('/')).collect::<Vec<_>>().join(", ")
     }
@@ -275,7 +409,10 @@ impl ConsulClient {
 
 impl fmt::Debug for ConsulClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulClient").field("agents", &self.agents_list()).finish_non_exhaustive()
+        f.debug_struct("ConsulClient")
+            .field("agents", &self.agents_list())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -302,6 +439,35 @@ struct Call<'a> {
     timeout: Option<Duration>,
     /// A 404 is an answer (an empty KV prefix), not an error.
     missing_is_empty: bool,
+    /// What Consul's ACLs must allow the token for this call, for the message of a 403.
+    needs: Needs<'a>,
+}
+
+/// Where README.md tells the whole policy.
+const ACL_DOC: &str = "README.md, section Consul ACLs, has the whole policy";
+
+/// The ACL rule a call needs (Consul 1.8's rules for the endpoints this client calls).
+#[derive(Clone, Copy)]
+enum Needs<'a> {
+    /// `/v1/health/service/<name>`, `/v1/catalog/service/<name>`: the service and the nodes
+    /// its instances run on (Consul hides instances on nodes the token may not read).
+    Service(&'a str),
+    /// `GET /v1/kv/<prefix>?recurse`.
+    KeyRead(&'a str),
+    /// `PUT`, `DELETE /v1/kv/<key>`.
+    KeyWrite(&'a str),
+    Fixed(&'static str),
+}
+
+impl Needs<'_> {
+    fn rule(self) -> String {
+        match self {
+            Needs::Service(name) => format!("service:read on {name:?} and node:read"),
+            Needs::KeyRead(prefix) => format!("key:read on {prefix:?}"),
+            Needs::KeyWrite(key) => format!("key:write on {key:?}"),
+            Needs::Fixed(rule) => rule.to_owned(),
+        }
+    }
 }
 
 impl<'a> Call<'a> {
@@ -313,6 +479,7 @@ impl<'a> Call<'a> {
             body: None,
             timeout: None,
             missing_is_empty: false,
+            needs: Needs::Fixed("read access to what it asks for"),
         }
     }
 
@@ -442,6 +609,60 @@ mod tests {
             &[("passing", "true".to_owned())],
         );
         assert_eq!(url.as_str(), "http://c:8500/prefix/v1/health/service/a%2Fb%20c?passing=true");
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_shown() {
+        let token = ConsulToken::new(" 5b29457f-f9f3-f470-f96c-a1d02debd0dc\n").expect("valid");
+        assert_eq!(format!("{token:?}"), "ConsulToken(<redacted>)");
+        let client = ConsulClient::new("127.0.0.1:1", Duration::from_secs(1))
+            .and_then(|c| c.with_token(token))
+            .expect("valid");
+        let shown = format!("{client:?}");
+        assert!(!shown.contains("5b29457f") && shown.contains("<redacted>"), "{shown}");
+        for bad in ["", " \n", "a b", "tok\u{e9}n", "a\u{7f}"] {
+            assert!(ConsulToken::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Consul 1.8.7's answers to a 403 (the body is all there is): each message names the
+    /// call and the rule, and says whether the token is unknown or lacks the rule.
+    #[test]
+    fn refusals_name_the_call_and_the_rule() {
+        let agent = Url::parse("http://127.0.0.1:8500/").expect("valid");
+        let bare = ConsulClient::new("127.0.0.1:8500", Duration::from_secs(1)).expect("valid");
+        let with_token = ConsulClient::new("127.0.0.1:8500", Duration::from_secs(1))
+            .and_then(|c| c.with_token(ConsulToken::new("secret-token").expect("valid")))
+            .expect("valid");
+        let segments = ["v1", "kv", "docker-flow", "services", "web"];
+        let mut put = Call::get(&segments);
+        put.method = reqwest::Method::PUT;
+        put.needs = Needs::KeyWrite("docker-flow/services/web");
+        let url = endpoint(&agent, put.segments, &put.query);
+        let health = ["v1", "health", "service", "web"];
+        let mut read = Call::get(&health);
+        read.needs = Needs::Service("web");
+        let read_url = endpoint(&agent, read.segments, &read.query);
+        let cases = [
+            (
+                &with_token,
+                &put,
+                &url,
+                "Permission denied",
+                "the Consul token needs key:write on \"docker-flow/services/web\"",
+            ),
+            (&bare, &put, &url, "Permission denied", "no token was given"),
+            (&with_token, &read, &read_url, "ACL not found", "Consul knows no such token"),
+            (&bare, &read, &read_url, "ACL not found", "service:read on \"web\" and node:read"),
+        ];
+        for (client, call, url, answer, expected) in cases {
+            let err = client.denied(call, url, answer.to_owned());
+            let msg = err.to_string();
+            assert!(matches!(err, ConsulError::PermissionDenied { .. }), "{msg}");
+            assert!(msg.contains(expected) && msg.contains(answer), "{msg}");
+            assert!(msg.contains(&format!("{} {}", call.method, url.path())), "{msg}");
+            assert!(!msg.contains("secret-token"), "{msg}");
+        }
     }
 
     #[tokio::test]

@@ -47,10 +47,12 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let (discovery, store) = match &args.consul_address {
         Some(address) => {
-            let consul = Arc::new(
-                ConsulClient::new(address, args.consul_timeout)
-                    .context("invalid --consul-address")?,
-            );
+            let mut consul = ConsulClient::new(address, args.consul_timeout)
+                .context("invalid --consul-address")?;
+            if let Some(token) = args.consul_token()? {
+                consul = consul.with_token(token).context("invalid Consul token")?;
+            }
+            let consul = Arc::new(consul);
             let store = RouteStore::ConsulKv {
                 consul: consul.clone(),
                 instance_name: args.instance_name.clone(),
@@ -58,6 +60,9 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
             (Discovery::Consul(consul), store)
         }
         None => {
+            if args.consul_token.is_some() || args.consul_token_file.is_some() {
+                tracing::warn!("a Consul token is set but no --consul-address (CONSUL_ADDRESS): standalone mode does not use it");
+            }
             let state_file = crate::state_file::resolve(args.state_file.as_deref())?;
             tracing::info!(state_file = %state_file.display(), "standalone routes are kept here");
             (Discovery::Dns, RouteStore::File(state_file))
@@ -114,7 +119,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let table = TableHandle::default();
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
     let certs = CertStore::new();
-    let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir);
+    let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir, &follow);
     let controller =
         Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
     controller.set_client_ca_configured(client_ca.is_some());

@@ -1,6 +1,7 @@
 //! A real Consul agent on loopback, on ports of its own: `-dev` (in memory), or a one-node
 //! server with a data directory, for tests that stop and restart Consul and need its state
-//! (services, checks, KV) to survive as it does in production.
+//! (services, checks, KV) to survive as it does in production. Either may have ACLs on
+//! (default deny), the test's own calls then carrying the master token.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub struct Consul {
     child: Option<Child>,
     http_port: u16,
     args: Vec<String>,
+    /// Sent as `X-Consul-Token` on the test's own calls (the master token, with ACLs on).
+    token: Option<String>,
     _data: Option<super::Scratch>,
 }
 
@@ -22,6 +25,57 @@ impl Consul {
     /// Starts a dev agent and waits until it has elected itself leader.
     pub async fn start() -> Consul {
         Self::start_with(vec!["-dev".into()], None).await
+    }
+
+    /// Starts a dev agent with ACLs on and every call denied unless a token allows it
+    /// (`default_policy = "deny"`). `master` is the master token, which the agent also uses
+    /// for itself and this guard sends on the test's own calls (registrations, KV reads).
+    pub async fn start_with_acl(master: &str) -> Consul {
+        let acl = format!(
+            r#"-hcl=acl {{ enabled = true default_policy = "deny" tokens {{ master = "{master}" agent = "{master}" }} }}"#
+        );
+        let mut consul = Self::start_with(vec!["-dev".into(), acl], None).await;
+        consul.token = Some(master.to_owned());
+        consul
+    }
+
+    /// Creates an ACL policy with these `rules` (HCL) and a token holding it, with the master
+    /// token; returns the token's SecretID (what `CONSUL_HTTP_TOKEN` takes).
+    pub async fn create_token(&self, policy: &str, rules: &str) -> String {
+        let answer = self
+            .send(reqwest::Method::PUT, "/v1/acl/policy", json!({ "Name": policy, "Rules": rules }))
+            .await;
+        assert!(answer.get("ID").is_some(), "consul created no policy: {answer}");
+        let token = self
+            .send(
+                reqwest::Method::PUT,
+                "/v1/acl/token",
+                json!({ "Policies": [{ "Name": policy }] }),
+            )
+            .await;
+        token["SecretID"].as_str().expect("a token has a SecretID").to_owned()
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let response = self.request(method, path).json(&body).send().await.expect("consul answers");
+        let status = response.status();
+        let text = response.text().await.expect("consul's answer");
+        assert!(status.is_success(), "consul refused {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("consul JSON ({e}): {text}"))
+    }
+
+    /// A request to the agent, with the master token when ACLs are on.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = http_client().request(method, format!("{}{path}", self.url()));
+        match &self.token {
+            Some(token) => request.header("X-Consul-Token", token),
+            None => request,
+        }
     }
 
     /// Starts a one-node server whose state lives in a data directory, so that
@@ -41,7 +95,8 @@ impl Consul {
     /// someone else before the agent binds it (tests run in parallel), and the agent then
     /// exits: so a start that does not end with a live leader is retried on fresh ports.
     async fn start_with(mode: Vec<String>, data: Option<super::Scratch>) -> Consul {
-        let mut consul = Consul { child: None, http_port: 0, args: Vec::new(), _data: data };
+        let mut consul =
+            Consul { child: None, http_port: 0, args: Vec::new(), token: None, _data: data };
         for attempt in 1..=3 {
             consul.http_port = free_port();
             consul.args = vec!["agent".into()];
@@ -132,7 +187,7 @@ impl Consul {
     }
 
     async fn put(&self, path: &str, body: serde_json::Value) {
-        let mut request = http_client().put(format!("{}{path}", self.url()));
+        let mut request = self.request(reqwest::Method::PUT, path);
         if !body.is_null() {
             request = request.json(&body);
         }
@@ -167,8 +222,8 @@ impl Consul {
     /// A raw KV value, if the key exists.
     /// The key's `ModifyIndex`: it moves with every write, even of the same value.
     pub async fn kv_modify_index(&self, key: &str) -> Option<u64> {
-        let response = http_client()
-            .get(format!("{}/v1/kv/{key}", self.url()))
+        let response = self
+            .request(reqwest::Method::GET, &format!("/v1/kv/{key}"))
             .send()
             .await
             .expect("consul answers");
@@ -180,8 +235,8 @@ impl Consul {
     }
 
     pub async fn kv_get(&self, key: &str) -> Option<String> {
-        let response = http_client()
-            .get(format!("{}/v1/kv/{key}?raw", self.url()))
+        let response = self
+            .request(reqwest::Method::GET, &format!("/v1/kv/{key}?raw"))
             .send()
             .await
             .expect("consul answers");

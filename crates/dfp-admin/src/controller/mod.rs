@@ -8,7 +8,7 @@
 //! (mode checks, conflict checks, building a table); `sync.rs` the store sync/restore path
 //! and the followers' instance updates; `tests.rs` the unit tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::discovery::Discovery;
 use crate::follow::{self, Follower};
+use crate::local_writes::LocalWrites;
 use crate::store::{Params, RouteStore, StoreError};
 use crate::users::UsersConfig;
 use crate::{AdminError, ReconfigureRequest};
@@ -116,9 +117,6 @@ struct State {
     next_generation: u64,
     /// Instance changes recorded but not yet published.
     dirty: bool,
-    /// For each service (by key), the local write (reconfigure or remove) that last stored
-    /// it, by its sequence number (see `Inner::local_writes`).
-    touched: HashMap<String, u64>,
 }
 
 impl State {
@@ -158,9 +156,10 @@ pub(crate) struct Inner {
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
     metrics_hook: std::sync::OnceLock<MetricsHook>,
-    /// Local writes to the store so far. A store listing read while one happened may predate
-    /// it, so the services it touched are not taken from that listing (see `sync_from_store`).
-    local_writes: AtomicU64,
+    /// Local writes (reconfigure, remove) to the store, by service key. A store listing read
+    /// while one happened may predate it, so the services it touched are not taken from that
+    /// listing (see `sync_from_store`).
+    local_writes: LocalWrites,
     /// The TLS listener checks client certificates (`--client-ca`): without it, a
     /// `verifyClientSsl` service could never be reached, so such a call is refused.
     client_ca: std::sync::atomic::AtomicBool,
@@ -217,7 +216,7 @@ impl Controller {
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
                 metrics_hook: std::sync::OnceLock::new(),
-                local_writes: AtomicU64::new(0),
+                local_writes: LocalWrites::default(),
                 client_ca: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -239,6 +238,7 @@ impl Controller {
                 let restored = services.len();
                 self.sync_from_store(services).await;
                 tracing::info!(services = restored, "routes restored from the store");
+                self.check_consul_token().await;
                 index
             }
             Err(StoreError::Consul(err)) => {
@@ -260,6 +260,18 @@ impl Controller {
             ));
         }
         Ok(())
+    }
+
+    /// With Consul's ACLs on and no token (or one Consul does not know), Consul 1.8 answers
+    /// reads with nothing rather than refusing them: the store looks empty and every service
+    /// unknown. Said once at start, with what to set; the calls that fail say it again.
+    async fn check_consul_token(&self) {
+        let Discovery::Consul(consul) = &self.inner.discovery else { return };
+        if let Err(err @ dfp_consul::ConsulError::PermissionDenied { .. }) =
+            consul.check_token().await
+        {
+            tracing::warn!(error = %err, "Consul's ACLs will hide services and refuse writes to this proxy");
+        }
     }
 
     /// Says whether the TLS listener checks client certificates (`--client-ca`); until this
@@ -358,7 +370,8 @@ impl Inner {
             }
             Err(error) => {
                 if was != Some(false) {
-                    tracing::warn!(%error, "Consul is unreachable; serving the last table");
+                    // Unreachable, or refused by its ACLs (the error says which).
+                    tracing::warn!(%error, "Consul cannot be used; serving the last table");
                 }
                 health.reachable = Some(false);
                 health.last_error = Some(error);
@@ -371,7 +384,7 @@ impl Inner {
             return;
         }
         match outcome {
-            Err(AdminError::RegistryUnavailable { what }) => {
+            Err(AdminError::RegistryUnavailable { what } | AdminError::RegistryDenied { what }) => {
                 self.registry_answered(Err(what.clone()));
             }
             _ => self.registry_answered(Ok(())),

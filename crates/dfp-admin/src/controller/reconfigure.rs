@@ -66,9 +66,13 @@ impl Inner {
         if !stored_already {
             let mut all = state.params();
             all.insert(request.service_name.clone(), request.params.clone());
-            self.store.save(&request.service_name, &request.params, &all).await?;
-            let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-            state.touched.insert(key.clone(), seq);
+            let saved = self.store.save(&request.service_name, &request.params, &all).await;
+            if saved.is_err() {
+                // A refused or failed KV write is Consul's state too (`config`'s LastError).
+                self.note_registry(&saved);
+            }
+            saved?;
+            self.local_writes.record(&key);
         }
 
         let version = table.version();
@@ -118,7 +122,11 @@ impl Inner {
         let table = self.build(&services)?;
         let mut all = state.params();
         all.remove(&name);
-        self.store.delete(&name, &all).await?;
+        let deleted = self.store.delete(&name, &all).await;
+        if deleted.is_err() {
+            self.note_registry(&deleted);
+        }
+        deleted?;
         // Copies stored under the name in another case (older versions) go too, or the next
         // store listing would route the service again.
         for shadow in state.shadowed.remove(&key).unwrap_or_default() {
@@ -126,8 +134,7 @@ impl Inner {
                 tracing::warn!(key = %shadow, error = %err, "could not delete a stored copy of the route in another case");
             }
         }
-        let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
-        state.touched.insert(key.clone(), seq);
+        self.local_writes.record(&key);
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use dfp_routing::BuildError;
 
-use super::{key, Inner, State};
+use super::{key, Inner};
 use crate::discovery::{Discovery, Strictness};
 use crate::store::Params;
 use crate::{AdminError, ReconfigureRequest};
@@ -17,7 +17,7 @@ use crate::{AdminError, ReconfigureRequest};
 impl Inner {
     /// The sequence number of the latest local write to the store.
     pub(crate) fn local_write_seq(&self) -> u64 {
-        self.local_writes.load(Ordering::SeqCst)
+        self.local_writes.mark()
     }
 
     /// Makes the routes match `desired`, a listing of the store. With `read_after` (the local
@@ -30,9 +30,8 @@ impl Inner {
         read_after: Option<u64>,
     ) -> bool {
         let mut state = self.state.lock().await;
-        let newer_locally = |state: &State, name: &str| {
-            read_after.is_some_and(|seen| state.touched.get(name).is_some_and(|&seq| seq > seen))
-        };
+        let newer_locally =
+            |name: &str| read_after.is_some_and(|seen| self.local_writes.newer_than(name, seen));
         // The store's services by key. A service stored under several cases (versions before
         // names were compared as Consul compares them) is served once, from the first listed.
         let mut by_key: BTreeMap<String, (String, Params)> = BTreeMap::new();
@@ -53,7 +52,7 @@ impl Inner {
         let mut deferred = false;
         let mut removed: Vec<String> = Vec::new();
         for k in state.services.keys().filter(|k| !by_key.contains_key(*k)) {
-            if newer_locally(&state, k) {
+            if newer_locally(k) {
                 deferred = true;
             } else {
                 removed.push(k.clone());
@@ -89,7 +88,7 @@ impl Inner {
             if state.services.get(k).is_some_and(|e| e.request.params == request.params) {
                 continue;
             }
-            if newer_locally(&state, k) {
+            if newer_locally(k) {
                 deferred = true;
                 continue;
             }

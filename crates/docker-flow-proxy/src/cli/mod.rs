@@ -17,6 +17,10 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; the server's many flags make its variant the largest"
+)]
 pub(crate) enum Command {
     /// Run the proxy: the data plane on --listen and the admin API on --admin-listen.
     Server(ServerArgs),
@@ -57,6 +61,16 @@ pub(crate) struct ServerArgs {
     /// proxy runs standalone: reconfigure names instances by `port`, resolved by DNS.
     #[arg(long, env = "CONSUL_ADDRESS")]
     pub(crate) consul_address: Option<String>,
+
+    /// Consul ACL token, sent as X-Consul-Token on every call to Consul. Given as a flag it
+    /// shows in `ps`: prefer the variable, or --consul-token-file.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true, value_name = "TOKEN",
+          value_parser = parse_consul_token)]
+    pub(crate) consul_token: Option<dfp_consul::ConsulToken>,
+
+    /// A file holding the Consul ACL token (e.g. a Docker secret), instead of --consul-token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) consul_token_file: Option<PathBuf>,
 
     /// Data-plane worker threads (default: the number of cores).
     #[arg(long, env = "DFP_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -269,6 +283,33 @@ impl CredentialArgs {
 }
 
 impl ServerArgs {
+    /// The Consul ACL token, from --consul-token (CONSUL_HTTP_TOKEN) or the file of
+    /// --consul-token-file (CONSUL_HTTP_TOKEN_FILE), not both. Errors name the flag or file,
+    /// never the token.
+    pub(crate) fn consul_token(&self) -> anyhow::Result<Option<dfp_consul::ConsulToken>> {
+        match (&self.consul_token, &self.consul_token_file) {
+            (Some(_), Some(_)) => bail!(
+                "--consul-token (CONSUL_HTTP_TOKEN) and --consul-token-file \
+                 (CONSUL_HTTP_TOKEN_FILE) are both set; give only one"
+            ),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "cannot read the Consul token file {} (--consul-token-file, \
+                         CONSUL_HTTP_TOKEN_FILE)",
+                        path.display()
+                    )
+                })?;
+                let token = dfp_consul::ConsulToken::new(&text).with_context(|| {
+                    format!("the Consul token file {} cannot be used", path.display())
+                })?;
+                Ok(Some(token))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The global users, from (first given) --users-file, --users, Docker Flow Proxy's
     /// `dfp_users` secret in --secrets-dir, or its `USERS` variable; `env` reads the
     /// environment. Errors name the flag, variable or file to fix, never a password.
@@ -523,6 +564,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("a timeout must be longer than zero".to_owned());
     }
     Ok(d)
+}
+
+/// `--consul-token` (CONSUL_HTTP_TOKEN); the message never repeats the token.
+fn parse_consul_token(text: &str) -> Result<dfp_consul::ConsulToken, String> {
+    dfp_consul::ConsulToken::new(text).map_err(|e| e.to_string())
 }
 
 /// `--trusted-proxies`: addresses or CIDR blocks, separated by commas.

@@ -203,3 +203,32 @@ fn every_admin_client_takes_credentials() {
         assert!(cli.is_ok(), "{args:?}: {cli:?}");
     }
 }
+
+#[test]
+fn the_consul_token_comes_from_one_place_and_errors_never_show_it() {
+    let dir = std::env::temp_dir().join(format!("dfp-cli-consul-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("token");
+    std::fs::write(&file, "from-file\n").expect("token file");
+    let server = |flags: &[&str]| {
+        let cli = Cli::try_parse_from(["docker-flow-proxy", "server"].iter().chain(flags))
+            .expect("valid command line");
+        let Command::Server(args) = cli.command else { panic!("parsed as server") };
+        args
+    };
+    let file_flag = format!("--consul-token-file={}", file.display());
+    assert!(server(&[]).consul_token().expect("none is fine").is_none());
+    assert!(server(&["--consul-token=from-flag"]).consul_token().expect("ok").is_some());
+    let from_file = server(&[&file_flag]).consul_token().expect("ok").expect("a token");
+    assert_eq!(from_file, dfp_consul::ConsulToken::new("from-file").expect("valid"));
+    let both = server(&["--consul-token=from-flag", &file_flag]).consul_token();
+    let msg = format!("{:#}", both.expect_err("only one"));
+    assert!(msg.contains("give only one") && !msg.contains("from-flag"), "{msg}");
+    let bad = Cli::try_parse_from(["docker-flow-proxy", "server", "--consul-token=a b"]);
+    let msg = bad.expect_err("a space is refused").to_string();
+    assert!(msg.contains("Consul token") && !msg.contains("a b\""), "{msg}");
+    std::fs::write(&file, "\n").expect("empty token file");
+    let msg = format!("{:#}", server(&[&file_flag]).consul_token().expect_err("empty"));
+    assert!(msg.contains("token") && msg.contains("empty"), "{msg}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
