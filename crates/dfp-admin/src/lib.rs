@@ -56,6 +56,7 @@ mod params;
 mod params_fuzz;
 pub mod parity;
 mod store;
+mod tcp_ports;
 mod users;
 
 pub use api::{handle, serve};
@@ -69,4 +70,5 @@ pub use discovery::Discovery;
 pub use error::AdminError;
 pub use params::ReconfigureRequest;
 pub use store::{Params, RouteStore, StoreError};
+pub use tcp_ports::{ReservedPorts, TcpPorts};
 pub use users::{read_users_file, UsersConfig, UsersError, DEFAULT_SECRETS_DIR};
