@@ -34,5 +34,6 @@ mod resilience;
 mod seed;
 mod ship;
 mod standalone;
+mod tcp;
 mod tidy;
 mod tls;
