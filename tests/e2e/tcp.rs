@@ -79,6 +79,7 @@ async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     }
     seen.sort();
     assert_eq!(seen, ["a:", "a:", "b:", "b:"], "round robin over both instances");
+    assert_eq!(a.accepted() + b.accepted(), 4, "one instance connection per client connection");
 
     // Killed, still registered in Consul: every connection is retried on the other one.
     let a_port = a.port();

@@ -22,7 +22,7 @@
 //!
 //! | method | path | success | failures |
 //! |---|---|---|---|
-//! | GET, PUT | `/v1/docker-flow-proxy/reconfigure?serviceName=N&servicePath=/a,/b[&port=P]` | 200: paths, instances, table version | 400 missing or invalid parameter; 404 service unknown to Consul (or to DNS, standalone); 409 path owned by another service; 503 Consul unreachable |
+//! | GET, PUT | `/v1/docker-flow-proxy/reconfigure?serviceName=N&servicePath=/a,/b[&port=P]` (or `reqMode=tcp&srcPort=S` for a TCP service) | 200: paths, instances, table version | 400 missing or invalid parameter, or a `srcPort` the proxy cannot listen on; 404 service unknown to Consul (or to DNS, standalone); 409 path (or `srcPort`) owned by another service, or a `srcPort` that is one of the proxy's own listeners; 503 Consul unreachable |
 //! | GET, PUT, DELETE | `/v1/docker-flow-proxy/remove?serviceName=N` | 200 | 400 no `serviceName`; 404 service not routed |
 //! | GET | `/v1/docker-flow-proxy/config` | 200: the live table (services, paths, instances, version); with `type=json`, Docker Flow Proxy's shape (a map of `Service`s) | |
 //! | GET, PUT | `/v1/docker-flow-proxy/reload[?recreate=true]` | 200: without `recreate` a no-op (every reconfigure is live already); with it (or `fromListener=true`) the stored routes are read again and the table made to match | 503 store unreadable |

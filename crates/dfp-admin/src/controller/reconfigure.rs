@@ -75,7 +75,7 @@ impl Inner {
                 if let (Some(port), Some(ports)) = (bound_now, self.tcp_ports()) {
                     ports.close(port);
                 }
-                return Err(err.into());
+                return Err(err);
             }
             let seq = self.local_writes.fetch_add(1, Ordering::SeqCst) + 1;
             state.touched.insert(key.clone(), seq);

@@ -164,7 +164,8 @@ fn tcp_services_need_a_src_port_and_nothing_http() {
         q.extend_from_slice(extra);
         q
     };
-    let cases: Vec<(Vec<(&str, &str)>, &[&str])> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case<'_>> = vec![
         (vec![("serviceName", "redis"), ("reqMode", "tcp")], &["srcPort is missing"]),
         (tcp(&[("srcPort", "0")]), &["srcPort"]),
         (vec![("serviceName", "redis"), ("reqMode", "tcp"), ("srcPort", "x")], &["srcPort=\"x\""]),
