@@ -95,14 +95,19 @@ async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     assert_eq!(metric(&text, "dfp_tcp_connections_total{service=\"echo\"}"), Some(24));
     assert_eq!(metric(&text, "dfp_tcp_connect_failures_total{service=\"echo\"}"), Some(0));
     assert!(metric(&text, "dfp_upstream_errors_total{service=\"echo\"}") >= Some(1), "{text}");
-    assert_eq!(
-        metric(&text, "dfp_tcp_bytes_total{service=\"echo\",direction=\"to_instance\"}"),
-        Some(48)
-    );
-    assert_eq!(
-        metric(&text, "dfp_tcp_bytes_total{service=\"echo\",direction=\"to_client\"}"),
-        Some(96)
-    );
+    // Bytes are counted once each write has returned, which may be just after the client
+    // read them.
+    eventually(FOLLOW, "every byte to be counted", || {
+        let proxy = &proxy;
+        async move {
+            let text = metrics(proxy).await;
+            let to = |d: &str| {
+                metric(&text, &format!("dfp_tcp_bytes_total{{service=\"echo\",direction=\"{d}\"}}"))
+            };
+            (to("to_instance") == Some(48) && to("to_client") == Some(96)).then_some(())
+        }
+    })
+    .await;
     eventually(FOLLOW, "the open gauge to fall back to 0", || {
         let proxy = &proxy;
         async move {

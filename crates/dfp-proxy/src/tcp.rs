@@ -124,8 +124,12 @@ impl TcpHost {
         let Host { fronts, workers } = &mut *host;
         let Some(front) = fronts.get_mut(&port).filter(|f| !f.serving) else { return };
         front.serving = true;
-        workers
-            .retain(|worker| front.accept(port).is_some_and(|accept| worker.send(accept).is_ok()));
+        // A thread whose runtime is gone has dropped its receiver: forget it. A socket that
+        // cannot be cloned (logged) leaves the thread as it is.
+        workers.retain(|worker| match front.accept(port) {
+            Some(accept) => worker.send(accept).is_ok(),
+            None => true,
+        });
         tracing::info!(port, threads = workers.len(), "TCP service listening");
     }
 
