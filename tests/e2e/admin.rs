@@ -186,8 +186,9 @@ async fn refused_parameters_change_nothing() {
 
     for (extra, needle) in [
         ("&sslVerifyNone=true", "parameter sslVerifyNone is refused: not supported yet"),
-        ("&srcPort=8081", "not supported yet (HTTP only)"),
-        ("&servicePath.1=/other&srcPort.1=8080", "parameter srcPort.1 is refused"),
+        ("&srcPort=8081", "srcPort=\"8081\" is invalid: it is the port of a TCP service"),
+        ("&servicePath.1=/other&srcPort.1=8080", "destination 1 (the parameters ending in .1"),
+        ("&checkTcp=true", "parameter checkTcp is refused: not supported yet"),
         ("&serviceCert=x", "PUT /v1/docker-flow-proxy/cert"),
     ] {
         let (status, answer) = proxy.admin(&format!("{BOOKS}{extra}")).await;

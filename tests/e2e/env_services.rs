@@ -106,7 +106,7 @@ async fn a_bad_static_service_stops_the_start_naming_the_variable() {
                 ("DFP_SERVICE_2_PORT", "80"),
                 ("DFP_SERVICE_2_SRC_PORT", "8080"),
             ],
-            "(DFP_SERVICE_2_SRC_PORT): parameter srcPort is refused",
+            "(DFP_SERVICE_2_SRC_PORT): parameter srcPort=\"8080\" is invalid",
         ),
         (
             &[("DFP_SERVICE_SERVICE_NAME", "127.0.0.1"), ("DFP_SERVICE_SERVICE_PATH", "api")],

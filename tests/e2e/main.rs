@@ -35,5 +35,6 @@ mod resilience;
 mod seed;
 mod ship;
 mod standalone;
+mod tcp;
 mod tidy;
 mod tls;

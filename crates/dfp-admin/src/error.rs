@@ -36,6 +36,19 @@ pub enum AdminError {
         #[source]
         source: BuildError,
     },
+    #[error(
+        "port {port} (srcPort) is the proxy's own {listener} listener; choose another srcPort"
+    )]
+    PortReserved { port: u16, listener: &'static str },
+    #[error(
+        "port {port} (srcPort) cannot be listened on: {source}; free the port or choose \
+         another srcPort (the routing table was left unchanged)"
+    )]
+    PortUnavailable {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}; the routing table was left unchanged, call again once it is reachable")]
     RegistryUnavailable { what: String },
     /// Consul answered, but its ACLs refused the call: the message names the call and the
@@ -80,6 +93,7 @@ impl AdminError {
             | AdminError::InvalidParameter { name, .. } => Some(name),
             AdminError::RefusedParameter { name, .. } => Some(name),
             AdminError::InvalidPath { .. } => Some("servicePath"),
+            AdminError::PortReserved { .. } | AdminError::PortUnavailable { .. } => Some("srcPort"),
             AdminError::InDestination { source, .. } => source.parameter(),
             _ => None,
         }
@@ -107,7 +121,8 @@ impl AdminError {
             | AdminError::RefusedParameter { .. }
             | AdminError::InvalidPath { .. }
             | AdminError::DestinationsOverlap { .. }
-            | AdminError::InvalidCert { .. } => 400,
+            | AdminError::InvalidCert { .. }
+            | AdminError::PortUnavailable { .. } => 400,
             AdminError::InDestination { source, .. } => source.status(),
             AdminError::NoSuchCert(_) => 404,
             AdminError::CertFromDir { .. } => 409,
@@ -115,7 +130,7 @@ impl AdminError {
             AdminError::Unauthorized { .. } => 401,
             AdminError::NoSuchEndpoint(_) => 404,
             AdminError::MethodNotAllowed { .. } => 405,
-            AdminError::PathConflict { .. } => 409,
+            AdminError::PathConflict { .. } | AdminError::PortReserved { .. } => 409,
             AdminError::Internal(_) => 500,
             AdminError::RegistryUnavailable { .. }
             | AdminError::RegistryDenied { .. }

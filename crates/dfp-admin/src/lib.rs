@@ -22,7 +22,7 @@
 //!
 //! | method | path | success | failures |
 //! |---|---|---|---|
-//! | GET, PUT | `/v1/docker-flow-proxy/reconfigure?serviceName=N&servicePath=/a,/b[&port=P]` | 200: paths, instances, table version | 400 missing or invalid parameter; 404 service unknown to Consul (or to DNS, standalone); 409 path owned by another service; 503 Consul unreachable, or its ACLs refused a call (the message names the rule) |
+//! | GET, PUT | `/v1/docker-flow-proxy/reconfigure?serviceName=N&servicePath=/a,/b[&port=P]` (or `reqMode=tcp&srcPort=S` for a TCP service) | 200: paths, instances, table version | 400 missing or invalid parameter, or a `srcPort` the proxy cannot listen on; 404 service unknown to Consul (or to DNS, standalone); 409 path (or `srcPort`) owned by another service, or a `srcPort` that is one of the proxy's own listeners; 503 Consul unreachable, or its ACLs refused a call (the message names the rule) |
 //! | GET, PUT, DELETE | `/v1/docker-flow-proxy/remove?serviceName=N` | 200 | 400 no `serviceName`; 404 service not routed |
 //! | GET | `/v1/docker-flow-proxy/config` | 200: the live table (services, paths, instances, version); with `type=json`, Docker Flow Proxy's shape (a map of `Service`s) | |
 //! | GET, PUT | `/v1/docker-flow-proxy/reload[?recreate=true]` | 200: without `recreate` a no-op (every reconfigure is live already); with it (or `fromListener=true`) the stored routes are read again and the table made to match | 503 store unreadable |
@@ -57,6 +57,7 @@ mod params;
 mod params_fuzz;
 pub mod parity;
 mod store;
+mod tcp_ports;
 mod users;
 
 pub use api::{handle, serve};
@@ -70,4 +71,5 @@ pub use discovery::Discovery;
 pub use error::AdminError;
 pub use params::ReconfigureRequest;
 pub use store::{Params, RouteStore, StoreError};
+pub use tcp_ports::{ReservedPorts, TcpPorts};
 pub use users::{read_users_file, UsersConfig, UsersError, DEFAULT_SECRETS_DIR};

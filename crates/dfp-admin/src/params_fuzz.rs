@@ -40,6 +40,8 @@ const SUPPORTED: &[&str] = &[
     "delResHeader",
     "timeoutServer",
     "timeoutTunnel",
+    "timeoutClient",
+    "srcPort",
     "reqMode",
     "allowedMethods",
     "deniedMethods",
@@ -303,7 +305,12 @@ fn check_destination(
     // Flags and modes.
     prop_assert_eq!(r.default_backend, first && flag("isDefaultBackend"));
     if let Some(mode) = last(pairs, "reqMode") {
-        prop_assert!(mode.eq_ignore_ascii_case("http"), "reqMode={:?} accepted", mode);
+        let tcp = mode.trim().eq_ignore_ascii_case("tcp") && r.tcp_port.is_some();
+        prop_assert!(
+            mode.trim().eq_ignore_ascii_case("http") || tcp,
+            "reqMode={:?} accepted",
+            mode
+        );
     }
 
     // Policy.

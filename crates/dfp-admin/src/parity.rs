@@ -50,8 +50,11 @@ const fn refused(name: &'static str, instead: &'static str) -> Parameter {
 
 const OPTIONS: &str = "service-options";
 const CONDITIONS: &str = "routing-conditions-pathtype-serviceheader-useragent";
-const TCP_ONLY: &str = "not supported yet (HTTP only): this proxy routes HTTP on one plain and \
-                        one HTTPS listener; TCP and SNI routing are another issue";
+const TCP: &str = "tcp-services";
+const TCP_ONLY: &str =
+    "not supported yet: a TCP service (reqMode=tcp) is one port forwarded round \
+                        robin to its instances; groups, TCP health checks, keep-alive flags and \
+                        SNI routing are other issues";
 const TEMPLATES: &str = "HAProxy templates and config snippets mean nothing here: there is no \
                          HAProxy config; the service's options are the reconfigure parameters";
 
@@ -80,7 +83,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("redirectFromDomain", OPTIONS),
     built("redirectUnlessHttpsProto", OPTIONS),
     built("redirectWhenHttpProto", OPTIONS),
-    built("reqMode", OPTIONS),
+    built("reqMode", TCP),
     built("reqPathReplace", OPTIONS),
     built("reqPathSearch", OPTIONS),
     built("reqPathSearchReplace", OPTIONS),
@@ -95,6 +98,8 @@ pub const PARAMETERS: &[Parameter] = &[
     built("sessionType", OPTIONS),
     built("setReqHeader", OPTIONS),
     built("setResHeader", OPTIONS),
+    built("srcPort", TCP),
+    built("timeoutClient", TCP),
     built("timeoutServer", OPTIONS),
     built("timeoutTunnel", OPTIONS),
     built("userAgent", CONDITIONS),
@@ -169,16 +174,10 @@ pub const PARAMETERS: &[Parameter] = &[
     ),
     refused("serviceGroup", TCP_ONLY),
     refused("srcHttpsPort", TCP_ONLY),
-    refused("srcPort", TCP_ONLY),
     refused(
         "sslVerifyNone",
         "not supported yet: instances are reached over plain HTTP, so there is no upstream \
          certificate to verify; drop sslVerifyNone",
-    ),
-    refused(
-        "timeoutClient",
-        "Docker Flow Proxy uses it for TCP frontends only; the HTTP client timeout is global: \
-         --client-timeout (DFP_CLIENT_TIMEOUT)",
     ),
 ];
 

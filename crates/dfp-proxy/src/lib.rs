@@ -24,6 +24,7 @@ mod path;
 mod proxy_protocol;
 mod rules;
 mod server;
+mod tcp;
 mod tls;
 mod trailers;
 mod tunnel;
@@ -31,4 +32,5 @@ mod upstream;
 
 pub use metrics::own_answers;
 pub use server::{serve, ConnectionStats, ProxyConfig, DEFAULT_MAX_CONNECTIONS};
+pub use tcp::{TcpHost, TCP_BUFFER};
 pub use tls::serve_tls;

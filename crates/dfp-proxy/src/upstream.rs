@@ -110,15 +110,7 @@ impl Connector {
                 return Ok((stream, true));
             }
         }
-        let mut stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        stream.set_nodelay(true)?;
-        if let Some(hello) = hello {
-            let header = proxy_protocol::encode(hello.version, hello.client, hello.local);
-            stream.write_all(&header).await?;
-        }
-        Ok((stream, false))
+        Ok((connect(addr, self.connect_timeout, hello).await?, false))
     }
 
     /// Gives a connection whose last response ended cleanly back to this thread's pool;
@@ -141,6 +133,25 @@ impl Connector {
             }
         });
     }
+}
+
+/// A new connection to `addr` (never a pooled one), opened within `timeout`, with
+/// `TCP_NODELAY`, and sent the PROXY header `hello` asks for. What a TCP service's
+/// connection is, and what the pool fills up with.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    hello: Option<ProxyHello>,
+) -> io::Result<TcpStream> {
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    stream.set_nodelay(true)?;
+    if let Some(hello) = hello {
+        let header = proxy_protocol::encode(hello.version, hello.client, hello.local);
+        stream.write_all(&header).await?;
+    }
+    Ok(stream)
 }
 
 fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<TcpStream> {

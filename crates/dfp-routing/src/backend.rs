@@ -158,6 +158,17 @@ pub struct BackendStats {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     /// Sum of those times in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// TCP services (`reqMode=tcp`): client connections accepted on the service's port.
+    pub tcp_accepted: AtomicU64,
+    /// TCP services: client connections open now.
+    pub tcp_open: AtomicU64,
+    /// TCP services: connections closed because no instance could be connected to (every
+    /// attempt failed, or the service had no instance).
+    pub tcp_connect_failures: AtomicU64,
+    /// TCP services: bytes copied from clients to instances.
+    pub bytes_to_instance: AtomicU64,
+    /// TCP services: bytes copied from instances to clients.
+    pub bytes_to_client: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram's buckets, in milliseconds.

@@ -498,6 +498,9 @@ pub struct ServicePolicy {
     pub server_timeout: Option<Duration>,
     /// Overrides the proxy's tunnel timeout (`timeoutTunnel`).
     pub tunnel_timeout: Option<Duration>,
+    /// Overrides the proxy's client timeout for a TCP service (`timeoutClient`): how long a
+    /// write to its client may make no progress.
+    pub client_timeout: Option<Duration>,
     /// Responses compressed on the way to the client (`compressionAlgo`,
     /// `compressionType`); `None`: passed as the instance sent them.
     pub compression: Option<crate::Compression>,

@@ -17,10 +17,10 @@ use std::sync::atomic::Ordering;
 use dfp_admin::env_services::EnvService;
 use dfp_admin::{
     AdminAuth, AdminError, CertAdmin, Controller, Discovery, FollowConfig, MetricsHook,
-    ReconfigureRequest, RouteStore, UsersConfig,
+    ReconfigureRequest, ReservedPorts, RouteStore, TcpPorts, UsersConfig,
 };
 use dfp_consul::ConsulClient;
-use dfp_proxy::{ConnectionStats, ProxyConfig};
+use dfp_proxy::{ConnectionStats, ProxyConfig, TcpHost};
 use dfp_routing::TableHandle;
 use dfp_tls::CertStore;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -123,6 +123,19 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let controller =
         Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
     controller.set_client_ca_configured(client_ca.is_some());
+    // TCP services' listeners: bound here (the binary owns ports) when the controller asks,
+    // served by every data-plane thread. Set before the restore so stored TCP services
+    // get their listeners back.
+    let tcp_host = TcpHost::new();
+    let mut reserved =
+        vec![(proxy_addr.port(), "HTTP (--listen)"), (admin_addr.port(), "admin (--admin-listen)")];
+    if let Some(tls) = tls_addr {
+        reserved.push((tls.port(), "HTTPS (--tls-listen)"));
+    }
+    controller.set_tcp_ports(
+        Arc::new(TcpListeners { host: tcp_host.clone(), ip: proxy_addr.ip(), backlog }),
+        ReservedPorts(reserved),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
@@ -202,6 +215,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (table, config, stats, certs) =
             (table.clone(), proxy_config.clone(), connection_stats.clone(), certs.clone());
         let (plain_stop, tls_stop) = (stopped(stop_rx.clone()), stopped(stop_rx.clone()));
+        let (tcp_host, tcp_stop) = (tcp_host.clone(), stopped(stop_rx.clone()));
         let handle =
             thread::Builder::new().name(format!("dfp-proxy-{worker}")).spawn(move || {
                 runtime.block_on(async move {
@@ -220,7 +234,14 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                         }
                         None => None,
                     };
+                    let tcp = {
+                        let (table, config, stats) = (table.clone(), config.clone(), stats.clone());
+                        tokio::spawn(async move {
+                            tcp_host.run_thread(table, config, stats, tcp_stop).await;
+                        })
+                    };
                     let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;
+                    tcp.await.map_err(std::io::Error::other)?;
                     if let Some(https) = https {
                         https.await.map_err(std::io::Error::other)??;
                     }
@@ -336,6 +357,40 @@ async fn apply_static_services(
         }
     }
     Ok(())
+}
+
+/// The control plane's [`TcpPorts`], on the data plane's [`TcpHost`]: a TCP service's port is
+/// bound on the HTTP listener's address with the same backlog, by the binary, which owns
+/// every port the proxy listens on.
+#[derive(Debug)]
+struct TcpListeners {
+    host: TcpHost,
+    ip: std::net::IpAddr,
+    backlog: i32,
+}
+
+impl TcpPorts for TcpListeners {
+    fn bind(&self, port: u16) -> std::io::Result<bool> {
+        if self.host.contains(port) {
+            return Ok(false);
+        }
+        let listener = listen(SocketAddr::new(self.ip, port), self.backlog)?;
+        listener.set_nonblocking(true)?;
+        self.host.insert(port, listener);
+        Ok(true)
+    }
+
+    fn serve(&self, port: u16) {
+        self.host.serve(port);
+    }
+
+    fn close(&self, port: u16) {
+        self.host.close(port);
+    }
+
+    fn is_listening(&self, port: u16) -> bool {
+        self.host.is_listening(port)
+    }
 }
 
 /// A listening socket on `addr` with a queue of `backlog` connections not yet accepted (std's

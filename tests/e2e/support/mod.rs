@@ -3,6 +3,7 @@
 //! every process is stopped when its guard drops.
 
 mod consul;
+mod echo;
 pub mod proxy;
 mod raw;
 mod transport;
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use consul::Consul;
+pub use echo::TcpEcho;
 pub use proxy::{Proxy, Scratch};
 pub use raw::{Answer, ClientStream, RawClient, RawUpstream, Received, Reply};
 pub(crate) use transport::{over_plain_and_tls, over_plain_tls_and_h2};

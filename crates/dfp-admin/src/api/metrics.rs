@@ -126,6 +126,7 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
         }
     }
+    tcp_metrics(table, out);
     let _ = writeln!(
         out,
         "# HELP dfp_request_duration_seconds Time from request to response head, by service.\n\
@@ -144,5 +145,52 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
         let _ = writeln!(out, "dfp_request_duration_seconds_sum{{service=\"{name}\"}} {sum}");
         let _ =
             writeln!(out, "dfp_request_duration_seconds_count{{service=\"{name}\"}} {cumulative}");
+    }
+}
+
+/// TCP services' counters (`reqMode=tcp`): connections accepted and open, connections that
+/// reached no instance, bytes each way. The live table's TCP services, and services it no
+/// longer routes that carried TCP connections (so their series do not vanish).
+fn tcp_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
+    let services: Vec<(&str, &dfp_routing::BackendStats)> = table
+        .tcp_ports()
+        .map(|(_, b)| (b.service(), b.stats()))
+        .chain(table.retired_stats().filter(|(_, s)| s.tcp_accepted.load(Ordering::Relaxed) > 0))
+        .collect();
+    let counters: [(&str, &str, &str, ReadCounter); 3] = [
+        ("dfp_tcp_connections_total", "counter", "TCP connections accepted, by service.", |s| {
+            s.tcp_accepted.load(Ordering::Relaxed)
+        }),
+        ("dfp_tcp_open_connections", "gauge", "TCP connections open now, by service.", |s| {
+            s.tcp_open.load(Ordering::Relaxed)
+        }),
+        (
+            "dfp_tcp_connect_failures_total",
+            "counter",
+            "TCP connections closed because no instance could be connected to, by service.",
+            |s| s.tcp_connect_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (metric, kind, help, read) in counters {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (name, stats) in &services {
+            let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dfp_tcp_bytes_total Bytes copied by TCP services, by service and direction.\n\
+         # TYPE dfp_tcp_bytes_total counter"
+    );
+    for (name, stats) in &services {
+        for (direction, bytes) in
+            [("to_instance", &stats.bytes_to_instance), ("to_client", &stats.bytes_to_client)]
+        {
+            let _ = writeln!(
+                out,
+                "dfp_tcp_bytes_total{{service=\"{name}\",direction=\"{direction}\"}} {}",
+                bytes.load(Ordering::Relaxed)
+            );
+        }
     }
 }

@@ -114,6 +114,18 @@ struct ServiceView {
     timeout_server: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_tunnel: Option<u64>,
+    /// `tcp` for a TCP service (absent: HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req_mode: Option<&'static str>,
+    /// A TCP service's port on the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_port: Option<u16>,
+    /// Whether a TCP service's port accepts connections (`false`: it could not be listened
+    /// on when it was restored; a reconfigure once the port is free opens it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listening: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_client: Option<u64>,
     /// The service's further destinations (indexed `servicePath.N`...), each with its own
     /// paths, hosts, options and instances; the fields above are the first destination's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -139,7 +151,10 @@ fn header_edits_view(edits: &dfp_routing::HeaderEdits) -> Option<HeaderEditsView
     })
 }
 
-fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
+fn service_view(
+    s: &dfp_routing::ServiceRoutes<'_>,
+    listening: &dyn Fn(u16) -> bool,
+) -> ServiceView {
     use dfp_routing::{ProtoRedirect, UsersFrom};
     let policy = s.backend.policy();
     let redirected = |d: &&dfp_routing::Domain| {
@@ -217,15 +232,20 @@ fn service_view(s: &dfp_routing::ServiceRoutes<'_>) -> ServiceView {
         response_headers: header_edits_view(&policy.response_headers),
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),
         timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
+        req_mode: s.tcp_port.map(|_| "tcp"),
+        src_port: s.tcp_port,
+        listening: s.tcp_port.map(listening),
+        timeout_client: policy.client_timeout.map(|d| d.as_secs()),
         destinations: Vec::new(),
     }
 }
 
 /// The live table's services, each with its further destinations nested in it.
-fn service_views(table: &dfp_routing::RouteTable) -> Vec<ServiceView> {
+fn service_views(table: &dfp_routing::RouteTable, controller: &Controller) -> Vec<ServiceView> {
+    let listening = |port| controller.tcp_listening(port);
     let mut views: Vec<ServiceView> = Vec::with_capacity(table.services().len());
     for s in table.services() {
-        let view = service_view(&s);
+        let view = service_view(&s, &listening);
         match views.last_mut() {
             Some(first) if s.destination > 0 => {
                 first.index.get_or_insert(0);
@@ -243,7 +263,7 @@ fn service_views(table: &dfp_routing::RouteTable) -> Vec<ServiceView> {
 /// only, never passwords.
 pub(super) fn dfp_services(controller: &Controller) -> BTreeMap<String, DfpService> {
     let table = controller.table().snapshot();
-    service_views(&table)
+    service_views(&table, controller)
         .into_iter()
         .map(|v| {
             let edits = |e: &Option<HeaderEditsView>| {
@@ -288,7 +308,8 @@ fn dfp_service_dest(v: &ServiceView) -> DfpServiceDest {
         https_only: v.https_redirect_code.is_some(),
         https_redirect_code: v.https_redirect_code.map(|c| c.to_string()).unwrap_or_default(),
         index: v.index.unwrap_or(0),
-        req_mode: "http",
+        req_mode: v.req_mode.unwrap_or("http"),
+        src_port: v.src_port.unwrap_or(0),
         service_domain: v.service_domain.clone(),
         service_path: v.service_path.clone(),
         service_path_exclude: v.service_path_exclude.clone(),
@@ -331,6 +352,7 @@ struct DfpServiceDest {
     https_redirect_code: String,
     index: u8,
     req_mode: &'static str,
+    src_port: u16,
     service_domain: Vec<String>,
     service_path: Vec<String>,
     service_path_exclude: Vec<String>,
@@ -356,7 +378,7 @@ pub(super) fn config(controller: &Controller) -> ConfigAnswer {
             }
             Discovery::Dns => None,
         },
-        services: service_views(&table),
+        services: service_views(&table, controller),
     }
 }
 
@@ -435,6 +457,15 @@ pub(super) fn routes(controller: &Controller) -> RoutesAnswer {
                     instances: instances(),
                 });
             }
+        }
+        if let Some(port) = s.tcp_port {
+            routes.push(RouteView {
+                path: Some(format!("tcp :{port}")),
+                domain: None,
+                service_name: s.backend.service().to_owned(),
+                is_default_backend: false,
+                instances: instances(),
+            });
         }
         if s.default_backend {
             routes.push(RouteView {

@@ -21,6 +21,7 @@ use crate::discovery::Discovery;
 use crate::follow::{self, Follower};
 use crate::local_writes::LocalWrites;
 use crate::store::{Params, RouteStore, StoreError};
+use crate::tcp_ports::{ReservedPorts, TcpPorts};
 use crate::users::UsersConfig;
 use crate::{AdminError, ReconfigureRequest};
 
@@ -163,6 +164,9 @@ pub(crate) struct Inner {
     /// The TLS listener checks client certificates (`--client-ca`): without it, a
     /// `verifyClientSsl` service could never be reached, so such a call is refused.
     client_ca: std::sync::atomic::AtomicBool,
+    /// Where TCP services' listeners are opened, and the proxy's own ports (set once by the
+    /// binary; without it a `reqMode=tcp` call is refused).
+    tcp: std::sync::OnceLock<(Arc<dyn TcpPorts>, ReservedPorts)>,
 }
 
 /// Renders more Prometheus text into `/metrics` (the binary adds the data plane's gauges).
@@ -218,6 +222,7 @@ impl Controller {
                 metrics_hook: std::sync::OnceLock::new(),
                 local_writes: LocalWrites::default(),
                 client_ca: std::sync::atomic::AtomicBool::new(false),
+                tcp: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -280,6 +285,19 @@ impl Controller {
     /// request without a verified certificate, which is what they asked for.
     pub fn set_client_ca_configured(&self, configured: bool) {
         self.inner.client_ca.store(configured, Ordering::Relaxed);
+    }
+
+    /// Gives the controller the data plane's host for TCP services' listeners and the ports
+    /// the proxy listens on itself (set once, before [`Controller::start`] so that restored
+    /// TCP services get their listeners; later calls are ignored).
+    pub fn set_tcp_ports(&self, ports: Arc<dyn TcpPorts>, reserved: ReservedPorts) {
+        let _ = self.inner.tcp.set((ports, reserved));
+    }
+
+    /// Whether a TCP service's `port` is accepting connections (`false` when it could not be
+    /// listened on at restore, or no listener host was given).
+    pub fn tcp_listening(&self, port: u16) -> bool {
+        self.inner.tcp.get().is_some_and(|(ports, _)| ports.is_listening(port))
     }
 
     /// Adds `hook`'s output to `/metrics` (set once; later calls are ignored).
@@ -393,6 +411,55 @@ impl Inner {
 
     pub(crate) fn follow_config(&self) -> &FollowConfig {
         &self.follow
+    }
+
+    /// The listener host for TCP services (set by the binary).
+    pub(crate) fn tcp_ports(&self) -> Option<&Arc<dyn TcpPorts>> {
+        self.tcp.get().map(|(ports, _)| ports)
+    }
+
+    /// Refuses a TCP port the proxy cannot give a service: one of its own listeners' (409),
+    /// or any when no listener host was given.
+    pub(crate) fn check_tcp_port(&self, request: &ReconfigureRequest) -> Result<(), AdminError> {
+        let Some(port) = request.tcp_port else { return Ok(()) };
+        let Some((_, reserved)) = self.tcp.get() else {
+            return Err(AdminError::InvalidParameter {
+                name: "reqMode",
+                value: "tcp".to_owned(),
+                reason: "this proxy was started without TCP listeners; route the service over \
+                         HTTP (servicePath) instead"
+                    .to_owned(),
+            });
+        };
+        match reserved.owner(port) {
+            Some(listener) => Err(AdminError::PortReserved { port, listener }),
+            None => Ok(()),
+        }
+    }
+
+    /// Binds a TCP service's port before its change is stored and published; `Some(port)`
+    /// when this call bound it (and must close it again if the change fails).
+    pub(crate) fn bind_tcp(&self, request: &ReconfigureRequest) -> Result<Option<u16>, AdminError> {
+        let (Some(port), Some(ports)) = (request.tcp_port, self.tcp_ports()) else {
+            return Ok(None);
+        };
+        match ports.bind(port) {
+            Ok(true) => Ok(Some(port)),
+            Ok(false) => Ok(None),
+            Err(source) => Err(AdminError::PortUnavailable { port, source }),
+        }
+    }
+
+    /// After a table went live: `new` (a service's port now, if any) accepts, and `old` (its
+    /// port before) stops accepting unless it is the same port.
+    pub(crate) fn settle_tcp(&self, old: Option<u16>, new: Option<u16>) {
+        let Some(ports) = self.tcp_ports() else { return };
+        if let Some(old) = old.filter(|old| Some(*old) != new) {
+            ports.close(old);
+        }
+        if let Some(new) = new {
+            ports.serve(new);
+        }
     }
 }
 

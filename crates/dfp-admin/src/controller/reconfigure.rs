@@ -57,6 +57,11 @@ impl Inner {
             .collect();
         services.insert(&key, (&request, &found.instances));
         let table = self.build(&services)?;
+        // A TCP service's port is bound before anything is stored or published, so a port
+        // the proxy cannot listen on is a 400 that changes nothing; the same service and
+        // port again keeps its listener (and its open connections).
+        let old_port = state.services.get(&key).and_then(|e| e.request.tcp_port);
+        let bound_now = self.bind_tcp(&request)?;
 
         // A call repeating what is stored already (Docker Flow's listeners resend every
         // service's reconfigure now and then) writes nothing: no store write, no wake-up of
@@ -70,6 +75,9 @@ impl Inner {
             if saved.is_err() {
                 // A refused or failed KV write is Consul's state too (`config`'s LastError).
                 self.note_registry(&saved);
+                if let (Some(port), Some(ports)) = (bound_now, self.tcp_ports()) {
+                    ports.close(port);
+                }
             }
             saved?;
             self.local_writes.record(&key);
@@ -77,6 +85,7 @@ impl Inner {
 
         let version = table.version();
         self.table.publish(table);
+        self.settle_tcp(old_port, request.tcp_port);
         state.dirty = false;
         let entry = self.entry(&mut state, &key, request.clone(), found.instances.clone());
         state.services.insert(key, entry);
@@ -138,7 +147,8 @@ impl Inner {
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
-        state.services.remove(&key);
+        let old_port = state.services.remove(&key).and_then(|e| e.request.tcp_port);
+        self.settle_tcp(old_port, None);
         tracing::info!(service = %name, table_version = version, "removed");
         Ok(RemoveReport { service_name: name, table_version: version })
     }
@@ -176,6 +186,7 @@ impl Inner {
             });
         }
         self.check_destination_ports(request)?;
+        self.check_tcp_port(request)?;
         match (&self.discovery, &request.color) {
             (Discovery::Dns, Some(color)) => Err(AdminError::InvalidParameter {
                 name: "serviceColor",
@@ -305,9 +316,9 @@ impl Inner {
 /// A build error as the admin API reports it: conflicts are the caller's (409).
 fn conflict(err: BuildError) -> AdminError {
     match err {
-        BuildError::PathOwned { .. } | BuildError::DefaultTaken { .. } => {
-            AdminError::PathConflict { source: err }
-        }
+        BuildError::PathOwned { .. }
+        | BuildError::DefaultTaken { .. }
+        | BuildError::PortOwned { .. } => AdminError::PathConflict { source: err },
         BuildError::RoutedTwice { .. } => AdminError::DestinationsOverlap { source: err },
         other => AdminError::Internal(other.to_string()),
     }

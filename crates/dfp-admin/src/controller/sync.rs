@@ -151,7 +151,8 @@ impl Inner {
                 Err(AdminError::PathConflict {
                     source:
                         BuildError::PathOwned { service, owner, .. }
-                        | BuildError::DefaultTaken { service, owner, .. },
+                        | BuildError::DefaultTaken { service, owner, .. }
+                        | BuildError::PortOwned { service, owner, .. },
                 }) => {
                     tracing::warn!(%service, %owner, "stored route conflicts with another; skipped");
                     let before = found.len();
@@ -168,11 +169,24 @@ impl Inner {
         }
         state.dirty = false;
         for name in &removed {
-            state.services.remove(name);
+            let old_port = state.services.remove(name).and_then(|e| e.request.tcp_port);
+            self.settle_tcp(old_port, None);
             tracing::info!(service = %name, "removed (from the store)");
         }
         for (k, request, instances) in found {
             tracing::info!(service = %request.service_name, paths = ?request.service_paths, instances = ?instances, "routed (from the store)");
+            // Unlike a call, a stored TCP service whose port cannot be bound is routed all
+            // the same (shown as not listening) rather than skipped: its owner asked for it,
+            // and a reconfigure once the port is free opens it.
+            let old_port = state.services.get(&k).and_then(|e| e.request.tcp_port);
+            let new_port = match self.bind_tcp(&request) {
+                Ok(_) => request.tcp_port,
+                Err(err) => {
+                    tracing::warn!(service = %request.service_name, error = %err, "TCP service routed but not listening");
+                    None
+                }
+            };
+            self.settle_tcp(old_port.filter(|old| Some(*old) != request.tcp_port), new_port);
             let entry = self.entry(&mut state, &k, request, instances);
             state.services.insert(k, entry);
         }

@@ -20,7 +20,7 @@ use dfp_routing::{
 
 use self::policy::{
     condition_err, invalid, parse_bool, parse_paths, parse_patterns, parse_policy, parse_port,
-    policy, policy_err, validate_color, validate_users_secret,
+    parse_port_named, parse_seconds, policy, policy_err, validate_color, validate_users_secret,
 };
 use crate::parity::{self, Parameter, Reading, Status};
 use crate::AdminError;
@@ -42,6 +42,9 @@ pub struct ReconfigureRequest {
     pub conditions: RouteConditions,
     /// `port`: standalone mode's instance port.
     pub port: Option<u16>,
+    /// `reqMode=tcp` with `srcPort`: a TCP service, reached by every connection to this
+    /// port of the proxy (its paths, hosts and conditions are empty).
+    pub tcp_port: Option<u16>,
     /// `serviceDomain`: the hosts the paths apply to (empty: any host).
     pub domains: Vec<Domain>,
     /// `servicePathExclude`: paths below `service_paths` the service does not own.
@@ -210,6 +213,9 @@ impl ReconfigureRequest {
                 });
             }
         }
+        if !refuse {
+            forget_tcp_only_of_http(&mut params, &mut ignored);
+        }
         let service_name = validate_service_name(params.get("serviceName").map(String::as_str))?;
 
         // Destination 0 (the unindexed parameters) exists on its own when it has paths, or
@@ -291,6 +297,18 @@ impl ReconfigureRequest {
         {
             stored.insert("port".to_owned(), port.to_string());
         }
+        if !indexes.is_empty() {
+            if let Some((index, d)) = destinations.iter().find(|(_, d)| d.tcp_port.is_some()) {
+                let err = invalid(
+                    "reqMode",
+                    "tcp",
+                    "a TCP service has one destination (one srcPort, no indexed parameters \
+                     such as srcPort.N); route each port as a service of its own",
+                );
+                debug_assert!(d.tcp_port.is_some());
+                return Err(if *index > 0 { in_destination(*index, err) } else { err });
+            }
+        }
         let mut destinations = destinations.into_iter();
         let (first_index, mut first) =
             destinations.next().unwrap_or_else(|| unreachable!("at least one destination"));
@@ -333,18 +351,19 @@ impl ReconfigureRequest {
                 _ => condition_err("serviceHeader", get("serviceHeader").unwrap_or_default(), e),
             },
         )?;
-        if service_paths.is_empty() && path_patterns.is_empty() && !default_backend {
+        let tcp_port = tcp_port(get, !raw_paths.iter().all(|p| p.trim().is_empty()))?;
+        if service_paths.is_empty()
+            && path_patterns.is_empty()
+            && !default_backend
+            && tcp_port.is_none()
+        {
             return Err(AdminError::MissingParameter {
                 name: "servicePath",
-                example: "servicePath=/api/v1/books",
+                example:
+                    "servicePath=/api/v1/books (or reqMode=tcp&srcPort=6379 for a TCP service)",
             });
         }
         let port = get("port").map(parse_port).transpose()?;
-        if let Some(mode) = get("reqMode") {
-            if !mode.eq_ignore_ascii_case("http") {
-                return Err(invalid("reqMode", mode, "only reqMode=http is supported (no tcp)"));
-            }
-        }
         let mut domains = Vec::new();
         for raw in get("serviceDomain").unwrap_or_default().split(',').map(str::trim) {
             if !raw.is_empty() {
@@ -356,6 +375,18 @@ impl ReconfigureRequest {
             "servicePathExclude",
         )?;
         let (mut policy, users_entries) = parse_policy(get)?;
+        match (get("timeoutClient"), tcp_port) {
+            (Some(v), Some(_)) => policy.client_timeout = Some(parse_seconds(v, "timeoutClient")?),
+            (Some(v), None) => {
+                return Err(invalid(
+                    "timeoutClient",
+                    v,
+                    "it is a TCP service's client timeout (reqMode=tcp); the HTTP client \
+                     timeout is global: --client-timeout (DFP_CLIENT_TIMEOUT)",
+                ))
+            }
+            (None, _) => {}
+        }
         if let Some(raw) = get("redirectFromDomain") {
             let mut from = Vec::new();
             for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -438,6 +469,7 @@ impl ReconfigureRequest {
             path_patterns,
             conditions,
             port,
+            tcp_port,
             domains,
             excluded,
             default_backend,
@@ -571,6 +603,7 @@ impl ReconfigureRequest {
             policy: self.policy.clone(),
             color: self.color.clone(),
             index: self.index,
+            tcp_port: self.tcp_port,
         }
     }
 
@@ -582,6 +615,105 @@ impl ReconfigureRequest {
             None => self.service_name.clone(),
         }
     }
+}
+
+/// The parameters a TCP service may be given: the rest only mean something for HTTP.
+const TCP_PARAMETERS: [&str; 11] = [
+    "serviceName",
+    "serviceColor",
+    "port",
+    "reqMode",
+    "srcPort",
+    "timeoutClient",
+    "timeoutServer",
+    "timeoutTunnel",
+    "allowedSources",
+    "deniedSources",
+    "sendProxyProtocol",
+];
+
+/// Reads `reqMode` and `srcPort`: the TCP port of a `reqMode=tcp` destination, `None` for
+/// HTTP. A TCP destination needs `srcPort`; `srcPort` needs `reqMode=tcp`; a TCP destination
+/// given an HTTP-only parameter (`has_paths`: a `servicePath`) is refused naming all of them,
+/// so a migrating user learns at once what its route would silently lose.
+fn tcp_port<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    has_paths: bool,
+) -> Result<Option<u16>, AdminError> {
+    let tcp =
+        match get("reqMode").map(str::trim) {
+            None => false,
+            Some(mode) if mode.eq_ignore_ascii_case("http") => false,
+            Some(mode) if mode.eq_ignore_ascii_case("tcp") => true,
+            Some(mode) => return Err(invalid(
+                "reqMode",
+                mode,
+                "give reqMode=http (the default) or reqMode=tcp with srcPort; sni is not supported",
+            )),
+        };
+    let src_port = get("srcPort").map(|v| parse_port_named(v, "srcPort")).transpose()?;
+    match (tcp, src_port) {
+        (false, None) => Ok(None),
+        (false, Some(port)) => Err(invalid(
+            "srcPort",
+            &port.to_string(),
+            "it is the port of a TCP service; give reqMode=tcp too (an HTTP service is routed by servicePath on the proxy's listeners)",
+        )),
+        (true, None) => Err(AdminError::MissingParameter {
+            name: "srcPort",
+            example: "srcPort=6379 (the proxy's port that a reqMode=tcp service is reached on)",
+        }),
+        (true, Some(port)) => {
+            let mut http_only: Vec<&str> = parity::PARAMETERS
+                .iter()
+                .filter(|p| matches!(p.status, Status::Built { .. }))
+                .map(|p| p.name)
+                .filter(|name| !TCP_PARAMETERS.contains(name) && *name != "servicePath")
+                .filter(|name| get(name).is_some())
+                .collect();
+            if has_paths {
+                http_only.insert(0, "servicePath");
+            }
+            if http_only.is_empty() {
+                Ok(Some(port))
+            } else {
+                Err(invalid(
+                    "reqMode",
+                    "tcp",
+                    &format!(
+                        "a TCP service's bytes are forwarded as they are, so HTTP-only parameters \
+                         mean nothing for it; leave out {}",
+                        http_only.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// A stored HTTP call (no `reqMode=tcp`) with `srcPort` or `timeoutClient`: versions that
+/// refused both stored them as ignored, so a restore ignores them again instead of skipping
+/// the route (an upgrade keeps serving it as it was served).
+fn forget_tcp_only_of_http(params: &mut BTreeMap<String, String>, ignored: &mut Vec<String>) {
+    let tcp = params.iter().any(|(k, v)| {
+        (k == "reqMode" || k.starts_with("reqMode.")) && v.trim().eq_ignore_ascii_case("tcp")
+    });
+    if tcp {
+        return;
+    }
+    let tcp_only = |k: &str| {
+        k.split('.').next().is_some_and(|base| base == "srcPort" || base == "timeoutClient")
+    };
+    params.retain(|k, _| {
+        if tcp_only(k) {
+            if !ignored.iter().any(|seen| seen == k) {
+                ignored.push(k.clone());
+            }
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// Reads the `serviceName` of a remove.

@@ -225,7 +225,7 @@ pub(super) fn parse_bool(value: Option<&str>, name: &'static str) -> Result<bool
 }
 
 /// Docker Flow Proxy's timeouts: whole seconds (a unit suffix `s` is accepted).
-fn parse_seconds(value: &str, name: &'static str) -> Result<Duration, AdminError> {
+pub(super) fn parse_seconds(value: &str, name: &'static str) -> Result<Duration, AdminError> {
     match value.trim().trim_end_matches('s').parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
         _ => Err(invalid(name, value, "give a number of seconds greater than 0")),
@@ -245,10 +245,14 @@ pub(super) fn policy(name: &'static str, value: &str, err: PolicyError) -> Admin
 }
 
 pub(super) fn parse_port(value: &str) -> Result<u16, AdminError> {
+    parse_port_named(value, "port")
+}
+
+pub(super) fn parse_port_named(value: &str, name: &'static str) -> Result<u16, AdminError> {
     match value.trim().parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
         _ => Err(AdminError::InvalidParameter {
-            name: "port",
+            name,
             value: value.to_owned(),
             reason: "give a TCP port between 1 and 65535".to_owned(),
         }),

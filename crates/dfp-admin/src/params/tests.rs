@@ -87,10 +87,13 @@ fn unsupported_parameters_are_named_not_refused() {
 #[test]
 fn refused_parameters_are_400s_that_say_what_instead() {
     let cases: &[(&str, &str, &str)] = &[
-        ("serviceGroup", "g", "parameter serviceGroup is refused: not supported yet (HTTP only)"),
-        ("srcPort", "8080", "parameter srcPort is refused: not supported yet (HTTP only)"),
+        (
+            "serviceGroup",
+            "g",
+            "parameter serviceGroup is refused: not supported yet: a TCP service",
+        ),
         ("serviceCert", "-----BEGIN", "PUT /v1/docker-flow-proxy/cert"),
-        ("srcPort.1", "8080", "parameter srcPort.1 is refused: not supported yet (HTTP only)"),
+        ("checkTcp.1", "true", "parameter checkTcp.1 is refused: not supported yet"),
         ("serviceColor.1", "blue", "parameter serviceColor.1 is refused: it is one per service"),
         ("isDefaultBackend.2", "true", "isDefaultBackend.2 is refused: it is one per service"),
         ("distribute.x", "1", ""),
@@ -108,12 +111,79 @@ fn refused_parameters_are_400s_that_say_what_instead() {
 
 #[test]
 fn stored_calls_ignore_what_is_refused_now() {
-    let pairs = [("serviceName", "books"), ("servicePath", "/b"), ("srcPort", "8080")];
+    let pairs = [("serviceName", "books"), ("servicePath", "/b"), ("checkTcp", "true")];
     assert!(parse(&pairs).is_err());
     let r = ReconfigureRequest::from_stored_pairs(pairs).expect("restored as it was served");
-    assert_eq!(r.ignored, ["srcPort"]);
-    assert_eq!(r.params["srcPort"], "8080");
-    assert!(r.ignored_warnings()[0].starts_with("stored parameter srcPort is ignored"));
+    assert_eq!(r.ignored, ["checkTcp"]);
+    assert_eq!(r.params["checkTcp"], "true");
+    assert!(r.ignored_warnings()[0].starts_with("stored parameter checkTcp is ignored"));
+}
+
+#[test]
+fn stored_http_calls_with_tcp_only_parameters_are_restored_without_them() {
+    // Versions before TCP services stored srcPort and timeoutClient as ignored.
+    let pairs = [
+        ("serviceName", "books"),
+        ("servicePath", "/b"),
+        ("srcPort", "8080"),
+        ("timeoutClient", "5"),
+    ];
+    assert!(parse(&pairs).is_err(), "a new call is told what is wrong");
+    let r = ReconfigureRequest::from_stored_pairs(pairs).expect("restored as it was served");
+    assert_eq!(r.tcp_port, None);
+    assert_eq!(r.ignored, ["srcPort", "timeoutClient"]);
+}
+
+#[test]
+fn tcp_services_need_a_src_port_and_nothing_http() {
+    let r = parse(&[
+        ("serviceName", "redis"),
+        ("reqMode", "TCP"),
+        ("srcPort", "6379"),
+        ("port", "6379"),
+        ("timeoutClient", "30"),
+        ("timeoutServer", "31s"),
+        ("timeoutTunnel", "3600"),
+        ("allowedSources", "10.0.0.0/8"),
+    ])
+    .expect("a TCP service needs no servicePath");
+    assert_eq!(r.tcp_port, Some(6379));
+    assert!(r.service_paths.is_empty());
+    assert_eq!(r.policy.client_timeout, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(r.policy.server_timeout, Some(std::time::Duration::from_secs(31)));
+    assert_eq!(r.spec().tcp_port, Some(6379));
+    assert_eq!(r.params["srcPort"], "6379", "stored as sent, so a restore reopens the port");
+    let replayed = ReconfigureRequest::from_stored_pairs(
+        r.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .expect("replays");
+    assert_eq!(replayed.tcp_port, Some(6379));
+
+    let tcp = |extra: &[(&'static str, &'static str)]| {
+        let mut q = vec![("serviceName", "redis"), ("reqMode", "tcp"), ("srcPort", "6379")];
+        q.extend_from_slice(extra);
+        q
+    };
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case<'_>> = vec![
+        (vec![("serviceName", "redis"), ("reqMode", "tcp")], &["srcPort is missing"]),
+        (tcp(&[("srcPort", "0")]), &["srcPort"]),
+        (vec![("serviceName", "redis"), ("reqMode", "tcp"), ("srcPort", "x")], &["srcPort=\"x\""]),
+        (books(&[("srcPort", "6379")]), &["srcPort", "give reqMode=tcp too"]),
+        (books(&[("timeoutClient", "5")]), &["timeoutClient", "--client-timeout"]),
+        (books(&[("reqMode", "sni")]), &["reqMode", "sni is not supported"]),
+        (
+            tcp(&[("servicePath", "/r"), ("users", "a:b"), ("httpsOnly", "true")]),
+            &["leave out servicePath, httpsOnly, users"],
+        ),
+        (tcp(&[("addReqHeader", "X-A:1")]), &["leave out addReqHeader"]),
+        (tcp(&[("isDefaultBackend", "true")]), &["leave out isDefaultBackend"]),
+        (tcp(&[("compressionAlgo", "gzip")]), &["leave out compressionAlgo"]),
+        (tcp(&[("srcPort.1", "6380")]), &["a TCP service has one destination"]),
+    ];
+    for (query, needles) in cases {
+        refused(&query, needles);
+    }
 }
 
 #[test]

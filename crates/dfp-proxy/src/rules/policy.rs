@@ -97,6 +97,21 @@ pub(crate) fn choose_instance<'b, 'p>(
     Some((upstream, sticky.map(|s| Pin { cookie: s.cookie, token: upstream.token() })))
 }
 
+/// Whether `allowedSources` and `deniedSources` let the client in: listed in `allowed` (or
+/// it is empty) and not in `denied`. `client` is read only when a list is given. One rule for
+/// HTTP requests and TCP connections.
+pub(crate) fn source_admitted(
+    allowed: &dfp_routing::SourceList,
+    denied: &dfp_routing::SourceList,
+    client: impl FnOnce() -> std::net::IpAddr,
+) -> bool {
+    if allowed.is_empty() && denied.is_empty() {
+        return true;
+    }
+    let client = client();
+    (allowed.is_empty() || allowed.contains(client)) && !denied.contains(client)
+}
+
 /// Writes the pinning cookie (`HttpOnly`, `Path=/`) and `Cache-Control: private`, so that no
 /// shared cache keeps one client's pin for others (HAProxy's `insert indirect nocache`).
 /// The value is formatted on the stack.
@@ -217,15 +232,13 @@ pub(crate) fn admit<'p>(
         response_headers,
         server_timeout,
         tunnel_timeout,
+        // A TCP service's (`timeoutClient`); HTTP services cannot be given one.
+        client_timeout: _,
         compression,
         send_proxy,
     } = policy;
-    if !allowed_sources.is_empty() || !denied_sources.is_empty() {
-        let client = (request.client.0)();
-        let allowed = allowed_sources.is_empty() || allowed_sources.contains(client);
-        if !allowed || denied_sources.contains(client) {
-            return Err(ProxyError::Forbidden(Forbidden::Source));
-        }
+    if !source_admitted(allowed_sources, denied_sources, || (request.client.0)()) {
+        return Err(ProxyError::Forbidden(Forbidden::Source));
     }
     if *deny_http && !request.https {
         return Err(ProxyError::Forbidden(Forbidden::Http));

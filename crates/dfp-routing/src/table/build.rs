@@ -27,6 +27,8 @@ pub struct RouteTableBuilder {
     /// (host or any, route with its conditions as text) -> owner.
     owners: HashMap<(Option<Domain>, String), Arc<str>>,
     default_owner: Option<Arc<str>>,
+    /// TCP port (`srcPort`) -> owner.
+    ports: HashMap<u16, Arc<str>>,
     /// By service key.
     carried: HashMap<Arc<str>, Carried>,
     /// Counters of services no longer routed (by service key: display name, counters).
@@ -168,6 +170,20 @@ impl RouteTableBuilder {
             }
             normalised.push((spec, instances));
         }
+        let mut tcp_port = None;
+        for (spec, _) in &normalised {
+            let Some(port) = spec.tcp_port else { continue };
+            if tcp_port.replace(port).is_some() {
+                return Err(BuildError::TcpDestinations { port, service: name.to_string() });
+            }
+            if let Some(owner) = self.ports.get(&port) {
+                return Err(BuildError::PortOwned {
+                    port,
+                    owner: owner.to_string(),
+                    service: name.to_string(),
+                });
+            }
+        }
         if default_backend {
             if let Some(owner) = &self.default_owner {
                 return Err(BuildError::DefaultTaken {
@@ -179,6 +195,9 @@ impl RouteTableBuilder {
         }
         for claim in claimed {
             self.owners.insert(claim, name.clone());
+        }
+        if let Some(port) = tcp_port {
+            self.ports.insert(port, name.clone());
         }
         self.services.insert(key, normalised);
         Ok(self)
@@ -225,6 +244,9 @@ impl RouteTableBuilder {
                 if spec.default_backend {
                     table.default_service = Some(service_index);
                 }
+                if let Some(port) = spec.tcp_port {
+                    table.tcp.push((port, service_index));
+                }
                 for (anchor, order, candidate) in routes {
                     let indexes: Vec<IndexId> = if spec.domains.is_empty() {
                         vec![IndexId::Any]
@@ -254,6 +276,7 @@ impl RouteTableBuilder {
                     domains: spec.domains,
                     excluded: spec.excluded,
                     color: spec.color,
+                    tcp_port: spec.tcp_port,
                 });
             }
         }
@@ -274,6 +297,7 @@ impl RouteTableBuilder {
             let candidates = found.into_iter().map(|(_, c)| c).collect();
             table.routes.push(Node { prefix, candidates });
         }
+        table.tcp.sort_unstable();
         table.retired = retired.into_values().collect();
         table.retired.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(table)

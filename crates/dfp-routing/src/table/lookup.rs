@@ -21,6 +21,7 @@ impl RouteTable {
             default_service: None,
             routes: Vec::new(),
             services: Vec::new(),
+            tcp: Vec::new(),
             retired: Vec::new(),
         }
     }
@@ -118,7 +119,20 @@ impl RouteTable {
             color: s.color.as_deref(),
             destination: s.destination,
             index: s.index,
+            tcp_port: s.tcp_port,
         })
+    }
+
+    /// The TCP service (`reqMode=tcp`) whose `srcPort` is `port`: what a connection accepted
+    /// on that port is forwarded to. One binary search over the TCP services.
+    pub fn tcp_route(&self, port: u16) -> Option<&Arc<Backend>> {
+        let at = self.tcp.binary_search_by_key(&port, |(p, _)| *p).ok()?;
+        Some(&self.services[self.tcp[at].1].backend)
+    }
+
+    /// The ports TCP services are reached on, in order, with their services.
+    pub fn tcp_ports(&self) -> impl ExactSizeIterator<Item = (u16, &Arc<Backend>)> {
+        self.tcp.iter().map(|&(port, i)| (port, &self.services[i].backend))
     }
 
     /// The backend of a service's first destination by name, compared as [`service_key`]

@@ -50,6 +50,13 @@ pub enum BuildError {
     RoutedTwice { path: String, domain: Option<Domain>, service: String },
     #[error("destination {destination:?} was added to service {service:?}: all destinations of one service share its name")]
     ForeignDestination { destination: String, service: String },
+    #[error(
+        "port {port} is already the TCP port (srcPort) of service {owner:?}; remove it from \
+         {owner:?} first, or choose another srcPort for {service:?}"
+    )]
+    PortOwned { port: u16, owner: String, service: String },
+    #[error("service {service:?} asks for TCP port {port} in more than one destination; a TCP service has one srcPort")]
+    TcpDestinations { port: u16, service: String },
     #[error("service name is empty")]
     EmptyServiceName,
     #[error("path {path} could not be indexed: {reason}")]
@@ -89,6 +96,8 @@ pub struct ServiceRoutes<'t> {
     pub destination: usize,
     /// Docker Flow Proxy's index of the destination ([`ServiceSpec::index`]).
     pub index: u8,
+    /// `reqMode=tcp`: the port its TCP connections arrive on ([`ServiceSpec::tcp_port`]).
+    pub tcp_port: Option<u16>,
 }
 
 /// What a service (or one of its destinations) asks of the table: its paths, and optionally the
@@ -116,6 +125,12 @@ pub struct ServiceSpec {
     /// Docker Flow Proxy's destination index (`servicePath.N`...), 0 for the unindexed
     /// parameters (shown, not used here).
     pub index: u8,
+    /// `reqMode=tcp` with `srcPort`: the service is a TCP service, reached by every
+    /// connection to this port ([`RouteTable::tcp_route`]); its paths, hosts and conditions
+    /// are empty. Two services cannot have the same port ([`BuildError::PortOwned`]). The
+    /// table only says which service owns a port: the listener itself belongs to the data
+    /// plane (this crate opens nothing).
+    pub tcp_port: Option<u16>,
 }
 
 impl ServiceSpec {
@@ -136,6 +151,7 @@ struct ServiceSlot {
     domains: Vec<Domain>,
     excluded: Vec<PathPrefix>,
     color: Option<String>,
+    tcp_port: Option<u16>,
 }
 
 impl ServiceSlot {
@@ -168,6 +184,8 @@ pub struct RouteTable {
     default_service: Option<usize>,
     routes: Vec<Node>,
     services: Vec<ServiceSlot>,
+    /// TCP services by port (`srcPort`), sorted by port: (port, index into `services`).
+    tcp: Vec<(u16, usize)>,
     /// Counters of services routed by an earlier table and not by this one, by name: a
     /// removed service's series go on being reported (a counter that vanished and came back
     /// from zero would look like a reset to a scraper), and a service routed again resumes

@@ -486,3 +486,39 @@ fn two_destinations_of_one_service_may_not_claim_one_route() {
     // Nothing of a refused service was kept.
     b.add_service("films", &[p("/a")], &[]).expect("the path is free");
 }
+
+fn tcp(name: &str, port: u16) -> ServiceSpec {
+    ServiceSpec { name: name.to_owned(), tcp_port: Some(port), ..ServiceSpec::default() }
+}
+
+#[test]
+fn tcp_services_own_their_port_and_keep_their_state_across_swaps() {
+    let mut b = RouteTableBuilder::new();
+    b.add(tcp("redis", 6379), &[addr(7001), addr(7002)]).expect("free port");
+    b.add(tcp("pg", 5432), &[addr(7003)]).expect("free port");
+    b.add_service("web", &[p("/")], &[addr(8080)]).expect("http beside tcp");
+    let err = b.add(tcp("other", 6379), &[]).expect_err("port taken");
+    assert!(matches!(err, BuildError::PortOwned { port: 6379, .. }), "{err}");
+    assert!(err.to_string().contains("\"redis\""), "{err}");
+    let t = b.build(1).expect("builds");
+    assert_eq!(t.tcp_route(6379).map(|b| b.service()), Some("redis"));
+    assert_eq!(t.tcp_route(5432).map(|b| b.service()), Some("pg"));
+    assert!(t.tcp_route(80).is_none());
+    let ports: Vec<u16> = t.tcp_ports().map(|(p, _)| p).collect();
+    assert_eq!(ports, [5432, 6379]);
+    // A TCP service routes no path, and HTTP lookups never reach it.
+    assert_eq!(t.lookup("/anything").map(|m| m.backend.service()), Some("web"));
+
+    // Rotation and health carry over a swap that changes the instances.
+    let redis = t.tcp_route(6379).expect("routed");
+    assert_eq!(redis.next_instance(|| 0).map(|u| u.addr()), Some(addr(7001)));
+    redis.instances()[1].health().record_failure(crate::health_clock_ms());
+    let mut next = RouteTableBuilder::new();
+    next.carry_state_from(&t);
+    next.add(tcp("redis", 6379), &[addr(7001), addr(7002), addr(7004)]).expect("same port");
+    let next = next.build(2).expect("builds");
+    let redis2 = next.tcp_route(6379).expect("routed");
+    assert!(Arc::ptr_eq(&redis.stats, &redis2.stats));
+    assert!(redis2.instances()[1].health().failures() > 0, "ejection carried");
+    assert!(next.tcp_route(5432).is_none(), "pg removed: its port is free");
+}

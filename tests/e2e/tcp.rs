@@ -1,0 +1,243 @@
+//! TCP services (`reqMode=tcp` with `srcPort`): a real Consul, real TCP echo instances, the
+//! real binary. Round trips and round robin, a killed instance retried past with no failed
+//! connection, scaling while a long-lived connection stays open, remove draining, port
+//! conflicts and unbindable ports that change nothing, restore at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::support::{eventually, free_port, Consul, Proxy, TcpEcho};
+
+const FOLLOW: Duration = Duration::from_secs(5);
+
+fn reconfigure(service: &str, port: u16, extra: &str) -> String {
+    format!(
+        "/v1/docker-flow-proxy/reconfigure?serviceName={service}&reqMode=tcp&srcPort={port}{extra}"
+    )
+}
+
+fn at(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Sends `message` on `stream` and reads the echo's answer: `<instance name><message>`.
+async fn exchange(stream: &mut TcpStream, message: &str) -> String {
+    stream.write_all(message.as_bytes()).await.expect("the proxy takes the bytes");
+    let mut answer = vec![0_u8; 2 + message.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .expect("the answer arrives whole");
+    String::from_utf8(answer).expect("text")
+}
+
+/// One connection through the proxy's `port`, one exchange: which instance answered.
+async fn round_trip(port: u16) -> String {
+    let mut stream = TcpStream::connect(at(port)).await.expect("the TCP service's port accepts");
+    exchange(&mut stream, "hi").await[..2].to_owned()
+}
+
+async fn service<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
+    config["Services"].as_array()?.iter().find(|s| s["ServiceName"] == name)
+}
+
+fn metric(text: &str, line_start: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    let response = proxy.client().get(proxy.admin_url("/metrics")).send().await.expect("metrics");
+    response.text().await.expect("metrics text")
+}
+
+#[tokio::test]
+async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
+    let consul = Consul::start().await;
+    let a = TcpEcho::start("a:").await;
+    let b = TcpEcho::start("b:").await;
+    consul.register("echo", "echo-a", a.port(), None).await;
+    consul.register("echo", "echo-b", b.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let port = free_port();
+    let (status, answer) = proxy.admin(&reconfigure("echo", port, "")).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let config = proxy.config().await;
+    let echo = service(&config, "echo").await.expect("listed");
+    assert_eq!(echo["ReqMode"], "tcp");
+    assert_eq!(echo["SrcPort"], port);
+    assert_eq!(echo["Listening"], true);
+    assert_eq!(echo["Instances"].as_array().map(Vec::len), Some(2));
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(round_trip(port).await);
+    }
+    seen.sort();
+    assert_eq!(seen, ["a:", "a:", "b:", "b:"], "round robin over both instances");
+    assert_eq!(a.accepted() + b.accepted(), 4, "one instance connection per client connection");
+
+    // Killed, still registered in Consul: every connection is retried on the other one.
+    let a_port = a.port();
+    drop(a);
+    eventually(FOLLOW, "the killed instance to refuse connections", || async move {
+        TcpStream::connect(at(a_port)).await.is_err().then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(round_trip(port).await, "b:", "connection {i}");
+    }
+    let text = metrics(&proxy).await;
+    assert_eq!(metric(&text, "dfp_tcp_connections_total{service=\"echo\"}"), Some(24));
+    assert_eq!(metric(&text, "dfp_tcp_connect_failures_total{service=\"echo\"}"), Some(0));
+    assert!(metric(&text, "dfp_upstream_errors_total{service=\"echo\"}") >= Some(1), "{text}");
+    // Bytes are counted once each write has returned, which may be just after the client
+    // read them.
+    eventually(FOLLOW, "every byte to be counted", || {
+        let proxy = &proxy;
+        async move {
+            let text = metrics(proxy).await;
+            let to = |d: &str| {
+                metric(&text, &format!("dfp_tcp_bytes_total{{service=\"echo\",direction=\"{d}\"}}"))
+            };
+            (to("to_instance") == Some(48) && to("to_client") == Some(96)).then_some(())
+        }
+    })
+    .await;
+    eventually(FOLLOW, "the open gauge to fall back to 0", || {
+        let proxy = &proxy;
+        async move {
+            let text = metrics(proxy).await;
+            (metric(&text, "dfp_tcp_open_connections{service=\"echo\"}") == Some(0)).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn instance_changes_reach_new_connections_and_open_ones_outlive_reconfigures_until_remove_drains(
+) {
+    let consul = Consul::start().await;
+    let a = TcpEcho::start("a:").await;
+    consul.register("echo", "echo-a", a.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--shutdown-grace=2s"]).await;
+    let port = free_port();
+    assert_eq!(proxy.admin(&reconfigure("echo", port, "")).await.0, 200);
+    let mut long_lived = TcpStream::connect(at(port)).await.expect("connects");
+    assert_eq!(exchange(&mut long_lived, "1").await, "a:1");
+
+    // Scale: b up, a out of Consul (its process still runs, as a draining container does).
+    let b = TcpEcho::start("b:").await;
+    consul.register("echo", "echo-b", b.port(), None).await;
+    consul.deregister("echo-a").await;
+    let b_port = b.port();
+    eventually(FOLLOW, "only b to be routed", || {
+        let proxy = &proxy;
+        async move {
+            let config = proxy.config().await;
+            let instances = service(&config, "echo").await?["Instances"].clone();
+            (instances == serde_json::json!([at(b_port).to_string()])).then_some(())
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(round_trip(port).await, "b:", "new connections go to the new instance");
+    }
+    assert_eq!(exchange(&mut long_lived, "2").await, "a:2", "the open one stays where it was");
+
+    // The same service and port again, with other options: the listener is kept.
+    let (status, answer) = proxy.admin(&reconfigure("echo", port, "&timeoutTunnel=600")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(exchange(&mut long_lived, "3").await, "a:3");
+    assert_eq!(round_trip(port).await, "b:");
+
+    // Remove: new connections are refused at once, the open one finishes within the grace.
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/remove?serviceName=echo").await;
+    assert_eq!(status, 200, "{answer}");
+    eventually(FOLLOW, "the port to refuse connections", || async {
+        TcpStream::connect(at(port)).await.is_err().then_some(())
+    })
+    .await;
+    assert_eq!(exchange(&mut long_lived, "4").await, "a:4", "still open within the grace");
+    // Closed by the proxy once the 2 s grace is over: EOF or a reset, either ends the read.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), long_lived.read_to_end(&mut rest));
+    let _eof_or_reset = ended.await.expect("closed once the grace is over");
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn port_conflicts_are_409_and_unbindable_ports_400_changing_nothing() {
+    let consul = Consul::start().await;
+    let a = TcpEcho::start("a:").await;
+    consul.register("echo", "echo-a", a.port(), None).await;
+    consul.register("other", "other-a", a.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let port = free_port();
+    assert_eq!(proxy.admin(&reconfigure("echo", port, "")).await.0, 200);
+
+    let (status, answer) = proxy.admin(&reconfigure("other", port, "")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["Message"].as_str().is_some_and(|m| m.contains("\"echo\"")), "{answer}");
+    let http_port: u16 =
+        proxy.url("").rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let (status, answer) = proxy.admin(&reconfigure("other", http_port, "")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["Message"].as_str().is_some_and(|m| m.contains("HTTP (--listen)")), "{answer}");
+
+    let version = proxy.config().await["TableVersion"].clone();
+    let held = std::net::TcpListener::bind(at(0)).expect("the test holds a port");
+    let taken = held.local_addr().expect("addr").port();
+    let (status, answer) = proxy.admin(&reconfigure("other", taken, "")).await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("srcPort") && message.contains("in use"), "{message}");
+    let config = proxy.config().await;
+    assert_eq!(config["TableVersion"], version, "nothing was published");
+    assert!(service(&config, "other").await.is_none());
+
+    for (query, needle) in [
+        ("/v1/docker-flow-proxy/reconfigure?serviceName=other&reqMode=tcp", "srcPort is missing"),
+        (
+            &*reconfigure("other", free_port(), "&users=a:b&servicePath=/x"),
+            "leave out servicePath, users",
+        ),
+    ] {
+        let (status, answer) = proxy.admin(query).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["Message"].as_str().is_some_and(|m| m.contains(needle)), "{answer}");
+    }
+    assert_eq!(round_trip(port).await, "a:", "the first service still serves");
+}
+
+#[tokio::test]
+async fn tcp_services_are_restored_at_start_and_an_unbindable_port_does_not_stop_it() {
+    let consul = Consul::start().await;
+    let a = TcpEcho::start("a:").await;
+    consul.register("echo", "echo-a", a.port(), None).await;
+    let port = free_port();
+    let mut proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    assert_eq!(proxy.admin(&reconfigure("echo", port, "")).await.0, 200);
+    assert_eq!(round_trip(port).await, "a:");
+    proxy.terminate().await;
+
+    // Restored from Consul KV: the listener is opened again before the proxy serves.
+    let mut proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    assert_eq!(round_trip(port).await, "a:");
+    proxy.terminate().await;
+
+    // The port is taken while the proxy is down: it starts, and shows the route not listening.
+    let held = std::net::TcpListener::bind(at(port)).expect("the test takes the port");
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let config = proxy.config().await;
+    let echo = service(&config, "echo").await.expect("the route is kept");
+    assert_eq!(echo["Listening"], false, "{echo}");
+    // Freed, then asked again: it listens.
+    drop(held);
+    assert_eq!(proxy.admin(&reconfigure("echo", port, "")).await.0, 200);
+    assert_eq!(round_trip(port).await, "a:");
+}
