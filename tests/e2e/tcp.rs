@@ -241,3 +241,56 @@ async fn tcp_services_are_restored_at_start_and_an_unbindable_port_does_not_stop
     assert_eq!(proxy.admin(&reconfigure("echo", port, "")).await.0, 200);
     assert_eq!(round_trip(port).await, "a:");
 }
+
+/// Reads from `stream` until `end` arrives (or it closes, or 5 s pass): what was read.
+async fn read_until(stream: &mut TcpStream, end: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0_u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while !seen.ends_with(end.as_bytes()) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A TCP service behind an L4 balancer: the balancer's PROXY header names the client, the
+/// service's source list judges that client, and the instance gets the header it asked for.
+#[tokio::test]
+async fn tcp_services_take_the_proxy_protocol_and_source_lists() {
+    let consul = Consul::start().await;
+    let echo = TcpEcho::start("e:").await;
+    consul.register("echo", "echo-1", echo.port(), None).await;
+    // Every test connection comes from 127.0.0.1: the "balancer".
+    let proxy = Proxy::start(Some(&consul.url()), &["--accept-proxy=127.0.0.1/32"]).await;
+    let port = free_port();
+    let extra = "&allowedSources=10.1.0.0/16&sendProxyProtocol=v1";
+    let (status, answer) = proxy.admin(&reconfigure("echo", port, extra)).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // An allowed client named by the balancer: its bytes reach the instance after the
+    // header the proxy sends, which names the same client.
+    let mut stream = TcpStream::connect(at(port)).await.expect("accepts");
+    let header = format!("PROXY TCP4 10.1.2.3 127.0.0.1 5555 {port}\r\n");
+    stream.write_all(format!("{header}hi").as_bytes()).await.expect("writes");
+    let echoed = read_until(&mut stream, "hi").await;
+    assert!(echoed.contains("PROXY TCP4 10.1.2.3 "), "the instance got no header: {echoed:?}");
+    assert!(echoed.ends_with("hi"), "{echoed:?}");
+    assert_eq!(echo.accepted(), 1);
+
+    // A client outside allowedSources, and a listed peer without a header: closed, and the
+    // instance never sees them.
+    for opening in ["PROXY TCP4 192.168.1.1 127.0.0.1 5555 1\r\nhi".to_owned(), "hi".to_owned()] {
+        let mut stream = TcpStream::connect(at(port)).await.expect("accepts");
+        stream.write_all(opening.as_bytes()).await.expect("writes");
+        let echoed = read_until(&mut stream, "hi").await;
+        assert_eq!(echoed, "", "{opening:?} was served");
+    }
+    assert_eq!(echo.accepted(), 1, "a refused connection reached the instance");
+    let text = metrics(&proxy).await;
+    assert_eq!(metric(&text, "dfp_proxy_header_failures_total "), Some(1), "{text}");
+}
