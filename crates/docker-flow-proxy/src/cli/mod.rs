@@ -392,8 +392,9 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long)]
     pub(crate) service_name: String,
 
-    /// URL path the service owns; repeat the flag or separate paths with commas.
-    #[arg(long, required = true, num_args = 1)]
+    /// URL path the service owns; repeat the flag or separate paths with commas. Required
+    /// but for a TCP service (`--req-mode tcp`), which is routed by `--src-port`.
+    #[arg(long, num_args = 1, required_unless_present = "src_port")]
     pub(crate) service_path: Vec<String>,
 
     /// Standalone mode: the port the service's instances listen on.
@@ -463,9 +464,14 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long, value_name = "v1|v2")]
     pub(crate) send_proxy_protocol: Option<String>,
 
-    /// Docker Flow Proxy's reqMode; only HTTP is proxied.
-    #[arg(long, value_parser = ["http"])]
+    /// Docker Flow Proxy's reqMode: `http` (the default) or `tcp` (a TCP service on
+    /// `--src-port`: every connection to that port of the proxy goes to an instance).
+    #[arg(long, value_parser = ["http", "tcp"])]
     pub(crate) req_mode: Option<String>,
+
+    /// The proxy's port a TCP service (`--req-mode tcp`) listens on.
+    #[arg(long, requires = "req_mode")]
+    pub(crate) src_port: Option<u16>,
 
     /// Any other reconfigure parameter, as `name=value` (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
@@ -499,10 +505,10 @@ pub(crate) struct RemoveArgs {
 impl ReconfigureArgs {
     /// The admin API's query parameters, with Docker Flow Proxy's names.
     pub(crate) fn query(&self) -> Vec<(String, String)> {
-        let mut q = vec![
-            ("serviceName".to_owned(), self.service_name.clone()),
-            ("servicePath".to_owned(), self.service_path.join(",")),
-        ];
+        let mut q = vec![("serviceName".to_owned(), self.service_name.clone())];
+        if !self.service_path.is_empty() {
+            q.push(("servicePath".to_owned(), self.service_path.join(",")));
+        }
         let optional = [
             ("port", self.port.map(|p| p.to_string())),
             ("serviceDomain", self.service_domain.clone()),
@@ -511,6 +517,7 @@ impl ReconfigureArgs {
             ("httpsOnly", self.https_only.map(|b| b.to_string())),
             ("users", self.users.clone()),
             ("reqMode", self.req_mode.clone()),
+            ("srcPort", self.src_port.map(|p| p.to_string())),
             ("serviceColor", self.service_color.clone()),
             ("allowedMethods", self.allowed_methods.clone()),
             ("deniedMethods", self.denied_methods.clone()),

@@ -174,8 +174,9 @@ fn req_mode_offers_only_what_is_accepted() {
         ])
     };
     assert!(parse("http").is_ok());
-    let refused = parse("tcp").expect_err("tcp is not proxied").to_string();
-    assert!(refused.contains("[possible values: http]"), "{refused}");
+    assert!(parse("tcp").is_ok());
+    let refused = parse("sni").expect_err("sni is not built").to_string();
+    assert!(refused.contains("[possible values: http, tcp]"), "{refused}");
     use clap::CommandFactory;
     let mut command = Cli::command();
     let help = command
@@ -185,7 +186,24 @@ fn req_mode_offers_only_what_is_accepted() {
         .to_string();
     let line = help.lines().skip_while(|l| !l.contains("--req-mode")).take(3);
     let text: String = line.collect::<Vec<_>>().join(" ");
-    assert!(!text.contains("tcp"), "help offers only accepted values: {text}");
+    assert!(!text.contains("sni"), "help offers only accepted values: {text}");
+
+    // A TCP service needs no path: its port routes it.
+    let tcp = Cli::try_parse_from([
+        "docker-flow-proxy",
+        "reconfigure",
+        "--service-name",
+        "redis",
+        "--req-mode",
+        "tcp",
+        "--src-port",
+        "6379",
+    ])
+    .expect("a TCP service without a path");
+    let crate::cli::Command::Reconfigure(args) = tcp.command else { panic!("reconfigure") };
+    let query = args.query();
+    assert!(query.contains(&("srcPort".to_owned(), "6379".to_owned())), "{query:?}");
+    assert!(!query.iter().any(|(k, _)| k == "servicePath"), "{query:?}");
 }
 
 #[test]
