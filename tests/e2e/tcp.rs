@@ -294,3 +294,17 @@ async fn tcp_services_take_the_proxy_protocol_and_source_lists() {
     let text = metrics(&proxy).await;
     assert_eq!(metric(&text, "dfp_proxy_header_failures_total "), Some(1), "{text}");
 }
+
+/// The CLI adds a TCP service as the admin API does: `--req-mode tcp --src-port P`, no path.
+#[tokio::test]
+async fn the_cli_adds_a_tcp_service() {
+    let consul = Consul::start().await;
+    let echo = TcpEcho::start("c:").await;
+    consul.register("cli-echo", "cli-echo-1", echo.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let port = free_port().to_string();
+    let args = ["reconfigure", "--service-name", "cli-echo", "--req-mode", "tcp", "--src-port"];
+    let output = proxy.cli(&[&args[..], &[port.as_str()]].concat()).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(round_trip(port.parse().expect("a port")).await, "c:");
+}
