@@ -30,7 +30,7 @@
 #              regex path rewrite (ours: setReqHeader, addResHeader, reqPathSearch/Replace).
 #   websocket  WebSocket echo messages per second (128 bytes, one in flight per connection;
 #              dfp-load's client and echo server).
-#   Two more, not part of the default run (name them with --only):
+#   Three more, not part of the default run (name them with --only):
 #   class-churn  Each request class on ours alone, quiet and with a reconfigure every 100 ms (of
 #              the class's own service on odd ticks, another service on even ones): throughput
 #              under churn over quiet, paired by round, and the failed requests.
