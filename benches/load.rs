@@ -148,7 +148,10 @@ fn main() -> std::io::Result<()> {
                 .block_on(run_clients(&load, move |shared| tcp_connect_loop(shared, size)))?;
             report(&tally)
         }
-        Command::TcpEcho { listen } => runtime.block_on(tcp_echo(listen)),
+        Command::TcpEcho { listen } => runtime.block_on(async {
+            let listener = TcpListener::bind(listen).await?;
+            tcp_echo(listener).await
+        }),
     }
 }
 
@@ -719,8 +722,8 @@ async fn tcp_connect_once(shared: &Shared, chunk: &[u8], back: &mut [u8]) -> Res
     Ok(())
 }
 
-async fn tcp_echo(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+/// Serves the echo on a bound listener (the caller owns the port) until an accept fails.
+async fn tcp_echo(listener: TcpListener) -> std::io::Result<()> {
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
@@ -757,6 +760,34 @@ mod tests {
                 assert!(parse_frame(&bytes[..bytes.len() - 1]).is_none() || size == 0);
             }
         }
+    }
+
+    /// tcp-stream and tcp-connect against tcp-echo on a port-0 listener: every echo comes back
+    /// whole, the budget bounds the count, and the byte tally matches.
+    #[test]
+    fn tcp_loads_echo_every_byte_within_their_budget() {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+            let addr = listener.local_addr().expect("its address");
+            tokio::task::spawn_local(tcp_echo(listener));
+            let load = Load { addr, connections: 3, duration: 10, max: 20 };
+            let stream = run_clients(&load, |shared| tcp_stream_loop(shared, 200_000))
+                .await
+                .expect("the clients ran");
+            let connect = run_clients(&load, |shared| tcp_connect_loop(shared, 64))
+                .await
+                .expect("the clients ran");
+            for (tally, size) in [(stream, 200_000), (connect, 64)] {
+                let failures =
+                    (tally.connect, tally.read, tally.write, tally.status, tally.timeout);
+                assert_eq!(failures, (0, 0, 0, 0, 0));
+                assert_eq!(tally.latencies_us.len(), 20);
+                assert_eq!(tally.bytes, 20 * size);
+            }
+        });
     }
 
     #[test]
