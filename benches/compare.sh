@@ -30,7 +30,7 @@
 #              regex path rewrite (ours: setReqHeader, addResHeader, reqPathSearch/Replace).
 #   websocket  WebSocket echo messages per second (128 bytes, one in flight per connection;
 #              dfp-load's client and echo server).
-#   Two more, not part of the default run (name them with --only):
+#   Three more, not part of the default run (name them with --only):
 #   class-churn  Each request class on ours alone, quiet and with a reconfigure every 100 ms (of
 #              the class's own service on odd ticks, another service on even ones): throughput
 #              under churn over quiet, paired by round, and the failed requests.
@@ -38,6 +38,14 @@
 #   threads    The paced GET on ours with --threads 1 (core 0) and --threads 2 (cores 0 and 1):
 #              CPU per request of two threads over one, paired by round (what sharing between
 #              threads costs on the hot path).
+#   tcp        TCP services (ours: a reconfigure with reqMode=tcp and srcPort) beside HAProxy's
+#              `mode tcp` (nbthread 1), both forwarding to one TCP echo server (dfp-load
+#              tcp-echo, core 1). Two loads from dfp-load, alternating ours and HAProxy per round:
+#              tcp-stream (10 long connections, each echoing 128 KiB chunks one at a time:
+#              MiB/s and proxy CPU per GiB echoed, every byte crossing the proxy twice) and
+#              tcp-connect (20 clients, each opening a connection, echoing 64 bytes, closing it:
+#              connections/s and proxy CPU per connection). nginx is left out: its `stream {}`
+#              module (Debian: libnginx-mod-stream) is loaded only when installed.
 #
 # How: the proxy under test runs on core 0 with one worker thread (HAProxy `nbthread 1`, nginx
 # `worker_processes 1`); wrk, the three nginx upstreams and the Consul dev agent share core 1.
@@ -53,13 +61,14 @@
 #                                              that everything works)
 #          benches/compare.sh --only instructions   (~1 minute)
 #          benches/compare.sh --only https,h2 --quick
+#          benches/compare.sh --only tcp --rounds 3 --duration 5   (~3 minutes)
 # Options: --rounds N  --duration SECONDS  --connections N
 #          --only closed|paced|routes|churn|instructions|https|handshake|h2|post|options|websocket
-#                 |class-churn|threads
+#                 |class-churn|threads|tcp
 #                 (or several, comma-separated; "classes": https to websocket)
 #          --churn-classes LIST (class-churn: the classes, comma-separated; default all six)
 #          --routes N (the large route count, default 10000)  --bin PATH (skip the cargo build)
-#          --load-bin PATH (dfp-load, the handshake and WebSocket client: skip its cargo build)
+#          --load-bin PATH (dfp-load, the handshake, WebSocket and TCP client: skip its cargo build)
 #          --requests N (instructions: the counted requests, default 20000)
 # Needs:   a 2-core (or larger) Linux machine, root for apt-get when haproxy, nginx, wrk (or,
 #          for instructions, valgrind or strace; for the classes openssl and h2load) is
@@ -100,6 +109,11 @@ readonly WS_MESSAGE_BYTES=128
 readonly OPTS_PATH=/api/v1/opts
 readonly WS_PATH=/ws
 CHURN_CLASSES=$CLASSES
+# tcp: the two loads' shapes (dfp-load tcp-stream and tcp-connect).
+readonly TCP_STREAM_CONNECTIONS=10
+readonly TCP_CHUNK_BYTES=131072
+readonly TCP_CONNECT_CONNECTIONS=20
+readonly TCP_CONNECT_BYTES=64
 
 # ----------------------------------------------------------------------------------------------
 # Options
@@ -135,9 +149,9 @@ parse_args() {
   ONLY=${list%,}
   local name
   for name in ${ONLY//,/ }; do
-    case " all closed paced routes churn instructions $CLASSES class-churn threads " in
+    case " all closed paced routes churn instructions $CLASSES class-churn threads tcp " in
       *" $name "*) ;;
-      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, }, classes, class-churn or threads (comma-separated for several), not $name" ;;
+      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, }, classes, class-churn, threads or tcp (comma-separated for several), not $name" ;;
     esac
   done
   for name in $CHURN_CLASSES; do
@@ -202,6 +216,12 @@ describe_machine() {
       "handshake: dfp-load (rustls $(rustls_version), resumption off), $HANDSHAKE_CONNECTIONS connections;" \
       "h2: h2load -t 1 -c $H2_CLIENTS -m $H2_STREAMS; websocket: dfp-load, $CONNECTIONS connections, $WS_MESSAGE_BYTES-byte messages"
   fi
+  if named tcp; then
+    echo "- tcp: dfp-load (tcp-echo instance on core $LOAD_CORE); tcp-stream: $TCP_STREAM_CONNECTIONS connections," \
+      "$TCP_CHUNK_BYTES-byte chunks echoed one at a time; tcp-connect: $TCP_CONNECT_CONNECTIONS clients," \
+      "one $TCP_CONNECT_BYTES-byte echo per connection; HAProxy \`mode tcp\`, nbthread 1, no splice;" \
+      "nginx not measured (no stream module)"
+  fi
   echo
 }
 
@@ -232,6 +252,9 @@ declare -a OPTS_PORTS=()
 WS_PORT=""
 CERT_DIR=""
 declare -A TLS_URL=() TLS_ADDR=() PLAIN_ADDR=() OPTS_URL=() NEGOTIATED=()
+# tcp: the echo server's port and where each proxy's TCP listener is.
+TCP_ECHO_PORT=""
+declare -A TCP_ADDR=()
 
 start_upstreams() {
   local i port
@@ -547,6 +570,16 @@ run_load() {
     websocket)
       taskset -c "$LOAD_CORE" "$LOAD_BIN" websocket --addr "${PLAIN_ADDR[$target]}" --path "$WS_PATH" \
         --connections "$CONNECTIONS" --duration "$DURATION" --size "$WS_MESSAGE_BYTES" \
+        --max $((DURATION * 1000000))
+      ;;
+    tcp-stream)
+      taskset -c "$LOAD_CORE" "$LOAD_BIN" tcp-stream --addr "${TCP_ADDR[$target]}" \
+        --connections "$TCP_STREAM_CONNECTIONS" --duration "$DURATION" --size "$TCP_CHUNK_BYTES" \
+        --max $((DURATION * 1000000))
+      ;;
+    tcp-connect)
+      taskset -c "$LOAD_CORE" "$LOAD_BIN" tcp-connect --addr "${TCP_ADDR[$target]}" \
+        --connections "$TCP_CONNECT_CONNECTIONS" --duration "$DURATION" --size "$TCP_CONNECT_BYTES" \
         --max $((DURATION * 1000000))
       ;;
     *) wrk_run "$HELPERS/report.lua" "${URL[$target]}" ;;
@@ -933,6 +966,63 @@ scenario_threads() {
   stop_tree "${PID[ours-t2]}"
 }
 
+# scenario_tcp: a TCP echo server, ours with a TCP service on it and HAProxy in `mode tcp` in
+# front of it; tcp-stream and tcp-connect on both, alternating within each round.
+scenario_tcp() {
+  log "scenario tcp: a TCP echo server on core $LOAD_CORE, ours and haproxy in front of it on core $PROXY_CORE"
+  free_port TCP_ECHO_PORT
+  start_pinned tcp-echo "$LOAD_CORE" "$LOAD_BIN" tcp-echo --listen "127.0.0.1:$TCP_ECHO_PORT"
+  wait_for "$LAST_PID" "the TCP echo server listening on port $TCP_ECHO_PORT" 10 listening "$TCP_ECHO_PORT"
+  register_instance tcp-echo tcp-echo-1 "$TCP_ECHO_PORT"
+  local port
+  launch_ours ours "$PROXY_CORE" dfp-bench-tcp 30 -- --threads 1 --tls-listen off
+  free_port port
+  reconfigure_with ours serviceName=tcp-echo reqMode=tcp "srcPort=$port"
+  grep -q '127.0.0.1' "$RUN/last-reconfigure.json" || die "ours: the TCP reconfigure found no instance: $(cat "$RUN/last-reconfigure.json")"
+  wait_for "${PID[ours]}" "ours listening on TCP port $port" 10 listening "$port"
+  TCP_ADDR[ours]="127.0.0.1:$port"
+  free_port port
+  {
+    echo "global"
+    echo "  nbthread 1"
+    echo "  maxconn 5000"
+    echo "  tune.bufsize 16384"
+    echo
+    echo "defaults"
+    echo "  mode tcp"
+    echo "  balance roundrobin"
+    echo "  timeout connect 5s"
+    echo "  timeout client 20s"
+    echo "  timeout server 20s"
+    echo
+    echo "frontend tcp-echo-fe"
+    echo "  bind 127.0.0.1:$port"
+    echo "  default_backend tcp-echo-be"
+    echo
+    echo "backend tcp-echo-be"
+    echo "  server tcp-echo-1 127.0.0.1:$TCP_ECHO_PORT"
+  } >"$RUN/haproxy.cfg"
+  launch_haproxy haproxy "$PROXY_CORE" "$port" haproxy -db
+  TCP_ADDR[haproxy]="127.0.0.1:$port"
+  local target mode round out
+  for target in ours haproxy; do
+    for mode in tcp-stream tcp-connect; do
+      out=$("$LOAD_BIN" "$mode" --addr "${TCP_ADDR[$target]}" --connections 2 --duration 10 --max 20) ||
+        die "$target: dfp-load $mode failed: $out"
+      [[ $out == *" requests=20 "*" connect=0 read=0 write=0 status=0 timeout=0 "* ]] ||
+        die "$target: 20 $mode echoes did not come back whole: $out"
+    done
+    log "$target: ${TCP_ADDR[$target]} echoes (tcp-stream, tcp-connect)"
+  done
+  for mode in tcp-stream tcp-connect; do
+    for ((round = 1; round <= ROUNDS; round++)); do
+      for target in ours haproxy; do measure tcp "$mode" "$round" "$target"; done
+    done
+  done
+  stop_tree "${PID[ours]}"
+  stop_tree "${PID[haproxy]}"
+}
+
 scenario_routes() {
   log "scenario routes: storing 10 and $MANY_ROUTES routes in Consul KV"
   store_routes dfp-bench-r10 10
@@ -1095,7 +1185,9 @@ report() {
   awk -F'\t' -v many="$MANY_ROUTES" -v instructions="$INSTRUCTIONS" -v warmup="$INSTR_WARMUP" \
     -v conns="$CONNECTIONS" -v handshake_connections="$HANDSHAKE_CONNECTIONS" \
     -v h2_clients="$H2_CLIENTS" -v h2_streams="$H2_STREAMS" -v ws_bytes="$WS_MESSAGE_BYTES" \
-    -v negotiated="$negotiated" -f "$HELPERS/report.awk" "$RESULTS" "$INSTRUCTIONS"
+    -v negotiated="$negotiated" -v tcp_chunk="$TCP_CHUNK_BYTES" -v tcp_streams="$TCP_STREAM_CONNECTIONS" \
+    -v tcp_clients="$TCP_CONNECT_CONNECTIONS" -v tcp_connect_bytes="$TCP_CONNECT_BYTES" \
+    -f "$HELPERS/report.awk" "$RESULTS" "$INSTRUCTIONS"
 }
 
 main() {
@@ -1113,7 +1205,7 @@ main() {
 
   ensure_tools
   build_proxy
-  if wants_classes; then build_load; fi
+  if wants_classes || named tcp; then build_load; fi
   describe_machine >"$RUN/machine.md"
   start_upstreams
   start_consul
@@ -1124,6 +1216,7 @@ main() {
   if wants instructions; then scenario_instructions; fi
   if wants_classes; then scenario_classes; fi
   if named threads; then scenario_threads; fi
+  if named tcp; then scenario_tcp; fi
 
   {
     cat "$RUN/machine.md"

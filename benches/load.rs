@@ -11,6 +11,13 @@
 //!   for its echo, and sends the next one (one message in flight per connection).
 //! - `ws-echo`: the upstream for `websocket`: answers the upgrade (with a correct
 //!   `Sec-WebSocket-Accept`) and echoes every message.
+//! - `tcp-stream`: bytes per second through a TCP service (`reqMode=tcp`) or HAProxy's
+//!   `mode tcp`: each connection stays open, writes a `--size`-byte chunk and reads it back
+//!   from `tcp-echo` whole before the next (one chunk in flight per connection). A "request"
+//!   is one chunk echoed; `bytes=` counts the bytes sent (each crosses the proxy twice).
+//! - `tcp-connect`: connections per second through the same: each connection is opened, sends
+//!   `--size` bytes, reads them back, and is closed by the client. A "request" is a connection.
+//! - `tcp-echo`: the instance behind both: writes back every byte it reads, until EOF.
 //!
 //! The clients run for `--duration` seconds (and at most `--max` requests or messages), on one
 //! thread, and print one line in the format of `benches/compare/report.lua`, which
@@ -75,6 +82,28 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Long TCP connections, each echoing one chunk at a time through the proxy.
+    TcpStream {
+        #[command(flatten)]
+        load: Load,
+        /// Bytes per chunk.
+        #[arg(long, default_value_t = 65536)]
+        size: usize,
+    },
+    /// A new TCP connection per small echo exchange, closed by the client.
+    TcpConnect {
+        #[command(flatten)]
+        load: Load,
+        /// Bytes sent (and read back) per connection.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// The TCP echo server (the instance for tcp-stream and tcp-connect).
+    TcpEcho {
+        /// Where to listen.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +138,20 @@ fn main() -> std::io::Result<()> {
             report(&tally)
         }
         Command::WsEcho { listen } => runtime.block_on(ws_echo(listen)),
+        Command::TcpStream { load, size } => {
+            let tally = runtime
+                .block_on(run_clients(&load, move |shared| tcp_stream_loop(shared, size)))?;
+            report(&tally)
+        }
+        Command::TcpConnect { load, size } => {
+            let tally = runtime
+                .block_on(run_clients(&load, move |shared| tcp_connect_loop(shared, size)))?;
+            report(&tally)
+        }
+        Command::TcpEcho { listen } => runtime.block_on(async {
+            let listener = TcpListener::bind(listen).await?;
+            tcp_echo(listener).await
+        }),
     }
 }
 
@@ -146,6 +189,8 @@ struct Tally {
     timeout: u64,
     full: u64,
     resumed: u64,
+    /// Payload bytes written and read back whole (tcp-stream, tcp-connect).
+    bytes: u64,
     negotiated: Option<String>,
     duration: Duration,
 }
@@ -160,6 +205,7 @@ impl Tally {
         self.timeout += other.timeout;
         self.full += other.full;
         self.resumed += other.resumed;
+        self.bytes += other.bytes;
         if self.negotiated.is_none() {
             self.negotiated = other.negotiated;
         }
@@ -245,7 +291,7 @@ fn report(tally: &Tally) -> std::io::Result<()> {
     writeln!(
         out,
         "RESULT requests={} duration_us={} p50_us={} p99_us={} connect={} read={} write={} \
-         status={} timeout={} full_handshakes={} resumed_handshakes={} negotiated={}",
+         status={} timeout={} full_handshakes={} resumed_handshakes={} bytes={} negotiated={}",
         sorted.len(),
         tally.duration.as_micros(),
         percentile(50),
@@ -257,6 +303,7 @@ fn report(tally: &Tally) -> std::io::Result<()> {
         tally.timeout,
         tally.full,
         tally.resumed,
+        tally.bytes,
         tally.negotiated.as_deref().unwrap_or("-"),
     )
 }
@@ -599,6 +646,100 @@ async fn echo_session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// tcp-stream, tcp-connect, tcp-echo
+
+/// The bytes a TCP client sends: a fixed pattern, so the echo can be checked byte for byte.
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Writes `chunk` and reads as many bytes back at the same time (a chunk larger than the
+/// socket buffers cannot deadlock), within one step timeout; the echo must equal `chunk`.
+async fn echo_once(tcp: &mut TcpStream, chunk: &[u8], back: &mut [u8]) -> Result<(), Failure> {
+    let (mut reader, mut writer) = tcp.split();
+    let (written, read) = tokio::join!(
+        bounded(Failure::Write, writer.write_all(chunk)),
+        bounded(Failure::Read, reader.read_exact(back)),
+    );
+    written?;
+    read?;
+    if back != chunk {
+        return Err(Failure::Status);
+    }
+    Ok(())
+}
+
+async fn tcp_stream_loop(shared: std::rc::Rc<Shared>, size: usize) -> Tally {
+    let mut tally = Tally::default();
+    if let Err(failure) = tcp_stream_session(&shared, size, &mut tally).await {
+        tally.fail(failure);
+    }
+    tally
+}
+
+async fn tcp_stream_session(
+    shared: &Shared,
+    size: usize,
+    tally: &mut Tally,
+) -> Result<(), Failure> {
+    let mut tcp = bounded(Failure::Connect, TcpStream::connect(shared.addr)).await?;
+    tcp.set_nodelay(true).map_err(|_| Failure::Connect)?;
+    let chunk = pattern(size);
+    let mut back = vec![0; size];
+    while shared.take() {
+        let started = Instant::now();
+        echo_once(&mut tcp, &chunk, &mut back).await?;
+        tally.record(started);
+        tally.bytes += size as u64;
+    }
+    Ok(())
+}
+
+async fn tcp_connect_loop(shared: std::rc::Rc<Shared>, size: usize) -> Tally {
+    let mut tally = Tally::default();
+    let chunk = pattern(size);
+    let mut back = vec![0; size];
+    while shared.take() {
+        let started = Instant::now();
+        match tcp_connect_once(&shared, &chunk, &mut back).await {
+            Ok(()) => {
+                tally.record(started);
+                tally.bytes += size as u64;
+            }
+            Err(failure) => tally.fail(failure),
+        }
+    }
+    tally
+}
+
+async fn tcp_connect_once(shared: &Shared, chunk: &[u8], back: &mut [u8]) -> Result<(), Failure> {
+    let mut tcp = bounded(Failure::Connect, TcpStream::connect(shared.addr)).await?;
+    tcp.set_nodelay(true).map_err(|_| Failure::Connect)?;
+    echo_once(&mut tcp, chunk, back).await?;
+    // The client closes first; the proxy passes the end on to the echo.
+    let _ = timeout(STEP_TIMEOUT, tcp.shutdown()).await;
+    Ok(())
+}
+
+/// Serves the echo on a bound listener (the caller owns the port) until an accept fails.
+async fn tcp_echo(listener: TcpListener) -> std::io::Result<()> {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                tokio::task::spawn_local(async move {
+                    let (mut reader, mut writer) = stream.split();
+                    // Until the peer's EOF (or an error: an expected disconnect).
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                });
+            }
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,6 +760,34 @@ mod tests {
                 assert!(parse_frame(&bytes[..bytes.len() - 1]).is_none() || size == 0);
             }
         }
+    }
+
+    /// tcp-stream and tcp-connect against tcp-echo on a port-0 listener: every echo comes back
+    /// whole, the budget bounds the count, and the byte tally matches.
+    #[test]
+    fn tcp_loads_echo_every_byte_within_their_budget() {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+            let addr = listener.local_addr().expect("its address");
+            tokio::task::spawn_local(tcp_echo(listener));
+            let load = Load { addr, connections: 3, duration: 10, max: 20 };
+            let stream = run_clients(&load, |shared| tcp_stream_loop(shared, 200_000))
+                .await
+                .expect("the clients ran");
+            let connect = run_clients(&load, |shared| tcp_connect_loop(shared, 64))
+                .await
+                .expect("the clients ran");
+            for (tally, size) in [(stream, 200_000), (connect, 64)] {
+                let failures =
+                    (tally.connect, tally.read, tally.write, tally.status, tally.timeout);
+                assert_eq!(failures, (0, 0, 0, 0, 0));
+                assert_eq!(tally.latencies_us.len(), 20);
+                assert_eq!(tally.bytes, 20 * size);
+            }
+        });
     }
 
     #[test]

@@ -8,7 +8,9 @@
 # stays on one side of the threshold. Variables: many (the large route count), instructions and
 # warmup (below), and for the request classes (scenario "classes", the class as the mode):
 # conns, handshake_connections, h2_clients, h2_streams, ws_bytes (the load of each) and
-# negotiated (what the handshake client's connections negotiated). Plain awk (mawk).
+# negotiated (what the handshake client's connections negotiated); for scenario tcp (modes
+# tcp-stream, where a request is one echoed chunk, and tcp-connect, where it is a connection):
+# tcp_chunk, tcp_streams, tcp_clients, tcp_connect_bytes. Plain awk (mawk).
 #
 # A second input, named by the variable instructions (compare.sh's instructions.tsv), holds the
 # counts of the instructions scenario, one line per proxy and kind:
@@ -391,6 +393,62 @@ function class_churn_table(   i, c, quiet, busy, key) {
   print ""
 }
 
+# tcp: TCP services beside HAProxy's mode tcp. tcp-stream's "requests" are echoed chunks of
+# tcp_chunk bytes (reported per GiB echoed: bytes the client sent and read back), tcp-connect's
+# are connections.
+function tcp_table(   t, proxies, i, base, gib, k) {
+  if (!targets["tcp", "tcp-stream"] && !targets["tcp", "tcp-connect"]) return
+  gib = 1073741824 / tcp_chunk
+  split("ours haproxy", proxies, " ")
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    pair("tcp", "tcp-stream", t, "tcp-stream", "haproxy", "cpu", "tratio" SUBSEP "stream" SUBSEP t SUBSEP "cpu")
+    pair("tcp", "tcp-stream", t, "tcp-stream", "haproxy", "rps", "tratio" SUBSEP "stream" SUBSEP t SUBSEP "rps")
+    pair("tcp", "tcp-connect", t, "tcp-connect", "haproxy", "cpu", "tratio" SUBSEP "connect" SUBSEP t SUBSEP "cpu")
+    pair("tcp", "tcp-connect", t, "tcp-connect", "haproxy", "rps", "tratio" SUBSEP "connect" SUBSEP t SUBSEP "rps")
+  }
+  print "### TCP services beside HAProxy `mode tcp`"
+  print ""
+  print "tcp-stream: " tcp_streams " connections, each echoing " tcp_chunk "-byte chunks one at a time (every byte"
+  print "crosses the proxy twice). tcp-connect: " tcp_clients " clients, each opening a connection, echoing " tcp_connect_bytes " bytes"
+  print "and closing it."
+  print ""
+  print "| load | target | throughput | errors | proxy CPU | of which user space | cores 0 / 1 busy % | throughput ÷ HAProxy | CPU ÷ HAProxy |"
+  print "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    base = "tcp" SUBSEP "tcp-stream" SUBSEP t
+    if (runs[base]) {
+      printf "| tcp-stream | %s | %s MiB/s | %d | %s s/GiB | %s s/GiB | %s / %s | %s | %s |\n", target_name(t),
+        summary(base SUBSEP "rps", "%.0f", 1048576 / tcp_chunk), errors[base],
+        summary(base SUBSEP "cpu", "%.3f", 1e6 / gib), summary(base SUBSEP "user", "%.3f", 1e6 / gib),
+        median(base SUBSEP "busy0") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy0")),
+        median(base SUBSEP "busy1") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy1")),
+        t == "haproxy" ? "1" : summary("tratio" SUBSEP "stream" SUBSEP t SUBSEP "rps", "%.2f", 1),
+        t == "haproxy" ? "1" : summary("tratio" SUBSEP "stream" SUBSEP t SUBSEP "cpu", "%.2f", 1)
+    }
+  }
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    base = "tcp" SUBSEP "tcp-connect" SUBSEP t
+    if (runs[base]) {
+      printf "| tcp-connect | %s | %s conn/s | %d | %s µs/conn | %s µs/conn | %s / %s | %s | %s |\n", target_name(t),
+        summary(base SUBSEP "rps", "%.0f", 1), errors[base],
+        summary(base SUBSEP "cpu", "%.1f", 1), summary(base SUBSEP "user", "%.1f", 1),
+        median(base SUBSEP "busy0") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy0")),
+        median(base SUBSEP "busy1") == "" ? "–" : sprintf("%.0f", median(base SUBSEP "busy1")),
+        t == "haproxy" ? "1" : summary("tratio" SUBSEP "connect" SUBSEP t SUBSEP "rps", "%.2f", 1),
+        t == "haproxy" ? "1" : summary("tratio" SUBSEP "connect" SUBSEP t SUBSEP "cpu", "%.2f", 1)
+    }
+  }
+  print ""
+  k = "tratio" SUBSEP "stream" SUBSEP "ours" SUBSEP "cpu"
+  print "Target: proxy CPU per GiB ≤ 0.9× HAProxy's: " summary(k, "%.2f", 1) ", " verdict(k, "<=", 0.9) "."
+  k = "tratio" SUBSEP "connect" SUBSEP "ours" SUBSEP "cpu"
+  print "Target: proxy CPU per connection ≤ 0.9× HAProxy's: " summary(k, "%.2f", 1) ", " verdict(k, "<=", 0.9) "."
+  print ""
+}
+
 # threads: the paced GET on ours with two worker threads over one.
 function threads_table(   t, base, key) {
   if (!targets["threads", "paced"]) return
@@ -420,6 +478,7 @@ END {
   classes_tables()
   class_churn_table()
   threads_table()
+  tcp_table()
   instructions_table()
   targets_table()
   print "Figures: median (min–max) over the rounds. Ratios are paired: each round's value over HAProxy's"
