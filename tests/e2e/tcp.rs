@@ -65,6 +65,8 @@ async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     let port = free_port();
     let (status, answer) = proxy.admin(&reconfigure("echo", port, "")).await;
     assert_eq!(status, 200, "{answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(message.starts_with(&format!("echo is routed on TCP port {port} to 2")), "{answer}");
 
     let config = proxy.config().await;
     let echo = service(&config, "echo").await.expect("listed");

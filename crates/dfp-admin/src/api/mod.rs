@@ -250,10 +250,26 @@ struct ReconfigureAnswer {
 
 fn reconfigured(report: &ReconfigureReport) -> ReconfigureAnswer {
     let paths: Vec<String> = report.service_paths.iter().map(|p| p.to_string()).collect();
+    // What routes to it: its TCP port, its paths (and pathType values), or only the default
+    // backend's role.
+    let on = match report.tcp_port {
+        Some(port) => format!("TCP port {port}"),
+        None => {
+            let all: Vec<&str> = paths
+                .iter()
+                .map(String::as_str)
+                .chain(report.path_patterns.iter().map(String::as_str))
+                .collect();
+            match (all.is_empty(), report.default_backend) {
+                (false, false) => all.join(","),
+                (false, true) => format!("{} and as the default backend", all.join(",")),
+                (true, _) => "no path, as the default backend".to_owned(),
+            }
+        }
+    };
     let mut message = format!(
-        "{} is routed on {} to {} instance{}",
+        "{} is routed on {on} to {} instance{}",
         report.service_name,
-        paths.join(","),
         report.instances.len(),
         if report.instances.len() == 1 { "" } else { "s" }
     );

@@ -35,6 +35,11 @@ mod tests;
 pub struct ReconfigureReport {
     pub service_name: String,
     pub service_paths: Vec<PathPrefix>,
+    /// `servicePath` values under a `pathType`, as given.
+    pub path_patterns: Vec<String>,
+    /// A TCP service's `srcPort`.
+    pub tcp_port: Option<u16>,
+    pub default_backend: bool,
     pub instances: Vec<SocketAddr>,
     pub table_version: u64,
     /// Things the caller should know although the call succeeded (no instance yet, ignored

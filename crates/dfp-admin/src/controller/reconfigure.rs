@@ -104,9 +104,16 @@ impl Inner {
             tracing::warn!(service = %request.service_name, "{warning}");
         }
         let service_paths = request.destinations().flat_map(|d| d.service_paths.clone()).collect();
+        let path_patterns = request
+            .destinations()
+            .flat_map(|d| d.path_patterns.iter().map(|p| p.as_str().to_owned()))
+            .collect();
         Ok(ReconfigureReport {
             service_name: request.service_name,
             service_paths,
+            path_patterns,
+            tcp_port: request.tcp_port,
+            default_backend: request.default_backend,
             instances: found.instances,
             table_version: version,
             warnings,
