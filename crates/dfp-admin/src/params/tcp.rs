@@ -1,0 +1,111 @@
+//! The parameters of a TCP service (`reqMode=tcp` with `srcPort`): which ones a TCP
+//! destination may be given, how its port is read, and how stored HTTP calls from versions
+//! that ignored the TCP-only ones are replayed. Apart from `mod.rs`, which reads HTTP routes.
+
+use std::collections::BTreeMap;
+
+use super::policy::{invalid, parse_port_named};
+use crate::parity::{self, Status};
+use crate::AdminError;
+
+/// The parameters a TCP service may be given: the rest only mean something for HTTP.
+const TCP_PARAMETERS: [&str; 11] = [
+    "serviceName",
+    "serviceColor",
+    "port",
+    "reqMode",
+    "srcPort",
+    "timeoutClient",
+    "timeoutServer",
+    "timeoutTunnel",
+    "allowedSources",
+    "deniedSources",
+    "sendProxyProtocol",
+];
+
+/// Reads `reqMode` and `srcPort`: the TCP port of a `reqMode=tcp` destination, `None` for
+/// HTTP. A TCP destination needs `srcPort`; `srcPort` needs `reqMode=tcp`; a TCP destination
+/// given an HTTP-only parameter (`has_paths`: a `servicePath`) is refused naming all of them,
+/// so a migrating user learns at once what its route would silently lose.
+pub(super) fn tcp_port<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    has_paths: bool,
+) -> Result<Option<u16>, AdminError> {
+    let tcp =
+        match get("reqMode").map(str::trim) {
+            None => false,
+            Some(mode) if mode.eq_ignore_ascii_case("http") => false,
+            Some(mode) if mode.eq_ignore_ascii_case("tcp") => true,
+            Some(mode) => return Err(invalid(
+                "reqMode",
+                mode,
+                "give reqMode=http (the default) or reqMode=tcp with srcPort; sni is not supported",
+            )),
+        };
+    let src_port = get("srcPort").map(|v| parse_port_named(v, "srcPort")).transpose()?;
+    match (tcp, src_port) {
+        (false, None) => Ok(None),
+        (false, Some(port)) => Err(invalid(
+            "srcPort",
+            &port.to_string(),
+            "it is the port of a TCP service; give reqMode=tcp too (an HTTP service is routed by servicePath on the proxy's listeners)",
+        )),
+        (true, None) => Err(AdminError::MissingParameter {
+            name: "srcPort",
+            example: "srcPort=6379 (the proxy's port that a reqMode=tcp service is reached on)",
+        }),
+        (true, Some(port)) => {
+            let mut http_only: Vec<&str> = parity::PARAMETERS
+                .iter()
+                .filter(|p| matches!(p.status, Status::Built { .. }))
+                .map(|p| p.name)
+                .filter(|name| !TCP_PARAMETERS.contains(name) && *name != "servicePath")
+                .filter(|name| get(name).is_some())
+                .collect();
+            if has_paths {
+                http_only.insert(0, "servicePath");
+            }
+            if http_only.is_empty() {
+                Ok(Some(port))
+            } else {
+                Err(invalid(
+                    "reqMode",
+                    "tcp",
+                    &format!(
+                        "a TCP service's bytes are forwarded as they are, so HTTP-only parameters \
+                         mean nothing for it; leave out {}",
+                        http_only.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// A stored HTTP call (no `reqMode=tcp`) with `srcPort` or `timeoutClient`: versions that
+/// refused both stored them as ignored, so a restore ignores them again instead of skipping
+/// the route (an upgrade keeps serving it as it was served).
+pub(super) fn forget_tcp_only_of_http(
+    params: &mut BTreeMap<String, String>,
+    ignored: &mut Vec<String>,
+) {
+    let tcp = params.iter().any(|(k, v)| {
+        (k == "reqMode" || k.starts_with("reqMode.")) && v.trim().eq_ignore_ascii_case("tcp")
+    });
+    if tcp {
+        return;
+    }
+    let tcp_only = |k: &str| {
+        k.split('.').next().is_some_and(|base| base == "srcPort" || base == "timeoutClient")
+    };
+    params.retain(|k, _| {
+        if tcp_only(k) {
+            if !ignored.iter().any(|seen| seen == k) {
+                ignored.push(k.clone());
+            }
+            false
+        } else {
+            true
+        }
+    });
+}
