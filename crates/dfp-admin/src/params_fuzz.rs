@@ -199,7 +199,8 @@ fn projected(pairs: &Pairs, index: u8) -> Pairs {
         })
         .filter(|(k, _)| index == 0 || (!given(k) && !hidden(k)))
         .cloned()
-        .chain(own.iter().cloned())
+        // A blank `.N` value is as if not given (the unindexed one stands).
+        .chain(own.iter().filter(|(k, v)| k == "servicePath" || !v.trim().is_empty()).cloned())
         .collect()
 }
 
