@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::{
     service_key, BuildError, Candidate, Node, RouteTable, RouteTest, ServiceSlot, ServiceSpec,
+    StreamTls,
 };
 use crate::backend::{BackendStats, InstanceHealth, Upstream};
 use crate::condition::PathType;
@@ -27,12 +28,30 @@ pub struct RouteTableBuilder {
     /// (host or any, route with its conditions as text) -> owner.
     owners: HashMap<(Option<Domain>, String), Arc<str>>,
     default_owner: Option<Arc<str>>,
-    /// TCP port (`srcPort`) -> owner.
-    ports: HashMap<u16, Arc<str>>,
+    /// TCP port (`srcPort`) -> who has it.
+    ports: HashMap<u16, PortUse>,
     /// By service key.
     carried: HashMap<Arc<str>, Carried>,
     /// Counters of services no longer routed (by service key: display name, counters).
     retired: BTreeMap<Arc<str>, (Arc<str>, Arc<BackendStats>)>,
+}
+
+/// Who has a TCP service's port.
+enum PortUse {
+    /// One service, every connection.
+    Whole(Arc<str>),
+    /// Services chosen by TLS server name: (name, owner).
+    ByName(Vec<(Domain, Arc<str>)>),
+}
+
+impl PortUse {
+    /// A service that has the port (the first, when several share it).
+    fn owner(&self) -> &Arc<str> {
+        match self {
+            PortUse::Whole(owner) => owner,
+            PortUse::ByName(names) => &names[0].1,
+        }
+    }
 }
 
 /// What a service keeps from one table to the next.
@@ -173,15 +192,34 @@ impl RouteTableBuilder {
         let mut tcp_port = None;
         for (spec, _) in &normalised {
             let Some(port) = spec.tcp_port else { continue };
-            if tcp_port.replace(port).is_some() {
+            if tcp_port.replace((port, spec.stream_tls, spec.domains.clone())).is_some() {
                 return Err(BuildError::TcpDestinations { port, service: name.to_string() });
             }
-            if let Some(owner) = self.ports.get(&port) {
-                return Err(BuildError::PortOwned {
-                    port,
-                    owner: owner.to_string(),
-                    service: name.to_string(),
-                });
+            let by_name = spec.stream_tls != StreamTls::Plain;
+            if by_name && spec.domains.is_empty() {
+                return Err(BuildError::NoServerName { service: name.to_string() });
+            }
+            match self.ports.get(&port) {
+                None => {}
+                Some(PortUse::ByName(names)) if by_name => {
+                    if let Some((domain, owner)) =
+                        names.iter().find(|(d, _)| spec.domains.contains(d))
+                    {
+                        return Err(BuildError::NameOwned {
+                            port,
+                            domain: domain.clone(),
+                            owner: owner.to_string(),
+                            service: name.to_string(),
+                        });
+                    }
+                }
+                Some(used) => {
+                    return Err(BuildError::PortOwned {
+                        port,
+                        owner: used.owner().to_string(),
+                        service: name.to_string(),
+                    });
+                }
             }
         }
         if default_backend {
@@ -196,8 +234,17 @@ impl RouteTableBuilder {
         for claim in claimed {
             self.owners.insert(claim, name.clone());
         }
-        if let Some(port) = tcp_port {
-            self.ports.insert(port, name.clone());
+        match tcp_port {
+            Some((port, StreamTls::Plain, _)) => {
+                self.ports.insert(port, PortUse::Whole(name.clone()));
+            }
+            Some((port, _, domains)) => {
+                let used = self.ports.entry(port).or_insert_with(|| PortUse::ByName(Vec::new()));
+                if let PortUse::ByName(names) = used {
+                    names.extend(domains.into_iter().map(|d| (d, name.clone())));
+                }
+            }
+            None => {}
         }
         self.services.insert(key, normalised);
         Ok(self)
@@ -246,6 +293,15 @@ impl RouteTableBuilder {
                 }
                 if let Some(port) = spec.tcp_port {
                     table.tcp.push((port, service_index));
+                    if spec.stream_tls != StreamTls::Plain {
+                        for domain in &spec.domains {
+                            let (wildcard, name) = match domain {
+                                Domain::Exact(name) => (false, name.clone()),
+                                Domain::Wildcard(parent) => (true, parent.clone()),
+                            };
+                            table.tls_names.push((port, wildcard, name, service_index));
+                        }
+                    }
                 }
                 for (anchor, order, candidate) in routes {
                     let indexes: Vec<IndexId> = if spec.domains.is_empty() {
@@ -277,6 +333,7 @@ impl RouteTableBuilder {
                     excluded: spec.excluded,
                     color: spec.color,
                     tcp_port: spec.tcp_port,
+                    stream_tls: spec.stream_tls,
                 });
             }
         }
@@ -298,6 +355,7 @@ impl RouteTableBuilder {
             table.routes.push(Node { prefix, candidates });
         }
         table.tcp.sort_unstable();
+        table.tls_names.sort_unstable();
         table.retired = retired.into_values().collect();
         table.retired.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(table)

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::{service_key, Node, RouteMatch, RouteTable, ServiceRoutes};
+use super::{service_key, Node, RouteMatch, RouteTable, ServiceRoutes, StreamTls};
 use crate::backend::BackendStats;
 use crate::condition::{NoFields, RequestFields};
 use crate::Backend;
@@ -22,6 +22,7 @@ impl RouteTable {
             routes: Vec::new(),
             services: Vec::new(),
             tcp: Vec::new(),
+            tls_names: Vec::new(),
             retired: Vec::new(),
         }
     }
@@ -120,14 +121,42 @@ impl RouteTable {
             destination: s.destination,
             index: s.index,
             tcp_port: s.tcp_port,
+            stream_tls: s.stream_tls,
         })
     }
 
     /// The TCP service (`reqMode=tcp`) whose `srcPort` is `port`: what a connection accepted
     /// on that port is forwarded to. One binary search over the TCP services.
+    /// Services chosen by TLS server name share their port, and are not this.
     pub fn tcp_route(&self, port: u16) -> Option<&Arc<Backend>> {
         let at = self.tcp.binary_search_by_key(&port, |(p, _)| *p).ok()?;
-        Some(&self.services[self.tcp[at].1].backend)
+        let slot = &self.services[self.tcp[at].1];
+        (slot.stream_tls == StreamTls::Plain).then_some(&slot.backend)
+    }
+
+    /// Whether connections to `port` are chosen by TLS server name (`reqMode=sni`, or
+    /// `reqMode=tcp` with `serviceDomain`): the ClientHello must be read first.
+    pub fn routes_by_server_name(&self, port: u16) -> bool {
+        let at = self.tls_names.partition_point(|(p, ..)| *p < port);
+        self.tls_names.get(at).is_some_and(|(p, ..)| *p == port)
+    }
+
+    /// The service a TLS connection to `port` asking for `server_name` (the ClientHello's
+    /// SNI, lowercase, no trailing dot) goes to, and how: the exact name first, then a
+    /// one-label wildcard (`*.example.com` takes `a.example.com`, not `a.b.example.com` nor
+    /// `example.com`), as HTTP hosts are matched. Two binary searches, no allocation.
+    pub fn tls_route(&self, port: u16, server_name: &str) -> Option<(&Arc<Backend>, StreamTls)> {
+        let find = |wildcard: bool, name: &str| {
+            self.tls_names
+                .binary_search_by(|(p, w, n, _)| (*p, *w, n.as_ref()).cmp(&(port, wildcard, name)))
+                .ok()
+                .map(|at| &self.services[self.tls_names[at].3])
+        };
+        let slot = find(false, server_name).or_else(|| {
+            let (first, parent) = server_name.split_once('.')?;
+            (!first.is_empty()).then(|| find(true, parent)).flatten()
+        })?;
+        Some((&slot.backend, slot.stream_tls))
     }
 
     /// The ports TCP services are reached on, in order, with their services.

@@ -55,6 +55,16 @@ pub enum BuildError {
          {owner:?} first, or choose another srcPort for {service:?}"
     )]
     PortOwned { port: u16, owner: String, service: String },
+    #[error(
+        "{domain} on port {port} is already the TLS server name of service {owner:?}; remove it \
+         from {owner:?} first, or choose another serviceDomain or srcPort for {service:?}"
+    )]
+    NameOwned { port: u16, domain: Domain, owner: String, service: String },
+    #[error(
+        "service {service:?} is routed by TLS server name (reqMode=sni, or reqMode=tcp with \
+         serviceDomain) but names no serviceDomain; give the names its connections ask for"
+    )]
+    NoServerName { service: String },
     #[error("service {service:?} asks for TCP port {port} in more than one destination; a TCP service has one srcPort")]
     TcpDestinations { port: u16, service: String },
     #[error("service name is empty")]
@@ -98,6 +108,8 @@ pub struct ServiceRoutes<'t> {
     pub index: u8,
     /// `reqMode=tcp`: the port its TCP connections arrive on ([`ServiceSpec::tcp_port`]).
     pub tcp_port: Option<u16>,
+    /// How those connections are taken ([`ServiceSpec::stream_tls`]).
+    pub stream_tls: StreamTls,
 }
 
 /// What a service (or one of its destinations) asks of the table: its paths, and optionally the
@@ -131,6 +143,35 @@ pub struct ServiceSpec {
     /// table only says which service owns a port: the listener itself belongs to the data
     /// plane (this crate opens nothing).
     pub tcp_port: Option<u16>,
+    /// With `tcp_port`: whether the port's connections are forwarded as they are (the
+    /// service owns the port alone) or chosen by TLS server name among the port's services,
+    /// whose `domains` are the names ([`RouteTable::tls_route`]).
+    pub stream_tls: StreamTls,
+}
+
+/// How a TCP service's connections are taken from its port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamTls {
+    /// `reqMode=tcp`: every connection to the port, bytes as they are. The service owns the
+    /// port alone.
+    #[default]
+    Plain,
+    /// `reqMode=sni`: connections whose TLS ClientHello names one of the service's domains,
+    /// passed through untouched (the instance terminates TLS with its own certificate).
+    Passthrough,
+    /// `reqMode=tcp` with `serviceDomain`: TLS ends at the proxy (the certificate for the
+    /// name the client asks for), the decrypted bytes go to the instance.
+    Terminate,
+}
+
+impl StreamTls {
+    /// Docker Flow Proxy's `reqMode` for it.
+    pub fn req_mode(self) -> &'static str {
+        match self {
+            StreamTls::Plain | StreamTls::Terminate => "tcp",
+            StreamTls::Passthrough => "sni",
+        }
+    }
 }
 
 impl ServiceSpec {
@@ -152,6 +193,7 @@ struct ServiceSlot {
     excluded: Vec<PathPrefix>,
     color: Option<String>,
     tcp_port: Option<u16>,
+    stream_tls: StreamTls,
 }
 
 impl ServiceSlot {
@@ -184,8 +226,12 @@ pub struct RouteTable {
     default_service: Option<usize>,
     routes: Vec<Node>,
     services: Vec<ServiceSlot>,
-    /// TCP services by port (`srcPort`), sorted by port: (port, index into `services`).
+    /// TCP services by port (`srcPort`), sorted by port: (port, index into `services`). A port
+    /// shared by services chosen by TLS server name has one entry per service.
     tcp: Vec<(u16, usize)>,
+    /// The TLS server names of those services, sorted: (port, wildcard, name, index into
+    /// `services`). A wildcard `*.example.com` is kept as its parent `example.com`.
+    tls_names: Vec<(u16, bool, Box<str>, usize)>,
     /// Counters of services routed by an earlier table and not by this one, by name: a
     /// removed service's series go on being reported (a counter that vanished and came back
     /// from zero would look like a reset to a scraper), and a service routed again resumes

@@ -522,3 +522,67 @@ fn tcp_services_own_their_port_and_keep_their_state_across_swaps() {
     assert!(redis2.instances()[1].health().failures() > 0, "ejection carried");
     assert!(next.tcp_route(5432).is_none(), "pg removed: its port is free");
 }
+
+fn by_name(name: &str, port: u16, how: StreamTls, domains: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_owned(),
+        tcp_port: Some(port),
+        stream_tls: how,
+        domains: domains.iter().map(|d| Domain::parse(d).expect("valid")).collect(),
+        ..ServiceSpec::default()
+    }
+}
+
+#[test]
+fn services_chosen_by_server_name_share_a_port_exact_name_before_wildcard() {
+    let mut b = RouteTableBuilder::new();
+    b.add(by_name("db", 443, StreamTls::Passthrough, &["db.example.com"]), &[addr(7001)])
+        .expect("free port");
+    b.add(by_name("tenants", 443, StreamTls::Passthrough, &["*.example.com"]), &[addr(7002)])
+        .expect("another name on the port");
+    b.add(by_name("pg", 5433, StreamTls::Terminate, &["pg.example.com"]), &[addr(7003)])
+        .expect("free port");
+    b.add(tcp("redis", 6379), &[addr(7004)]).expect("free port");
+    b.add_service("web", &[p("/")], &[addr(8080)]).expect("http beside");
+
+    let err = b
+        .add(by_name("other", 443, StreamTls::Terminate, &["x.org", "DB.example.com"]), &[])
+        .expect_err("a name another service has on the port");
+    assert!(matches!(err, BuildError::NameOwned { port: 443, .. }), "{err}");
+    assert!(err.to_string().contains("db.example.com") && err.to_string().contains("\"db\""));
+    let err = b.add(tcp("plain", 443), &[]).expect_err("a whole port among named services");
+    assert!(matches!(err, BuildError::PortOwned { port: 443, .. }), "{err}");
+    let err = b
+        .add(by_name("named", 6379, StreamTls::Passthrough, &["r.example.com"]), &[])
+        .expect_err("a name on a port one service has whole");
+    assert!(matches!(err, BuildError::PortOwned { port: 6379, .. }), "{err}");
+    let err = b.add(by_name("nameless", 7000, StreamTls::Passthrough, &[]), &[]).expect_err("");
+    assert!(matches!(err, BuildError::NoServerName { .. }), "{err}");
+    // The same name on another port is another route.
+    b.add(by_name("db2", 8443, StreamTls::Passthrough, &["db.example.com"]), &[addr(7005)])
+        .expect("another port");
+
+    let t = b.build(1).expect("builds");
+    let route = |port, name| t.tls_route(port, name).map(|(b, how)| (b.service(), how));
+    assert_eq!(route(443, "db.example.com"), Some(("db", StreamTls::Passthrough)));
+    assert_eq!(route(443, "a.example.com"), Some(("tenants", StreamTls::Passthrough)));
+    assert_eq!(route(443, "a.b.example.com"), None, "a wildcard is one label");
+    assert_eq!(route(443, "example.com"), None);
+    assert_eq!(route(443, ".example.com"), None);
+    assert_eq!(route(8443, "db.example.com"), Some(("db2", StreamTls::Passthrough)));
+    assert_eq!(route(5433, "pg.example.com"), Some(("pg", StreamTls::Terminate)));
+    assert_eq!(route(5433, "db.example.com"), None);
+    assert!(t.routes_by_server_name(443) && t.routes_by_server_name(5433));
+    assert!(!t.routes_by_server_name(6379) && !t.routes_by_server_name(80));
+    assert!(t.tcp_route(443).is_none(), "a port shared by name is no one's whole port");
+    assert_eq!(t.tcp_route(6379).map(|b| b.service()), Some("redis"));
+    let ports: Vec<(u16, &str)> = t.tcp_ports().map(|(p, b)| (p, b.service())).collect();
+    assert_eq!(
+        ports,
+        [(443, "db"), (443, "tenants"), (5433, "pg"), (6379, "redis"), (8443, "db2")]
+    );
+    assert_eq!(t.lookup("/x").map(|m| m.backend.service()), Some("web"));
+    assert!(t
+        .lookup_host(Some("db.example.com"), "/x")
+        .is_some_and(|m| m.backend.service() == "web"));
+}
