@@ -15,7 +15,7 @@ use self::generators::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dfp_routing::{Domain, PathPrefix};
+use dfp_routing::{Domain, PathPrefix, StreamTls};
 use proptest::prelude::*;
 
 use crate::params::{service_name_from_pairs, ReconfigureRequest};
@@ -310,12 +310,27 @@ fn check_destination(
     // Flags and modes.
     prop_assert_eq!(r.default_backend, first && flag("isDefaultBackend"));
     if let Some(mode) = last(pairs, "reqMode") {
-        let tcp = mode.trim().eq_ignore_ascii_case("tcp") && r.tcp_port.is_some();
+        let mode = mode.trim();
+        let (tcp, sni) = (mode.eq_ignore_ascii_case("tcp"), mode.eq_ignore_ascii_case("sni"));
         prop_assert!(
-            mode.trim().eq_ignore_ascii_case("http") || tcp,
+            mode.eq_ignore_ascii_case("http") || ((tcp || sni) && r.tcp_port.is_some()),
             "reqMode={:?} accepted",
             mode
         );
+        // A TCP service is chosen by server name exactly when it has names: always for sni
+        // (which needs them), for tcp when serviceDomain is given (TLS ended here).
+        let expected = match (tcp, sni, r.domains.is_empty()) {
+            (false, false, _) => StreamTls::Plain,
+            (_, true, false) => StreamTls::Passthrough,
+            (true, false, false) => StreamTls::Terminate,
+            (_, _, true) => {
+                prop_assert!(!sni, "reqMode=sni accepted without serviceDomain");
+                StreamTls::Plain
+            }
+        };
+        prop_assert_eq!(r.stream_tls, expected);
+    } else {
+        prop_assert_eq!(r.stream_tls, StreamTls::Plain);
     }
 
     // Policy.

@@ -51,10 +51,9 @@ const fn refused(name: &'static str, instead: &'static str) -> Parameter {
 const OPTIONS: &str = "service-options";
 const CONDITIONS: &str = "routing-conditions-pathtype-serviceheader-useragent";
 const TCP: &str = "tcp-services";
-const TCP_ONLY: &str =
-    "not supported yet: a TCP service (reqMode=tcp) is one port forwarded round \
-                        robin to its instances; groups, TCP health checks, keep-alive flags and \
-                        SNI routing are other issues";
+const TCP_ONLY: &str = "not supported yet: a TCP service (reqMode=tcp or sni) is forwarded round \
+                        robin to its instances; groups, TCP health checks and keep-alive flags \
+                        are other issues";
 const TEMPLATES: &str = "HAProxy templates and config snippets mean nothing here: there is no \
                          HAProxy config; the service's options are the reconfigure parameters";
 

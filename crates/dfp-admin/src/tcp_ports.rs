@@ -27,14 +27,20 @@ pub trait TcpPorts: Send + Sync + std::fmt::Debug + 'static {
     fn is_listening(&self, port: u16) -> bool;
 }
 
-/// The ports the proxy itself listens on (HTTP, HTTPS, admin): a `srcPort` among them is a
-/// 409, whatever the OS would say.
+/// The ports the proxy itself listens on (HTTP, HTTPS, admin), by listener name: a `srcPort`
+/// among them is a 409, whatever the OS would say, except the HTTPS port for `reqMode=sni`
+/// services, which share its listener (their connections are picked out by server name
+/// before TLS is ended there).
 #[derive(Debug, Clone, Default)]
-pub struct ReservedPorts(pub Vec<(u16, &'static str)>);
+pub struct ReservedPorts {
+    pub listeners: Vec<(u16, &'static str)>,
+    /// The HTTPS listener's port, when the proxy has one.
+    pub https: Option<u16>,
+}
 
 impl ReservedPorts {
     /// The listener that owns `port`, if one does.
     pub fn owner(&self, port: u16) -> Option<&'static str> {
-        self.0.iter().find(|(p, _)| *p == port).map(|(_, name)| *name)
+        self.listeners.iter().find(|(p, _)| *p == port).map(|(_, name)| *name)
     }
 }

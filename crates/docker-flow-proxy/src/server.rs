@@ -127,14 +127,19 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // served by every data-plane thread. Set before the restore so stored TCP services
     // get their listeners back.
     let tcp_host = TcpHost::new();
-    let mut reserved =
-        vec![(proxy_addr.port(), "HTTP (--listen)"), (admin_addr.port(), "admin (--admin-listen)")];
+    let mut reserved = ReservedPorts {
+        listeners: vec![
+            (proxy_addr.port(), "HTTP (--listen)"),
+            (admin_addr.port(), "admin (--admin-listen)"),
+        ],
+        https: tls_addr.map(|tls| tls.port()),
+    };
     if let Some(tls) = tls_addr {
-        reserved.push((tls.port(), "HTTPS (--tls-listen)"));
+        reserved.listeners.push((tls.port(), "HTTPS (--tls-listen)"));
     }
     controller.set_tcp_ports(
         Arc::new(TcpListeners { host: tcp_host.clone(), ip: proxy_addr.ip(), backlog }),
-        ReservedPorts(reserved),
+        reserved,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {

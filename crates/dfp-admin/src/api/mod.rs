@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dfp_routing::StreamTls;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -252,8 +253,17 @@ fn reconfigured(report: &ReconfigureReport) -> ReconfigureAnswer {
     let paths: Vec<String> = report.service_paths.iter().map(|p| p.to_string()).collect();
     // What routes to it: its TCP port, its paths (and pathType values), or only the default
     // backend's role.
+    let names = || report.domains.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let on = match report.tcp_port {
-        Some(port) => format!("TCP port {port}"),
+        Some(port) => match report.stream_tls {
+            StreamTls::Plain => format!("TCP port {port}"),
+            StreamTls::Passthrough => {
+                format!("TLS server name {} on port {port}, passed through", names())
+            }
+            StreamTls::Terminate => {
+                format!("TLS server name {} on port {port}, TLS ended here", names())
+            }
+        },
         None => {
             let all: Vec<&str> = paths
                 .iter()

@@ -2,6 +2,7 @@
 //! `config?type=json` (Docker Flow Proxy's `Service` shape) and `routes` (every route with its
 //! instances' passive health). Split out of `api.rs` (a pure move): rendering, not routing.
 
+use dfp_routing::StreamTls;
 use http::HeaderValue;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -114,9 +115,14 @@ struct ServiceView {
     timeout_server: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout_tunnel: Option<u64>,
-    /// `tcp` for a TCP service (absent: HTTP).
+    /// `tcp` or `sni` for a TCP service (absent: HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
     req_mode: Option<&'static str>,
+    /// A TCP service chosen by TLS server name (its `ServiceDomain`): `passthrough`
+    /// (`reqMode=sni`: the instance ends TLS) or `terminated` (`reqMode=tcp` with
+    /// `serviceDomain`: the proxy ends TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'static str>,
     /// A TCP service's port on the proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     src_port: Option<u16>,
@@ -232,7 +238,12 @@ fn service_view(
         response_headers: header_edits_view(&policy.response_headers),
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),
         timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
-        req_mode: s.tcp_port.map(|_| "tcp"),
+        req_mode: s.tcp_port.map(|_| s.stream_tls.req_mode()),
+        tls: s.tcp_port.and_then(|_| match s.stream_tls {
+            StreamTls::Plain => None,
+            StreamTls::Passthrough => Some("passthrough"),
+            StreamTls::Terminate => Some("terminated"),
+        }),
         src_port: s.tcp_port,
         listening: s.tcp_port.map(listening),
         timeout_client: policy.client_timeout.map(|d| d.as_secs()),
@@ -459,13 +470,20 @@ pub(super) fn routes(controller: &Controller) -> RoutesAnswer {
             }
         }
         if let Some(port) = s.tcp_port {
-            routes.push(RouteView {
-                path: Some(format!("tcp :{port}")),
-                domain: None,
-                service_name: s.backend.service().to_owned(),
-                is_default_backend: false,
-                instances: instances(),
-            });
+            let (mode, domains) = match s.stream_tls {
+                StreamTls::Plain => ("tcp", vec![None]),
+                StreamTls::Passthrough => ("sni", s.domains.iter().map(Some).collect()),
+                StreamTls::Terminate => ("tls", s.domains.iter().map(Some).collect()),
+            };
+            for domain in domains {
+                routes.push(RouteView {
+                    path: Some(format!("{mode} :{port}")),
+                    domain: domain.map(ToString::to_string),
+                    service_name: s.backend.service().to_owned(),
+                    is_default_backend: false,
+                    instances: instances(),
+                });
+            }
         }
         if s.default_backend {
             routes.push(RouteView {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use dfp_routing::{service_key, PathPrefix, TableHandle};
+use dfp_routing::{service_key, PathPrefix, StreamTls, TableHandle};
 use tokio::sync::Notify;
 
 use crate::discovery::Discovery;
@@ -39,6 +39,10 @@ pub struct ReconfigureReport {
     pub path_patterns: Vec<String>,
     /// A TCP service's `srcPort`.
     pub tcp_port: Option<u16>,
+    /// How a TCP service's connections are taken.
+    pub stream_tls: StreamTls,
+    /// `serviceDomain` (of the first destination).
+    pub domains: Vec<dfp_routing::Domain>,
     pub default_backend: bool,
     pub instances: Vec<SocketAddr>,
     pub table_version: u64,
@@ -302,7 +306,9 @@ impl Controller {
     /// Whether a TCP service's `port` is accepting connections (`false` when it could not be
     /// listened on at restore, or no listener host was given).
     pub fn tcp_listening(&self, port: u16) -> bool {
-        self.inner.tcp.get().is_some_and(|(ports, _)| ports.is_listening(port))
+        self.inner.tcp.get().is_some_and(|(ports, reserved)| {
+            reserved.https == Some(port) || ports.is_listening(port)
+        })
     }
 
     /// Adds `hook`'s output to `/metrics` (set once; later calls are ignored).
@@ -436,10 +442,21 @@ impl Inner {
                     .to_owned(),
             });
         };
+        if reserved.https == Some(port) && request.stream_tls == StreamTls::Passthrough {
+            return Ok(());
+        }
         match reserved.owner(port) {
             Some(listener) => Err(AdminError::PortReserved { port, listener }),
             None => Ok(()),
         }
+    }
+
+    /// Whether `request`'s port is the HTTPS listener's, shared by `reqMode=sni` services:
+    /// the data plane's TLS listener has it, so it is never bound, served or closed here.
+    fn on_https_listener(&self, request: &ReconfigureRequest) -> bool {
+        self.tcp.get().is_some_and(|(_, reserved)| {
+            reserved.https.is_some() && reserved.https == request.tcp_port
+        })
     }
 
     /// Binds a TCP service's port before its change is stored and published; `Some(port)`
@@ -448,6 +465,9 @@ impl Inner {
         let (Some(port), Some(ports)) = (request.tcp_port, self.tcp_ports()) else {
             return Ok(None);
         };
+        if self.on_https_listener(request) {
+            return Ok(None);
+        }
         match ports.bind(port) {
             Ok(true) => Ok(Some(port)),
             Ok(false) => Ok(None),
@@ -456,11 +476,14 @@ impl Inner {
     }
 
     /// After a table went live: `new` (a service's port now, if any) accepts, and `old` (its
-    /// port before) stops accepting unless it is the same port.
+    /// port before) stops accepting unless it is the same port or the live table still
+    /// routes it (services chosen by TLS server name share a port).
     pub(crate) fn settle_tcp(&self, old: Option<u16>, new: Option<u16>) {
         let Some(ports) = self.tcp_ports() else { return };
         if let Some(old) = old.filter(|old| Some(*old) != new) {
-            ports.close(old);
+            if !self.table.load().tcp_ports().any(|(port, _)| port == old) {
+                ports.close(old);
+            }
         }
         if let Some(new) = new {
             ports.serve(new);

@@ -113,6 +113,8 @@ impl Inner {
             service_paths,
             path_patterns,
             tcp_port: request.tcp_port,
+            stream_tls: request.stream_tls,
+            domains: request.domains.clone(),
             default_backend: request.default_backend,
             instances: found.instances,
             table_version: version,

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use dfp_routing::{
     Authentication, ConditionError, Domain, DomainRedirect, PathPattern, PathPrefix, PathType,
-    RouteConditions, ServicePolicy, ServiceSpec, StickySession, UsersEntry,
+    RouteConditions, ServicePolicy, ServiceSpec, StickySession, StreamTls, UsersEntry,
 };
 
 use self::policy::{
@@ -48,7 +48,11 @@ pub struct ReconfigureRequest {
     /// `reqMode=tcp` with `srcPort`: a TCP service, reached by every connection to this
     /// port of the proxy (its paths, hosts and conditions are empty).
     pub tcp_port: Option<u16>,
-    /// `serviceDomain`: the hosts the paths apply to (empty: any host).
+    /// With `tcp_port`: how its connections are taken (`reqMode=tcp` as they are, `sni`
+    /// passed through by TLS server name, `tcp` with `serviceDomain` TLS ended here).
+    pub stream_tls: StreamTls,
+    /// `serviceDomain`: the hosts the paths apply to (empty: any host); for a TCP service
+    /// chosen by TLS server name, those names.
     pub domains: Vec<Domain>,
     /// `servicePathExclude`: paths below `service_paths` the service does not own.
     pub excluded: Vec<PathPrefix>,
@@ -354,7 +358,13 @@ impl ReconfigureRequest {
                 _ => condition_err("serviceHeader", get("serviceHeader").unwrap_or_default(), e),
             },
         )?;
-        let tcp_port = tcp_port(get, !raw_paths.iter().all(|p| p.trim().is_empty()))?;
+        let has_domains =
+            get("serviceDomain").is_some_and(|d| d.split(',').any(|d| !d.trim().is_empty()));
+        let (tcp_port, stream_tls) =
+            match tcp_port(get, !raw_paths.iter().all(|p| p.trim().is_empty()), has_domains)? {
+                Some((port, how)) => (Some(port), how),
+                None => (None, StreamTls::Plain),
+            };
         if service_paths.is_empty()
             && path_patterns.is_empty()
             && !default_backend
@@ -473,6 +483,7 @@ impl ReconfigureRequest {
             conditions,
             port,
             tcp_port,
+            stream_tls,
             domains,
             excluded,
             default_backend,
@@ -607,6 +618,7 @@ impl ReconfigureRequest {
             color: self.color.clone(),
             index: self.index,
             tcp_port: self.tcp_port,
+            stream_tls: self.stream_tls,
         }
     }
 

@@ -1,16 +1,27 @@
-//! The parameters of a TCP service (`reqMode=tcp` with `srcPort`): which ones a TCP
-//! destination may be given, how its port is read, and how stored HTTP calls from versions
-//! that ignored the TCP-only ones are replayed. Apart from `mod.rs`, which reads HTTP routes.
+//! The parameters of a TCP service (`reqMode=tcp` or `reqMode=sni`, with `srcPort`): which
+//! ones a TCP destination may be given, how its port and mode are read, and how stored HTTP
+//! calls from versions that ignored the TCP-only ones are replayed. Apart from `mod.rs`,
+//! which reads HTTP routes.
+//!
+//! The modes, as Docker Flow Proxy names them: `reqMode=tcp` forwards every connection to
+//! the port as it is; `reqMode=sni` passes TLS through untouched to the service whose
+//! `serviceDomain` the ClientHello names (several services share the port); and, this
+//! proxy's addition, `reqMode=tcp` with `serviceDomain` ends TLS at the proxy with the
+//! certificate for that name and forwards the decrypted bytes (several services may share
+//! the port too, chosen by the name).
 
 use std::collections::BTreeMap;
+
+use dfp_routing::StreamTls;
 
 use super::policy::{invalid, parse_port_named};
 use crate::parity::{self, Status};
 use crate::AdminError;
 
 /// The parameters a TCP service may be given: the rest only mean something for HTTP.
-const TCP_PARAMETERS: [&str; 11] = [
+const TCP_PARAMETERS: [&str; 12] = [
     "serviceName",
+    "serviceDomain",
     "serviceColor",
     "port",
     "reqMode",
@@ -23,36 +34,53 @@ const TCP_PARAMETERS: [&str; 11] = [
     "sendProxyProtocol",
 ];
 
-/// Reads `reqMode` and `srcPort`: the TCP port of a `reqMode=tcp` destination, `None` for
-/// HTTP. A TCP destination needs `srcPort`; `srcPort` needs `reqMode=tcp`; a TCP destination
-/// given an HTTP-only parameter (`has_paths`: a `servicePath`) is refused naming all of them,
-/// so a migrating user learns at once what its route would silently lose.
+/// Reads `reqMode`, `srcPort` and whether `serviceDomain` is given (`has_domains`): the TCP
+/// port of a `reqMode=tcp`/`sni` destination and how its connections are taken, `None` for
+/// HTTP. A TCP destination needs `srcPort`; `srcPort` needs a TCP mode; `sni` needs
+/// `serviceDomain`; a TCP destination given an HTTP-only parameter (`has_paths`: a
+/// `servicePath`) is refused naming all of them, so a migrating user learns at once what its
+/// route would silently lose.
 pub(super) fn tcp_port<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
     has_paths: bool,
-) -> Result<Option<u16>, AdminError> {
-    let tcp =
+    has_domains: bool,
+) -> Result<Option<(u16, StreamTls)>, AdminError> {
+    let mode =
         match get("reqMode").map(str::trim) {
-            None => false,
-            Some(mode) if mode.eq_ignore_ascii_case("http") => false,
-            Some(mode) if mode.eq_ignore_ascii_case("tcp") => true,
+            None => None,
+            Some(mode) if mode.eq_ignore_ascii_case("http") => None,
+            Some(mode) if mode.eq_ignore_ascii_case("tcp") => {
+                Some(if has_domains { StreamTls::Terminate } else { StreamTls::Plain })
+            }
+            Some(mode) if mode.eq_ignore_ascii_case("sni") => {
+                if !has_domains {
+                    return Err(AdminError::MissingParameter {
+                        name: "serviceDomain",
+                        example: "serviceDomain=db.example.com (the TLS server name a reqMode=sni \
+                              service's connections ask for)",
+                    });
+                }
+                Some(StreamTls::Passthrough)
+            }
             Some(mode) => return Err(invalid(
                 "reqMode",
                 mode,
-                "give reqMode=http (the default) or reqMode=tcp with srcPort; sni is not supported",
+                "give reqMode=http (the default), reqMode=tcp with srcPort, or reqMode=sni with \
+                 srcPort and serviceDomain",
             )),
         };
+    let tcp = mode.is_some();
     let src_port = get("srcPort").map(|v| parse_port_named(v, "srcPort")).transpose()?;
     match (tcp, src_port) {
         (false, None) => Ok(None),
         (false, Some(port)) => Err(invalid(
             "srcPort",
             &port.to_string(),
-            "it is the port of a TCP service; give reqMode=tcp too (an HTTP service is routed by servicePath on the proxy's listeners)",
+            "it is the port of a TCP service; give reqMode=tcp or reqMode=sni too (an HTTP service is routed by servicePath on the proxy's listeners)",
         )),
         (true, None) => Err(AdminError::MissingParameter {
             name: "srcPort",
-            example: "srcPort=6379 (the proxy's port that a reqMode=tcp service is reached on)",
+            example: "srcPort=6379 (the proxy's port that a reqMode=tcp or sni service is reached on)",
         }),
         (true, Some(port)) => {
             let mut http_only: Vec<&str> = parity::PARAMETERS
@@ -65,12 +93,13 @@ pub(super) fn tcp_port<'a>(
             if has_paths {
                 http_only.insert(0, "servicePath");
             }
+            let mode = mode.unwrap_or_default();
             if http_only.is_empty() {
-                Ok(Some(port))
+                Ok(Some((port, mode)))
             } else {
                 Err(invalid(
                     "reqMode",
-                    "tcp",
+                    mode.req_mode(),
                     &format!(
                         "a TCP service's bytes are forwarded as they are, so HTTP-only parameters \
                          mean nothing for it; leave out {}",

@@ -169,9 +169,24 @@ fn tcp_services_need_a_src_port_and_nothing_http() {
         (vec![("serviceName", "redis"), ("reqMode", "tcp")], &["srcPort is missing"]),
         (tcp(&[("srcPort", "0")]), &["srcPort"]),
         (vec![("serviceName", "redis"), ("reqMode", "tcp"), ("srcPort", "x")], &["srcPort=\"x\""]),
-        (books(&[("srcPort", "6379")]), &["srcPort", "give reqMode=tcp too"]),
+        (books(&[("srcPort", "6379")]), &["srcPort", "give reqMode=tcp or reqMode=sni too"]),
         (books(&[("timeoutClient", "5")]), &["timeoutClient", "--client-timeout"]),
-        (books(&[("reqMode", "sni")]), &["reqMode", "sni is not supported"]),
+        (books(&[("reqMode", "sni")]), &["serviceDomain is missing"]),
+        (books(&[("reqMode", "ssl")]), &["reqMode", "reqMode=sni with srcPort and serviceDomain"]),
+        (
+            vec![("serviceName", "db"), ("reqMode", "sni"), ("serviceDomain", "db.example.com")],
+            &["srcPort is missing"],
+        ),
+        (
+            vec![
+                ("serviceName", "db"),
+                ("reqMode", "sni"),
+                ("srcPort", "443"),
+                ("serviceDomain", "db.example.com"),
+                ("httpsOnly", "true"),
+            ],
+            &["leave out httpsOnly"],
+        ),
         (
             tcp(&[("servicePath", "/r"), ("users", "a:b"), ("httpsOnly", "true")]),
             &["leave out servicePath, httpsOnly, users"],
@@ -184,6 +199,45 @@ fn tcp_services_need_a_src_port_and_nothing_http() {
     for (query, needles) in cases {
         refused(&query, needles);
     }
+}
+
+#[test]
+fn tcp_services_with_server_names_pass_tls_through_or_end_it() {
+    let sni = parse(&[
+        ("serviceName", "db"),
+        ("reqMode", "SNI"),
+        ("srcPort", "443"),
+        ("serviceDomain", "DB.example.com,*.tenants.example.com"),
+        ("sendProxyProtocol", "v2"),
+    ])
+    .expect("valid");
+    assert_eq!((sni.tcp_port, sni.stream_tls), (Some(443), StreamTls::Passthrough));
+    let names: Vec<String> = sni.domains.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["db.example.com", "*.tenants.example.com"]);
+    assert_eq!(sni.spec().stream_tls, StreamTls::Passthrough);
+    assert_eq!(sni.spec().domains.len(), 2);
+
+    let terminated = parse(&[
+        ("serviceName", "pg"),
+        ("reqMode", "tcp"),
+        ("srcPort", "5433"),
+        ("serviceDomain", "pg.example.com"),
+    ])
+    .expect("valid");
+    assert_eq!((terminated.tcp_port, terminated.stream_tls), (Some(5433), StreamTls::Terminate));
+    let replayed = ReconfigureRequest::from_stored_pairs(
+        terminated.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .expect("replays");
+    assert_eq!(replayed.stream_tls, StreamTls::Terminate);
+
+    let plain =
+        parse(&[("serviceName", "redis"), ("reqMode", "tcp"), ("srcPort", "6379")]).expect("valid");
+    assert_eq!(plain.stream_tls, StreamTls::Plain);
+    refused(
+        &[("serviceName", "db"), ("reqMode", "sni"), ("srcPort", "443"), ("serviceDomain", "a b")],
+        &["serviceDomain"],
+    );
 }
 
 #[test]

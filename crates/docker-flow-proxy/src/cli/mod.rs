@@ -464,12 +464,14 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long, value_name = "v1|v2")]
     pub(crate) send_proxy_protocol: Option<String>,
 
-    /// Docker Flow Proxy's reqMode: `http` (the default) or `tcp` (a TCP service on
-    /// `--src-port`: every connection to that port of the proxy goes to an instance).
-    #[arg(long, value_parser = ["http", "tcp"])]
+    /// Docker Flow Proxy's reqMode: `http` (the default), `tcp` (a TCP service on
+    /// `--src-port`: every connection to that port of the proxy goes to an instance; with
+    /// `--service-domain`, TLS is ended here for that name) or `sni` (TLS connections to
+    /// `--src-port` naming `--service-domain` are passed through to an instance).
+    #[arg(long, value_parser = ["http", "tcp", "sni"])]
     pub(crate) req_mode: Option<String>,
 
-    /// The proxy's port a TCP service (`--req-mode tcp`) listens on.
+    /// The proxy's port a TCP service (`--req-mode tcp` or `sni`) is reached on.
     #[arg(long, requires = "req_mode")]
     pub(crate) src_port: Option<u16>,
 
