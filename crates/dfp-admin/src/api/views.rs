@@ -239,11 +239,11 @@ fn service_view(
         timeout_server: policy.server_timeout.map(|d| d.as_secs()),
         timeout_tunnel: policy.tunnel_timeout.map(|d| d.as_secs()),
         req_mode: s.tcp_port.map(|_| s.stream_tls.req_mode()),
-        tls: s.tcp_port.and_then(|_| match s.stream_tls {
-            StreamTls::Plain => None,
-            StreamTls::Passthrough => Some("passthrough"),
-            StreamTls::Terminate => Some("terminated"),
-        }),
+        tls: match (s.tcp_port, s.stream_tls) {
+            (None, _) | (_, StreamTls::Plain) => None,
+            (Some(_), StreamTls::Passthrough) => Some("passthrough"),
+            (Some(_), StreamTls::Terminate) => Some("terminated"),
+        },
         src_port: s.tcp_port,
         listening: s.tcp_port.map(listening),
         timeout_client: policy.client_timeout.map(|d| d.as_secs()),
