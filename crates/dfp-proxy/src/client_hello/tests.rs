@@ -308,6 +308,9 @@ fn hostile_bytes_are_refused_as_early_as_they_can_be() {
         // The declared handshake length alone rules it out, before any body arrives.
         (vec![22, 3, 1, 0, 4, 1, 1, 0, 0], Want::Error("TooLarge")),
         (vec![22, 3, 1, 0, 4, 1, 0, 0x3e, 0x80], Want::Incomplete),
+        // Counted by what the records declare, not by what has arrived: 16 KiB in one record.
+        (vec![22, 3, 1, 0x40, 0, 1, 0, 0x3f, 0xfc], Want::Incomplete),
+        (vec![22, 3, 1, 0x40, 0, 1, 0, 0x3f, 0xfb], Want::Error("Malformed(\"its last record")),
         // A record ending past the ClientHello, and one of another type inside it.
         (
             [&[22, 3, 1, 0, 5], &message(CLIENT_HELLO, &[])[..]].concat(),
