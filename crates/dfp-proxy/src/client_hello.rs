@@ -15,7 +15,7 @@
 //! asks for more than [`MAX_HELLO_BYTES`]. It decides as early as the bytes allow: an answer
 //! other than [`Hello::Incomplete`] never changes when more bytes arrive, so reading stops at
 //! the first byte that rules the connection out. A host name comes back lowercased (DNS names
-//! are case-insensitive and routes are written in lowercase).
+//! are case-insensitive), so a route's domain is compared with one spelling.
 //!
 //! Timeouts are the caller's: [`read_client_hello`] reads until [`parse`] answers.
 
@@ -28,9 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 
 /// The most bytes of TLS records read while looking for the end of a ClientHello (record
 /// headers included): a ClientHello of up to 16 KiB, the most one record carries, in up to
-/// four records. Browsers' hellos, post-quantum key shares (ML-KEM, about 1.2 KB) included,
-/// are 2 KB or less, so this leaves room for years of growth (more key shares, ECH, tickets)
-/// while one connection can make the proxy hold no more than this before it routes.
+/// four records. Browsers' hellos with a post-quantum key share (ML-KEM-768, about 1.2 KB)
+/// are about 2 KB, so this leaves room for growth (more key shares, ECH, tickets) while one
+/// connection can make the proxy hold no more than this before it routes.
 pub(crate) const MAX_HELLO_BYTES: usize = 16 * 1024 + 4 * RECORD_HEADER;
 
 /// A TLS record header: content type, legacy version (2 bytes), length (2 bytes).
