@@ -5,6 +5,7 @@
 //! Each target is a submodule; what they share is here and in [`harness`] (the case count).
 
 mod chunked;
+mod client_hello;
 pub(crate) mod harness;
 mod head;
 mod host;
