@@ -49,6 +49,10 @@ const SERVER_NAME: u16 = 0;
 const HOST_NAME: u8 = 0;
 /// Bytes asked of the stream per read: a whole ClientHello of today's browsers in one read.
 const READ_CHUNK: usize = 4096;
+/// The most records a ClientHello may come in. Real clients send one (two for a hello over
+/// 16 KiB, which [`MAX_HELLO_BYTES`] refuses anyway); the bound keeps the work of reading a
+/// hello linear in its size however finely a client cuts it (see [`read_client_hello`]).
+pub(crate) const MAX_HELLO_RECORDS: usize = 64;
 
 /// Why the start of a connection is not a ClientHello the proxy can route by.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +100,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Hello, HelloError> {
     // Handshake bytes the records so far declare (some may not have arrived yet).
     let mut declared = 0;
     let mut at = 0;
-    loop {
+    for _ in 0..MAX_HELLO_RECORDS {
         let header = buf.get(at..).unwrap_or_default();
         let header = &header[..header.len().min(RECORD_HEADER)];
         check_record_header(header, at == 0)?;
@@ -118,6 +122,23 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Hello, HelloError> {
             Err(Stop::More) if end > buf.len() => return Ok(Hello::Incomplete),
             Err(Stop::More) => at = end,
         }
+    }
+    Err(HelloError::Malformed("a ClientHello in more than 64 records"))
+}
+
+/// How long `buf` must be before [`parse`] can say more than it said of `buf`: the end of the
+/// first record (or record header) not yet whole. Walks the record headers only.
+fn next_whole_record(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let Some(&[_, _, _, high, low]) = buf.get(at..at + RECORD_HEADER) else {
+            return at + RECORD_HEADER;
+        };
+        let end = at + RECORD_HEADER + usize::from(u16::from_be_bytes([high, low]));
+        if end > buf.len() {
+            return end;
+        }
+        at = end;
     }
 }
 
@@ -348,9 +369,18 @@ pub(crate) async fn read_client_hello<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Box<str>>, HelloError> {
+    // `parse` starts over on each call, so it is called only once a record (or a record
+    // header) is whole: at most twice per record, of which there are at most
+    // MAX_HELLO_RECORDS. A client trickling its hello a byte at a time thus costs one parse
+    // per record, not one per byte (which would be quadratic in the hello's size). Bytes in
+    // between cannot complete the hello; an error they hold is found at the record's end.
+    let mut parse_at = 0;
     loop {
-        if let Hello::Complete { server_name, .. } = parse(buf)? {
-            return Ok(server_name);
+        if buf.len() >= parse_at {
+            if let Hello::Complete { server_name, .. } = parse(buf)? {
+                return Ok(server_name);
+            }
+            parse_at = next_whole_record(buf);
         }
         let start = buf.len();
         let room = MAX_HELLO_BYTES.saturating_sub(start).min(READ_CHUNK);
@@ -362,6 +392,8 @@ pub(crate) async fn read_client_hello<S: AsyncRead + Unpin>(
         let read = stream.read(&mut buf[start..]).await;
         buf.truncate(start + read.as_ref().map_or(0, |&n| n));
         if read? == 0 {
+            // The bytes not parsed yet may hold the reason it cannot be a hello.
+            parse(buf)?;
             return Err(HelloError::Closed);
         }
     }
@@ -384,19 +416,23 @@ impl<S> Prefixed<S> {
     }
 
     /// `inner` as it is, so that prefixed and plain connections have one type.
+    #[cfg(test)]
     pub(crate) fn plain(inner: S) -> Self {
         Prefixed::new(Vec::new(), inner)
     }
 
+    #[cfg(test)]
     pub(crate) fn get_ref(&self) -> &S {
         &self.inner
     }
 
+    #[cfg(test)]
     pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// The inner stream; the part of the prefix not yet read is dropped.
+    #[cfg(test)]
     pub(crate) fn into_inner(self) -> S {
         self.inner
     }

@@ -12,10 +12,6 @@
 //! them: a reconfigure in progress cannot slow a request down.
 
 mod chunked;
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the TLS listener's SNI passthrough is not wired to it yet")
-)]
 mod client_hello;
 mod compress;
 mod conn;

@@ -184,15 +184,27 @@ fn rustls_hellos_read_as_sent() {
 #[test]
 fn hellos_fragmented_anywhere_read_the_same() {
     let handshake = handshake_of(&rustls_hello(Client::Alpn, "Fragments.example.com"));
-    let splits: &[&[usize]] = &[&[1], &[1, 2, 3], &[3], &[4], &[5, 100], &[37, 1], &[200, 5000]];
+    let splits: &[&[usize]] =
+        &[&[1, 2, 3, 64], &[3, 4, 60], &[4, 1, 1, 100], &[5, 100], &[37, 1, 200], &[200, 5000]];
     for sizes in splits {
         check(&records(&handshake, sizes), Want::Name(Some("fragments.example.com")));
     }
+    // In as many records as are allowed, as small as that makes them: every cut is a start.
+    let finest = records(&handshake, &[handshake.len().div_ceil(MAX_HELLO_RECORDS)]);
+    check(&finest, Want::Name(Some("fragments.example.com")));
+    for cut in 0..finest.len() {
+        check(&finest[..cut], Want::Incomplete);
+    }
+    // A record more is refused once the allowed ones are whole and the hello is not.
     let bytewise = records(&handshake, &[1]);
     assert_eq!(bytewise.len(), handshake.len() * (RECORD_HEADER + 1));
-    for cut in 0..bytewise.len() {
-        check(&bytewise[..cut], Want::Incomplete);
-    }
+    let allowed = MAX_HELLO_RECORDS * (RECORD_HEADER + 1);
+    check(&bytewise[..allowed - 1], Want::Incomplete);
+    check(
+        &bytewise[..allowed],
+        Want::Error("Malformed(\"a ClientHello in more than 64 records\")"),
+    );
+    check(&bytewise, Want::Error("Malformed(\"a ClientHello in more than 64 records\")"));
 }
 
 #[test]
@@ -368,10 +380,11 @@ fn the_limit_counts_every_record_byte() {
     check(&over[..two + RECORD_HEADER], Want::Error("TooLarge"));
     let five = records(&hello_of(MAX_RECORD), &[MAX_RECORD / 5 + 1]);
     check(&five, Want::Error("TooLarge"));
-    // Small records add headers: 100-byte ones fit 79 times before the rest cannot fit.
-    let small = records(&hello_of(16_004), &[100]);
-    check(&small[..79 * 105], Want::Incomplete);
-    check(&small[..80 * 105], Want::Error("TooLarge"));
+    // Small records add headers, but more than 64 records are refused before their headers
+    // could pass the limit: 250-byte ones would need 65.
+    let small = records(&hello_of(16_004), &[250]);
+    check(&small[..64 * 255 - 1], Want::Incomplete);
+    check(&small[..64 * 255], Want::Error("Malformed(\"a ClientHello in more than 64 records\")"));
     // A record may not run past the limit, even before the handshake length is known.
     let start = records(&[1, 0, 0], &[1]);
     check(&[&start[..], &[22, 3, 3, 0x3f, 0xfd]].concat(), Want::Incomplete);

@@ -26,13 +26,16 @@ use crate::client_hello::{parse, read_client_hello, Hello, HelloError, MAX_HELLO
 
 /// The errors by which the module refuses hellos rustls reads, on purpose: record versions
 /// above 3.4 and records over 2^14 bytes (rustls takes any 3.x and up to 2^14 + 2048), a
-/// client version other than 3.x (rustls leaves it to the version negotiation), and a record
-/// that goes on after the ClientHello (rustls reads the hello and leaves the rest for later).
+/// client version other than 3.x (rustls leaves it to the version negotiation), a record
+/// that goes on after the ClientHello (rustls reads the hello and leaves the rest for later),
+/// and a hello in more than 64 records (rustls takes any number; the bound keeps reading
+/// linear, see `read_client_hello`).
 const STRICTER_THAN_RUSTLS: &[&str] = &[
     "record version is above 3.4",
     "record longer than 2^14 bytes",
     "client version is not 3.x",
     "its last record carries more than the ClientHello",
+    "a ClientHello in more than 64 records",
 ];
 
 /// An answer as the properties compare them (`HelloError` holds an `io::Error`, so it is not
