@@ -34,6 +34,7 @@ mod redirects;
 mod resilience;
 mod seed;
 mod ship;
+mod sni;
 mod standalone;
 mod tcp;
 mod tidy;

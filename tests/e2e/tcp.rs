@@ -310,3 +310,44 @@ async fn the_cli_adds_a_tcp_service() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(round_trip(port.parse().expect("a port")).await, "c:");
 }
+
+/// `sendProxyProtocol=v2`: the instance's connection opens with a binary v2 header naming
+/// the client and the address it connected to, then carries the client's bytes as sent.
+#[tokio::test]
+async fn tcp_services_send_the_v2_header_their_instances_ask_for() {
+    let consul = Consul::start().await;
+    let instance = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let instance_port = instance.local_addr().expect("address").port();
+    consul.register("v2", "v2-1", instance_port, None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let port = free_port();
+    let (status, answer) = proxy.admin(&reconfigure("v2", port, "&sendProxyProtocol=v2")).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let mut client = TcpStream::connect(at(port)).await.expect("accepts");
+    let client_port = client.local_addr().expect("client address").port();
+    client.write_all(b"hello").await.expect("writes");
+    let (mut upstream, _) = tokio::time::timeout(Duration::from_secs(5), instance.accept())
+        .await
+        .expect("the proxy connects within 5 s")
+        .expect("accepted");
+    // Signature, version 2 + PROXY, TCP over IPv4, 12 address bytes, then the payload.
+    let mut got = vec![0_u8; 16 + 12 + 5];
+    tokio::time::timeout(Duration::from_secs(5), upstream.read_exact(&mut got))
+        .await
+        .expect("within 5 s")
+        .expect("header and payload");
+    assert_eq!(&got[..12], b"\r\n\r\n\0\r\nQUIT\n", "the v2 signature");
+    assert_eq!(got[12], 0x21, "version 2, PROXY command");
+    assert_eq!(got[13], 0x11, "TCP over IPv4");
+    assert_eq!(u16::from_be_bytes([got[14], got[15]]), 12);
+    assert_eq!(&got[16..20], &[127, 0, 0, 1], "the client's address");
+    assert_eq!(&got[20..24], &[127, 0, 0, 1], "the address it connected to");
+    assert_eq!(u16::from_be_bytes([got[24], got[25]]), client_port, "the client's port");
+    assert_eq!(u16::from_be_bytes([got[26], got[27]]), port, "the proxy's port");
+    assert_eq!(&got[28..], b"hello", "then the client's bytes, as sent");
+    upstream.write_all(b"back").await.expect("the instance answers");
+    let mut back = [0_u8; 4];
+    client.read_exact(&mut back).await.expect("the answer reaches the client");
+    assert_eq!(&back, b"back");
+}

@@ -66,6 +66,41 @@ impl Ca {
         Issued { pem: format!("{}{}", cert.pem(), key.serialize_pem()), der: cert.der().to_vec() }
     }
 
+    /// A server certificate for `names` with its chain (leaf, CA) and key, as an instance
+    /// that ends TLS itself is given them.
+    pub fn issue_for_server(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("ring makes a key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("valid names");
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2090, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).expect("the CA signs");
+        let ca = rustls::pki_types::pem::PemObject::from_pem_slice(self.pem.as_bytes())
+            .expect("the CA's PEM");
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key");
+        (vec![cert.der().clone(), ca], key)
+    }
+
+    /// A TLS client configuration that trusts this CA only (and checks names), offering no ALPN.
+    pub fn verifying_client(&self) -> ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca: CertificateDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(self.pem.as_bytes())
+                .expect("the CA's PEM");
+        roots.add(ca).expect("the CA is a valid root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    }
+
     /// The CA's own certificate, PEM (what `--client-ca` is given).
     pub fn pem(&self) -> &str {
         &self.pem

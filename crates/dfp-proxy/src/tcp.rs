@@ -36,10 +36,14 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dfp_routing::{Backend, TableHandle};
+use dfp_routing::{Backend, StreamTls, TableHandle};
+use dfp_tls::CertStore;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
+use crate::client_hello::{self, Prefixed};
 use crate::rules;
 use crate::server::{accept_loop, ConnectionStats, Endpoints, ProxyConfig, ProxyHeaders};
 use crate::tunnel::{self, Tunnel};
@@ -155,9 +159,20 @@ impl TcpHost {
         &self,
         table: TableHandle,
         config: ProxyConfig,
+        certs: CertStore,
         stats: Arc<ConnectionStats>,
         shutdown: impl Future<Output = ()>,
     ) {
+        // Services that end TLS here: one rustls configuration for every port of the thread,
+        // its certificates resolved from the live store on each handshake (no ALPN: the bytes
+        // are the service's protocol, not HTTP; no client certificates).
+        let tls = match crate::tls::server_config(certs, None, Vec::new()) {
+            Ok(config) => TlsAcceptor::from(Arc::new(config)),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot set up TLS for TCP services; their ports are not served");
+                return;
+            }
+        };
         let (tx, mut ports) = mpsc::unbounded_channel();
         {
             let mut host = self.host();
@@ -175,7 +190,12 @@ impl TcpHost {
             tokio::select! {
                 accept = ports.recv() => match accept {
                     Some(accept) => {
-                        let forwarder = Forwarder { port: accept.port, table: table.clone(), config: config.clone() };
+                        let forwarder = Forwarder {
+                            port: accept.port,
+                            table: table.clone(),
+                            config: config.clone(),
+                            tls: tls.clone(),
+                        };
                         loops.spawn(accept_on(accept, forwarder, stats.clone(), stopped.clone()));
                     }
                     None => break,
@@ -221,12 +241,94 @@ async fn accept_on(
     .await;
 }
 
-/// What a TCP service's connection needs: its listener's port, the table and the defaults.
-#[derive(Debug)]
+/// What a TCP service's connection needs: its listener's port, the table, the defaults, and
+/// for services that end TLS here the acceptor (certificates from the live store).
 struct Forwarder {
     port: u16,
     table: TableHandle,
     config: ProxyConfig,
+    tls: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// A connection to the port: to the service that has the port whole, or, on a port
+    /// shared by TLS server name, to the service its ClientHello names, TLS passed through
+    /// or ended here as that service asks. A ClientHello that is malformed, too large, late
+    /// or names no service on the port closes the connection, and nothing else.
+    async fn forward(&self, mut client: TcpStream, ends: Endpoints, stop: watch::Receiver<bool>) {
+        let table = self.table.load();
+        if let Some(backend) = table.tcp_route(self.port).cloned() {
+            drop(table);
+            return serve_stream(backend, client, ends, stop, &self.config).await;
+        }
+        if !table.routes_by_server_name(self.port) {
+            tracing::debug!(port = self.port, "no TCP service owns this port any more; closing");
+            return;
+        }
+        drop(table);
+        let mut hello = Vec::new();
+        let name = match read_server_name(&mut client, &mut hello, &self.config, ends).await {
+            Ok(Some(name)) => name,
+            Ok(None) => {
+                tracing::debug!(port = self.port, client = %ends.client, "TLS ClientHello names no server, and this port's services are chosen by name; closing");
+                return;
+            }
+            Err(()) => return,
+        };
+        let found = self.table.load().tls_route(self.port, &name).map(|(b, how)| (b.clone(), how));
+        let Some((backend, how)) = found else {
+            tracing::debug!(port = self.port, server_name = %name, client = %ends.client, "no TCP service on this port has this TLS server name; closing");
+            return;
+        };
+        let client = Prefixed::new(hello, client);
+        match how {
+            StreamTls::Passthrough | StreamTls::Plain => {
+                serve_stream(backend, client, ends, stop, &self.config).await;
+            }
+            StreamTls::Terminate => {
+                let handshake = self.tls.accept(client);
+                match tokio::time::timeout(self.config.header_read_timeout, handshake).await {
+                    Ok(Ok(tls)) => serve_stream(backend, tls, ends, stop, &self.config).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(service = backend.service(), client = %ends.client, error = %err, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        tracing::debug!(service = backend.service(), client = %ends.client, "TLS handshake not complete in time");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads a TLS ClientHello into `hello` within the header timeout: the server name it asks
+/// for (`Ok(None)`: it names none, as a client that dialled an address), or `Err(())` (logged
+/// at debug) when it is malformed, too large or late. The bytes read stay in `hello`, to be
+/// replayed to whoever takes the connection.
+pub(crate) async fn read_server_name<S: AsyncRead + Unpin>(
+    client: &mut S,
+    hello: &mut Vec<u8>,
+    config: &ProxyConfig,
+    ends: Endpoints,
+) -> Result<Option<Box<str>>, ()> {
+    let read = client_hello::read_client_hello(client, hello);
+    match tokio::time::timeout(config.header_read_timeout, read).await {
+        Ok(Ok(name)) => Ok(name),
+        Ok(Err(err)) => {
+            tracing::debug!(client = %ends.client, error = %err, "not a TLS ClientHello that can be routed; closing");
+            Err(())
+        }
+        Err(_) => {
+            tracing::debug!(client = %ends.client, "TLS ClientHello not complete in time; closing");
+            Err(())
+        }
+    }
 }
 
 /// Counts a connection of a service as open for as long as it lives.
@@ -238,74 +340,78 @@ impl Drop for OpenTcp {
     }
 }
 
-impl Forwarder {
-    async fn forward(&self, client: TcpStream, ends: Endpoints, mut stop: watch::Receiver<bool>) {
-        let Some(backend) = self.table.load().tcp_route(self.port).cloned() else {
-            tracing::debug!(port = self.port, "no TCP service owns this port any more; closing");
-            return;
-        };
-        let stats = backend.stats();
-        stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
-        stats.tcp_open.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenTcp(backend.clone());
-        let policy = backend.policy();
-        let client_ip = || dfp_routing::canonical(ends.client.ip());
-        if !rules::source_admitted(&policy.allowed_sources, &policy.denied_sources, client_ip) {
-            tracing::debug!(service = backend.service(), client = %ends.client, "client not in the service's sources; closing");
-            return;
-        }
-        let Some(instance) = self.connect(&backend, ends).await else {
-            stats.tcp_connect_failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let tunnel = Tunnel {
-            idle: policy.tunnel_timeout.unwrap_or(self.config.tunnel_timeout),
-            write_a_within: Some(policy.client_timeout.unwrap_or(self.config.client_timeout)),
-            write_b_within: Some(policy.server_timeout.unwrap_or(self.config.server_timeout)),
-            buffer: TCP_BUFFER,
-            counted: Some((&stats.bytes_to_instance, &stats.bytes_to_client)),
-        };
-        let copy = tunnel::run(client, instance, tunnel);
-        tokio::pin!(copy);
-        tokio::select! {
-            () = &mut copy => {}
-            () = async { drop(stop.wait_for(|s| *s).await) } => {
-                // The port was closed or the proxy stops: finish within the grace.
-                let grace = self.config.shutdown_grace;
-                if tokio::time::timeout(grace, copy).await.is_err() {
-                    tracing::debug!(service = backend.service(), "connection still open after the shutdown grace; closed");
-                }
+/// Serves one connection of a TCP service (`reqMode=tcp`, `sni`, or TLS ended here): the
+/// service's source lists, a connection to one of its instances (with the PROXY header it
+/// asks for), then bytes both ways under its timeouts until either side is done, counted in
+/// its metrics. The one set of rules for every TCP service's connection, whichever listener
+/// accepted it; `client` may already be decrypted, or replay a ClientHello read to route it.
+pub(crate) async fn serve_stream<C: AsyncRead + AsyncWrite + Unpin>(
+    backend: Arc<Backend>,
+    client: C,
+    ends: Endpoints,
+    mut stop: watch::Receiver<bool>,
+    config: &ProxyConfig,
+) {
+    let stats = backend.stats();
+    stats.tcp_accepted.fetch_add(1, Ordering::Relaxed);
+    stats.tcp_open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenTcp(backend.clone());
+    let policy = backend.policy();
+    let client_ip = || dfp_routing::canonical(ends.client.ip());
+    if !rules::source_admitted(&policy.allowed_sources, &policy.denied_sources, client_ip) {
+        tracing::debug!(service = backend.service(), client = %ends.client, "client not in the service's sources; closing");
+        return;
+    }
+    let Some(instance) = connect(&backend, ends, config).await else {
+        stats.tcp_connect_failures.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let tunnel = Tunnel {
+        idle: policy.tunnel_timeout.unwrap_or(config.tunnel_timeout),
+        write_a_within: Some(policy.client_timeout.unwrap_or(config.client_timeout)),
+        write_b_within: Some(policy.server_timeout.unwrap_or(config.server_timeout)),
+        buffer: TCP_BUFFER,
+        counted: Some((&stats.bytes_to_instance, &stats.bytes_to_client)),
+    };
+    let copy = tunnel::run(client, instance, tunnel);
+    tokio::pin!(copy);
+    tokio::select! {
+        () = &mut copy => {}
+        () = async { drop(stop.wait_for(|s| *s).await) } => {
+            // The port was closed or the proxy stops: finish within the grace.
+            if tokio::time::timeout(config.shutdown_grace, copy).await.is_err() {
+                tracing::debug!(service = backend.service(), "connection still open after the shutdown grace; closed");
             }
         }
     }
+}
 
-    /// A connection to an instance: round robin over those not ejected, each connect within
-    /// the connect timeout, another instance after each failure until every one was tried.
-    async fn connect(&self, backend: &Backend, ends: Endpoints) -> Option<TcpStream> {
-        let hello = backend.policy().send_proxy.map(|version| ProxyHello {
-            version,
-            client: ends.client,
-            local: ends.local,
-        });
-        let mut tried = Vec::new();
-        loop {
-            let Some((instance, _)) = rules::choose_instance(backend, None, &tried) else {
-                tracing::debug!(
-                    service = backend.service(),
-                    tried = tried.len(),
-                    "no instance to connect to; closing"
-                );
-                return None;
-            };
-            match upstream::connect(instance.addr(), self.config.connect_timeout, hello).await {
-                Ok(stream) => {
-                    instance.health().record_success();
-                    return Some(stream);
-                }
-                Err(err) => {
-                    if !rules::attempt_failed(backend, instance, &mut tried, true, &err) {
-                        return None;
-                    }
+/// A connection to an instance: round robin over those not ejected, each connect within the
+/// connect timeout, another instance after each failure until every one was tried.
+async fn connect(backend: &Backend, ends: Endpoints, config: &ProxyConfig) -> Option<TcpStream> {
+    let hello = backend.policy().send_proxy.map(|version| ProxyHello {
+        version,
+        client: ends.client,
+        local: ends.local,
+    });
+    let mut tried = Vec::new();
+    loop {
+        let Some((instance, _)) = rules::choose_instance(backend, None, &tried) else {
+            tracing::debug!(
+                service = backend.service(),
+                tried = tried.len(),
+                "no instance to connect to; closing"
+            );
+            return None;
+        };
+        match upstream::connect(instance.addr(), config.connect_timeout, hello).await {
+            Ok(stream) => {
+                instance.health().record_success();
+                return Some(stream);
+            }
+            Err(err) => {
+                if !rules::attempt_failed(backend, instance, &mut tried, true, &err) {
+                    return None;
                 }
             }
         }
@@ -378,7 +484,8 @@ mod tests {
                 let stop = async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 };
-                host.run_thread(table, config, Arc::new(ConnectionStats::default()), stop).await;
+                let stats = Arc::new(ConnectionStats::default());
+                host.run_thread(table, config, CertStore::new(), stats, stop).await;
             })
         };
         let mut seen = Vec::new();

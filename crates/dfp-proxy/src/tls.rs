@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfp_routing::TableHandle;
+use dfp_routing::{StreamTls, TableHandle};
 use dfp_tls::{CertStore, ClientCa};
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
@@ -41,11 +41,13 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_hello::Prefixed;
 use crate::conn::{ConnState, EndOfBody, TimedIo};
 use crate::forward::{Client, Forwarder};
 use crate::h1;
 use crate::rules::MAX_HEAD_BYTES;
 use crate::server::{accept_loop, ConnectionStats, Endpoints, ProxyConfig, ProxyHeaders};
+use crate::tcp;
 
 /// Serves HTTPS on `listener` until `shutdown` completes, with the certificates of `certs`.
 /// Then, as [`crate::serve`] does: stops accepting, lets requests in flight finish for up to
@@ -62,7 +64,11 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let forwarder = Arc::new(Forwarder::new(table, &config));
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(certs, config.client_ca.as_ref())?));
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(
+        certs,
+        config.client_ca.as_ref(),
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    )?));
     let mut http = http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(MAX_HEAD_BYTES).unwrap_or(u32::MAX));
@@ -70,6 +76,8 @@ pub async fn serve_tls(
     let grace = config.shutdown_grace;
     let headers = ProxyHeaders::of(&config);
     let counters = stats.clone();
+    let port = listener.local_addr()?.port();
+    let passthrough = Arc::new(Passthrough { port, config: config.clone() });
     accept_loop(
         listener,
         "TLS",
@@ -82,6 +90,7 @@ pub async fn serve_tls(
                 acceptor: acceptor.clone(),
                 http: http.clone(),
                 forwarder: forwarder.clone(),
+                passthrough: passthrough.clone(),
                 header_timeout: config.header_read_timeout,
                 idle_timeout: config.idle_timeout,
                 client_timeout: config.client_timeout,
@@ -95,11 +104,15 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// rustls settings: ring, TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, certificates from
-/// `certs` (SNI). With `client_ca`, every client is asked for a certificate: one that does not
+/// rustls settings: ring, TLS 1.2 and 1.3, the `alpn` protocols offered (the HTTPS listener:
+/// `h2` then `http/1.1`; TCP services ending TLS here: none), certificates from `certs` (SNI). With `client_ca`, every client is asked for a certificate: one that does not
 /// verify against it fails the handshake, none at all is allowed (only `verifyClientSsl`
 /// services need one, and they answer 403 without it); without, none is asked for.
-fn server_config(certs: CertStore, client_ca: Option<&ClientCa>) -> io::Result<ServerConfig> {
+pub(crate) fn server_config(
+    certs: CertStore,
+    client_ca: Option<&ClientCa>,
+    alpn: Vec<Vec<u8>>,
+) -> io::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -109,8 +122,15 @@ fn server_config(certs: CertStore, client_ca: Option<&ClientCa>) -> io::Result<S
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(certs));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     Ok(config)
+}
+
+/// What the listener needs to pass connections through to `reqMode=sni` services that share
+/// its port: the port (what their `srcPort` says) and the defaults their connections run under.
+struct Passthrough {
+    port: u16,
+    config: ProxyConfig,
 }
 
 /// Everything one TLS connection needs, moved into its task.
@@ -118,6 +138,7 @@ struct TlsConnection {
     acceptor: TlsAcceptor,
     http: Arc<http2::Builder<TokioExecutor>>,
     forwarder: Arc<Forwarder>,
+    passthrough: Arc<Passthrough>,
     header_timeout: Duration,
     idle_timeout: Duration,
     client_timeout: Duration,
@@ -126,8 +147,31 @@ struct TlsConnection {
 }
 
 impl TlsConnection {
-    async fn run(mut self, stream: TcpStream, endpoints: Endpoints) {
+    async fn run(mut self, mut stream: TcpStream, endpoints: Endpoints) {
         let client_addr = endpoints.client;
+        // `reqMode=sni` services on this port: the ClientHello is read first, and one that
+        // names such a service is passed through to it untouched; every other is replayed
+        // into the handshake below. Without such services nothing is read ahead.
+        let mut hello = Vec::new();
+        let Passthrough { port, ref config } = *self.passthrough;
+        if self.forwarder.table.load().routes_by_server_name(port) {
+            let Ok(name) = tcp::read_server_name(&mut stream, &mut hello, config, endpoints).await
+            else {
+                // rustls would have refused it too.
+                self.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let table = self.forwarder.table.load();
+            let found =
+                name.and_then(|name| table.tls_route(port, &name).map(|(b, h)| (b.clone(), h)));
+            drop(table);
+            if let Some((backend, StreamTls::Passthrough)) = found {
+                let client = Prefixed::new(hello, stream);
+                tcp::serve_stream(backend, client, endpoints, self.stop, config).await;
+                return;
+            }
+        }
+        let stream = Prefixed::new(hello, stream);
         let handshake = tokio::time::timeout(self.header_timeout, self.acceptor.accept(stream));
         let tls = tokio::select! {
             handshake = handshake => match handshake {
@@ -166,7 +210,7 @@ impl TlsConnection {
 
     async fn serve_http2(
         mut self,
-        tls: TlsStream<TcpStream>,
+        tls: TlsStream<Prefixed<TcpStream>>,
         endpoints: Endpoints,
         client_cert: bool,
     ) {

@@ -232,7 +232,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                                 listener,
                                 table.clone(),
                                 config.clone(),
-                                certs,
+                                certs.clone(),
                                 stats.clone(),
                                 tls_stop,
                             )))
@@ -242,7 +242,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                     let tcp = {
                         let (table, config, stats) = (table.clone(), config.clone(), stats.clone());
                         tokio::spawn(async move {
-                            tcp_host.run_thread(table, config, stats, tcp_stop).await;
+                            tcp_host.run_thread(table, config, certs, stats, tcp_stop).await;
                         })
                     };
                     let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;

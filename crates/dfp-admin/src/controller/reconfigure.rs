@@ -327,7 +327,8 @@ fn conflict(err: BuildError) -> AdminError {
     match err {
         BuildError::PathOwned { .. }
         | BuildError::DefaultTaken { .. }
-        | BuildError::PortOwned { .. } => AdminError::PathConflict { source: err },
+        | BuildError::PortOwned { .. }
+        | BuildError::NameOwned { .. } => AdminError::PathConflict { source: err },
         BuildError::RoutedTwice { .. } => AdminError::DestinationsOverlap { source: err },
         other => AdminError::Internal(other.to_string()),
     }

@@ -152,7 +152,8 @@ impl Inner {
                     source:
                         BuildError::PathOwned { service, owner, .. }
                         | BuildError::DefaultTaken { service, owner, .. }
-                        | BuildError::PortOwned { service, owner, .. },
+                        | BuildError::PortOwned { service, owner, .. }
+                        | BuildError::NameOwned { service, owner, .. },
                 }) => {
                     tracing::warn!(%service, %owner, "stored route conflicts with another; skipped");
                     let before = found.len();
