@@ -393,7 +393,7 @@ pub(crate) struct ReconfigureArgs {
     pub(crate) service_name: String,
 
     /// URL path the service owns; repeat the flag or separate paths with commas. Required
-    /// but for a TCP service (`--req-mode tcp`), which is routed by `--src-port`.
+    /// but for a TCP service (`--req-mode tcp` or `sni`), which is routed by `--src-port`.
     #[arg(long, num_args = 1, required_unless_present = "src_port")]
     pub(crate) service_path: Vec<String>,
 
