@@ -170,6 +170,10 @@ pub(crate) struct Inner {
     /// while one happened may predate it, so the services it touched are not taken from that
     /// listing (see `sync_from_store`).
     local_writes: LocalWrites,
+    /// Held by a store sync from start to end: two syncs never interleave (a later listing
+    /// applied before an earlier one would be undone by it). Reconfigure calls do not take
+    /// it: a sync releases the state lock while it looks instances up.
+    syncing: tokio::sync::Mutex<()>,
     /// The TLS listener checks client certificates (`--client-ca`): without it, a
     /// `verifyClientSsl` service could never be reached, so such a call is refused.
     client_ca: std::sync::atomic::AtomicBool,
@@ -230,6 +234,7 @@ impl Controller {
                 publish_wanted: Arc::new(Notify::new()),
                 metrics_hook: std::sync::OnceLock::new(),
                 local_writes: LocalWrites::default(),
+                syncing: tokio::sync::Mutex::new(()),
                 client_ca: std::sync::atomic::AtomicBool::new(false),
                 tcp: std::sync::OnceLock::new(),
             }),

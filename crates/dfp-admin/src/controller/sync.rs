@@ -14,6 +14,10 @@ use crate::discovery::{Discovery, Strictness};
 use crate::store::Params;
 use crate::{AdminError, ReconfigureRequest};
 
+/// Instance lookups a store sync has in flight at once: enough to hide the agent's latency,
+/// few enough not to crowd it out (Consul's default limit is 200 connections per client).
+const LOOKUPS_AT_ONCE: usize = 32;
+
 impl Inner {
     /// The sequence number of the latest local write to the store.
     pub(crate) fn local_write_seq(&self) -> u64 {
@@ -29,6 +33,7 @@ impl Inner {
         desired: BTreeMap<String, Params>,
         read_after: Option<u64>,
     ) -> bool {
+        let _syncing = self.syncing.lock().await;
         let mut state = self.state.lock().await;
         let newer_locally =
             |name: &str| read_after.is_some_and(|seen| self.local_writes.newer_than(name, seen));
@@ -109,27 +114,35 @@ impl Inner {
             return deferred;
         }
 
-        // Look the changed services up (an unknown or unreachable one starts with no instance,
-        // or keeps the ones it had, and its follower fills them in).
-        let mut found = Vec::with_capacity(changed.len());
-        for request in changed {
-            let lookup = self
-                .discovery
-                .instances(&request.lookup_name(), request.port, Strictness::Restore)
-                .await;
-            self.note_registry(&lookup);
-            let instances = match lookup {
-                Ok(f) => f.instances,
-                Err(err) => {
-                    tracing::warn!(service = %request.service_name, error = %err, "lookup failed; keeping its last instances");
-                    let kept = state
-                        .services
-                        .get(&key(&request.service_name))
-                        .map(|e| e.instances.clone());
-                    kept.unwrap_or_default()
-                }
-            };
-            found.push((key(&request.service_name), request, instances));
+        // Look the changed services up, LOOKUPS_AT_ONCE at a time and without the state lock,
+        // so reconfigure calls and instance updates go on meanwhile (10,000 stored services
+        // are 10,000 lookups). A service a local call wrote or removed meanwhile is left as
+        // that call made it: this listing may predate the call (the store follower reads
+        // again). An unknown or unreachable one starts with no instance, or keeps the ones it
+        // had, and its follower fills them in.
+        let mark = self.local_writes.mark();
+        drop(state);
+        let looked_up = self.look_up(changed).await;
+        let mut state = self.state.lock().await;
+        let mut found = Vec::with_capacity(looked_up.len());
+        for (request, instances) in looked_up {
+            let k = key(&request.service_name);
+            if self.local_writes.newer_than(&k, mark) {
+                deferred = true;
+                continue;
+            }
+            let instances = instances.unwrap_or_else(|| {
+                state.services.get(&k).map(|e| e.instances.clone()).unwrap_or_default()
+            });
+            found.push((k, request, instances));
+        }
+        removed.retain(|k| {
+            let written = self.local_writes.newer_than(k, mark);
+            deferred |= written;
+            !written && state.services.contains_key(k)
+        });
+        if removed.is_empty() && found.is_empty() {
+            return deferred;
         }
 
         // Build; a stored route whose path another service owns is left out, not the others.
@@ -193,6 +206,38 @@ impl Inner {
         }
         self.counters.store_syncs.fetch_add(1, Ordering::Relaxed);
         deferred
+    }
+
+    /// The instances of each of `requests` (`None`: the lookup failed, logged), looked up
+    /// [`LOOKUPS_AT_ONCE`] at a time, in the order given.
+    async fn look_up(
+        &self,
+        requests: Vec<ReconfigureRequest>,
+    ) -> Vec<(ReconfigureRequest, Option<Vec<SocketAddr>>)> {
+        let mut answers: Vec<Option<Option<Vec<SocketAddr>>>> = vec![None; requests.len()];
+        let mut lookups = tokio::task::JoinSet::new();
+        let mut next = requests.iter().enumerate();
+        loop {
+            while lookups.len() < LOOKUPS_AT_ONCE {
+                let Some((at, request)) = next.next() else { break };
+                let (discovery, name, port) =
+                    (self.discovery.clone(), request.lookup_name(), request.port);
+                lookups.spawn(async move {
+                    (at, discovery.instances(&name, port, Strictness::Restore).await)
+                });
+            }
+            let Some(done) = lookups.join_next().await else { break };
+            let Ok((at, lookup)) = done else { continue };
+            self.note_registry(&lookup);
+            answers[at] = Some(match lookup {
+                Ok(found) => Some(found.instances),
+                Err(err) => {
+                    tracing::warn!(service = %requests[at].service_name, error = %err, "lookup failed; keeping its last instances");
+                    None
+                }
+            });
+        }
+        requests.into_iter().zip(answers).map(|(r, a)| (r, a.flatten())).collect()
     }
 
     /// The routed services whose instances are registered under a name in `only` (or all),
