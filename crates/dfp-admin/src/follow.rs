@@ -3,7 +3,9 @@
 //!
 //! With Consul, one watch covers every routed service ([`follow_registry`]): two blocking
 //! queries, on the catalog's services (registrations) and on every health check's state,
-//! tell when something changed and which services it may concern; only those are read again.
+//! tell when something changed; the nodes' listings (after a registration change) and the
+//! checks' states (after a check change) tell which services it concerns, and only those are
+//! read again: a change costs a few requests, not one per routed service.
 //! So a proxy holds two long-polling connections to its agent however many services it
 //! routes (one per service would meet Consul's limit of connections per client, 200 by
 //! default, and cost memory per service), in the manner of fabio and Traefik.
@@ -151,6 +153,9 @@ impl Wanted {
 /// Consul mode: follows every routed service's instances with one watch (see the module doc).
 pub(crate) async fn follow_registry(inner: Weak<Inner>, consul: Arc<ConsulClient>) {
     let wanted = Arc::new(Wanted::default());
+    // Each service's registrations as last read (a hash of its instances' nodes, IDs and
+    // modify indexes): `None` until a first read, or after a failed one.
+    let registered: Arc<Mutex<Option<HashMap<String, u64>>>> = Arc::default();
     let catalog = blocking_query_loop(
         inner.clone(),
         0,
@@ -159,10 +164,25 @@ pub(crate) async fn follow_registry(inner: Weak<Inner>, consul: Arc<ConsulClient
             let consul = consul.clone();
             async move { consul.watch_catalog(index, wait).await }
         },
-        |_, (), ()| {
-            // Which service's registrations changed is not said: read them all again.
-            wanted.all();
-            std::future::ready(false)
+        |strong, (), ()| {
+            // The catalog's index says something was registered, deregistered or moved, not
+            // what: the nodes' listings say which services (one request per node), and only
+            // those are read again. Without a listing to compare with, all of them are.
+            let (consul, wanted, registered) = (consul.clone(), wanted.clone(), registered.clone());
+            async move {
+                let read = consul.registrations().await;
+                report_registry(&strong, read.as_ref().map(drop));
+                let now = read.ok().map(|r| registration_fingerprints(&r));
+                let before = match registered.lock() {
+                    Ok(mut kept) => std::mem::replace(&mut *kept, now.clone()),
+                    Err(_) => None,
+                };
+                match (before, now) {
+                    (Some(before), Some(now)) => wanted.some(changed_services(&before, &now)),
+                    _ => wanted.all(),
+                }
+                false
+            }
         },
         report_registry,
     );
@@ -191,6 +211,16 @@ pub(crate) async fn follow_registry(inner: Weak<Inner>, consul: Arc<ConsulClient
     );
     let refresher = refresh_instances(inner, consul.clone(), wanted.clone());
     tokio::join!(catalog, checks, refresher);
+}
+
+/// For each service name, a hash of its registered instances (node, ID, modify index).
+fn registration_fingerprints(registrations: &[dfp_consul::Registration]) -> HashMap<String, u64> {
+    let mut prints: HashMap<String, std::hash::DefaultHasher> = HashMap::new();
+    // Sorted by the client: the same registrations always hash alike.
+    for r in registrations {
+        (&r.node, &r.id, r.modify_index).hash(prints.entry(r.service.clone()).or_default());
+    }
+    prints.into_iter().map(|(service, hasher)| (service, hasher.finish())).collect()
 }
 
 /// For each service name (empty: the nodes' own checks), a hash of its checks' states.

@@ -1,7 +1,7 @@
 //! The HTTP client: one or more agents, tried in order, every call bounded in time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -9,6 +9,10 @@ use url::Url;
 
 use crate::model::{CatalogEntry, CheckState, HealthEntry, RawCheck, RawKvEntry};
 use crate::Instance;
+
+mod catalog;
+
+pub use catalog::Registration;
 
 /// What went wrong talking to Consul. Messages say what to check.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,8 @@ pub struct ConsulClient {
     preferred: AtomicUsize,
     /// `X-Consul-Token`, marked sensitive (kept out of reqwest's and hyper's debug output).
     token: Option<reqwest::header::HeaderValue>,
+    /// HTTP requests sent to agents so far (each agent tried counts), for `/metrics`.
+    requests: AtomicU64,
 }
 
 impl ConsulClient {
@@ -111,7 +117,13 @@ impl ConsulClient {
             .no_proxy()
             .build()
             .map_err(ConsulError::Setup)?;
-        Ok(ConsulClient { http, agents, preferred: AtomicUsize::new(0), token: None })
+        Ok(ConsulClient {
+            http,
+            agents,
+            preferred: AtomicUsize::new(0),
+            token: None,
+            requests: AtomicU64::new(0),
+        })
     }
 
     /// Sends `token` as `X-Consul-Token` on every call from now on (Consul's ACLs).
@@ -121,6 +133,12 @@ impl ConsulClient {
         value.set_sensitive(true);
         self.token = Some(value);
         Ok(self)
+    }
+
+    /// HTTP requests sent to Consul agents so far (blocking queries count once each; every
+    /// agent tried counts).
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Whether a token is sent (for messages; never the token itself).
@@ -330,6 +348,7 @@ impl ConsulClient {
     }
 
     async fn call_once(&self, call: &Call<'_>, url: &Url) -> Result<Answer, Attempt> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.request(call.method.clone(), url.clone());
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token.clone());

@@ -14,5 +14,7 @@
 mod client;
 mod model;
 
-pub use client::{ConsulClient, ConsulError, ConsulToken, Indexed, KvEntry, ServiceLookup};
+pub use client::{
+    ConsulClient, ConsulError, ConsulToken, Indexed, KvEntry, Registration, ServiceLookup,
+};
 pub use model::{CheckState, Instance};

@@ -34,12 +34,19 @@ pub(super) fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
         "Instances in the live routing table, over all services.",
         instances as u64,
     );
-    if matches!(controller.discovery(), Discovery::Consul(_)) {
+    if let Discovery::Consul(consul) = controller.discovery() {
         let up = controller.registry_health().reachable.unwrap_or(false);
         gauge(
             "dfp_consul_reachable",
             "1 when Consul answered the last call, else 0.",
             u64::from(up),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP dfp_consul_requests_total HTTP requests sent to Consul agents (each blocking query once).\n\
+             # TYPE dfp_consul_requests_total counter\n\
+             dfp_consul_requests_total {}",
+            consul.requests_sent()
         );
     }
     let _ = writeln!(
