@@ -32,6 +32,7 @@ mod limits;
 mod options;
 mod proxy_protocol;
 mod redirects;
+mod replicas;
 mod resilience;
 mod seed;
 mod ship;
