@@ -18,6 +18,7 @@ mod client_certs;
 mod compression;
 mod conditions;
 mod consul_acl;
+mod consul_cluster;
 mod consul_load;
 mod data_plane;
 mod destinations;

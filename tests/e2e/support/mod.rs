@@ -2,6 +2,7 @@
 //! servers, and the `docker-flow-proxy` binary itself. Everything listens on 127.0.0.1 and
 //! every process is stopped when its guard drops.
 
+mod cluster;
 mod consul;
 mod echo;
 pub mod proxy;
@@ -13,6 +14,7 @@ mod upstream;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use cluster::ConsulCluster;
 pub use consul::Consul;
 pub use echo::TcpEcho;
 pub use proxy::{Proxy, Scratch};
