@@ -35,6 +35,7 @@ mod proxy_protocol;
 mod redirects;
 mod replicas;
 mod resilience;
+mod restore;
 mod seed;
 mod ship;
 mod sni;

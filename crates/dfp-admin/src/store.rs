@@ -77,14 +77,12 @@ impl RouteStore {
         }
     }
 
-    /// Stores one service's parameters; `all` is every service after the change (the state
-    /// file holds them all).
-    pub(crate) async fn save(
-        &self,
-        service: &str,
-        params: &Params,
-        all: &BTreeMap<String, Params>,
-    ) -> Result<(), AdminError> {
+    /// Stores one service's parameters, over what was stored for it.
+    ///
+    /// The state file is read, changed and written whole each time rather than written from
+    /// the services routed: routes still being restored, or stored ones this proxy skipped,
+    /// stay stored. Callers hold the controller's lock, so two changes never interleave.
+    pub(crate) async fn save(&self, service: &str, params: &Params) -> Result<(), AdminError> {
         match self {
             RouteStore::ConsulKv { consul, instance_name } => {
                 let key = format!("{}{service}", Self::kv_prefix(instance_name));
@@ -94,17 +92,19 @@ impl RouteStore {
                     AdminError::consul(Some("storing the route in Consul KV failed"), &err)
                 })
             }
-            RouteStore::File(path) => write_state(path, all).await,
+            RouteStore::File(path) => {
+                let (service, params) = (service.to_owned(), params.clone());
+                change_state(path, move |all| {
+                    all.insert(service, params);
+                })
+                .await
+            }
             RouteStore::Memory => Ok(()),
         }
     }
 
-    /// Deletes one service; `all` is every service after the change.
-    pub(crate) async fn delete(
-        &self,
-        service: &str,
-        all: &BTreeMap<String, Params>,
-    ) -> Result<(), AdminError> {
+    /// Deletes one service (the state file as [`Self::save`] changes it).
+    pub(crate) async fn delete(&self, service: &str) -> Result<(), AdminError> {
         match self {
             RouteStore::ConsulKv { consul, instance_name } => {
                 let key = format!("{}{service}", Self::kv_prefix(instance_name));
@@ -112,7 +112,13 @@ impl RouteStore {
                     AdminError::consul(Some("deleting the route from Consul KV failed"), &err)
                 })
             }
-            RouteStore::File(path) => write_state(path, all).await,
+            RouteStore::File(path) => {
+                let service = service.to_owned();
+                change_state(path, move |all| {
+                    all.remove(&service);
+                })
+                .await
+            }
             RouteStore::Memory => Ok(()),
         }
     }
@@ -166,21 +172,28 @@ fn read_state_file(path: &Path) -> Result<BTreeMap<String, Params>, StoreError> 
     Ok(state.services)
 }
 
-/// Writes the whole state atomically: a temporary file beside it, fsync, rename over the old
-/// file, fsync the directory. A crash leaves the old file or the new one, never half of one.
-async fn write_state(path: &Path, services: &BTreeMap<String, Params>) -> Result<(), AdminError> {
-    let state = StateFile { format: STATE_FORMAT, services: services.clone() };
-    let mut bytes =
-        serde_json::to_vec_pretty(&state).map_err(|e| AdminError::Internal(e.to_string()))?;
-    bytes.push(b'\n');
+/// Reads the state file, applies `change` and writes it back atomically: a temporary file
+/// beside it, fsync, rename over the old file, fsync the directory. A crash leaves the old file
+/// or the new one, never half of one. A file that cannot be read is never overwritten.
+async fn change_state(
+    path: &Path,
+    change: impl FnOnce(&mut BTreeMap<String, Params>) + Send + 'static,
+) -> Result<(), AdminError> {
     let path = path.to_owned();
     let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+    let written = tokio::task::spawn_blocking(move || {
+        let mut services = read_state_file(&path).map_err(|err| err.to_string())?;
+        change(&mut services);
+        let state = StateFile { format: STATE_FORMAT, services };
+        let mut bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        write_atomically(&path, &bytes)
+            .map_err(|err| format!("writing the state file {shown} failed: {err}"))
+    });
+    written
         .await
         .map_err(|e| AdminError::Internal(e.to_string()))?
-        .map_err(|err| AdminError::StoreUnavailable {
-            what: format!("writing the state file {shown} failed: {err}"),
-        })
+        .map_err(|what| AdminError::StoreUnavailable { what })
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -221,7 +234,14 @@ mod tests {
         assert!(store.load().await.expect("missing file is empty").0.is_empty());
         let mut all = BTreeMap::new();
         all.insert("web".to_owned(), params(&[("serviceName", "web"), ("port", "80")]));
-        store.save("web", &all["web"], &all).await.expect("writes");
+        store.save("web", &all["web"]).await.expect("writes");
+        assert_eq!(store.load().await.expect("reads back").0, all);
+        // Each change keeps what else the file holds.
+        all.insert("api".to_owned(), params(&[("serviceName", "api"), ("port", "81")]));
+        store.save("api", &all["api"]).await.expect("writes");
+        assert_eq!(store.load().await.expect("reads back").0, all);
+        store.delete("web").await.expect("deletes");
+        all.remove("web");
         assert_eq!(store.load().await.expect("reads back").0, all);
 
         std::fs::write(&path, b"{ not json").expect("corrupt it");
@@ -233,6 +253,9 @@ mod tests {
             b"{ not json",
             "never overwritten by load"
         );
+        let err = store.save("web", &all["api"]).await.expect_err("an unreadable file is kept");
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("still there"), b"{ not json", "nor by a save");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

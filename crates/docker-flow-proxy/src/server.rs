@@ -158,7 +158,9 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         client_ca,
     };
 
-    // Routes are restored before either listener serves, so the first request already sees
+    // The admin API answers from here on: a reconfigure sent while the stored routes are
+    // restored goes ahead (Docker Flow Swarm Listener sends them as the proxy comes up).
+    // Routes are restored before the proxy listeners serve, so the first request already sees
     // them. Consul being down is not fatal (it is retried in the background); an unreadable
     // state file is.
     let control_plane = tokio::runtime::Builder::new_current_thread()
@@ -166,6 +168,19 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         .thread_name("dfp-admin")
         .build()
         .context("cannot start the admin runtime")?;
+    controller.set_ready(false);
+    let admin = {
+        let _runtime = control_plane.enter();
+        let listener = tokio::net::TcpListener::from_std(admin_listener)?;
+        control_plane.spawn(dfp_admin::serve(
+            listener,
+            controller.clone(),
+            Some(cert_admin.clone()),
+            admin_auth,
+            stopped(stop_rx.clone()),
+        ))
+    };
+    tracing::info!(admin = %admin_addr, "admin API open; restoring routes");
     control_plane.block_on(controller.start())?;
     // Certificates likewise: --certs-dir, then those stored (Consul KV or beside the state file).
     control_plane.block_on(cert_admin.start())?;
@@ -257,8 +272,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     drop((proxy_listener, tls_listener));
 
+    controller.set_ready(true);
     let result = control_plane.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(admin_listener)?;
         tracing::info!(
             proxy = %proxy_addr,
             admin = %admin_addr,
@@ -270,13 +285,6 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
             threads,
             "docker-flow-proxy is ready"
         );
-        let admin = tokio::spawn(dfp_admin::serve(
-            listener,
-            controller,
-            Some(cert_admin),
-            admin_auth,
-            stopped(stop_rx),
-        ));
         wait_for_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);

@@ -168,6 +168,11 @@ impl Consul {
     }
 
     /// The agent's HTTP address, as given to `--consul-address`.
+    /// The agent's HTTP address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.http_port).into()
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }

@@ -7,6 +7,7 @@ mod consul;
 mod echo;
 pub mod proxy;
 mod raw;
+mod relay;
 mod transport;
 
 mod upstream;
@@ -19,6 +20,7 @@ pub use consul::Consul;
 pub use echo::TcpEcho;
 pub use proxy::{Proxy, Scratch};
 pub use raw::{Answer, ClientStream, RawClient, RawUpstream, Received, Reply};
+pub use relay::DelayRelay;
 pub(crate) use transport::{over_plain_and_tls, over_plain_tls_and_h2};
 pub use transport::{Protocol, Transport};
 pub use upstream::{EchoUpgrade, Upstream};

@@ -70,8 +70,24 @@ impl Proxy {
         // Ports come from the kernel and are free when picked, but another process may take
         // one before the proxy binds it (tests run in parallel); the proxy then exits at once
         // with an error, and the start is retried on fresh ports.
+        Self::start_waiting(consul, extra, env, level, true).await
+    }
+
+    /// As [`Proxy::start`], returning as soon as the admin API answers at all, perhaps before
+    /// the proxy is ready (`ping` answers 503 while it restores its stored routes).
+    pub async fn start_unready(consul: Option<&str>, extra: &[&str]) -> Proxy {
+        Self::start_waiting(consul, extra, &[], "warn", false).await
+    }
+
+    async fn start_waiting(
+        consul: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        level: &str,
+        until_ready: bool,
+    ) -> Proxy {
         for attempt in 1..=3 {
-            match Self::try_start(consul, extra, env, level).await {
+            match Self::try_start(consul, extra, env, level, until_ready).await {
                 Ok(proxy) => return proxy,
                 Err(log) => eprintln!("the proxy did not start (attempt {attempt}):\n{log}"),
             }
@@ -84,6 +100,7 @@ impl Proxy {
         extra: &[&str],
         env: &[(&str, &str)],
         level: &str,
+        until_ready: bool,
     ) -> Result<Proxy, String> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
@@ -160,7 +177,8 @@ impl Proxy {
                 proxy.child = None;
                 return Err(log);
             }
-            let answered = proxy.client.get(&ping).send().await.ok().filter(|r| r.status() == 200);
+            let answered = proxy.client.get(&ping).send().await.ok();
+            let answered = answered.filter(|r| r.status() == 200 || !until_ready);
             if answered.is_some() {
                 return Ok(proxy);
             }

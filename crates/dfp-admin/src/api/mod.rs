@@ -171,6 +171,12 @@ async fn route(
         }
         (Some("ping"), _) => {
             allow(method, path, &[Method::GET, Method::HEAD], "GET")?;
+            if !controller.is_ready() {
+                let message = "starting: restoring the stored routes (reconfigure calls are \
+                               answered already; requests are served once this is done)";
+                let answer = Answer { status: "NOK", message: message.to_owned() };
+                return Ok(json(StatusCode::SERVICE_UNAVAILABLE, &answer));
+            }
             Ok(json(StatusCode::OK, &Answer { status: "OK", message: "pong".to_owned() }))
         }
         (Some("cert"), _) => {

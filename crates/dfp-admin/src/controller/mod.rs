@@ -134,14 +134,6 @@ impl State {
         self.next_generation += 1;
         self.next_generation
     }
-
-    /// Every service's stored parameters, by the name it is stored under (its display name).
-    fn params(&self) -> BTreeMap<String, Params> {
-        self.services
-            .values()
-            .map(|e| (e.request.service_name.clone(), e.request.params.clone()))
-            .collect()
-    }
 }
 
 /// Owns the configured services and publishes a new table for each change.
@@ -174,6 +166,12 @@ pub(crate) struct Inner {
     /// applied before an earlier one would be undone by it). Reconfigure calls do not take
     /// it: a sync releases the state lock while it looks instances up.
     syncing: tokio::sync::Mutex<()>,
+    /// Held (written) by the restore at start. The admin API answers during it: a reconfigure
+    /// goes ahead (and wins over the stored copy), a remove waits for it, since what it
+    /// removes may not be restored yet.
+    restoring: tokio::sync::RwLock<()>,
+    /// Whether `ping` says the proxy is ready (the binary clears it while it starts).
+    ready: std::sync::atomic::AtomicBool,
     /// The TLS listener checks client certificates (`--client-ca`): without it, a
     /// `verifyClientSsl` service could never be reached, so such a call is refused.
     client_ca: std::sync::atomic::AtomicBool,
@@ -235,6 +233,8 @@ impl Controller {
                 metrics_hook: std::sync::OnceLock::new(),
                 local_writes: LocalWrites::default(),
                 syncing: tokio::sync::Mutex::new(()),
+                restoring: tokio::sync::RwLock::new(()),
+                ready: std::sync::atomic::AtomicBool::new(true),
                 client_ca: std::sync::atomic::AtomicBool::new(false),
                 tcp: std::sync::OnceLock::new(),
             }),
@@ -248,6 +248,7 @@ impl Controller {
     /// the background. A state file that cannot be read is an error (the caller should stop).
     pub async fn start(&self) -> Result<(), StoreError> {
         tokio::spawn(publisher(Arc::downgrade(&self.inner), self.inner.publish_wanted.clone()));
+        let restoring = self.inner.restoring.write().await;
         let loaded = self.inner.store.load().await;
         let index = match loaded {
             Ok((services, index)) => {
@@ -267,6 +268,7 @@ impl Controller {
             }
             Err(err) => return Err(err),
         };
+        drop(restoring);
         if let Discovery::Consul(consul) = &self.inner.discovery {
             tokio::spawn(follow::follow_registry(Arc::downgrade(&self.inner), consul.clone()));
         }
@@ -314,6 +316,18 @@ impl Controller {
         self.inner.tcp.get().is_some_and(|(ports, reserved)| {
             reserved.https == Some(port) || ports.is_listening(port)
         })
+    }
+
+    /// Whether the proxy serves what it has stored: `ping` answers 503 until then. The binary
+    /// clears it before the admin API opens and sets it once the restore is done and the
+    /// data plane runs, so a health check that pings sees the proxy ready only then, while
+    /// reconfigure calls are answered from the start. Ready unless cleared.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
     }
 
     /// Adds `hook`'s output to `/metrics` (set once; later calls are ignored).

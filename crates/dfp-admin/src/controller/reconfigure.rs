@@ -69,9 +69,7 @@ impl Inner {
         let stored_already =
             state.services.get(&key).is_some_and(|entry| entry.request.params == request.params);
         if !stored_already {
-            let mut all = state.params();
-            all.insert(request.service_name.clone(), request.params.clone());
-            let saved = self.store.save(&request.service_name, &request.params, &all).await;
+            let saved = self.store.save(&request.service_name, &request.params).await;
             if saved.is_err() {
                 // A refused or failed KV write is Consul's state too (`config`'s LastError).
                 self.note_registry(&saved);
@@ -126,6 +124,7 @@ impl Inner {
         self: &Arc<Self>,
         service: &str,
     ) -> Result<RemoveReport, AdminError> {
+        drop(self.restoring.read().await);
         let mut state = self.state.lock().await;
         let key = key(service);
         let Some(name) = state.services.get(&key).map(|e| e.request.service_name.clone()) else {
@@ -138,9 +137,7 @@ impl Inner {
             .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
         let table = self.build(&services)?;
-        let mut all = state.params();
-        all.remove(&name);
-        let deleted = self.store.delete(&name, &all).await;
+        let deleted = self.store.delete(&name).await;
         if deleted.is_err() {
             self.note_registry(&deleted);
         }
@@ -148,7 +145,7 @@ impl Inner {
         // Copies stored under the name in another case (older versions) go too, or the next
         // store listing would route the service again.
         for shadow in state.shadowed.remove(&key).unwrap_or_default() {
-            if let Err(err) = self.store.delete(&shadow, &all).await {
+            if let Err(err) = self.store.delete(&shadow).await {
                 tracing::warn!(key = %shadow, error = %err, "could not delete a stored copy of the route in another case");
             }
         }
