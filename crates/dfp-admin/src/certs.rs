@@ -11,27 +11,22 @@
 //!
 //! The same rules as for routes apply: an upload is validated fully, then stored, then
 //! published (one swap of the whole certificate set); a call that fails changes nothing.
-//! Changes are serialised by one lock. The follower follows the routes' follower too: it
-//! waits as long as the configured [`FollowConfig::consul_wait`], and a listing asked for
-//! before a local upload or delete does not decide that certificate ([`LocalWrites`]), so
-//! it is never briefly unpublished (or brought back) on the replica that took the call. Certificates from `--certs-dir` are loaded by the binary
-//! and passed in; they cannot be deleted through the API (delete the file), but an upload of
-//! the same name takes their place.
+//! Changes are serialised by one lock. Storing, following and the guard that keeps a listing
+//! asked for before a local upload or delete from undoing it are the routes' too: both are
+//! kept through a [`StoreMirror`], and this module only says how a listing is applied.
+//! Certificates from `--certs-dir` are loaded by the binary and passed in; they cannot be
+//! deleted through the API (delete the file), but an upload of the same name takes their
+//! place.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use dfp_consul::{ConsulClient, ConsulError, Indexed, KvEntry};
+use dfp_consul::ConsulError;
 use dfp_tls::{CertSet, CertStore, Certificate};
 use serde::Serialize;
 
-use crate::follow::blocking_query_loop;
-use crate::local_writes::LocalWrites;
+use crate::mirror::{Mirrored, StoreMirror};
 use crate::store::{RouteStore, StoreError};
 use crate::{AdminError, FollowConfig};
 
@@ -47,20 +42,10 @@ pub struct CertAdmin {
 #[derive(Debug)]
 struct Inner {
     live: CertStore,
-    backing: Backing,
-    /// How long the follower's blocking query waits (the configured follow settings).
-    consul_wait: Duration,
+    /// Where uploads are kept (Consul KV or a private directory), with this replica's writes
+    /// numbered, and followed with Consul: the same mirror as the routes'.
+    store: StoreMirror,
     state: tokio::sync::Mutex<State>,
-    /// Uploads and deletes stored by this replica, by certificate name (see the module doc).
-    local_writes: LocalWrites,
-}
-
-/// Where uploaded certificates are kept.
-#[derive(Debug)]
-enum Backing {
-    ConsulKv { consul: Arc<ConsulClient>, prefix: String },
-    Dir(PathBuf),
-    Memory,
 }
 
 /// Every certificate this proxy knows, from which the live set is built.
@@ -228,29 +213,13 @@ impl CertAdmin {
         from_dir: Vec<Certificate>,
         follow: &FollowConfig,
     ) -> CertAdmin {
-        let backing = match store {
-            RouteStore::ConsulKv { consul, instance_name } => Backing::ConsulKv {
-                consul: consul.clone(),
-                prefix: format!("{}/certs/", instance_name.trim_matches('/')),
-            },
-            RouteStore::File(state_file) => {
-                let dir = match state_file.parent() {
-                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-                    _ => PathBuf::from("."),
-                };
-                Backing::Dir(dir.join("certs"))
-            }
-            RouteStore::Memory => Backing::Memory,
-        };
         let state =
             State { from_dir: from_dir.into_iter().map(Arc::new).collect(), ..State::default() };
         CertAdmin {
             inner: Arc::new(Inner {
                 live,
-                backing,
-                consul_wait: follow.consul_wait,
+                store: store.certs_mirror(follow),
                 state: tokio::sync::Mutex::new(state),
-                local_writes: LocalWrites::default(),
             }),
         }
     }
@@ -263,30 +232,17 @@ impl CertAdmin {
     /// with a warning. A standalone certificate directory that cannot be read is an error.
     pub async fn start(&self) -> Result<(), StoreError> {
         let mut state = self.inner.state.lock().await;
-        let index = match &self.inner.backing {
-            Backing::ConsulKv { consul, prefix } => {
-                match consul.kv_list(prefix, 0, Duration::ZERO).await {
-                    Ok(listed) => {
-                        // Nothing is written before start returns: no name to leave.
-                        state.sync(certs_from_kv(&listed.value, prefix), |_| false);
-                        listed.index
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot load certificates from Consul yet; restoring them when it answers");
-                        0
-                    }
-                }
+        let index = match self.inner.store.load().await {
+            Ok((stored, index)) => {
+                // Nothing is written before start returns: no name to leave.
+                state.sync(certs_from(stored), |_| false);
+                index
             }
-            Backing::Dir(dir) => {
-                let dir = dir.clone();
-                let found =
-                    tokio::task::spawn_blocking(move || read_cert_dir(&dir)).await.map_err(
-                        |e| StoreError::StateFile { path: PathBuf::new(), reason: e.to_string() },
-                    )??;
-                state.sync(found, |_| false);
+            Err(StoreError::Consul(err)) => {
+                tracing::warn!(error = %err, "cannot load certificates from Consul yet; restoring them when it answers");
                 0
             }
-            Backing::Memory => 0,
+            Err(err) => return Err(err),
         };
         self.inner.live.publish(state.build());
         tracing::info!(
@@ -294,18 +250,7 @@ impl CertAdmin {
             "certificates loaded and restored"
         );
         drop(state);
-        if let Backing::ConsulKv { consul, prefix } = &self.inner.backing {
-            let (consul, listed) = (consul.clone(), prefix.clone());
-            tokio::spawn(follow_certs(
-                Arc::downgrade(&self.inner),
-                prefix.clone(),
-                index,
-                move |index, wait| {
-                    let (consul, prefix) = (consul.clone(), listed.clone());
-                    async move { consul.kv_list(&prefix, index, wait).await }
-                },
-            ));
-        }
+        StoreMirror::follow(&self.inner, index);
         Ok(())
     }
 
@@ -319,8 +264,7 @@ impl CertAdmin {
         let cert = Certificate::from_pem(&name, &body)
             .map_err(|source| AdminError::InvalidCert { name: name.clone(), source })?;
         let mut state = self.inner.state.lock().await;
-        self.inner.save(&name, &body).await?;
-        self.inner.local_writes.record(&name);
+        self.inner.store.put(&name, &body, &name).await?;
         let answer = Uploaded {
             status: "OK",
             message: format!(
@@ -354,8 +298,7 @@ impl CertAdmin {
                 AdminError::NoSuchCert(name)
             });
         }
-        self.inner.delete(&name).await?;
-        self.inner.local_writes.record(&name);
+        self.inner.store.delete(&name, &name).await?;
         state.remove(&name);
         self.inner.live.publish(state.build());
         tracing::info!(cert = %name, "certificate deleted");
@@ -392,55 +335,13 @@ impl CertAdmin {
 }
 
 impl Inner {
-    async fn save(&self, name: &str, pem: &[u8]) -> Result<(), AdminError> {
-        match &self.backing {
-            Backing::ConsulKv { consul, prefix } => {
-                consul.kv_put(&format!("{prefix}{name}"), pem.to_vec()).await.map_err(|err| {
-                    AdminError::consul(Some("storing the certificate in Consul KV failed"), &err)
-                })
-            }
-            Backing::Dir(dir) => {
-                let (dir, path, pem) = (dir.clone(), dir.join(format!("{name}.pem")), pem.to_vec());
-                let shown = path.display().to_string();
-                tokio::task::spawn_blocking(move || write_private_file(&dir, &path, &pem))
-                    .await
-                    .map_err(|e| AdminError::Internal(e.to_string()))?
-                    .map_err(|err| AdminError::StoreUnavailable {
-                        what: format!("writing the certificate file {shown} failed: {err}"),
-                    })
-            }
-            Backing::Memory => Ok(()),
-        }
-    }
-
-    async fn delete(&self, name: &str) -> Result<(), AdminError> {
-        match &self.backing {
-            Backing::ConsulKv { consul, prefix } => {
-                consul.kv_delete(&format!("{prefix}{name}")).await.map_err(|err| {
-                    AdminError::consul(Some("deleting the certificate from Consul KV failed"), &err)
-                })
-            }
-            Backing::Dir(dir) => {
-                let (dir, path) = (dir.clone(), dir.join(format!("{name}.pem")));
-                let shown = path.display().to_string();
-                tokio::task::spawn_blocking(move || remove_file(&dir, &path))
-                    .await
-                    .map_err(|e| AdminError::Internal(e.to_string()))?
-                    .map_err(|err| AdminError::StoreUnavailable {
-                        what: format!("deleting the certificate file {shown} failed: {err}"),
-                    })
-            }
-            Backing::Memory => Ok(()),
-        }
-    }
-
     /// Applies what the store holds now (another replica's upload or delete, or Consul
     /// coming back) in one swap, without writing back. `read_after` is the local write mark
     /// taken before the listing was asked for: names written here since are left as they are.
     /// Returns whether one was (the caller should read the store again).
     async fn sync_from_kv(&self, desired: BTreeMap<String, Pem>, read_after: u64) -> bool {
         let mut state = self.state.lock().await;
-        let synced = state.sync(desired, |name| self.local_writes.newer_than(name, read_after));
+        let synced = state.sync(desired, |name| self.store.written_since(name, read_after));
         if synced.changed {
             self.live.publish(state.build());
             tracing::info!(
@@ -491,111 +392,38 @@ fn cert_name(pairs: &[(&str, &str)]) -> Result<String, AdminError> {
     Ok(name.to_owned())
 }
 
-/// The certificates of a KV listing: `<prefix><name>` with a valid name; others are skipped.
-fn certs_from_kv(entries: &[dfp_consul::KvEntry], prefix: &str) -> BTreeMap<String, Pem> {
-    entries
-        .iter()
-        .filter_map(|e| {
-            let name = e.key.strip_prefix(prefix)?;
-            if dfp_tls::valid_name(name) {
-                Some((name.to_owned(), Pem(e.value.clone())))
+/// The certificates of a listing of the store: keys that are certificate names; others are
+/// skipped with a warning.
+fn certs_from(stored: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Pem> {
+    stored
+        .into_iter()
+        .filter_map(|(name, pem)| {
+            if dfp_tls::valid_name(&name) {
+                Some((name, Pem(pem)))
             } else {
-                tracing::warn!(key = %e.key, "KV key under the certificate prefix is not a certificate name; skipped");
+                tracing::warn!(key = %name, "stored key under the certificates is not a certificate name; skipped");
                 None
             }
         })
         .collect()
 }
 
-/// Every `*.pem` of the standalone certificate directory, by name. A missing directory holds
-/// nothing; one that cannot be read is an error that names it.
-fn read_cert_dir(dir: &Path) -> Result<BTreeMap<String, Pem>, StoreError> {
-    let bad = |reason: String| StoreError::StateFile { path: dir.to_owned(), reason };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(err) => return Err(bad(format!("the certificate directory cannot be read ({err})"))),
-    };
-    let mut found = BTreeMap::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| bad(format!("the certificate directory cannot be read ({e})")))?
-            .path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".pem"))
-            .filter(|n| dfp_tls::valid_name(n))
-        else {
-            continue;
-        };
-        let pem = std::fs::read(&path)
-            .map_err(|e| bad(format!("{} cannot be read ({e})", path.display())))?;
-        found.insert(name.to_owned(), Pem(pem));
+/// The certificates' side of the store mirror: an upload or delete sent to any replica with
+/// the same instance name reaches this one as a listing.
+impl Mirrored for Inner {
+    fn mirror(&self) -> &StoreMirror {
+        &self.store
     }
-    Ok(found)
-}
 
-/// Writes `path` (in `dir`, created if missing) atomically and readable by its owner only:
-/// a temporary file beside it, fsync, rename, fsync of the directory.
-fn write_private_file(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    async fn apply(self: Arc<Self>, stored: BTreeMap<String, Vec<u8>>, mark: u64) -> bool {
+        self.sync_from_kv(certs_from(stored), mark).await
     }
-    result
-}
 
-fn remove_file(dir: &Path, path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => std::fs::File::open(dir)?.sync_all(),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err),
+    fn answered(&self, outcome: Result<(), &ConsulError>) {
+        if let Err(err) = outcome {
+            tracing::debug!(error = %err, "following certificates in Consul KV failed; retrying");
+        }
     }
-}
-
-/// Follows the certificate prefix in KV, so an upload or delete sent to any replica with the
-/// same instance name reaches this one (the same blocking-query loop as for routes, with the
-/// same local-write guard). `list` lists `prefix` (blocking at an index, for a wait): Consul
-/// KV in the proxy, a script in the tests that order a listing against an upload.
-async fn follow_certs<L, F>(inner: Weak<Inner>, prefix: String, index: u64, list: L)
-where
-    L: FnMut(u64, Duration) -> F,
-    F: Future<Output = Result<Indexed<Vec<KvEntry>>, ConsulError>>,
-{
-    blocking_query_loop(
-        inner,
-        index,
-        // The local write mark before the listing is asked for: a listing that may predate
-        // an upload or delete here does not decide that certificate (and is read again).
-        |i: &Inner| (i.consul_wait, i.local_writes.mark()),
-        list,
-        |strong: Arc<Inner>, entries: Vec<KvEntry>, read_after| {
-            let prefix = prefix.clone();
-            async move { strong.sync_from_kv(certs_from_kv(&entries, &prefix), read_after).await }
-        },
-        |_: &Inner, outcome: Result<(), &ConsulError>| {
-            if let Err(err) = outcome {
-                tracing::debug!(error = %err, "following certificates in Consul KV failed; retrying");
-            }
-        },
-    )
-    .await;
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@ use tokio::task::{AbortHandle, JoinSet};
 
 use crate::controller::Inner;
 use crate::discovery::{dns_refresh, resolve_instances, Discovery};
-use crate::store::{services_from_kv, RouteStore};
 use crate::ReconfigureRequest;
 
 /// A running follower task; dropping it stops the task.
@@ -315,38 +314,6 @@ async fn follow_dns(inner: Weak<Inner>, service: String, port: u16, generation: 
             None => tracing::debug!(%service, "DNS refresh failed; keeping the last addresses"),
         }
     }
-}
-
-/// Follows this proxy's KV prefix, so a reconfigure or remove sent to any replica with the
-/// same instance name reaches this one too.
-pub(crate) async fn follow_store(
-    inner: Weak<Inner>,
-    consul: Arc<ConsulClient>,
-    instance_name: String,
-    index: u64,
-) {
-    let prefix = RouteStore::kv_prefix(&instance_name);
-    blocking_query_loop(
-        inner,
-        index,
-        // The local write sequence when the listing is asked for: a listing that may predate
-        // one of our own writes is not trusted for the services that write touched (and the
-        // store is read again at once).
-        |i: &Inner| (i.follow_config().consul_wait, i.local_write_seq()),
-        |index, wait| {
-            let (consul, prefix) = (consul.clone(), prefix.clone());
-            async move { consul.kv_list(&prefix, index, wait).await }
-        },
-        |strong: Arc<Inner>, entries: Vec<dfp_consul::KvEntry>, writes_before| {
-            let instance_name = instance_name.clone();
-            async move {
-                let desired = services_from_kv(&entries, &instance_name);
-                strong.sync_from_store(desired, Some(writes_before)).await
-            }
-        },
-        report_registry,
-    )
-    .await;
 }
 
 /// Followers of Consul tell the controller whether Consul answered.

@@ -52,6 +52,7 @@ pub mod env_services;
 mod error;
 mod follow;
 mod local_writes;
+mod mirror;
 mod params;
 #[cfg(test)]
 mod params_fuzz;

@@ -1,5 +1,9 @@
 //! Unit tests of `certs.rs`, apart from the code so each file stays readable on its own.
 
+use std::time::Duration;
+
+use dfp_consul::{Indexed, KvEntry};
+
 use super::*;
 
 fn pem(names: &[&str]) -> Vec<u8> {
@@ -126,7 +130,7 @@ fn scripted_follower(
             }
         }
     };
-    let task = tokio::spawn(follow_certs(
+    let task = tokio::spawn(crate::mirror::follow_with(
         Arc::downgrade(&admin.inner),
         "dfp/certs/".to_owned(),
         index,

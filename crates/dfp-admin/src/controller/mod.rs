@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 
 use crate::discovery::Discovery;
 use crate::follow::{self, Follower};
-use crate::local_writes::LocalWrites;
-use crate::store::{Params, RouteStore, StoreError};
+use crate::mirror::{Mirrored, StoreMirror};
+use crate::store::{services_from, Params, RouteStore, StoreError};
 use crate::tcp_ports::{ReservedPorts, TcpPorts};
 use crate::users::UsersConfig;
 use crate::{AdminError, ReconfigureRequest};
@@ -150,7 +150,8 @@ pub struct Controller {
 pub(crate) struct Inner {
     table: TableHandle,
     discovery: Discovery,
-    store: RouteStore,
+    /// The routes as stored (Consul KV or the state file), followed with Consul.
+    store: StoreMirror,
     follow: FollowConfig,
     users: UsersConfig,
     state: tokio::sync::Mutex<State>,
@@ -158,10 +159,6 @@ pub(crate) struct Inner {
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
     metrics_hook: std::sync::OnceLock<MetricsHook>,
-    /// Local writes (reconfigure, remove) to the store, by service key. A store listing read
-    /// while one happened may predate it, so the services it touched are not taken from that
-    /// listing (see `sync_from_store`).
-    local_writes: LocalWrites,
     /// Held by a store sync from start to end: two syncs never interleave (a later listing
     /// applied before an earlier one would be undone by it). Reconfigure calls do not take
     /// it: a sync releases the state lock while it looks instances up.
@@ -223,7 +220,7 @@ impl Controller {
             inner: Arc::new(Inner {
                 table,
                 discovery,
-                store,
+                store: store.routes_mirror(&follow),
                 follow,
                 users,
                 state: tokio::sync::Mutex::new(State::default()),
@@ -231,7 +228,6 @@ impl Controller {
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
                 metrics_hook: std::sync::OnceLock::new(),
-                local_writes: LocalWrites::default(),
                 syncing: tokio::sync::Mutex::new(()),
                 restoring: tokio::sync::RwLock::new(()),
                 ready: std::sync::atomic::AtomicBool::new(true),
@@ -251,10 +247,11 @@ impl Controller {
         let restoring = self.inner.restoring.write().await;
         let loaded = self.inner.store.load().await;
         let index = match loaded {
-            Ok((services, index)) => {
-                if matches!(self.inner.store, RouteStore::ConsulKv { .. }) {
+            Ok((stored, index)) => {
+                if self.inner.store.is_consul() {
                     self.inner.registry_answered(Ok(()));
                 }
+                let services = services_from(stored);
                 let restored = services.len();
                 self.sync_from_store(services).await;
                 tracing::info!(services = restored, "routes restored from the store");
@@ -272,14 +269,8 @@ impl Controller {
         if let Discovery::Consul(consul) = &self.inner.discovery {
             tokio::spawn(follow::follow_registry(Arc::downgrade(&self.inner), consul.clone()));
         }
-        if let RouteStore::ConsulKv { consul, instance_name } = &self.inner.store {
-            tokio::spawn(follow::follow_store(
-                Arc::downgrade(&self.inner),
-                consul.clone(),
-                instance_name.clone(),
-                index,
-            ));
-        }
+        // Another replica's reconfigure or remove reaches this one through the store.
+        StoreMirror::follow(&self.inner, index);
         Ok(())
     }
 
@@ -389,10 +380,10 @@ impl Controller {
     /// `reload?recreate=true`: reads the store again and makes the live table match it (what
     /// a restart would restore). Returns the live table's version.
     pub async fn reload_from_store(&self) -> Result<u64, AdminError> {
-        let (services, _) = self.inner.store.load().await.map_err(|err| {
+        let (stored, _) = self.inner.store.load().await.map_err(|err| {
             AdminError::StoreUnavailable { what: format!("cannot read the stored routes: {err}") }
         })?;
-        self.inner.sync_from_store(services, None).await;
+        self.inner.sync_from_store(services_from(stored), None).await;
         Ok(self.inner.table.load().version())
     }
 
@@ -512,6 +503,21 @@ impl Inner {
 
 /// Publishes instance changes: waits for a change, gathers the burst for the coalescing
 /// window, then rebuilds once. Ends when the controller is gone.
+/// The routes' side of the store mirror: a listing becomes a store sync.
+impl Mirrored for Inner {
+    fn mirror(&self) -> &StoreMirror {
+        &self.store
+    }
+
+    async fn apply(self: Arc<Self>, stored: BTreeMap<String, Vec<u8>>, mark: u64) -> bool {
+        self.sync_from_store(services_from(stored), Some(mark)).await
+    }
+
+    fn answered(&self, outcome: Result<(), &dfp_consul::ConsulError>) {
+        self.registry_answered(outcome.map_err(ToString::to_string));
+    }
+}
+
 async fn publisher(inner: Weak<Inner>, wanted: Arc<Notify>) {
     loop {
         wanted.notified().await;

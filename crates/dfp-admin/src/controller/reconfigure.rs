@@ -69,7 +69,8 @@ impl Inner {
         let stored_already =
             state.services.get(&key).is_some_and(|entry| entry.request.params == request.params);
         if !stored_already {
-            let saved = self.store.save(&request.service_name, &request.params).await;
+            let saved =
+                self.store.put(&request.service_name, &stored_form(&request.params)?, &key).await;
             if saved.is_err() {
                 // A refused or failed KV write is Consul's state too (`config`'s LastError).
                 self.note_registry(&saved);
@@ -78,7 +79,6 @@ impl Inner {
                 }
             }
             saved?;
-            self.local_writes.record(&key);
         }
 
         let version = table.version();
@@ -137,7 +137,7 @@ impl Inner {
             .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
             .collect();
         let table = self.build(&services)?;
-        let deleted = self.store.delete(&name).await;
+        let deleted = self.store.delete(&name, &key).await;
         if deleted.is_err() {
             self.note_registry(&deleted);
         }
@@ -145,11 +145,10 @@ impl Inner {
         // Copies stored under the name in another case (older versions) go too, or the next
         // store listing would route the service again.
         for shadow in state.shadowed.remove(&key).unwrap_or_default() {
-            if let Err(err) = self.store.delete(&shadow).await {
+            if let Err(err) = self.store.delete(&shadow, &key).await {
                 tracing::warn!(key = %shadow, error = %err, "could not delete a stored copy of the route in another case");
             }
         }
-        self.local_writes.record(&key);
         let version = table.version();
         self.table.publish(table);
         state.dirty = false;
@@ -317,6 +316,11 @@ impl Inner {
         };
         build().map_err(conflict)
     }
+}
+
+/// A service's parameters as the store keeps them: one JSON object of strings.
+fn stored_form(params: &crate::store::Params) -> Result<Vec<u8>, AdminError> {
+    serde_json::to_vec(params).map_err(|e| AdminError::Internal(e.to_string()))
 }
 
 /// A build error as the admin API reports it: conflicts are the caller's (409).

@@ -19,11 +19,6 @@ use crate::{AdminError, ReconfigureRequest};
 const LOOKUPS_AT_ONCE: usize = 32;
 
 impl Inner {
-    /// The sequence number of the latest local write to the store.
-    pub(crate) fn local_write_seq(&self) -> u64 {
-        self.local_writes.mark()
-    }
-
     /// Makes the routes match `desired`, a listing of the store. With `read_after` (the local
     /// write sequence when the listing was requested), services written locally since then
     /// are left as they are: the listing may predate that write. Returns whether any service
@@ -36,7 +31,7 @@ impl Inner {
         let _syncing = self.syncing.lock().await;
         let mut state = self.state.lock().await;
         let newer_locally =
-            |name: &str| read_after.is_some_and(|seen| self.local_writes.newer_than(name, seen));
+            |name: &str| read_after.is_some_and(|seen| self.store.written_since(name, seen));
         // The store's services by key. A service stored under several cases (versions before
         // names were compared as Consul compares them) is served once, from the first listed.
         let mut by_key: BTreeMap<String, (String, Params)> = BTreeMap::new();
@@ -120,14 +115,14 @@ impl Inner {
         // that call made it: this listing may predate the call (the store follower reads
         // again). An unknown or unreachable one starts with no instance, or keeps the ones it
         // had, and its follower fills them in.
-        let mark = self.local_writes.mark();
+        let mark = self.store.mark();
         drop(state);
         let looked_up = self.look_up(changed).await;
         let mut state = self.state.lock().await;
         let mut found = Vec::with_capacity(looked_up.len());
         for (request, instances) in looked_up {
             let k = key(&request.service_name);
-            if self.local_writes.newer_than(&k, mark) {
+            if self.store.written_since(&k, mark) {
                 deferred = true;
                 continue;
             }
@@ -137,7 +132,7 @@ impl Inner {
             found.push((k, request, instances));
         }
         removed.retain(|k| {
-            let written = self.local_writes.newer_than(k, mark);
+            let written = self.store.written_since(k, mark);
             deferred |= written;
             !written && state.services.contains_key(k)
         });

@@ -109,14 +109,14 @@ async fn a_store_naming_one_service_in_two_cases_serves_it_once() {
 #[tokio::test]
 async fn a_listing_older_than_a_local_write_does_not_undo_it() {
     let c = controller();
-    let before = c.inner.local_write_seq();
+    let before = c.inner.store.mark();
     c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
     // A listing requested before the write, answered without it.
     let deferred = c.inner.sync_from_store(BTreeMap::new(), Some(before)).await;
     assert!(deferred, "the follower is told to read again");
     assert!(c.table().load().lookup("/a").is_some(), "the local write stands");
     // A listing requested after the write is the truth.
-    let after = c.inner.local_write_seq();
+    let after = c.inner.store.mark();
     assert!(!c.inner.sync_from_store(BTreeMap::new(), Some(after)).await);
     assert!(c.table().load().lookup("/a").is_none());
 }
