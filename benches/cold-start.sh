@@ -7,8 +7,8 @@
 # (books-ms, with one registered instance, and N-1 services svc-<i> on /api/v<i%7>/svc-<i>,
 # each registered in Consul with one instance), then each binary given is started against
 # that Consul dev agent, ROUNDS times, alternating. "Ready" is the first moment its admin API
-# answers /metrics with dfp_services = N (the admin listener opens once the restore is done,
-# before the data plane serves) and books-ms answers through it; the time is from the
+# answers /metrics with dfp_services = N (the admin listener answers during the restore; the
+# data plane serves once it is done) and books-ms answers through it; the time is from the
 # process start, polled every 0.1 s. Then one registration change (a new books-ms instance)
 # and the HTTP requests the proxy sends Consul for it (its dfp_consul_requests_total, once
 # it has stood still for 1.5 s; "-" for a build without that counter).

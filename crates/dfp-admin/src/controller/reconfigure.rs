@@ -30,25 +30,24 @@ impl Inner {
             // (its store key and the label of its metrics).
             request.rename(&entry.request.service_name);
         }
-        // Cheap checks first: a conflicting path is refused before anyone asks Consul, unless
-        // the name is a typo: then Consul's (or DNS's) "never heard of it" is the real problem.
-        if let Err(conflict) = self.check_conflicts(&state, &key, &request) {
-            let lookup = self
-                .discovery
-                .instances(&request.lookup_name(), request.port, Strictness::Interactive)
-                .await;
-            self.note_registry(&lookup);
-            return Err(match lookup {
-                Err(unknown @ AdminError::UnknownService { .. }) => unknown,
-                Ok(_) | Err(_) => conflict,
-            });
-        }
+        // A name Consul (or DNS) never heard of is the real problem even when the paths
+        // conflict too (a typo); a conflict is found by building the table below, which
+        // every successful call does anyway. Only when the lookup fails otherwise (Consul
+        // unreachable) is the conflict looked for apart, so that it still wins: the caller
+        // must change the call whatever Consul does.
         let found = self
             .discovery
             .instances(&request.lookup_name(), request.port, Strictness::Interactive)
             .await;
         self.note_registry(&found);
-        let found = found?;
+        let found = match found {
+            Ok(found) => found,
+            Err(unknown @ AdminError::UnknownService { .. }) => return Err(unknown),
+            Err(other) => {
+                self.check_conflicts(&state, &key, &request)?;
+                return Err(other);
+            }
+        };
 
         let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
             .services
