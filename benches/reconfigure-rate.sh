@@ -9,7 +9,8 @@
 # reconfigure per service (svc-<i> on /api/v<i%7>/svc-<i>), 16 at a time (curl --parallel),
 # the way Docker Flow Swarm Listener configures a cluster at start. Reported: the whole run's
 # time and calls per second, the median call time of the first 160 calls (a table of at most
-# 160 routes) and of the last 1,600 (over 8,400 routes at N = 10,000). Then, at N routes, 50
+# 160 routes) and of the last 1,600 (over 8,400 routes at N = 10,000; a tenth and 16% of N
+# for smaller N). Then, at N routes, 50
 # single calls one after another that change one service (a new addResHeader each time, so
 # each is stored and published): their median, beside the median of 50 plain Consul KV writes
 # of the same size (Consul's own write time, which every call includes).
@@ -45,7 +46,12 @@ while (($#)); do
 done
 ((${#BINS[@]})) || die "give at least one --bin PATH (a release build of docker-flow-proxy)"
 for bin in "${BINS[@]}"; do [[ -x $bin ]] || die "$bin is not an executable"; done
-((ROUTES >= 2000)) || die "--routes must be at least 2000 (the first 160 and last 1,600 calls are compared)"
+((ROUTES >= 10)) || die "--routes must be at least 10"
+# The first and last calls compared: 160 and 1,600 at 10,000 routes, fewer for small tables.
+FIRST=$((ROUTES / 10 < 160 ? ROUTES / 10 : 160))
+LAST=$((ROUTES * 16 / 100 < 1600 ? ROUTES * 16 / 100 : 1600))
+((FIRST >= 1)) || FIRST=1
+((LAST >= 1)) || LAST=1
 
 RUN=$(mktemp -d /tmp/reconfigure-rate.XXXXXX)
 LOGS=$RUN
@@ -83,7 +89,7 @@ calls() {
   done
 }
 
-echo "| binary | round | routes | all calls, 16 at a time (s) | calls/s | median call, first 160 (ms) | median call, last 1,600 (ms) | one call at $ROUTES routes, median of 50 (ms) | Consul KV write, median of 50 (ms) |"
+echo "| binary | round | routes | all calls, 16 at a time (s) | calls/s | median call, first $FIRST (ms) | median call, last $LAST (ms) | one call at $ROUTES routes, median of 50 (ms) | Consul KV write, median of 50 (ms) |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for ((round = 1; round <= ROUNDS; round++)); do
   for b in "${!BINS[@]}"; do
@@ -104,9 +110,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     ok=$(awk '$2 == 200' "$RUN/answers-$target" | wc -l)
     ((ok == ROUTES - 1)) || die "$target: $ok of $((ROUTES - 1)) calls answered 200 (see $RUN/answers-$target)"
     services_routed "$target" "$ROUTES" || die "$target does not route $ROUTES services"
-    # Answers are written as they complete: the first 160 lines are the first calls.
-    first=$(head -n 160 "$RUN/answers-$target" | awk '{ printf "%.2f\n", $1 * 1000 }' | median)
-    last=$(tail -n 1600 "$RUN/answers-$target" | awk '{ printf "%.2f\n", $1 * 1000 }' | median)
+    # Answers are written as they complete: the first lines are the first calls.
+    first=$(head -n "$FIRST" "$RUN/answers-$target" | awk '{ printf "%.2f\n", $1 * 1000 }' | median)
+    last=$(tail -n "$LAST" "$RUN/answers-$target" | awk '{ printf "%.2f\n", $1 * 1000 }' | median)
     # One call at a time at full size: each changes svc-1 (stored and published).
     single=$(for ((i = 0; i < 50; i++)); do
       curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 \
@@ -118,8 +124,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
         "$CONSUL/v1/kv/dfp-rate-kv/services/svc-1"
     done | awk '{ printf "%.2f\n", $1 * 1000 }' | median)
     rate=$(awk -v n=$((ROUTES - 1)) -v ms="$took" 'BEGIN { printf "%.0f", n * 1000 / ms }')
-    seconds=$(awk -v ms="$took" 'BEGIN { printf "%.1f", ms / 1000 }')
-    log "$target: $seconds s, $rate calls/s; median $first ms (first 160), $last ms (last 1,600); single $single ms, KV $kv ms"
+    seconds=$(awk -v ms="$took" 'BEGIN { printf "%.2f", ms / 1000 }')
+    log "$target: $seconds s, $rate calls/s; median $first ms (first $FIRST), $last ms (last $LAST); single $single ms, KV $kv ms"
     echo "| $BIN | $round | $ROUTES | $seconds | $rate | $first | $last | $single | $kv |"
     stop_tree "${PID[$target]}"
   done
