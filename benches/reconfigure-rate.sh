@@ -61,18 +61,7 @@ ensure_consul
 start_consul_agent ""
 register_instance books-ms books-1 9
 log "registering $((ROUTES - 1)) services in Consul (one instance each)"
-batch="$RUN/register.curl"
-{
-  for ((i = 1; i < ROUTES; i++)); do
-    ((i == 1)) || echo next
-    printf 'url = "%s/v1/agent/service/register"\nrequest = "PUT"\n' "$CONSUL"
-    printf 'data = "{\\"Name\\":\\"svc-%d\\",\\"ID\\":\\"svc-%d\\",\\"Address\\":\\"127.0.0.1\\",\\"Port\\":%d}"\n' \
-      "$i" "$i" "$((20000 + i % 40000))"
-    printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nmax-time = 10\n'
-  done
-} >"$batch"
-registered=$(curl -s -K "$batch" | grep -c '^200$' || true)
-((registered == ROUTES - 1)) || die "registered $registered of $((ROUTES - 1)) services"
+register_services 1 $((ROUTES - 1))
 
 # median: the median of the numbers on stdin.
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }

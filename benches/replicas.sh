@@ -51,18 +51,7 @@ free_port UPSTREAM_PORT
 start_nginx_upstream nginx-upstream "" "$UPSTREAM_PORT" ok 1024 60s
 start_consul_agent ""
 log "registering $SERVICES services in Consul"
-batch="$RUN/register.curl"
-{
-  for ((i = 0; i < SERVICES; i++)); do
-    ((i == 0)) || echo next
-    printf 'url = "%s/v1/agent/service/register"\nrequest = "PUT"\n' "$CONSUL"
-    printf 'data = "{\\"Name\\":\\"svc-%d\\",\\"ID\\":\\"svc-%d\\",\\"Address\\":\\"127.0.0.1\\",\\"Port\\":%d}"\n' \
-      "$i" "$i" "$UPSTREAM_PORT"
-    printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nmax-time = 10\n'
-  done
-} >"$batch"
-registered=$(curl -s -K "$batch" | grep -c '^200$' || true)
-((registered == SERVICES)) || die "registered $registered of $SERVICES services"
+register_services 0 $((SERVICES - 1)) "$UPSTREAM_PORT"
 
 for ((r = 0; r < REPLICAS; r++)); do
   launch_ours "replica-$r" "" dfp-replicas 30 -- --tls-listen off --threads 1

@@ -363,6 +363,25 @@ register_instance() {
     die "registering $2 in Consul failed"
 }
 
+# register_services FIRST LAST [PORT]: registers services svc-FIRST..svc-LAST in Consul, one
+# instance each at 127.0.0.1:PORT (default: 20000 + i % 40000, which need not answer), with one
+# curl (a config block per service, separated by `next`). Dies unless every one is taken.
+register_services() {
+  local first=$1 last=$2 port=${3:-} i batch="$RUN/register.curl"
+  {
+    for ((i = first; i <= last; i++)); do
+      ((i == first)) || echo next
+      printf 'url = "%s/v1/agent/service/register"\nrequest = "PUT"\n' "$CONSUL"
+      printf 'data = "{\\"Name\\":\\"svc-%d\\",\\"ID\\":\\"svc-%d\\",\\"Address\\":\\"127.0.0.1\\",\\"Port\\":%d}"\n' \
+        "$i" "$i" "${port:-$((20000 + i % 40000))}"
+      printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nmax-time = 10\n'
+    done
+  } >"$batch"
+  local registered
+  registered=$(curl -s -K "$batch" | grep -c '^200$' || true)
+  ((registered == last - first + 1)) || die "registered $registered of $((last - first + 1)) services"
+}
+
 # kv_put_block INSTANCE SERVICE PATH: a curl config block storing one route in Consul KV.
 kv_put_block() {
   printf 'url = "%s/v1/kv/%s/services/%s"\nrequest = "PUT"\n' "$CONSUL" "$1" "$2"

@@ -9,8 +9,7 @@ use crate::support::{eventually, Consul, Proxy, Upstream};
 const FOLLOW: Duration = Duration::from_secs(10);
 
 async fn requests(proxy: &Proxy) -> u64 {
-    let response = proxy.client().get(proxy.admin_url("/metrics")).send().await.expect("metrics");
-    let text = response.text().await.expect("metrics text");
+    let text = proxy.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("dfp_consul_requests_total ")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no dfp_consul_requests_total in {text}"))

@@ -76,11 +76,6 @@ fn service<'a>(config: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{name} listed in {config}"))
 }
 
-async fn metrics(proxy: &Proxy) -> String {
-    let response = proxy.client().get(proxy.admin_url("/metrics")).send().await.expect("metrics");
-    response.text().await.expect("metrics text")
-}
-
 #[tokio::test]
 async fn sni_passthrough_shares_the_https_port_with_termination() {
     let consul = Consul::start().await;
@@ -145,7 +140,7 @@ async fn sni_passthrough_shares_the_https_port_with_termination() {
     assert_eq!(db["Tls"], "passthrough");
     assert_eq!(db["SrcPort"], https_port);
     assert_eq!(db["Listening"], true);
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert!(text.contains("dfp_tcp_connections_total{service=\"db\"} 3"), "{text}");
 
     // Scaled up in Consul: new connections go round robin over both at once.

@@ -49,11 +49,6 @@ fn metric(text: &str, line_start: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
 }
 
-async fn metrics(proxy: &Proxy) -> String {
-    let response = proxy.client().get(proxy.admin_url("/metrics")).send().await.expect("metrics");
-    response.text().await.expect("metrics text")
-}
-
 #[tokio::test]
 async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     let consul = Consul::start().await;
@@ -93,7 +88,7 @@ async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     for i in 0..20 {
         assert_eq!(round_trip(port).await, "b:", "connection {i}");
     }
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert_eq!(metric(&text, "dfp_tcp_connections_total{service=\"echo\"}"), Some(24));
     assert_eq!(metric(&text, "dfp_tcp_connect_failures_total{service=\"echo\"}"), Some(0));
     assert!(metric(&text, "dfp_upstream_errors_total{service=\"echo\"}") >= Some(1), "{text}");
@@ -102,7 +97,7 @@ async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     eventually(FOLLOW, "every byte to be counted", || {
         let proxy = &proxy;
         async move {
-            let text = metrics(proxy).await;
+            let text = proxy.metrics().await;
             let to = |d: &str| {
                 metric(&text, &format!("dfp_tcp_bytes_total{{service=\"echo\",direction=\"{d}\"}}"))
             };
@@ -113,7 +108,7 @@ async fn tcp_services_round_robin_and_retry_past_a_killed_instance() {
     eventually(FOLLOW, "the open gauge to fall back to 0", || {
         let proxy = &proxy;
         async move {
-            let text = metrics(proxy).await;
+            let text = proxy.metrics().await;
             (metric(&text, "dfp_tcp_open_connections{service=\"echo\"}") == Some(0)).then_some(())
         }
     })
@@ -293,7 +288,7 @@ async fn tcp_services_take_the_proxy_protocol_and_source_lists() {
         assert_eq!(echoed, "", "{opening:?} was served");
     }
     assert_eq!(echo.accepted(), 1, "a refused connection reached the instance");
-    let text = metrics(&proxy).await;
+    let text = proxy.metrics().await;
     assert_eq!(metric(&text, "dfp_proxy_header_failures_total "), Some(1), "{text}");
 }
 

@@ -89,12 +89,7 @@ impl StoreMirror {
                 Ok((children(&listed.value, prefix), listed.index))
             }
             Backend::StateFile(path) => {
-                let path = path.clone();
-                let read = tokio::task::spawn_blocking(move || read_state_file(&path)).await;
-                let state = read.map_err(|e| StoreError::StateFile {
-                    path: PathBuf::new(),
-                    reason: e.to_string(),
-                })??;
+                let state = read_off_runtime(path, read_state_file).await?;
                 let values = state
                     .services
                     .into_iter()
@@ -102,15 +97,7 @@ impl StoreMirror {
                     .collect();
                 Ok((values, 0))
             }
-            Backend::PemDir(dir) => {
-                let dir = dir.clone();
-                let read = tokio::task::spawn_blocking(move || read_pem_dir(&dir)).await;
-                let found = read.map_err(|e| StoreError::StateFile {
-                    path: PathBuf::new(),
-                    reason: e.to_string(),
-                })??;
-                Ok((found, 0))
-            }
+            Backend::PemDir(dir) => Ok((read_off_runtime(dir, read_pem_dir).await?, 0)),
             Backend::Memory => Ok((BTreeMap::new(), 0)),
         }
     }
@@ -241,6 +228,16 @@ fn children(entries: &[KvEntry], prefix: &str) -> BTreeMap<String, Vec<u8>> {
             (!key.is_empty() && !key.contains('/')).then(|| (key.to_owned(), entry.value.clone()))
         })
         .collect()
+}
+
+/// Runs a read of `path` off the runtime.
+async fn read_off_runtime<T: Send + 'static>(
+    path: &Path,
+    read: fn(&Path) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let path = path.to_owned();
+    let done = tokio::task::spawn_blocking(move || read(&path)).await;
+    done.map_err(|e| StoreError::StateFile { path: PathBuf::new(), reason: e.to_string() })?
 }
 
 /// Runs a file operation off the runtime; its failure is the store's (503).

@@ -213,6 +213,12 @@ impl Proxy {
         (status, json)
     }
 
+    /// The admin API's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.admin_url("/metrics")).send().await.expect("metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// The live table as `config` reports it.
     pub async fn config(&self) -> Value {
         let (status, json) = self.admin("/v1/docker-flow-proxy/config").await;
