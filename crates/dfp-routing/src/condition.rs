@@ -2,7 +2,7 @@
 //!
 //! Why here and in this shape: these decide *which service* gets a request, so they are part
 //! of the lookup, not of a service's policy (which only runs once a service is chosen). The
-//! table keeps its radix index keyed by segment-aware prefixes, and a route with conditions
+//! table keeps its index keyed by segment-aware prefixes, and a route with conditions
 //! hangs off one node of it (its *anchor*, a prefix that owns every path the route can match)
 //! as one more candidate. A lookup walks the index as before and evaluates conditions only on
 //! the candidates at the nodes it visits, so the cost does not grow with the number of
@@ -94,7 +94,7 @@ pub struct PathPattern {
     text: Box<str>,
     regex: Option<Regex>,
     /// The longest segment-aware prefix that owns every path this pattern can match: the
-    /// radix node the route hangs off.
+    /// index node the route hangs off.
     anchor: PathPrefix,
 }
 
@@ -159,7 +159,7 @@ impl PathPattern {
         &self.text
     }
 
-    /// The radix node this pattern's route hangs off.
+    /// The index node this pattern's route hangs off.
     pub fn anchor(&self) -> &PathPrefix {
         &self.anchor
     }

@@ -43,5 +43,5 @@ pub use policy::{
 pub use prefix::{PathPrefix, PrefixError};
 pub use table::{
     service_key, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec,
-    StreamTls, TableHandle,
+    StreamTls, TableEditor, TableHandle,
 };

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Longest service path we accept. Generous for real APIs, small enough to keep the table lean.
-const MAX_LEN: usize = 1024;
+pub(crate) const MAX_LEN: usize = 1024;
 
 /// Why a service path was refused. Each message says what to send instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +40,14 @@ pub enum PrefixError {
 /// `/api/v1/books/…` and `/api/v1/books?…`, never `/api/v1/booksellers`. `/` owns everything.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PathPrefix(Arc<str>);
+
+/// A prefix is looked up by the text of a request path's cut (see the route table's lookup):
+/// hashed and compared as that text.
+impl std::borrow::Borrow<str> for PathPrefix {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 impl PathPrefix {
     /// The catch-all prefix `/`.

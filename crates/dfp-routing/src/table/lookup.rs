@@ -1,11 +1,10 @@
 //! Answering a lookup: host index, then any-host index, then the default backend, walking
-//! each radix index from the longest prefix down. This is the code every request runs.
+//! each index from the longest prefix down. This is the code every request runs.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::{service_key, Node, RouteMatch, RouteTable, ServiceRoutes, StreamTls};
+use super::{service_key, Node, PathIndex, RouteMatch, RouteTable, ServiceRoutes, StreamTls};
 use crate::backend::BackendStats;
 use crate::condition::{NoFields, RequestFields};
 use crate::Backend;
@@ -15,11 +14,10 @@ impl RouteTable {
     pub fn empty() -> Self {
         RouteTable {
             version: 0,
-            any_host: matchit::Router::new(),
-            by_host: HashMap::new(),
-            by_wildcard: HashMap::new(),
+            any_host: Arc::default(),
+            by_host: Arc::default(),
+            by_wildcard: Arc::default(),
             default_service: None,
-            routes: Vec::new(),
             services: Vec::new(),
             tcp: Vec::new(),
             tls_names: Vec::new(),
@@ -55,14 +53,14 @@ impl RouteTable {
         if !self.by_host.is_empty() || !self.by_wildcard.is_empty() {
             if let Some(host) = host.and_then(normalise_host) {
                 if let Some(found) =
-                    self.by_host.get(host.as_ref()).and_then(|r| self.find(r, path, fields))
+                    self.by_host.get(host.as_ref()).and_then(|i| self.find(i, path, fields))
                 {
                     return Some(found);
                 }
                 let parent = host.split_once('.').map(|(_, rest)| rest);
                 if let Some(found) = parent
                     .and_then(|p| self.by_wildcard.get(p))
-                    .and_then(|r| self.find(r, path, fields))
+                    .and_then(|i| self.find(i, path, fields))
                 {
                     return Some(found);
                 }
@@ -70,38 +68,52 @@ impl RouteTable {
         }
         self.find(&self.any_host, path, fields).or_else(|| {
             self.default_service
-                .map(|i| RouteMatch { backend: &self.services[i].backend, prefix: None })
+                .as_ref()
+                .map(|slot| RouteMatch { backend: &slot.backend, prefix: None })
         })
     }
 
     /// The longest owner of `path` in `index` whose conditions hold and that does not exclude
-    /// it.
+    /// it: the path cut at each `/`, longest first (`/a/b/c`, `/a/b`, `/a`, `/`), each looked
+    /// for in the index. A cut with a trailing `/` is never found (no prefix has one), and
+    /// the next shorter one is the prefix that owns it. At most one more cut than the index's
+    /// deepest prefix has segments is hashed, whatever the request sends.
     fn find<'t>(
         &'t self,
-        index: &'t matchit::Router<usize>,
+        index: &'t PathIndex,
         path: &str,
         fields: &dyn RequestFields,
     ) -> Option<RouteMatch<'t>> {
-        let mut probe = path;
+        if index.nodes.is_empty() || !path.starts_with('/') {
+            return None;
+        }
+        let mut probe =
+            match path.bytes().enumerate().filter(|&(_, b)| b == b'/').nth(index.max_depth) {
+                Some((at, _)) => &path[..at],
+                None => path,
+            };
         loop {
-            let found = index.at(probe).ok()?;
-            let Node { prefix, candidates } = &self.routes[*found.value];
-            for candidate in candidates.iter() {
-                if candidate.test.as_ref().is_some_and(|t| !t.matches(path, fields)) {
-                    continue;
-                }
-                let slot = &self.services[candidate.service];
-                if !slot.excludes(path) {
-                    return Some(RouteMatch { backend: &slot.backend, prefix: Some(prefix) });
+            if index.has_length(probe.len()) {
+                if let Some(Node { prefix, candidates }) = index.nodes.get(probe).map(|n| &**n) {
+                    for candidate in candidates.iter() {
+                        if candidate.test.as_ref().is_some_and(|t| !t.matches(path, fields)) {
+                            continue;
+                        }
+                        let slot = &candidate.slot;
+                        if !slot.excludes(path) {
+                            return Some(RouteMatch {
+                                backend: &slot.backend,
+                                prefix: Some(prefix),
+                            });
+                        }
+                    }
                 }
             }
-            // No candidate here: ask again for the owners of the prefix's parent (all shorter).
-            if prefix.is_root() {
-                return None;
-            }
-            probe = match prefix.as_str().rfind('/') {
-                Some(0) | None => "/",
-                Some(i) => &prefix.as_str()[..i],
+            // Not here: the next shorter cut (all its owners are shorter).
+            probe = match probe.rfind('/') {
+                Some(0) if probe.len() > 1 => "/",
+                Some(at) if at > 0 => &probe[..at],
+                _ => return None,
             };
         }
     }
@@ -109,14 +121,14 @@ impl RouteTable {
     /// The routed services' destinations, ordered by [`service_key`], then destination (most
     /// services have one).
     pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceRoutes<'_>> {
-        self.services.iter().enumerate().map(|(i, s)| ServiceRoutes {
+        self.services.iter().map(|s| ServiceRoutes {
             backend: &s.backend,
             prefixes: &s.prefixes,
             patterns: &s.patterns,
             conditions: &s.conditions,
             domains: &s.domains,
             excluded: &s.excluded,
-            default_backend: self.default_service == Some(i),
+            default_backend: s.default_backend,
             color: s.color.as_deref(),
             destination: s.destination,
             index: s.index,
@@ -130,7 +142,7 @@ impl RouteTable {
     /// Services chosen by TLS server name share their port, and are not this.
     pub fn tcp_route(&self, port: u16) -> Option<&Arc<Backend>> {
         let at = self.tcp.binary_search_by_key(&port, |(p, _)| *p).ok()?;
-        let slot = &self.services[self.tcp[at].1];
+        let slot = &self.tcp[at].1;
         (slot.stream_tls == StreamTls::Plain).then_some(&slot.backend)
     }
 
@@ -150,7 +162,7 @@ impl RouteTable {
             self.tls_names
                 .binary_search_by(|(p, w, n, _)| (*p, *w, n.as_ref()).cmp(&(port, wildcard, name)))
                 .ok()
-                .map(|at| &self.services[self.tls_names[at].3])
+                .map(|at| &self.tls_names[at].3)
         };
         let slot = find(false, server_name).or_else(|| {
             let (first, parent) = server_name.split_once('.')?;
@@ -161,7 +173,7 @@ impl RouteTable {
 
     /// The ports TCP services are reached on, in order, with their services.
     pub fn tcp_ports(&self) -> impl ExactSizeIterator<Item = (u16, &Arc<Backend>)> {
-        self.tcp.iter().map(|&(port, i)| (port, &self.services[i].backend))
+        self.tcp.iter().map(|(port, slot)| (*port, &slot.backend))
     }
 
     /// The backend of a service's first destination by name, compared as [`service_key`]
@@ -169,9 +181,7 @@ impl RouteTable {
     pub fn service(&self, name: &str) -> Option<&Arc<Backend>> {
         let key = service_key(name);
         self.services
-            .binary_search_by(|s| {
-                (service_key(s.backend.service()).as_ref(), s.destination).cmp(&(key.as_ref(), 0))
-            })
+            .binary_search_by(|s| (s.key.as_ref(), s.destination).cmp(&(key.as_ref(), 0)))
             .ok()
             .map(|i| &self.services[i].backend)
     }

@@ -1,8 +1,8 @@
 //! The route table: the types a table is made of, and the spec a service asks it for.
 //!
 //! A table has three jobs, each in its own file so that each can be read alone: answering
-//! lookups on the hot path (`lookup`), being built off to the side with conflicts refused
-//! (`build`), and being published whole through one `ArcSwap` (`handle`). The types they share
+//! lookups on the hot path (`lookup`), being changed off to the side a service at a time with
+//! conflicts refused (`build`), and being published whole through one `ArcSwap` (`handle`). The types they share
 //! live here; their private fields are visible to those child modules and nowhere else.
 
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ mod properties;
 #[cfg(test)]
 mod tests;
 
-pub use build::RouteTableBuilder;
+pub use build::{RouteTableBuilder, TableEditor};
 pub use handle::TableHandle;
 
 /// Why a table could not be built. The live table is never touched by a failed build.
@@ -69,8 +69,6 @@ pub enum BuildError {
     TcpDestinations { port: u16, service: String },
     #[error("service name is empty")]
     EmptyServiceName,
-    #[error("path {path} could not be indexed: {reason}")]
-    Index { path: PathPrefix, reason: String },
 }
 
 fn host_suffix(domain: Option<&Domain>) -> String {
@@ -182,7 +180,11 @@ impl ServiceSpec {
 
 /// One destination of a service in a built table (most services have one). A service's slots
 /// are adjacent, in destination order, and share their backend's counters, cursor and health.
+/// Shared by reference between the tables that route it unchanged, so a change to one service
+/// copies none of the others.
 struct ServiceSlot {
+    /// [`service_key`] of the service's name: what the table orders and finds it by.
+    key: Arc<str>,
     backend: Arc<Backend>,
     destination: usize,
     index: u8,
@@ -194,6 +196,7 @@ struct ServiceSlot {
     color: Option<String>,
     tcp_port: Option<u16>,
     stream_tls: StreamTls,
+    default_backend: bool,
 }
 
 impl ServiceSlot {
@@ -210,28 +213,36 @@ impl ServiceSlot {
 ///
 /// Hosts first: routes of services with a matching `serviceDomain` (exact name, then a
 /// one-label wildcard), then routes for any host, then the default backend. Within each, the
-/// longest segment-aware prefix wins, walking a radix tree (private to this crate) keyed by
-/// path bytes, so lookup cost depends on the request, not on the number of routes.
+/// longest segment-aware prefix wins: the lookup asks a hash index of the host's route
+/// prefixes for the request path cut at each `/`, longest first, starting no deeper than the
+/// deepest prefix the index has, so its cost depends on the request, not on the number of
+/// routes.
 ///
-/// Each node of the tree holds its candidates in order: routes with conditions (a `pathType`
+/// Each node of an index holds its candidates in order: routes with conditions (a `pathType`
 /// pattern, `serviceHeader`, `userAgent`) first, the one unconditioned route last (see
 /// [`Candidate`] for the order among conditioned ones). The first candidate whose conditions
 /// hold and whose service does not exclude the path wins; when none does, the lookup goes on
-/// at the next shorter node, as it does for a path a service excludes.
+/// at the next shorter prefix, as it does for a path a service excludes.
+///
+/// Tables are changed a service at a time ([`TableEditor`]): the new table shares every
+/// service slot, index node and host index the change does not touch with the old one, so a
+/// reconfigure costs what it changes, not what the table holds. A table built from nothing
+/// ([`RouteTableBuilder`]) is the same edits from the empty table.
+#[derive(Clone)]
 pub struct RouteTable {
     version: u64,
-    any_host: matchit::Router<usize>,
-    by_host: HashMap<Box<str>, matchit::Router<usize>>,
-    by_wildcard: HashMap<Box<str>, matchit::Router<usize>>,
-    default_service: Option<usize>,
-    routes: Vec<Node>,
-    services: Vec<ServiceSlot>,
-    /// TCP services by port (`srcPort`), sorted by port: (port, index into `services`). A port
-    /// shared by services chosen by TLS server name has one entry per service.
-    tcp: Vec<(u16, usize)>,
-    /// The TLS server names of those services, sorted: (port, wildcard, name, index into
-    /// `services`). A wildcard `*.example.com` is kept as its parent `example.com`.
-    tls_names: Vec<(u16, bool, Box<str>, usize)>,
+    any_host: Arc<PathIndex>,
+    by_host: Arc<HashMap<Box<str>, Arc<PathIndex>>>,
+    by_wildcard: Arc<HashMap<Box<str>, Arc<PathIndex>>>,
+    default_service: Option<Arc<ServiceSlot>>,
+    /// Every destination of every service, ordered by (key, destination).
+    services: Vec<Arc<ServiceSlot>>,
+    /// TCP services by port (`srcPort`), sorted by (port, key): a port shared by services
+    /// chosen by TLS server name has one entry per service.
+    tcp: Vec<(u16, Arc<ServiceSlot>)>,
+    /// The TLS server names of those services, sorted by (port, wildcard, name). A wildcard
+    /// `*.example.com` is kept as its parent `example.com`.
+    tls_names: Vec<(u16, bool, Box<str>, Arc<ServiceSlot>)>,
     /// Counters of services routed by an earlier table and not by this one, by name: a
     /// removed service's series go on being reported (a counter that vanished and came back
     /// from zero would look like a reset to a scraper), and a service routed again resumes
@@ -239,7 +250,41 @@ pub struct RouteTable {
     retired: Vec<(Arc<str>, Arc<BackendStats>)>,
 }
 
-/// A node of the radix index: a segment-aware prefix and the routes that hang off it.
+/// The route prefixes of one host (or of any host), by prefix text.
+#[derive(Clone)]
+struct PathIndex {
+    nodes: HashMap<PathPrefix, Arc<Node>, foldhash::fast::FixedState>,
+    /// The most `/` any prefix here has had (`/` itself has one): a lookup starts with the
+    /// request path cut before its next `/`, as no longer cut can be a prefix here.
+    max_depth: usize,
+    /// Bit `n` set: a prefix here has had `n` bytes. A cut of another length is not looked
+    /// for, so most cuts of a path that misses (or hits deep) are never hashed.
+    lengths: [u64; LENGTH_WORDS],
+}
+
+/// Words of [`PathIndex::lengths`]: one bit per length up to the longest prefix accepted.
+const LENGTH_WORDS: usize = crate::prefix::MAX_LEN / 64 + 1;
+
+impl PathIndex {
+    fn has_length(&self, len: usize) -> bool {
+        self.lengths.get(len / 64).is_some_and(|word| word & (1 << (len % 64)) != 0)
+    }
+
+    fn note_length(&mut self, len: usize) {
+        if let Some(word) = self.lengths.get_mut(len / 64) {
+            *word |= 1 << (len % 64);
+        }
+    }
+}
+
+impl Default for PathIndex {
+    fn default() -> Self {
+        PathIndex { nodes: HashMap::default(), max_depth: 0, lengths: [0; LENGTH_WORDS] }
+    }
+}
+
+/// A node of an index: a segment-aware prefix and the routes that hang off it.
+#[derive(Clone)]
 struct Node {
     prefix: PathPrefix,
     candidates: Box<[Candidate]>,
@@ -247,14 +292,25 @@ struct Node {
 
 /// A route at a node, with what it needs checked (`None`: nothing; the common case).
 ///
-/// Order at one node, fixed when the table is built: conditioned routes first, by path
+/// Order at one node, fixed when the route is added: conditioned routes first, by path
 /// specificity (`path` exact, then `path_beg` or a plain prefix with header conditions,
 /// longer value first, then `path_end`, longer first, then `path_reg`), then by the number
 /// of conditions (more first: each `serviceHeader` entry counts one, a `userAgent` list one),
 /// then by service name and path text; the unconditioned route last.
+#[derive(Clone)]
 struct Candidate {
-    service: usize,
-    test: Option<Box<RouteTest>>,
+    slot: Arc<ServiceSlot>,
+    test: Option<Arc<RouteTest>>,
+    /// What editing needs and lookups do not: its place and its claim.
+    meta: Arc<CandidateMeta>,
+}
+
+/// A candidate's place at its node and the route it claims on its host, as text (`/api`,
+/// `/api (pathType=path_beg)`, `/api (userAgent=mobile)`): two services with the same claim
+/// on one host collide, and such claims always meet at the same node.
+struct CandidateMeta {
+    order: build::Order,
+    claim: String,
 }
 
 /// What a conditioned route checks: its `pathType` pattern (none for a prefix route) and its
