@@ -1,5 +1,5 @@
 //! Reconfigure and remove, restore at start, and following Consul afterwards: every change
-//! ends in one whole new table, built off to the side and swapped in.
+//! ends in a new table, changed off to the side (only the services that changed) and swapped in.
 //!
 //! Testable without HTTP: the admin listener only parses parameters and renders answers.
 //!
@@ -86,7 +86,7 @@ pub struct FollowConfig {
     pub consul_wait: Duration,
     /// How often standalone services are resolved again.
     pub dns_refresh: Duration,
-    /// How long changes are gathered before one rebuild (bursts become one swap).
+    /// How long changes are gathered before one table change (bursts become one swap).
     pub coalesce: Duration,
 }
 
@@ -106,6 +106,9 @@ struct ServiceEntry {
     request: ReconfigureRequest,
     instances: Vec<SocketAddr>,
     generation: u64,
+    /// [`Inner::instance_seq`] when its follower last changed `instances` (0: never): a
+    /// lookup made before that is older than them.
+    updated: u64,
     _follower: Option<Follower>,
 }
 
@@ -125,8 +128,8 @@ struct State {
     /// from versions that told them apart: ignored, and deleted with the service.
     shadowed: BTreeMap<String, Vec<String>>,
     next_generation: u64,
-    /// Instance changes recorded but not yet published.
-    dirty: bool,
+    /// Services (by key) whose instance changes are recorded but not yet published.
+    dirty: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -138,9 +141,11 @@ impl State {
 
 /// Owns the configured services and publishes a new table for each change.
 ///
-/// Changes are serialised by one async lock held across a whole call (validation, lookup,
-/// store, build, publish), so two changes never interleave. The data plane never takes this
-/// lock: it only reads the [`TableHandle`].
+/// Changes are serialised by one async lock, held to check them against the table, store them
+/// and publish the table they make; never across a call's instance lookup, so calls look up
+/// side by side and the calls queued meanwhile are committed together (see
+/// [`Inner::reconfigure`]). The data plane never takes this lock: it only reads the
+/// [`TableHandle`].
 #[derive(Debug, Clone)]
 pub struct Controller {
     inner: Arc<Inner>,
@@ -155,6 +160,11 @@ pub(crate) struct Inner {
     follow: FollowConfig,
     users: UsersConfig,
     state: tokio::sync::Mutex<State>,
+    /// Reconfigure calls looked up and waiting for the next commit.
+    queue: Mutex<Vec<reconfigure::Queued>>,
+    /// Counts the instance changes followers record, so that a lookup made without the lock
+    /// can tell whether the instances it found are older than what is recorded.
+    instance_seq: AtomicU64,
     counters: AdminCounters,
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
@@ -224,6 +234,8 @@ impl Controller {
                 follow,
                 users,
                 state: tokio::sync::Mutex::new(State::default()),
+                queue: Mutex::new(Vec::new()),
+                instance_seq: AtomicU64::new(0),
                 counters: AdminCounters::default(),
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
@@ -502,7 +514,7 @@ impl Inner {
 }
 
 /// Publishes instance changes: waits for a change, gathers the burst for the coalescing
-/// window, then rebuilds once. Ends when the controller is gone.
+/// window, then publishes them in one table change. Ends when the controller is gone.
 /// The routes' side of the store mirror: a listing becomes a store sync.
 impl Mirrored for Inner {
     fn mirror(&self) -> &StoreMirror {

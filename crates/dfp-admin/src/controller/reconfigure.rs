@@ -2,19 +2,24 @@
 //! services' paths, looks its instances up, stores it, then builds and publishes the new table.
 //! Split out of `controller.rs` (a pure move) to keep each file to one job.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use dfp_routing::{BuildError, RouteTable, RouteTableBuilder};
+use dfp_routing::{BuildError, RouteTable, TableEditor};
 
 use super::{key, Inner, ReconfigureReport, RemoveReport, ServiceEntry, State};
-use crate::discovery::{Discovery, Strictness};
+use crate::discovery::{Discovery, Found, Strictness};
 use crate::follow::{self, Follower};
 use crate::{AdminError, ReconfigureRequest};
 
 impl Inner {
+    /// Checks the call, looks its instances up (no lock held: calls look up side by side),
+    /// then queues it for the next commit and waits for its answer. A commit takes every call
+    /// queued by then: each is checked against the table as the calls before it left it, the
+    /// accepted ones are stored together, and one table with all of them goes live before any
+    /// is answered. So N calls in flight cost one table change and one round of KV writes,
+    /// not N of each, and a call's answer still means its route is live.
     pub(super) async fn reconfigure(
         self: &Arc<Self>,
         mut request: ReconfigureRequest,
@@ -22,19 +27,14 @@ impl Inner {
         self.check_mode(&request)?;
         // The secret is read before anything else is asked: a missing one changes nothing.
         request.for_each_destination(|d| self.users.resolve(d, Strictness::Interactive))?;
-        let mut state = self.state.lock().await;
-        let key = key(&request.service_name);
         let mode_warning = self.fit_to_mode(&mut request);
-        if let Some(entry) = state.services.get(&key) {
-            // The same service named in another case: it keeps the name it was first given
-            // (its store key and the label of its metrics).
-            request.rename(&entry.request.service_name);
-        }
+        // A follower's instance update recorded after this is newer than the lookup below.
+        let seen = self.instance_seq.load(Ordering::Acquire);
         // A name Consul (or DNS) never heard of is the real problem even when the paths
-        // conflict too (a typo); a conflict is found by building the table below, which
-        // every successful call does anyway. Only when the lookup fails otherwise (Consul
-        // unreachable) is the conflict looked for apart, so that it still wins: the caller
-        // must change the call whatever Consul does.
+        // conflict too (a typo); a conflict is found when the call is committed, as every
+        // successful call is. Only when the lookup fails otherwise (Consul unreachable) is
+        // the conflict looked for here, so that it still wins: the caller must change the
+        // call whatever Consul does.
         let found = self
             .discovery
             .instances(&request.lookup_name(), request.port, Strictness::Interactive)
@@ -44,79 +44,190 @@ impl Inner {
             Ok(found) => found,
             Err(unknown @ AdminError::UnknownService { .. }) => return Err(unknown),
             Err(other) => {
-                self.check_conflicts(&state, &key, &request)?;
+                let live = self.table.snapshot();
+                TableEditor::new(&live).check(&request.destination_specs(&[])).map_err(conflict)?;
                 return Err(other);
             }
         };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = Queued { request, found, mode_warning, seen, reply };
+        self.queue
+            .lock()
+            .map_err(|_| AdminError::Internal("queue poisoned".to_owned()))?
+            .push(queued);
+        // Committed on a task of its own: a caller that hangs up does not stop the calls
+        // committed with its own.
+        tokio::spawn(self.clone().commit_queued());
+        answer.await.unwrap_or_else(|_| {
+            Err(AdminError::Internal("the change was dropped before it was committed".to_owned()))
+        })
+    }
 
-        let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
-            .services
-            .iter()
-            .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
-            .collect();
-        services.insert(&key, (&request, &found.instances));
-        let table = self.build(&services)?;
-        // A TCP service's port is bound before anything is stored or published, so a port
-        // the proxy cannot listen on is a 400 that changes nothing; the same service and
-        // port again keeps its listener (and its open connections).
-        let old_port = state.services.get(&key).and_then(|e| e.request.tcp_port);
-        let bound_now = self.bind_tcp(&request)?;
+    /// Commits what is queued, under the state lock, until nothing is.
+    async fn commit_queued(self: Arc<Self>) {
+        let mut state = self.state.lock().await;
+        loop {
+            let batch = match self.queue.lock() {
+                Ok(mut queue) => std::mem::take(&mut *queue),
+                Err(_) => return,
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let later = self.commit(&mut state, batch).await;
+            if let Ok(mut queue) = self.queue.lock() {
+                // A service called twice in one batch: its later call goes in the next one,
+                // in order, so its stored copy is the later call's.
+                queue.splice(0..0, later);
+            }
+        }
+    }
 
-        // A call repeating what is stored already (Docker Flow's listeners resend every
-        // service's reconfigure now and then) writes nothing: no store write, no wake-up of
-        // every replica's store watch.
-        let stored_already =
-            state.services.get(&key).is_some_and(|entry| entry.request.params == request.params);
-        if !stored_already {
-            let saved =
-                self.store.put(&request.service_name, &stored_form(&request.params)?, &key).await;
-            if saved.is_err() {
-                // A refused or failed KV write is Consul's state too (`config`'s LastError).
-                self.note_registry(&saved);
-                if let (Some(port), Some(ports)) = (bound_now, self.tcp_ports()) {
-                    ports.close(port);
+    /// Commits `batch` (see [`Inner::reconfigure`]); returns the calls left for the next
+    /// commit.
+    async fn commit(self: &Arc<Self>, state: &mut State, batch: Vec<Queued>) -> Vec<Queued> {
+        let live = self.table.snapshot();
+        let mut editor = TableEditor::new(&live);
+        let mut keys = std::collections::HashSet::new();
+        let mut taken: Vec<Taken> = Vec::new();
+        let mut later = Vec::new();
+        for mut call in batch {
+            let key = key(&call.request.service_name);
+            if !keys.insert(key.clone()) {
+                later.push(call);
+                continue;
+            }
+            if let Some(entry) = state.services.get(&key) {
+                // The same service named in another case: it keeps the name it was first
+                // given (its store key and the label of its metrics).
+                call.request.rename(&entry.request.service_name);
+                // Its follower found other instances after this call looked: they are newer,
+                // and the follower that found them goes on (same source).
+                if entry.updated > call.seen && same_source(&entry.request, &call.request) {
+                    call.found.instances = entry.instances.clone();
                 }
             }
-            saved?;
+            let specs = call.request.destination_specs(&call.found.instances);
+            if let Err(err) = editor.check(&specs) {
+                let _ = call.reply.send(Err(conflict(err)));
+                continue;
+            }
+            // A TCP service's port is bound before anything is stored or published, so a
+            // port the proxy cannot listen on is a 400 that changes nothing; the same service
+            // and port again keeps its listener (and its open connections).
+            let bound = match self.bind_tcp(&call.request) {
+                Ok(bound) => bound,
+                Err(err) => {
+                    let _ = call.reply.send(Err(err));
+                    continue;
+                }
+            };
+            if let Err(err) = editor.set(specs.clone()) {
+                self.close_bound(bound);
+                let _ = call.reply.send(Err(conflict(err)));
+                continue;
+            }
+            // A call repeating what is stored already (Docker Flow's listeners resend every
+            // service's reconfigure now and then) writes nothing: no store write, no wake-up
+            // of every replica's store watch.
+            let stored_already = state
+                .services
+                .get(&key)
+                .is_some_and(|entry| entry.request.params == call.request.params);
+            taken.push(Taken { call, key, specs, bound, stored_already });
         }
 
-        let version = table.version();
-        self.table.publish(table);
-        self.settle_tcp(old_port, request.tcp_port);
-        state.dirty = false;
-        let entry = self.entry(&mut state, &key, request.clone(), found.instances.clone());
-        state.services.insert(key, entry);
-        drop(state);
-
-        let mut warnings: Vec<String> = mode_warning.into_iter().chain(found.warnings).collect();
-        warnings.extend(request.ignored_warnings());
-        tracing::info!(
-            service = %request.service_name,
-            paths = ?request.service_paths,
-            instances = ?found.instances,
-            table_version = version,
-            "reconfigured"
-        );
-        for warning in &warnings {
-            tracing::warn!(service = %request.service_name, "{warning}");
-        }
-        let service_paths = request.destinations().flat_map(|d| d.service_paths.clone()).collect();
-        let path_patterns = request
-            .destinations()
-            .flat_map(|d| d.path_patterns.iter().map(|p| p.as_str().to_owned()))
+        let writes: Vec<(String, Vec<u8>, String)> = taken
+            .iter()
+            .filter(|t| !t.stored_already)
+            .map(|t| {
+                let stored = stored_form(&t.call.request.params).unwrap_or_default();
+                (t.call.request.service_name.clone(), stored, t.key.clone())
+            })
             .collect();
-        Ok(ReconfigureReport {
-            service_name: request.service_name,
-            service_paths,
-            path_patterns,
-            tcp_port: request.tcp_port,
-            stream_tls: request.stream_tls,
-            domains: request.domains.clone(),
-            default_backend: request.default_backend,
-            instances: found.instances,
-            table_version: version,
-            warnings,
-        })
+        let mut outcomes = self.store_all(writes).await.into_iter();
+        let mut stored = Vec::with_capacity(taken.len());
+        let mut failed = false;
+        for t in taken {
+            let outcome = if t.stored_already { Ok(()) } else { outcomes.next().unwrap_or(Ok(())) };
+            match outcome {
+                Ok(()) => stored.push(t),
+                Err(err) => {
+                    // A refused or failed KV write is Consul's state too (`config`'s LastError).
+                    let write: Result<(), AdminError> = Err(err);
+                    self.note_registry(&write);
+                    self.close_bound(t.bound);
+                    failed = true;
+                    if let Err(err) = write {
+                        let _ = t.call.reply.send(Err(err));
+                    }
+                }
+            }
+        }
+        if stored.is_empty() {
+            return later;
+        }
+        if failed {
+            // What was stored goes live, and only that: the same sets again (they passed).
+            editor = TableEditor::new(&live);
+            for t in &stored {
+                if let Err(err) = editor.set(t.specs.clone()) {
+                    tracing::error!(error = %err, "a stored change no longer fits; table unchanged");
+                    return later;
+                }
+            }
+        }
+
+        let version = live.version() + 1;
+        self.table.publish(editor.finish(version));
+        for t in stored {
+            let Taken { call, key, .. } = t;
+            let Queued { request, found, mode_warning, reply, .. } = call;
+            let old_port = state.services.get(&key).and_then(|e| e.request.tcp_port);
+            self.settle_tcp(old_port, request.tcp_port);
+            state.dirty.remove(&key);
+            let entry = self.entry(state, &key, request.clone(), found.instances.clone());
+            state.services.insert(key, entry);
+            let _ = reply.send(Ok(report(request, found, mode_warning, version)));
+        }
+        later
+    }
+
+    /// Stores each write, side by side in Consul KV (a commit's writes are independent keys),
+    /// one after the other in the state file. The outcomes are in the order of `writes`.
+    async fn store_all(
+        self: &Arc<Self>,
+        writes: Vec<(String, Vec<u8>, String)>,
+    ) -> Vec<Result<(), AdminError>> {
+        if !self.store.is_consul() || writes.len() < 2 {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for (name, value, key) in &writes {
+                outcomes.push(self.store.put(name, value, key).await);
+            }
+            return outcomes;
+        }
+        let count = writes.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (at, (name, value, key)) in writes.into_iter().enumerate() {
+            let inner = self.clone();
+            tasks.spawn(async move { (at, inner.store.put(&name, &value, &key).await) });
+        }
+        let mut outcomes: Vec<Result<(), AdminError>> = (0..count)
+            .map(|_| Err(AdminError::Internal("the store write did not finish".to_owned())))
+            .collect();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((at, outcome)) = done {
+                outcomes[at] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// Closes a TCP port a refused change had bound.
+    fn close_bound(&self, bound: Option<u16>) {
+        if let (Some(port), Some(ports)) = (bound, self.tcp_ports()) {
+            ports.close(port);
+        }
     }
 
     pub(super) async fn remove(
@@ -129,13 +240,10 @@ impl Inner {
         let Some(name) = state.services.get(&key).map(|e| e.request.service_name.clone()) else {
             return Err(AdminError::NotRouted(service.to_owned()));
         };
-        let services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
-            .services
-            .iter()
-            .filter(|(k, _)| **k != key)
-            .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
-            .collect();
-        let table = self.build(&services)?;
+        let live = self.table.snapshot();
+        let mut editor = TableEditor::new(&live);
+        editor.remove(&key);
+        let table = editor.finish(live.version() + 1);
         let deleted = self.store.delete(&name, &key).await;
         if deleted.is_err() {
             self.note_registry(&deleted);
@@ -150,7 +258,7 @@ impl Inner {
         }
         let version = table.version();
         self.table.publish(table);
-        state.dirty = false;
+        state.dirty.remove(&key);
         let old_port = state.services.remove(&key).and_then(|e| e.request.tcp_port);
         self.settle_tcp(old_port, None);
         tracing::info!(service = %name, table_version = version, "removed");
@@ -270,7 +378,7 @@ impl Inner {
                 (generation, self.follower(&request, generation))
             }
         };
-        ServiceEntry { request, instances, generation, _follower: follower }
+        ServiceEntry { request, instances, generation, updated: 0, _follower: follower }
     }
 
     fn follower(
@@ -281,39 +389,95 @@ impl Inner {
         follow::follow_service(Arc::downgrade(self), &self.discovery, request, generation)
     }
 
-    /// Refuses a request whose paths (on its hosts) or default-backend role another service
-    /// already has, by building the table it would give, without instances.
-    fn check_conflicts(
-        &self,
-        state: &State,
-        key: &str,
-        request: &ReconfigureRequest,
-    ) -> Result<(), AdminError> {
-        // Adding the specs finds every conflict; indexing them (build) is not needed for that.
-        let mut builder = RouteTableBuilder::new();
-        let others = state.services.iter().filter(|(k, _)| k.as_str() != key);
-        for (_, entry) in others {
-            builder.add_destinations(entry.request.destination_specs(&[])).map_err(conflict)?;
-        }
-        builder.add_destinations(request.destination_specs(&[])).map_err(conflict)?;
-        Ok(())
-    }
-
-    /// Builds the table for `services` (version = live + 1, round-robin positions carried).
-    pub(super) fn build(
-        &self,
-        services: &BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])>,
-    ) -> Result<RouteTable, AdminError> {
+    /// The table with `keys`' current calls and instances set again (an instance change
+    /// recorded by their followers), or `None` when nothing needs it. Services that no longer
+    /// fit (cannot happen: their routes did not change) are left as they were, and logged.
+    pub(super) fn with_instances(&self, state: &State, keys: &[String]) -> Option<RouteTable> {
         let live = self.table.snapshot();
-        let mut builder = RouteTableBuilder::new();
-        builder.carry_state_from(&live);
-        let build = || {
-            for (request, instances) in services.values() {
-                builder.add_destinations(request.destination_specs(instances))?;
+        let mut editor = TableEditor::new(&live);
+        let mut changed = false;
+        for key in keys {
+            let Some(entry) = state.services.get(key) else { continue };
+            match editor.set(entry.request.destination_specs(&entry.instances)) {
+                Ok(_) => changed = true,
+                Err(err) => {
+                    tracing::error!(service = %entry.request.service_name, error = %err, "instance changes could not be applied")
+                }
             }
-            builder.build(live.version() + 1)
-        };
-        build().map_err(conflict)
+        }
+        changed.then(|| editor.finish(live.version() + 1))
+    }
+}
+
+/// Whether two calls for one service take their instances from the same place (its
+/// follower goes on across them).
+pub(super) fn same_source(old: &ReconfigureRequest, new: &ReconfigureRequest) -> bool {
+    old.port == new.port && old.color == new.color
+}
+
+/// A call waiting for the next commit, with what its lookup found.
+pub(super) struct Queued {
+    request: ReconfigureRequest,
+    found: Found,
+    mode_warning: Option<String>,
+    /// The instance-update sequence before the lookup ([`Inner::instance_seq`]).
+    seen: u64,
+    reply: tokio::sync::oneshot::Sender<Result<ReconfigureReport, AdminError>>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("service", &self.request.service_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call a commit accepted, until its store write is done.
+struct Taken {
+    call: Queued,
+    key: String,
+    specs: Vec<(dfp_routing::ServiceSpec, Vec<SocketAddr>)>,
+    /// The TCP port this call bound (closed again if it fails).
+    bound: Option<u16>,
+    stored_already: bool,
+}
+
+/// The answer to a committed call.
+fn report(
+    request: ReconfigureRequest,
+    found: Found,
+    mode_warning: Option<String>,
+    version: u64,
+) -> ReconfigureReport {
+    let mut warnings: Vec<String> = mode_warning.into_iter().chain(found.warnings).collect();
+    warnings.extend(request.ignored_warnings());
+    tracing::info!(
+        service = %request.service_name,
+        paths = ?request.service_paths,
+        instances = ?found.instances,
+        table_version = version,
+        "reconfigured"
+    );
+    for warning in &warnings {
+        tracing::warn!(service = %request.service_name, "{warning}");
+    }
+    let service_paths = request.destinations().flat_map(|d| d.service_paths.clone()).collect();
+    let path_patterns = request
+        .destinations()
+        .flat_map(|d| d.path_patterns.iter().map(|p| p.as_str().to_owned()))
+        .collect();
+    ReconfigureReport {
+        service_name: request.service_name,
+        service_paths,
+        path_patterns,
+        tcp_port: request.tcp_port,
+        stream_tls: request.stream_tls,
+        domains: request.domains.clone(),
+        default_backend: request.default_backend,
+        instances: found.instances,
+        table_version: version,
+        warnings,
     }
 }
 

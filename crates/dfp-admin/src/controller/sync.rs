@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use dfp_routing::BuildError;
+use dfp_routing::{BuildError, TableEditor};
 
 use super::{key, Inner};
 use crate::discovery::{Discovery, Strictness};
 use crate::store::Params;
-use crate::{AdminError, ReconfigureRequest};
+use crate::ReconfigureRequest;
 
 /// Instance lookups a store sync has in flight at once: enough to hide the agent's latency,
 /// few enough not to crowd it out (Consul's default limit is 200 connections per client).
@@ -116,6 +116,7 @@ impl Inner {
         // again). An unknown or unreachable one starts with no instance, or keeps the ones it
         // had, and its follower fills them in.
         let mark = self.store.mark();
+        let seen = self.instance_seq.load(Ordering::Acquire);
         drop(state);
         let looked_up = self.look_up(changed).await;
         let mut state = self.state.lock().await;
@@ -126,9 +127,17 @@ impl Inner {
                 deferred = true;
                 continue;
             }
-            let instances = instances.unwrap_or_else(|| {
-                state.services.get(&k).map(|e| e.instances.clone()).unwrap_or_default()
+            // A failed lookup keeps what the service had; so does one older than what its
+            // follower recorded since (the follower goes on with the same source).
+            let current = state.services.get(&k);
+            let newer = current.filter(|e| {
+                e.updated > seen && super::reconfigure::same_source(&e.request, &request)
             });
+            let instances = match (instances, newer) {
+                (Some(found), None) => found,
+                (_, Some(entry)) => entry.instances.clone(),
+                (None, None) => current.map(|e| e.instances.clone()).unwrap_or_default(),
+            };
             found.push((k, request, instances));
         }
         removed.retain(|k| {
@@ -140,44 +149,31 @@ impl Inner {
             return deferred;
         }
 
-        // Build; a stored route whose path another service owns is left out, not the others.
-        loop {
-            let mut services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
-                .services
-                .iter()
-                .filter(|(k, _)| !removed.contains(k))
-                .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
-                .collect();
-            for (k, request, instances) in &found {
-                services.insert(k, (request, instances));
+        // One table change. A stored route whose path (or port, or default role) a routed
+        // service has is left out, not the others; two stored routes new in this listing
+        // that claim the same are both left out (neither is more right than the other).
+        let live = self.table.snapshot();
+        let table = loop {
+            let mut editor = TableEditor::new(&live);
+            for name in &removed {
+                editor.remove(name);
             }
-            match self.build(&services) {
-                Ok(table) => {
-                    self.table.publish(table);
-                    break;
-                }
-                Err(AdminError::PathConflict {
-                    source:
-                        BuildError::PathOwned { service, owner, .. }
-                        | BuildError::DefaultTaken { service, owner, .. }
-                        | BuildError::PortOwned { service, owner, .. }
-                        | BuildError::NameOwned { service, owner, .. },
-                }) => {
-                    tracing::warn!(%service, %owner, "stored route conflicts with another; skipped");
-                    let before = found.len();
-                    found.retain(|(_, r, _)| r.service_name != service && r.service_name != owner);
-                    if found.len() == before {
-                        return deferred;
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "stored routes could not be built; table unchanged");
-                    return deferred;
-                }
-            }
+            let refused = found.iter().find_map(|(_, request, instances)| {
+                editor.set(request.destination_specs(instances)).err().map(|err| (request, err))
+            });
+            let Some((request, err)) = refused else { break editor.finish(live.version() + 1) };
+            tracing::warn!(service = %request.service_name, error = %err, "stored route conflicts with another; skipped");
+            let (service, owner) = (request.service_name.clone(), conflict_owner(&err));
+            found.retain(|(_, r, _)| {
+                r.service_name != service && Some(&r.service_name) != owner.as_ref()
+            });
+        };
+        if removed.is_empty() && found.is_empty() {
+            return deferred;
         }
-        state.dirty = false;
+        self.table.publish(table);
         for name in &removed {
+            state.dirty.remove(name);
             let old_port = state.services.remove(name).and_then(|e| e.request.tcp_port);
             self.settle_tcp(old_port, None);
             tracing::info!(service = %name, "removed (from the store)");
@@ -196,6 +192,7 @@ impl Inner {
                 }
             };
             self.settle_tcp(old_port.filter(|old| Some(*old) != request.tcp_port), new_port);
+            state.dirty.remove(&k);
             let entry = self.entry(&mut state, &k, request, instances);
             state.services.insert(k, entry);
         }
@@ -255,7 +252,7 @@ impl Inner {
             .collect()
     }
 
-    /// Records new instances for a service found by its follower. The publisher rebuilds.
+    /// Records new instances for a service found by its follower. The publisher publishes them.
     pub(crate) async fn update_instances(
         &self,
         service: &str,
@@ -271,29 +268,25 @@ impl Inner {
         }
         tracing::info!(service, before = ?entry.instances, after = ?instances, "instances changed");
         entry.instances = instances;
-        state.dirty = true;
+        entry.updated = self.instance_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let k = key(service);
+        state.dirty.insert(k);
         self.counters.instance_updates.fetch_add(1, Ordering::Relaxed);
         self.publish_wanted.notify_one();
     }
 
-    /// Publishes the recorded instance changes, if any are still pending.
+    /// Publishes the recorded instance changes, if any are still pending: the services whose
+    /// instances changed are set again, nothing else is touched.
     pub(super) async fn publish_pending(&self) {
         let mut state = self.state.lock().await;
-        if !state.dirty {
-            return;
-        }
-        let services: BTreeMap<&str, (&ReconfigureRequest, &[SocketAddr])> = state
-            .services
-            .iter()
-            .map(|(k, e)| (k.as_str(), (&e.request, e.instances.as_slice())))
-            .collect();
-        match self.build(&services) {
-            Ok(table) => {
-                tracing::debug!(table_version = table.version(), "published instance changes");
-                self.table.publish(table);
-                state.dirty = false;
-            }
-            Err(err) => tracing::error!(error = %err, "instance changes could not be built"),
+        let dirty: Vec<String> = std::mem::take(&mut state.dirty).into_iter().collect();
+        if let Some(table) = self.with_instances(&state, &dirty) {
+            tracing::debug!(
+                table_version = table.version(),
+                services = dirty.len(),
+                "published instance changes"
+            );
+            self.table.publish(table);
         }
     }
 
@@ -304,5 +297,16 @@ impl Inner {
             Discovery::Consul(_) => current.iter().eq(stored.iter().filter(|(k, _)| *k != "port")),
             Discovery::Dns => current == stored,
         }
+    }
+}
+
+/// The service a conflict was with, when it names one.
+fn conflict_owner(err: &BuildError) -> Option<String> {
+    match err {
+        BuildError::PathOwned { owner, .. }
+        | BuildError::DefaultTaken { owner, .. }
+        | BuildError::PortOwned { owner, .. }
+        | BuildError::NameOwned { owner, .. } => Some(owner.clone()),
+        _ => None,
     }
 }

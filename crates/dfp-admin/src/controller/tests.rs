@@ -137,3 +137,65 @@ async fn store_sync_adds_updates_removes_in_one_swap_and_skips_conflicts() {
     // The two services claiming /b conflict: both are left out, the rest is served.
     assert!(live.lookup("/b").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_together_are_each_answered_live_and_refused_one_by_one() {
+    let c = controller();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 1..=16_u8 {
+        let c = c.clone();
+        calls.spawn(async move {
+            let name = format!("127.0.0.{i}");
+            // The last two claim the same path: the first committed has it.
+            let path = if i >= 15 { "/shared".to_owned() } else { format!("/s{i}") };
+            let result = c.reconfigure(request(&name, &[&path], 80)).await;
+            let routed = c.table().load().lookup(&path).map(|m| m.backend.service().to_owned());
+            (name, result, routed)
+        });
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        let (name, result, routed) = done.expect("the call's task ends");
+        match result {
+            Ok(report) => {
+                accepted += 1;
+                assert_eq!(routed.as_deref(), Some(name.as_str()), "answered only once live");
+                assert!(c.table().load().version() >= report.table_version);
+            }
+            Err(err) => {
+                refused += 1;
+                assert_eq!(err.status(), 409, "{name}: {err}");
+                assert!(routed.is_some_and(|owner| owner != name), "the other one has /shared");
+            }
+        }
+    }
+    assert_eq!((accepted, refused), (15, 1));
+    assert_eq!(c.table().load().services().len(), 15);
+    assert_eq!(c.counters().reconfigure_ok.load(Ordering::Relaxed), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_called_many_times_at_once_ends_as_one_of_its_calls() {
+    let c = controller();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let c = c.clone();
+        calls.spawn(
+            async move { c.reconfigure(request("127.0.0.1", &[&format!("/v{i}")], 80)).await },
+        );
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("the call's task ends").expect("a service never conflicts with itself");
+    }
+    let live = c.table().snapshot();
+    let routes: Vec<String> =
+        live.services().flat_map(|s| s.prefixes.iter().map(|p| p.as_str().to_owned())).collect();
+    assert_eq!(routes.len(), 1, "one service, one path: {routes:?}");
+    let state = c.inner.state.lock().await;
+    let kept = &state.services["127.0.0.1"].request.service_paths;
+    assert_eq!(
+        kept.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        routes,
+        "what is routed is what is kept"
+    );
+}
