@@ -32,6 +32,7 @@ mod http1;
 mod limits;
 mod options;
 mod proxy_protocol;
+mod reconfigure_burst;
 mod redirects;
 mod replicas;
 mod resilience;
