@@ -141,6 +141,51 @@ impl StoreMirror {
         Ok(())
     }
 
+    /// Stores every `(key, value, local)` of `writes` in the state file with one read, change
+    /// and write (all or none: each outcome is the file's), so a commit of many calls costs
+    /// one rewrite of the file, not one per call. Elsewhere, one [`Self::put`] after the
+    /// other. The outcomes are in the order of `writes`.
+    pub(crate) async fn put_all(
+        &self,
+        writes: &[(String, Vec<u8>, String)],
+    ) -> Vec<Result<(), AdminError>> {
+        let Backend::StateFile(path) = &self.backend else {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for (key, value, local) in writes {
+                outcomes.push(self.put(key, value, local).await);
+            }
+            return outcomes;
+        };
+        let what = self.what;
+        let parsed: Result<Vec<(String, serde_json::Value)>, AdminError> = writes
+            .iter()
+            .map(|(key, value, _)| {
+                serde_json::from_slice(value)
+                    .map(|value| (key.clone(), value))
+                    .map_err(|e| AdminError::Internal(format!("{what} is not JSON: {e}")))
+            })
+            .collect();
+        let changed = match parsed {
+            Ok(values) => change_state_file(path, move |all| all.extend(values)).await,
+            Err(err) => Err(err),
+        };
+        match changed {
+            Ok(()) => {
+                for (_, _, local) in writes {
+                    self.local_writes.record(local);
+                }
+                writes.iter().map(|_| Ok(())).collect()
+            }
+            Err(err) => {
+                let what = err.to_string();
+                writes
+                    .iter()
+                    .map(|_| Err(AdminError::StoreUnavailable { what: what.clone() }))
+                    .collect()
+            }
+        }
+    }
+
     /// Deletes `key` and, once deleted, records the write under `local` (as [`Self::put`]).
     pub(crate) async fn delete(&self, key: &str, local: &str) -> Result<(), AdminError> {
         let what = self.what;
