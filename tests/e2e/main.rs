@@ -20,6 +20,7 @@ mod conditions;
 mod consul_acl;
 mod consul_cluster;
 mod consul_load;
+mod dashboard;
 mod data_plane;
 mod destinations;
 mod engines;

@@ -65,8 +65,8 @@ pub use api::{handle, serve};
 pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
 pub use certs::CertAdmin;
 pub use controller::{
-    AdminCounters, Controller, FollowConfig, MetricsHook, ReconfigureReport, RegistryHealth,
-    RemoveReport,
+    AdminCounters, Controller, FollowConfig, LastChange, MetricsHook, ReconfigureReport,
+    RegistryHealth, RemoveReport,
 };
 pub use discovery::Discovery;
 pub use error::AdminError;

@@ -2,7 +2,8 @@
 //!
 //! Split by job: this file routes requests and answers reconfigure, remove, reload, ping and
 //! the certificate calls; `views.rs` renders the live table as JSON (`config`, `routes`,
-//! `config?type=json`); `metrics.rs` renders `/metrics`.
+//! `config?type=json`); `live.rs` the dashboard's page and the live figures `config` adds for
+//! it; `metrics.rs` renders `/metrics`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -29,6 +30,7 @@ use crate::controller::{Controller, ReconfigureReport, RemoveReport};
 use crate::params::{service_name_from_pairs, ReconfigureRequest};
 use crate::AdminError;
 
+mod live;
 mod metrics;
 mod views;
 
@@ -47,6 +49,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let auth = Arc::new(auth);
+    live::mark_started();
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
@@ -136,7 +139,8 @@ async fn route(
             if dfp_json {
                 Ok(json(StatusCode::OK, &dfp_services(controller)))
             } else {
-                Ok(json(StatusCode::OK, &config(controller)))
+                let query = live::ConfigQuery::from_pairs(pairs)?;
+                Ok(json(StatusCode::OK, &config(controller, &query)))
             }
         }
         (Some("reload"), _) => {
@@ -193,6 +197,10 @@ async fn route(
             allow(method, path, &[Method::GET], "GET")?;
             let certs = certs.ok_or_else(|| AdminError::NoSuchEndpoint(path.to_owned()))?;
             Ok(json(StatusCode::OK, &certs.list().await))
+        }
+        (_, "/dashboard" | "/dashboard/") => {
+            allow(method, path, &[Method::GET], "GET")?;
+            Ok(live::page())
         }
         (_, "/metrics") => {
             allow(method, path, &[Method::GET], "GET")?;

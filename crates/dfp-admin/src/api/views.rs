@@ -18,6 +18,12 @@ pub(super) struct ConfigAnswer {
     table_version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     consul: Option<ConsulView>,
+    /// With `stats=true`: the proxy itself (the dashboard's header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy: Option<super::live::ProxyView>,
+    /// With `filter`, `offset` or `limit`: the services that match, before paging.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<usize>,
     services: Vec<ServiceView>,
 }
 
@@ -136,6 +142,12 @@ struct ServiceView {
     /// paths, hosts, options and instances; the fields above are the first destination's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     destinations: Vec<ServiceView>,
+    /// With `stats=true`: each instance's passive health as the data plane sees it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_health: Option<Vec<InstanceView>>,
+    /// With `stats=true`: the service's counters (shared by its destinations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<super::live::StatsView>,
 }
 
 #[derive(Serialize)]
@@ -248,15 +260,52 @@ fn service_view(
         listening: s.tcp_port.map(listening),
         timeout_client: policy.client_timeout.map(|d| d.as_secs()),
         destinations: Vec::new(),
+        instance_health: None,
+        stats: None,
     }
 }
 
 /// The live table's services, each with its further destinations nested in it.
 fn service_views(table: &dfp_routing::RouteTable, controller: &Controller) -> Vec<ServiceView> {
+    service_views_where(table, controller, &super::live::ConfigQuery::default()).0
+}
+
+/// The views of the services `query` asks for (all by default; a page of those its filter
+/// matches), with live figures when it asks for them, and how many services matched:
+/// `config`, `config?stats=true…` and the dashboard are this one model. Only the services on
+/// the page are rendered, so a page of a 10,000-route table costs a page.
+fn service_views_where(
+    table: &dfp_routing::RouteTable,
+    controller: &Controller,
+    query: &super::live::ConfigQuery,
+) -> (Vec<ServiceView>, usize) {
     let listening = |port| controller.tcp_listening(port);
-    let mut views: Vec<ServiceView> = Vec::with_capacity(table.services().len());
+    let now_ms = dfp_routing::health_clock_ms();
+    let page = if query.pages() {
+        query.offset..query.offset.saturating_add(query.limit)
+    } else {
+        0..usize::MAX
+    };
+    let mut views: Vec<ServiceView> = Vec::with_capacity(table.services().len().min(page.len()));
+    let (mut matched, mut shown) = (0_usize, false);
     for s in table.services() {
-        let view = service_view(&s, &listening);
+        if s.destination == 0 {
+            // A service's further destinations go with its first.
+            let hit = query.matches(&s);
+            shown = hit && page.contains(&matched);
+            matched += usize::from(hit);
+        }
+        if !shown {
+            continue;
+        }
+        let mut view = service_view(&s, &listening);
+        if query.stats {
+            view.instance_health =
+                Some(s.backend.instances().iter().map(|u| instance_view(u, now_ms)).collect());
+            if s.destination == 0 {
+                view.stats = Some(super::live::StatsView::of(s.backend.stats()));
+            }
+        }
         match views.last_mut() {
             Some(first) if s.destination > 0 => {
                 first.index.get_or_insert(0);
@@ -265,7 +314,7 @@ fn service_views(table: &dfp_routing::RouteTable, controller: &Controller) -> Ve
             _ => views.push(view),
         }
     }
-    views
+    (views, matched)
 }
 
 /// `config?type=json`: Docker Flow Proxy's shape, a map from service name to its `Service`
@@ -372,8 +421,10 @@ struct DfpServiceDest {
 }
 
 /// The live table as the data plane sees it right now.
-pub(super) fn config(controller: &Controller) -> ConfigAnswer {
+pub(super) fn config(controller: &Controller, query: &super::live::ConfigQuery) -> ConfigAnswer {
     let table = controller.table().snapshot();
+    let (services, matched) = service_views_where(&table, controller, query);
+    let total = query.pages().then_some(matched);
     ConfigAnswer {
         status: "OK",
         mode: controller.discovery().mode(),
@@ -389,7 +440,9 @@ pub(super) fn config(controller: &Controller) -> ConfigAnswer {
             }
             Discovery::Dns => None,
         },
-        services: service_views(&table, controller),
+        proxy: query.stats.then(|| super::live::ProxyView::now(controller)),
+        total,
+        services,
     }
 }
 
@@ -418,7 +471,7 @@ struct RouteView {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct InstanceView {
+pub(super) struct InstanceView {
     address: String,
     /// `healthy`; `ejected` (left out by passive health for `EjectedForMs` more); or
     /// `probing` (failed before, window over: the next request to it is the probe).

@@ -58,6 +58,16 @@ pub struct RemoveReport {
     pub table_version: u64,
 }
 
+/// The last table the controller published, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct LastChange {
+    pub table_version: u64,
+    pub at: std::time::Instant,
+    /// What changed it, in words: `reconfigure books-ms`, `remove books-ms`, `store: …` (a
+    /// restore or another replica's change), `instances of …` (Consul or DNS).
+    pub cause: String,
+}
+
 /// Counts of control-plane outcomes, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct AdminCounters {
@@ -160,6 +170,8 @@ pub(crate) struct Inner {
     follow: FollowConfig,
     users: UsersConfig,
     state: tokio::sync::Mutex<State>,
+    /// The last table published: when, and why.
+    last_change: Mutex<Option<LastChange>>,
     /// Reconfigure calls looked up and waiting for the next commit.
     queue: Mutex<Vec<reconfigure::Queued>>,
     /// Counts the instance changes followers record, so that a lookup made without the lock
@@ -235,6 +247,7 @@ impl Controller {
                 users,
                 state: tokio::sync::Mutex::new(State::default()),
                 queue: Mutex::new(Vec::new()),
+                last_change: Mutex::new(None),
                 instance_seq: AtomicU64::new(0),
                 counters: AdminCounters::default(),
                 registry: Mutex::new(RegistryHealth::default()),
@@ -357,6 +370,11 @@ impl Controller {
         &self.inner.counters
     }
 
+    /// The last table published, if any change was made since the start.
+    pub fn last_change(&self) -> Option<LastChange> {
+        self.inner.last_change.lock().ok().and_then(|last| last.clone())
+    }
+
     /// Whether Consul answered last time.
     pub fn registry_health(&self) -> RegistryHealth {
         self.inner.registry.lock().map(|h| h.clone()).unwrap_or_default()
@@ -407,6 +425,16 @@ impl Controller {
 }
 
 impl Inner {
+    /// Makes `table` live, noting why for the dashboard. Every table the controller makes
+    /// goes live here.
+    fn publish(&self, table: dfp_routing::RouteTable, cause: String) {
+        let table_version = table.version();
+        self.table.publish(table);
+        if let Ok(mut last) = self.last_change.lock() {
+            *last = Some(LastChange { table_version, at: std::time::Instant::now(), cause });
+        }
+    }
+
     pub(crate) fn registry_answered(&self, outcome: Result<(), String>) {
         let Ok(mut health) = self.registry.lock() else {
             return;

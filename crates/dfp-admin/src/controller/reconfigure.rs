@@ -179,7 +179,9 @@ impl Inner {
         }
 
         let version = live.version() + 1;
-        self.table.publish(editor.finish(version));
+        let names: Vec<&str> =
+            stored.iter().map(|t| t.call.request.service_name.as_str()).collect();
+        self.publish(editor.finish(version), format!("reconfigure {}", list_of(&names)));
         for t in stored {
             let Taken { call, key, .. } = t;
             let Queued { request, found, mode_warning, reply, .. } = call;
@@ -193,18 +195,15 @@ impl Inner {
         later
     }
 
-    /// Stores each write, side by side in Consul KV (a commit's writes are independent keys),
-    /// one after the other in the state file. The outcomes are in the order of `writes`.
+    /// Stores each write: side by side in Consul KV (a commit's writes are independent keys),
+    /// with one rewrite of the state file standalone. The outcomes are in the order of
+    /// `writes`.
     async fn store_all(
         self: &Arc<Self>,
         writes: Vec<(String, Vec<u8>, String)>,
     ) -> Vec<Result<(), AdminError>> {
         if !self.store.is_consul() || writes.len() < 2 {
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for (name, value, key) in &writes {
-                outcomes.push(self.store.put(name, value, key).await);
-            }
-            return outcomes;
+            return self.store.put_all(&writes).await;
         }
         let count = writes.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -257,7 +256,7 @@ impl Inner {
             }
         }
         let version = table.version();
-        self.table.publish(table);
+        self.publish(table, format!("remove {name}"));
         state.dirty.remove(&key);
         let old_port = state.services.remove(&key).and_then(|e| e.request.tcp_port);
         self.settle_tcp(old_port, None);
@@ -406,6 +405,15 @@ impl Inner {
             }
         }
         changed.then(|| editor.finish(live.version() + 1))
+    }
+}
+
+/// Names for a log or a cause: all of a few, else the first few and how many more.
+pub(super) fn list_of(names: &[&str]) -> String {
+    const SHOWN: usize = 3;
+    match names.len() {
+        0..=SHOWN => names.join(", "),
+        n => format!("{} and {} more", names[..SHOWN].join(", "), n - SHOWN),
     }
 }
 

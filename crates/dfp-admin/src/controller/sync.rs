@@ -171,7 +171,9 @@ impl Inner {
         if removed.is_empty() && found.is_empty() {
             return deferred;
         }
-        self.table.publish(table);
+        let mut names: Vec<&str> = removed.iter().map(String::as_str).collect();
+        names.extend(found.iter().map(|(_, r, _)| r.service_name.as_str()));
+        self.publish(table, format!("store: {}", super::reconfigure::list_of(&names)));
         for name in &removed {
             state.dirty.remove(name);
             let old_port = state.services.remove(name).and_then(|e| e.request.tcp_port);
@@ -286,7 +288,8 @@ impl Inner {
                 services = dirty.len(),
                 "published instance changes"
             );
-            self.table.publish(table);
+            let names: Vec<&str> = dirty.iter().map(String::as_str).collect();
+            self.publish(table, format!("instances of {}", super::reconfigure::list_of(&names)));
         }
     }
 
