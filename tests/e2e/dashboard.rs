@@ -135,6 +135,10 @@ async fn the_dashboard_shows_services_instances_traffic_and_ejections_in_a_brows
         assert!(first.contains(&address), "instance {address} is shown:\n{first}");
     }
     assert!(first.contains("/api/v1/books"), "its route is shown");
+    assert!(first.contains("% of requests"), "each instance's round-robin share is shown");
+    let admin = proxy.admin_url("");
+    let admin = admin.trim_start_matches("http://");
+    assert!(first.contains(&format!("admin {admin}")), "the listeners are shown:\n{first}");
     let before = requests_shown(&first);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = dom(&page).await;

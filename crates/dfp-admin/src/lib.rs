@@ -65,7 +65,7 @@ pub use api::{handle, serve};
 pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
 pub use certs::CertAdmin;
 pub use controller::{
-    AdminCounters, Controller, FollowConfig, LastChange, MetricsHook, ReconfigureReport,
+    AdminCounters, Controller, FollowConfig, Identity, LastChange, MetricsHook, ReconfigureReport,
     RegistryHealth, RemoveReport,
 };
 pub use discovery::Discovery;

@@ -272,6 +272,11 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     drop((proxy_listener, tls_listener));
 
+    let mut listeners = vec![("proxy", proxy_addr)];
+    listeners.extend(tls_addr.map(|addr| ("https", addr)));
+    listeners.push(("admin", admin_addr));
+    controller
+        .set_identity(dfp_admin::Identity { instance_name: args.instance_name.clone(), listeners });
     controller.set_ready(true);
     let result = control_plane.block_on(async move {
         tracing::info!(

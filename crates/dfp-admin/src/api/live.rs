@@ -139,10 +139,22 @@ pub(super) struct ProxyView {
     /// Milliseconds since the start, when this answer was made: rates are counts over the
     /// difference between two answers' clocks (the browser's own clock is not the proxy's).
     clock_ms: u64,
+    /// The instance name its routes are stored under: replicas with the same name share them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_name: Option<String>,
+    /// What it listens on: `Name` (`proxy`, `https`, `admin`) and `Address`.
+    listeners: Vec<ListenerView>,
     /// The last table published: when (seconds ago) and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_change: Option<LastChangeView>,
     latency_buckets_ms: &'static [u64],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListenerView {
+    name: &'static str,
+    address: String,
 }
 
 #[derive(Serialize)]
@@ -161,6 +173,16 @@ impl ProxyView {
             clock_ms: STARTED
                 .get()
                 .map_or(0, |s| u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            instance_name: controller.identity().map(|i| i.instance_name.clone()),
+            listeners: controller
+                .identity()
+                .map(|i| {
+                    i.listeners
+                        .iter()
+                        .map(|(name, addr)| ListenerView { name, address: addr.to_string() })
+                        .collect()
+                })
+                .unwrap_or_default(),
             last_change: controller.last_change().map(|change| LastChangeView {
                 table_version: change.table_version,
                 seconds_ago: change.at.elapsed().as_secs(),

@@ -58,6 +58,16 @@ pub struct RemoveReport {
     pub table_version: u64,
 }
 
+/// Who this proxy is, for the dashboard: set once by the binary when it serves.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// The instance name its routes are stored under (`<name>/services/` in Consul KV):
+    /// replicas with the same name share them.
+    pub instance_name: String,
+    /// Its listeners: (what, address), e.g. `("proxy", 0.0.0.0:80)`.
+    pub listeners: Vec<(&'static str, std::net::SocketAddr)>,
+}
+
 /// The last table the controller published, for the dashboard.
 #[derive(Debug, Clone)]
 pub struct LastChange {
@@ -172,6 +182,8 @@ pub(crate) struct Inner {
     state: tokio::sync::Mutex<State>,
     /// The last table published: when, and why.
     last_change: Mutex<Option<LastChange>>,
+    /// Who this proxy is (set once by the binary).
+    identity: std::sync::OnceLock<Identity>,
     /// Reconfigure calls looked up and waiting for the next commit.
     queue: Mutex<Vec<reconfigure::Queued>>,
     /// Counts the instance changes followers record, so that a lookup made without the lock
@@ -248,6 +260,7 @@ impl Controller {
                 state: tokio::sync::Mutex::new(State::default()),
                 queue: Mutex::new(Vec::new()),
                 last_change: Mutex::new(None),
+                identity: std::sync::OnceLock::new(),
                 instance_seq: AtomicU64::new(0),
                 counters: AdminCounters::default(),
                 registry: Mutex::new(RegistryHealth::default()),
@@ -368,6 +381,16 @@ impl Controller {
     /// Outcome counters.
     pub fn counters(&self) -> &AdminCounters {
         &self.inner.counters
+    }
+
+    /// Says who this proxy is (set once; later calls are ignored).
+    pub fn set_identity(&self, identity: Identity) {
+        let _ = self.inner.identity.set(identity);
+    }
+
+    /// Who this proxy is, once the binary has said.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.get()
     }
 
     /// The last table published, if any change was made since the start.
