@@ -70,12 +70,16 @@
 #          --routes N (the large route count, default 10000)  --bin PATH (skip the cargo build)
 #          --load-bin PATH (dfp-load, the handshake, WebSocket and TCP client: skip its cargo build)
 #          --requests N (instructions: the counted requests, default 20000)
+#          --charts DIR (where the run's SVG charts go as well as the run directory: the ones
+#                 BENCHMARKS.md embeds are in benches/charts/, from a run given --charts
+#                 benches/charts; drawn by benches/lib/charts.py from results.tsv)
 # Needs:   a 2-core (or larger) Linux machine, root for apt-get when haproxy, nginx, wrk (or,
 #          for instructions, valgrind or strace; for the classes openssl and h2load) is
 #          missing, and `consul`
 #          (../shared/bin/install-consul puts one on PATH).
 # Output:  progress on stderr; the report (markdown, ready for BENCHMARKS.md) on stdout and in
-#          target/compare/<timestamp>/report.md beside the raw results, configs and logs.
+#          target/compare/<timestamp>/report.md beside the raw results, configs and logs;
+#          SVG charts of the request classes (CPU per request, req/s, p50/p99) in its charts/.
 # Every process it starts is stopped when it ends, also on errors and Ctrl-C.
 
 set -Eeuo pipefail
@@ -94,6 +98,7 @@ ROUNDS=8
 DURATION=10
 CONNECTIONS=50
 ONLY=all
+CHARTS=
 MANY_ROUTES=10000
 BIN=""
 LOAD_BIN=""
@@ -129,6 +134,7 @@ parse_args() {
       --bin) BIN=${2:?--bin needs a path}; shift ;;
       --load-bin) LOAD_BIN=${2:?--load-bin needs a path}; shift ;;
       --requests) INSTR_REQUESTS=${2:?--requests needs a number}; shift ;;
+      --charts) CHARTS=${2:?--charts needs a directory}; shift ;;
       --churn-classes) CHURN_CLASSES=${2:?--churn-classes needs class names}; CHURN_CLASSES=${CHURN_CLASSES//,/ }; shift ;;
       --quick) ROUNDS=2 DURATION=3 INSTR_REQUESTS=2000 ;;
       -h | --help) usage; exit 0 ;;
@@ -1225,6 +1231,14 @@ main() {
     report
   } | tee "$RUN/report.md"
   log "report: $RUN/report.md; raw results: $RESULTS"
+  if python3 "$HERE/lib/charts.py" "$RUN" "$RUN/charts"; then
+    if [[ -n ${CHARTS:-} ]]; then
+      mkdir -p "$CHARTS" && cp "$RUN"/charts/*.svg "$CHARTS"/
+      log "charts copied to $CHARTS"
+    fi
+  else
+    log "no charts drawn (python3 missing, or no request class in this run)"
+  fi
 }
 
 main "$@"

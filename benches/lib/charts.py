@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""charts.py: SVG charts of a compare.sh run, drawn from its results.tsv (no hand-drawn figure).
+
+Usage:   benches/lib/charts.py RUN_DIR [OUT_DIR]
+         (RUN_DIR holds results.tsv, as compare.sh leaves it in target/compare/<timestamp>/;
+         OUT_DIR defaults to RUN_DIR/charts). compare.sh calls it at the end of every run.
+
+Draws, for the request classes the run measured (the paced GET and each class of the
+"classes" scenario), one grouped bar chart each of:
+  cpu-per-request.svg  the proxy's CPU time per request (µs), ours / HAProxy / nginx
+  throughput.svg       requests per second
+  latency.svg          p50 and p99 latency (µs) per proxy, where the load tool reports them
+Each bar is the median over the run's rounds, its whisker the min–max, as BENCHMARKS.md's
+tables give them. Plain Python 3, standard library only.
+
+results.tsv columns (tab-separated): scenario mode round target req/s p50_us p99_us errors
+cpu_us_per_request requests extra core0_us core0_busy core1_busy user_us.
+"""
+
+import csv
+import html
+import os
+import statistics
+import sys
+
+PROXIES = [("ours", "docker-flow-proxy", "#1f5fb4"), ("haproxy", "HAProxy", "#b35900"), ("nginx", "nginx", "#3c7d3c")]
+CLASS_NAMES = {
+    ("compare", "paced"): "plain GET (paced)",
+    ("compare", "closed"): "plain GET (closed loop)",
+    ("classes", "https"): "HTTPS keep-alive",
+    ("classes", "handshake"): "full TLS handshake",
+    ("classes", "h2"): "HTTP/2 (h2load)",
+    ("classes", "post-1k"): "POST 1 KiB",
+    ("classes", "post-64k"): "POST 64 KiB",
+    ("classes", "options"): "service with options",
+    ("classes", "websocket"): "WebSocket messages",
+}
+
+
+def number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def read(run_dir):
+    """{(scenario, mode): {target: {column: [values over rounds]}}} of the classes charted."""
+    found = {}
+    with open(os.path.join(run_dir, "results.tsv"), newline="") as tsv:
+        for row in csv.reader(tsv, delimiter="\t"):
+            if len(row) < 9:
+                continue
+            scenario, mode, _round, target = row[0], row[1], row[2], row[3]
+            if (scenario, mode) not in CLASS_NAMES:
+                continue
+            figures = {"rps": number(row[4]), "p50": number(row[5]), "p99": number(row[6]), "cpu": number(row[8])}
+            per_target = found.setdefault((scenario, mode), {}).setdefault(target, {})
+            for key, value in figures.items():
+                if value is not None:
+                    per_target.setdefault(key, []).append(value)
+    order = list(CLASS_NAMES)
+    return dict(sorted(found.items(), key=lambda item: order.index(item[0])))
+
+
+def summary(values):
+    """(median, min, max) or None."""
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def nice_max(value):
+    """A round axis maximum at or above value."""
+    if value <= 0:
+        return 1
+    step = 10 ** len(str(int(value))) / 10
+    for factor in (1, 2, 2.5, 5, 10):
+        if value <= step * factor:
+            return step * factor
+    return step * 10
+
+
+def bar_chart(title, unit, groups, series):
+    """groups: [label]; series: [(name, colour, [summary or None per group])] -> SVG text."""
+    width, height = 860, 380
+    left, right, top, bottom = 70, 20, 50, 90
+    plot_w, plot_h = width - left - right, height - top - bottom
+    top_value = nice_max(max((s[2] for _, _, vals in series for s in vals if s), default=1))
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12" role="img" '
+        f'aria-label="{html.escape(title)}">',
+        f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<text x="{left}" y="22" font-size="15" font-weight="bold">{html.escape(title)}</text>',
+        f'<text x="{left}" y="40" fill="#444">{html.escape(unit)}; bar: median over the rounds, whisker: min–max</text>',
+    ]
+    for i in range(6):
+        value = top_value * i / 5
+        y = top + plot_h - plot_h * i / 5
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{value:g}</text>')
+    group_w = plot_w / max(len(groups), 1)
+    bar_w = group_w * 0.8 / max(len(series), 1)
+    for g, label in enumerate(groups):
+        x0 = left + g * group_w + group_w * 0.1
+        for s, (name, colour, values) in enumerate(series):
+            point = values[g]
+            if not point:
+                continue
+            median, low, high = point
+            x = x0 + s * bar_w
+            h = plot_h * median / top_value
+            y = top + plot_h - h
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w * 0.9:.1f}" height="{h:.1f}" fill="{colour}">'
+                       f'<title>{html.escape(name)}, {html.escape(label)}: {median:g} ({low:g}–{high:g})</title></rect>')
+            cx = x + bar_w * 0.45
+            y_low, y_high = top + plot_h - plot_h * low / top_value, top + plot_h - plot_h * high / top_value
+            out.append(f'<line x1="{cx:.1f}" y1="{y_low:.1f}" x2="{cx:.1f}" y2="{y_high:.1f}" stroke="#222"/>')
+        out.append(f'<text x="{left + g * group_w + group_w / 2:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{html.escape(label)}</text>')
+    per_row = max(1, (width - left) // 190)
+    for s, (name, colour, _) in enumerate(series):
+        x = left + (s % per_row) * 190
+        y = height - 48 + (s // per_row) * 20
+        out.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="{x + 18}" y="{y}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    run_dir = sys.argv[1]
+    out_dir = sys.argv[2] if len(sys.argv) == 3 else os.path.join(run_dir, "charts")
+    classes = read(run_dir)
+    if not classes:
+        sys.exit(f"charts.py: no request class in {run_dir}/results.tsv")
+    os.makedirs(out_dir, exist_ok=True)
+    groups = [CLASS_NAMES[key] for key in classes]
+    charts = {
+        "cpu-per-request.svg": ("CPU per request, proxy on one core", "µs of CPU per request (less is better)", "cpu"),
+        "throughput.svg": ("Requests per second", "requests/s (more is better)", "rps"),
+    }
+    for file, (title, unit, column) in charts.items():
+        series = [(name, colour, [summary(classes[key].get(target, {}).get(column, [])) for key in classes])
+                  for target, name, colour in PROXIES]
+        with open(os.path.join(out_dir, file), "w") as svg:
+            svg.write(bar_chart(title, unit, groups, series))
+    # Latency: p50 and p99 side by side per proxy, for the classes whose load tool reports them.
+    with_latency = [key for key in classes if any(classes[key].get(t, {}).get("p99") for t, _, _ in PROXIES)]
+    if with_latency:
+        series = []
+        for target, name, colour in PROXIES:
+            for quantile, shade in (("p50", colour), ("p99", colour + "99")):
+                values = [summary(classes[key].get(target, {}).get(quantile, [])) for key in with_latency]
+                series.append((f"{name} {quantile}", shade, values))
+        with open(os.path.join(out_dir, "latency.svg"), "w") as svg:
+            svg.write(bar_chart("Latency (p50 and p99)", "µs (less is better)", [CLASS_NAMES[k] for k in with_latency], series))
+    print(f"charts.py: charts of {len(groups)} classes in {out_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
