@@ -88,6 +88,7 @@ impl Inner {
     async fn commit(self: &Arc<Self>, state: &mut State, batch: Vec<Queued>) -> Vec<Queued> {
         let live = self.table.snapshot();
         let mut editor = TableEditor::new(&live);
+        let as_live = TableEditor::new(&live);
         let mut keys = std::collections::HashSet::new();
         let mut taken: Vec<Taken> = Vec::new();
         let mut later = Vec::new();
@@ -109,6 +110,13 @@ impl Inner {
             }
             let specs = call.request.destination_specs(&call.found.instances);
             if let Err(err) = editor.check(&specs) {
+                if as_live.check(&specs).is_ok() {
+                    // Its conflict is with a call of this batch, not live yet (and whose
+                    // store write may still fail): decided in the next commit, against that
+                    // call's outcome, so a 409 always names a route that is live.
+                    later.push(call);
+                    continue;
+                }
                 let _ = call.reply.send(Err(conflict(err)));
                 continue;
             }
