@@ -442,6 +442,7 @@ main() {
     report_conns
   } | tee "$RUN/report.md"
   log "report: $RUN/report.md; raw results: $IDLE, $CONNS"
+  python3 "$HERE/lib/charts.py" --memory "$RUN" "$RUN/charts" || log "no chart drawn (python3 missing?)"
 }
 
 main "$@"

@@ -4,6 +4,9 @@
 Usage:   benches/lib/charts.py RUN_DIR [OUT_DIR]
          (RUN_DIR holds results.tsv, as compare.sh leaves it in target/compare/<timestamp>/;
          OUT_DIR defaults to RUN_DIR/charts). compare.sh calls it at the end of every run.
+         benches/lib/charts.py --memory RUN_DIR [OUT_DIR]
+         (RUN_DIR holds idle.tsv, as memory.sh leaves it in target/memory/<timestamp>/):
+         rss-by-routes.svg, idle RSS by route count, ours and HAProxy, by worker threads.
 
 Draws, for the request classes the run measured (the paced GET and each class of the
 "classes" scenario), one grouped bar chart each of:
@@ -118,9 +121,9 @@ def bar_chart(title, unit, groups, series):
             y_low, y_high = top + plot_h - plot_h * low / top_value, top + plot_h - plot_h * high / top_value
             out.append(f'<line x1="{cx:.1f}" y1="{y_low:.1f}" x2="{cx:.1f}" y2="{y_high:.1f}" stroke="#222"/>')
         out.append(f'<text x="{left + g * group_w + group_w / 2:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{html.escape(label)}</text>')
-    per_row = max(1, (width - left) // 190)
+    per_row = max(1, (width - left) // 250)
     for s, (name, colour, _) in enumerate(series):
-        x = left + (s % per_row) * 190
+        x = left + (s % per_row) * 250
         y = height - 48 + (s // per_row) * 20
         out.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{colour}"/>')
         out.append(f'<text x="{x + 18}" y="{y}">{html.escape(name)}</text>')
@@ -128,7 +131,40 @@ def bar_chart(title, unit, groups, series):
     return "\n".join(out) + "\n"
 
 
+def memory(run_dir, out_dir):
+    """rss-by-routes.svg from memory.sh's idle.tsv: proxy threads routes ready_s rss_kib ..."""
+    rows = {}
+    with open(os.path.join(run_dir, "idle.tsv"), newline="") as tsv:
+        for row in csv.reader(tsv, delimiter="\t"):
+            if len(row) < 5 or number(row[4]) is None:
+                continue
+            proxy, threads, routes = row[0], row[1], int(row[2])
+            rows.setdefault((proxy, threads), {}).setdefault(routes, []).append(number(row[4]) * 1024 / 1e6)
+    if not rows:
+        sys.exit(f"charts.py: no idle RSS in {run_dir}/idle.tsv")
+    counts = sorted({routes for per in rows.values() for routes in per})
+    # The colours of the other charts: ours blue, HAProxy orange; lighter with more threads.
+    colours = {"ours": ("#1f5fb4", "#6f9fe0"), "haproxy": ("#b35900", "#e0a060")}
+    names = {"ours": "docker-flow-proxy", "haproxy": "HAProxy"}
+    rank = {"ours": 0, "haproxy": 1}
+    series = []
+    for (proxy, threads), per in sorted(rows.items(), key=lambda item: (rank.get(item[0][0], 2), item[0][1] != "1")):
+        shades = colours.get(proxy, ("#3c7d3c", "#8bc48b"))
+        label = f"{names.get(proxy, proxy)}, {'1 thread' if threads == '1' else threads + ' threads'}"
+        series.append((label, shades[0] if threads == "1" else shades[1], [summary(per.get(c, [])) for c in counts]))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "rss-by-routes.svg"), "w") as svg:
+        svg.write(bar_chart("Idle resident memory by route count", "MB of VmRSS (less is better)",
+                            [f"{c:,} route{'' if c == 1 else 's'}" for c in counts], series))
+    print(f"charts.py: idle RSS of {len(counts)} route counts in {out_dir}", file=sys.stderr)
+
+
 def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "--memory":
+        if len(sys.argv) not in (3, 4):
+            sys.exit(__doc__)
+        memory(sys.argv[2], sys.argv[3] if len(sys.argv) == 4 else os.path.join(sys.argv[2], "charts"))
+        return
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     run_dir = sys.argv[1]
