@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::support::{eventually, Consul, Load, Proxy, Upstream};
+use crate::support::{eventually, seed_books, Load, Proxy, Upstream};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -42,11 +42,8 @@ fn chromium(profile: &Path, budget_ms: u32) -> Command {
     command
 }
 
-/// The page's DOM once its script has read the admin API a few times.
-async fn dom(url: &str) -> String {
-    let profile = tempfile_dir("dom");
-    let mut command = chromium(&profile, 5_000);
-    command.arg("--dump-dom").arg(url);
+/// Runs Chromium to its end (at most a minute); its standard output.
+async fn run(mut command: Command) -> String {
     let output = tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
         .expect("chromium ends within a minute")
@@ -59,6 +56,14 @@ async fn dom(url: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The page's DOM once its script has read the admin API a few times.
+async fn dom(url: &str) -> String {
+    let profile = tempfile_dir("dom");
+    let mut command = chromium(&profile, 5_000);
+    command.arg("--dump-dom").arg(url);
+    run(command).await
+}
+
 /// A screenshot of the page at `width`×`height`, kept as a test artifact.
 async fn screenshot(url: &str, name: &str, width: u32, height: u32) -> PathBuf {
     let path = artifacts().join(name);
@@ -68,15 +73,7 @@ async fn screenshot(url: &str, name: &str, width: u32, height: u32) -> PathBuf {
         .arg(format!("--screenshot={}", path.display()))
         .arg(format!("--window-size={width},{height}"))
         .arg(url);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("chromium ends within a minute")
-        .expect("chromium runs");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run(command).await;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     assert!(size > 1_000, "a screenshot was written to {}", path.display());
     path
@@ -113,18 +110,7 @@ fn requests_shown(dom: &str) -> u64 {
 
 #[tokio::test]
 async fn the_dashboard_shows_services_instances_traffic_and_ejections_in_a_browser() {
-    let consul = Consul::start().await;
-    let mut instances = Vec::new();
-    for i in 1..=3 {
-        let upstream = Upstream::start(&format!("books-{i}")).await;
-        consul.register("books-ms", &format!("books-{i}"), upstream.port(), None).await;
-        instances.push(upstream);
-    }
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
-    let (status, answer) = proxy
-        .admin("/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books")
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    let (_consul, mut instances, proxy) = seed_books().await;
     let load = Load::start(proxy.url("/api/v1/books"));
     let page = proxy.admin_url("/dashboard");
 
@@ -278,11 +264,8 @@ async fn the_dashboard_first_paint_at_many_routes_is_reported() {
         let mut command = chromium(&profile, 1_000);
         command.arg("--dump-dom").arg(url);
         let started = std::time::Instant::now();
-        let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-            .await
-            .expect("chromium ends within a minute")
-            .expect("chromium runs");
-        (started.elapsed(), String::from_utf8_lossy(&output.stdout).into_owned())
+        let dom = run(command).await;
+        (started.elapsed(), dom)
     };
     let (blank, _) = look("about:blank".to_owned()).await;
     let (page, dom) = look(proxy.admin_url("/dashboard")).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{eventually, http_client, raw_http, Consul, EchoUpgrade, Proxy, Upstream};
+use crate::support::{eventually, http_client, raw_http, EchoUpgrade, Proxy, Upstream};
 
 fn reconfigure_standalone(path: &str, port: u16) -> String {
     format!(
@@ -77,18 +77,7 @@ async fn swapping_the_table_every_50ms_under_load_fails_no_request() {
 
 #[tokio::test]
 async fn killing_one_of_three_instances_under_load_fails_no_get() {
-    let consul = Consul::start().await;
-    let mut instances = Vec::new();
-    for name in ["books-1", "books-2", "books-3"] {
-        let upstream = Upstream::start(name).await;
-        consul.register("books-ms", name, upstream.port(), None).await;
-        instances.push(upstream);
-    }
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
-    let (status, answer) = proxy
-        .admin("/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books")
-        .await;
-    assert_eq!(status, 200, "{answer}");
+    let (consul, mut instances, proxy) = crate::support::seed_books().await;
 
     let url = proxy.url("/api/v1/books");
     let clients: Vec<_> = (0..4)

@@ -126,3 +126,21 @@ pub async fn raw_exchange(mut stream: impl ClientStream, request: &[u8]) -> Stri
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// The seed scenario: books-ms with three instances (`books-1` … `books-3`) registered in a
+/// fresh Consul agent, routed on `/api/v1/books` by a fresh proxy following it.
+pub async fn seed_books() -> (Consul, Vec<Upstream>, Proxy) {
+    let consul = Consul::start().await;
+    let mut instances = Vec::new();
+    for name in ["books-1", "books-2", "books-3"] {
+        let upstream = Upstream::start(name).await;
+        consul.register("books-ms", name, upstream.port(), None).await;
+        instances.push(upstream);
+    }
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let (status, answer) = proxy
+        .admin("/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    (consul, instances, proxy)
+}
