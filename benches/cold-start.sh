@@ -31,20 +31,8 @@ source "$HERE/lib/common.sh"
 
 ROUTES=10000
 ROUNDS=3
-BINS=()
 CONSUL_CONNS=1000
-
-while (($#)); do
-  case $1 in
-    --bin) BINS+=("$2"); shift 2 ;;
-    --routes) ROUTES=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --help | -h) sed -n '2,20p' "$0"; exit 0 ;;
-    *) die "unknown option $1 (see --help)" ;;
-  esac
-done
-((${#BINS[@]})) || die "give at least one --bin PATH (a release build of docker-flow-proxy)"
-for bin in "${BINS[@]}"; do [[ -x $bin ]] || die "$bin is not an executable"; done
+parse_binaries_args 20 "$@"
 
 RUN=$(mktemp -d /tmp/cold-start.XXXXXX)
 LOGS=$RUN

@@ -32,20 +32,8 @@ source "$HERE/lib/common.sh"
 
 ROUTES=10000
 ROUNDS=1
-BINS=()
 CONSUL_CONNS=1000
-
-while (($#)); do
-  case $1 in
-    --bin) BINS+=("$2"); shift 2 ;;
-    --routes) ROUTES=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --help | -h) sed -n '2,21p' "$0"; exit 0 ;;
-    *) die "unknown option $1 (see --help)" ;;
-  esac
-done
-((${#BINS[@]})) || die "give at least one --bin PATH (a release build of docker-flow-proxy)"
-for bin in "${BINS[@]}"; do [[ -x $bin ]] || die "$bin is not an executable"; done
+parse_binaries_args 21 "$@"
 ((ROUTES >= 10)) || die "--routes must be at least 10"
 # The first and last calls compared: 160 and 1,600 at 10,000 routes, fewer for small tables.
 FIRST=$((ROUTES / 10 < 160 ? ROUTES / 10 : 160))

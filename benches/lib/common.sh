@@ -523,3 +523,27 @@ launch_haproxy() {
   URL[$target]="http://127.0.0.1:$port$BOOKS_PATH"
   wait_for "$LAST_PID" "$target listening on port $port" 120 listening "$port"
 }
+
+# parse_binaries_args HELP_LAST_LINE ARGS...: the options of the control-plane benches that
+# compare builds: --bin PATH (repeatable, at least one, each executable), --routes N,
+# --rounds N, --help (prints the script's header, lines 2 to HELP_LAST_LINE). Sets BINS,
+# ROUTES and ROUNDS (set the defaults before calling).
+parse_binaries_args() {
+  local help_last=$1
+  shift
+  BINS=()
+  while (($#)); do
+    case $1 in
+      --bin) BINS+=("$2"); shift 2 ;;
+      --routes) ROUTES=$2; shift 2 ;;
+      --rounds) ROUNDS=$2; shift 2 ;;
+      --help | -h) sed -n "2,${help_last}p" "$0"; exit 0 ;;
+      *) die "unknown option $1 (see --help)" ;;
+    esac
+  done
+  ((${#BINS[@]})) || die "give at least one --bin PATH (a release build of docker-flow-proxy)"
+  local bin
+  for bin in "${BINS[@]}"; do [[ -x $bin ]] || die "$bin is not an executable"; done
+  [[ $ROUTES =~ ^[1-9][0-9]*$ ]] || die "--routes must be a positive number, not $ROUTES"
+  [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive number, not $ROUNDS"
+}
