@@ -145,19 +145,32 @@ impl Inner {
             taken.push(Taken { call, key, specs, bound, stored_already });
         }
 
+        // What each call stores (nothing when it is stored already).
+        let forms: Vec<Option<Result<Vec<u8>, AdminError>>> = taken
+            .iter()
+            .map(|t| (!t.stored_already).then(|| stored_form(&t.call.request.params)))
+            .collect();
         let writes: Vec<(String, Vec<u8>, String)> = taken
             .iter()
-            .filter(|t| !t.stored_already)
-            .map(|t| {
-                let stored = stored_form(&t.call.request.params).unwrap_or_default();
-                (t.call.request.service_name.clone(), stored, t.key.clone())
+            .zip(&forms)
+            .filter_map(|(t, form)| match form {
+                Some(Ok(value)) => {
+                    Some((t.call.request.service_name.clone(), value.clone(), t.key.clone()))
+                }
+                _ => None,
             })
             .collect();
         let mut outcomes = self.store_all(writes).await.into_iter();
         let mut stored = Vec::with_capacity(taken.len());
         let mut failed = false;
-        for t in taken {
-            let outcome = if t.stored_already { Ok(()) } else { outcomes.next().unwrap_or(Ok(())) };
+        for (t, form) in taken.into_iter().zip(forms) {
+            let outcome = match form {
+                None => Ok(()),
+                Some(Err(err)) => Err(err),
+                Some(Ok(_)) => outcomes.next().unwrap_or_else(|| {
+                    Err(AdminError::Internal("the store gave no outcome for a write".to_owned()))
+                }),
+            };
             match outcome {
                 Ok(()) => stored.push(t),
                 Err(err) => {
