@@ -10,6 +10,8 @@
 #   routes  Throughput of ours and of HAProxy with 10 routes and with 10,000 routes.
 #   churn   Failed requests and throughput while the routes change every 100 ms (ours: admin
 #           reconfigure calls; HAProxy: a master-worker reload), next to a quiet run.
+#           Then one more run each under churn with dfp-load's per-100 ms timeline (the
+#           throughput-over-time chart).
 #   instructions
 #           User-space instructions and system calls per request of ours and of HAProxy (10
 #           routes), counts that the machine's noise does not move: a fixed number of requests
@@ -484,9 +486,10 @@ core_busy_ticks() {
 # measure SCENARIO MODE ROUND TARGET [CHURNER_PID COUNT_FILE]: one wrk run against TARGET;
 # appends a line to results.tsv: scenario mode round target req/s p50_us p99_us errors
 # cpu_us_per_request requests extra core0_us_per_request core0_busy_% core1_busy_%
-# user_us_per_request (extra: the churner's "applied/attempted" changes; core0: all busy time of
-# the proxy's core per request; the busy shares say which core was saturated; user: the part of
-# the proxy's CPU spent in user space, the rest being the kernel's).
+# user_us_per_request p90_us p999_us (extra: the churner's "applied/attempted" changes; core0:
+# all busy time of the proxy's core per request; the busy shares say which core was saturated;
+# user: the part of the proxy's CPU spent in user space, the rest being the kernel's; p90 and
+# p99.9 last, so the columns before them kept their places when they were added).
 measure() {
   local scenario=$1 mode=$2 round=$3 target=$4 churner=${5:-} count_file=${6:-} extra=-
   local out before="0 0" after="0 0" pid=${PID[$target]:-}
@@ -527,9 +530,9 @@ measure() {
     user=$(awk -v t="$du" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
     core=$(awk -v t=$((core_after - core_before)) -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$mode" "$round" \
-    "$target" "$rps" "$p50" "$p99" "$errors" "$cpu" "$requests" "$extra" "$core" "$busy0" "$busy1" \
-    "$user" >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$mode" \
+    "$round" "$target" "$rps" "$p50" "$p99" "$errors" "$cpu" "$requests" "$extra" "$core" "$busy0" \
+    "$busy1" "$user" "${r[p90_us]:--}" "${r[p999_us]:--}" >>"$RESULTS"
   log "$scenario/$mode round $round $target: $rps req/s, p50 ${p50} us, p99 ${p99} us, $errors errors," \
     "CPU ${cpu} us/request (user ${user}; core $PROXY_CORE: ${core}); cores busy ${busy0}% / ${busy1}%"
 }
@@ -1144,8 +1147,39 @@ scenario_churn() {
       sleep 1
     done
   done
+  churn_timelines
   stop_tree "${PID[ours-churn]}"
   stop_tree "${PID[haproxy-churn]}"
+}
+
+# churn_timelines: throughput over time under churn, one run per proxy after the rounds:
+# dfp-load's closed-loop GETs (as wrk's) with its timeline of requests completed and failed in
+# each 100 ms (timeline-ours.tsv, timeline-haproxy.tsv in the run's folder), drawn by charts.py
+# as churn-timeline.svg. A run's average hides what a reload does; the timeline shows it.
+churn_timelines() {
+  local target name addr path count_file churner out
+  for target in ours-churn haproxy-churn; do
+    name=${target%-churn}
+    addr=${URL[$target]#http://}
+    path=/${addr#*/}
+    addr=${addr%%/*}
+    count_file="$RUN/timeline-$name.count"
+    if [[ $target == ours-churn ]]; then
+      churn_ours "${ADMIN[$target]}" "$count_file" &
+    else
+      churn_haproxy "${PID[$target]}" "$count_file" &
+    fi
+    churner=$!
+    STARTED+=("$churner")
+    STARTED_NAME[$churner]="timeline-$target"
+    out=$(taskset -c "$LOAD_CORE" "$LOAD_BIN" get --addr "$addr" --path "$path" \
+      --connections "$CONNECTIONS" --duration "$DURATION" --max $((DURATION * 1000000)) \
+      --timeline "$RUN/timeline-$name.tsv" 2>&1) || die "the timeline run against $target failed: $out"
+    wait "$churner" || true
+    stop_tree "$churner"
+    log "churn timeline $target: ${out#RESULT } (changes: $(cat "$count_file" 2>/dev/null || echo '?'))"
+    sleep 1
+  done
 }
 
 # callgrind_wrapper TARGET: sets CALLGRIND to the valgrind command line that runs TARGET with
@@ -1211,7 +1245,7 @@ main() {
 
   ensure_tools
   build_proxy
-  if wants_classes || named tcp; then build_load; fi
+  if wants_classes || named tcp || wants churn; then build_load; fi
   describe_machine >"$RUN/machine.md"
   start_upstreams
   start_consul

@@ -18,11 +18,17 @@
 //! - `tcp-connect`: connections per second through the same: each connection is opened, sends
 //!   `--size` bytes, reads them back, and is closed by the client. A "request" is a connection.
 //! - `tcp-echo`: the instance behind both: writes back every byte it reads, until EOF.
+//! - `get`: plain HTTP/1.1 keep-alive GETs, one in flight per connection (a closed loop like
+//!   wrk's), reconnecting when the proxy closes a connection. With `--timeline FILE` it also
+//!   writes what completed and what failed in each `--bucket-ms` slice of the run: the
+//!   throughput-over-time chart of `compare.sh`'s churn scenario (a reload's dip shows there,
+//!   where a run's average hides it).
 //!
 //! The clients run for `--duration` seconds (and at most `--max` requests or messages), on one
 //! thread, and print one line in the format of `benches/compare/report.lua`, which
 //! `compare.sh` parses: `RESULT requests=N duration_us=N p50_us=N p99_us=N connect=N read=N
-//! write=N status=N timeout=N` and a few extra fields (handshake kinds, negotiated suite).
+//! write=N status=N timeout=N` and a few extra fields (p90 and p99.9, handshake kinds,
+//! negotiated suite).
 //! Latency is from the first byte written (the TCP connect, for `handshakes`) to the end of
 //! the answer or echo.
 //!
@@ -104,6 +110,21 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Plain HTTP/1.1 keep-alive GETs, one in flight per connection.
+    Get {
+        #[command(flatten)]
+        load: Load,
+        /// The request's path.
+        #[arg(long, default_value = "/api/v1/books")]
+        path: String,
+        /// Write completed and failed requests per time slice to this file (tab-separated:
+        /// slice start in ms since the run began, completed, failed).
+        #[arg(long)]
+        timeline: Option<std::path::PathBuf>,
+        /// The timeline's slice, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        bucket_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +173,17 @@ fn main() -> std::io::Result<()> {
             let listener = TcpListener::bind(listen).await?;
             tcp_echo(listener).await
         }),
+        Command::Get { load, path, timeline, bucket_ms } => {
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", load.addr).into_bytes();
+            let request: std::rc::Rc<[u8]> = request.into();
+            let tally = runtime
+                .block_on(run_clients(&load, move |shared| get_loop(shared, request.clone())))?;
+            if let Some(file) = timeline {
+                write_timeline(&file, &tally, bucket_ms.max(1))?;
+            }
+            report(&tally)
+        }
     }
 }
 
@@ -161,6 +193,8 @@ fn main() -> std::io::Result<()> {
 /// What every client task shares.
 struct Shared {
     addr: SocketAddr,
+    /// When the run began: the timeline's zero.
+    began: Instant,
     deadline: Instant,
     budget: std::cell::Cell<u64>,
     tls: TlsConnector,
@@ -193,6 +227,9 @@ struct Tally {
     bytes: u64,
     negotiated: Option<String>,
     duration: Duration,
+    /// When each request ended, in ms since the run began, and whether it succeeded (`get`
+    /// only: the timeline).
+    ended_ms: Vec<(u32, bool)>,
 }
 
 impl Tally {
@@ -206,9 +243,16 @@ impl Tally {
         self.full += other.full;
         self.resumed += other.resumed;
         self.bytes += other.bytes;
+        self.ended_ms.extend(other.ended_ms);
         if self.negotiated.is_none() {
             self.negotiated = other.negotiated;
         }
+    }
+
+    /// Notes when a request ended, for the timeline.
+    fn ended(&mut self, shared: &Shared, ok: bool) {
+        let ms = u32::try_from(shared.began.elapsed().as_millis()).unwrap_or(u32::MAX);
+        self.ended_ms.push((ms, ok));
     }
 
     fn record(&mut self, started: Instant) {
@@ -256,6 +300,7 @@ where
 {
     let shared = std::rc::Rc::new(Shared {
         addr: load.addr,
+        began: Instant::now(),
         deadline: Instant::now() + Duration::from_secs(load.duration),
         budget: std::cell::Cell::new(load.max),
         tls: TlsConnector::from(Arc::new(client_config())),
@@ -281,21 +326,23 @@ where
 fn report(tally: &Tally) -> std::io::Result<()> {
     let mut sorted = tally.latencies_us.clone();
     sorted.sort_unstable();
-    let percentile = |p: usize| -> u32 {
+    // The value at or below which `per_mille` thousandths of the latencies are.
+    let percentile = |per_mille: usize| -> u32 {
         if sorted.is_empty() {
             return 0;
         }
-        sorted[((sorted.len() * p).div_ceil(100)).clamp(1, sorted.len()) - 1]
+        sorted[((sorted.len() * per_mille).div_ceil(1000)).clamp(1, sorted.len()) - 1]
     };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "RESULT requests={} duration_us={} p50_us={} p99_us={} connect={} read={} write={} \
-         status={} timeout={} full_handshakes={} resumed_handshakes={} bytes={} negotiated={}",
+         status={} timeout={} full_handshakes={} resumed_handshakes={} bytes={} negotiated={} \
+         p90_us={} p999_us={}",
         sorted.len(),
         tally.duration.as_micros(),
-        percentile(50),
-        percentile(99),
+        percentile(500),
+        percentile(990),
         tally.connect,
         tally.read,
         tally.write,
@@ -305,7 +352,32 @@ fn report(tally: &Tally) -> std::io::Result<()> {
         tally.resumed,
         tally.bytes,
         tally.negotiated.as_deref().unwrap_or("-"),
+        percentile(900),
+        percentile(999),
     )
+}
+
+/// Writes `tally`'s requests per `bucket_ms` slice of the run: `start_ms completed failed`.
+fn write_timeline(file: &std::path::Path, tally: &Tally, bucket_ms: u64) -> std::io::Result<()> {
+    let slices = usize::try_from(tally.duration.as_millis() as u64 / bucket_ms + 1).unwrap_or(1);
+    let mut counts = vec![(0u64, 0u64); slices];
+    for &(ms, ok) in &tally.ended_ms {
+        let slice = usize::try_from(u64::from(ms) / bucket_ms).unwrap_or(usize::MAX);
+        if let Some(count) = counts.get_mut(slice) {
+            if ok {
+                count.0 += 1;
+            } else {
+                count.1 += 1;
+            }
+        }
+    }
+    // The last slice is cut short by the deadline: left out, it would read as a dip.
+    counts.truncate(slices.saturating_sub(1).max(1));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    for (i, (done, failed)) in counts.iter().enumerate() {
+        writeln!(out, "{}\t{done}\t{failed}", i as u64 * bucket_ms)?;
+    }
+    out.flush()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -796,4 +868,68 @@ mod tests {
         assert!(!complete_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"));
         assert!(!complete_ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain keep-alive GETs (the churn timeline)
+
+async fn get_loop(shared: std::rc::Rc<Shared>, request: std::rc::Rc<[u8]>) -> Tally {
+    let mut tally = Tally::default();
+    let mut connection = None;
+    let mut buf = Vec::with_capacity(16384);
+    while shared.take() {
+        let started = Instant::now();
+        match get_once(&shared, &mut connection, &request, &mut buf).await {
+            Ok(()) => {
+                tally.record(started);
+                tally.ended(&shared, true);
+            }
+            Err(failure) => {
+                connection = None;
+                tally.fail(failure);
+                tally.ended(&shared, false);
+            }
+        }
+    }
+    tally
+}
+
+/// One GET on `connection` (opened first when there is none) and its whole answer, which must
+/// be a `200` with a `Content-Length`; a `Connection: close` answer drops the connection.
+async fn get_once(
+    shared: &Shared,
+    connection: &mut Option<TcpStream>,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    if connection.is_none() {
+        let tcp = bounded(Failure::Connect, TcpStream::connect(shared.addr)).await?;
+        tcp.set_nodelay(true).map_err(|_| Failure::Connect)?;
+        buf.clear();
+        *connection = Some(tcp);
+    }
+    let Some(tcp) = connection.as_mut() else { return Err(Failure::Connect) };
+    bounded(Failure::Write, tcp.write_all(request)).await?;
+    let head = bounded(Failure::Read, read_head(tcp, buf)).await?.ok_or(Failure::Read)?;
+    if !(buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200")) {
+        return Err(Failure::Status);
+    }
+    let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+    let header = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)).map(|v| v.trim().to_owned())
+    };
+    let length: usize =
+        header("content-length:").and_then(|v| v.parse().ok()).ok_or(Failure::Status)?;
+    let close = header("connection:").is_some_and(|v| v.contains("close"));
+    while buf.len() < head + length {
+        buf.reserve(16384);
+        if bounded(Failure::Read, tcp.read_buf(buf)).await? == 0 {
+            return Err(Failure::Read);
+        }
+    }
+    buf.drain(..head + length);
+    if close {
+        *connection = None;
+    }
+    Ok(())
 }
