@@ -812,64 +812,6 @@ async fn tcp_echo(listener: TcpListener) -> std::io::Result<()> {
         .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_key_matches_rfc_6455() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
-    fn frames_round_trip_masked_and_not() {
-        for size in [0, 5, 125, 126, 1000, 70_000] {
-            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-            for mask in [None, Some([9, 8, 7, 6])] {
-                let bytes = frame(0x2, &payload, mask);
-                let (used, opcode, got) = parse_frame(&bytes).expect("a whole frame");
-                assert_eq!((used, opcode, got.as_slice()), (bytes.len(), 0x2, payload.as_slice()));
-                assert!(parse_frame(&bytes[..bytes.len() - 1]).is_none() || size == 0);
-            }
-        }
-    }
-
-    /// tcp-stream and tcp-connect against tcp-echo on a port-0 listener: every echo comes back
-    /// whole, the budget bounds the count, and the byte tally matches.
-    #[test]
-    fn tcp_loads_echo_every_byte_within_their_budget() {
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&runtime, async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-            let addr = listener.local_addr().expect("its address");
-            tokio::task::spawn_local(tcp_echo(listener));
-            let load = Load { addr, connections: 3, duration: 10, max: 20 };
-            let stream = run_clients(&load, |shared| tcp_stream_loop(shared, 200_000))
-                .await
-                .expect("the clients ran");
-            let connect = run_clients(&load, |shared| tcp_connect_loop(shared, 64))
-                .await
-                .expect("the clients ran");
-            for (tally, size) in [(stream, 200_000), (connect, 64)] {
-                let failures =
-                    (tally.connect, tally.read, tally.write, tally.status, tally.timeout);
-                assert_eq!(failures, (0, 0, 0, 0, 0));
-                assert_eq!(tally.latencies_us.len(), 20);
-                assert_eq!(tally.bytes, 20 * size);
-            }
-        });
-    }
-
-    #[test]
-    fn an_answer_is_complete_when_its_body_is() {
-        assert!(complete_ok(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok1"));
-        assert!(!complete_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"));
-        assert!(!complete_ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Plain keep-alive GETs (the churn timeline)
 
@@ -932,4 +874,62 @@ async fn get_once(
         *connection = None;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn frames_round_trip_masked_and_not() {
+        for size in [0, 5, 125, 126, 1000, 70_000] {
+            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+            for mask in [None, Some([9, 8, 7, 6])] {
+                let bytes = frame(0x2, &payload, mask);
+                let (used, opcode, got) = parse_frame(&bytes).expect("a whole frame");
+                assert_eq!((used, opcode, got.as_slice()), (bytes.len(), 0x2, payload.as_slice()));
+                assert!(parse_frame(&bytes[..bytes.len() - 1]).is_none() || size == 0);
+            }
+        }
+    }
+
+    /// tcp-stream and tcp-connect against tcp-echo on a port-0 listener: every echo comes back
+    /// whole, the budget bounds the count, and the byte tally matches.
+    #[test]
+    fn tcp_loads_echo_every_byte_within_their_budget() {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+            let addr = listener.local_addr().expect("its address");
+            tokio::task::spawn_local(tcp_echo(listener));
+            let load = Load { addr, connections: 3, duration: 10, max: 20 };
+            let stream = run_clients(&load, |shared| tcp_stream_loop(shared, 200_000))
+                .await
+                .expect("the clients ran");
+            let connect = run_clients(&load, |shared| tcp_connect_loop(shared, 64))
+                .await
+                .expect("the clients ran");
+            for (tally, size) in [(stream, 200_000), (connect, 64)] {
+                let failures =
+                    (tally.connect, tally.read, tally.write, tally.status, tally.timeout);
+                assert_eq!(failures, (0, 0, 0, 0, 0));
+                assert_eq!(tally.latencies_us.len(), 20);
+                assert_eq!(tally.bytes, 20 * size);
+            }
+        });
+    }
+
+    #[test]
+    fn an_answer_is_complete_when_its_body_is() {
+        assert!(complete_ok(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok1"));
+        assert!(!complete_ok(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"));
+        assert!(!complete_ok(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
+    }
 }
