@@ -46,6 +46,8 @@ struct Inner {
     /// numbered, and followed with Consul: the same mirror as the routes'.
     store: StoreMirror,
     state: tokio::sync::Mutex<State>,
+    /// What ACME manages (set by the binary when ACME is on), shown in `certs`.
+    acme: std::sync::OnceLock<crate::acme::AcmeStatus>,
 }
 
 /// Every certificate this proxy knows, from which the live set is built.
@@ -186,6 +188,9 @@ pub(crate) struct Listed {
     status: &'static str,
     message: String,
     certs: Vec<CertView>,
+    /// With ACME on: the names it certifies, their state and the last result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acme: Option<crate::acme::AcmeView>,
 }
 
 /// One certificate as the API shows it: never its key.
@@ -198,7 +203,7 @@ struct CertView {
     not_after: String,
     /// Served to clients whose SNI matches no certificate (or that send none).
     default: bool,
-    /// `certs-dir` or `store`.
+    /// `certs-dir`, `store` (uploaded) or `acme` (obtained by the proxy from its ACME CA).
     source: &'static str,
 }
 
@@ -220,6 +225,7 @@ impl CertAdmin {
                 live,
                 store: store.certs_mirror(follow),
                 state: tokio::sync::Mutex::new(state),
+                acme: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -261,6 +267,28 @@ impl CertAdmin {
         body: Bytes,
     ) -> Result<Uploaded, AdminError> {
         let name = cert_name(pairs)?;
+        self.store_pem(name, body).await
+    }
+
+    /// Serves (and stores, for every replica) a certificate obtained from the ACME CA, as an
+    /// upload named `name` would.
+    pub(crate) async fn store_obtained(&self, name: &str, pem: Vec<u8>) -> Result<(), AdminError> {
+        self.store_pem(name.to_owned(), Bytes::from(pem)).await.map(drop)
+    }
+
+    /// The validity (notBefore, notAfter, Unix seconds) of the certificate served as `name`,
+    /// if one is.
+    pub(crate) fn served_validity(&self, name: &str) -> Option<(i64, i64)> {
+        self.inner.live.load().get(name).map(|c| (c.not_before(), c.not_after()))
+    }
+
+    /// Shows the ACME manager's view in `certs` from now on.
+    pub(crate) fn set_acme(&self, acme: crate::acme::AcmeStatus) {
+        let _ = self.inner.acme.set(acme);
+    }
+
+    /// Validates, stores and publishes `body` as `name`.
+    async fn store_pem(&self, name: String, body: Bytes) -> Result<Uploaded, AdminError> {
         let cert = Certificate::from_pem(&name, &body)
             .map_err(|source| AdminError::InvalidCert { name: name.clone(), source })?;
         let mut state = self.inner.state.lock().await;
@@ -323,14 +351,19 @@ impl CertAdmin {
                 not_before: c.not_before_rfc3339(),
                 not_after: c.not_after_rfc3339(),
                 default: default.as_deref() == Some(c.name()),
-                source: if state.stored.contains_key(c.name()) { "store" } else { "certs-dir" },
+                source: match state.stored.contains_key(c.name()) {
+                    true if c.name().starts_with(crate::acme::CERT_PREFIX) => "acme",
+                    true => "store",
+                    false => "certs-dir",
+                },
             })
             .collect();
         let message = match certs.len() {
             1 => "1 certificate".to_owned(),
             n => format!("{n} certificates"),
         };
-        Listed { status: "OK", message, certs }
+        let acme = self.inner.acme.get().map(crate::acme::AcmeStatus::view);
+        Listed { status: "OK", message, certs, acme }
     }
 }
 

@@ -43,6 +43,7 @@
 //! saying what to send, before anything else is looked at. Without credentials every call is
 //! open, as in Docker Flow Proxy.
 
+mod acme;
 mod api;
 mod auth;
 mod certs;
@@ -61,6 +62,7 @@ mod store;
 mod tcp_ports;
 mod users;
 
+pub use acme::{AcmeConfig, AcmeError, AcmeManager, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 pub use api::{handle, serve};
 pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
 pub use certs::CertAdmin;

@@ -11,8 +11,10 @@ use crate::model::{CatalogEntry, CheckState, HealthEntry, RawCheck, RawKvEntry};
 use crate::Instance;
 
 mod catalog;
+mod session;
 
 pub use catalog::Registration;
+pub use session::SessionEnd;
 
 /// What went wrong talking to Consul. Messages say what to check.
 #[derive(Debug, thiserror::Error)]

@@ -16,5 +16,6 @@ mod model;
 
 pub use client::{
     ConsulClient, ConsulError, ConsulToken, Indexed, KvEntry, Registration, ServiceLookup,
+    SessionEnd,
 };
 pub use model::{CheckState, Instance};

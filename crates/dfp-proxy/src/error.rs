@@ -37,6 +37,10 @@ pub(crate) enum ProxyError {
     RewriteFailed,
     /// The service's access rules refuse the request (403).
     Forbidden(Forbidden),
+    /// `/.well-known/acme-challenge/<token>` while this proxy (or a replica sharing its
+    /// store) obtains a certificate: 200 with the token's key authorization, whatever the
+    /// host's routes say.
+    AcmeChallenge(std::sync::Arc<str>),
 }
 
 /// Why the proxy redirected a request.
@@ -62,8 +66,9 @@ pub(crate) enum Forbidden {
 }
 
 impl ProxyError {
-    pub(crate) fn status_and_text(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_text(&self) -> (StatusCode, &str) {
         match self {
+            ProxyError::AcmeChallenge(key_authorization) => (StatusCode::OK, key_authorization),
             ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
             ProxyError::HeadTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -128,7 +133,8 @@ impl ProxyError {
             | ProxyError::Redirect { .. }
             | ProxyError::Unauthorized { .. }
             | ProxyError::RewriteFailed
-            | ProxyError::Forbidden(_) => false,
+            | ProxyError::Forbidden(_)
+            | ProxyError::AcmeChallenge(_) => false,
         }
     }
 
@@ -146,7 +152,8 @@ impl ProxyError {
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
             | ProxyError::RewriteFailed
-            | ProxyError::Forbidden(_) => None,
+            | ProxyError::Forbidden(_)
+            | ProxyError::AcmeChallenge(_) => None,
         }
     }
 
@@ -154,7 +161,7 @@ impl ProxyError {
         crate::rules::count_own_answer(&self);
         let (status, text) = self.status_and_text();
         let mut response =
-            Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
+            Response::new(Either::Right(Full::new(Bytes::copy_from_slice(text.as_bytes()))));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -56,10 +56,12 @@ pub(crate) enum OwnAnswer {
     DomainRedirect,
     /// 403: no verified client certificate for a `verifyClientSsl` service.
     ClientCertRequired,
+    /// 200: an ACME HTTP-01 challenge answered (the CA checking a name this proxy certifies).
+    AcmeChallenge,
 }
 
 /// Every `(status, reason)` series, in the order they are reported.
-const SERIES: [(u16, &str); 21] = [
+const SERIES: [(u16, &str); 22] = [
     (400, "bad_request"),
     (408, "header_timeout"),
     (431, "head_too_large"),
@@ -81,6 +83,7 @@ const SERIES: [(u16, &str); 21] = [
     (403, "forbidden_method"),
     (301, "domain_redirect"),
     (403, "client_cert_required"),
+    (200, "acme_challenge"),
 ];
 
 /// One counter on its own cache line.
@@ -111,6 +114,7 @@ impl OwnAnswer {
             ProxyError::Forbidden(Forbidden::Http) => OwnAnswer::HttpDenied,
             ProxyError::Forbidden(Forbidden::Method) => OwnAnswer::ForbiddenMethod,
             ProxyError::Forbidden(Forbidden::ClientCert) => OwnAnswer::ClientCertRequired,
+            ProxyError::AcmeChallenge(_) => OwnAnswer::AcmeChallenge,
         }
     }
 
@@ -139,6 +143,7 @@ impl OwnAnswer {
             OwnAnswer::ForbiddenMethod => 18,
             OwnAnswer::DomainRedirect => 19,
             OwnAnswer::ClientCertRequired => 20,
+            OwnAnswer::AcmeChallenge => 21,
         }
     }
 
@@ -185,6 +190,7 @@ mod tests {
             OwnAnswer::ForbiddenMethod,
             OwnAnswer::DomainRedirect,
             OwnAnswer::ClientCertRequired,
+            OwnAnswer::AcmeChallenge,
         ];
         let mut slots: Vec<usize> = answers.iter().map(|a| a.slot()).collect();
         for (answer, slot) in answers.iter().zip(&slots) {
@@ -210,6 +216,7 @@ mod tests {
             (ProxyError::Forbidden(Forbidden::Http), 403),
             (ProxyError::Forbidden(Forbidden::Method), 403),
             (ProxyError::Forbidden(Forbidden::ClientCert), 403),
+            (ProxyError::AcmeChallenge("token.key".into()), 200),
         ] {
             assert_eq!(SERIES[OwnAnswer::of(&err).slot()].0, status, "{err:?}");
             assert_eq!(err.status_and_text().0.as_u16(), status, "{err:?}");

@@ -272,5 +272,10 @@ fn normalise_dns_name(name: &str) -> Option<String> {
     labels_ok.then_some(name)
 }
 
+/// Unix seconds as RFC 3339 (`2030-01-31T12:00:00Z`), as certificates' dates are shown.
+pub fn rfc3339(unix: i64) -> String {
+    der::rfc3339(unix)
+}
+
 #[cfg(test)]
 mod tests;

@@ -85,6 +85,15 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    // ACME's flags are checked before anything starts too.
+    let acme_config = args.acme.config().map_err(anyhow::Error::msg)?;
+    if acme_config.is_some() && matches!(args.tls_listen, TlsListen::Off) {
+        anyhow::bail!(
+            "--acme-agree-tos obtains certificates to serve on the HTTPS listener, and \
+             --tls-listen is off; give --tls-listen an address (default 0.0.0.0:443)"
+        );
+    }
+
     // Bind every port before anything starts, so a taken port fails fast and says which.
     let backlog = i32::try_from(args.listen_backlog).unwrap_or(i32::MAX);
     let proxy_listener = listen(args.listen, backlog)
@@ -120,6 +129,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
     let certs = CertStore::new();
     let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir, &follow);
+    let acme_store = store.clone();
+    let acme_follow = follow.clone();
     let controller =
         Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
     controller.set_client_ca_configured(client_ca.is_some());
@@ -277,6 +288,25 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     listeners.push(("admin", admin_addr));
     controller
         .set_identity(dfp_admin::Identity { instance_name: args.instance_name.clone(), listeners });
+    // ACME once the listeners serve: the CA's challenge requests must be answered.
+    let acme = match acme_config {
+        Some(config) => {
+            let holder = format!("{} (pid {}, admin {admin_addr})", hostname(), std::process::id());
+            let manager = dfp_admin::AcmeManager::new(
+                config,
+                (*controller).clone(),
+                cert_admin.clone(),
+                &acme_store,
+                &acme_follow,
+                holder,
+            )
+            .context("cannot start ACME")?;
+            let _runtime = control_plane.enter();
+            manager.start();
+            Some(manager)
+        }
+        None => None,
+    };
     controller.set_ready(true);
     let result = control_plane.block_on(async move {
         tracing::info!(
@@ -292,6 +322,9 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         wait_for_signal().await;
         tracing::info!("shutting down");
+        if let Some(acme) = &acme {
+            acme.stop().await;
+        }
         let _ = stop_tx.send(true);
         admin.await.context("admin task failed")??;
         anyhow::Ok(())
@@ -489,4 +522,14 @@ async fn wait_for_signal() {
             }
         }
     }
+}
+
+/// This machine's host name (a container's ID in Docker), for the locks ACME takes.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown host".to_owned())
 }

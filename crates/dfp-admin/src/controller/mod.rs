@@ -25,6 +25,7 @@ use crate::tcp_ports::{ReservedPorts, TcpPorts};
 use crate::users::UsersConfig;
 use crate::{AdminError, ReconfigureRequest};
 
+mod acme;
 mod reconfigure;
 mod sync;
 #[cfg(test)]

@@ -75,6 +75,9 @@ pub struct ReconfigureRequest {
     /// else in the global users. Empty when every entry has its password (`policy` holds them).
     /// Only the bare name is stored (in `params`), never the password found for it.
     pub users_entries: Vec<UsersEntry>,
+    /// `letsEncrypt`: the proxy obtains and renews a certificate for each exact
+    /// `serviceDomain` from its ACME CA (when ACME is on; wildcards are skipped).
+    pub lets_encrypt: bool,
     /// Parameters that were sent but that this proxy does not act on, by name.
     pub ignored: Vec<String>,
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
@@ -476,6 +479,26 @@ impl ReconfigureRequest {
             ));
         }
 
+        let lets_encrypt = parse_bool(get("letsEncrypt"), "letsEncrypt")?;
+        if lets_encrypt {
+            if tcp_port.is_some() {
+                return Err(invalid(
+                    "letsEncrypt",
+                    "true",
+                    "certificates are obtained for HTTP services (the CA checks the name over \
+                     the proxy's HTTP listener); leave it out of reqMode=tcp",
+                ));
+            }
+            if !domains.iter().any(|d| matches!(d, Domain::Exact(_))) {
+                return Err(invalid(
+                    "letsEncrypt",
+                    "true",
+                    "it needs serviceDomain with at least one exact name to certify (a wildcard \
+                     name needs the DNS-01 challenge, which this proxy does not do)",
+                ));
+            }
+        }
+
         Ok(ReconfigureRequest {
             service_name,
             service_paths,
@@ -492,6 +515,7 @@ impl ReconfigureRequest {
             users_secret,
             users_pass_encrypted,
             users_entries,
+            lets_encrypt,
             ignored: Vec::new(),
             params: BTreeMap::new(),
             index: 0,

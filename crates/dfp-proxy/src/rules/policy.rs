@@ -326,13 +326,17 @@ pub(crate) struct Routing<'t, 'b> {
     pub(crate) first: &'b Upstream,
 }
 
+/// Where an ACME CA asks for an HTTP-01 challenge's answer (RFC 8555 §8.3).
+pub(crate) const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 /// What [`route`] refuses with: the answer, and the service when the request was routed.
 pub(crate) type Unrouted<'b> = (ProxyError, Option<&'b Arc<Backend>>);
 
 /// Normalises the target's path ([`path::normalize`]), looks the host and path up in the live
 /// table (the guard is dropped before this returns; `slot` keeps the backend alive for as long
 /// as the answer borrows it), and lets the service's policy [`admit`] the request. No route:
-/// 404; the policy's own answer (redirect, 401); no instance: 503.
+/// 404; the policy's own answer (redirect, 401); no instance: 503. While an ACME challenge
+/// is being answered, its path gets the answer (200) before any route is looked up.
 pub(crate) fn route<'t, 'b>(
     table: &TableHandle,
     slot: &'b mut Option<Arc<Backend>>,
@@ -349,6 +353,13 @@ pub(crate) fn route<'t, 'b>(
     };
     let backend: &'b Arc<Backend> = {
         let table = table.load();
+        if table.has_acme_challenges() {
+            if let Some(answer) =
+                path.strip_prefix(ACME_CHALLENGE_PATH).and_then(|token| table.acme_challenge(token))
+            {
+                return Err((ProxyError::AcmeChallenge(answer.clone()), None));
+            }
+        }
         let Some(found) = table.lookup_request(host, &path, request.fields.0) else {
             return Err((ProxyError::NoRoute, None));
         };

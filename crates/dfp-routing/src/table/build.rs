@@ -110,6 +110,12 @@ impl TableEditor {
         }
     }
 
+    /// Answers ACME HTTP-01 challenges with `challenges` (token -> key authorization) from
+    /// now on, in place of the ones answered before.
+    pub fn set_acme_challenges(&mut self, challenges: HashMap<Box<str>, Arc<str>>) {
+        self.table.challenges = Arc::new(challenges);
+    }
+
     /// The edited table, as `version`.
     pub fn finish(mut self, version: u64) -> RouteTable {
         for (key, carried) in std::mem::take(&mut self.carried) {
@@ -489,8 +495,11 @@ impl RouteTableBuilder {
     /// and the passive health of the instances it keeps (an ejected instance stays ejected).
     /// The counters of services `previous` routes and the new table will not, and of those
     /// it had retired already, become the new table's retired counters (a service added
-    /// again resumes them).
+    /// again resumes them). The ACME challenges `previous` answers are answered too.
     pub fn carry_state_from(&mut self, previous: &RouteTable) -> &mut Self {
+        // The ACME challenges being answered are not routes: they stay until their owner
+        // takes them back.
+        self.editor.table.challenges = previous.challenges.clone();
         for (name, stats) in &previous.retired {
             self.editor.retire(&service_key(name), name.clone(), stats.clone());
         }

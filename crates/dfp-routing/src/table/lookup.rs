@@ -22,7 +22,27 @@ impl RouteTable {
             tcp: Vec::new(),
             tls_names: Vec::new(),
             retired: Vec::new(),
+            challenges: Arc::default(),
         }
+    }
+
+    /// The key authorization to answer `/.well-known/acme-challenge/<token>` with, while a
+    /// certificate is being obtained for one of this proxy's names.
+    pub fn acme_challenge(&self, token: &str) -> Option<&Arc<str>> {
+        if self.challenges.is_empty() {
+            return None;
+        }
+        self.challenges.get(token)
+    }
+
+    /// How many ACME challenges are being answered.
+    pub fn acme_challenge_count(&self) -> usize {
+        self.challenges.len()
+    }
+
+    /// Whether any ACME challenge is being answered.
+    pub fn has_acme_challenges(&self) -> bool {
+        !self.challenges.is_empty()
     }
 
     /// The version this table was built as; each swap publishes a higher one.

@@ -248,6 +248,11 @@ pub struct RouteTable {
     /// from zero would look like a reset to a scraper), and a service routed again resumes
     /// them. Carried from table to table like the rest of a service's state.
     retired: Vec<(Arc<str>, Arc<BackendStats>)>,
+    /// ACME HTTP-01 challenges being answered: token -> key authorization. A request for
+    /// `/.well-known/acme-challenge/<token>` on any host gets the text, before any route is
+    /// looked up (an `httpsOnly` service must not redirect the CA away, and no service's
+    /// instance knows the answer). Empty but while a certificate is being obtained.
+    challenges: Arc<HashMap<Box<str>, Arc<str>>>,
 }
 
 /// The route prefixes of one host (or of any host), by prefix text.

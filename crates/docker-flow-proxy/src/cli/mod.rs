@@ -8,6 +8,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use dfp_admin::Credentials;
 
+mod acme;
+
 /// A reverse proxy for services registered in Consul, reconfigured live without reloads.
 #[derive(Debug, Parser)]
 #[command(name = "docker-flow-proxy", version, about, propagate_version = true)]
@@ -198,6 +200,9 @@ pub(crate) struct ServerArgs {
 
     #[command(flatten)]
     pub(crate) credentials: CredentialArgs,
+
+    #[command(flatten)]
+    pub(crate) acme: acme::AcmeArgs,
 }
 
 #[derive(Debug, Args)]
