@@ -10,6 +10,7 @@
 mod support;
 
 mod access;
+mod acme;
 mod admin;
 mod admin_auth;
 mod affinity;

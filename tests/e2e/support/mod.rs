@@ -5,6 +5,7 @@
 mod cluster;
 mod consul;
 mod echo;
+mod pebble;
 pub mod proxy;
 mod raw;
 mod relay;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 pub use cluster::ConsulCluster;
 pub use consul::Consul;
 pub use echo::TcpEcho;
+pub use pebble::Pebble;
 pub use proxy::{Proxy, Scratch};
 pub use raw::{Answer, ClientStream, RawClient, RawUpstream, Received, Reply};
 pub use relay::DelayRelay;

@@ -102,9 +102,17 @@ impl Proxy {
         level: &str,
         until_ready: bool,
     ) -> Result<Proxy, String> {
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut command = Command::new(BIN);
-        command.arg("server").arg(format!("--listen={addr}"));
+        command.arg("server");
+        // `--listen=ADDR` in `extra` (a port an ACME test CA checks) replaces a free port.
+        let addr: SocketAddr = match extra.iter().find_map(|a| a.strip_prefix("--listen=")) {
+            Some(given) => given.parse().expect("--listen=ADDR in a test is an address"),
+            None => {
+                let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+                command.arg(format!("--listen={addr}"));
+                addr
+            }
+        };
         // `--admin-listen=ADDR` in `extra` (e.g. 0.0.0.0:PORT) replaces the loopback default;
         // the test still talks to it on 127.0.0.1.
         let admin_addr = match extra.iter().find_map(|a| a.strip_prefix("--admin-listen=")) {

@@ -263,10 +263,12 @@ impl Manager {
         let outcome = self.obtain(name).await;
         let now = unix_now();
         match outcome {
-            Ok(Obtained::Stored(not_after)) => {
-                tracing::info!(name, not_after = %dfp_tls::rfc3339(not_after), "ACME certificate obtained and served");
+            Ok(Obtained::Stored(validity)) => {
+                tracing::info!(name, not_after = %dfp_tls::rfc3339(validity.1), "ACME certificate obtained and served");
                 self.note(name, |entry| {
                     entry.state = "valid";
+                    entry.not_after = Some(validity.1);
+                    entry.renew_after = Some(renew_after(validity));
                     entry.failures = 0;
                     entry.next_attempt = None;
                     entry.holder = None;
@@ -274,8 +276,10 @@ impl Manager {
                     entry.last_result = Some("obtained".to_owned());
                 });
             }
-            Ok(Obtained::AlreadyThere) => self.note(name, |entry| {
+            Ok(Obtained::AlreadyThere(validity)) => self.note(name, |entry| {
                 entry.state = "valid";
+                entry.not_after = Some(validity.1);
+                entry.renew_after = Some(renew_after(validity));
                 entry.holder = None;
                 entry.last_result = Some("obtained by another replica".to_owned());
             }),
@@ -311,24 +315,23 @@ impl Manager {
         };
         let result = async {
             // Another replica may have stored it just before this one took the lock.
-            if let Some((not_before, not_after)) =
-                self.shared.stored_cert_validity(&cert_name(name)).await
-            {
-                if unix_now() < renew_after((not_before, not_after)) {
-                    return Ok(Obtained::AlreadyThere);
+            if let Some(validity) = self.shared.stored_cert_validity(&cert_name(name)).await {
+                if unix_now() < renew_after(validity) {
+                    return Ok(Obtained::AlreadyThere(validity));
                 }
             }
             let account = self.account().await?;
             self.note_order();
             let pem = self.order(&account, name).await?;
-            let not_after = dfp_tls::Certificate::from_pem(&cert_name(name), pem.as_bytes())
-                .map_err(|err| AcmeError::Ca(format!("the CA's certificate is not usable: {err}")))?
-                .not_after();
+            let cert = dfp_tls::Certificate::from_pem(&cert_name(name), pem.as_bytes()).map_err(
+                |err| AcmeError::Ca(format!("the CA's certificate is not usable: {err}")),
+            )?;
+            let validity = (cert.not_before(), cert.not_after());
             self.certs
                 .store_obtained(&cert_name(name), pem.into_bytes())
                 .await
                 .map_err(|err| AcmeError::Serve(err.to_string()))?;
-            Ok(Obtained::Stored(not_after))
+            Ok(Obtained::Stored(validity))
         }
         .await;
         self.shared.release(held).await;
@@ -518,10 +521,10 @@ impl Manager {
 
 /// What an attempt came to.
 enum Obtained {
-    /// Ordered, stored and served; its notAfter.
-    Stored(i64),
-    /// Another replica stored it before this one took the lock.
-    AlreadyThere,
+    /// Ordered, stored and served; its notBefore and notAfter.
+    Stored((i64, i64)),
+    /// Another replica stored it before this one took the lock (its validity).
+    AlreadyThere((i64, i64)),
     /// Another replica holds the lock (it says who, when it could be read).
     Busy(Option<String>),
 }

@@ -480,15 +480,8 @@ impl ReconfigureRequest {
         }
 
         let lets_encrypt = parse_bool(get("letsEncrypt"), "letsEncrypt")?;
+        // (A TCP service refuses letsEncrypt with the other HTTP-only parameters.)
         if lets_encrypt {
-            if tcp_port.is_some() {
-                return Err(invalid(
-                    "letsEncrypt",
-                    "true",
-                    "certificates are obtained for HTTP services (the CA checks the name over \
-                     the proxy's HTTP listener); leave it out of reqMode=tcp",
-                ));
-            }
             if !domains.iter().any(|d| matches!(d, Domain::Exact(_))) {
                 return Err(invalid(
                     "letsEncrypt",
