@@ -481,15 +481,13 @@ impl ReconfigureRequest {
 
         let lets_encrypt = parse_bool(get("letsEncrypt"), "letsEncrypt")?;
         // (A TCP service refuses letsEncrypt with the other HTTP-only parameters.)
-        if lets_encrypt {
-            if !domains.iter().any(|d| matches!(d, Domain::Exact(_))) {
-                return Err(invalid(
-                    "letsEncrypt",
-                    "true",
-                    "it needs serviceDomain with at least one exact name to certify (a wildcard \
-                     name needs the DNS-01 challenge, which this proxy does not do)",
-                ));
-            }
+        if lets_encrypt && !domains.iter().any(|d| matches!(d, Domain::Exact(_))) {
+            return Err(invalid(
+                "letsEncrypt",
+                "true",
+                "it needs serviceDomain with at least one exact name to certify (a wildcard \
+                 name needs the DNS-01 challenge, which this proxy does not do)",
+            ));
         }
 
         Ok(ReconfigureRequest {
