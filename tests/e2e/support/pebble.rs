@@ -7,7 +7,6 @@
 //! is told to trust with `--acme-ca-cert`; what it issues chains to a root of its own, made at
 //! each start and read from its management API ([`Pebble::issuing_root`]).
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -148,16 +147,6 @@ impl Pebble {
         if let Some(mut child) = self.pebble.take() {
             let _ = child.kill().await;
         }
-    }
-
-    /// pebble's log, for a failing test's message.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.scratch.path("pebble.log")).unwrap_or_default()
-    }
-
-    /// Where the CA's HTTP-01 checks go.
-    pub fn http_addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.http_port).into()
     }
 }
 
