@@ -138,6 +138,41 @@ async fn a_lets_encrypt_service_is_certified_served_and_renewed() {
 }
 
 #[tokio::test]
+async fn the_tls_alpn_challenge_is_answered_on_the_https_listener() {
+    // pebble checks TLS-ALPN-01 on the proxy's HTTPS port; HTTP-01 would go to a port where
+    // nothing listens, so only the TLS listener can prove the name.
+    let tls_port = free_port();
+    let pebble = Pebble::start_with(free_port(), tls_port, Duration::from_secs(3600)).await;
+    let upstream = Upstream::start("shop").await;
+    let mut flags = pebble.proxy_flags();
+    flags.push(format!("--tls-listen=127.0.0.1:{tls_port}"));
+    flags.push("--acme-challenge=tls-alpn-01".to_owned());
+    let proxy = Proxy::start_logging(None, &owned(&flags), "info").await;
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
+             &serviceDomain=alpn.test&letsEncrypt=true",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let root = pebble.issuing_root().await;
+    served(&root, &proxy, "alpn.test", Duration::from_secs(30)).await;
+    let (_, certs) = proxy.admin("/v1/docker-flow-proxy/certs").await;
+    assert_eq!(certs["Acme"]["Challenge"], "tls-alpn-01", "{certs}");
+    let entry = acme_entry(&proxy, "alpn.test").await.expect("managed");
+    assert_eq!(entry["State"], "valid", "{entry}");
+
+    // Outside a validation, a handshake offering only acme-tls/1 gets no certificate.
+    let mut config = crate::tls::Ca::new().verifying_client();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(tls_addr(&proxy)).await.expect("connects");
+    let name = rustls::pki_types::ServerName::try_from("alpn.test").expect("a name");
+    assert!(connector.connect(name, tcp).await.is_err(), "no challenge is being answered");
+}
+
+#[tokio::test]
 async fn a_ca_outage_leaves_the_certificate_served_and_says_why() {
     let plain_port = free_port();
     let mut pebble = Pebble::start(plain_port, Duration::from_secs(30)).await;
@@ -229,6 +264,60 @@ async fn replicas_sharing_a_store_obtain_once_and_all_serve_it() {
         !keys.iter().any(|k| k.contains("/acme/http-01/")),
         "challenges are taken back: {keys:?}"
     );
+}
+
+/// A replica that died holding a name's lock: its Consul session, never renewed, holds the
+/// lock until Consul ends it (its TTL, at most twice that); meanwhile the live replica shows
+/// who holds it and waits, then takes the lock and obtains the certificate.
+#[tokio::test]
+async fn a_lock_held_by_a_dead_replica_is_freed_with_its_session() {
+    let consul = Consul::start().await;
+    let upstream = Upstream::start("shop").await;
+    consul.register("shop", "shop-1", upstream.port(), None).await;
+    let client = crate::support::http_client();
+    let session: Value = client
+        .put(format!("{}/v1/session/create", consul.url()))
+        .body(r#"{"Name":"a replica that died","TTL":"10s","LockDelay":"0s"}"#)
+        .send()
+        .await
+        .expect("consul answers")
+        .json()
+        .await
+        .expect("a session");
+    let id = session["ID"].as_str().expect("the session's ID");
+    let taken: Value = client
+        .put(format!("{}/v1/kv/docker-flow/acme/locks/dead.test?acquire={id}", consul.url()))
+        .body("ghost pid 1 (admin 127.0.0.1:1)")
+        .send()
+        .await
+        .expect("consul answers")
+        .json()
+        .await
+        .expect("true or false");
+    assert_eq!(taken, true, "the dead replica's lock is held");
+
+    let plain_port = free_port();
+    let pebble = Pebble::start(plain_port, Duration::from_secs(3600)).await;
+    let mut flags = pebble.proxy_flags();
+    flags.push(format!("--listen=127.0.0.1:{plain_port}"));
+    let proxy = Proxy::start_logging(Some(&consul.url()), &owned(&flags), "info").await;
+    let (status, answer) = proxy
+        .admin("/v1/docker-flow-proxy/reconfigure?serviceName=shop&servicePath=/&serviceDomain=dead.test&letsEncrypt=true")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let waiting =
+        eventually(Duration::from_secs(10), "the name waits for the lock's holder", || async {
+            acme_entry(&proxy, "dead.test").await.filter(|e| e["State"] == "waiting")
+        })
+        .await;
+    assert_eq!(waiting["Holder"], "ghost pid 1 (admin 127.0.0.1:1)", "{waiting}");
+
+    // Nobody renews the session: Consul ends it, the lock is free, the certificate comes.
+    let root = pebble.issuing_root().await;
+    served(&root, &proxy, "dead.test", Duration::from_secs(45)).await;
+    let entry = acme_entry(&proxy, "dead.test").await.expect("managed");
+    assert_eq!(entry["State"], "valid", "{entry}");
+    assert_eq!(entry["ObtainedHere"], 1, "{entry}");
 }
 
 #[tokio::test]

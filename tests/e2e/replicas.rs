@@ -67,3 +67,51 @@ async fn a_reconfigure_sent_to_any_replica_is_served_by_all_and_a_cold_one_serve
     }
     assert_eq!(cold.get("/svc-7").await.0, 404);
 }
+
+/// The replicas listed in `config?stats=true` (`Proxy.Replicas`): (admin address, `This`).
+async fn listed_replicas(proxy: &Proxy) -> Option<Vec<(String, bool)>> {
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/config?stats=true").await;
+    assert_eq!(status, 200, "{answer}");
+    let listed = answer["Proxy"]["Replicas"].as_array()?;
+    Some(
+        listed
+            .iter()
+            .map(|r| (r["Admin"].as_str().unwrap_or_default().to_owned(), r["This"] == true))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_the_replicas_sharing_an_instance_name() {
+    let consul = Consul::start().await;
+    let a = Proxy::start(Some(&consul.url()), &[]).await;
+    let mut b = Proxy::start(Some(&consul.url()), &[]).await;
+    let other = Proxy::start(Some(&consul.url()), &["--instance-name=elsewhere"]).await;
+    let (a_admin, b_admin) = (a.admin_addr.to_string(), b.admin_addr.to_string());
+
+    let both = eventually(Duration::from_secs(20), "both replicas listed by the first", || async {
+        listed_replicas(&a).await.filter(|l| l.len() == 2)
+    })
+    .await;
+    assert!(both.contains(&(a_admin.clone(), true)), "{both:?}");
+    assert!(both.contains(&(b_admin.clone(), false)), "{both:?}");
+    // Another instance name is another set of replicas.
+    let alone = eventually(Duration::from_secs(20), "the other instance lists itself", || async {
+        listed_replicas(&other).await.filter(|l| !l.is_empty())
+    })
+    .await;
+    assert_eq!(alone, vec![(other.admin_addr.to_string(), true)]);
+
+    // A replica that stops takes its mark with it.
+    assert!(b.terminate().await.success());
+    let one =
+        eventually(Duration::from_secs(20), "the stopped replica gone from the list", || async {
+            listed_replicas(&a).await.filter(|l| l.len() == 1)
+        })
+        .await;
+    assert_eq!(one, vec![(a_admin, true)]);
+
+    // Standalone there is no list.
+    let standalone = Proxy::start(None, &[]).await;
+    assert_eq!(listed_replicas(&standalone).await, None);
+}

@@ -383,6 +383,28 @@ fn compose_demo_gives_the_proxy_only_settings_the_binary_knows() {
     }
 }
 
+/// The Let's Encrypt override: it adds to the demo's proxy only what turns ACME on, with
+/// settings the binary knows, and publishes 443 where the certificates are served.
+#[test]
+fn compose_lets_encrypt_override_turns_acme_on_with_settings_the_binary_knows() {
+    let demo = Compose::read();
+    let lets_encrypt = Compose::read_file("docker-compose-letsencrypt.yml");
+    let services = lets_encrypt.doc["services"].as_hash().expect("the override has services");
+    assert_eq!(services.len(), 1, "it overrides the proxy only");
+    let proxy = lets_encrypt.service("proxy");
+    demo.service("proxy");
+    let published: Vec<(String, String)> =
+        list(&proxy["ports"]).iter().map(published_port).collect();
+    assert!(published.contains(&("443".to_owned(), "443".to_owned())), "{published:?}");
+    let env = env_of(proxy);
+    let known_env = env_names(&run_ok(&["server", "--help"]));
+    for (key, _) in &env {
+        assert!(known_env.contains(key), "`server` reads no {key}");
+    }
+    assert!(env.iter().any(|(k, v)| k == "DFP_ACME_AGREE_TOS" && v == "true"), "{env:?}");
+    assert!(env.iter().any(|(k, v)| k == "DFP_ACME_EMAIL" && v.contains("ACME_EMAIL")), "{env:?}");
+}
+
 /// The demo without Registrator (for engines that refuse its image): the same Consul, proxy
 /// and books-ms, and in Registrator's place a one-shot container of the Consul image that
 /// registers books-ms with the Consul CLI. Its script is checked by `sh -n`, as the image's

@@ -282,6 +282,19 @@ impl CertAdmin {
         self.inner.live.load().get(name).map(|c| (c.not_before(), c.not_after()))
     }
 
+    /// Serves `challenges` (name -> certificate) to the ACME CA's TLS-ALPN-01 handshakes.
+    pub(crate) fn publish_tls_challenges(
+        &self,
+        challenges: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+    ) {
+        self.inner.live.publish_challenges(challenges);
+    }
+
+    /// How many TLS-ALPN-01 challenges are being answered.
+    pub(crate) fn tls_challenge_count(&self) -> usize {
+        self.inner.live.challenge_count()
+    }
+
     /// Shows the ACME manager's view in `certs` from now on.
     pub(crate) fn set_acme(&self, acme: crate::acme::AcmeStatus) {
         let _ = self.inner.acme.set(acme);

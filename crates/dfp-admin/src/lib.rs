@@ -58,11 +58,14 @@ mod params;
 #[cfg(test)]
 mod params_fuzz;
 pub mod parity;
+mod replicas;
 mod store;
 mod tcp_ports;
 mod users;
 
-pub use acme::{AcmeConfig, AcmeError, AcmeManager, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
+pub use acme::{
+    AcmeConfig, AcmeError, AcmeManager, ChallengeKind, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
+};
 pub use api::{handle, serve};
 pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
 pub use certs::CertAdmin;
@@ -73,6 +76,7 @@ pub use controller::{
 pub use discovery::Discovery;
 pub use error::AdminError;
 pub use params::ReconfigureRequest;
+pub use replicas::{start_presence, Presence, Replica};
 pub use store::{Params, RouteStore, StoreError};
 pub use tcp_ports::{ReservedPorts, TcpPorts};
 pub use users::{read_users_file, UsersConfig, UsersError, DEFAULT_SECRETS_DIR};

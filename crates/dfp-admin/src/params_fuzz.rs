@@ -30,6 +30,7 @@ const SUPPORTED: &[&str] = &[
     "serviceDomain",
     "servicePathExclude",
     "isDefaultBackend",
+    "letsEncrypt",
     "httpsOnly",
     "httpsRedirectCode",
     "reqPathSearch",
@@ -309,6 +310,12 @@ fn check_destination(
 
     // Flags and modes.
     prop_assert_eq!(r.default_backend, first && flag("isDefaultBackend"));
+    // letsEncrypt: only with an exact name to certify, never on a TCP service.
+    prop_assert_eq!(r.lets_encrypt, flag("letsEncrypt"));
+    if r.lets_encrypt {
+        prop_assert!(r.domains.iter().any(|d| matches!(d, Domain::Exact(_))), "{:?}", r.domains);
+        prop_assert!(r.tcp_port.is_none());
+    }
     if let Some(mode) = last(pairs, "reqMode") {
         let mode = mode.trim();
         let (tcp, sni) = (mode.eq_ignore_ascii_case("tcp"), mode.eq_ignore_ascii_case("sni"));

@@ -35,6 +35,7 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -67,7 +68,8 @@ pub async fn serve_tls(
     let acceptor = TlsAcceptor::from(Arc::new(server_config(
         certs,
         config.client_ca.as_ref(),
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        // `acme-tls/1` last: only the ACME CA offers it, to validate a TLS-ALPN-01 challenge.
+        vec![b"h2".to_vec(), b"http/1.1".to_vec(), dfp_tls::ACME_TLS_ALPN.to_vec()],
     )?));
     let mut http = http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
@@ -192,6 +194,12 @@ impl TlsConnection {
         // A certificate is only ever recorded when it verified: the verifier fails the
         // handshake for one that does not.
         let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+        if tls.get_ref().1.alpn_protocol() == Some(dfp_tls::ACME_TLS_ALPN) {
+            // The CA has seen the challenge certificate: nothing more is served (RFC 8737).
+            let mut tls = tls;
+            let _ = tokio::time::timeout(self.header_timeout, tls.shutdown()).await;
+            return;
+        }
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             self.serve_http2(tls, endpoints, client_cert).await;
         } else {

@@ -27,7 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 pub use client_ca::{ClientCa, ClientCaError};
-pub use store::{CertSet, CertStore};
+pub use store::{CertSet, CertStore, ACME_TLS_ALPN};
 
 /// Why a certificate was refused. The message says what was wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +270,22 @@ fn normalise_dns_name(name: &str) -> Option<String> {
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     labels_ok.then_some(name)
+}
+
+/// The ACME TLS-ALPN-01 challenge certificate in `pem` (its certificate, then its key), as it
+/// is served to the CA. Only the key is checked: the certificate carries the critical
+/// acmeIdentifier extension (RFC 8737), which the certificate checks of [`Certificate`]
+/// (webpki's) refuse as unknown, and it is never served to anyone but the CA.
+pub fn challenge_key(pem: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+    let (chain, key) = read_pem(pem)?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    let signing_key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| CertError::UnsupportedKey(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
 /// Unix seconds as RFC 3339 (`2030-01-31T12:00:00Z`), as certificates' dates are shown.

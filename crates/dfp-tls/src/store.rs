@@ -104,7 +104,15 @@ impl CertSet {
 #[derive(Debug, Clone, Default)]
 pub struct CertStore {
     live: Arc<ArcSwap<CertSet>>,
+    /// ACME TLS-ALPN-01 challenge certificates (RFC 8737), by the name being validated:
+    /// served only to a client that offers the `acme-tls/1` protocol (the CA), which then
+    /// closes the connection. Empty but while a certificate is being obtained.
+    challenges: Arc<ArcSwap<HashMap<String, Arc<CertifiedKey>>>>,
 }
+
+/// The ALPN protocol of the ACME TLS-ALPN-01 challenge (RFC 8737): a handshake that
+/// negotiates it is the CA's validation, answered with the challenge certificate and closed.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl CertStore {
     /// A handle with no certificate yet (handshakes fail until one is published).
@@ -117,6 +125,17 @@ impl CertStore {
         self.live.load_full()
     }
 
+    /// Serves `challenges` (name -> challenge certificate) to `acme-tls/1` handshakes from now
+    /// on, in place of the ones served before.
+    pub fn publish_challenges(&self, challenges: HashMap<String, Arc<CertifiedKey>>) {
+        self.challenges.store(Arc::new(challenges));
+    }
+
+    /// How many TLS-ALPN-01 challenges are being answered.
+    pub fn challenge_count(&self) -> usize {
+        self.challenges.load().len()
+    }
+
     /// Makes `set` the live set, in one store.
     pub fn publish(&self, set: CertSet) {
         let count = set.len();
@@ -127,6 +146,12 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if client_hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN)) {
+            // The CA's TLS-ALPN-01 validation: the challenge certificate for the name, or
+            // nothing (the handshake fails: no ordinary certificate answers `acme-tls/1`).
+            let name = client_hello.server_name()?.trim_end_matches('.').to_ascii_lowercase();
+            return self.challenges.load().get(&name).cloned();
+        }
         let set = self.live.load();
         let found = set.resolve(client_hello.server_name()).map(|c| c.certified_key().clone());
         if found.is_none() {

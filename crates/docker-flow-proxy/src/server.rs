@@ -129,7 +129,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let follow = FollowConfig { dns_refresh: args.dns_refresh, ..FollowConfig::default() };
     let certs = CertStore::new();
     let cert_admin = CertAdmin::new(certs.clone(), &store, from_certs_dir, &follow);
-    let acme_store = store.clone();
+    let shared_store = store.clone();
     let acme_follow = follow.clone();
     let controller =
         Arc::new(Controller::with_users(table.clone(), discovery, store, follow, users));
@@ -288,15 +288,24 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     listeners.push(("admin", admin_addr));
     controller
         .set_identity(dfp_admin::Identity { instance_name: args.instance_name.clone(), listeners });
+    // This replica's mark in the store, for the dashboard's list of replicas (Consul only).
+    let presence = {
+        let _runtime = control_plane.enter();
+        dfp_admin::start_presence(
+            &controller,
+            &shared_store,
+            dfp_admin::Replica::this(hostname(), admin_addr.to_string()),
+        )
+    };
     // ACME once the listeners serve: the CA's challenge requests must be answered.
     let acme = match acme_config {
         Some(config) => {
-            let holder = format!("{} (pid {}, admin {admin_addr})", hostname(), std::process::id());
+            let holder = format!("{} pid {} (admin {admin_addr})", hostname(), std::process::id());
             let manager = dfp_admin::AcmeManager::new(
                 config,
                 (*controller).clone(),
                 cert_admin.clone(),
-                &acme_store,
+                &shared_store,
                 &acme_follow,
                 holder,
             )
@@ -325,6 +334,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         if let Some(acme) = &acme {
             acme.stop().await;
         }
+        presence.leave().await;
         let _ = stop_tx.send(true);
         admin.await.context("admin task failed")??;
         anyhow::Ok(())

@@ -24,6 +24,7 @@ pub struct Pebble {
     management_port: u16,
     dns_port: u16,
     http_port: u16,
+    tls_port: u16,
     validity: Duration,
     /// The tests' CA (pebble's own HTTPS certificate is issued by it).
     pub ca_file: std::path::PathBuf,
@@ -34,6 +35,11 @@ impl Pebble {
     /// Starts pebble, checking HTTP-01 challenges on 127.0.0.1:`http_port` and issuing
     /// certificates valid for `validity` (whole seconds).
     pub async fn start(http_port: u16, validity: Duration) -> Pebble {
+        Self::start_with(http_port, free_port(), validity).await
+    }
+
+    /// As [`Pebble::start`], checking TLS-ALPN-01 challenges on 127.0.0.1:`tls_port`.
+    pub async fn start_with(http_port: u16, tls_port: u16, validity: Duration) -> Pebble {
         let scratch = Scratch::new();
         let ca = Ca::new();
         let issued = ca.issue(&["localhost", "127.0.0.1"]);
@@ -56,6 +62,7 @@ impl Pebble {
             management_port: free_port(),
             dns_port: free_port(),
             http_port,
+            tls_port,
             validity,
             ca_file,
             client,
@@ -85,7 +92,7 @@ impl Pebble {
             "certificate": server_pem,
             "privateKey": server_pem,
             "httpPort": self.http_port,
-            "tlsPort": free_port(),
+            "tlsPort": self.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": self.validity.as_secs(),

@@ -1,5 +1,5 @@
-//! Certificates that get themselves: ACME (RFC 8555) with the HTTP-01 challenge, for the
-//! `serviceDomain` names of services routed with `letsEncrypt=true`.
+//! Certificates that get themselves: ACME (RFC 8555) with the HTTP-01 or the TLS-ALPN-01
+//! challenge, for the `serviceDomain` names of services routed with `letsEncrypt=true`.
 //!
 //! Why here, and how it fits: certificates are already kept in the store and followed by
 //! every replica ([`CertAdmin`]), so an obtained certificate is just an upload made by the
@@ -9,10 +9,11 @@
 //!   `<instance-name>/acme/locks/<name>` with a Consul session ([`shared`]); the others see it
 //!   held and wait for the certificate to reach them through the store. A replica that dies
 //!   holding the lock loses it with its session.
-//! - **Any replica answers the challenge**: the lock holder publishes each challenge's key
-//!   authorization in its own table at once and in Consul KV, which every replica follows;
-//!   the data plane answers `/.well-known/acme-challenge/<token>` from the live table
-//!   before any route (so `httpsOnly` services are certified too).
+//! - **Any replica answers the challenge**: the lock holder publishes each challenge's answer
+//!   at once and in Consul KV, which every replica follows. HTTP-01: the data plane answers
+//!   `/.well-known/acme-challenge/<token>` from the live table before any route (so
+//!   `httpsOnly` services are certified too). TLS-ALPN-01: the TLS listener answers a
+//!   handshake offering `acme-tls/1` with the challenge certificate, then closes.
 //! - **Renewal** when two thirds of the certificate's lifetime have passed; a failure leaves
 //!   the certificate served as it is and is retried after a wait that doubles each time
 //!   (from `--acme-retry-after`, at most a day), and the proxy never places more than
@@ -69,6 +70,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 /// How long the CA may take to validate, or to issue, before the attempt counts as failed.
 const CA_PATIENCE: Duration = Duration::from_secs(90);
 
+/// How long after a change of the table the names are compared again: a burst of changes
+/// costs one comparison.
+const CHANGE_SETTLE: Duration = Duration::from_millis(200);
+
 /// How ACME is set up (the binary's `--acme-*` flags).
 #[derive(Debug, Clone)]
 pub struct AcmeConfig {
@@ -87,6 +92,60 @@ pub struct AcmeConfig {
     /// How long a published challenge is given to reach every replica before the CA is told
     /// to check it.
     pub propagation: Duration,
+    /// Which challenge proves the names.
+    pub challenge: ChallengeKind,
+}
+
+/// The ACME challenge the proxy answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// `/.well-known/acme-challenge/<token>` on the plain listener (port 80).
+    Http01,
+    /// A certificate carrying the challenge's digest, to a handshake offering `acme-tls/1`
+    /// on the HTTPS listener (port 443; RFC 8737).
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    /// `http-01` or `tls-alpn-01`, as the flag takes it.
+    pub fn parse(text: &str) -> Option<ChallengeKind> {
+        match text {
+            "http-01" => Some(ChallengeKind::Http01),
+            "tls-alpn-01" => Some(ChallengeKind::TlsAlpn01),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    fn acme_type(self) -> ChallengeType {
+        match self {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        }
+    }
+}
+
+/// Shared challenge keys: `http-01.<token>`, `tls-alpn-01.<name>`.
+const HTTP_01: &str = "http-01.";
+const TLS_ALPN_01: &str = "tls-alpn-01.";
+
+/// The TLS-ALPN-01 challenge certificate for `name` (RFC 8737 §3): self-signed, for `name`
+/// only, with the critical acmeIdentifier extension holding the SHA-256 `digest` of the key
+/// authorization; its chain and a throwaway key as PEM.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<String, AcmeError> {
+    let failed =
+        |err: rcgen::Error| AcmeError::Ca(format!("making the TLS-ALPN-01 certificate: {err}"));
+    let key = rcgen::KeyPair::generate().map_err(failed)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(failed)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(failed)?;
+    Ok(format!("{}{}", cert.pem(), key.serialize_pem()))
 }
 
 /// Why ACME could not do something.
@@ -146,10 +205,21 @@ impl std::fmt::Debug for AccountSlot {
     }
 }
 
-#[derive(Debug, Default)]
+/// Challenge key -> answer (a TLS-ALPN-01 answer holds a throwaway private key: the `Debug`
+/// shows the keys only).
+#[derive(Default)]
 struct ChallengeSets {
     local: BTreeMap<String, String>,
     followed: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ChallengeSets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeSets")
+            .field("local", &self.local.keys().collect::<Vec<_>>())
+            .field("followed", &self.followed.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl AcmeManager {
@@ -172,7 +242,7 @@ impl AcmeManager {
         };
         let digest = sha2::Sha256::digest(config.directory.as_bytes());
         let account_id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let status = AcmeStatus::new(&config.directory);
+        let status = AcmeStatus::new(&config.directory, config.challenge);
         certs.set_acme(status.clone());
         Ok(AcmeManager {
             inner: Arc::new(Manager {
@@ -204,10 +274,19 @@ impl AcmeManager {
     }
 }
 
+/// Checks at start, after every change of the table (a route asking for a certificate is
+/// served one at once), and every `check_every` (renewals, retries after a failure).
 async fn run(manager: Arc<Manager>) {
+    let changed = manager.controller.table_changed();
     loop {
         manager.check().await;
-        tokio::time::sleep(manager.config.check_every).await;
+        tokio::select! {
+            () = tokio::time::sleep(manager.config.check_every) => {}
+            () = changed.notified() => {
+                // A burst of changes (a cluster reconfiguring every service) makes one check.
+                tokio::time::sleep(CHANGE_SETTLE).await;
+            }
+        }
     }
 }
 
@@ -220,6 +299,16 @@ impl Manager {
         let mut due = Vec::new();
         {
             let mut status = self.status.lock();
+            for (name, service, why) in &wanted.skipped {
+                if !status.skipped.iter().any(|(n, s, _)| n == name && s == service) {
+                    tracing::warn!(
+                        name,
+                        service,
+                        why,
+                        "no certificate can be obtained for this name; skipped"
+                    );
+                }
+            }
             status.skipped = wanted.skipped.clone();
             status.names.retain(|name, _| wanted.names.contains_key(name));
             for (name, service) in &wanted.names {
@@ -338,12 +427,12 @@ impl Manager {
         result
     }
 
-    /// One order for `name`: the HTTP-01 challenge answered, the key made here, the chain
-    /// fetched. Returns the chain followed by the key (PEM), as an upload is.
+    /// One order for `name`: its challenge answered (HTTP-01 or TLS-ALPN-01, as configured),
+    /// the key made here, the chain fetched. Returns the chain followed by the key (PEM), as an upload is.
     async fn order(&self, account: &Account, name: &str) -> Result<String, AcmeError> {
         let identifiers = [Identifier::Dns(name.to_owned())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
-        let mut tokens = Vec::new();
+        let mut keys = Vec::new();
         let validated = async {
             let mut authorizations = order.authorizations();
             while let Some(authorization) = authorizations.next().await {
@@ -357,14 +446,24 @@ impl Manager {
                         )))
                     }
                 }
-                let mut challenge =
-                    authorization.challenge(ChallengeType::Http01).ok_or_else(|| {
-                        AcmeError::Ca(format!("the CA offers no http-01 challenge for {name}"))
-                    })?;
-                let token = challenge.token.clone();
-                let answer = challenge.key_authorization().as_str().to_owned();
-                tokens.push(token.clone());
-                self.publish_challenge(&token, &answer).await?;
+                let kind = self.config.challenge;
+                let mut challenge = authorization.challenge(kind.acme_type()).ok_or_else(|| {
+                    AcmeError::Ca(format!("the CA offers no {} challenge for {name}", kind.name()))
+                })?;
+                // What the proxy answers with: the key authorization at the token's path
+                // (HTTP-01), or a certificate for the name carrying its digest (TLS-ALPN-01).
+                let (key, value) = match kind {
+                    ChallengeKind::Http01 => (
+                        format!("{HTTP_01}{}", challenge.token),
+                        challenge.key_authorization().as_str().to_owned(),
+                    ),
+                    ChallengeKind::TlsAlpn01 => (
+                        format!("{TLS_ALPN_01}{name}"),
+                        alpn_certificate(name, challenge.key_authorization().digest().as_ref())?,
+                    ),
+                };
+                keys.push(key.clone());
+                self.publish_challenge(&key, &value).await?;
                 tokio::time::sleep(self.config.propagation).await;
                 challenge.set_ready().await?;
             }
@@ -390,8 +489,8 @@ impl Manager {
             Ok(format!("{}\n{key}", chain.trim_end()))
         }
         .await;
-        for token in &tokens {
-            self.withdraw_challenge(token).await;
+        for key in &keys {
+            self.withdraw_challenge(key).await;
         }
         issued
     }
@@ -459,21 +558,22 @@ impl Manager {
         Ok(account)
     }
 
-    /// Answers `token` here at once and shares it with every replica.
-    async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), AcmeError> {
+    /// Answers the challenge `key` (`http-01.<token>` or `tls-alpn-01.<name>`) here at once
+    /// and shares it with every replica.
+    async fn publish_challenge(&self, key: &str, value: &str) -> Result<(), AcmeError> {
         self.challenge_sets(|sets| {
-            sets.local.insert(token.to_owned(), answer.to_owned());
+            sets.local.insert(key.to_owned(), value.to_owned());
         });
         self.publish_challenges().await;
-        self.shared.put_challenge(token, answer).await
+        self.shared.put_challenge(key, value).await
     }
 
-    async fn withdraw_challenge(&self, token: &str) {
+    async fn withdraw_challenge(&self, key: &str) {
         self.challenge_sets(|sets| {
-            sets.local.remove(token);
+            sets.local.remove(key);
         });
         self.publish_challenges().await;
-        self.shared.delete_challenge(token).await;
+        self.shared.delete_challenge(key).await;
     }
 
     fn challenge_sets<T>(&self, change: impl FnOnce(&mut ChallengeSets) -> T) -> T {
@@ -481,15 +581,34 @@ impl Manager {
         change(&mut sets)
     }
 
-    /// Makes the table answer this replica's challenges and the followed ones.
+    /// Answers this replica's challenges and the followed ones: HTTP-01 from the table,
+    /// TLS-ALPN-01 from the TLS listener's certificates.
     async fn publish_challenges(&self) {
-        let all: HashMap<Box<str>, Arc<str>> = self.challenge_sets(|sets| {
-            sets.followed
-                .iter()
-                .chain(&sets.local)
-                .map(|(token, answer)| (Box::from(token.as_str()), Arc::from(answer.as_str())))
-                .collect()
+        let (all, alpn) = self.challenge_sets(|sets| {
+            let both = || sets.followed.iter().chain(&sets.local);
+            let http: HashMap<Box<str>, Arc<str>> = both()
+                .filter_map(|(key, answer)| {
+                    let token = key.strip_prefix(HTTP_01)?;
+                    Some((Box::from(token), Arc::from(answer.as_str())))
+                })
+                .collect();
+            let alpn: HashMap<String, Arc<rustls::sign::CertifiedKey>> = both()
+                .filter_map(|(key, pem)| {
+                    let name = key.strip_prefix(TLS_ALPN_01)?;
+                    match dfp_tls::challenge_key(pem.as_bytes()) {
+                        Ok(key) => Some((name.to_owned(), key)),
+                        Err(err) => {
+                            tracing::warn!(name, error = %err, "a shared TLS-ALPN-01 challenge certificate cannot be served");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            (http, alpn)
         });
+        if !alpn.is_empty() || self.certs.tls_challenge_count() > 0 {
+            self.certs.publish_tls_challenges(alpn);
+        }
         let live = self.controller.table().load();
         let same = all.len() == live.acme_challenge_count()
             && all.iter().all(|(token, answer)| live.acme_challenge(token) == Some(answer));
@@ -529,8 +648,8 @@ enum Obtained {
     Busy(Option<String>),
 }
 
-/// The shared challenges, as followed: the token -> answer pairs stored by whichever replica
-/// is obtaining a certificate.
+/// The shared challenges, as followed: what whichever replica is obtaining a certificate
+/// stored (`http-01.<token>` -> key authorization, `tls-alpn-01.<name>` -> certificate PEM).
 impl Mirrored for Manager {
     fn mirror(&self) -> &StoreMirror {
         &self.challenge_mirror
@@ -539,7 +658,7 @@ impl Mirrored for Manager {
     async fn apply(self: Arc<Self>, stored: BTreeMap<String, Vec<u8>>, _mark: u64) -> bool {
         let followed = stored
             .into_iter()
-            .filter_map(|(token, answer)| Some((token, String::from_utf8(answer).ok()?)))
+            .filter_map(|(key, value)| Some((key, String::from_utf8(value).ok()?)))
             .collect();
         self.challenge_sets(|sets| sets.followed = followed);
         self.publish_challenges().await;
@@ -585,6 +704,7 @@ pub(crate) struct AcmeStatus(Arc<Mutex<Names>>);
 #[derive(Debug, Default)]
 struct Names {
     directory: String,
+    challenge: &'static str,
     names: BTreeMap<String, NameState>,
     skipped: Vec<(String, String, &'static str)>,
 }
@@ -641,9 +761,10 @@ struct SkippedView {
 }
 
 impl AcmeStatus {
-    fn new(directory: &str) -> AcmeStatus {
+    fn new(directory: &str, challenge: ChallengeKind) -> AcmeStatus {
         AcmeStatus(Arc::new(Mutex::new(Names {
             directory: directory.to_owned(),
+            challenge: challenge.name(),
             ..Names::default()
         })))
     }
@@ -657,7 +778,7 @@ impl AcmeStatus {
         let time = |t: Option<i64>| t.map(dfp_tls::rfc3339);
         AcmeView {
             directory: status.directory.clone(),
-            challenge: "http-01",
+            challenge: status.challenge,
             names: status
                 .names
                 .iter()

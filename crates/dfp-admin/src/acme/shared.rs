@@ -7,8 +7,9 @@
 //! - `locks/<name>`: held through a Consul session by the replica obtaining a certificate for
 //!   `<name>` (or creating the account: `locks/account`); the session ends, and the lock with
 //!   it, when the replica stops renewing it (it died), so no lock outlives its holder;
-//! - `http-01/<token>`: the key authorization of a challenge being answered, followed by
-//!   every replica, so whichever replica the CA reaches answers it.
+//! - `challenges/http-01.<token>` (the key authorization) and `challenges/tls-alpn-01.<name>`
+//!   (the challenge certificate and its throwaway key): the challenges being answered,
+//!   followed by every replica, so whichever replica the CA reaches answers them.
 //!
 //! Standalone there is one proxy: the account is a private file beside the state file, and
 //! neither locks nor shared challenges are needed.
@@ -76,7 +77,7 @@ impl Shared {
     pub(crate) fn challenge_prefix(&self) -> Option<(Arc<ConsulClient>, String)> {
         match self {
             Shared::Consul { consul, prefix, .. } => {
-                Some((consul.clone(), format!("{prefix}http-01/")))
+                Some((consul.clone(), format!("{prefix}challenges/")))
             }
             Shared::Dir(_) | Shared::Memory => None,
         }
@@ -185,19 +186,19 @@ impl Shared {
         }
     }
 
-    /// Shares a challenge's key authorization with every replica (Consul only).
-    pub(crate) async fn put_challenge(&self, token: &str, answer: &str) -> Result<(), AcmeError> {
+    /// Shares a challenge's answer with every replica (Consul only).
+    pub(crate) async fn put_challenge(&self, key: &str, answer: &str) -> Result<(), AcmeError> {
         let Some((consul, prefix)) = self.challenge_prefix() else { return Ok(()) };
         consul
-            .kv_put(&format!("{prefix}{token}"), answer.as_bytes().to_vec())
+            .kv_put(&format!("{prefix}{key}"), answer.as_bytes().to_vec())
             .await
             .map_err(|err| AcmeError::Store(format!("sharing the ACME challenge: {err}")))
     }
 
     /// Takes a shared challenge back.
-    pub(crate) async fn delete_challenge(&self, token: &str) {
+    pub(crate) async fn delete_challenge(&self, key: &str) {
         let Some((consul, prefix)) = self.challenge_prefix() else { return };
-        if let Err(err) = consul.kv_delete(&format!("{prefix}{token}")).await {
+        if let Err(err) = consul.kv_delete(&format!("{prefix}{key}")).await {
             tracing::warn!(error = %err, "deleting a shared ACME challenge failed");
         }
     }

@@ -33,7 +33,7 @@ fn obtained_certificates_have_names_the_store_takes() {
 
 #[test]
 fn the_view_shows_names_dates_and_results_never_keys() {
-    let status = AcmeStatus::new(LETS_ENCRYPT_STAGING);
+    let status = AcmeStatus::new(LETS_ENCRYPT_STAGING, ChallengeKind::TlsAlpn01);
     {
         let mut names = status.lock();
         names.names.insert(
@@ -50,6 +50,7 @@ fn the_view_shows_names_dates_and_results_never_keys() {
     }
     let json = serde_json::to_value(status.view()).expect("serialises");
     assert_eq!(json["Directory"], LETS_ENCRYPT_STAGING);
+    assert_eq!(json["Challenge"], "tls-alpn-01");
     assert_eq!(json["Names"][0]["Name"], "shop.example.com");
     assert_eq!(json["Names"][0]["CertName"], "acme-shop.example.com");
     assert_eq!(json["Names"][0]["State"], "failed");
@@ -57,4 +58,36 @@ fn the_view_shows_names_dates_and_results_never_keys() {
     assert_eq!(json["Skipped"][0]["Name"], "*.example.com");
     let text = json.to_string();
     assert!(!text.contains("PRIVATE KEY") && !text.contains("key_pkcs8"));
+}
+
+#[test]
+fn a_tls_alpn_challenge_certificate_names_the_domain_and_carries_the_digest() {
+    let digest = [7u8; 32];
+    let pem = alpn_certificate("shop.example.com", &digest).expect("made");
+    let key = dfp_tls::challenge_key(pem.as_bytes()).expect("servable");
+    assert_eq!(key.cert.len(), 1, "self-signed, alone");
+    let der = &key.cert[0];
+    // The name, as a dNSName in the subjectAltName.
+    let name = b"shop.example.com";
+    assert!(der
+        .windows(name.len() + 2)
+        .any(|w| w[0] == 0x82 && usize::from(w[1]) == name.len() && &w[2..] == name));
+    // id-pe-acmeIdentifier (1.3.6.1.5.5.7.1.31), marked critical, around an OCTET STRING of
+    // the 32-byte digest (RFC 8737 §3).
+    let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];
+    let at = der.windows(oid.len()).position(|w| w == oid).expect("the acmeIdentifier extension");
+    let rest = &der[at + oid.len()..];
+    assert_eq!(&rest[..3], [0x01, 0x01, 0xff], "critical");
+    assert_eq!(&rest[3..7], [0x04, 0x22, 0x04, 0x20], "an OCTET STRING holding the 32-byte digest");
+    assert_eq!(&rest[7..39], digest);
+}
+
+#[test]
+fn challenge_kinds_read_as_the_flag_gives_them() {
+    assert_eq!(ChallengeKind::parse("http-01"), Some(ChallengeKind::Http01));
+    assert_eq!(ChallengeKind::parse("tls-alpn-01"), Some(ChallengeKind::TlsAlpn01));
+    assert_eq!(ChallengeKind::parse("dns-01"), None);
+    for kind in [ChallengeKind::Http01, ChallengeKind::TlsAlpn01] {
+        assert_eq!(ChallengeKind::parse(kind.name()), Some(kind));
+    }
 }

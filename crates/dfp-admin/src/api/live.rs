@@ -148,6 +148,21 @@ pub(super) struct ProxyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     last_change: Option<LastChangeView>,
     latency_buckets_ms: &'static [u64],
+    /// With Consul: the replicas sharing the instance name, oldest first, as they marked
+    /// themselves in the store (this one has `This`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<Vec<ReplicaView>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReplicaView {
+    host: String,
+    pid: u32,
+    admin: String,
+    version: String,
+    uptime_seconds: i64,
+    this: bool,
 }
 
 #[derive(Serialize)]
@@ -189,6 +204,23 @@ impl ProxyView {
                 cause: change.cause,
             }),
             latency_buckets_ms: &LATENCY_BUCKETS_MS,
+            replicas: controller.replicas().map(|replicas| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                replicas
+                    .list
+                    .iter()
+                    .map(|r| ReplicaView {
+                        host: r.host.clone(),
+                        pid: r.pid,
+                        admin: r.admin.clone(),
+                        version: r.version.clone(),
+                        uptime_seconds: (now - r.started).max(0),
+                        this: replicas.this.as_ref() == Some(r),
+                    })
+                    .collect()
+            }),
         }
     }
 }

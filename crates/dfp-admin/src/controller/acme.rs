@@ -58,6 +58,11 @@ impl Controller {
         wanted
     }
 
+    /// Notified at every table published (one waiter: the ACME manager).
+    pub(crate) fn table_changed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.inner.table_changed.clone()
+    }
+
     /// Answers the HTTP-01 challenges `challenges` (token -> key authorization) from now on,
     /// in place of the ones answered before: one table swap.
     pub(crate) async fn set_acme_challenges(&self, challenges: HashMap<Box<str>, Arc<str>>) {

@@ -193,6 +193,12 @@ pub(crate) struct Inner {
     counters: AdminCounters,
     registry: Mutex<RegistryHealth>,
     publish_wanted: Arc<Notify>,
+    /// Notified at every table published: the ACME manager looks at the names to certify
+    /// again (a route that asks for a certificate is served one without waiting for its
+    /// next periodic check).
+    table_changed: Arc<Notify>,
+    /// The replicas sharing the instance name, as last listed (Consul only).
+    replicas: Mutex<Option<crate::replicas::Replicas>>,
     metrics_hook: std::sync::OnceLock<MetricsHook>,
     /// Held by a store sync from start to end: two syncs never interleave (a later listing
     /// applied before an earlier one would be undone by it). Reconfigure calls do not take
@@ -266,6 +272,8 @@ impl Controller {
                 counters: AdminCounters::default(),
                 registry: Mutex::new(RegistryHealth::default()),
                 publish_wanted: Arc::new(Notify::new()),
+                table_changed: Arc::new(Notify::new()),
+                replicas: Mutex::new(None),
                 metrics_hook: std::sync::OnceLock::new(),
                 syncing: tokio::sync::Mutex::new(()),
                 restoring: tokio::sync::RwLock::new(()),
@@ -448,12 +456,31 @@ impl Controller {
     }
 }
 
+impl Controller {
+    pub(crate) fn weak_inner(&self) -> Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The replicas sharing the instance name, as last listed (None standalone, or before
+    /// the first listing).
+    pub(crate) fn replicas(&self) -> Option<crate::replicas::Replicas> {
+        self.inner.replicas.lock().ok().and_then(|r| r.clone())
+    }
+}
+
 impl Inner {
+    pub(crate) fn set_replicas(&self, replicas: crate::replicas::Replicas) {
+        if let Ok(mut current) = self.replicas.lock() {
+            *current = Some(replicas);
+        }
+    }
+
     /// Makes `table` live, noting why for the dashboard. Every table the controller makes
     /// goes live here.
     fn publish(&self, table: dfp_routing::RouteTable, cause: String) {
         let table_version = table.version();
         self.table.publish(table);
+        self.table_changed.notify_one();
         if let Ok(mut last) = self.last_change.lock() {
             *last = Some(LastChange { table_version, at: std::time::Instant::now(), cause });
         }

@@ -132,7 +132,7 @@ pub(super) fn value_for(name: &'static str) -> BoxedStrategy<String> {
         "serviceDomain" => list(domain_item()).boxed(),
         "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" => number().boxed(),
         "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp"
-        | "ignoreAuthorization" | "verifyClientSsl" => boolean().boxed(),
+        | "ignoreAuthorization" | "verifyClientSsl" | "letsEncrypt" => boolean().boxed(),
         "usersSecret" => prop_oneof![
             6 => "[a-z0-9._-]{1,12}",
             1 => prop::sample::select(vec!["../x", "a/b", ".hidden", " s ", ""]).prop_map(str::to_owned),

@@ -47,6 +47,12 @@ pub(crate) struct AcmeArgs {
     #[arg(long, env = "DFP_ACME_RETRY_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub(crate) acme_retry_after: Duration,
 
+    /// The challenge that proves the names: http-01 (the CA fetches a token over the plain
+    /// listener, port 80) or tls-alpn-01 (the CA handshakes with the HTTPS listener, port
+    /// 443, offering the protocol acme-tls/1).
+    #[arg(long, env = "DFP_ACME_CHALLENGE", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
+    pub(crate) acme_challenge: String,
+
     /// How long a challenge is given to reach every replica before the CA is asked to check
     /// it.
     #[arg(long, env = "DFP_ACME_PROPAGATION", default_value = "1s", value_parser = parse_duration)]
@@ -92,6 +98,12 @@ impl AcmeArgs {
             check_every: self.acme_check_every.max(Duration::from_secs(1)),
             retry_after: self.acme_retry_after.max(Duration::from_secs(1)),
             propagation: self.acme_propagation,
+            challenge: dfp_admin::ChallengeKind::parse(&self.acme_challenge).ok_or_else(|| {
+                format!(
+                    "--acme-challenge takes http-01 or tls-alpn-01, not {:?}",
+                    self.acme_challenge
+                )
+            })?,
         }))
     }
 }
