@@ -71,26 +71,39 @@ fn owned(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()
 }
 
-#[tokio::test]
-async fn a_lets_encrypt_service_is_certified_served_and_renewed() {
-    let plain_port = free_port();
-    // 30 s certificates: renewed 20 s in.
-    let pebble = Pebble::start(plain_port, Duration::from_secs(30)).await;
+/// A standalone proxy pointed at `pebble` with `flags` besides, and an instance routed on `/`
+/// for `domains` with `letsEncrypt=true` and `options`; pebble's issuing root.
+async fn certified(
+    pebble: &Pebble,
+    flags: &[String],
+    domains: &str,
+    options: &str,
+) -> (Proxy, Upstream, String) {
     let upstream = Upstream::start("shop").await;
-    let mut flags = pebble.proxy_flags();
-    flags.push(format!("--listen=127.0.0.1:{plain_port}"));
-    let proxy = Proxy::start_logging(None, &owned(&flags), "info").await;
-
-    // httpsOnly: plain requests are redirected, yet the CA's challenge is answered.
+    let mut all = pebble.proxy_flags();
+    all.extend_from_slice(flags);
+    let proxy = Proxy::start_logging(None, &owned(&all), "info").await;
     let (status, answer) = proxy
         .admin(&format!(
             "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
-             &serviceDomain=shop.test,*.shop.test&letsEncrypt=true&httpsOnly=true",
+             &serviceDomain={domains}&letsEncrypt=true{options}",
             upstream.port()
         ))
         .await;
     assert_eq!(status, 200, "{answer}");
     let root = pebble.issuing_root().await;
+    (proxy, upstream, root)
+}
+
+#[tokio::test]
+async fn a_lets_encrypt_service_is_certified_served_and_renewed() {
+    let plain_port = free_port();
+    // 30 s certificates: renewed 20 s in.
+    let pebble = Pebble::start(plain_port, Duration::from_secs(30)).await;
+    // httpsOnly: plain requests are redirected, yet the CA's challenge is answered.
+    let listen = [format!("--listen=127.0.0.1:{plain_port}")];
+    let (proxy, _upstream, root) =
+        certified(&pebble, &listen, "shop.test,*.shop.test", "&httpsOnly=true").await;
     let first = served(&root, &proxy, "shop.test", Duration::from_secs(30)).await;
 
     let entry = acme_entry(&proxy, "shop.test").await.expect("shop.test is managed");
@@ -143,20 +156,9 @@ async fn the_tls_alpn_challenge_is_answered_on_the_https_listener() {
     // nothing listens, so only the TLS listener can prove the name.
     let tls_port = free_port();
     let pebble = Pebble::start_with(free_port(), tls_port, Duration::from_secs(3600)).await;
-    let upstream = Upstream::start("shop").await;
-    let mut flags = pebble.proxy_flags();
-    flags.push(format!("--tls-listen=127.0.0.1:{tls_port}"));
-    flags.push("--acme-challenge=tls-alpn-01".to_owned());
-    let proxy = Proxy::start_logging(None, &owned(&flags), "info").await;
-    let (status, answer) = proxy
-        .admin(&format!(
-            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
-             &serviceDomain=alpn.test&letsEncrypt=true",
-            upstream.port()
-        ))
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    let root = pebble.issuing_root().await;
+    let flags =
+        [format!("--tls-listen=127.0.0.1:{tls_port}"), "--acme-challenge=tls-alpn-01".to_owned()];
+    let (proxy, _upstream, root) = certified(&pebble, &flags, "alpn.test", "").await;
     served(&root, &proxy, "alpn.test", Duration::from_secs(30)).await;
     let (_, certs) = proxy.admin("/v1/docker-flow-proxy/certs").await;
     assert_eq!(certs["Acme"]["Challenge"], "tls-alpn-01", "{certs}");
@@ -176,19 +178,8 @@ async fn the_tls_alpn_challenge_is_answered_on_the_https_listener() {
 async fn a_ca_outage_leaves_the_certificate_served_and_says_why() {
     let plain_port = free_port();
     let mut pebble = Pebble::start(plain_port, Duration::from_secs(30)).await;
-    let upstream = Upstream::start("shop").await;
-    let mut flags = pebble.proxy_flags();
-    flags.push(format!("--listen=127.0.0.1:{plain_port}"));
-    let proxy = Proxy::start_logging(None, &owned(&flags), "info").await;
-    let (status, answer) = proxy
-        .admin(&format!(
-            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
-             &serviceDomain=outage.test&letsEncrypt=true",
-            upstream.port()
-        ))
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    let root = pebble.issuing_root().await;
+    let listen = [format!("--listen=127.0.0.1:{plain_port}")];
+    let (proxy, _upstream, root) = certified(&pebble, &listen, "outage.test", "").await;
     let first = served(&root, &proxy, "outage.test", Duration::from_secs(30)).await;
 
     // The CA goes away; the renewal (20 s in) fails.
