@@ -1133,14 +1133,8 @@ scenario_churn() {
     for target in ours-churn haproxy-churn; do
       measure churn quiet "$round" "$target"
       count_file="$RUN/churn-$target-$round.count"
-      if [[ $target == ours-churn ]]; then
-        churn_ours "${ADMIN[$target]}" "$count_file" &
-      else
-        churn_haproxy "${PID[$target]}" "$count_file" &
-      fi
-      churner=$!
-      STARTED+=("$churner")
-      STARTED_NAME[$churner]="churn-$target"
+      start_churner "$target" "$count_file"
+      churner=$CHURNER
       measure churn busy "$round" "$target" "$churner" "$count_file"
       stop_tree "$churner"
       # Reloaded HAProxy workers drain their last connections before the next quiet run.
@@ -1150,6 +1144,19 @@ scenario_churn() {
   churn_timelines
   stop_tree "${PID[ours-churn]}"
   stop_tree "${PID[haproxy-churn]}"
+}
+
+# start_churner TARGET COUNT_FILE: the churn scenario's change every 100 ms for TARGET in the
+# background (ours-churn: reconfigure calls; haproxy-churn: reloads); sets CHURNER to its pid.
+start_churner() {
+  if [[ $1 == ours-churn ]]; then
+    churn_ours "${ADMIN[$1]}" "$2" &
+  else
+    churn_haproxy "${PID[$1]}" "$2" &
+  fi
+  CHURNER=$!
+  STARTED+=("$CHURNER")
+  STARTED_NAME[$CHURNER]="churn-$1"
 }
 
 # churn_timelines: throughput over time under churn, one run per proxy after the rounds:
@@ -1164,14 +1171,8 @@ churn_timelines() {
     path=/${addr#*/}
     addr=${addr%%/*}
     count_file="$RUN/timeline-$name.count"
-    if [[ $target == ours-churn ]]; then
-      churn_ours "${ADMIN[$target]}" "$count_file" &
-    else
-      churn_haproxy "${PID[$target]}" "$count_file" &
-    fi
-    churner=$!
-    STARTED+=("$churner")
-    STARTED_NAME[$churner]="timeline-$target"
+    start_churner "$target" "$count_file"
+    churner=$CHURNER
     out=$(taskset -c "$LOAD_CORE" "$LOAD_BIN" get --addr "$addr" --path "$path" \
       --connections "$CONNECTIONS" --duration "$DURATION" --max $((DURATION * 1000000)) \
       --timeline "$RUN/timeline-$name.tsv" 2>&1) || die "the timeline run against $target failed: $out"
