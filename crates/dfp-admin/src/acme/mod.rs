@@ -67,6 +67,13 @@ const ORDER_WINDOW: Duration = Duration::from_secs(3 * 3600);
 /// The longest wait between attempts for a name that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
+/// The lock taken to open the account: a leading `-` is no label of a DNS name, so no name's
+/// lock can be it.
+const ACCOUNT_LOCK: &str = "-account";
+
+/// How many seconds a replica waits for another one to open the account.
+const ACCOUNT_WAIT_STEPS: u32 = 30;
+
 /// How long the CA may take to validate, or to issue, before the attempt counts as failed.
 const CA_PATIENCE: Duration = Duration::from_secs(90);
 
@@ -502,28 +509,34 @@ impl Manager {
         if let Some(account) = &*cached {
             return Ok(account.clone());
         }
-        let account = match self.load_account().await? {
-            Some(account) => account,
-            None => {
-                let Some(held) = self.shared.lock("account", &self.holder).await? else {
-                    return Err(AcmeError::Store(
-                        "another replica is opening the ACME account; trying again later"
-                            .to_owned(),
-                    ));
-                };
-                let made = async {
-                    if let Some(account) = self.load_account().await? {
-                        return Ok(account);
-                    }
-                    self.new_account().await
-                }
-                .await;
-                self.shared.release(held).await;
-                made?
+        // Replicas starting together: one opens the account under the lock, the others wait
+        // for it to appear in the store (an order waits a few seconds, rather than failing
+        // and backing off for minutes).
+        for _ in 0..ACCOUNT_WAIT_STEPS {
+            if let Some(account) = self.load_account().await? {
+                *cached = Some(account.clone());
+                return Ok(account);
             }
-        };
-        *cached = Some(account.clone());
-        Ok(account)
+            let Some(held) = self.shared.lock(ACCOUNT_LOCK, &self.holder).await? else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let made = async {
+                match self.load_account().await? {
+                    Some(account) => Ok(account),
+                    None => self.new_account().await,
+                }
+            }
+            .await;
+            self.shared.release(held).await;
+            let account = made?;
+            *cached = Some(account.clone());
+            return Ok(account);
+        }
+        Err(AcmeError::Store(format!(
+            "another replica held the lock on opening the ACME account for {ACCOUNT_WAIT_STEPS} \
+             s and stored none; trying again later"
+        )))
     }
 
     async fn load_account(&self) -> Result<Option<Account>, AcmeError> {

@@ -5,7 +5,7 @@
 //! - `accounts/<id>`: the ACME account (its key and URL) for one CA directory, so a new
 //!   replica or a restart uses the same account instead of opening another;
 //! - `locks/<name>`: held through a Consul session by the replica obtaining a certificate for
-//!   `<name>` (or creating the account: `locks/account`); the session ends, and the lock with
+//!   `<name>` (or opening the account: `locks/-account`); the session ends, and the lock with
 //!   it, when the replica stops renewing it (it died), so no lock outlives its holder;
 //! - `challenges/http-01.<token>` (the key authorization) and `challenges/tls-alpn-01.<name>`
 //!   (the challenge certificate and its throwaway key): the challenges being answered,
