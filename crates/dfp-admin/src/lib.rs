@@ -63,6 +63,13 @@ mod store;
 mod tcp_ports;
 mod users;
 
+/// Now, in Unix seconds (0 before 1970, saturated far after).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 pub use acme::{
     AcmeConfig, AcmeError, AcmeManager, ChallengeKind, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };

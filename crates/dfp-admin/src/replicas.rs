@@ -10,7 +10,7 @@
 //! Standalone there is no store to share: the dashboard shows no replica list.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dfp_consul::{ConsulClient, SessionEnd};
 use serde::{Deserialize, Serialize};
@@ -45,9 +45,7 @@ impl Replica {
             pid: std::process::id(),
             admin,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            started: crate::unix_now(),
         }
     }
 

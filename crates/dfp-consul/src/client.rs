@@ -238,8 +238,7 @@ impl ConsulClient {
 
     /// Stores `value` at `key` in Consul's KV store.
     pub async fn kv_put(&self, key: &str, value: Vec<u8>) -> Result<(), ConsulError> {
-        let mut segments = vec!["v1", "kv"];
-        segments.extend(key.split('/'));
+        let segments = kv_path(key);
         let mut call = Call::get(&segments);
         call.method = reqwest::Method::PUT;
         call.needs = Needs::KeyWrite(key);
@@ -249,8 +248,7 @@ impl ConsulClient {
 
     /// Deletes `key` from Consul's KV store (deleting a missing key succeeds).
     pub async fn kv_delete(&self, key: &str) -> Result<(), ConsulError> {
-        let mut segments = vec!["v1", "kv"];
-        segments.extend(key.split('/'));
+        let segments = kv_path(key);
         let mut call = Call::get(&segments);
         call.method = reqwest::Method::DELETE;
         call.needs = Needs::KeyWrite(key);
@@ -299,8 +297,7 @@ impl ConsulClient {
         index: u64,
         wait: Duration,
     ) -> Result<Indexed<Vec<KvEntry>>, ConsulError> {
-        let mut segments = vec!["v1", "kv"];
-        segments.extend(prefix.split('/'));
+        let segments = kv_path(prefix);
         let mut call = Call::get(&segments);
         call.needs = Needs::KeyRead(prefix);
         call.query.push(("recurse", "true".to_owned()));
@@ -513,6 +510,11 @@ impl<'a> Call<'a> {
             self.timeout = Some(wait + wait / 16 + Duration::from_secs(5));
         }
     }
+}
+
+/// The URL path segments of KV key (or prefix) `key`: `/v1/kv/<key>`.
+fn kv_path(key: &str) -> Vec<&str> {
+    ["v1", "kv"].into_iter().chain(key.split('/')).collect()
 }
 
 /// What an agent answered.

@@ -28,14 +28,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dfp_consul::ConsulError;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, Identifier, NewAccount, NewOrder,
+    OrderStatus, RetryPolicy,
 };
-use serde::Serialize;
 use sha2::Digest as _;
 
 use crate::certs::CertAdmin;
@@ -44,11 +43,18 @@ use crate::mirror::{Backend, Mirrored, StoreMirror};
 use crate::store::RouteStore;
 use crate::FollowConfig;
 
+mod challenge;
 mod http;
 mod shared;
+mod status;
 
+use crate::unix_now;
+pub use challenge::ChallengeKind;
+use challenge::{alpn_certificate, HTTP_01, TLS_ALPN_01};
 use http::AcmeHttp;
 use shared::Shared;
+use status::NameState;
+pub(crate) use status::{AcmeStatus, AcmeView};
 
 /// Obtained certificates are stored as `acme-<name>`.
 pub(crate) const CERT_PREFIX: &str = "acme-";
@@ -103,58 +109,6 @@ pub struct AcmeConfig {
     pub challenge: ChallengeKind,
 }
 
-/// The ACME challenge the proxy answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChallengeKind {
-    /// `/.well-known/acme-challenge/<token>` on the plain listener (port 80).
-    Http01,
-    /// A certificate carrying the challenge's digest, to a handshake offering `acme-tls/1`
-    /// on the HTTPS listener (port 443; RFC 8737).
-    TlsAlpn01,
-}
-
-impl ChallengeKind {
-    /// `http-01` or `tls-alpn-01`, as the flag takes it.
-    pub fn parse(text: &str) -> Option<ChallengeKind> {
-        match text {
-            "http-01" => Some(ChallengeKind::Http01),
-            "tls-alpn-01" => Some(ChallengeKind::TlsAlpn01),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ChallengeKind::Http01 => "http-01",
-            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
-        }
-    }
-
-    fn acme_type(self) -> ChallengeType {
-        match self {
-            ChallengeKind::Http01 => ChallengeType::Http01,
-            ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
-        }
-    }
-}
-
-/// Shared challenge keys: `http-01.<token>`, `tls-alpn-01.<name>`.
-const HTTP_01: &str = "http-01.";
-const TLS_ALPN_01: &str = "tls-alpn-01.";
-
-/// The TLS-ALPN-01 challenge certificate for `name` (RFC 8737 §3): self-signed, for `name`
-/// only, with the critical acmeIdentifier extension holding the SHA-256 `digest` of the key
-/// authorization; its chain and a throwaway key as PEM.
-fn alpn_certificate(name: &str, digest: &[u8]) -> Result<String, AcmeError> {
-    let failed =
-        |err: rcgen::Error| AcmeError::Ca(format!("making the TLS-ALPN-01 certificate: {err}"));
-    let key = rcgen::KeyPair::generate().map_err(failed)?;
-    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(failed)?;
-    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let cert = params.self_signed(&key).map_err(failed)?;
-    Ok(format!("{}{}", cert.pem(), key.serialize_pem()))
-}
-
 /// Why ACME could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -197,7 +151,7 @@ struct Manager {
     status: AcmeStatus,
     /// The challenges this replica publishes, and those followed from the store.
     challenges: Mutex<ChallengeSets>,
-    /// `<instance-name>/acme/http-01/` in Consul KV (nothing standalone).
+    /// `<instance-name>/acme/challenges/` in Consul KV (nothing standalone).
     challenge_mirror: StoreMirror,
     /// When the orders of the last [`ORDER_WINDOW`] were placed.
     orders: Mutex<VecDeque<Instant>>,
@@ -699,127 +653,6 @@ fn renew_after((not_before, not_after): (i64, i64)) -> i64 {
 /// day.
 fn backoff(first: Duration, failures: u32) -> Duration {
     first.saturating_mul(1 << failures.saturating_sub(1).min(20)).min(MAX_BACKOFF)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-// ---------------------------------------------------------------------------------------------
-// What `certs` and the dashboard show
-
-/// The manager's view of its names, shared with [`CertAdmin`] for `certs`.
-#[derive(Debug, Clone)]
-pub(crate) struct AcmeStatus(Arc<Mutex<Names>>);
-
-#[derive(Debug, Default)]
-struct Names {
-    directory: String,
-    challenge: &'static str,
-    names: BTreeMap<String, NameState>,
-    skipped: Vec<(String, String, &'static str)>,
-}
-
-#[derive(Debug, Default)]
-struct NameState {
-    service: String,
-    /// `valid`, `obtaining`, `waiting` (another replica, or the order limit), `failed`.
-    state: &'static str,
-    not_after: Option<i64>,
-    renew_after: Option<i64>,
-    failures: u32,
-    next_attempt: Option<i64>,
-    last_attempt: Option<i64>,
-    last_result: Option<String>,
-    holder: Option<String>,
-    /// Certificates this replica obtained for the name since it started.
-    renewals: u64,
-}
-
-/// ACME in `certs`: the CA, each name with its certificate's dates and the last result.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub(crate) struct AcmeView {
-    directory: String,
-    challenge: &'static str,
-    names: Vec<NameView>,
-    skipped: Vec<SkippedView>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct NameView {
-    name: String,
-    service: String,
-    cert_name: String,
-    state: &'static str,
-    not_after: Option<String>,
-    renew_after: Option<String>,
-    last_attempt: Option<String>,
-    last_result: Option<String>,
-    next_attempt: Option<String>,
-    /// The replica holding the name's lock, when it is another one.
-    holder: Option<String>,
-    obtained_here: u64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct SkippedView {
-    name: String,
-    service: String,
-    why: &'static str,
-}
-
-impl AcmeStatus {
-    fn new(directory: &str, challenge: ChallengeKind) -> AcmeStatus {
-        AcmeStatus(Arc::new(Mutex::new(Names {
-            directory: directory.to_owned(),
-            challenge: challenge.name(),
-            ..Names::default()
-        })))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Names> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn view(&self) -> AcmeView {
-        let status = self.lock();
-        let time = |t: Option<i64>| t.map(dfp_tls::rfc3339);
-        AcmeView {
-            directory: status.directory.clone(),
-            challenge: status.challenge,
-            names: status
-                .names
-                .iter()
-                .map(|(name, s)| NameView {
-                    name: name.clone(),
-                    service: s.service.clone(),
-                    cert_name: cert_name(name),
-                    state: if s.state.is_empty() { "pending" } else { s.state },
-                    not_after: time(s.not_after),
-                    renew_after: time(s.renew_after),
-                    last_attempt: time(s.last_attempt),
-                    last_result: s.last_result.clone(),
-                    next_attempt: time(s.next_attempt),
-                    holder: s.holder.clone(),
-                    obtained_here: s.renewals,
-                })
-                .collect(),
-            skipped: status
-                .skipped
-                .iter()
-                .map(|(name, service, why)| SkippedView {
-                    name: name.clone(),
-                    service: service.clone(),
-                    why,
-                })
-                .collect(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -205,9 +205,7 @@ impl ProxyView {
             }),
             latency_buckets_ms: &LATENCY_BUCKETS_MS,
             replicas: controller.replicas().map(|replicas| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                let now = crate::unix_now();
                 replicas
                     .list
                     .iter()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Call, ConsulClient, ConsulError, Needs};
+use super::{kv_path, Call, ConsulClient, ConsulError, Needs};
 
 /// What happens to the keys a session holds when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +96,7 @@ impl ConsulClient {
         value: Option<Vec<u8>>,
         (verb, session): (&'static str, &str),
     ) -> Result<bool, ConsulError> {
-        let mut segments = vec!["v1", "kv"];
-        segments.extend(key.split('/'));
+        let segments = kv_path(key);
         let mut call = Call::get(&segments);
         call.method = reqwest::Method::PUT;
         call.needs = Needs::KeyWrite(key);
@@ -109,8 +108,7 @@ impl ConsulClient {
 
     /// The value of one key, or None when there is no such key.
     pub async fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, ConsulError> {
-        let mut segments = vec!["v1", "kv"];
-        segments.extend(key.split('/'));
+        let segments = kv_path(key);
         let mut call = Call::get(&segments);
         call.needs = Needs::KeyRead(key);
         call.query.push(("raw", "true".to_owned()));
