@@ -67,6 +67,17 @@ async fn served(root: &str, proxy: &Proxy, name: &str, within: Duration) -> Vec<
     .await
 }
 
+/// A call to the Consul agent's HTTP API, its JSON answer.
+async fn consul_call(consul: &Consul, method: reqwest::Method, path: &str, body: &str) -> Value {
+    let response = crate::support::http_client()
+        .request(method, format!("{}{path}", consul.url()))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("consul answers");
+    response.json().await.expect("consul answers JSON")
+}
+
 fn owned(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()
 }
@@ -230,29 +241,17 @@ async fn replicas_sharing_a_store_obtain_once_and_all_serve_it() {
         assert_eq!(obtained, 1, "{name} was ordered once between the two replicas");
     }
     // One account, kept in KV for both; no lock left held.
-    let client = crate::support::http_client();
-    let keys: Vec<String> = client
-        .get(format!("{}/v1/kv/docker-flow/acme/?keys", consul.url()))
-        .send()
-        .await
-        .expect("consul answers")
-        .json()
-        .await
-        .expect("a key list");
+    let listed =
+        consul_call(&consul, reqwest::Method::GET, "/v1/kv/docker-flow/acme/?keys", "").await;
+    let keys: Vec<String> = serde_json::from_value(listed).expect("a key list");
     assert_eq!(keys.iter().filter(|k| k.contains("/acme/accounts/")).count(), 1, "{keys:?}");
     for lock in keys.iter().filter(|k| k.contains("/acme/locks/")) {
-        let entries: Value = client
-            .get(format!("{}/v1/kv/{lock}", consul.url()))
-            .send()
-            .await
-            .expect("consul answers")
-            .json()
-            .await
-            .expect("the lock's entry");
+        let entries =
+            consul_call(&consul, reqwest::Method::GET, &format!("/v1/kv/{lock}"), "").await;
         assert!(entries[0].get("Session").is_none(), "{lock} is still held: {entries}");
     }
     assert!(
-        !keys.iter().any(|k| k.contains("/acme/http-01/")),
+        !keys.iter().any(|k| k.contains("/acme/challenges/")),
         "challenges are taken back: {keys:?}"
     );
 }
@@ -265,26 +264,17 @@ async fn a_lock_held_by_a_dead_replica_is_freed_with_its_session() {
     let consul = Consul::start().await;
     let upstream = Upstream::start("shop").await;
     consul.register("shop", "shop-1", upstream.port(), None).await;
-    let client = crate::support::http_client();
-    let session: Value = client
-        .put(format!("{}/v1/session/create", consul.url()))
-        .body(r#"{"Name":"a replica that died","TTL":"10s","LockDelay":"0s"}"#)
-        .send()
-        .await
-        .expect("consul answers")
-        .json()
-        .await
-        .expect("a session");
+    let session = consul_call(
+        &consul,
+        reqwest::Method::PUT,
+        "/v1/session/create",
+        r#"{"Name":"a replica that died","TTL":"10s","LockDelay":"0s"}"#,
+    )
+    .await;
     let id = session["ID"].as_str().expect("the session's ID");
-    let taken: Value = client
-        .put(format!("{}/v1/kv/docker-flow/acme/locks/dead.test?acquire={id}", consul.url()))
-        .body("ghost pid 1 (admin 127.0.0.1:1)")
-        .send()
-        .await
-        .expect("consul answers")
-        .json()
-        .await
-        .expect("true or false");
+    let lock = format!("/v1/kv/docker-flow/acme/locks/dead.test?acquire={id}");
+    let taken =
+        consul_call(&consul, reqwest::Method::PUT, &lock, "ghost pid 1 (admin 127.0.0.1:1)").await;
     assert_eq!(taken, true, "the dead replica's lock is held");
 
     let plain_port = free_port();
