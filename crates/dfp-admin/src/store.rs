@@ -44,6 +44,11 @@ impl RouteStore {
         format!("{}/services/", instance_name.trim_matches('/'))
     }
 
+    /// The KV prefix (ending in `/`) under which an instance name keeps its certificates.
+    pub(crate) fn certs_kv_prefix(instance_name: &str) -> String {
+        format!("{}/certs/", instance_name.trim_matches('/'))
+    }
+
     /// The mirror of the routes: `<instance-name>/services/` in Consul KV, or the state file.
     pub(crate) fn routes_mirror(&self, follow: &crate::FollowConfig) -> StoreMirror {
         let backend = match self {
@@ -62,7 +67,7 @@ impl RouteStore {
         let backend = match self {
             RouteStore::ConsulKv { consul, instance_name } => Backend::ConsulKv {
                 consul: consul.clone(),
-                prefix: format!("{}/certs/", instance_name.trim_matches('/')),
+                prefix: Self::certs_kv_prefix(instance_name),
             },
             RouteStore::File(state_file) => {
                 let dir = match state_file.parent() {

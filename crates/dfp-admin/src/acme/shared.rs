@@ -62,7 +62,7 @@ impl Shared {
             RouteStore::ConsulKv { consul, instance_name } => Shared::Consul {
                 consul: consul.clone(),
                 prefix: format!("{}/acme/", instance_name.trim_matches('/')),
-                certs_prefix: format!("{}/certs/", instance_name.trim_matches('/')),
+                certs_prefix: RouteStore::certs_kv_prefix(instance_name),
                 session: Arc::new(tokio::sync::Mutex::new(None)),
             },
             RouteStore::File(state_file) => Shared::Dir(match state_file.parent() {
