@@ -265,7 +265,7 @@ impl Forwarder {
         let table = self.table.load();
         if let Some(backend) = table.tcp_route(self.port).cloned() {
             drop(table);
-            return serve_stream(backend, client, ends, stop, &self.config).await;
+            return serve_stream(backend, client, true, ends, stop, &self.config).await;
         }
         if !table.routes_by_server_name(self.port) {
             tracing::debug!(port = self.port, "no TCP service owns this port any more; closing");
@@ -289,19 +289,30 @@ impl Forwarder {
         let client = Prefixed::new(hello, client);
         match how {
             StreamTls::Passthrough | StreamTls::Plain => {
-                serve_stream(backend, client, ends, stop, &self.config).await;
+                serve_stream(backend, client, true, ends, stop, &self.config).await;
             }
-            StreamTls::Terminate => {
-                let handshake = self.tls.accept(client);
-                match tokio::time::timeout(self.config.header_read_timeout, handshake).await {
-                    Ok(Ok(tls)) => serve_stream(backend, tls, ends, stop, &self.config).await,
-                    Ok(Err(err)) => {
-                        tracing::debug!(service = backend.service(), client = %ends.client, error = %err, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        tracing::debug!(service = backend.service(), client = %ends.client, "TLS handshake not complete in time");
-                    }
-                }
+            // Boxed: a TLS session is several kilobytes, and kept inline it would make every
+            // connection's future (plain ones too) that large, copied as it is moved.
+            StreamTls::Terminate => Box::pin(self.terminate(backend, client, ends, stop)).await,
+        }
+    }
+
+    /// TLS ended here (within the header timeout), then the service's bytes.
+    async fn terminate(
+        &self,
+        backend: Arc<Backend>,
+        client: Prefixed<TcpStream>,
+        ends: Endpoints,
+        stop: watch::Receiver<bool>,
+    ) {
+        let handshake = self.tls.accept(client);
+        match tokio::time::timeout(self.config.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) => serve_stream(backend, tls, false, ends, stop, &self.config).await,
+            Ok(Err(err)) => {
+                tracing::debug!(service = backend.service(), client = %ends.client, error = %err, "TLS handshake failed");
+            }
+            Err(_) => {
+                tracing::debug!(service = backend.service(), client = %ends.client, "TLS handshake not complete in time");
             }
         }
     }
@@ -345,9 +356,12 @@ impl Drop for OpenTcp {
 /// asks for), then bytes both ways under its timeouts until either side is done, counted in
 /// its metrics. The one set of rules for every TCP service's connection, whichever listener
 /// accepted it; `client` may already be decrypted, or replay a ClientHello read to route it.
+/// `plain_client`: `client` is the TCP socket itself (perhaps replaying a ClientHello), not
+/// a TLS session ended here.
 pub(crate) async fn serve_stream<C: AsyncRead + AsyncWrite + Unpin>(
     backend: Arc<Backend>,
     client: C,
+    plain_client: bool,
     ends: Endpoints,
     mut stop: watch::Receiver<bool>,
     config: &ProxyConfig,
@@ -372,6 +386,8 @@ pub(crate) async fn serve_stream<C: AsyncRead + AsyncWrite + Unpin>(
         write_b_within: Some(policy.server_timeout.unwrap_or(config.server_timeout)),
         buffer: TCP_BUFFER,
         counted: Some((&stats.bytes_to_instance, &stats.bytes_to_client)),
+        a_plain: plain_client,
+        b_plain: true,
     };
     let copy = tunnel::run(client, instance, tunnel);
     tokio::pin!(copy);

@@ -169,7 +169,7 @@ impl TlsConnection {
             drop(table);
             if let Some((backend, StreamTls::Passthrough)) = found {
                 let client = Prefixed::new(hello, stream);
-                tcp::serve_stream(backend, client, endpoints, self.stop, config).await;
+                tcp::serve_stream(backend, client, true, endpoints, self.stop, config).await;
                 return;
             }
         }

@@ -27,6 +27,12 @@ pub(crate) struct Tunnel<'c> {
     pub(crate) buffer: usize,
     /// Counters of the bytes copied `a` to `b` and `b` to `a`, added to as they move.
     pub(crate) counted: Option<(&'c AtomicU64, &'c AtomicU64)>,
+    /// Whether `a` (and `b`) is a plain TCP socket, whose closing sends the same FIN its
+    /// `shutdown` would: the side that ends last is then closed without being shut first
+    /// (one system call less per connection, HAProxy's way). A TLS side is always shut, to
+    /// send its `close_notify`.
+    pub(crate) a_plain: bool,
+    pub(crate) b_plain: bool,
 }
 
 impl Tunnel<'_> {
@@ -38,6 +44,8 @@ impl Tunnel<'_> {
             write_b_within: None,
             buffer: 16 * 1024,
             counted: None,
+            a_plain: false,
+            b_plain: false,
         }
     }
 }
@@ -74,17 +82,47 @@ async fn write_within<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Bytes a direction reads at a time until a read fills them: most tunnels (a short TCP
+/// exchange, a WebSocket's messages) never move more at once, and a buffer is zeroed when it
+/// is made, so starting at the full size cost a short connection two 64 KiB `memset`s, the
+/// largest user-space cost of a TCP service's connection in the profile (BENCHMARKS.md, "TCP
+/// services").
+const FIRST_BUFFER: usize = 4 * 1024;
+
+/// One direction's buffer: [`FIRST_BUFFER`] bytes, grown once to `max` the first time a read
+/// fills it (a transfer that keeps the socket full).
+struct Buffer {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl Buffer {
+    fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Buffer { bytes: vec![0; FIRST_BUFFER.min(max)], max }
+    }
+
+    /// Notes a read of `n` bytes into the buffer.
+    fn filled(&mut self, n: usize) {
+        if n == self.bytes.len() && n < self.max {
+            self.bytes.resize(self.max, 0);
+        }
+    }
+}
+
 /// [`splice`] as `tunnel` says: its idle timeout, write bounds, buffers and counters.
-pub(crate) async fn run<A, B>(a: A, b: B, tunnel: Tunnel<'_>)
+///
+/// Each side is read and written through its own `&mut`, never split: `select!` drops the
+/// read futures before it runs the arm that writes, so no lock is needed between a side's
+/// reading and its writing (`tokio::io::split` takes one on every poll).
+pub(crate) async fn run<A, B>(mut a: A, mut b: B, tunnel: Tunnel<'_>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let idle = tunnel.idle;
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
-    let mut a_buf = vec![0_u8; tunnel.buffer.max(1)];
-    let mut b_buf = vec![0_u8; tunnel.buffer.max(1)];
+    let mut a_buf = Buffer::new(tunnel.buffer);
+    let mut b_buf = Buffer::new(tunnel.buffer);
     let (mut a_open, mut b_open) = (true, true);
     let count = |to_b: bool, n: usize| {
         if let Some((a_to_b, b_to_a)) = tunnel.counted {
@@ -99,28 +137,34 @@ where
     tokio::pin!(quiet);
     while a_open || b_open {
         tokio::select! {
-            read = a_read.read(&mut a_buf), if a_open => match read {
+            read = a.read(&mut a_buf.bytes), if a_open => match read {
                 Ok(0) | Err(_) => {
                     a_open = false;
-                    let _ = b_write.shutdown().await;
+                    if b_open || !tunnel.b_plain {
+                        let _ = b.shutdown().await;
+                    }
                 }
                 Ok(n) => {
-                    if write_within(&mut b_write, &a_buf[..n], tunnel.write_b_within).await.is_err() {
+                    if write_within(&mut b, &a_buf.bytes[..n], tunnel.write_b_within).await.is_err() {
                         break;
                     }
+                    a_buf.filled(n);
                     count(true, n);
                     last = tokio::time::Instant::now();
                 }
             },
-            read = b_read.read(&mut b_buf), if b_open => match read {
+            read = b.read(&mut b_buf.bytes), if b_open => match read {
                 Ok(0) | Err(_) => {
                     b_open = false;
-                    let _ = a_write.shutdown().await;
+                    if a_open || !tunnel.a_plain {
+                        let _ = a.shutdown().await;
+                    }
                 }
                 Ok(n) => {
-                    if write_within(&mut a_write, &b_buf[..n], tunnel.write_a_within).await.is_err() {
+                    if write_within(&mut a, &b_buf.bytes[..n], tunnel.write_a_within).await.is_err() {
                         break;
                     }
+                    b_buf.filled(n);
                     count(false, n);
                     last = tokio::time::Instant::now();
                 }
@@ -179,6 +223,8 @@ mod tests {
                 write_b_within: None,
                 buffer: 8,
                 counted: Some((&c.0, &c.1)),
+                a_plain: false,
+                b_plain: false,
             };
             run(proxy_client_side, proxy_upstream_side, tunnel).await;
         });
@@ -191,5 +237,62 @@ mod tests {
             .await
             .expect("a stalled write ends the tunnel long before the idle timeout")
             .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn a_transfer_larger_than_the_first_buffer_arrives_whole_and_plain_sides_end_cleanly() {
+        let (mut client, proxy_client_side) = tokio::io::duplex(256 * 1024);
+        let (proxy_upstream_side, mut upstream) = tokio::io::duplex(256 * 1024);
+        let counters = std::sync::Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let c = counters.clone();
+        let tunnel = tokio::spawn(async move {
+            let tunnel = Tunnel {
+                idle: Duration::from_secs(60),
+                write_a_within: None,
+                write_b_within: None,
+                buffer: 64 * 1024,
+                counted: Some((&c.0, &c.1)),
+                a_plain: true,
+                b_plain: true,
+            };
+            run(proxy_client_side, proxy_upstream_side, tunnel).await;
+        });
+        let sent: Vec<u8> = (0..1_000_000_u32).map(|i| (i % 251) as u8).collect();
+        let writing = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                client.write_all(&sent).await.expect("write");
+                client.shutdown().await.expect("client done");
+                let mut back = Vec::new();
+                client.read_to_end(&mut back).await.expect("read the reply and the end");
+                back
+            })
+        };
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.expect("the client's end reaches the instance");
+        assert!(got == sent, "{} bytes arrived of {}, not all in order", got.len(), sent.len());
+        upstream.write_all(b"done").await.expect("reply");
+        drop(upstream);
+        // The instance ended last: the client still gets its reply, then the end.
+        assert_eq!(writing.await.expect("no panic"), b"done");
+        tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("the tunnel ends once both sides have")
+            .expect("no panic");
+        assert_eq!(counters.0.load(Ordering::Relaxed), 1_000_000);
+        assert_eq!(counters.1.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_buffer_grows_once_a_read_fills_it_and_never_past_its_size() {
+        let mut buffer = Buffer::new(64 * 1024);
+        assert_eq!(buffer.bytes.len(), FIRST_BUFFER);
+        buffer.filled(100);
+        assert_eq!(buffer.bytes.len(), FIRST_BUFFER, "a short read keeps it small");
+        buffer.filled(FIRST_BUFFER);
+        assert_eq!(buffer.bytes.len(), 64 * 1024);
+        buffer.filled(64 * 1024);
+        assert_eq!(buffer.bytes.len(), 64 * 1024);
+        assert_eq!(Buffer::new(8).bytes.len(), 8, "a tunnel asking for less gets what it asked");
     }
 }
