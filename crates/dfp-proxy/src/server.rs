@@ -204,13 +204,18 @@ impl ProxyHeaders {
     /// This is the one place a connection's client address is decided, before TLS and before
     /// either HTTP engine: everything downstream (`X-Forwarded-For`, the access log, the
     /// source lists, `--trusted-proxies`) sees only its answer.
+    ///
+    /// `listening`: the listener's own address when it names one IP and port, which every
+    /// connection it accepts has as its local address (spares a `getsockname` per
+    /// connection); `None` for a wildcard listener, where the socket is asked.
     async fn client(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
+        listening: Option<SocketAddr>,
         stats: &ConnectionStats,
     ) -> Option<Endpoints> {
-        let local = match stream.local_addr() {
+        let local = match listening.map_or_else(|| stream.local_addr(), Ok) {
             Ok(local) => local,
             Err(err) => {
                 tracing::debug!(peer = %peer, error = %err, "the accepted socket has no local address");
@@ -233,7 +238,8 @@ impl ProxyHeaders {
 }
 
 /// What both listeners do around their connections: accept (backing off when accepting
-/// fails, e.g. out of descriptors), set `TCP_NODELAY`, count it, and run `serve` for each
+/// fails, e.g. out of descriptors), with `TCP_NODELAY` (from the listening socket when it
+/// has it, else set on each), count it, and run `serve` for each
 /// connection on its own task, handing it the client's address (after the PROXY header, for
 /// peers that send one: see [`ProxyHeaders::client`]) and the stop signal. Once `shutdown`
 /// completes: stop accepting, signal every connection (each finishes its request in flight,
@@ -258,6 +264,9 @@ pub(crate) async fn accept_loop<S, F>(
 {
     let serve = Arc::new(serve);
     let headers = Arc::new(headers);
+    let nodelay_inherited = listener_gives_nodelay(&listener);
+    let listening = listener.local_addr().ok().filter(|addr| !addr.ip().is_unspecified());
+    keep_timer_near();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are gone, every connection has closed.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -293,8 +302,10 @@ pub(crate) async fn accept_loop<S, F>(
                 }
             }
         };
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        if !nodelay_inherited {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY");
+            }
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let (serve, headers, stats, stop) =
@@ -302,7 +313,7 @@ pub(crate) async fn accept_loop<S, F>(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let open = OpenConnection::count(&stats);
-            if let Some(client) = headers.client(&mut stream, peer, &stats).await {
+            if let Some(client) = headers.client(&mut stream, peer, listening, &stats).await {
                 serve(stream, client, stop).await;
             }
             drop(open);
@@ -327,6 +338,40 @@ pub(crate) async fn accept_loop<S, F>(
     }
 }
 
+/// Whether the listening socket has `TCP_NODELAY`, which Linux copies to every socket it
+/// accepts (the binary sets it before listening), so that no accepted connection needs its
+/// own `setsockopt`. It is not set here: a connection already queued would not get it.
+fn listener_gives_nodelay(listener: &TcpListener) -> bool {
+    socket2::SockRef::from(listener).tcp_nodelay().unwrap_or(false)
+}
+
+/// How far ahead this thread's timer driver is always armed (see [`keep_timer_near`]).
+const TIMER_TICK: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static TICKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Keeps this thread's timer armed at most [`TIMER_TICK`] ahead, once per data-plane thread.
+///
+/// Tokio's timer wakes its own driver (a `write` to an eventfd) whenever a timer is started
+/// that expires before the one the driver last armed. Every new connection starts one (the
+/// connect timeout, a handshake's or a header's deadline) while the connections already
+/// open have only far-off idle deadlines armed: one extra system call per connection. A
+/// task that sleeps [`TIMER_TICK`] in a loop keeps the armed deadline within a second, so
+/// timers of a second or more never wake the driver; its cost is one timer firing a
+/// second per thread.
+fn keep_timer_near() {
+    if TICKING.with(|ticking| ticking.replace(true)) {
+        return;
+    }
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(TIMER_TICK).await;
+        }
+    });
+}
+
 /// Counts a connection as open for as long as it lives.
 struct OpenConnection(Arc<ConnectionStats>);
 
@@ -340,5 +385,77 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `serve` saw of each connection: its `TCP_NODELAY`, and its two ends.
+    type Seen = (bool, Endpoints);
+
+    /// A listener on `addr`, with `TCP_NODELAY` set before it listens when `nodelay`.
+    fn listener(addr: SocketAddr, nodelay: bool) -> TcpListener {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_tcp_nodelay(nodelay).expect("nodelay");
+        socket.bind(&addr.into()).expect("bind");
+        socket.listen(16).expect("listen");
+        socket.set_nonblocking(true).expect("non-blocking");
+        TcpListener::from_std(socket.into()).expect("registered")
+    }
+
+    async fn accepted_on(addr: SocketAddr, nodelay: bool) -> (Seen, SocketAddr) {
+        let listener = listener(addr, nodelay);
+        let port = listener.local_addr().expect("bound").port();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<Seen>();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = Arc::new(ConnectionStats::new(8));
+        let headers = ProxyHeaders {
+            from: dfp_routing::SourceList::default(),
+            timeout: Duration::from_secs(1),
+        };
+        let shutdown = async move { drop(stop_rx.clone().wait_for(|s| *s).await) };
+        let serving = tokio::spawn(async move {
+            accept_loop(
+                listener,
+                "test",
+                &stats,
+                Duration::from_secs(1),
+                headers,
+                shutdown,
+                move |stream, ends, _| {
+                    let seen = seen_tx.clone();
+                    async move {
+                        let _ = seen.send((stream.nodelay().expect("nodelay"), ends));
+                    }
+                },
+            )
+            .await;
+        });
+        let client = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let seen = seen_rx.recv().await.expect("served");
+        let _ = stop_tx.send(true);
+        serving.await.expect("no panic");
+        (seen, client.local_addr().expect("client address"))
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_and_the_address_they_reached() {
+        // A listener naming its address, with TCP_NODELAY: the connection has both.
+        let ((nodelay, ends), client) =
+            accepted_on(SocketAddr::from(([127, 0, 0, 1], 0)), true).await;
+        assert!(nodelay, "TCP_NODELAY is on for accepted connections");
+        assert_eq!(ends.client, client);
+        assert_eq!(ends.local.ip(), std::net::Ipv4Addr::LOCALHOST);
+        assert_ne!(ends.local.port(), 0);
+        // A wildcard listener without it: each connection is set, and its socket is asked
+        // which address the client reached.
+        let ((nodelay, ends), client) =
+            accepted_on(SocketAddr::from(([0, 0, 0, 0], 0)), false).await;
+        assert!(nodelay);
+        assert_eq!(ends.client, client);
+        assert_eq!(ends.local.ip(), std::net::Ipv4Addr::LOCALHOST, "not the wildcard");
     }
 }

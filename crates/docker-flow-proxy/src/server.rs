@@ -456,10 +456,12 @@ impl TcpPorts for TcpListeners {
 
 /// A listening socket on `addr` with a queue of `backlog` connections not yet accepted (std's
 /// `TcpListener::bind` always asks for 128). `SO_REUSEADDR` as std sets it, so a restart
-/// binds at once over connections in TIME_WAIT.
+/// binds at once over connections in TIME_WAIT. `TCP_NODELAY` before it listens: every
+/// connection it accepts has it from the start (the data plane then sets it on none).
 fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
