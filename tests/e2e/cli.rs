@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{eventually, free_port, Consul, Proxy, Upstream};
+use crate::support::{eventually, free_port, Consul, Proxy, RefusedPort, Upstream};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -31,9 +31,9 @@ const TOKEN: [(&str, &str); 1] = [("DFP_ADMIN_TOKEN", "cli-token")];
 async fn config_and_routes_show_the_table_and_each_instances_health() {
     let consul = Consul::start().await;
     let books = Upstream::start("books-1").await;
-    let dead = free_port(); // registered, passing in Consul, but nothing listens there
+    let dead = RefusedPort::new(); // registered, passing in Consul, but nothing listens there
     consul.register("books-ms", "books-1", books.port(), None).await;
-    consul.register("books-ms", "books-2", dead, None).await;
+    consul.register("books-ms", "books-2", dead.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &["--admin-token=cli-token"]).await;
     let reconfigure =
         ["reconfigure", "--service-name", "books-ms", "--service-path", "/api/v1/books"];
@@ -50,7 +50,7 @@ async fn config_and_routes_show_the_table_and_each_instances_health() {
     for _ in 0..4 {
         assert_eq!(proxy.get("/api/v1/books").await, (200, "books-1".to_owned()));
     }
-    let ejected = format!("127.0.0.1:{dead}");
+    let ejected = format!("127.0.0.1:{}", dead.port());
     let routes: Value =
         serde_json::from_str(&ok(&proxy, &["routes", "--json"], &TOKEN).await).expect("JSON");
     let route = &routes["Routes"][0];

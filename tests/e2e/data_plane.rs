@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::{
-    free_port, over_plain_and_tls, over_plain_tls_and_h2, Consul, Protocol, Proxy, Transport,
+    over_plain_and_tls, over_plain_tls_and_h2, Consul, Protocol, Proxy, RefusedPort, Transport,
     Upstream,
 };
 
@@ -31,7 +31,8 @@ async fn failures_map_to_502_and_504(protocol: Protocol) {
     let slow = Upstream::start_with_delay("slow-1", Duration::from_secs(3)).await;
     consul.register("slow-ms", "slow-1", slow.port(), None).await;
     // An instance whose port nothing listens on: connection refused.
-    consul.register("dead-ms", "dead-1", free_port(), None).await;
+    let dead = RefusedPort::new();
+    consul.register("dead-ms", "dead-1", dead.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &["--server-timeout=1s"]).await;
     protocol.prepare(&proxy).await;
     routed(&consul, &proxy, "slow-ms", "/slow").await;

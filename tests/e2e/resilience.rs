@@ -134,8 +134,8 @@ async fn killing_one_of_three_instances_under_load_fails_no_get() {
     );
 
     // A request that cannot be sent again (a POST with a body) to a dead instance gets 502.
-    let dead = crate::support::free_port();
-    consul.register("orders-ms", "orders-1", dead, None).await;
+    let dead = crate::support::RefusedPort::new();
+    consul.register("orders-ms", "orders-1", dead.port(), None).await;
     proxy
         .admin("/v1/docker-flow-proxy/reconfigure?serviceName=orders-ms&servicePath=/orders")
         .await;

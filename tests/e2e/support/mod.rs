@@ -35,6 +35,36 @@ pub fn free_port() -> u16 {
         .expect("the kernel hands out a free loopback port")
 }
 
+/// A loopback port that refuses connections for as long as this lives: bound but never
+/// listening, so no other socket can take it meanwhile. (A port from [`free_port`] can be
+/// handed to another test's listener before the proxy dials it, and a "dead" instance then
+/// answers.)
+pub struct RefusedPort {
+    _socket: socket2::Socket,
+    port: u16,
+}
+
+impl RefusedPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("a loopback port");
+        let port = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .expect("the bound port");
+        RefusedPort { _socket: socket, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// Waits until `check` returns `Some`, polling every 50 ms, for at most `within`.
 /// Tests wait for facts this way; they never sleep and hope.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
