@@ -31,6 +31,7 @@ mod global_users;
 mod h2_attacks;
 mod hostile;
 mod http1;
+mod instance_limit;
 mod limits;
 mod options;
 mod proxy_protocol;

@@ -69,6 +69,7 @@ const SUPPORTED: &[&str] = &[
     "compressionAlgo",
     "compressionType",
     "sendProxyProtocol",
+    "instanceMaxConn",
 ];
 
 type Pairs = Vec<(String, String)>;

@@ -59,7 +59,8 @@ const TEMPLATES: &str = "HAProxy templates and config snippets mean nothing here
 
 /// Docker Flow Proxy's reconfigure parameters (its docs/usage.md: general, HTTP-mode and
 /// TCP-mode query parameters, the environment-variable map, and remove's), plus this proxy's
-/// own (`allowedSources`, `deniedSources`, `letsEncrypt`, `sendProxyProtocol`), in alphabetical
+/// own (`allowedSources`, `deniedSources`, `instanceMaxConn`, `letsEncrypt`,
+/// `sendProxyProtocol`), in alphabetical
 /// order within each block.
 pub const PARAMETERS: &[Parameter] = &[
     // Built here.
@@ -77,6 +78,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("httpsOnly", OPTIONS),
     built("httpsRedirectCode", OPTIONS),
     built("ignoreAuthorization", OPTIONS),
+    built("instanceMaxConn", OPTIONS),
     built("isDefaultBackend", OPTIONS),
     built("letsEncrypt", "lets-encrypt"),
     built("pathType", CONDITIONS),

@@ -23,6 +23,8 @@ pub(crate) enum ProxyError {
     NoRoute,
     /// A service owns the path but has no live instance right now.
     NoInstance,
+    /// Every instance of the service has its `instanceMaxConn` exchanges in flight.
+    InstancesFull,
     /// The instance refused the connection, reset it, or broke off before answering.
     UpstreamUnreachable,
     /// The instance did not answer within the server timeout.
@@ -82,6 +84,11 @@ impl ProxyError {
             ProxyError::NoInstance => {
                 (StatusCode::SERVICE_UNAVAILABLE, "the service has no live instance right now\n")
             }
+            ProxyError::InstancesFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "every instance of the service is serving as many requests as its \
+                 instanceMaxConn allows; try again shortly\n",
+            ),
             ProxyError::UpstreamUnreachable => {
                 (StatusCode::BAD_GATEWAY, "the service instance could not be reached\n")
             }
@@ -128,6 +135,7 @@ impl ProxyError {
             | ProxyError::ExpectationFailed => true,
             ProxyError::NoRoute
             | ProxyError::NoInstance
+            | ProxyError::InstancesFull
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
             | ProxyError::Redirect { .. }
@@ -149,6 +157,7 @@ impl ProxyError {
             | ProxyError::ExpectationFailed
             | ProxyError::NoRoute
             | ProxyError::NoInstance
+            | ProxyError::InstancesFull
             | ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout
             | ProxyError::RewriteFailed

@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use dfp_routing::{Backend, CompressionAlgo, HeaderEdits, TableHandle};
+use dfp_routing::{Backend, CompressionAlgo, HeaderEdits, InstanceSlot, TableHandle};
 use http::header::HeaderMap;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
@@ -202,8 +202,10 @@ impl Forwarder {
         let head_request = parts.method == Method::HEAD;
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let Some((upstream, pin)) = rules::choose_instance(backend, sticky, &tried) else {
-                return Err(ProxyError::UpstreamUnreachable);
+            let (upstream, pin, slot) = match rules::choose_instance(backend, sticky, &tried) {
+                Ok(chosen) => chosen,
+                Err(rules::NoChoice::Left) => return Err(ProxyError::UpstreamUnreachable),
+                Err(rules::NoChoice::Full) => return Err(ProxyError::InstancesFull),
             };
             let addr = upstream.addr();
             routed.upstream = Some(addr);
@@ -221,7 +223,7 @@ impl Forwarder {
             let failure = match attempt.run(&head, body, head_request, response).await {
                 Ok((stream, parsed, leftover, sent_all)) => {
                     upstream.health().record_success();
-                    return Ok(relay(stream, parsed, leftover, sent_all, &attempt));
+                    return Ok(relay(stream, parsed, leftover, sent_all, &attempt, slot));
                 }
                 Err(failure) => failure,
             };
@@ -446,6 +448,7 @@ fn relay(
     mut leftover: BytesMut,
     sent_all: bool,
     attempt: &Attempt<'_>,
+    slot: InstanceSlot,
 ) -> Response<ProxyBody> {
     let ParsedHead { status, facts, fields, head_len, coding } = head;
     leftover.advance(head_len);
@@ -464,6 +467,7 @@ fn relay(
         addr: attempt.addr,
         hello: attempt.hello,
         done: facts.framing == Framing::Empty,
+        slot: Some(slot),
     };
     body.finish_if_done();
     let body = match coding {

@@ -58,10 +58,12 @@ pub(crate) enum OwnAnswer {
     ClientCertRequired,
     /// 200: an ACME HTTP-01 challenge answered (the CA checking a name this proxy certifies).
     AcmeChallenge,
+    /// 503: every instance of the service is at its `instanceMaxConn`.
+    InstancesFull,
 }
 
 /// Every `(status, reason)` series, in the order they are reported.
-const SERIES: [(u16, &str); 22] = [
+const SERIES: [(u16, &str); 23] = [
     (400, "bad_request"),
     (408, "header_timeout"),
     (431, "head_too_large"),
@@ -84,6 +86,7 @@ const SERIES: [(u16, &str); 22] = [
     (301, "domain_redirect"),
     (403, "client_cert_required"),
     (200, "acme_challenge"),
+    (503, "instances_full"),
 ];
 
 /// One counter on its own cache line.
@@ -115,6 +118,7 @@ impl OwnAnswer {
             ProxyError::Forbidden(Forbidden::Method) => OwnAnswer::ForbiddenMethod,
             ProxyError::Forbidden(Forbidden::ClientCert) => OwnAnswer::ClientCertRequired,
             ProxyError::AcmeChallenge(_) => OwnAnswer::AcmeChallenge,
+            ProxyError::InstancesFull => OwnAnswer::InstancesFull,
         }
     }
 
@@ -144,6 +148,7 @@ impl OwnAnswer {
             OwnAnswer::DomainRedirect => 19,
             OwnAnswer::ClientCertRequired => 20,
             OwnAnswer::AcmeChallenge => 21,
+            OwnAnswer::InstancesFull => 22,
         }
     }
 
@@ -191,6 +196,7 @@ mod tests {
             OwnAnswer::DomainRedirect,
             OwnAnswer::ClientCertRequired,
             OwnAnswer::AcmeChallenge,
+            OwnAnswer::InstancesFull,
         ];
         let mut slots: Vec<usize> = answers.iter().map(|a| a.slot()).collect();
         for (answer, slot) in answers.iter().zip(&slots) {
@@ -217,6 +223,7 @@ mod tests {
             (ProxyError::Forbidden(Forbidden::Method), 403),
             (ProxyError::Forbidden(Forbidden::ClientCert), 403),
             (ProxyError::AcmeChallenge("token.key".into()), 200),
+            (ProxyError::InstancesFull, 503),
         ] {
             assert_eq!(SERIES[OwnAnswer::of(&err).slot()].0, status, "{err:?}");
             assert_eq!(err.status_and_text().0.as_u16(), status, "{err:?}");

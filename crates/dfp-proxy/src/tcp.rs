@@ -36,7 +36,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dfp_routing::{Backend, StreamTls, TableHandle};
+use dfp_routing::{Backend, InstanceSlot, StreamTls, TableHandle};
 use dfp_tls::CertStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -376,7 +376,8 @@ pub(crate) async fn serve_stream<C: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(service = backend.service(), client = %ends.client, "client not in the service's sources; closing");
         return;
     }
-    let Some(instance) = connect(&backend, ends, config).await else {
+    // `_slot`: the connection's place on the instance (`instanceMaxConn`), for its life.
+    let Some((instance, _slot)) = connect(&backend, ends, config).await else {
         stats.tcp_connect_failures.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -402,9 +403,14 @@ pub(crate) async fn serve_stream<C: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A connection to an instance: round robin over those not ejected, each connect within the
-/// connect timeout, another instance after each failure until every one was tried.
-async fn connect(backend: &Backend, ends: Endpoints, config: &ProxyConfig) -> Option<TcpStream> {
+/// A connection to an instance, with its place on it: round robin over those not ejected
+/// (nor full, under `instanceMaxConn`), each connect within the connect timeout, another
+/// instance after each failure until every one was tried.
+async fn connect(
+    backend: &Backend,
+    ends: Endpoints,
+    config: &ProxyConfig,
+) -> Option<(TcpStream, InstanceSlot)> {
     let hello = backend.policy().send_proxy.map(|version| ProxyHello {
         version,
         client: ends.client,
@@ -412,18 +418,22 @@ async fn connect(backend: &Backend, ends: Endpoints, config: &ProxyConfig) -> Op
     });
     let mut tried = Vec::new();
     loop {
-        let Some((instance, _)) = rules::choose_instance(backend, None, &tried) else {
-            tracing::debug!(
-                service = backend.service(),
-                tried = tried.len(),
-                "no instance to connect to; closing"
-            );
-            return None;
+        let (instance, _, slot) = match rules::choose_instance(backend, None, &tried) {
+            Ok(chosen) => chosen,
+            Err(why) => {
+                tracing::debug!(
+                    service = backend.service(),
+                    tried = tried.len(),
+                    full = why == rules::NoChoice::Full,
+                    "no instance to connect to; closing"
+                );
+                return None;
+            }
         };
         match upstream::connect(instance.addr(), config.connect_timeout, hello).await {
             Ok(stream) => {
                 instance.health().record_success();
-                return Some(stream);
+                return Some((stream, slot));
             }
             Err(err) => {
                 if !rules::attempt_failed(backend, instance, &mut tried, true, &err) {

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -54,6 +55,32 @@ impl Upstream {
     pub fn health(&self) -> &InstanceHealth {
         &self.health
     }
+
+    /// A place among the instance's exchanges in flight, when it has one free under `cap`
+    /// (its service's `instanceMaxConn`); `None` when it is full. Without a cap every
+    /// request gets one, and nothing is counted (no shared write on the request path).
+    pub fn take_slot(&self, cap: Option<NonZeroU32>) -> Option<InstanceSlot> {
+        let Some(cap) = cap else { return Some(InstanceSlot(None)) };
+        self.health
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap.get()).then_some(n + 1))
+            .ok()?;
+        Some(InstanceSlot(Some(self.health.clone())))
+    }
+}
+
+/// One exchange's (a request's, or a TCP connection's) place on an instance under its
+/// service's cap, given back when dropped. Holds the instance's health `Arc`, so it outlives
+/// table swaps and can travel with a response body.
+#[derive(Debug)]
+pub struct InstanceSlot(Option<Arc<InstanceHealth>>);
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        if let Some(health) = self.0.take() {
+            health.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Passive health: failures in a row, and until when the instance is left out.
@@ -66,6 +93,9 @@ impl Upstream {
 pub struct InstanceHealth {
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Exchanges in flight to the instance, counted for services with `instanceMaxConn`
+    /// only (see [`Upstream::take_slot`]), over every thread.
+    in_flight: AtomicU32,
 }
 
 impl InstanceHealth {
@@ -95,6 +125,11 @@ impl InstanceHealth {
     /// Whether any failure is on record (so a caller knows a clock read is needed).
     pub fn has_failures(&self) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Exchanges in flight to the instance now (counted only under `instanceMaxConn`).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Failures in a row so far.
@@ -358,6 +393,26 @@ mod tests {
         assert_ne!(other.addr(), first);
         let both = [first, b.instances()[1].addr()];
         assert!(b.next_instance_except(|| 10, &both).is_none());
+    }
+
+    #[test]
+    fn slots_are_bounded_by_the_cap_and_given_back_when_dropped() {
+        let b = backend(&[1]);
+        let instance = &b.instances()[0];
+        // No cap: always a slot, nothing counted.
+        let free = instance.take_slot(None).expect("no cap, no limit");
+        assert_eq!(instance.health().in_flight(), 0);
+        drop(free);
+        let cap = NonZeroU32::new(2);
+        let one = instance.take_slot(cap).expect("room");
+        let two = instance.take_slot(cap).expect("room");
+        assert_eq!(instance.health().in_flight(), 2);
+        assert!(instance.take_slot(cap).is_none(), "full at the cap");
+        drop(one);
+        assert_eq!(instance.health().in_flight(), 1);
+        let three = instance.take_slot(cap).expect("a place was given back");
+        drop((two, three));
+        assert_eq!(instance.health().in_flight(), 0);
     }
 
     #[test]

@@ -507,6 +507,10 @@ pub struct ServicePolicy {
     /// The instances want a PROXY protocol header naming the client before each connection's
     /// first request (`sendProxyProtocol`); `None`: they are sent none.
     pub send_proxy: Option<ProxyProtocol>,
+    /// At most this many exchanges in flight to each instance at once, over every thread
+    /// (`instanceMaxConn`): a full instance is stepped over, and when every one is full the
+    /// request gets 503 (a TCP connection is closed). `None`: no limit.
+    pub instance_max_conn: Option<std::num::NonZeroU32>,
 }
 
 /// The PROXY protocol version a service's instances read (HAProxy's `send-proxy` and

@@ -109,20 +109,24 @@ pub(crate) fn routes(answer: &Value) -> String {
 }
 
 /// An instance's passive health in words: `healthy`, `ejected 1.5s more (2 failures)`, or
-/// `probing (1 failure)`.
+/// `probing (1 failure)`; then, for a service with `instanceMaxConn`, `, 3 in flight`.
 fn state(instance: &Value) -> String {
     let failures = instance["Failures"].as_u64().unwrap_or(0);
     let failures = match failures {
         1 => "1 failure".to_owned(),
         n => format!("{n} failures"),
     };
-    match instance["State"].as_str().unwrap_or("unknown") {
+    let health = match instance["State"].as_str().unwrap_or("unknown") {
         "ejected" => {
             let ms = instance["EjectedForMs"].as_u64().unwrap_or(0);
             format!("ejected {:.1}s more ({failures})", ms as f64 / 1000.0)
         }
         "probing" => format!("probing: next request tries it ({failures})"),
         other => other.to_owned(),
+    };
+    match instance["InFlight"].as_u64() {
+        Some(n) => format!("{health}, {n} in flight"),
+        None => health,
     }
 }
 

@@ -78,6 +78,8 @@ struct ServiceView {
     compression_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     send_proxy_protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_max_conn: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_methods: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -216,6 +218,7 @@ fn service_view(
             .map(|c| c.types().collect::<Vec<_>>().join(" "))
             .filter(|t| !t.is_empty()),
         send_proxy_protocol: policy.send_proxy.map(dfp_routing::ProxyProtocol::token),
+        instance_max_conn: policy.instance_max_conn.map(std::num::NonZeroU32::get),
         allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
         denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
         https_redirect_code,
@@ -300,8 +303,10 @@ fn service_views_where(
         }
         let mut view = service_view(&s, &listening);
         if query.stats {
-            view.instance_health =
-                Some(s.backend.instances().iter().map(|u| instance_view(u, now_ms)).collect());
+            view.instance_health = Some({
+                let capped = s.backend.policy().instance_max_conn.is_some();
+                s.backend.instances().iter().map(|u| instance_view(u, now_ms, capped)).collect()
+            });
             if s.destination == 0 {
                 view.stats = Some(super::live::StatsView::of(s.backend.stats()));
             }
@@ -480,9 +485,13 @@ pub(super) struct InstanceView {
     failures: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     ejected_for_ms: Option<u64>,
+    /// Requests (or TCP connections) in flight to it now, over every thread: counted, and
+    /// shown, for a service with `instanceMaxConn` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_flight: Option<u32>,
 }
 
-fn instance_view(upstream: &dfp_routing::Upstream, now_ms: u64) -> InstanceView {
+fn instance_view(upstream: &dfp_routing::Upstream, now_ms: u64, capped: bool) -> InstanceView {
     let health = upstream.health();
     let ejected_for_ms = health.ejected_for_ms(now_ms);
     let failures = health.failures();
@@ -491,7 +500,14 @@ fn instance_view(upstream: &dfp_routing::Upstream, now_ms: u64) -> InstanceView 
         (None, 0) => "healthy",
         (None, _) => "probing",
     };
-    InstanceView { address: upstream.addr().to_string(), state, failures, ejected_for_ms }
+    let in_flight = capped.then(|| health.in_flight());
+    InstanceView {
+        address: upstream.addr().to_string(),
+        state,
+        failures,
+        ejected_for_ms,
+        in_flight,
+    }
 }
 
 /// Every route of the live table, by host (any host first) then path, the default backend
@@ -502,7 +518,10 @@ pub(super) fn routes(controller: &Controller) -> RoutesAnswer {
     let now_ms = dfp_routing::health_clock_ms();
     let mut routes = Vec::new();
     for s in table.services() {
-        let instances = || s.backend.instances().iter().map(|u| instance_view(u, now_ms)).collect();
+        let instances = || {
+            let capped = s.backend.policy().instance_max_conn.is_some();
+            s.backend.instances().iter().map(|u| instance_view(u, now_ms, capped)).collect()
+        };
         let domains: Vec<Option<String>> = if s.domains.is_empty() {
             vec![None]
         } else {

@@ -172,6 +172,10 @@ pub(super) fn parse_policy<'a>(
         .filter(|v| !v.trim().is_empty())
         .map(|v| ProxyProtocol::parse(v).map_err(|e| policy_err("sendProxyProtocol", v, e)))
         .transpose()?;
+    policy.instance_max_conn = get("instanceMaxConn")
+        .filter(|v| !v.trim().is_empty())
+        .map(parse_instance_max_conn)
+        .transpose()?;
     Ok((policy, bare_users))
 }
 
@@ -231,6 +235,25 @@ pub(super) fn parse_seconds(value: &str, name: &'static str) -> Result<Duration,
         _ => Err(invalid(name, value, "give a number of seconds greater than 0")),
     }
 }
+
+/// The most exchanges in flight to each instance (`instanceMaxConn`): a whole number from 1
+/// to [`MAX_INSTANCE_CONN`].
+fn parse_instance_max_conn(value: &str) -> Result<std::num::NonZeroU32, AdminError> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_INSTANCE_CONN).contains(&n) => {
+            Ok(std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN))
+        }
+        _ => Err(invalid(
+            "instanceMaxConn",
+            value,
+            "give the most requests (or TCP connections) each instance may have in flight at once, a whole number from 1 to 1000000 (e.g. instanceMaxConn=100)",
+        )),
+    }
+}
+
+/// The largest `instanceMaxConn`: far above what one instance serves at once, far below
+/// where a counter could wrap.
+pub(super) const MAX_INSTANCE_CONN: u32 = 1_000_000;
 
 pub(super) fn invalid(name: &'static str, value: &str, reason: &str) -> AdminError {
     AdminError::InvalidParameter { name, value: value.to_owned(), reason: reason.to_owned() }

@@ -19,7 +19,7 @@ use crate::parity::{self, Status};
 use crate::AdminError;
 
 /// The parameters a TCP service may be given: the rest only mean something for HTTP.
-const TCP_PARAMETERS: [&str; 12] = [
+const TCP_PARAMETERS: [&str; 13] = [
     "serviceName",
     "serviceDomain",
     "serviceColor",
@@ -32,6 +32,7 @@ const TCP_PARAMETERS: [&str; 12] = [
     "allowedSources",
     "deniedSources",
     "sendProxyProtocol",
+    "instanceMaxConn",
 ];
 
 /// Reads `reqMode`, `srcPort` and whether `serviceDomain` is given (`has_domains`): the TCP

@@ -373,6 +373,9 @@ fn compression_is_read_and_bad_values_named() {
         (&[("compressionType", "text/html")], "compressionType", "compressionAlgo=gzip"),
         (&[("sendProxyProtocol", "v3")], "sendProxyProtocol", "v1 or v2"),
         (&[("sendProxyProtocol", "true")], "sendProxyProtocol", "v1 or v2"),
+        (&[("instanceMaxConn", "0")], "instanceMaxConn", "from 1 to 1000000"),
+        (&[("instanceMaxConn", "1000001")], "instanceMaxConn", "from 1 to 1000000"),
+        (&[("instanceMaxConn", "ten")], "instanceMaxConn", "from 1 to 1000000"),
     ];
     for &(extra, name, needle) in cases {
         refused(&books(extra), &[name, needle]);
@@ -396,6 +399,17 @@ fn send_proxy_protocol_is_a_version() {
     {
         let r = parse(&[("serviceName", "b"), ("servicePath", "/b"), ("sendProxyProtocol", value)]);
         assert_eq!(r.expect("valid").policy.send_proxy, want, "{value:?}");
+    }
+}
+
+#[test]
+fn instance_max_conn_is_a_count() {
+    for (value, want) in
+        [("1", Some(1)), (" 250 ", Some(250)), ("1000000", Some(1_000_000)), (" ", None)]
+    {
+        let r = parse(&[("serviceName", "b"), ("servicePath", "/b"), ("instanceMaxConn", value)]);
+        let got = r.expect("valid").policy.instance_max_conn.map(std::num::NonZeroU32::get);
+        assert_eq!(got, want, "{value:?}");
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) struct InstanceBody {
     pub(super) addr: SocketAddr,
     pub(super) hello: Option<ProxyHello>,
     pub(super) done: bool,
+    /// The request's place on the instance (`instanceMaxConn`), given back at the body's end.
+    pub(super) slot: Option<dfp_routing::InstanceSlot>,
 }
 
 impl std::fmt::Debug for InstanceBody {
@@ -35,6 +37,7 @@ impl InstanceBody {
     /// At the body's end: the connection goes back if nothing was read past it.
     pub(super) fn finish_if_done(&mut self) {
         if self.done {
+            self.slot = None;
             if let Some(stream) = self.stream.take() {
                 if self.reusable && self.buf.is_empty() {
                     self.connector.give_back(self.addr, stream, self.hello);

@@ -491,8 +491,14 @@ where
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = None;
     let result = loop {
-        let Some((upstream, pin)) = rules::choose_instance(backend, plan.sticky, &tried) else {
-            break Err(Failure::Unreachable(io::ErrorKind::NotConnected.into()));
+        // `_slot`: the request's place on the instance, held until the exchange (or its
+        // tunnel) is over.
+        let (upstream, pin, _slot) = match rules::choose_instance(backend, plan.sticky, &tried) {
+            Ok(chosen) => chosen,
+            Err(rules::NoChoice::Left) => {
+                break Err(Failure::Unreachable(io::ErrorKind::NotConnected.into()));
+            }
+            Err(rules::NoChoice::Full) => break Err(Failure::Full),
         };
         let addr = upstream.addr();
         last = Some(addr);

@@ -24,6 +24,8 @@ pub(crate) enum Failure {
     /// client gone, bad body framing, a client that stopped reading): the client connection is
     /// closed.
     Broken(u16),
+    /// No instance had room under the service's `instanceMaxConn`: 503, nothing sent.
+    Full,
 }
 
 impl Failure {
@@ -31,7 +33,7 @@ impl Failure {
     pub(crate) fn blames_instance(&self) -> bool {
         match self {
             Failure::Unreachable(_) | Failure::BadResponse(_) => true,
-            Failure::Timeout | Failure::Client(_) | Failure::Broken(_) => false,
+            Failure::Timeout | Failure::Client(_) | Failure::Broken(_) | Failure::Full => false,
         }
     }
 
@@ -43,6 +45,7 @@ impl Failure {
             }
             Failure::Timeout => ProxyError::UpstreamTimeout,
             Failure::Client(why) => ProxyError::BadRequest(why),
+            Failure::Full => ProxyError::InstancesFull,
         }
     }
 }
@@ -55,6 +58,7 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => f.write_str("no response head within the server timeout"),
             Failure::Client(why) => write!(f, "client fault: {}", why.trim_end()),
             Failure::Broken(status) => write!(f, "response {status} broken off"),
+            Failure::Full => f.write_str("every instance is at the service's instanceMaxConn"),
         }
     }
 }

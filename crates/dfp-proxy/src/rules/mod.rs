@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dfp_routing::{Backend, HeaderEdits, ServicePolicy, TableHandle, Upstream};
+use dfp_routing::{Backend, HeaderEdits, InstanceSlot, ServicePolicy, TableHandle, Upstream};
 use http::header::HeaderValue;
 use http::StatusCode;
 

@@ -79,22 +79,56 @@ pub(crate) fn cookie_token<'a>(
         })
 }
 
-/// The instance for the next attempt: for a sticky service, the one the request's cookie
-/// names while it is live (still configured, not ejected, not tried by this request);
-/// otherwise the next one by round robin, with the [`Pin`] to set when the service is sticky.
-/// A pinned instance that failed is in `tried`, so a retry never loops on it.
+/// Why [`choose_instance`] gave no instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoChoice {
+    /// Every instance was tried by this request (or the service has none).
+    Left,
+    /// Every instance not tried yet has its service's `instanceMaxConn` exchanges in flight
+    /// (or, for a sticky request, the instance it is pinned to has).
+    Full,
+}
+
+/// The instance for the next attempt, with the attempt's [`InstanceSlot`] on it (held until
+/// the exchange ends: the response relayed, the tunnel or TCP connection closed): for a
+/// sticky service, the one the request's cookie names while it is live (still configured,
+/// not ejected, not tried by this request); otherwise the next one by round robin, with the
+/// [`Pin`] to set when the service is sticky. A pinned instance that failed is in `tried`,
+/// so a retry never loops on it.
+///
+/// Under `instanceMaxConn` a full instance is stepped over (round robin goes on to the
+/// next); a request pinned to a full instance is not moved (its session stays where it is)
+/// and gets [`NoChoice::Full`], as does one that finds every instance full. Every engine
+/// gets its instance here, so the cap cannot be skipped by one.
 pub(crate) fn choose_instance<'b, 'p>(
     backend: &'b Backend,
     sticky: Option<Sticky<'p>>,
     tried: &[SocketAddr],
-) -> Option<(&'b Upstream, Option<Pin<'p>>)> {
+) -> Result<(&'b Upstream, Option<Pin<'p>>, InstanceSlot), NoChoice> {
+    let cap = backend.policy().instance_max_conn;
     if let Some(pinned) = sticky.and_then(|s| s.pinned) {
         if let Some(upstream) = backend.pinned_instance(pinned, now_ms, tried) {
-            return Some((upstream, None));
+            let slot = upstream.take_slot(cap).ok_or(NoChoice::Full)?;
+            return Ok((upstream, None, slot));
         }
     }
-    let upstream = backend.next_instance_except(now_ms, tried)?;
-    Some((upstream, sticky.map(|s| Pin { cookie: s.cookie, token: upstream.token() })))
+    let pin =
+        |upstream: &Upstream| sticky.map(|s| Pin { cookie: s.cookie, token: upstream.token() });
+    let upstream = backend.next_instance_except(now_ms, tried).ok_or(NoChoice::Left)?;
+    if let Some(slot) = upstream.take_slot(cap) {
+        return Ok((upstream, pin(upstream), slot));
+    }
+    // Full: the others once each, in round-robin order (only with a cap, so only then this
+    // list is made).
+    let mut full: Vec<SocketAddr> = tried.to_vec();
+    full.push(upstream.addr());
+    while let Some(upstream) = backend.next_instance_except(now_ms, &full) {
+        if let Some(slot) = upstream.take_slot(cap) {
+            return Ok((upstream, pin(upstream), slot));
+        }
+        full.push(upstream.addr());
+    }
+    Err(NoChoice::Full)
 }
 
 /// Whether `allowedSources` and `deniedSources` let the client in: listed in `allowed` (or
@@ -236,6 +270,8 @@ pub(crate) fn admit<'p>(
         client_timeout: _,
         compression,
         send_proxy,
+        // Applied where every engine gets its instance: `choose_instance`'s slot.
+        instance_max_conn: _,
     } = policy;
     if !source_admitted(allowed_sources, denied_sources, || (request.client.0)()) {
         return Err(ProxyError::Forbidden(Forbidden::Source));

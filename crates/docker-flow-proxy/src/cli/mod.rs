@@ -469,6 +469,12 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long, value_name = "v1|v2")]
     pub(crate) send_proxy_protocol: Option<String>,
 
+    /// The most requests (or TCP connections) each instance may have in flight at once,
+    /// over every thread of the proxy: a full instance is passed over, and when every one is
+    /// full the request gets 503.
+    #[arg(long, value_name = "N")]
+    pub(crate) instance_max_conn: Option<u32>,
+
     /// Docker Flow Proxy's reqMode: `http` (the default), `tcp` (a TCP service on
     /// `--src-port`: every connection to that port of the proxy goes to an instance; with
     /// `--service-domain`, TLS is ended here for that name) or `sni` (TLS connections to
@@ -535,6 +541,7 @@ impl ReconfigureArgs {
             ("allowedSources", self.allowed_sources.clone()),
             ("deniedSources", self.denied_sources.clone()),
             ("sendProxyProtocol", self.send_proxy_protocol.clone()),
+            ("instanceMaxConn", self.instance_max_conn.map(|n| n.to_string())),
         ];
         q.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         q.extend(self.params.iter().cloned());

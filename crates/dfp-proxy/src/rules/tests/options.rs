@@ -379,3 +379,34 @@ fn compression_weakens_a_strong_etag() {
     assert_eq!(written("W/\"v1\"", gzip), "W/\"v1\"");
     assert_eq!(written("\"v1\"", None), "\"v1\"");
 }
+
+/// `instanceMaxConn` as `choose_instance` applies it: a full instance is stepped over, every
+/// one full is `NoChoice::Full` (not `Left`), a pinned request whose instance is full stays
+/// off the others, and a dropped slot makes room again.
+#[test]
+fn instance_max_conn_steps_over_full_instances() {
+    use dfp_routing::{PathPrefix, RouteTableBuilder, ServiceSpec};
+    let addrs = [1, 2].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    let path = PathPrefix::parse("/s").expect("valid");
+    let mut spec = ServiceSpec::new("s", &[path]);
+    spec.policy.instance_max_conn = std::num::NonZeroU32::new(1);
+    let mut builder = RouteTableBuilder::new();
+    builder.add(spec, &addrs).expect("valid");
+    let table = builder.build(1).expect("builds");
+    let backend = table.service("s").expect("routed");
+
+    let (first, _, first_slot) = choose_instance(backend, None, &[]).expect("room");
+    let (second, _, second_slot) = choose_instance(backend, None, &[]).expect("room");
+    assert_ne!(first.addr(), second.addr(), "the full one is stepped over");
+    assert_eq!(choose_instance(backend, None, &[]).err(), Some(NoChoice::Full));
+    // Tried and full are told apart.
+    assert_eq!(choose_instance(backend, None, &addrs).err(), Some(NoChoice::Left));
+    // Pinned to a full instance: not moved to another.
+    let sticky = Sticky { cookie: "S", pinned: Some(first.token()) };
+    assert_eq!(choose_instance(backend, Some(sticky), &[]).err(), Some(NoChoice::Full));
+    drop(first_slot);
+    let (again, pin, _slot) = choose_instance(backend, Some(sticky), &[]).expect("room again");
+    assert_eq!((again.addr(), pin), (first.addr(), None), "pinned, not re-pinned");
+    drop(second_slot);
+    assert_eq!(second.health().in_flight(), 0);
+}
