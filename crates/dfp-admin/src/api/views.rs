@@ -303,10 +303,7 @@ fn service_views_where(
         }
         let mut view = service_view(&s, &listening);
         if query.stats {
-            view.instance_health = Some({
-                let capped = s.backend.policy().instance_max_conn.is_some();
-                s.backend.instances().iter().map(|u| instance_view(u, now_ms, capped)).collect()
-            });
+            view.instance_health = Some(instance_views(s.backend, now_ms));
             if s.destination == 0 {
                 view.stats = Some(super::live::StatsView::of(s.backend.stats()));
             }
@@ -491,6 +488,12 @@ pub(super) struct InstanceView {
     in_flight: Option<u32>,
 }
 
+/// Each instance of `backend` as `config?stats=true` and `routes` show it.
+fn instance_views(backend: &dfp_routing::Backend, now_ms: u64) -> Vec<InstanceView> {
+    let capped = backend.policy().instance_max_conn.is_some();
+    backend.instances().iter().map(|u| instance_view(u, now_ms, capped)).collect()
+}
+
 fn instance_view(upstream: &dfp_routing::Upstream, now_ms: u64, capped: bool) -> InstanceView {
     let health = upstream.health();
     let ejected_for_ms = health.ejected_for_ms(now_ms);
@@ -518,10 +521,7 @@ pub(super) fn routes(controller: &Controller) -> RoutesAnswer {
     let now_ms = dfp_routing::health_clock_ms();
     let mut routes = Vec::new();
     for s in table.services() {
-        let instances = || {
-            let capped = s.backend.policy().instance_max_conn.is_some();
-            s.backend.instances().iter().map(|u| instance_view(u, now_ms, capped)).collect()
-        };
+        let instances = || instance_views(s.backend, now_ms);
         let domains: Vec<Option<String>> = if s.domains.is_empty() {
             vec![None]
         } else {
