@@ -12,7 +12,7 @@
 //! trailers become a trailers frame.
 
 use std::convert::Infallible;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -45,7 +45,9 @@ pub(crate) use self::body::{CompressedBody, InstanceBody};
 
 /// What the proxy answers an HTTP/2 client with: the instance's body as it is read (or
 /// compressed as it is read), or a short body of its own.
-pub(crate) type ProxyBody = Either<Either<InstanceBody, CompressedBody>, Full<Bytes>>;
+/// Boxed when compressing (the rare case): a response is moved several times on its way to
+/// hyper, and the encoder would otherwise make every response's body the larger of the two.
+pub(crate) type ProxyBody = Either<Either<InstanceBody, Box<CompressedBody>>, Full<Bytes>>;
 
 /// What both engines share: the table, this thread's connections to instances, the
 /// timeouts. One per data-plane server, shared by its connections.
@@ -80,17 +82,23 @@ impl Forwarder {
         }
     }
 
-    /// Answers one HTTP/2 request. Never fails: every problem becomes a response.
-    pub(crate) async fn handle(
-        &self,
+    /// Answers one HTTP/2 request. Never fails: every problem becomes a response, whose body
+    /// `wrap` makes the connection's.
+    ///
+    /// This is the future hyper keeps for the stream and moves as it spawns it: owning the
+    /// forwarder and wrapping the body here saves a level of future around it (and a copy of
+    /// it, kilobytes, per request).
+    pub(crate) async fn handle<B>(
+        self: Arc<Self>,
         request: Request<Incoming>,
         client: Client,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+        wrap: impl FnOnce(ProxyBody) -> B,
+    ) -> Result<Response<B>, Infallible> {
         let started = Instant::now();
         let mut routed = Routed::default();
         let method = request.method().clone();
         let target = if self.access_log { request.uri().to_string() } else { String::new() };
-        let response = match self.forward(request, client, &mut routed).await {
+        let response = match self.forward(request, &client, &mut routed).await {
             Ok(response) => response,
             Err(err) => err.into_response(),
         };
@@ -107,99 +115,30 @@ impl Forwarder {
             },
             self.access_log,
         );
-        Ok(response)
+        Ok(response.map(wrap))
     }
 
     async fn forward(
         &self,
-        request: Request<Incoming>,
-        client: Client,
+        mut request: Request<Incoming>,
+        client: &Client,
         routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, mut body) = request.into_parts();
-        let pairs: Vec<(&str, &[u8])> =
-            parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-        let fields = pairs.iter().copied();
-        let mut facts = rules::analyse_request(false, fields.clone())?;
-        let target = rules::parse_target(
-            parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
-        )?;
-        let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
-        let client_ip =
-            || rules::client_ip(client.addr.ip(), &self.trusted_proxies, fields.clone());
-        let field_list = rules::FieldList(fields.clone());
-        let cookie = |name: &str| rules::cookie_token(fields.clone(), name);
-        let request = RoutedRequest {
-            fields: rules::Fields(&field_list),
-            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
-            client_cert: client.client_cert,
-            method: parts.method.as_str(),
-            client: rules::ClientIp(&client_ip),
-            authorization: facts.authorization,
-            forwarded_proto: facts.forwarded_proto,
-            cookie: rules::CookieToken(&cookie),
-            accept_encoding: facts.accept_encoding,
-            defaults: (self.server_timeout, self.tunnel_timeout),
-        };
         let mut slot = None;
-        let routing = rules::route(&self.table, &mut slot, host, &target, request);
-        let Routing { path: routed_path, backend, admitted, first } = match routing {
-            Ok(routing) => routing,
-            Err((err, backend)) => {
-                routed.backend = backend.cloned();
-                return Err(err);
-            }
-        };
-        routed.backend = Some(backend.clone());
-
-        // The instance's head. An HTTP/2 body without a length goes on chunked.
-        let has_body = !body.is_end_stream();
-        let chunked = has_body && !matches!(facts.body(), RequestBody::Length(_));
-        if !has_body {
-            facts.body = Some(RequestBody::None);
-        }
-        let mut head = Vec::with_capacity(512);
-        let path = admitted.rewritten.as_deref().unwrap_or(&routed_path);
-        let _ = write!(head, "{} {path}", parts.method);
-        if let Some(query) = target.query {
-            let _ = write!(head, "?{query}");
-        }
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        let host_field = match facts.host {
-            Some(host) => host,
-            None => first.authority().as_str().as_bytes(),
-        };
-        let forwarding = Forwarding {
-            client_ip: &client.addr.ip().to_string(),
-            proto: if client.tls { "https" } else { "http" },
-            host: host_field,
-        };
-        rules::write_request_fields(&mut head, fields, &facts, &admitted, &forwarding);
-        if chunked {
-            head.field("transfer-encoding", b"chunked");
-        }
-        head.extend_from_slice(b"\r\n");
-        drop(pairs);
-        // Every policy field has been used above or below: no `..` here either.
-        let Admitted {
-            rewritten: _,
-            request_edits: _,
-            strip_authorization: _,
+        let has_body = !request.body().is_end_stream();
+        let Prepared {
+            backend,
+            head,
+            chunked,
+            replayable,
+            head_request,
             response_edits,
             server_timeout,
-            tunnel_timeout: _, // HTTP/2 carries no upgrades here
             sticky,
             compression,
-            send_proxy,
-        } = admitted;
-        let hello = send_proxy.map(|version| ProxyHello {
-            version,
-            client: client.addr,
-            local: client.local,
-        });
-
-        let replayable = rules::replayable(parts.method.as_str(), has_body, false);
-        let head_request = parts.method == Method::HEAD;
+            hello,
+        } = self.prepare(&request, has_body, client, &mut slot, routed)?;
+        let body = request.body_mut();
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             let (upstream, pin, slot) = match rules::choose_instance(backend, sticky, &tried) {
@@ -218,9 +157,15 @@ impl Forwarder {
                 chunked,
                 compression,
             };
-            let body = has_body.then_some(&mut body);
+            let body = has_body.then_some(&mut *body);
             let response = (response_edits, pin.as_ref());
-            let failure = match attempt.run(&head, body, head_request, response).await {
+            // Boxed: the attempt's future is larger than this one, and every future above
+            // this one in the stream's task (and the copy made of each as it is created)
+            // would carry it.
+            // (Made in a statement of its own: a temporary of the `match` below would keep
+            // its room in this future until the `match` ends.)
+            let exchange = Box::pin(attempt.run(&head, body, head_request, response));
+            let failure = match exchange.await {
                 Ok((stream, parsed, leftover, sent_all)) => {
                     upstream.health().record_success();
                     return Ok(relay(stream, parsed, leftover, sent_all, &attempt, slot));
@@ -237,6 +182,122 @@ impl Forwarder {
             return Err(failure.answer());
         }
     }
+
+    /// Checks and routes the request and writes the instance's head. Not async on purpose:
+    /// its working values (the fields as pairs, the routing's) would otherwise take room in
+    /// the stream's future for the whole exchange, and be copied with it.
+    fn prepare<'b>(
+        &self,
+        request: &Request<Incoming>,
+        has_body: bool,
+        client: &Client,
+        slot: &'b mut Option<Arc<Backend>>,
+        routed: &mut Routed,
+    ) -> Result<Prepared<'b>, ProxyError> {
+        let pairs: Vec<(&str, &[u8])> =
+            request.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        let fields = pairs.iter().copied();
+        let mut facts = rules::analyse_request(false, fields.clone())?;
+        let target = rules::parse_target(
+            request.uri().path_and_query().map_or("/", http::uri::PathAndQuery::as_str),
+        )?;
+        let host = facts.host.and_then(|h| std::str::from_utf8(h).ok());
+        let client_ip =
+            || rules::client_ip(client.addr.ip(), &self.trusted_proxies, fields.clone());
+        let field_list = rules::FieldList(fields.clone());
+        let cookie = |name: &str| rules::cookie_token(fields.clone(), name);
+        let method = request.method().as_str();
+        let routed_request = RoutedRequest {
+            fields: rules::Fields(&field_list),
+            https: client.tls || (self.trust_forwarded_proto && facts.forwarded_https),
+            client_cert: client.client_cert,
+            method,
+            client: rules::ClientIp(&client_ip),
+            authorization: facts.authorization,
+            forwarded_proto: facts.forwarded_proto,
+            cookie: rules::CookieToken(&cookie),
+            accept_encoding: facts.accept_encoding,
+            defaults: (self.server_timeout, self.tunnel_timeout),
+        };
+        let routing = rules::route(&self.table, slot, host, &target, routed_request);
+        let Routing { path: routed_path, backend, admitted, first } = match routing {
+            Ok(routing) => routing,
+            Err((err, backend)) => {
+                routed.backend = backend.cloned();
+                return Err(err);
+            }
+        };
+        routed.backend = Some(backend.clone());
+
+        // The instance's head. An HTTP/2 body without a length goes on chunked.
+        let chunked = has_body && !matches!(facts.body(), RequestBody::Length(_));
+        if !has_body {
+            facts.body = Some(RequestBody::None);
+        }
+        let mut head = Vec::with_capacity(512);
+        let path = admitted.rewritten.as_deref().unwrap_or(&routed_path);
+        rules::write_request_line(&mut head, method, path, target.query, false);
+        let host_field = match facts.host {
+            Some(host) => host,
+            None => first.authority().as_str().as_bytes(),
+        };
+        let forwarding = Forwarding {
+            client_ip: &client.ip_text,
+            proto: if client.tls { "https" } else { "http" },
+            host: host_field,
+        };
+        rules::write_request_fields(&mut head, fields, &facts, &admitted, &forwarding);
+        if chunked {
+            head.field("transfer-encoding", b"chunked");
+        }
+        head.extend_from_slice(b"\r\n");
+        // Every policy field has been used above or is handed on: no `..` here either.
+        let Admitted {
+            rewritten: _,
+            request_edits: _,
+            strip_authorization: _,
+            response_edits,
+            server_timeout,
+            tunnel_timeout: _, // HTTP/2 carries no upgrades here
+            sticky,
+            compression,
+            send_proxy,
+        } = admitted;
+        Ok(Prepared {
+            backend,
+            head,
+            chunked,
+            replayable: rules::replayable(method, has_body, false),
+            head_request: request.method() == Method::HEAD,
+            response_edits,
+            server_timeout,
+            sticky,
+            compression,
+            hello: send_proxy.map(|version| ProxyHello {
+                version,
+                client: client.addr,
+                local: client.local,
+            }),
+        })
+    }
+}
+
+/// A request routed and admitted, with the instance's head written: all the exchange needs
+/// of it besides its body.
+struct Prepared<'b> {
+    backend: &'b Backend,
+    head: Vec<u8>,
+    /// The body goes on chunked (it has no `Content-Length`).
+    chunked: bool,
+    /// Another instance may be tried after a failure ([`rules::replayable`]).
+    replayable: bool,
+    head_request: bool,
+    response_edits: &'b HeaderEdits,
+    server_timeout: Duration,
+    sticky: Option<rules::Sticky<'b>>,
+    compression: Option<rules::AcceptedCompression<'b>>,
+    /// The PROXY header the instance wants first.
+    hello: Option<ProxyHello>,
 }
 
 /// What the proxy adds to an instance's response head: the service's edits and the sticky
@@ -474,7 +535,7 @@ fn relay(
         None => Either::Left(body),
         Some(coding) => {
             let encoder = Some(Encoder::new(coding));
-            Either::Right(CompressedBody { inner: body, encoder, trailers: None })
+            Either::Right(Box::new(CompressedBody { inner: body, encoder, trailers: None }))
         }
     };
     let mut response = Response::new(Either::Left(body));
@@ -485,9 +546,12 @@ fn relay(
 }
 
 /// Who sent a request, and how.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
+    /// `addr`'s IP as text, for `X-Forwarded-For`: formatted once per connection, not per
+    /// stream.
+    pub(crate) ip_text: Arc<str>,
     /// The address the client connected to (for a PROXY header sent on).
     pub(crate) local: SocketAddr,
     /// The request arrived over TLS terminated by this proxy.

@@ -226,21 +226,24 @@ impl TlsConnection {
         let activity = Arc::new(Activity::new());
         let forwarder = self.forwarder.clone();
         let requests = activity.clone();
+        let ip_text: Arc<str> = client_addr.ip().to_string().into();
         let service = service_fn(move |mut request: Request<Incoming>| {
-            let forwarder = forwarder.clone();
             let in_flight = InFlight::start(requests.clone());
+            let stalls = in_flight.0.clone();
+            authority_as_host(&mut request);
+            let client = Client {
+                addr: client_addr,
+                ip_text: ip_text.clone(),
+                local: endpoints.local,
+                tls: true,
+                client_cert,
+            };
             // Boxed: hyper keeps each stream's future by value and moves it as the stream is
             // spawned and polled; a profile showed those moves (of this large future) as the
             // biggest single cost of an HTTP/2 request.
-            Box::pin(async move {
-                authority_as_host(&mut request);
-                let client =
-                    Client { addr: client_addr, local: endpoints.local, tls: true, client_cert };
-                let response = forwarder.handle(request, client).await;
-                let stalls = in_flight.0.clone();
-                response
-                    .map(|r| r.map(|body| StallWatch::new(EndOfBody::new(body, in_flight), stalls)))
-            })
+            Box::pin(forwarder.clone().handle(request, client, move |body| {
+                StallWatch::new(EndOfBody::new(body, in_flight), stalls)
+            }))
         });
         // A client that reads nothing (a flood whose answers it never takes) makes our writes
         // stall: after the client timeout the connection fails and closes.

@@ -405,16 +405,7 @@ fn prepare_parsed<'b>(
     // The instance's head, in one pass.
     let path = admitted.rewritten.as_deref().unwrap_or(&routed_path);
     out.clear();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    if let Some(query) = target.query {
-        out.push(b'?');
-        out.extend_from_slice(query.as_bytes());
-    }
-    // An HTTP/1.0 client's request goes on as HTTP/1.0, so that the instance frames its
-    // answer in a way that client reads (never chunked).
-    out.extend_from_slice(if http10 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    rules::write_request_line(out, method, path, target.query, http10);
     let instance_host;
     let forwarded_host = match (target.authority, facts.host) {
         (Some(authority), _) => authority.as_bytes(),

@@ -65,6 +65,7 @@ impl std::fmt::Display for Failure {
 
 /// Whether a request may be sent to another instance after an attempt failed before any
 /// answer: only an idempotent method (RFC 9110 §9.2.2) without a body, and never an upgrade.
+#[inline]
 pub(crate) fn replayable(method: &str, has_body: bool, upgrade: bool) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
         && !has_body

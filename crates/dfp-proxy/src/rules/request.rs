@@ -337,6 +337,28 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
     head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
 }
 
+/// Writes the request line the instance receives: the method, the path as routed (and
+/// rewritten), the client's query, and the version: HTTP/1.0 for an HTTP/1.0 client, so that
+/// the instance frames its answer in a way that client reads (never chunked); HTTP/1.1 else
+/// (an HTTP/2 client's request included).
+#[inline]
+pub(crate) fn write_request_line(
+    out: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    http10: bool,
+) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    if let Some(query) = query {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+    out.extend_from_slice(if http10 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+}
+
 /// How the proxy forwards one request: what is fixed by the connection and the route.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Forwarding<'a> {
