@@ -1,7 +1,8 @@
 //! `instanceMaxConn`: a cap on the exchanges in flight to each instance of a service, over
 //! every thread of the proxy. A full instance is passed over; when every instance is full the
-//! request gets the proxy's own 503 at once (nothing queues) and a TCP connection is closed;
-//! a finished exchange frees its place.
+//! request (or TCP connection) waits in a queue for up to `--connect-timeout` and takes the
+//! first place given back; still full at the end of the wait, it gets the proxy's own 503 (a
+//! TCP connection is closed). A finished exchange frees its place.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::support::{eventually, free_port, Consul, Proxy, TcpEcho, Upstream};
+use crate::support::{
+    eventually, free_port, over_plain_tls_and_h2, Consul, Protocol, Proxy, TcpEcho, Upstream,
+};
 
 /// Each instance's `InFlight`, as `config?stats=true` shows it for `service`.
 async fn in_flight(proxy: &Proxy, service: &str) -> Vec<u64> {
@@ -27,13 +30,13 @@ fn sample(metrics: &str, line_start: &str) -> Option<u64> {
 }
 
 #[tokio::test]
-async fn full_instances_are_passed_over_and_when_all_are_full_the_answer_is_503_at_once() {
+async fn full_instances_are_passed_over_and_when_all_stay_full_the_answer_is_503_after_the_queue() {
     let consul = Consul::start().await;
-    let first = Upstream::start_with_delay("slow-1", Duration::from_millis(1500)).await;
-    let second = Upstream::start_with_delay("slow-2", Duration::from_millis(1500)).await;
+    let first = Upstream::start_with_delay("slow-1", Duration::from_millis(3000)).await;
+    let second = Upstream::start_with_delay("slow-2", Duration::from_millis(3000)).await;
     consul.register("slow-ms", "slow-1", first.port(), None).await;
     consul.register("slow-ms", "slow-2", second.port(), None).await;
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "1s"]).await;
     let route =
         "/v1/docker-flow-proxy/reconfigure?serviceName=slow-ms&servicePath=/slow&instanceMaxConn=1";
     let (status, answer) = proxy.admin(route).await;
@@ -66,12 +69,15 @@ async fn full_instances_are_passed_over_and_when_all_are_full_the_answer_is_503_
     })
     .await;
 
-    // Every instance is full: the proxy's own 503, at once.
+    // Every instance is full, and stays full for longer than the queue's wait (the connect
+    // timeout, 1 s): the proxy's own 503 once the wait is over.
     let started = Instant::now();
     let (status, body) = proxy.get("/slow/c").await;
+    let waited = started.elapsed();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("instanceMaxConn"), "{body}");
-    assert!(started.elapsed() < Duration::from_millis(1000), "answered at once, not queued");
+    assert!(waited >= Duration::from_millis(900), "it waited in the queue first: {waited:?}");
+    assert!(waited < Duration::from_millis(2500), "no longer than the queue's wait: {waited:?}");
 
     assert_eq!(a.await.expect("no panic"), 200);
     assert_eq!(b.await.expect("no panic"), 200);
@@ -91,12 +97,66 @@ async fn full_instances_are_passed_over_and_when_all_are_full_the_answer_is_503_
     );
 }
 
+/// Over each engine (`over_plain_tls_and_h2!` below): requests that find the one instance full
+/// wait in the queue and are served one after the other as places are given back.
+async fn a_request_queued_behind_a_full_instance_is_served_when_its_place_is_given_back(
+    protocol: Protocol,
+) {
+    let consul = Consul::start().await;
+    let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(1000)).await;
+    consul.register("queue-ms", "slow-1", slow.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "10s"]).await;
+    protocol.prepare(&proxy).await;
+    let route =
+        "/v1/docker-flow-proxy/reconfigure?serviceName=queue-ms&servicePath=/q&instanceMaxConn=1";
+    let (status, answer) = proxy.admin(route).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let proxy = std::sync::Arc::new(proxy);
+    let send = |path: &'static str| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let answer = protocol.get(&proxy, "app.example", path, &[]).await;
+            (answer.status, Instant::now())
+        })
+    };
+    let first = send("/q/first");
+    eventually(Duration::from_secs(5), "the first request in flight", || async {
+        (in_flight(&proxy, "queue-ms").await == [1]).then_some(())
+    })
+    .await;
+    // The one instance is full: these two wait in the queue.
+    let second = send("/q/second");
+    let third = send("/q/third");
+    let mut done = Vec::new();
+    for request in [first, second, third] {
+        let (status, at) = request.await.expect("no panic");
+        assert_eq!(status, 200);
+        done.push(at);
+    }
+    assert_eq!(slow.hits(), 3, "every request reached the instance");
+    // One at a time: each answer came a whole response time after the one before.
+    done.sort();
+    assert!(done[1] - done[0] >= Duration::from_millis(900), "{done:?}");
+    assert!(done[2] - done[1] >= Duration::from_millis(900), "{done:?}");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        sample(&metrics, r#"dfp_proxy_responses_total{status="503",reason="instances_full"}"#),
+        Some(0),
+        "{metrics}"
+    );
+}
+
+over_plain_tls_and_h2!(
+    a_request_queued_behind_a_full_instance_is_served_when_its_place_is_given_back
+);
+
 #[tokio::test]
-async fn a_tcp_service_s_connection_past_the_cap_is_closed_and_the_place_freed_on_close() {
+async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed() {
     let consul = Consul::start().await;
     let echo = TcpEcho::start("a:").await;
     consul.register("echo", "echo-a", echo.port(), None).await;
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "1s"]).await;
     let port = free_port();
     let route =
         format!("/v1/docker-flow-proxy/reconfigure?serviceName=echo&reqMode=tcp&srcPort={port}&instanceMaxConn=1");
@@ -110,16 +170,31 @@ async fn a_tcp_service_s_connection_past_the_cap_is_closed_and_the_place_freed_o
     assert_eq!(&answer, b"a:hi");
     assert_eq!(in_flight(&proxy, "echo").await, [1]);
 
-    // The one instance is full: the next connection is closed without reaching it.
+    // The one instance is full for longer than the queue's wait (the connect timeout, 1 s):
+    // the next connection is closed without reaching it, once the wait is over.
+    let started = Instant::now();
     let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
     let _ = refused.write_all(b"hi").await;
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed at once, nothing echoed: {rest:?}");
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, nothing echoed: {rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "after the queue's wait");
     assert_eq!(echo.accepted(), 1, "the instance saw one connection");
 
-    // Closing the first frees its place.
+    // A connection that arrives while the place is taken waits for it: closing the first
+    // lets it through.
+    let mut queued = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
+    queued.write_all(b"q!").await.expect("sent");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(echo.accepted(), 1, "still waiting for the place");
     drop(held);
+    let mut echoed = [0_u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), queued.read_exact(&mut echoed))
+        .await
+        .expect("served once the place was given back")
+        .expect("echoed");
+    assert_eq!(&echoed, b"a:q!");
+    drop(queued);
     eventually(Duration::from_secs(5), "the place freed", || async {
         (in_flight(&proxy, "echo").await == [0]).then_some(())
     })

@@ -23,7 +23,8 @@ pub(crate) enum ProxyError {
     NoRoute,
     /// A service owns the path but has no live instance right now.
     NoInstance,
-    /// Every instance of the service has its `instanceMaxConn` exchanges in flight.
+    /// Every instance of the service has its `instanceMaxConn` exchanges in flight, and still
+    /// had after the wait in the queue (the connect timeout).
     InstancesFull,
     /// The instance refused the connection, reset it, or broke off before answering.
     UpstreamUnreachable,
@@ -86,8 +87,9 @@ impl ProxyError {
             }
             ProxyError::InstancesFull => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "every instance of the service is serving as many requests as its \
-                 instanceMaxConn allows; try again shortly\n",
+                "every instance of the service was serving as many requests as its \
+                 instanceMaxConn allows for as long as the request could wait; try again \
+                 shortly\n",
             ),
             ProxyError::UpstreamUnreachable => {
                 (StatusCode::BAD_GATEWAY, "the service instance could not be reached\n")

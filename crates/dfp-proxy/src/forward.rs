@@ -141,11 +141,13 @@ impl Forwarder {
         let body = request.body_mut();
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let (upstream, pin, slot) = match rules::choose_instance(backend, sticky, &tried) {
-                Ok(chosen) => chosen,
-                Err(rules::NoChoice::Left) => return Err(ProxyError::UpstreamUnreachable),
-                Err(rules::NoChoice::Full) => return Err(ProxyError::InstancesFull),
-            };
+            let queue = self.connector.connect_timeout;
+            let (upstream, pin, slot) =
+                match rules::take_instance(backend, sticky, &tried, queue).await {
+                    Ok(chosen) => chosen,
+                    Err(rules::NoChoice::Left) => return Err(ProxyError::UpstreamUnreachable),
+                    Err(rules::NoChoice::Full) => return Err(ProxyError::InstancesFull),
+                };
             let addr = upstream.addr();
             routed.upstream = Some(addr);
             let attempt = Attempt {

@@ -418,7 +418,8 @@ async fn connect(
     });
     let mut tried = Vec::new();
     loop {
-        let (instance, _, slot) = match rules::choose_instance(backend, None, &tried) {
+        let chosen = rules::take_instance(backend, None, &tried, config.connect_timeout).await;
+        let (instance, _, slot) = match chosen {
             Ok(chosen) => chosen,
             Err(why) => {
                 tracing::debug!(

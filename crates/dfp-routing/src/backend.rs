@@ -9,7 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 /// The shortest an instance is ejected after a failure, doubled for each failure in a row.
 pub const EJECT_FIRST_MS: u64 = 1_000;
@@ -61,11 +62,52 @@ impl Upstream {
     /// request gets one, and nothing is counted (no shared write on the request path).
     pub fn take_slot(&self, cap: Option<NonZeroU32>) -> Option<InstanceSlot> {
         let Some(cap) = cap else { return Some(InstanceSlot(None)) };
+        // SeqCst with the waiters' count (see `Waiting`): a slot given back and a waiter
+        // registering at the same time must not miss each other.
         self.health
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap.get()).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < cap.get()).then_some(n + 1))
             .ok()?;
         Some(InstanceSlot(Some(self.health.clone())))
+    }
+
+    /// Has `waker` woken the next time a place on this instance is given back (an exchange
+    /// queued while its service's instances were all full). Register, then try
+    /// [`Upstream::take_slot`] again: a place given back in between is then seen either way.
+    pub fn wake_when_free(&self, waker: &Waker) {
+        self.health.waiting.register(waker);
+    }
+}
+
+/// The tasks waiting for a place on one instance. All are woken when one place is given
+/// back and the first to look takes it (the others register again): no arrival order is
+/// kept, which is what lets a place given back cost one load when nobody waits.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// How many wakers `wakers` holds, read without the lock by every slot given back.
+    count: AtomicUsize,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Waiting {
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.count.store(wakers.len(), Ordering::SeqCst);
+    }
+
+    fn wake_all(&self) {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let wakers = {
+            let mut wakers = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.count.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -78,7 +120,8 @@ pub struct InstanceSlot(Option<Arc<InstanceHealth>>);
 impl Drop for InstanceSlot {
     fn drop(&mut self) {
         if let Some(health) = self.0.take() {
-            health.in_flight.fetch_sub(1, Ordering::AcqRel);
+            health.in_flight.fetch_sub(1, Ordering::SeqCst);
+            health.waiting.wake_all();
         }
     }
 }
@@ -96,6 +139,8 @@ pub struct InstanceHealth {
     /// Exchanges in flight to the instance, counted for services with `instanceMaxConn`
     /// only (see [`Upstream::take_slot`]), over every thread.
     in_flight: AtomicU32,
+    /// Exchanges queued for a place here.
+    waiting: Waiting,
 }
 
 impl InstanceHealth {
@@ -413,6 +458,31 @@ mod tests {
         let three = instance.take_slot(cap).expect("a place was given back");
         drop((two, three));
         assert_eq!(instance.health().in_flight(), 0);
+    }
+
+    #[test]
+    fn a_place_given_back_wakes_every_waiter_once() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let b = backend(&[1]);
+        let instance = &b.instances()[0];
+        let cap = NonZeroU32::new(1);
+        let held = instance.take_slot(cap).expect("room");
+        let (first, second) =
+            (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
+        let first_waker = Waker::from(first.clone());
+        instance.wake_when_free(&first_waker);
+        instance.wake_when_free(&first_waker); // registered once
+        instance.wake_when_free(&Waker::from(second.clone()));
+        drop(held);
+        assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 1));
+        // Woken waiters are forgotten: the next place given back wakes nobody.
+        drop(instance.take_slot(cap).expect("room"));
+        assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 1));
     }
 
     #[test]

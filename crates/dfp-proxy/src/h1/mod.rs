@@ -484,7 +484,9 @@ where
     let result = loop {
         // `_slot`: the request's place on the instance, held until the exchange (or its
         // tunnel) is over.
-        let (upstream, pin, _slot) = match rules::choose_instance(backend, plan.sticky, &tried) {
+        let queue = forwarder.connector.connect_timeout;
+        let chosen = rules::take_instance(backend, plan.sticky, &tried, queue).await;
+        let (upstream, pin, _slot) = match chosen {
             Ok(chosen) => chosen,
             Err(rules::NoChoice::Left) => {
                 break Err(Failure::Unreachable(io::ErrorKind::NotConnected.into()));

@@ -24,7 +24,8 @@ pub(crate) enum Failure {
     /// client gone, bad body framing, a client that stopped reading): the client connection is
     /// closed.
     Broken(u16),
-    /// No instance had room under the service's `instanceMaxConn`: 503, nothing sent.
+    /// No instance had room under the service's `instanceMaxConn`, nor got one during the
+    /// wait in the queue: 503, nothing sent.
     Full,
 }
 

@@ -85,8 +85,57 @@ pub(crate) enum NoChoice {
     /// Every instance was tried by this request (or the service has none).
     Left,
     /// Every instance not tried yet has its service's `instanceMaxConn` exchanges in flight
-    /// (or, for a sticky request, the instance it is pinned to has).
+    /// (or, for a sticky request, the instance it is pinned to has); from
+    /// [`take_instance`], still so at the end of the wait.
     Full,
+}
+
+/// An instance, the sticky pin to set, and the exchange's place on the instance.
+pub(crate) type Chosen<'b, 'p> = (&'b Upstream, Option<Pin<'p>>, InstanceSlot);
+
+/// How every engine gets the instance for an attempt: [`choose_instance`], and when every
+/// instance is full (`instanceMaxConn`), a wait of up to `queue` for one to give a place back
+/// (HAProxy's queue behind a server's `maxconn`; the engines pass the connect timeout, which
+/// is what HAProxy's `timeout queue` defaults to). A service without a cap never waits.
+pub(crate) async fn take_instance<'b, 'p>(
+    backend: &'b Backend,
+    sticky: Option<Sticky<'p>>,
+    tried: &[SocketAddr],
+    queue: Duration,
+) -> Result<Chosen<'b, 'p>, NoChoice> {
+    match choose_instance(backend, sticky, tried) {
+        // Boxed: the wait (and its timer) takes room in the engine's future only when it
+        // happens.
+        Err(NoChoice::Full) if !queue.is_zero() => {
+            Box::pin(queue_for_instance(backend, sticky, tried, queue)).await
+        }
+        chosen => chosen,
+    }
+}
+
+/// Waits until [`choose_instance`] finds a place, or `queue` has passed. Each look first
+/// asks every instance to wake this task when it gives a place back, then looks: a place
+/// given back between the two is seen by the look. Waiters are woken together and the first
+/// to look takes the place: the queue keeps no arrival order.
+async fn queue_for_instance<'b, 'p>(
+    backend: &'b Backend,
+    sticky: Option<Sticky<'p>>,
+    tried: &[SocketAddr],
+    queue: Duration,
+) -> Result<Chosen<'b, 'p>, NoChoice> {
+    let deadline = tokio::time::sleep(queue);
+    tokio::pin!(deadline);
+    std::future::poll_fn(|cx| {
+        for upstream in backend.instances() {
+            upstream.wake_when_free(cx.waker());
+        }
+        match choose_instance(backend, sticky, tried) {
+            Err(NoChoice::Full) => {}
+            chosen => return std::task::Poll::Ready(chosen),
+        }
+        std::future::Future::poll(deadline.as_mut(), cx).map(|()| Err(NoChoice::Full))
+    })
+    .await
 }
 
 /// The instance for the next attempt, with the attempt's [`InstanceSlot`] on it (held until
@@ -104,7 +153,7 @@ pub(crate) fn choose_instance<'b, 'p>(
     backend: &'b Backend,
     sticky: Option<Sticky<'p>>,
     tried: &[SocketAddr],
-) -> Result<(&'b Upstream, Option<Pin<'p>>, InstanceSlot), NoChoice> {
+) -> Result<Chosen<'b, 'p>, NoChoice> {
     let cap = backend.policy().instance_max_conn;
     if let Some(pinned) = sticky.and_then(|s| s.pinned) {
         if let Some(upstream) = backend.pinned_instance(pinned, now_ms, tried) {

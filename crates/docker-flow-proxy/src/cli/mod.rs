@@ -105,7 +105,8 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
     pub(crate) dns_refresh: Duration,
 
-    /// How long to wait for a connection to an instance (e.g. 5s, 500ms).
+    /// How long to wait for a connection to an instance (e.g. 5s, 500ms), and for a place on
+    /// one when a service's instances are all at its instanceMaxConn.
     #[arg(long, env = "DFP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) connect_timeout: Duration,
 

@@ -410,3 +410,52 @@ fn instance_max_conn_steps_over_full_instances() {
     drop(second_slot);
     assert_eq!(second.health().in_flight(), 0);
 }
+
+/// `take_instance`'s queue: with every instance full, a request waits, takes the place an
+/// exchange gives back (on another task, as on another thread), and gets `NoChoice::Full`
+/// only once the queue time has passed with none given back.
+#[tokio::test]
+async fn a_request_queued_for_a_full_service_takes_the_first_place_given_back() {
+    use std::time::{Duration, Instant};
+
+    use dfp_routing::{PathPrefix, RouteTableBuilder, ServiceSpec};
+    let addrs = [1, 2].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    let path = PathPrefix::parse("/s").expect("valid");
+    let mut spec = ServiceSpec::new("s", &[path]);
+    spec.policy.instance_max_conn = std::num::NonZeroU32::new(1);
+    let mut builder = RouteTableBuilder::new();
+    builder.add(spec, &addrs).expect("valid");
+    let table = builder.build(1).expect("builds");
+    let backend = table.service("s").expect("routed");
+
+    let (_, _, first_slot) = choose_instance(backend, None, &[]).expect("room");
+    let (second, _, second_slot) = choose_instance(backend, None, &[]).expect("room");
+
+    // Nothing is given back: after the queue time, Full.
+    let started = Instant::now();
+    let queued = take_instance(backend, None, &[], Duration::from_millis(100)).await;
+    assert_eq!(queued.err(), Some(NoChoice::Full));
+    assert!(started.elapsed() >= Duration::from_millis(100), "it waited the queue time");
+
+    // One place is given back while the request waits: it takes that one.
+    let giver = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(second_slot);
+    });
+    let (chosen, _, _slot) =
+        take_instance(backend, None, &[], Duration::from_secs(30)).await.expect("a place");
+    assert_eq!(chosen.addr(), second.addr());
+    giver.await.expect("no panic");
+    drop(first_slot);
+
+    // A service without a cap never waits, even with a queue time.
+    let mut free = ServiceSpec::new("free", &[PathPrefix::parse("/f").expect("valid")]);
+    free.policy.instance_max_conn = None;
+    let mut builder = RouteTableBuilder::new();
+    builder.add(free, &addrs[..1]).expect("valid");
+    let table = builder.build(1).expect("builds");
+    let backend = table.service("free").expect("routed");
+    let held: Vec<_> = (0..3).map(|_| choose_instance(backend, None, &[]).expect("room")).collect();
+    assert!(take_instance(backend, None, &[], Duration::from_secs(30)).await.is_ok());
+    drop(held);
+}
