@@ -120,8 +120,7 @@ pub struct InstanceSlot(Option<Arc<InstanceHealth>>);
 impl Drop for InstanceSlot {
     fn drop(&mut self) {
         if let Some(health) = self.0.take() {
-            health.in_flight.fetch_sub(1, Ordering::SeqCst);
-            health.waiting.wake_all();
+            health.give_back();
         }
     }
 }
@@ -144,6 +143,15 @@ pub struct InstanceHealth {
 }
 
 impl InstanceHealth {
+    /// An exchange's place given back ([`InstanceSlot`]): one fewer in flight, and the
+    /// exchanges queued for a place woken. Out of line: a slot without a cap (the usual case)
+    /// drops to nothing.
+    #[inline(never)]
+    fn give_back(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.waiting.wake_all();
+    }
+
     /// Records a failed attempt at `now_ms`; returns the ejection window's end.
     pub fn record_failure(&self, now_ms: u64) -> u64 {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);

@@ -1,6 +1,8 @@
 //! A service's policy and the route: what lets a request through, and what it asks of it.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::task::Poll;
 
 use dfp_routing::{ProtoRedirect, StickySession};
 
@@ -97,19 +99,49 @@ pub(crate) type Chosen<'b, 'p> = (&'b Upstream, Option<Pin<'p>>, InstanceSlot);
 /// instance is full (`instanceMaxConn`), a wait of up to `queue` for one to give a place back
 /// (HAProxy's queue behind a server's `maxconn`; the engines pass the connect timeout, which
 /// is what HAProxy's `timeout queue` defaults to). A service without a cap never waits.
-pub(crate) async fn take_instance<'b, 'p>(
+pub(crate) fn take_instance<'a, 'b, 'p>(
     backend: &'b Backend,
     sticky: Option<Sticky<'p>>,
-    tried: &[SocketAddr],
+    tried: &'a [SocketAddr],
     queue: Duration,
-) -> Result<Chosen<'b, 'p>, NoChoice> {
-    match choose_instance(backend, sticky, tried) {
-        // Boxed: the wait (and its timer) takes room in the engine's future only when it
-        // happens.
-        Err(NoChoice::Full) if !queue.is_zero() => {
-            Box::pin(queue_for_instance(backend, sticky, tried, queue)).await
+) -> TakeInstance<'a, 'b, 'p> {
+    TakeInstance { backend, sticky, tried, queue, wait: None }
+}
+
+/// The future of [`take_instance`]. Written out rather than an `async fn` so that the usual
+/// case, a place found at once, is a call inlined into the engine's own future; the wait,
+/// with its timer, is boxed and made only when every instance is full.
+pub(crate) struct TakeInstance<'a, 'b, 'p> {
+    backend: &'b Backend,
+    sticky: Option<Sticky<'p>>,
+    tried: &'a [SocketAddr],
+    queue: Duration,
+    wait: Option<QueueWait<'a, 'b, 'p>>,
+}
+
+type QueueWait<'a, 'b, 'p> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Chosen<'b, 'p>, NoChoice>> + Send + 'a>>;
+
+impl<'a, 'b: 'a, 'p: 'a> Future for TakeInstance<'a, 'b, 'p> {
+    type Output = Result<Chosen<'b, 'p>, NoChoice>;
+
+    #[inline]
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.wait.is_none() {
+            match choose_instance(this.backend, this.sticky, this.tried) {
+                Err(NoChoice::Full) if !this.queue.is_zero() => {
+                    let (backend, sticky, tried) = (this.backend, this.sticky, this.tried);
+                    this.wait =
+                        Some(Box::pin(queue_for_instance(backend, sticky, tried, this.queue)));
+                }
+                chosen => return Poll::Ready(chosen),
+            }
         }
-        chosen => chosen,
+        match this.wait.as_mut() {
+            Some(wait) => wait.as_mut().poll(cx),
+            None => Poll::Ready(Err(NoChoice::Full)),
+        }
     }
 }
 
@@ -131,9 +163,9 @@ async fn queue_for_instance<'b, 'p>(
         }
         match choose_instance(backend, sticky, tried) {
             Err(NoChoice::Full) => {}
-            chosen => return std::task::Poll::Ready(chosen),
+            chosen => return Poll::Ready(chosen),
         }
-        std::future::Future::poll(deadline.as_mut(), cx).map(|()| Err(NoChoice::Full))
+        deadline.as_mut().poll(cx).map(|()| Err(NoChoice::Full))
     })
     .await
 }
