@@ -125,9 +125,14 @@ async fn a_request_queued_behind_a_full_instance_is_served_when_its_place_is_giv
         (in_flight(&proxy, "queue-ms").await == [1]).then_some(())
     })
     .await;
-    // The one instance is full: these two wait in the queue.
+    // The one instance is full: these two wait in the queue, as the metrics show.
     let second = send("/q/second");
     let third = send("/q/third");
+    let queued = r#"dfp_queued_requests{service="queue-ms"}"#;
+    eventually(Duration::from_secs(5), "two requests queued", || async {
+        (sample(&proxy.metrics().await, queued) == Some(2)).then_some(())
+    })
+    .await;
     let mut done = Vec::new();
     for request in [first, second, third] {
         let (status, at) = request.await.expect("no panic");
@@ -145,6 +150,9 @@ async fn a_request_queued_behind_a_full_instance_is_served_when_its_place_is_giv
         Some(0),
         "{metrics}"
     );
+    assert_eq!(sample(&metrics, queued), Some(0), "{metrics}");
+    let total = r#"dfp_queued_requests_total{service="queue-ms"}"#;
+    assert_eq!(sample(&metrics, total), Some(2), "{metrics}");
 }
 
 over_plain_tls_and_h2!(

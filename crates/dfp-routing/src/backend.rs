@@ -257,6 +257,12 @@ pub struct BackendStats {
     pub bytes_to_instance: AtomicU64,
     /// TCP services: bytes copied from instances to clients.
     pub bytes_to_client: AtomicU64,
+    /// Services with `instanceMaxConn`: requests (or TCP connections) waiting in the queue
+    /// for a place now.
+    pub queued: AtomicU64,
+    /// Services with `instanceMaxConn`: requests (or TCP connections) that have waited in
+    /// the queue, whether or not they got a place.
+    pub queued_total: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram's buckets, in milliseconds.

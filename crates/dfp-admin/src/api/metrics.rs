@@ -133,6 +133,7 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
         }
     }
+    queue_metrics(table, out);
     tcp_metrics(table, out);
     let _ = writeln!(
         out,
@@ -152,6 +153,45 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
         let _ = writeln!(out, "dfp_request_duration_seconds_sum{{service=\"{name}\"}} {sum}");
         let _ =
             writeln!(out, "dfp_request_duration_seconds_count{{service=\"{name}\"}} {cumulative}");
+    }
+}
+
+/// The queue of each service with `instanceMaxConn` (HTTP and TCP): exchanges waiting for a
+/// place now, and all that have waited.
+fn queue_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
+    let mut capped: Vec<&dfp_routing::Backend> = table
+        .services()
+        .filter(|s| s.destination == 0)
+        .map(|s| -> &dfp_routing::Backend { s.backend })
+        .chain(table.tcp_ports().map(|(_, b)| -> &dfp_routing::Backend { b }))
+        .filter(|b| b.policy().instance_max_conn.is_some())
+        .collect();
+    capped.sort_by_key(|b| b.service());
+    capped.dedup_by_key(|b| b.service());
+    let gauges: [(&str, &str, &str, ReadCounter); 2] = [
+        (
+            "dfp_queued_requests",
+            "gauge",
+            "Requests (or TCP connections) waiting for a place under instanceMaxConn now, by service.",
+            |s| s.queued.load(Ordering::Relaxed),
+        ),
+        (
+            "dfp_queued_requests_total",
+            "counter",
+            "Requests (or TCP connections) that waited for a place under instanceMaxConn, by service.",
+            |s| s.queued_total.load(Ordering::Relaxed),
+        ),
+    ];
+    for (metric, kind, help, read) in gauges {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for backend in &capped {
+            let _ = writeln!(
+                out,
+                "{metric}{{service=\"{}\"}} {}",
+                backend.service(),
+                read(backend.stats())
+            );
+        }
     }
 }
 

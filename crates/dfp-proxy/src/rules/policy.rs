@@ -81,6 +81,23 @@ pub(crate) fn cookie_token<'a>(
         })
 }
 
+/// One exchange in a service's queue, counted in its stats for as long as it waits.
+struct Queued<'b>(&'b dfp_routing::BackendStats);
+
+impl<'b> Queued<'b> {
+    fn enter(stats: &'b dfp_routing::BackendStats) -> Self {
+        stats.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.queued_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Queued(stats)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why [`choose_instance`] gave no instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NoChoice {
@@ -155,6 +172,7 @@ async fn queue_for_instance<'b, 'p>(
     tried: &[SocketAddr],
     queue: Duration,
 ) -> Result<Chosen<'b, 'p>, NoChoice> {
+    let _counted = Queued::enter(backend.stats());
     let deadline = tokio::time::sleep(queue);
     tokio::pin!(deadline);
     std::future::poll_fn(|cx| {
