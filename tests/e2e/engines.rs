@@ -299,3 +299,67 @@ async fn every_engine_gives_the_same_answers() {
     let refused = &reference[INPUTS.len() - 2];
     assert_eq!(refused.client.0, 401);
 }
+
+/// An HTTP/2 request body of unknown length (no `content-length`, DATA frames as they come)
+/// goes on to the HTTP/1.1 instance chunked: `Transfer-Encoding: chunked`, the data whole,
+/// the last chunk at the end.
+#[tokio::test]
+async fn an_http2_body_without_a_length_goes_on_chunked() {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use hyper::body::{Body, Frame};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    /// Pieces sent one DATA frame each, with no length announced.
+    struct Pieces(VecDeque<&'static [u8]>);
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|piece| Ok(Frame::data(Bytes::from_static(piece)))))
+        }
+    }
+
+    let upstream = RawUpstream::start(|_, _| Reply::ok("fine")).await;
+    let proxy = crate::support::Transport::Tls.proxy(&[]).await;
+    let route = format!(
+        "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}",
+        upstream.port()
+    );
+    let (status, answer) = proxy.admin(&route).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let tls =
+        crate::tls::connect_offering(crate::tls::tls_addr(&proxy), Some("app.example"), &[b"h2"])
+            .await
+            .expect("the TLS handshake completes");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("the HTTP/2 connection starts");
+    let connection = tokio::spawn(connection);
+    let pieces: VecDeque<&'static [u8]> = [&b"hello"[..], b", ", &[b'x'; 20_000], b"!"].into();
+    let request = hyper::Request::post("https://app.example/echo")
+        .body(Pieces(pieces.clone()))
+        .expect("a valid request");
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(request))
+            .await
+            .expect("answered within 10 s")
+            .expect("an HTTP/2 answer");
+    assert_eq!(response.status(), 200);
+    connection.abort();
+
+    let received = upstream.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].header_values("transfer-encoding"), ["chunked"]);
+    assert!(received[0].header_values("content-length").is_empty(), "{}", received[0].head);
+    assert!(received[0].body.ends_with(b"\r\n0\r\n\r\n"), "the last chunk ends it");
+    assert_eq!(dechunk(&received[0].body), pieces.iter().copied().collect::<Vec<_>>().concat());
+}

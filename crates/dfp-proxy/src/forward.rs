@@ -12,7 +12,7 @@
 //! trailers become a trailers frame.
 
 use std::convert::Infallible;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -404,6 +404,8 @@ async fn pump_body(
     client_timeout: Duration,
 ) -> Result<(), Failure> {
     let gone = |err: io::Error| Failure::Unreachable(err);
+    // A chunk (size line, data, CRLF) goes in one write: three were three system calls.
+    let mut chunk = Vec::new();
     loop {
         let frame = match tokio::time::timeout(client_timeout, body.frame()).await {
             Err(_) => {
@@ -418,10 +420,11 @@ async fn pump_body(
             continue;
         }
         if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            upstream.write_all(size.as_bytes()).await.map_err(gone)?;
-            upstream.write_all(&data).await.map_err(gone)?;
-            upstream.write_all(b"\r\n").await.map_err(gone)?;
+            chunk.clear();
+            let _ = write!(chunk, "{:x}\r\n", data.len());
+            chunk.extend_from_slice(&data);
+            chunk.extend_from_slice(b"\r\n");
+            upstream.write_all(&chunk).await.map_err(gone)?;
         } else {
             upstream.write_all(&data).await.map_err(gone)?;
         }
