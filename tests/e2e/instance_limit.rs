@@ -1,7 +1,7 @@
 //! `instanceMaxConn`: a cap on the exchanges in flight to each instance of a service, over
 //! every thread of the proxy. A full instance is passed over; when every instance is full the
-//! request (or TCP connection) waits in a queue for up to `--connect-timeout` and takes the
-//! first place given back; still full at the end of the wait, it gets the proxy's own 503 (a
+//! request (or TCP connection) waits in a queue for up to `--queue-timeout` (the connect
+//! timeout unless set) and takes the first place given back; still full at the end of the wait, it gets the proxy's own 503 (a
 //! TCP connection is closed). A finished exchange frees its place.
 
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ async fn full_instances_are_passed_over_and_when_all_stay_full_the_answer_is_503
     let second = Upstream::start_with_delay("slow-2", Duration::from_millis(3000)).await;
     consul.register("slow-ms", "slow-1", first.port(), None).await;
     consul.register("slow-ms", "slow-2", second.port(), None).await;
-    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "1s"]).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "1s"]).await;
     let route =
         "/v1/docker-flow-proxy/reconfigure?serviceName=slow-ms&servicePath=/slow&instanceMaxConn=1";
     let (status, answer) = proxy.admin(route).await;
@@ -69,8 +69,8 @@ async fn full_instances_are_passed_over_and_when_all_stay_full_the_answer_is_503
     })
     .await;
 
-    // Every instance is full, and stays full for longer than the queue's wait (the connect
-    // timeout, 1 s): the proxy's own 503 once the wait is over.
+    // Every instance is full, and stays full for longer than the queue's wait
+    // (`--queue-timeout 1s`): the proxy's own 503 once the wait is over.
     let started = Instant::now();
     let (status, body) = proxy.get("/slow/c").await;
     let waited = started.elapsed();
@@ -105,6 +105,7 @@ async fn a_request_queued_behind_a_full_instance_is_served_when_its_place_is_giv
     let consul = Consul::start().await;
     let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(1000)).await;
     consul.register("queue-ms", "slow-1", slow.port(), None).await;
+    // No --queue-timeout: the queue waits as long as the connect timeout.
     let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "10s"]).await;
     protocol.prepare(&proxy).await;
     let route =
@@ -178,8 +179,9 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     assert_eq!(&answer, b"a:hi");
     assert_eq!(in_flight(&proxy, "echo").await, [1]);
 
-    // The one instance is full for longer than the queue's wait (the connect timeout, 1 s):
-    // the next connection is closed without reaching it, once the wait is over.
+    // The one instance is full for longer than the queue's wait (the connect timeout, 1 s,
+    // with no --queue-timeout): the next connection is closed without reaching it, once the
+    // wait is over.
     let started = Instant::now();
     let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
     let _ = refused.write_all(b"hi").await;

@@ -59,6 +59,8 @@ pub(crate) struct Forwarder {
     pub(crate) server_timeout: Duration,
     pub(crate) tunnel_timeout: Duration,
     pub(crate) client_timeout: Duration,
+    /// The longest a request waits for a place under `instanceMaxConn`.
+    pub(crate) queue_timeout: Duration,
     pub(crate) access_log: bool,
     pub(crate) trust_forwarded_proto: bool,
     /// `--trusted-proxies`: peers whose `X-Forwarded-For` names the client.
@@ -76,6 +78,7 @@ impl Forwarder {
             server_timeout: config.server_timeout,
             tunnel_timeout: config.tunnel_timeout,
             client_timeout: config.client_timeout,
+            queue_timeout: config.queue_timeout,
             access_log: config.access_log,
             trust_forwarded_proto: config.trust_forwarded_proto,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -141,7 +144,7 @@ impl Forwarder {
         let body = request.body_mut();
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
-            let queue = self.connector.connect_timeout;
+            let queue = self.queue_timeout;
             let (upstream, pin, slot) =
                 match rules::take_instance(backend, sticky, &tried, queue).await {
                     Ok(chosen) => chosen,

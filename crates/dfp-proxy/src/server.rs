@@ -22,6 +22,9 @@ use crate::proxy_protocol;
 pub struct ProxyConfig {
     /// How long to wait for an upstream connection to open.
     pub connect_timeout: Duration,
+    /// How long a request (or TCP connection) waits for a place when every instance of its
+    /// service is at `instanceMaxConn` (HAProxy's `timeout queue`).
+    pub queue_timeout: Duration,
     /// How long to wait for an upstream's response head once the request is sent.
     pub server_timeout: Duration,
     /// How long a client may take to send a request's head once it has begun (else 408).
@@ -62,6 +65,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             connect_timeout: Duration::from_secs(5),
+            queue_timeout: Duration::from_secs(5),
             server_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),

@@ -418,7 +418,7 @@ async fn connect(
     });
     let mut tried = Vec::new();
     loop {
-        let chosen = rules::take_instance(backend, None, &tried, config.connect_timeout).await;
+        let chosen = rules::take_instance(backend, None, &tried, config.queue_timeout).await;
         let (instance, _, slot) = match chosen {
             Ok(chosen) => chosen,
             Err(why) => {

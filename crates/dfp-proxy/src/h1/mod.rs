@@ -484,7 +484,7 @@ where
     let result = loop {
         // `_slot`: the request's place on the instance, held until the exchange (or its
         // tunnel) is over.
-        let queue = forwarder.connector.connect_timeout;
+        let queue = forwarder.queue_timeout;
         let chosen = rules::take_instance(backend, plan.sticky, &tried, queue).await;
         let (upstream, pin, _slot) = match chosen {
             Ok(chosen) => chosen,

@@ -105,10 +105,14 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_DNS_REFRESH", default_value = "5s", value_parser = parse_duration)]
     pub(crate) dns_refresh: Duration,
 
-    /// How long to wait for a connection to an instance (e.g. 5s, 500ms), and for a place on
-    /// one when a service's instances are all at its instanceMaxConn.
+    /// How long to wait for a connection to an instance (e.g. 5s, 500ms).
     #[arg(long, env = "DFP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) connect_timeout: Duration,
+
+    /// How long a request waits in the queue for a place when a service's instances are all
+    /// at its instanceMaxConn [default: the connect timeout].
+    #[arg(long, env = "DFP_QUEUE_TIMEOUT", value_parser = parse_duration)]
+    pub(crate) queue_timeout: Option<Duration>,
 
     /// How long to wait for an instance's response headers before answering 504.
     #[arg(long, env = "DFP_SERVER_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
