@@ -1,7 +1,8 @@
 //! `instanceMaxConn`: a cap on the exchanges in flight to each instance of a service, over
 //! every thread of the proxy. A full instance is passed over; when every instance is full the
-//! request (or TCP connection) waits in a queue for up to `--queue-timeout` (the connect
-//! timeout unless set) and takes the first place given back; still full at the end of the wait, it gets the proxy's own 503 (a
+//! request gets the proxy's own 503 at once (a TCP connection is closed), or with
+//! `--queue-timeout` waits in a queue for up to that long and takes the first place given
+//! back; still full at the end of the wait, it gets the proxy's own 503 (a
 //! TCP connection is closed). A finished exchange frees its place.
 
 use std::time::{Duration, Instant};
@@ -105,8 +106,7 @@ async fn a_request_queued_behind_a_full_instance_is_served_when_its_place_is_giv
     let consul = Consul::start().await;
     let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(1000)).await;
     consul.register("queue-ms", "slow-1", slow.port(), None).await;
-    // No --queue-timeout: the queue waits as long as the connect timeout.
-    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "10s"]).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "10s"]).await;
     protocol.prepare(&proxy).await;
     let route =
         "/v1/docker-flow-proxy/reconfigure?serviceName=queue-ms&servicePath=/q&instanceMaxConn=1";
@@ -165,7 +165,7 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     let consul = Consul::start().await;
     let echo = TcpEcho::start("a:").await;
     consul.register("echo", "echo-a", echo.port(), None).await;
-    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "1s"]).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "1s"]).await;
     let port = free_port();
     let route =
         format!("/v1/docker-flow-proxy/reconfigure?serviceName=echo&reqMode=tcp&srcPort={port}&instanceMaxConn=1");
@@ -179,9 +179,8 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     assert_eq!(&answer, b"a:hi");
     assert_eq!(in_flight(&proxy, "echo").await, [1]);
 
-    // The one instance is full for longer than the queue's wait (the connect timeout, 1 s,
-    // with no --queue-timeout): the next connection is closed without reaching it, once the
-    // wait is over.
+    // The one instance is full for longer than the queue's wait (`--queue-timeout 1s`): the
+    // next connection is closed without reaching it, once the wait is over.
     let started = Instant::now();
     let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
     let _ = refused.write_all(b"hi").await;
@@ -213,6 +212,32 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     again.write_all(b"yo").await.expect("sent");
     again.read_exact(&mut answer).await.expect("echoed");
     assert_eq!(&answer, b"a:yo");
+}
+
+#[tokio::test]
+async fn without_a_queue_timeout_a_request_that_finds_every_instance_full_gets_503_at_once() {
+    let consul = Consul::start().await;
+    let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(3000)).await;
+    consul.register("noqueue-ms", "slow-1", slow.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let route =
+        "/v1/docker-flow-proxy/reconfigure?serviceName=noqueue-ms&servicePath=/n&instanceMaxConn=1";
+    let (status, answer) = proxy.admin(route).await;
+    assert_eq!(status, 200, "{answer}");
+    let client = proxy.client().clone();
+    let url = proxy.url("/n/first");
+    let first =
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+    eventually(Duration::from_secs(5), "the first request in flight", || async {
+        (in_flight(&proxy, "noqueue-ms").await == [1]).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = proxy.get("/n/second").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1000), "answered at once, not queued");
+    assert_eq!(first.await.expect("no panic").expect("answered"), 200);
+    assert_eq!(slow.hits(), 1);
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ pub struct ProxyConfig {
     /// How long to wait for an upstream connection to open.
     pub connect_timeout: Duration,
     /// How long a request (or TCP connection) waits for a place when every instance of its
-    /// service is at `instanceMaxConn` (HAProxy's `timeout queue`).
+    /// service is at `instanceMaxConn` (HAProxy's `timeout queue`); zero: no queue.
     pub queue_timeout: Duration,
     /// How long to wait for an upstream's response head once the request is sent.
     pub server_timeout: Duration,
@@ -65,7 +65,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             connect_timeout: Duration::from_secs(5),
-            queue_timeout: Duration::from_secs(5),
+            queue_timeout: Duration::ZERO,
             server_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),

@@ -114,9 +114,8 @@ pub(crate) type Chosen<'b, 'p> = (&'b Upstream, Option<Pin<'p>>, InstanceSlot);
 
 /// How every engine gets the instance for an attempt: [`choose_instance`], and when every
 /// instance is full (`instanceMaxConn`), a wait of up to `queue` for one to give a place back
-/// (HAProxy's queue behind a server's `maxconn`; the engines pass `--queue-timeout`, which
-/// defaults to the connect timeout as HAProxy's `timeout queue` does). A service without a cap
-/// never waits.
+/// (HAProxy's queue behind a server's `maxconn`; the engines pass `--queue-timeout`, zero
+/// unless set: no queue). A service without a cap never waits.
 pub(crate) fn take_instance<'a, 'b, 'p>(
     backend: &'b Backend,
     sticky: Option<Sticky<'p>>,

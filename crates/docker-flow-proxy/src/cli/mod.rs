@@ -109,10 +109,10 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "DFP_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) connect_timeout: Duration,
 
-    /// How long a request waits in the queue for a place when a service's instances are all
-    /// at its instanceMaxConn [default: the connect timeout].
-    #[arg(long, env = "DFP_QUEUE_TIMEOUT", value_parser = parse_duration)]
-    pub(crate) queue_timeout: Option<Duration>,
+    /// How long a request waits in a queue for a place when a service's instances are all at
+    /// its instanceMaxConn (e.g. 5s); 0s: no queue, such a request is answered 503 at once.
+    #[arg(long, env = "DFP_QUEUE_TIMEOUT", default_value = "0s", value_parser = parse_duration_or_zero)]
+    pub(crate) queue_timeout: Duration,
 
     /// How long to wait for an instance's response headers before answering 504.
     #[arg(long, env = "DFP_SERVER_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
@@ -590,6 +590,14 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("a timeout must be longer than zero".to_owned());
     }
     Ok(d)
+}
+
+/// A duration that may be zero (`0s`, `0ms`, `0`: off), for `--queue-timeout`.
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Err(_) if matches!(text.trim(), "0" | "0s" | "0ms" | "0m" | "0h") => Ok(Duration::ZERO),
+        parsed => parsed,
+    }
 }
 
 /// `--consul-token` (CONSUL_HTTP_TOKEN); the message never repeats the token.

@@ -14,6 +14,16 @@ fn durations() {
 }
 
 #[test]
+fn the_queue_timeout_may_be_zero_for_no_queue() {
+    for off in ["0s", "0ms", "0"] {
+        assert_eq!(parse_duration_or_zero(off), Ok(Duration::ZERO), "{off}");
+    }
+    assert_eq!(parse_duration_or_zero("5s"), Ok(Duration::from_secs(5)));
+    assert!(parse_duration_or_zero("0x").is_err());
+    assert!(parse_duration_or_zero("soon").is_err());
+}
+
+#[test]
 fn tls_listen_is_an_address_or_off() {
     assert_eq!(parse_tls_listen("off"), Ok(TlsListen::Off));
     assert_eq!(

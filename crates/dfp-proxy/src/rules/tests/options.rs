@@ -431,6 +431,9 @@ async fn a_request_queued_for_a_full_service_takes_the_first_place_given_back() 
     let (_, _, first_slot) = choose_instance(backend, None, &[]).expect("room");
     let (second, _, second_slot) = choose_instance(backend, None, &[]).expect("room");
 
+    // No queue time: Full at once.
+    assert_eq!(take_instance(backend, None, &[], Duration::ZERO).await.err(), Some(NoChoice::Full));
+
     // Nothing is given back: after the queue time, Full.
     let started = Instant::now();
     let queued = take_instance(backend, None, &[], Duration::from_millis(100)).await;
