@@ -87,6 +87,23 @@ pub(super) fn metrics(controller: &Controller) -> Response<Full<Bytes>> {
 /// Reads one counter of a service's stats.
 type ReadCounter = fn(&dfp_routing::BackendStats) -> u64;
 
+/// One per-service series: name, Prometheus type, help, and how to read it.
+type Series = (&'static str, &'static str, &'static str, ReadCounter);
+
+/// Each series' `HELP` and `TYPE` lines, then its value for each service.
+fn write_series(
+    out: &mut String,
+    series: &[Series],
+    services: &[(&str, &dfp_routing::BackendStats)],
+) {
+    for (metric, kind, help, read) in series {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (name, stats) in services {
+            let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
+        }
+    }
+}
+
 /// Per-service counters of the data plane: the live table's services, then the services it
 /// no longer routes (their counters stay, so no series a scraper saw goes backwards or
 /// vanishes; a service routed again resumes them).
@@ -114,25 +131,24 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             );
         }
     }
-    let counters: [(&str, &str, ReadCounter); 3] = [
+    let counters: [Series; 3] = [
         (
             "dfp_upstream_errors_total",
+            "counter",
             "Attempts at an instance that failed before a response.",
             |s| s.upstream_errors.load(Ordering::Relaxed),
         ),
-        ("dfp_retries_total", "Requests sent again to another instance.", |s| {
+        ("dfp_retries_total", "counter", "Requests sent again to another instance.", |s| {
             s.retries.load(Ordering::Relaxed)
         }),
-        ("dfp_ejections_total", "Times an instance was ejected by passive health.", |s| {
-            s.ejections.load(Ordering::Relaxed)
-        }),
+        (
+            "dfp_ejections_total",
+            "counter",
+            "Times an instance was ejected by passive health.",
+            |s| s.ejections.load(Ordering::Relaxed),
+        ),
     ];
-    for (metric, help, read) in counters {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-        for (name, stats) in &services {
-            let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
-        }
-    }
+    write_series(out, &counters, &services);
     queue_metrics(table, out);
     tcp_metrics(table, out);
     let _ = writeln!(
@@ -168,7 +184,8 @@ fn queue_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
         .collect();
     capped.sort_by_key(|b| b.service());
     capped.dedup_by_key(|b| b.service());
-    let gauges: [(&str, &str, &str, ReadCounter); 2] = [
+    let services: Vec<_> = capped.iter().map(|b| (b.service(), b.stats())).collect();
+    let series: [Series; 2] = [
         (
             "dfp_queued_requests",
             "gauge",
@@ -182,17 +199,7 @@ fn queue_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             |s| s.queued_total.load(Ordering::Relaxed),
         ),
     ];
-    for (metric, kind, help, read) in gauges {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-        for backend in &capped {
-            let _ = writeln!(
-                out,
-                "{metric}{{service=\"{}\"}} {}",
-                backend.service(),
-                read(backend.stats())
-            );
-        }
-    }
+    write_series(out, &series, &services);
 }
 
 /// TCP services' counters (`reqMode=tcp`): connections accepted and open, connections that
@@ -204,7 +211,7 @@ fn tcp_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
         .map(|(_, b)| (b.service(), b.stats()))
         .chain(table.retired_stats().filter(|(_, s)| s.tcp_accepted.load(Ordering::Relaxed) > 0))
         .collect();
-    let counters: [(&str, &str, &str, ReadCounter); 3] = [
+    let counters: [Series; 3] = [
         ("dfp_tcp_connections_total", "counter", "TCP connections accepted, by service.", |s| {
             s.tcp_accepted.load(Ordering::Relaxed)
         }),
@@ -218,12 +225,7 @@ fn tcp_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
             |s| s.tcp_connect_failures.load(Ordering::Relaxed),
         ),
     ];
-    for (metric, kind, help, read) in counters {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-        for (name, stats) in &services {
-            let _ = writeln!(out, "{metric}{{service=\"{name}\"}} {}", read(stats));
-        }
-    }
+    write_series(out, &counters, &services);
     let _ = writeln!(
         out,
         "# HELP dfp_tcp_bytes_total Bytes copied by TCP services, by service and direction.\n\

@@ -380,11 +380,8 @@ fn compression_weakens_a_strong_etag() {
     assert_eq!(written("\"v1\"", None), "\"v1\"");
 }
 
-/// `instanceMaxConn` as `choose_instance` applies it: a full instance is stepped over, every
-/// one full is `NoChoice::Full` (not `Left`), a pinned request whose instance is full stays
-/// off the others, and a dropped slot makes room again.
-#[test]
-fn instance_max_conn_steps_over_full_instances() {
+/// A table with service `s` on two instances (ports 1 and 2) and `instanceMaxConn=1`.
+fn two_instances_capped_at_one() -> (dfp_routing::RouteTable, [std::net::SocketAddr; 2]) {
     use dfp_routing::{PathPrefix, RouteTableBuilder, ServiceSpec};
     let addrs = [1, 2].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
     let path = PathPrefix::parse("/s").expect("valid");
@@ -392,7 +389,15 @@ fn instance_max_conn_steps_over_full_instances() {
     spec.policy.instance_max_conn = std::num::NonZeroU32::new(1);
     let mut builder = RouteTableBuilder::new();
     builder.add(spec, &addrs).expect("valid");
-    let table = builder.build(1).expect("builds");
+    (builder.build(1).expect("builds"), addrs)
+}
+
+/// `instanceMaxConn` as `choose_instance` applies it: a full instance is stepped over, every
+/// one full is `NoChoice::Full` (not `Left`), a pinned request whose instance is full stays
+/// off the others, and a dropped slot makes room again.
+#[test]
+fn instance_max_conn_steps_over_full_instances() {
+    let (table, addrs) = two_instances_capped_at_one();
     let backend = table.service("s").expect("routed");
 
     let (first, _, first_slot) = choose_instance(backend, None, &[]).expect("room");
@@ -419,13 +424,7 @@ async fn a_request_queued_for_a_full_service_takes_the_first_place_given_back() 
     use std::time::{Duration, Instant};
 
     use dfp_routing::{PathPrefix, RouteTableBuilder, ServiceSpec};
-    let addrs = [1, 2].map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
-    let path = PathPrefix::parse("/s").expect("valid");
-    let mut spec = ServiceSpec::new("s", &[path]);
-    spec.policy.instance_max_conn = std::num::NonZeroU32::new(1);
-    let mut builder = RouteTableBuilder::new();
-    builder.add(spec, &addrs).expect("valid");
-    let table = builder.build(1).expect("builds");
+    let (table, addrs) = two_instances_capped_at_one();
     let backend = table.service("s").expect("routed");
 
     let (_, _, first_slot) = choose_instance(backend, None, &[]).expect("room");
