@@ -144,6 +144,17 @@ impl<S> TimedIo<S> {
         io
     }
 
+    /// The socket itself, for a tunnel: once a connection is upgraded no deadline of this
+    /// wrapper applies (the tunnel has its own idle timeout), so its bytes need not pass
+    /// through it.
+    pub(crate) fn upgraded_stream(&mut self) -> &mut S {
+        debug_assert!(
+            self.state.upgraded.load(Ordering::Relaxed),
+            "only an upgraded connection bypasses its deadlines"
+        );
+        &mut self.stream
+    }
+
     /// A write returned `Pending`: whether it has now been stalled for the client timeout
     /// (tunnels excepted: they have their own idle timeout).
     fn write_expired(&mut self, cx: &mut Context<'_>) -> bool {

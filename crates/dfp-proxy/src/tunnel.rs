@@ -7,11 +7,21 @@
 //! long a write may make no progress and live byte counts for `/metrics`. The loop copies
 //! through user-space buffers; `splice(2)` would need unsafe code (forbidden here) and the
 //! measurement in the README ("TCP services") shows loopback copies are not where the time goes.
+//!
+//! The loop is a hand-written poll, not `select!` over read and write futures: a message
+//! through a tunnel is a wake-up, one read, one write and the reads that find nothing more,
+//! and building, selecting among and dropping futures for each of those (and polling the
+//! idle timer each time) was a third of the user-space instructions of a WebSocket message
+//! (BENCHMARKS.md, "WebSocket: the tunnel as one poll").
 
+use std::future::{poll_fn, Future as _};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// How a tunnel runs: its idle timeout, optional bounds on each side's writes, its buffer
 /// size and the counters its bytes are added to.
@@ -60,28 +70,6 @@ where
     run(a, b, Tunnel::idle(idle)).await;
 }
 
-/// Writes `bytes` to `to` and flushes, within `within` (if given) for the whole write.
-async fn write_within<W: AsyncWrite + Unpin>(
-    to: &mut W,
-    bytes: &[u8],
-    within: Option<Duration>,
-) -> std::io::Result<()> {
-    // Flushed at once: over TLS the last bytes could otherwise wait in the session while
-    // the tunnel waits for the other side.
-    let write = async {
-        to.write_all(bytes).await?;
-        to.flush().await
-    };
-    match within {
-        // `timeout` polls the write first: a write that completes at once never touches
-        // the timer wheel.
-        Some(within) => tokio::time::timeout(within, write)
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-        None => write.await,
-    }
-}
-
 /// Bytes a direction reads at a time until a read fills them: most tunnels (a short TCP
 /// exchange, a WebSocket's messages) never move more at once, and a buffer is zeroed when it
 /// is made, so starting at the full size cost a short connection two 64 KiB `memset`s, the
@@ -110,80 +98,262 @@ impl Buffer {
     }
 }
 
-/// [`splice`] as `tunnel` says: its idle timeout, write bounds, buffers and counters.
-///
-/// Each side is read and written through its own `&mut`, never split: `select!` drops the
-/// read futures before it runs the arm that writes, so no lock is needed between a side's
-/// reading and its writing (`tokio::io::split` takes one on every poll).
-pub(crate) async fn run<A, B>(mut a: A, mut b: B, tunnel: Tunnel<'_>)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let idle = tunnel.idle;
-    let mut a_buf = Buffer::new(tunnel.buffer);
-    let mut b_buf = Buffer::new(tunnel.buffer);
-    let (mut a_open, mut b_open) = (true, true);
-    let count = |to_b: bool, n: usize| {
-        if let Some((a_to_b, b_to_a)) = tunnel.counted {
-            let counter = if to_b { a_to_b } else { b_to_a };
-            counter.fetch_add(n as u64, Ordering::Relaxed);
+/// Where one direction of a tunnel is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Reading from its side and writing what it read to the other.
+    Copying,
+    /// Its side ended (or failed) and everything read was written; `shut`: the other side's
+    /// output is to be shut (so it sees the end) before this direction is done.
+    Ending {
+        shut: bool,
+    },
+    Done,
+}
+
+/// One direction of a tunnel: bytes read from one side, written to the other.
+struct Pipe<'c> {
+    buf: Buffer,
+    /// `buf.bytes[start..end]`: read, not yet written.
+    start: usize,
+    end: usize,
+    /// Everything read was written, not yet flushed (a TLS side may hold the last record).
+    unflushed: bool,
+    stage: Stage,
+    /// How long the write of one chunk may wait on the other side, and since when it has.
+    write_within: Option<Duration>,
+    stalled_since: Option<Instant>,
+    counter: Option<&'c AtomicU64>,
+    /// Whether the side written to is a plain TCP socket (see [`Tunnel::a_plain`]).
+    to_plain: bool,
+}
+
+/// What polling a direction found.
+enum Flow {
+    /// Waiting on a side (its waker registered), or done.
+    Idle,
+    /// A write to the other side failed: the tunnel ends.
+    Broken,
+}
+
+impl<'c> Pipe<'c> {
+    fn new(
+        buffer: usize,
+        write_within: Option<Duration>,
+        counter: Option<&'c AtomicU64>,
+        to_plain: bool,
+    ) -> Self {
+        Pipe {
+            buf: Buffer::new(buffer),
+            start: 0,
+            end: 0,
+            unflushed: false,
+            stage: Stage::Copying,
+            write_within,
+            stalled_since: None,
+            counter,
+            to_plain,
         }
-    };
-    // Lazy: each message only notes the time; the timer is moved on when it fires early, so
-    // a busy tunnel costs no timer operation per message.
-    let mut last = tokio::time::Instant::now();
-    let quiet = tokio::time::sleep(idle);
-    tokio::pin!(quiet);
-    while a_open || b_open {
-        tokio::select! {
-            read = a.read(&mut a_buf.bytes), if a_open => match read {
-                Ok(0) | Err(_) => {
-                    a_open = false;
-                    if b_open || !tunnel.b_plain {
-                        let _ = b.shutdown().await;
+    }
+
+    /// The write of the current chunk has to wait: notes since when (if writes are bounded).
+    fn stalled(&mut self, stalls: &mut bool) {
+        if self.write_within.is_some() && self.stalled_since.is_none() {
+            self.stalled_since = Some(Instant::now());
+            *stalls = true;
+        }
+    }
+
+    /// When the current chunk's write has waited too long, if it is waiting.
+    fn stall_deadline(&self) -> Option<Instant> {
+        Some(self.stalled_since? + self.write_within?)
+    }
+
+    /// Moves bytes from `from` to `to` until one of them has to wait. `other_reading`: the
+    /// other direction still reads, so `to` must be told of this side's end by a shutdown
+    /// even when it is a plain socket (its close would end both halves). `moved`: set when a
+    /// byte was written; `stalls`: set when a write started to wait.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut R,
+        to: &mut W,
+        other_reading: bool,
+        moved: &mut bool,
+        stalls: &mut bool,
+    ) -> Flow
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            match self.stage {
+                Stage::Copying if self.start < self.end => {
+                    let chunk = &self.buf.bytes[self.start..self.end];
+                    match Pin::new(&mut *to).poll_write(cx, chunk) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Flow::Broken,
+                        Poll::Ready(Ok(n)) => {
+                            self.start += n;
+                            self.unflushed = self.start == self.end;
+                            if let Some(counter) = self.counter {
+                                counter.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            *moved = true;
+                        }
+                        Poll::Pending => {
+                            self.stalled(stalls);
+                            return Flow::Idle;
+                        }
                     }
                 }
-                Ok(n) => {
-                    if write_within(&mut b, &a_buf.bytes[..n], tunnel.write_b_within).await.is_err() {
-                        break;
+                // Flushed before reading on: over TLS the last bytes could otherwise wait in
+                // the session while the tunnel waits for the other side.
+                Stage::Copying if self.unflushed => match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        self.stalled_since = None;
                     }
-                    a_buf.filled(n);
-                    count(true, n);
-                    last = tokio::time::Instant::now();
-                }
-            },
-            read = b.read(&mut b_buf.bytes), if b_open => match read {
-                Ok(0) | Err(_) => {
-                    b_open = false;
-                    if a_open || !tunnel.a_plain {
-                        let _ = a.shutdown().await;
+                    Poll::Ready(Err(_)) => return Flow::Broken,
+                    Poll::Pending => {
+                        self.stalled(stalls);
+                        return Flow::Idle;
+                    }
+                },
+                Stage::Copying => {
+                    self.stalled_since = None;
+                    let mut read = ReadBuf::new(&mut self.buf.bytes);
+                    match Pin::new(&mut *from).poll_read(cx, &mut read) {
+                        Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                            let n = read.filled().len();
+                            (self.start, self.end) = (0, n);
+                            self.buf.filled(n);
+                        }
+                        // The end of this side's output, or an error reading it: the other
+                        // side is told, then this direction is done.
+                        Poll::Ready(_) => {
+                            self.stage = Stage::Ending { shut: other_reading || !self.to_plain };
+                        }
+                        Poll::Pending => return Flow::Idle,
                     }
                 }
-                Ok(n) => {
-                    if write_within(&mut a, &b_buf.bytes[..n], tunnel.write_a_within).await.is_err() {
-                        break;
-                    }
-                    b_buf.filled(n);
-                    count(false, n);
-                    last = tokio::time::Instant::now();
-                }
-            },
-            () = &mut quiet => {
-                if last.elapsed() < idle {
-                    quiet.as_mut().reset(last + idle);
-                    continue;
-                }
-                tracing::debug!(?idle, "tunnel idle for too long; closing it");
-                break;
+                Stage::Ending { shut: true } => match Pin::new(&mut *to).poll_shutdown(cx) {
+                    Poll::Ready(_) => self.stage = Stage::Done,
+                    Poll::Pending => return Flow::Idle,
+                },
+                Stage::Ending { shut: false } => self.stage = Stage::Done,
+                Stage::Done => return Flow::Idle,
             }
         }
     }
 }
 
+/// The tunnel's one timer, for the idle timeout and the write bounds. It is lazy: a message
+/// only notes the time, and the timer is moved on when it fires early, so a busy tunnel
+/// costs no timer operation per message; and it is polled (to register the task) only when
+/// it was reset or the task's waker changed, not on every wake-up.
+struct Deadlines<'s> {
+    timer: Pin<&'s mut Sleep>,
+    registered: Option<Waker>,
+    idle: Duration,
+    last_moved: Instant,
+}
+
+impl Deadlines<'_> {
+    /// Whether a deadline has passed (the tunnel ends), after moving the timer on to the
+    /// earliest one still ahead when it fired early or `earlier` is sooner than it.
+    fn expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        stalls: [Option<Instant>; 2],
+        earlier: bool,
+    ) -> bool {
+        let fired = self.timer.is_elapsed();
+        let same_task = self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !fired && same_task && !earlier {
+            return false;
+        }
+        loop {
+            let due = stalls.into_iter().flatten().fold(self.last_moved + self.idle, Instant::min);
+            if Instant::now() >= due {
+                if due == self.last_moved + self.idle {
+                    tracing::debug!(idle = ?self.idle, "tunnel idle for too long; closing it");
+                } else {
+                    tracing::debug!(
+                        "a side of the tunnel read nothing for its write timeout; closing it"
+                    );
+                }
+                return true;
+            }
+            if self.timer.deadline() != due {
+                self.timer.as_mut().reset(due);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.registered = Some(cx.waker().clone());
+                return false;
+            }
+        }
+    }
+}
+
+/// [`splice`] as `tunnel` says: its idle timeout, write bounds, buffers and counters.
+///
+/// Each side is read and written through its own `&mut`, never split: both directions are
+/// polled in turn from one task, so no lock is needed between a side's reading and its
+/// writing (`tokio::io::split` takes one on every poll). Which direction goes first
+/// alternates, so one that is always ready cannot starve the other once tokio's budget
+/// makes it yield.
+pub(crate) async fn run<A, B>(mut a: A, mut b: B, tunnel: Tunnel<'_>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (a_to_b, b_to_a) = match tunnel.counted {
+        Some((a_to_b, b_to_a)) => (Some(a_to_b), Some(b_to_a)),
+        None => (None, None),
+    };
+    let mut forth = Pipe::new(tunnel.buffer, tunnel.write_b_within, a_to_b, tunnel.b_plain);
+    let mut back = Pipe::new(tunnel.buffer, tunnel.write_a_within, b_to_a, tunnel.a_plain);
+    let timer = tokio::time::sleep(tunnel.idle);
+    tokio::pin!(timer);
+    let mut deadlines =
+        Deadlines { timer, registered: None, idle: tunnel.idle, last_moved: Instant::now() };
+    let mut forth_first = true;
+    poll_fn(|cx| {
+        let (mut moved, mut stalls) = (false, false);
+        let mut step = |first_forth: bool, moved: &mut bool, stalls: &mut bool| {
+            if first_forth {
+                let reading = back.stage == Stage::Copying;
+                forth.poll(cx, &mut a, &mut b, reading, moved, stalls)
+            } else {
+                let reading = forth.stage == Stage::Copying;
+                back.poll(cx, &mut b, &mut a, reading, moved, stalls)
+            }
+        };
+        for first_forth in [forth_first, !forth_first] {
+            if let Flow::Broken = step(first_forth, &mut moved, &mut stalls) {
+                return Poll::Ready(());
+            }
+        }
+        forth_first = !forth_first;
+        if forth.stage == Stage::Done && back.stage == Stage::Done {
+            return Poll::Ready(());
+        }
+        if moved {
+            deadlines.last_moved = Instant::now();
+        }
+        let stall_deadlines = [forth.stall_deadline(), back.stall_deadline()];
+        if deadlines.expired(cx, stall_deadlines, stalls) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[tokio::test]
     async fn bytes_flow_both_ways_and_idle_tunnels_close() {
@@ -281,6 +451,80 @@ mod tests {
             .expect("no panic");
         assert_eq!(counters.0.load(Ordering::Relaxed), 1_000_000);
         assert_eq!(counters.1.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_busy_for_longer_than_its_idle_timeout_stays_open_until_it_is_quiet() {
+        let (mut client, proxy_client_side) = tokio::io::duplex(64);
+        let (proxy_upstream_side, mut upstream) = tokio::io::duplex(64);
+        let idle = Duration::from_millis(300);
+        let tunnel = tokio::spawn(splice(proxy_client_side, proxy_upstream_side, idle));
+        let mut buf = [0_u8; 4];
+        // Six messages 100 ms apart: 600 ms of traffic, twice the idle timeout.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.write_all(b"ping").await.expect("write");
+            upstream.read_exact(&mut buf).await.expect("the tunnel is still open");
+        }
+        let quiet = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("the quiet tunnel ends")
+            .expect("no panic");
+        assert!(
+            quiet.elapsed() >= Duration::from_millis(250),
+            "closed only once quiet for the idle timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_direction_that_is_always_ready_does_not_starve_the_other() {
+        let (client, proxy_client_side) = tokio::io::duplex(64 * 1024);
+        let (proxy_upstream_side, mut upstream) = tokio::io::duplex(64 * 1024);
+        let tunnel =
+            tokio::spawn(splice(proxy_client_side, proxy_upstream_side, Duration::from_secs(60)));
+        // The instance reads everything the client sends and, once the upload is flowing,
+        // says one thing back; the client keeps uploading until it hears it (at most 256 MiB).
+        let instance = tokio::spawn(async move {
+            let mut buf = vec![0_u8; 64 * 1024];
+            let mut total = 0_usize;
+            let mut said = false;
+            loop {
+                let n = upstream.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    return total;
+                }
+                total += n;
+                if !said && total >= 1024 * 1024 {
+                    upstream.write_all(b"heard you").await.expect("write");
+                    said = true;
+                }
+            }
+        });
+        let (mut from_proxy, mut to_proxy) = tokio::io::split(client);
+        let listening = tokio::spawn(async move {
+            let mut reply = [0_u8; 9];
+            from_proxy.read_exact(&mut reply).await.map(|_| reply)
+        });
+        let chunk = vec![7_u8; 16 * 1024];
+        let mut sent = 0_usize;
+        while !listening.is_finished() {
+            to_proxy.write_all(&chunk).await.expect("upload");
+            sent += chunk.len();
+            assert!(sent < 256 * 1024 * 1024, "the reply never came while the upload flowed");
+        }
+        let heard = listening.await.expect("no panic").expect("the reply arrives");
+        assert_eq!(&heard, b"heard you");
+        to_proxy.shutdown().await.expect("end of the upload");
+        let total = tokio::time::timeout(Duration::from_secs(5), instance)
+            .await
+            .expect("the instance sees the end")
+            .expect("no panic");
+        assert_eq!(total, sent, "every byte of the upload arrived");
+        tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("the tunnel ends")
+            .expect("no panic");
     }
 
     #[test]

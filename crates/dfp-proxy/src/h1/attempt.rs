@@ -394,7 +394,7 @@ impl Attempt<'_> {
             upstream.write_all(&conn.buf).await.map_err(gone)?;
             conn.buf.clear();
         }
-        crate::tunnel::splice(&mut *io, upstream, self.plan.tunnel_timeout).await;
+        crate::tunnel::splice(io.upgraded_stream(), upstream, self.plan.tunnel_timeout).await;
         Ok(Relayed { status, close: true, tunnelled: true })
     }
 }
