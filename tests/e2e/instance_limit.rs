@@ -1,9 +1,10 @@
 //! `instanceMaxConn`: a cap on the exchanges in flight to each instance of a service, over
 //! every thread of the proxy. A full instance is passed over; when every instance is full the
-//! request gets the proxy's own 503 at once (a TCP connection is closed), or with
-//! `--queue-timeout` waits in a queue for up to that long and takes the first place given
-//! back; still full at the end of the wait, it gets the proxy's own 503 (a
-//! TCP connection is closed). A finished exchange frees its place.
+//! request waits in a queue for up to `--queue-timeout` (by default the connect timeout, as
+//! in HAProxy) and takes the first place given back, in arrival order; still full at the end
+//! of the wait, it gets the proxy's own 503 (a TCP connection is closed). With
+//! `--queue-timeout 0s` there is no queue: the 503 at once. A finished exchange frees its
+//! place.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,8 @@ async fn full_instances_are_passed_over_and_when_all_stay_full_the_answer_is_503
     let second = Upstream::start_with_delay("slow-2", Duration::from_millis(3000)).await;
     consul.register("slow-ms", "slow-1", first.port(), None).await;
     consul.register("slow-ms", "slow-2", second.port(), None).await;
-    let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "1s"]).await;
+    // No `--queue-timeout`: the queue waits for the connect timeout, as HAProxy's does.
+    let proxy = Proxy::start(Some(&consul.url()), &["--connect-timeout", "1s"]).await;
     let route =
         "/v1/docker-flow-proxy/reconfigure?serviceName=slow-ms&servicePath=/slow&instanceMaxConn=1";
     let (status, answer) = proxy.admin(route).await;
@@ -70,8 +72,8 @@ async fn full_instances_are_passed_over_and_when_all_stay_full_the_answer_is_503
     })
     .await;
 
-    // Every instance is full, and stays full for longer than the queue's wait
-    // (`--queue-timeout 1s`): the proxy's own 503 once the wait is over.
+    // Every instance is full, and stays full for longer than the queue's wait (by default
+    // the connect timeout, here 1s): the proxy's own 503 once the wait is over.
     let started = Instant::now();
     let (status, body) = proxy.get("/slow/c").await;
     let waited = started.elapsed();
@@ -215,11 +217,11 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
 }
 
 #[tokio::test]
-async fn without_a_queue_timeout_a_request_that_finds_every_instance_full_gets_503_at_once() {
+async fn with_no_queue_a_request_that_finds_every_instance_full_gets_503_at_once() {
     let consul = Consul::start().await;
     let slow = Upstream::start_with_delay("slow-1", Duration::from_millis(3000)).await;
     consul.register("noqueue-ms", "slow-1", slow.port(), None).await;
-    let proxy = Proxy::start(Some(&consul.url()), &[]).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "0s"]).await;
     let route =
         "/v1/docker-flow-proxy/reconfigure?serviceName=noqueue-ms&servicePath=/n&instanceMaxConn=1";
     let (status, answer) = proxy.admin(route).await;

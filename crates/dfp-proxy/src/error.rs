@@ -24,7 +24,7 @@ pub(crate) enum ProxyError {
     /// A service owns the path but has no live instance right now.
     NoInstance,
     /// Every instance of the service has its `instanceMaxConn` exchanges in flight, and still
-    /// had after the wait in the queue (`--queue-timeout`), if any.
+    /// had after the wait in the queue (`--queue-timeout`, by default the connect timeout).
     InstancesFull,
     /// The instance refused the connection, reset it, or broke off before answering.
     UpstreamUnreachable,

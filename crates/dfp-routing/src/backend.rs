@@ -5,6 +5,7 @@
 //! outlive a table swap (cursor, counters, each instance's health) sits behind an `Arc` that
 //! the builder carries from the previous table to the next.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -71,56 +72,188 @@ impl Upstream {
         Some(InstanceSlot(Some(self.health.clone())))
     }
 
-    /// Has `waker` woken the next time a place on this instance is given back (an exchange
-    /// queued while its service's instances were all full). Register, then try
+    /// Queues `ticket` at the back of this instance's queue: the next place given back here
+    /// goes to the first ticket still waiting (see [`Ticket`]). Queue, then try
     /// [`Upstream::take_slot`] again: a place given back in between is then seen either way.
-    pub fn wake_when_free(&self, waker: &Waker) {
-        self.health.waiting.register(waker);
+    pub fn enqueue(&self, ticket: &Arc<Ticket>) {
+        self.health.waiting.enqueue(ticket);
     }
 }
 
-/// The tasks waiting for a place on one instance. All are woken when one place is given
-/// back and the first to look takes it (the others register again): no arrival order is
-/// kept, which is what lets a place given back cost one load when nobody waits.
+/// An exchange (a request, or a TCP connection) waiting for a place on one of its service's
+/// full instances, queued on each instance it may use. The first instance to give a place
+/// back hands it over: the ticket holds the place (the instance's count never drops, so no
+/// newcomer can take it in between) and its task is woken. Tickets are served in the order
+/// they were queued, one per place given back, so a place given back wakes one task however
+/// many wait.
+#[derive(Debug, Default)]
+pub struct Ticket {
+    state: Mutex<TicketState>,
+}
+
+#[derive(Debug, Default)]
+enum TicketState {
+    /// Queued; the task to wake when a place is handed over.
+    #[default]
+    Waiting,
+    WaitingFor(Waker),
+    /// A place was handed over and not taken yet.
+    Granted(InstanceSlot),
+    /// Served (by a place handed over or found), or gone (timed out, cancelled): passed over.
+    Done,
+}
+
+impl Ticket {
+    pub fn new() -> Arc<Ticket> {
+        Arc::new(Ticket::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TicketState> {
+        // Nothing under this lock can panic halfway; a poisoned lock's data is whole.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The place handed to this ticket, which is then done; or, while none is, has `waker`
+    /// woken when one is.
+    pub fn take_place(&self, waker: &Waker) -> Option<InstanceSlot> {
+        let mut state = self.state();
+        match std::mem::take(&mut *state) {
+            TicketState::Granted(slot) => {
+                *state = TicketState::Done;
+                Some(slot)
+            }
+            TicketState::WaitingFor(old) if old.will_wake(waker) => {
+                *state = TicketState::WaitingFor(old);
+                None
+            }
+            TicketState::Waiting | TicketState::WaitingFor(_) => {
+                *state = TicketState::WaitingFor(waker.clone());
+                None
+            }
+            TicketState::Done => {
+                *state = TicketState::Done;
+                None
+            }
+        }
+    }
+
+    /// Leaves every queue: nothing more is handed to the ticket. A place handed to it and
+    /// not taken is given back (so it goes to the next ticket waiting there).
+    pub fn leave(&self) {
+        let granted = std::mem::replace(&mut *self.state(), TicketState::Done);
+        // Dropped after the lock: giving the place back may hand it to another ticket.
+        drop(granted);
+    }
+
+    fn is_waiting(&self) -> bool {
+        matches!(*self.state(), TicketState::Waiting | TicketState::WaitingFor(_))
+    }
+
+    /// Hands `slot` to the ticket if it still waits (its task woken); else gives it back.
+    fn grant(&self, slot: InstanceSlot) -> Result<(), InstanceSlot> {
+        let mut state = self.state();
+        let waker = match std::mem::take(&mut *state) {
+            TicketState::Waiting => None,
+            TicketState::WaitingFor(waker) => Some(waker),
+            other => {
+                *state = other;
+                return Err(slot);
+            }
+        };
+        *state = TicketState::Granted(slot);
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Wakes the ticket's task without handing it a place (it looks for one itself).
+    fn nudge(&self) -> bool {
+        match &*self.state() {
+            TicketState::WaitingFor(waker) => {
+                waker.wake_by_ref();
+                true
+            }
+            TicketState::Waiting => true,
+            TicketState::Granted(_) | TicketState::Done => false,
+        }
+    }
+}
+
+/// The tickets queued for a place on one instance, oldest first. Tickets that are done stay
+/// until they reach the front (or the queue is compacted as it grows), so leaving a queue
+/// takes no lock on it.
 #[derive(Debug, Default)]
 struct Waiting {
-    /// How many wakers `wakers` holds, read without the lock by every slot given back.
+    /// How many tickets `queue` holds, read without the lock by every place given back.
     count: AtomicUsize,
-    wakers: Mutex<Vec<Waker>>,
+    queue: Mutex<VecDeque<Arc<Ticket>>>,
 }
 
 impl Waiting {
-    fn register(&self, waker: &Waker) {
-        let mut wakers = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !wakers.iter().any(|w| w.will_wake(waker)) {
-            wakers.push(waker.clone());
-        }
-        self.count.store(wakers.len(), Ordering::SeqCst);
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Ticket>>> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn wake_all(&self) {
-        if self.count.load(Ordering::SeqCst) == 0 {
-            return;
+    fn enqueue(&self, ticket: &Arc<Ticket>) {
+        let mut queue = self.queue();
+        // Each time the queue doubles past 64, tickets that are done are dropped: a queue
+        // whose front never moves cannot grow without bound, at constant cost per ticket.
+        if queue.len() >= 64 && queue.len().is_power_of_two() {
+            queue.retain(|t| t.is_waiting());
         }
-        let wakers = {
-            let mut wakers = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.count.store(0, Ordering::SeqCst);
-            std::mem::take(&mut *wakers)
+        queue.push_back(ticket.clone());
+        self.count.store(queue.len(), Ordering::SeqCst);
+    }
+
+    /// Hands the place `slot` holds to the first ticket still waiting; gives it back as
+    /// `Err` when none is.
+    fn hand_over(&self, mut slot: InstanceSlot) -> Result<(), InstanceSlot> {
+        let mut queue = self.queue();
+        let handed = loop {
+            let Some(ticket) = queue.pop_front() else { break Err(slot) };
+            match ticket.grant(slot) {
+                Ok(()) => break Ok(()),
+                Err(back) => slot = back,
+            }
         };
-        wakers.into_iter().for_each(Waker::wake);
+        self.count.store(queue.len(), Ordering::SeqCst);
+        handed
+    }
+
+    /// Wakes the first ticket still waiting, which stays queued.
+    fn nudge_first(&self) {
+        let mut queue = self.queue();
+        while let Some(ticket) = queue.front() {
+            if ticket.nudge() {
+                break;
+            }
+            queue.pop_front();
+        }
+        self.count.store(queue.len(), Ordering::SeqCst);
     }
 }
 
 /// One exchange's (a request's, or a TCP connection's) place on an instance under its
-/// service's cap, given back when dropped. Holds the instance's health `Arc`, so it outlives
-/// table swaps and can travel with a response body.
+/// service's cap, given back when dropped (to the first exchange queued for it, if any).
+/// Holds the instance's health `Arc`, so it outlives table swaps and can travel with a
+/// response body.
 #[derive(Debug)]
 pub struct InstanceSlot(Option<Arc<InstanceHealth>>);
+
+impl InstanceSlot {
+    /// Whether this is a place on `upstream` (a place handed over from a queue names its
+    /// instance only so).
+    pub fn is_on(&self, upstream: &Upstream) -> bool {
+        self.0.as_ref().is_some_and(|health| Arc::ptr_eq(health, &upstream.health))
+    }
+}
 
 impl Drop for InstanceSlot {
     fn drop(&mut self) {
         if let Some(health) = self.0.take() {
-            health.give_back();
+            InstanceHealth::give_back(health);
         }
     }
 }
@@ -143,13 +276,31 @@ pub struct InstanceHealth {
 }
 
 impl InstanceHealth {
-    /// An exchange's place given back ([`InstanceSlot`]): one fewer in flight, and the
-    /// exchanges queued for a place woken. Out of line: a slot without a cap (the usual case)
-    /// drops to nothing.
+    /// An exchange's place given back ([`InstanceSlot`]): handed to the first exchange
+    /// queued for it, or, with none queued (or the instance ejected: a queued exchange is
+    /// better served by another), one fewer in flight. Out of line: a slot without a cap
+    /// (the usual case) drops to nothing.
     #[inline(never)]
-    fn give_back(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.waiting.wake_all();
+    fn give_back(health: Arc<InstanceHealth>) {
+        let waiting = &health.waiting;
+        if waiting.count.load(Ordering::SeqCst) != 0 && !health.is_ejected_now() {
+            match waiting.hand_over(InstanceSlot(Some(Arc::clone(&health)))) {
+                Ok(()) => return,
+                // No ticket waits any more: the place is given back below.
+                Err(mut slot) => drop(slot.0.take()),
+            }
+        }
+        health.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // A ticket queued after the count was read above saw the place still taken when it
+        // looked: SeqCst on both sides means it is counted now, and it looks again.
+        if health.waiting.count.load(Ordering::SeqCst) != 0 {
+            health.waiting.nudge_first();
+        }
+    }
+
+    /// Whether the instance is ejected now; reads the clock only when a failure is on record.
+    fn is_ejected_now(&self) -> bool {
+        self.has_failures() && self.is_ejected(health_clock_ms())
     }
 
     /// Records a failed attempt at `now_ms`; returns the ejection window's end.
@@ -474,29 +625,159 @@ mod tests {
         assert_eq!(instance.health().in_flight(), 0);
     }
 
-    #[test]
-    fn a_place_given_back_wakes_every_waiter_once() {
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn counted() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn wakes(count: &Count) -> usize {
+        count.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn places_given_back_go_to_queued_exchanges_one_each_in_the_order_they_queued() {
         let b = backend(&[1]);
         let instance = &b.instances()[0];
         let cap = NonZeroU32::new(1);
         let held = instance.take_slot(cap).expect("room");
-        let (first, second) =
-            (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
-        let first_waker = Waker::from(first.clone());
-        instance.wake_when_free(&first_waker);
-        instance.wake_when_free(&first_waker); // registered once
-        instance.wake_when_free(&Waker::from(second.clone()));
+        let tickets: Vec<_> = (0..3).map(|_| Ticket::new()).collect();
+        let wakers: Vec<_> = (0..3).map(|_| counted()).collect();
+        for (ticket, (_, waker)) in tickets.iter().zip(&wakers) {
+            instance.enqueue(ticket);
+            assert!(ticket.take_place(waker).is_none(), "nothing handed over yet");
+        }
+        assert!(instance.take_slot(cap).is_none(), "full");
+        let mut place = held;
+        for (i, ticket) in tickets.iter().enumerate() {
+            drop(place);
+            let woken: Vec<usize> = wakers.iter().map(|(c, _)| wakes(c)).collect();
+            let expected: Vec<usize> = (0..3).map(|j| usize::from(j <= i)).collect();
+            assert_eq!(woken, expected, "place {i} wakes exchange {i} only");
+            assert_eq!(instance.health().in_flight(), 1, "handed over, never free for a newcomer");
+            assert!(instance.take_slot(cap).is_none());
+            place = ticket.take_place(&wakers[i].1).expect("the place handed over");
+            assert!(place.is_on(instance));
+            assert!(ticket.take_place(&wakers[i].1).is_none(), "handed over once");
+        }
+        drop(place);
+        assert_eq!(instance.health().in_flight(), 0, "nobody queued: given back");
+    }
+
+    #[test]
+    fn a_ticket_that_left_is_passed_over_and_a_place_handed_to_it_untaken_goes_on() {
+        let b = backend(&[1]);
+        let instance = &b.instances()[0];
+        let cap = NonZeroU32::new(1);
+        let held = instance.take_slot(cap).expect("room");
+        let (gone, late, next) = (Ticket::new(), Ticket::new(), Ticket::new());
+        let (next_wakes, next_waker) = counted();
+        for ticket in [&gone, &late, &next] {
+            instance.enqueue(ticket);
+        }
+        assert!(next.take_place(&next_waker).is_none());
+        gone.leave();
         drop(held);
-        assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 1));
-        // Woken waiters are forgotten: the next place given back wakes nobody.
-        drop(instance.take_slot(cap).expect("room"));
-        assert_eq!((first.0.load(Ordering::SeqCst), second.0.load(Ordering::SeqCst)), (1, 1));
+        // `late` got it (passing over `gone`) but leaves without taking it: it goes on.
+        late.leave();
+        assert_eq!(wakes(&next_wakes), 1);
+        let place = next.take_place(&next_waker).expect("handed on");
+        assert_eq!(instance.health().in_flight(), 1);
+        drop(place);
+        assert_eq!(instance.health().in_flight(), 0);
+    }
+
+    #[test]
+    fn a_place_on_an_ejected_instance_is_given_back_and_the_first_waiting_told_to_look() {
+        let b = backend(&[1]);
+        let instance = &b.instances()[0];
+        let cap = NonZeroU32::new(1);
+        let held = instance.take_slot(cap).expect("room");
+        let ticket = Ticket::new();
+        let (count, waker) = counted();
+        instance.enqueue(&ticket);
+        assert!(ticket.take_place(&waker).is_none());
+        instance.health().record_failure(health_clock_ms());
+        drop(held);
+        assert_eq!(instance.health().in_flight(), 0, "not handed over");
+        assert_eq!(wakes(&count), 1, "woken to look elsewhere");
+        assert!(ticket.take_place(&waker).is_none(), "and still queued, without a place");
+    }
+
+    #[test]
+    fn a_queue_of_tickets_that_left_is_compacted_as_it_grows() {
+        let b = backend(&[1]);
+        let instance = &b.instances()[0];
+        for _ in 0..10_000 {
+            let ticket = Ticket::new();
+            instance.enqueue(&ticket);
+            ticket.leave();
+        }
+        let queued = instance.health().waiting.queue().len();
+        assert!(queued <= 128, "{queued} tickets kept for nobody");
+    }
+
+    #[test]
+    fn threads_queueing_for_one_place_are_all_served_and_every_place_is_given_back() {
+        /// Wakes a parked thread.
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let b = Arc::new(backend(&[1]));
+        let cap = NonZeroU32::new(1);
+        let served = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (b, served) = (b.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let instance = &b.instances()[0];
+                    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+                    for _ in 0..5_000 {
+                        let place = instance.take_slot(cap).or_else(|| {
+                            let ticket = Ticket::new();
+                            instance.enqueue(&ticket);
+                            let started = std::time::Instant::now();
+                            let place = loop {
+                                if let Some(place) = ticket.take_place(&waker) {
+                                    break place;
+                                }
+                                if let Some(place) = instance.take_slot(cap) {
+                                    break place;
+                                }
+                                // Parked until woken: a wake-up lost while the others are
+                                // parked too shows as a 5 s park.
+                                assert!(
+                                    started.elapsed() < std::time::Duration::from_secs(3),
+                                    "a place given back never reached this waiter"
+                                );
+                                std::thread::park_timeout(std::time::Duration::from_secs(5));
+                            };
+                            ticket.leave();
+                            Some(place)
+                        });
+                        served.fetch_add(1, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        drop(place);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no waiter stuck or panicked");
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 40_000);
+        assert_eq!(b.instances()[0].health().in_flight(), 0, "every place given back");
     }
 
     #[test]

@@ -155,7 +155,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_config = ProxyConfig {
         connect_timeout: args.connect_timeout,
-        queue_timeout: args.queue_timeout,
+        // Unset, HAProxy's rule: `timeout queue` defaults to `timeout connect`.
+        queue_timeout: args.queue_timeout.unwrap_or(args.connect_timeout),
         server_timeout: args.server_timeout,
         header_read_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::task::Poll;
 
-use dfp_routing::{ProtoRedirect, StickySession};
+use dfp_routing::{ProtoRedirect, StickySession, Ticket};
 
 use super::*;
 use crate::error::{Forbidden, RedirectKind};
@@ -162,10 +162,11 @@ impl<'a, 'b: 'a, 'p: 'a> Future for TakeInstance<'a, 'b, 'p> {
     }
 }
 
-/// Waits until [`choose_instance`] finds a place, or `queue` has passed. Each look first
-/// asks every instance to wake this task when it gives a place back, then looks: a place
-/// given back between the two is seen by the look. Waiters are woken together and the first
-/// to look takes the place: the queue keeps no arrival order.
+/// Waits until a place is handed over from an instance's queue or [`choose_instance`] finds
+/// one, or `queue` has passed. The exchange is queued once, on every instance it may use
+/// (those it has not tried; for a pinned request, its own), before it looks again: a place
+/// given back between the two is seen by the look. Queued exchanges are served in arrival
+/// order, one per place given back ([`dfp_routing::Ticket`]).
 async fn queue_for_instance<'b, 'p>(
     backend: &'b Backend,
     sticky: Option<Sticky<'p>>,
@@ -173,11 +174,28 @@ async fn queue_for_instance<'b, 'p>(
     queue: Duration,
 ) -> Result<Chosen<'b, 'p>, NoChoice> {
     let _counted = Queued::enter(backend.stats());
+    let ticket = Leaving(Ticket::new());
+    // A request pinned to a live instance waits for that one (its session stays there);
+    // one pinned to an instance that is gone waits, like any other, for whichever is first.
+    let pinned = sticky
+        .and_then(|s| s.pinned)
+        .and_then(|token| backend.pinned_instance(token, now_ms, tried))
+        .map(Upstream::token);
+    for upstream in backend.instances().iter().filter(|u| !tried.contains(&u.addr())) {
+        if pinned.is_none_or(|token| upstream.token() == token) {
+            upstream.enqueue(&ticket.0);
+        }
+    }
     let deadline = tokio::time::sleep(queue);
     tokio::pin!(deadline);
     std::future::poll_fn(|cx| {
-        for upstream in backend.instances() {
-            upstream.wake_when_free(cx.waker());
+        if let Some(slot) = ticket.0.take_place(cx.waker()) {
+            if let Some(upstream) = backend.instances().iter().find(|u| slot.is_on(u)) {
+                let pin = sticky
+                    .filter(|_| pinned.is_none())
+                    .map(|s| Pin { cookie: s.cookie, token: upstream.token() });
+                return Poll::Ready(Ok((upstream, pin, slot)));
+            }
         }
         match choose_instance(backend, sticky, tried) {
             Err(NoChoice::Full) => {}
@@ -186,6 +204,16 @@ async fn queue_for_instance<'b, 'p>(
         deadline.as_mut().poll(cx).map(|()| Err(NoChoice::Full))
     })
     .await
+}
+
+/// A queued exchange's ticket, taken out of every queue when the exchange stops waiting
+/// (served, timed out or cancelled); a place handed to it and not taken goes to the next.
+struct Leaving(std::sync::Arc<Ticket>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 /// The instance for the next attempt, with the attempt's [`InstanceSlot`] on it (held until

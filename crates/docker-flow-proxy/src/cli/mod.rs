@@ -110,9 +110,10 @@ pub(crate) struct ServerArgs {
     pub(crate) connect_timeout: Duration,
 
     /// How long a request waits in a queue for a place when a service's instances are all at
-    /// its instanceMaxConn (e.g. 5s); 0s: no queue, such a request is answered 503 at once.
-    #[arg(long, env = "DFP_QUEUE_TIMEOUT", default_value = "0s", value_parser = parse_duration_or_zero)]
-    pub(crate) queue_timeout: Duration,
+    /// its instanceMaxConn (e.g. 5s) [default: the connect timeout]; 0s: no queue, such a
+    /// request is answered 503 at once.
+    #[arg(long, env = "DFP_QUEUE_TIMEOUT", value_parser = parse_duration_or_zero)]
+    pub(crate) queue_timeout: Option<Duration>,
 
     /// How long to wait for an instance's response headers before answering 504.
     #[arg(long, env = "DFP_SERVER_TIMEOUT", default_value = "20s", value_parser = parse_duration)]

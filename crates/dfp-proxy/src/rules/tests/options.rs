@@ -461,3 +461,63 @@ async fn a_request_queued_for_a_full_service_takes_the_first_place_given_back() 
     assert!(take_instance(backend, None, &[], Duration::from_secs(30)).await.is_ok());
     drop(held);
 }
+
+/// The queue's order: requests waiting for a full service are served in the order they
+/// queued, one per place given back, and a request pinned to a full instance is never handed
+/// a place on another.
+#[tokio::test]
+async fn queued_requests_are_served_in_arrival_order_and_pinned_ones_keep_their_instance() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let (table, _) = two_instances_capped_at_one();
+    let table = Arc::new(table);
+    let backend = table.service("s").expect("routed");
+    let (first, _, first_slot) = choose_instance(backend, None, &[]).expect("room");
+    let (second, _, second_slot) = choose_instance(backend, None, &[]).expect("room");
+    let (first_addr, second_addr, second_token) = (first.addr(), second.addr(), second.token());
+    let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+    // Queued one after another: a pinned request (to the second instance), then three others.
+    let mut waiters = Vec::new();
+    for i in 0..4_usize {
+        let (table, served_tx) = (table.clone(), served_tx.clone());
+        waiters.push(tokio::spawn(async move {
+            let backend = table.service("s").expect("routed");
+            let sticky = (i == 0).then_some(Sticky { cookie: "S", pinned: Some(second_token) });
+            let (chosen, _, slot) = take_instance(backend, sticky, &[], Duration::from_secs(30))
+                .await
+                .expect("a place before the queue time");
+            served_tx.send((i, chosen.addr())).expect("listening");
+            // Held a moment, then given back: it goes on to the next in the queue.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(slot);
+        }));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while backend.stats().queued.load(Ordering::Relaxed) < i as u64 + 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the request queued");
+    }
+    drop(first_slot);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        order.push(
+            tokio::time::timeout(Duration::from_secs(5), served.recv()).await.expect("served"),
+        );
+    }
+    assert_eq!(
+        order,
+        [Some((1, first_addr)), Some((2, first_addr)), Some((3, first_addr))],
+        "in arrival order, on the instance that gave places back; the pinned one still waits"
+    );
+    drop(second_slot);
+    let pinned = tokio::time::timeout(Duration::from_secs(5), served.recv()).await.expect("served");
+    assert_eq!(pinned, Some((0, second_addr)), "the pinned request got its own instance");
+    for waiter in waiters {
+        waiter.await.expect("no panic");
+    }
+    assert_eq!(backend.stats().queued.load(Ordering::Relaxed), 0);
+}
