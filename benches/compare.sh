@@ -48,6 +48,11 @@
 #              tcp-connect (20 clients, each opening a connection, echoing 64 bytes, closing it:
 #              connections/s and proxy CPU per connection). nginx is left out: its `stream {}`
 #              module (Debian: libnginx-mod-stream) is loaded only when installed.
+#   queue      Overload behind a cap: a service on the three nginx upstreams with 2 requests in
+#              flight per instance (ours: instanceMaxConn=2 and the default queue; HAProxy:
+#              `maxconn 2` on each server line and its queue), 200 wrk connections, so ~194
+#              requests wait at any moment. Alternating per round: req/s, p99, errors (a 503
+#              from the queue counts) and proxy CPU per request, ours ÷ HAProxy.
 #
 # How: the proxy under test runs on core 0 with one worker thread (HAProxy `nbthread 1`, nginx
 # `worker_processes 1`); wrk, the three nginx upstreams and the Consul dev agent share core 1.
@@ -66,7 +71,7 @@
 #          benches/compare.sh --only tcp --rounds 3 --duration 5   (~3 minutes)
 # Options: --rounds N  --duration SECONDS  --connections N
 #          --only closed|paced|routes|churn|instructions|https|handshake|h2|post|options|websocket
-#                 |class-churn|threads|tcp
+#                 |class-churn|threads|tcp|queue
 #                 (or several, comma-separated; "classes": https to websocket)
 #          --churn-classes LIST (class-churn: the classes, comma-separated; default all six)
 #          --routes N (the large route count, default 10000)  --bin PATH (skip the cargo build)
@@ -121,6 +126,9 @@ readonly TCP_STREAM_CONNECTIONS=10
 readonly TCP_CHUNK_BYTES=131072
 readonly TCP_CONNECT_CONNECTIONS=20
 readonly TCP_CONNECT_BYTES=64
+# queue: the cap on each instance and the connections that overload it.
+readonly QUEUE_CAP=2
+readonly QUEUE_CONNECTIONS=200
 
 # ----------------------------------------------------------------------------------------------
 # Options
@@ -157,9 +165,9 @@ parse_args() {
   ONLY=${list%,}
   local name
   for name in ${ONLY//,/ }; do
-    case " all closed paced routes churn instructions $CLASSES class-churn threads tcp " in
+    case " all closed paced routes churn instructions $CLASSES class-churn threads tcp queue " in
       *" $name "*) ;;
-      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, }, classes, class-churn, threads or tcp (comma-separated for several), not $name" ;;
+      *) die "--only takes closed, paced, routes, churn, instructions, ${CLASSES// /, }, classes, class-churn, threads, tcp or queue (comma-separated for several), not $name" ;;
     esac
   done
   for name in $CHURN_CLASSES; do
@@ -1032,6 +1040,43 @@ scenario_tcp() {
   stop_tree "${PID[haproxy]}"
 }
 
+# scenario_queue: a service capped at QUEUE_CAP requests in flight per instance, on the three
+# upstreams, overloaded by QUEUE_CONNECTIONS wrk connections: ours (instanceMaxConn and the
+# queue it has by default) beside HAProxy (`maxconn` on each server line, `timeout queue`).
+scenario_queue() {
+  log "scenario queue: $QUEUE_CAP in flight per instance, 3 instances, $QUEUE_CONNECTIONS connections"
+  local i port target round
+  for i in 1 2 3; do register_instance queue-ms "queue-$i" "${UPSTREAM_PORTS[i - 1]}"; done
+  launch_ours ours "$PROXY_CORE" dfp-bench-queue 30 -- --threads 1 --tls-listen off
+  reconfigure_with ours serviceName=queue-ms servicePath=/queue "instanceMaxConn=$QUEUE_CAP"
+  grep -q '127.0.0.1' "$RUN/last-reconfigure.json" || die "ours: the queue-ms reconfigure found no instance: $(cat "$RUN/last-reconfigure.json")"
+  URL[ours]="${URL[ours]%"$BOOKS_PATH"}/queue"
+  free_port port
+  {
+    haproxy_head 1 5000 20s 15s
+    echo
+    echo "frontend queue-fe"
+    echo "  bind 127.0.0.1:$port"
+    echo "  default_backend queue-be"
+    echo
+    echo "backend queue-be"
+    for i in 1 2 3; do echo "  server queue-$i 127.0.0.1:${UPSTREAM_PORTS[i - 1]} maxconn $QUEUE_CAP"; done
+  } >"$RUN/haproxy.cfg"
+  launch_haproxy haproxy "$PROXY_CORE" "$port" haproxy -db
+  URL[haproxy]="http://127.0.0.1:$port/queue"
+  for target in ours haproxy; do
+    [[ $(curl -s --max-time 5 -o /dev/null -w "%{http_code}" "${URL[$target]}") == 200 ]] ||
+      die "$target: ${URL[$target]} does not answer 200 (logs: $LOGS/$target.log)"
+    log "$target: ${URL[$target]} answers 200"
+  done
+  local CONNECTIONS=$QUEUE_CONNECTIONS
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for target in ours haproxy; do measure queue closed "$round" "$target"; done
+  done
+  stop_tree "${PID[ours]}"
+  stop_tree "${PID[haproxy]}"
+}
+
 scenario_routes() {
   log "scenario routes: storing 10 and $MANY_ROUTES routes in Consul KV"
   store_routes dfp-bench-r10 10
@@ -1228,6 +1273,7 @@ report() {
     -v h2_clients="$H2_CLIENTS" -v h2_streams="$H2_STREAMS" -v ws_bytes="$WS_MESSAGE_BYTES" \
     -v negotiated="$negotiated" -v tcp_chunk="$TCP_CHUNK_BYTES" -v tcp_streams="$TCP_STREAM_CONNECTIONS" \
     -v tcp_clients="$TCP_CONNECT_CONNECTIONS" -v tcp_connect_bytes="$TCP_CONNECT_BYTES" \
+    -v queue_cap="$QUEUE_CAP" -v queue_conns="$QUEUE_CONNECTIONS" \
     -f "$HELPERS/report.awk" "$RESULTS" "$INSTRUCTIONS"
 }
 
@@ -1258,6 +1304,7 @@ main() {
   if wants_classes; then scenario_classes; fi
   if named threads; then scenario_threads; fi
   if named tcp; then scenario_tcp; fi
+  if named queue; then scenario_queue; fi
 
   {
     cat "$RUN/machine.md"

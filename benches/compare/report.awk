@@ -10,7 +10,8 @@
 # conns, handshake_connections, h2_clients, h2_streams, ws_bytes (the load of each) and
 # negotiated (what the handshake client's connections negotiated); for scenario tcp (modes
 # tcp-stream, where a request is one echoed chunk, and tcp-connect, where it is a connection):
-# tcp_chunk, tcp_streams, tcp_clients, tcp_connect_bytes. Plain awk (mawk).
+# tcp_chunk, tcp_streams, tcp_clients, tcp_connect_bytes; for scenario queue: queue_cap and
+# queue_conns. Plain awk (mawk).
 #
 # A second input, named by the variable instructions (compare.sh's instructions.tsv), holds the
 # counts of the instructions scenario, one line per proxy and kind:
@@ -449,6 +450,35 @@ function tcp_table(   t, proxies, i, base, gib, k) {
   print ""
 }
 
+# queue: overload behind instanceMaxConn (ours) and server maxconn (HAProxy), both queueing.
+function queue_table(   t, proxies, i, base) {
+  if (!targets["queue", "closed"]) return
+  split("ours haproxy", proxies, " ")
+  pair("queue", "closed", "ours", "closed", "haproxy", "cpu", "qratio" SUBSEP "cpu")
+  pair("queue", "closed", "ours", "closed", "haproxy", "rps", "qratio" SUBSEP "rps")
+  pair("queue", "closed", "ours", "closed", "haproxy", "p99", "qratio" SUBSEP "p99")
+  print "### Overload behind a cap: queued requests"
+  print ""
+  print "A service on three instances, at most " queue_cap " requests in flight on each (ours: `instanceMaxConn=" queue_cap "`, the"
+  print "default queue; HAProxy: `maxconn " queue_cap "` on each server line, `timeout queue 30s`); wrk with " queue_conns " connections,"
+  print "so all but " 3 * queue_cap " requests wait in the queue at any moment. Errors include any 503 from a queue."
+  print ""
+  print "| target | req/s | p99 ms | errors | proxy CPU µs/request | of which user space |"
+  print "|---|---:|---:|---:|---:|---:|"
+  for (i = 1; i <= 2; i++) {
+    t = proxies[i]
+    base = "queue" SUBSEP "closed" SUBSEP t
+    if (runs[base])
+      printf "| %s | %s | %s | %d | %s | %s |\n", target_name(t), summary(base SUBSEP "rps", "%.0f", 1),
+        summary(base SUBSEP "p99", "%.2f", 1000), errors[base], summary(base SUBSEP "cpu", "%.1f", 1),
+        summary(base SUBSEP "user", "%.1f", 1)
+  }
+  print ""
+  print "Ours ÷ HAProxy (paired by round): CPU per request " summary("qratio" SUBSEP "cpu", "%.2f", 1) \
+    ", req/s " summary("qratio" SUBSEP "rps", "%.2f", 1) ", p99 " summary("qratio" SUBSEP "p99", "%.2f", 1) "."
+  print ""
+}
+
 # threads: the paced GET on ours with two worker threads over one.
 function threads_table(   t, base, key) {
   if (!targets["threads", "paced"]) return
@@ -479,6 +509,7 @@ END {
   class_churn_table()
   threads_table()
   tcp_table()
+  queue_table()
   instructions_table()
   targets_table()
   print "Figures: median (min–max) over the rounds. Ratios are paired: each round's value over HAProxy's"
