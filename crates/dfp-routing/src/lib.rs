@@ -24,12 +24,13 @@ mod compression;
 mod condition;
 mod policy;
 mod prefix;
+mod queue;
 mod table;
 
 pub use access::{canonical, client_address, MethodList, SourceList};
 pub use backend::{
-    health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth, InstanceSlot, Ticket,
-    Upstream, EJECT_FIRST_MS, EJECT_MAX_MS, LATENCY_BUCKETS_MS,
+    health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth, InstanceSlot, Upstream,
+    EJECT_FIRST_MS, EJECT_MAX_MS, LATENCY_BUCKETS_MS,
 };
 pub use compression::{Compression, CompressionAlgo};
 pub use condition::{
@@ -41,6 +42,7 @@ pub use policy::{
     ProtoRedirect, ProxyProtocol, ServicePolicy, StickySession, UsersEntry, UsersFrom,
 };
 pub use prefix::{PathPrefix, PrefixError};
+pub use queue::Ticket;
 pub use table::{
     service_key, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec,
     StreamTls, TableEditor, TableHandle,
