@@ -457,11 +457,11 @@ mod tests {
     async fn a_tunnel_busy_for_longer_than_its_idle_timeout_stays_open_until_it_is_quiet() {
         let (mut client, proxy_client_side) = tokio::io::duplex(64);
         let (proxy_upstream_side, mut upstream) = tokio::io::duplex(64);
-        let idle = Duration::from_millis(300);
+        let idle = Duration::from_millis(500);
         let tunnel = tokio::spawn(splice(proxy_client_side, proxy_upstream_side, idle));
         let mut buf = [0_u8; 4];
-        // Six messages 100 ms apart: 600 ms of traffic, twice the idle timeout.
-        for _ in 0..6 {
+        // Eight messages 100 ms apart: 800 ms of traffic, more than the idle timeout.
+        for _ in 0..8 {
             tokio::time::sleep(Duration::from_millis(100)).await;
             client.write_all(b"ping").await.expect("write");
             upstream.read_exact(&mut buf).await.expect("the tunnel is still open");
@@ -472,7 +472,7 @@ mod tests {
             .expect("the quiet tunnel ends")
             .expect("no panic");
         assert!(
-            quiet.elapsed() >= Duration::from_millis(250),
+            quiet.elapsed() >= Duration::from_millis(450),
             "closed only once quiet for the idle timeout"
         );
     }
