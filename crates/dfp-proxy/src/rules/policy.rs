@@ -191,9 +191,7 @@ async fn queue_for_instance<'b, 'p>(
     std::future::poll_fn(|cx| {
         if let Some(slot) = ticket.0.take_place(cx.waker()) {
             if let Some(upstream) = backend.instances().iter().find(|u| slot.is_on(u)) {
-                let pin = sticky
-                    .filter(|_| pinned.is_none())
-                    .map(|s| Pin { cookie: s.cookie, token: upstream.token() });
+                let pin = pin_to(sticky.filter(|_| pinned.is_none()), upstream);
                 return Poll::Ready(Ok((upstream, pin, slot)));
             }
         }
@@ -214,6 +212,12 @@ impl Drop for Leaving {
     fn drop(&mut self) {
         self.0.leave();
     }
+}
+
+/// The sticky pin to set for a request of a sticky service sent to `upstream` (`None`: not
+/// sticky, or already pinned there). One rule for a place found and a place handed over.
+fn pin_to<'p>(sticky: Option<Sticky<'p>>, upstream: &Upstream) -> Option<Pin<'p>> {
+    sticky.map(|s| Pin { cookie: s.cookie, token: upstream.token() })
 }
 
 /// The instance for the next attempt, with the attempt's [`InstanceSlot`] on it (held until
@@ -239,8 +243,7 @@ pub(crate) fn choose_instance<'b, 'p>(
             return Ok((upstream, None, slot));
         }
     }
-    let pin =
-        |upstream: &Upstream| sticky.map(|s| Pin { cookie: s.cookie, token: upstream.token() });
+    let pin = |upstream: &Upstream| pin_to(sticky, upstream);
     let upstream = backend.next_instance_except(now_ms, tried).ok_or(NoChoice::Left)?;
     if let Some(slot) = upstream.take_slot(cap) {
         return Ok((upstream, pin(upstream), slot));
