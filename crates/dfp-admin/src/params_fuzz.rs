@@ -352,7 +352,8 @@ fn check_destination(
         prop_assert!(!user.user().is_empty() && !user.user().contains(':'));
     }
     // ignoreAuthorization opens the service, and never beside users of its own; a
-    // usersSecret is a name (never a path), never beside users.
+    // usersSecret is a name (never a path), beside users only when an entry is a bare name
+    // (whose password the secret holds).
     prop_assert_eq!(
         matches!(policy.auth, dfp_routing::Authentication::Ignored),
         flag("ignoreAuthorization")
@@ -360,7 +361,10 @@ fn check_destination(
     if let Some(secret) = &r.users_secret {
         prop_assert_eq!(Some(secret.as_str()), last(pairs, "usersSecret").map(str::trim));
         prop_assert!(!secret.contains('/') && !secret.starts_with('.'), "{}", secret);
-        prop_assert!(policy.auth.users().is_empty());
+        prop_assert!(
+            policy.auth.users().is_empty() || !r.users_entries.is_empty(),
+            "usersSecret accepted beside users that all have their passwords"
+        );
     }
     for timeout in [policy.server_timeout, policy.tunnel_timeout].into_iter().flatten() {
         prop_assert!(!timeout.is_zero());
