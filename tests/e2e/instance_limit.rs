@@ -3,8 +3,9 @@
 //! request waits in a queue for up to `--queue-timeout` (by default the connect timeout, as
 //! in HAProxy) and takes the first place given back, in arrival order; still full at the end
 //! of the wait, it gets the proxy's own 503 (a TCP connection is closed). With
-//! `--queue-timeout 0s` there is no queue: the 503 at once. A finished exchange frees its
-//! place.
+//! `--queue-timeout 0s` there is no queue: the 503 at once. A service's own `timeoutQueue`
+//! wins over the proxy's, and its `maxQueue` caps how many wait. A finished exchange frees
+//! its place.
 
 use std::time::{Duration, Instant};
 
@@ -257,5 +258,89 @@ async fn instance_max_conn_must_be_a_whole_number_above_zero() {
     assert!(
         proxy.config().await["Services"].as_array().is_none_or(Vec::is_empty),
         "nothing routed"
+    );
+}
+
+/// A service's own queue settings win over the proxy's `--queue-timeout`: `timeoutQueue=0`
+/// answers the 503 at once while other services queue, and `maxQueue` refuses at once the
+/// request one past the queue's length while those already waiting are still served. Both are
+/// shown by `config`, and refused (changing nothing) without `instanceMaxConn`.
+#[tokio::test]
+async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
+    let consul = Consul::start().await;
+    let slow = Upstream::start_with_delay("slow", Duration::from_millis(1500)).await;
+    consul.register("own-noqueue", "slow-a", slow.port(), None).await;
+    consul.register("own-shortqueue", "slow-b", slow.port(), None).await;
+    let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "10s"]).await;
+    let base = "/v1/docker-flow-proxy/reconfigure?instanceMaxConn=1";
+    for route in [
+        format!("{base}&serviceName=own-noqueue&servicePath=/a&timeoutQueue=0"),
+        format!("{base}&serviceName=own-shortqueue&servicePath=/b&maxQueue=1"),
+    ] {
+        let (status, answer) = proxy.admin(&route).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let proxy = std::sync::Arc::new(proxy);
+    let send = |path: &'static str| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.get(path).await.0 })
+    };
+
+    // timeoutQueue=0: no queue for this service, though the proxy's is 10 s.
+    let held = send("/a/held");
+    eventually(Duration::from_secs(5), "the first request in flight", || async {
+        (in_flight(&proxy, "own-noqueue").await == [1]).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = proxy.get("/a/refused").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1000), "answered at once, not queued");
+    assert_eq!(held.await.expect("no panic"), 200);
+
+    // maxQueue=1: one waits; the next is refused at once; the one waiting is served.
+    let held = send("/b/held");
+    eventually(Duration::from_secs(5), "the first request in flight", || async {
+        (in_flight(&proxy, "own-shortqueue").await == [1]).then_some(())
+    })
+    .await;
+    let waiting = send("/b/waiting");
+    let queued = r#"dfp_queued_requests{service="own-shortqueue"}"#;
+    eventually(Duration::from_secs(5), "one request queued", || async {
+        (sample(&proxy.metrics().await, queued) == Some(1)).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let (status, body) = proxy.get("/b/one-too-many").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1000), "refused at once, not queued");
+    assert_eq!(held.await.expect("no panic"), 200);
+    assert_eq!(waiting.await.expect("no panic"), 200, "the queued one was served");
+    assert_eq!(slow.hits(), 3, "the two refused never reached the instance");
+    let total = r#"dfp_queued_requests_total{service="own-shortqueue"}"#;
+    assert_eq!(sample(&proxy.metrics().await, total), Some(1));
+
+    // Shown by config.
+    let services = proxy.config().await["Services"].as_array().cloned().unwrap_or_default();
+    let shown = |name: &str, field: &str| {
+        let service = services.iter().find(|s| s["ServiceName"] == name);
+        service.map(|s| s[field].clone()).unwrap_or(Value::Null)
+    };
+    assert_eq!(shown("own-noqueue", "TimeoutQueue"), 0);
+    assert_eq!(shown("own-shortqueue", "MaxQueue"), 1);
+
+    // Without instanceMaxConn: a 400 that names what to do, and the route is as it was.
+    let route =
+        "/v1/docker-flow-proxy/reconfigure?serviceName=own-noqueue&servicePath=/a&timeoutQueue=5";
+    let (status, answer) = proxy.admin(route).await;
+    assert_eq!(status, 400, "{answer}");
+    let message = answer["Message"].as_str().unwrap_or_default();
+    assert!(message.contains("timeoutQueue") && message.contains("instanceMaxConn"), "{answer}");
+    let services = proxy.config().await["Services"].as_array().cloned().unwrap_or_default();
+    let kept = services.iter().find(|s| s["ServiceName"] == "own-noqueue").cloned();
+    let kept = kept.unwrap_or(Value::Null);
+    assert_eq!(
+        (kept["TimeoutQueue"].clone(), kept["InstanceMaxConn"].clone()),
+        (0.into(), 1.into())
     );
 }

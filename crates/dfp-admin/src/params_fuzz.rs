@@ -70,6 +70,8 @@ const SUPPORTED: &[&str] = &[
     "compressionType",
     "sendProxyProtocol",
     "instanceMaxConn",
+    "timeoutQueue",
+    "maxQueue",
 ];
 
 type Pairs = Vec<(String, String)>;
@@ -369,6 +371,11 @@ fn check_destination(
     for timeout in [policy.server_timeout, policy.tunnel_timeout].into_iter().flatten() {
         prop_assert!(!timeout.is_zero());
     }
+    // The queue's settings only beside the cap it queues behind.
+    if policy.queue_timeout.is_some() || policy.max_queue.is_some() {
+        prop_assert!(policy.instance_max_conn.is_some(), "a queue setting without a cap");
+    }
+    prop_assert!(policy.queue_timeout.is_none_or(|t| t.as_secs() <= 3600));
 
     Ok(())
 }

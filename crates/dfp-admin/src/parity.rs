@@ -59,8 +59,8 @@ const TEMPLATES: &str = "HAProxy templates and config snippets mean nothing here
 
 /// Docker Flow Proxy's reconfigure parameters (its docs/usage.md: general, HTTP-mode and
 /// TCP-mode query parameters, the environment-variable map, and remove's), plus this proxy's
-/// own (`allowedSources`, `deniedSources`, `instanceMaxConn`, `letsEncrypt`,
-/// `sendProxyProtocol`), in alphabetical
+/// own (`allowedSources`, `deniedSources`, `instanceMaxConn`, `letsEncrypt`, `maxQueue`,
+/// `sendProxyProtocol`, `timeoutQueue`), in alphabetical
 /// order within each block.
 pub const PARAMETERS: &[Parameter] = &[
     // Built here.
@@ -81,6 +81,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("instanceMaxConn", OPTIONS),
     built("isDefaultBackend", OPTIONS),
     built("letsEncrypt", "lets-encrypt"),
+    built("maxQueue", OPTIONS),
     built("pathType", CONDITIONS),
     built("port", "standalone-mode"),
     built("redirectFromDomain", OPTIONS),
@@ -103,6 +104,7 @@ pub const PARAMETERS: &[Parameter] = &[
     built("setResHeader", OPTIONS),
     built("srcPort", TCP),
     built("timeoutClient", TCP),
+    built("timeoutQueue", OPTIONS),
     built("timeoutServer", OPTIONS),
     built("timeoutTunnel", OPTIONS),
     built("userAgent", CONDITIONS),

@@ -511,6 +511,14 @@ pub struct ServicePolicy {
     /// (`instanceMaxConn`): a full instance is stepped over, and when every one is full the
     /// request gets 503 (a TCP connection is closed). `None`: no limit.
     pub instance_max_conn: Option<std::num::NonZeroU32>,
+    /// Overrides the proxy's queue timeout (`--queue-timeout`) for this service
+    /// (`timeoutQueue`): how long a request waits for a place when every instance is full.
+    /// Zero: no queue, the 503 at once. Only with `instance_max_conn`.
+    pub queue_timeout: Option<Duration>,
+    /// At most this many requests (or TCP connections) of the service wait in its queue at
+    /// once, over every thread (`maxQueue`); one more gets the 503 at once (a TCP connection
+    /// is closed). `None`: no limit. Only with `instance_max_conn`.
+    pub max_queue: Option<std::num::NonZeroU32>,
 }
 
 /// The PROXY protocol version a service's instances read (HAProxy's `send-proxy` and

@@ -80,6 +80,11 @@ struct ServiceView {
     send_proxy_protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance_max_conn: Option<u32>,
+    /// Seconds; `0`: no queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_queue: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_queue: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_methods: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -219,6 +224,8 @@ fn service_view(
             .filter(|t| !t.is_empty()),
         send_proxy_protocol: policy.send_proxy.map(dfp_routing::ProxyProtocol::token),
         instance_max_conn: policy.instance_max_conn.map(std::num::NonZeroU32::get),
+        timeout_queue: policy.queue_timeout.map(|d| d.as_secs()),
+        max_queue: policy.max_queue.map(std::num::NonZeroU32::get),
         allowed_methods: policy.allowed_methods.names().map(str::to_owned).collect(),
         denied_methods: policy.denied_methods.names().map(str::to_owned).collect(),
         https_redirect_code,

@@ -176,6 +176,26 @@ pub(super) fn parse_policy<'a>(
         .filter(|v| !v.trim().is_empty())
         .map(parse_instance_max_conn)
         .transpose()?;
+    policy.queue_timeout = get("timeoutQueue")
+        .filter(|v| !v.trim().is_empty())
+        .map(parse_queue_timeout)
+        .transpose()?;
+    policy.max_queue =
+        get("maxQueue").filter(|v| !v.trim().is_empty()).map(parse_max_queue).transpose()?;
+    // A queue forms only behind instanceMaxConn: without it these would change nothing.
+    if policy.instance_max_conn.is_none() {
+        if let Some(name) = ["timeoutQueue", "maxQueue"]
+            .into_iter()
+            .find(|n| get(n).is_some_and(|v| !v.trim().is_empty()))
+        {
+            return Err(invalid(
+                name,
+                get(name).unwrap_or_default(),
+                "a service's requests queue only when every instance has instanceMaxConn in \
+                 flight; give instanceMaxConn too, or leave this out",
+            ));
+        }
+    }
     Ok((policy, bare_users))
 }
 
@@ -247,6 +267,41 @@ fn parse_instance_max_conn(value: &str) -> Result<std::num::NonZeroU32, AdminErr
             "instanceMaxConn",
             value,
             "give the most requests (or TCP connections) each instance may have in flight at once, a whole number from 1 to 1000000 (e.g. instanceMaxConn=100)",
+        )),
+    }
+}
+
+/// How long a request waits in the service's queue (`timeoutQueue`): whole seconds (a unit
+/// suffix `s` is accepted) up to an hour; `0` is no queue (the 503 at once).
+fn parse_queue_timeout(value: &str) -> Result<Duration, AdminError> {
+    match value.trim().trim_end_matches('s').parse::<u64>() {
+        Ok(n) if n <= MAX_QUEUE_SECONDS => Ok(Duration::from_secs(n)),
+        _ => Err(invalid(
+            "timeoutQueue",
+            value,
+            "give how many seconds a request may wait for a place when every instance is full, \
+             a whole number from 0 (no queue: the 503 at once) to 3600 (e.g. timeoutQueue=5)",
+        )),
+    }
+}
+
+/// The longest `timeoutQueue`: a request held longer than this has been given up on by
+/// every client.
+const MAX_QUEUE_SECONDS: u64 = 3600;
+
+/// The most requests of the service waiting in its queue at once (`maxQueue`): a whole
+/// number from 1 to [`MAX_INSTANCE_CONN`].
+fn parse_max_queue(value: &str) -> Result<std::num::NonZeroU32, AdminError> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_INSTANCE_CONN).contains(&n) => {
+            Ok(std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN))
+        }
+        _ => Err(invalid(
+            "maxQueue",
+            value,
+            "give the most requests (or TCP connections) of the service that may wait for a \
+             place at once, a whole number from 1 to 1000000 (e.g. maxQueue=100); for no \
+             queue, give timeoutQueue=0",
         )),
     }
 }

@@ -19,7 +19,7 @@ use crate::parity::{self, Status};
 use crate::AdminError;
 
 /// The parameters a TCP service may be given: the rest only mean something for HTTP.
-const TCP_PARAMETERS: [&str; 13] = [
+const TCP_PARAMETERS: [&str; 15] = [
     "serviceName",
     "serviceDomain",
     "serviceColor",
@@ -33,6 +33,8 @@ const TCP_PARAMETERS: [&str; 13] = [
     "deniedSources",
     "sendProxyProtocol",
     "instanceMaxConn",
+    "timeoutQueue",
+    "maxQueue",
 ];
 
 /// Reads `reqMode`, `srcPort` and whether `serviceDomain` is given (`has_domains`): the TCP

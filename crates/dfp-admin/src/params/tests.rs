@@ -376,6 +376,13 @@ fn compression_is_read_and_bad_values_named() {
         (&[("instanceMaxConn", "0")], "instanceMaxConn", "from 1 to 1000000"),
         (&[("instanceMaxConn", "1000001")], "instanceMaxConn", "from 1 to 1000000"),
         (&[("instanceMaxConn", "ten")], "instanceMaxConn", "from 1 to 1000000"),
+        (&[("timeoutQueue", "5")], "timeoutQueue", "give instanceMaxConn too"),
+        (&[("maxQueue", "5")], "maxQueue", "give instanceMaxConn too"),
+        (&[("instanceMaxConn", "1"), ("timeoutQueue", "3601")], "timeoutQueue", "0 (no queue"),
+        (&[("instanceMaxConn", "1"), ("timeoutQueue", "-1")], "timeoutQueue", "to 3600"),
+        (&[("instanceMaxConn", "1"), ("timeoutQueue", "0.5")], "timeoutQueue", "whole number"),
+        (&[("instanceMaxConn", "1"), ("maxQueue", "0")], "maxQueue", "timeoutQueue=0"),
+        (&[("instanceMaxConn", "1"), ("maxQueue", "1000001")], "maxQueue", "from 1 to 1000000"),
     ];
     for &(extra, name, needle) in cases {
         refused(&books(extra), &[name, needle]);
@@ -662,4 +669,42 @@ fn a_destinations_own_authentication_replaces_the_services() {
         &books(&[("servicePath.1", "/x"), ("users.1", "a:b"), ("ignoreAuthorization.1", "true")]),
         &["destination 1", "ignoreAuthorization"],
     );
+}
+
+#[test]
+fn queue_settings_are_read_beside_instance_max_conn() {
+    let r = parse(&[
+        ("serviceName", "b"),
+        ("servicePath", "/b"),
+        ("instanceMaxConn", "4"),
+        ("timeoutQueue", " 2s "),
+        ("maxQueue", "100"),
+    ])
+    .expect("valid");
+    assert_eq!(r.policy.queue_timeout, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(r.policy.max_queue.map(std::num::NonZeroU32::get), Some(100));
+    assert!(r.ignored.is_empty());
+    let none = parse(&[
+        ("serviceName", "b"),
+        ("servicePath", "/b"),
+        ("instanceMaxConn", "4"),
+        ("timeoutQueue", "0"),
+    ])
+    .expect("valid");
+    assert_eq!(none.policy.queue_timeout, Some(std::time::Duration::ZERO), "0: no queue");
+    // A TCP service queues its connections the same way.
+    let tcp = parse(&[
+        ("serviceName", "db"),
+        ("reqMode", "tcp"),
+        ("srcPort", "15432"),
+        ("instanceMaxConn", "10"),
+        ("timeoutQueue", "1"),
+        ("maxQueue", "5"),
+    ])
+    .expect("valid");
+    assert_eq!(tcp.policy.queue_timeout, Some(std::time::Duration::from_secs(1)));
+    assert_eq!(tcp.policy.max_queue.map(std::num::NonZeroU32::get), Some(5));
+    // Blank is as if not given, cap or no cap.
+    let blank = parse(&[("serviceName", "b"), ("servicePath", "/b"), ("maxQueue", " ")]);
+    assert!(blank.expect("valid").policy.max_queue.is_none());
 }

@@ -130,9 +130,8 @@ pub(super) fn value_for(name: &'static str) -> BoxedStrategy<String> {
         .boxed(),
         "servicePath" | "servicePathExclude" => list(path_item()).boxed(),
         "serviceDomain" => list(domain_item()).boxed(),
-        "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" | "instanceMaxConn" => {
-            number().boxed()
-        }
+        "port" | "httpsRedirectCode" | "timeoutServer" | "timeoutTunnel" | "instanceMaxConn"
+        | "timeoutQueue" | "maxQueue" => number().boxed(),
         "isDefaultBackend" | "httpsOnly" | "usersPassEncrypted" | "denyHttp"
         | "ignoreAuthorization" | "verifyClientSsl" | "letsEncrypt" => boolean().boxed(),
         "usersSecret" => prop_oneof![

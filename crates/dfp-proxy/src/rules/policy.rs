@@ -85,10 +85,21 @@ pub(crate) fn cookie_token<'a>(
 struct Queued<'b>(&'b dfp_routing::BackendStats);
 
 impl<'b> Queued<'b> {
-    fn enter(stats: &'b dfp_routing::BackendStats) -> Self {
-        stats.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats.queued_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Queued(stats)
+    /// Counts one more waiting, unless `max` (`maxQueue`) are waiting already: `None`, and
+    /// nothing counted. (Counted first and taken back when over: the count is shared by
+    /// every thread, and never over `max` for longer than that.)
+    fn enter(
+        stats: &'b dfp_routing::BackendStats,
+        max: Option<std::num::NonZeroU32>,
+    ) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = stats.queued.fetch_add(1, Relaxed);
+        if max.is_some_and(|max| before >= u64::from(max.get())) {
+            stats.queued.fetch_sub(1, Relaxed);
+            return None;
+        }
+        stats.queued_total.fetch_add(1, Relaxed);
+        Some(Queued(stats))
     }
 }
 
@@ -113,9 +124,11 @@ pub(crate) enum NoChoice {
 pub(crate) type Chosen<'b, 'p> = (&'b Upstream, Option<Pin<'p>>, InstanceSlot);
 
 /// How every engine gets the instance for an attempt: [`choose_instance`], and when every
-/// instance is full (`instanceMaxConn`), a wait of up to `queue` for one to give a place back
-/// (HAProxy's queue behind a server's `maxconn`; the engines pass `--queue-timeout`, zero
-/// unless set: no queue). A service without a cap never waits.
+/// instance is full (`instanceMaxConn`), a wait for one to give a place back (HAProxy's queue
+/// behind a server's `maxconn`): for the service's `timeoutQueue`, else `queue` (the engines
+/// pass `--queue-timeout`); zero is no queue. While `maxQueue` requests of the service wait
+/// already, no other joins them: `NoChoice::Full` at once. A service without a cap never
+/// waits.
 pub(crate) fn take_instance<'a, 'b, 'p>(
     backend: &'b Backend,
     sticky: Option<Sticky<'p>>,
@@ -147,10 +160,18 @@ impl<'a, 'b: 'a, 'p: 'a> Future for TakeInstance<'a, 'b, 'p> {
         let this = self.get_mut();
         if this.wait.is_none() {
             match choose_instance(this.backend, this.sticky, this.tried) {
-                Err(NoChoice::Full) if !this.queue.is_zero() => {
+                Err(NoChoice::Full) => {
                     let (backend, sticky, tried) = (this.backend, this.sticky, this.tried);
-                    this.wait =
-                        Some(Box::pin(queue_for_instance(backend, sticky, tried, this.queue)));
+                    let policy = backend.policy();
+                    let queue = policy.queue_timeout.unwrap_or(this.queue);
+                    let counted = (!queue.is_zero())
+                        .then(|| Queued::enter(backend.stats(), policy.max_queue))
+                        .flatten();
+                    let Some(counted) = counted else {
+                        return Poll::Ready(Err(NoChoice::Full));
+                    };
+                    let wait = queue_for_instance(backend, sticky, tried, queue, counted);
+                    this.wait = Some(Box::pin(wait));
                 }
                 chosen => return Poll::Ready(chosen),
             }
@@ -172,8 +193,8 @@ async fn queue_for_instance<'b, 'p>(
     sticky: Option<Sticky<'p>>,
     tried: &[SocketAddr],
     queue: Duration,
+    _counted: Queued<'b>,
 ) -> Result<Chosen<'b, 'p>, NoChoice> {
-    let _counted = Queued::enter(backend.stats());
     let ticket = Leaving(Ticket::new());
     // A request pinned to a live instance waits for that one (its session stays there);
     // one pinned to an instance that is gone waits, like any other, for whichever is first.
@@ -400,8 +421,11 @@ pub(crate) fn admit<'p>(
         client_timeout: _,
         compression,
         send_proxy,
-        // Applied where every engine gets its instance: `choose_instance`'s slot.
+        // Applied where every engine gets its instance: `choose_instance`'s slot, and
+        // `take_instance`'s queue.
         instance_max_conn: _,
+        queue_timeout: _,
+        max_queue: _,
     } = policy;
     if !source_admitted(allowed_sources, denied_sources, || (request.client.0)()) {
         return Err(ProxyError::Forbidden(Forbidden::Source));

@@ -521,3 +521,72 @@ async fn queued_requests_are_served_in_arrival_order_and_pinned_ones_keep_their_
     }
     assert_eq!(backend.stats().queued.load(Ordering::Relaxed), 0);
 }
+
+/// A service's own queue settings: `timeoutQueue` wins over the proxy's `--queue-timeout`
+/// (zero: the 503 at once), and past `maxQueue` waiting a request is refused at once rather
+/// than joining them; one refused so is not counted as queued.
+#[tokio::test]
+async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use dfp_routing::{PathPrefix, RouteTableBuilder, ServiceSpec};
+    let table_with = |queue_timeout: Option<Duration>, max_queue: Option<u32>| {
+        let mut spec = ServiceSpec::new("s", &[PathPrefix::parse("/s").expect("valid")]);
+        spec.policy.instance_max_conn = std::num::NonZeroU32::new(1);
+        spec.policy.queue_timeout = queue_timeout;
+        spec.policy.max_queue = max_queue.and_then(std::num::NonZeroU32::new);
+        let mut builder = RouteTableBuilder::new();
+        builder.add(spec, &[std::net::SocketAddr::from(([127, 0, 0, 1], 1))]).expect("valid");
+        Arc::new(builder.build(1).expect("builds"))
+    };
+    let proxy_wide = Duration::from_secs(30);
+
+    // timeoutQueue=0: no queue for this service, whatever the proxy's.
+    let table = table_with(Some(Duration::ZERO), None);
+    let backend = table.service("s").expect("routed");
+    let _held = choose_instance(backend, None, &[]).expect("room");
+    let started = Instant::now();
+    assert_eq!(take_instance(backend, None, &[], proxy_wide).await.err(), Some(NoChoice::Full));
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once");
+    assert_eq!(backend.stats().queued_total.load(Ordering::Relaxed), 0, "never queued");
+
+    // timeoutQueue shorter than the proxy's: the service's is waited.
+    let table = table_with(Some(Duration::from_millis(100)), None);
+    let backend = table.service("s").expect("routed");
+    let _held = choose_instance(backend, None, &[]).expect("room");
+    let started = Instant::now();
+    assert_eq!(take_instance(backend, None, &[], proxy_wide).await.err(), Some(NoChoice::Full));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(100), "waited the service's time: {waited:?}");
+    assert!(waited < Duration::from_secs(10), "not the proxy's: {waited:?}");
+
+    // maxQueue=1: one waits; the next is refused at once, and uncounted.
+    let table = table_with(None, Some(1));
+    let backend = table.service("s").expect("routed");
+    let held = choose_instance(backend, None, &[]).expect("room");
+    let waiter = {
+        let table = table.clone();
+        tokio::spawn(async move {
+            let backend = table.service("s").expect("routed");
+            take_instance(backend, None, &[], proxy_wide).await.map(|(u, _, _)| u.addr())
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while backend.stats().queued.load(Ordering::Relaxed) < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the first request queued");
+    let started = Instant::now();
+    assert_eq!(take_instance(backend, None, &[], proxy_wide).await.err(), Some(NoChoice::Full));
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+    assert_eq!(backend.stats().queued.load(Ordering::Relaxed), 1, "the refused one left no count");
+    assert_eq!(backend.stats().queued_total.load(Ordering::Relaxed), 1);
+    drop(held);
+    let served = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("in time");
+    assert!(served.expect("no panic").is_ok(), "the queued one got the place given back");
+    assert_eq!(backend.stats().queued.load(Ordering::Relaxed), 0);
+}
