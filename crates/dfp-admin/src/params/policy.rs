@@ -259,15 +259,24 @@ pub(super) fn parse_seconds(value: &str, name: &'static str) -> Result<Duration,
 /// The most exchanges in flight to each instance (`instanceMaxConn`): a whole number from 1
 /// to [`MAX_INSTANCE_CONN`].
 fn parse_instance_max_conn(value: &str) -> Result<std::num::NonZeroU32, AdminError> {
+    parse_count(
+        "instanceMaxConn",
+        value,
+        "give the most requests (or TCP connections) each instance may have in flight at once, a whole number from 1 to 1000000 (e.g. instanceMaxConn=100)",
+    )
+}
+
+/// A count parameter: a whole number from 1 to [`MAX_INSTANCE_CONN`], else `reason`.
+fn parse_count(
+    name: &'static str,
+    value: &str,
+    reason: &str,
+) -> Result<std::num::NonZeroU32, AdminError> {
     match value.trim().parse::<u32>() {
         Ok(n) if (1..=MAX_INSTANCE_CONN).contains(&n) => {
             Ok(std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN))
         }
-        _ => Err(invalid(
-            "instanceMaxConn",
-            value,
-            "give the most requests (or TCP connections) each instance may have in flight at once, a whole number from 1 to 1000000 (e.g. instanceMaxConn=100)",
-        )),
+        _ => Err(invalid(name, value, reason)),
     }
 }
 
@@ -292,18 +301,13 @@ const MAX_QUEUE_SECONDS: u64 = 3600;
 /// The most requests of the service waiting in its queue at once (`maxQueue`): a whole
 /// number from 1 to [`MAX_INSTANCE_CONN`].
 fn parse_max_queue(value: &str) -> Result<std::num::NonZeroU32, AdminError> {
-    match value.trim().parse::<u32>() {
-        Ok(n) if (1..=MAX_INSTANCE_CONN).contains(&n) => {
-            Ok(std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN))
-        }
-        _ => Err(invalid(
-            "maxQueue",
-            value,
-            "give the most requests (or TCP connections) of the service that may wait for a \
-             place at once, a whole number from 1 to 1000000 (e.g. maxQueue=100); for no \
-             queue, give timeoutQueue=0",
-        )),
-    }
+    parse_count(
+        "maxQueue",
+        value,
+        "give the most requests (or TCP connections) of the service that may wait for a place \
+         at once, a whole number from 1 to 1000000 (e.g. maxQueue=100); for no queue, give \
+         timeoutQueue=0",
+    )
 }
 
 /// The largest `instanceMaxConn`: far above what one instance serves at once, far below
