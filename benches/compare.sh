@@ -39,7 +39,7 @@
 #              --churn-classes picks the classes (default: all six).
 #   threads    The paced GET on ours with --threads 1 (core 0) and --threads 2 (cores 0 and 1):
 #              CPU per request of two threads over one, paired by round (what sharing between
-#              threads costs on the hot path).
+#              threads costs on the hot path); HAProxy nbthread 1 and 2 beside it, as control.
 #   tcp        TCP services (ours: a reconfigure with reqMode=tcp and srcPort) beside HAProxy's
 #              `mode tcp` (nbthread 1), both forwarding to one TCP echo server (dfp-load
 #              tcp-echo, core 1). Two loads from dfp-load, alternating ours and HAProxy per round:
@@ -963,9 +963,11 @@ classes_under_churn() {
 }
 
 # scenario_threads: the paced GET on ours with one worker thread on core 0 and with two on
-# cores 0 and 1, alternating within each round.
+# cores 0 and 1, alternating within each round; HAProxy with nbthread 1 and 2 on the same
+# cores beside them, as the control (what a second thread costs a proxy that shares nothing
+# on its hot path: fewer events per wake-up, and a thread on the load generator's core).
 scenario_threads() {
-  log "scenario threads: ours with --threads 1 (core $PROXY_CORE) and --threads 2 (cores $PROXY_CORE,$LOAD_CORE), paced"
+  log "scenario threads: ours and HAProxy with 1 thread (core $PROXY_CORE) and 2 (cores $PROXY_CORE,$LOAD_CORE), paced"
   store_routes dfp-bench-threads 10
   local -a off=(--tls-listen off)
   launch_ours ours-t1 "$PROXY_CORE" dfp-bench-threads 30 -- --threads 1 "${off[@]}"
@@ -974,13 +976,23 @@ scenario_threads() {
   launch_ours ours-t2 "$PROXY_CORE,$LOAD_CORE" dfp-bench-threads 30 -- --threads 2 "${off[@]}"
   wait_for "$LAST_PID" "ours-t2 restoring 10 routes" 600 services_routed ours-t2 10
   route_books ours-t2
-  local target round
-  for target in ours-t1 ours-t2; do check_route "$target"; done
-  for ((round = 1; round <= ROUNDS; round++)); do
-    for target in ours-t1 ours-t2; do measure threads paced "$round" "$target"; done
+  local target round port threads cores
+  for threads in 1 2; do
+    cores=$PROXY_CORE
+    ((threads == 1)) || cores="$PROXY_CORE,$LOAD_CORE"
+    free_port port
+    {
+      haproxy_head "$threads" 5000 20s 15s
+      haproxy_routes 10 "$port" 5 "${UPSTREAM_PORTS[@]}"
+    } >"$RUN/haproxy-t$threads.cfg"
+    launch_haproxy "haproxy-t$threads" "$cores" "$port" haproxy -db
   done
-  stop_tree "${PID[ours-t1]}"
-  stop_tree "${PID[ours-t2]}"
+  local -a targets=(ours-t1 ours-t2 haproxy-t1 haproxy-t2)
+  for target in "${targets[@]}"; do check_route "$target"; done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for target in "${targets[@]}"; do measure threads paced "$round" "$target"; done
+  done
+  for target in "${targets[@]}"; do stop_tree "${PID[$target]}"; done
 }
 
 # scenario_tcp: a TCP echo server, ours with a TCP service on it and HAProxy in `mode tcp` in

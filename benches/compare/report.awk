@@ -122,6 +122,7 @@ FILENAME == instructions {
   at[scenario, mode, target, round, "p99"] = $7
   at[scenario, mode, target, round, "cpu"] = $9
   at[scenario, mode, target, round, "core"] = $12
+  at[scenario, mode, target, round, "user"] = $15
   at[scenario, mode, target, round, "errors"] = $8
   if ($11 != "-" && split($11, c, "/") == 2) { applied[base] += c[1]; attempted[base] += c[2] }
 }
@@ -479,24 +480,34 @@ function queue_table(   t, proxies, i, base) {
   print ""
 }
 
-# threads: the paced GET on ours with two worker threads over one.
-function threads_table(   t, base, key) {
+# threads: the paced GET on ours with two worker threads over one, and HAProxy's nbthread 2
+# over nbthread 1 in the same rounds (the control).
+function threads_table(   t, p, base, key, name, names) {
   if (!targets["threads", "paced"]) return
-  print "### Threads: the paced GET on ours with --threads 1 and --threads 2"
+  print "### Threads: the paced GET with one worker thread and with two"
   print ""
   print "| proxy | cores | req/s | p99 ms | errors | proxy CPU µs/request | of which user space |"
   print "|---|---|---:|---:|---:|---:|---:|"
-  for (t = 1; t <= 2; t++) {
-    base = "threads" SUBSEP "paced" SUBSEP "ours-t" t
-    printf "| docker-flow-proxy --threads %d | %s | %s | %s | %d | %s | %s |\n", t, t == 1 ? "0" : "0, 1",
-      summary(base SUBSEP "rps", "%.0f", 1), summary(base SUBSEP "p99", "%.2f", 1000), errors[base],
-      summary(base SUBSEP "cpu", "%.1f", 1), summary(base SUBSEP "user", "%.1f", 1)
+  names["ours"] = "docker-flow-proxy --threads "
+  names["haproxy"] = "HAProxy nbthread "
+  for (p = 0; p < 2; p++) {
+    name = p == 0 ? "ours" : "haproxy"
+    for (t = 1; t <= 2; t++) {
+      base = "threads" SUBSEP "paced" SUBSEP name "-t" t
+      if (!(base SUBSEP "cpu" in count)) continue
+      printf "| %s%d | %s | %s | %s | %d | %s | %s |\n", names[name], t, t == 1 ? "0" : "0, 1",
+        summary(base SUBSEP "rps", "%.0f", 1), summary(base SUBSEP "p99", "%.2f", 1000), errors[base],
+        summary(base SUBSEP "cpu", "%.1f", 1), summary(base SUBSEP "user", "%.1f", 1)
+    }
   }
   key = "threads-ratio"
   pair("threads", "paced", "ours-t2", "paced", "ours-t1", "cpu", key)
+  pair("threads", "paced", "ours-t2", "paced", "ours-t1", "user", "threads-user")
+  pair("threads", "paced", "haproxy-t2", "paced", "haproxy-t1", "cpu", "threads-haproxy")
   print ""
   print "CPU per request, two threads ÷ one (paired by round): " summary(key, "%.3f", 1) \
-    "; target ≤ 1.1: " verdict(key, "<=", 1.1) "."
+    "; target ≤ 1.1: " verdict(key, "<=", 1.1) ". User space alone: " summary("threads-user", "%.3f", 1) \
+    ". HAProxy's nbthread 2 ÷ 1 in the same rounds: " summary("threads-haproxy", "%.3f", 1) "."
   print ""
 }
 
