@@ -215,6 +215,28 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     again.write_all(b"yo").await.expect("sent");
     again.read_exact(&mut answer).await.expect("echoed");
     assert_eq!(&answer, b"a:yo");
+    drop(again);
+    eventually(Duration::from_secs(5), "the place freed", || async {
+        (in_flight(&proxy, "echo").await == [0]).then_some(())
+    })
+    .await;
+
+    // The service's own `timeoutQueue=0`: no queue for it, though the proxy's is 1 s.
+    let (status, answer) = proxy.admin(&format!("{route}&timeoutQueue=0")).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut held = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
+    held.write_all(b"hi").await.expect("sent");
+    let mut answer = [0_u8; 4];
+    held.read_exact(&mut answer).await.expect("echoed");
+    let accepted = echo.accepted();
+    let started = Instant::now();
+    let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
+    let _ = refused.write_all(b"hi").await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, nothing echoed: {rest:?}");
+    assert!(started.elapsed() < Duration::from_millis(700), "closed at once, not after 1 s");
+    assert_eq!(echo.accepted(), accepted, "the instance never saw it");
 }
 
 #[tokio::test]

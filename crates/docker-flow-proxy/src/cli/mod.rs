@@ -481,6 +481,16 @@ pub(crate) struct ReconfigureArgs {
     #[arg(long, value_name = "N")]
     pub(crate) instance_max_conn: Option<u32>,
 
+    /// With --instance-max-conn: how many seconds a request waits for a place when every
+    /// instance is full, instead of the proxy's --queue-timeout (0: no queue, 503 at once).
+    #[arg(long, value_name = "SECONDS", requires = "instance_max_conn")]
+    pub(crate) timeout_queue: Option<u32>,
+
+    /// With --instance-max-conn: the most requests of the service waiting for a place at
+    /// once; one more gets 503 at once.
+    #[arg(long, value_name = "N", requires = "instance_max_conn")]
+    pub(crate) max_queue: Option<u32>,
+
     /// Docker Flow Proxy's reqMode: `http` (the default), `tcp` (a TCP service on
     /// `--src-port`: every connection to that port of the proxy goes to an instance; with
     /// `--service-domain`, TLS is ended here for that name) or `sni` (TLS connections to
@@ -548,6 +558,8 @@ impl ReconfigureArgs {
             ("deniedSources", self.denied_sources.clone()),
             ("sendProxyProtocol", self.send_proxy_protocol.clone()),
             ("instanceMaxConn", self.instance_max_conn.map(|n| n.to_string())),
+            ("timeoutQueue", self.timeout_queue.map(|n| n.to_string())),
+            ("maxQueue", self.max_queue.map(|n| n.to_string())),
         ];
         q.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))));
         q.extend(self.params.iter().cloned());

@@ -65,6 +65,22 @@ fn reconfigure_query_uses_docker_flow_proxy_names() {
     assert!(q.contains(&("distribute".into(), "true".into())));
 }
 
+#[test]
+fn reconfigure_queue_flags_go_with_instance_max_conn() {
+    let base = ["docker-flow-proxy", "reconfigure", "--service-name", "s", "--service-path", "/s"];
+    let with = |extra: &[&'static str]| Cli::try_parse_from(base.iter().chain(extra));
+    let cli = with(&["--instance-max-conn", "4", "--timeout-queue", "0", "--max-queue", "50"])
+        .expect("valid command line");
+    let Command::Reconfigure(args) = cli.command else { panic!("parsed as reconfigure") };
+    let q = args.query();
+    assert!(q.contains(&("instanceMaxConn".into(), "4".into())));
+    assert!(q.contains(&("timeoutQueue".into(), "0".into())));
+    assert!(q.contains(&("maxQueue".into(), "50".into())));
+    // Without the cap they would change nothing: refused before any call.
+    assert!(with(&["--timeout-queue", "5"]).is_err());
+    assert!(with(&["--max-queue", "5"]).is_err());
+}
+
 fn creds(
     user: Option<&str>,
     password: Option<&str>,
