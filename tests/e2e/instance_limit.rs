@@ -235,7 +235,10 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, nothing echoed: {rest:?}");
-    assert!(started.elapsed() < Duration::from_millis(700), "closed at once, not after 1 s");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "closed at once, not after the 1 s queue"
+    );
     assert_eq!(echo.accepted(), accepted, "the instance never saw it");
 }
 
@@ -290,7 +293,7 @@ async fn instance_max_conn_must_be_a_whole_number_above_zero() {
 #[tokio::test]
 async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
     let consul = Consul::start().await;
-    let slow = Upstream::start_with_delay("slow", Duration::from_millis(1500)).await;
+    let slow = Upstream::start_with_delay("slow", Duration::from_millis(3000)).await;
     consul.register("own-noqueue", "slow-a", slow.port(), None).await;
     consul.register("own-shortqueue", "slow-b", slow.port(), None).await;
     let proxy = Proxy::start(Some(&consul.url()), &["--queue-timeout", "10s"]).await;
@@ -317,7 +320,10 @@ async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
     let started = Instant::now();
     let (status, body) = proxy.get("/a/refused").await;
     assert_eq!(status, 503, "{body}");
-    assert!(started.elapsed() < Duration::from_millis(1000), "answered at once, not queued");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not after the 10 s queue"
+    );
     assert_eq!(held.await.expect("no panic"), 200);
 
     // maxQueue=1: one waits; the next is refused at once; the one waiting is served.
@@ -335,7 +341,10 @@ async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
     let started = Instant::now();
     let (status, body) = proxy.get("/b/one-too-many").await;
     assert_eq!(status, 503, "{body}");
-    assert!(started.elapsed() < Duration::from_millis(1000), "refused at once, not queued");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after the 10 s queue"
+    );
     assert_eq!(held.await.expect("no panic"), 200);
     assert_eq!(waiting.await.expect("no panic"), 200, "the queued one was served");
     assert_eq!(slow.hits(), 3, "the two refused never reached the instance");
