@@ -310,41 +310,43 @@ async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
         let proxy = proxy.clone();
         tokio::spawn(async move { proxy.get(path).await.0 })
     };
+    // The one place of `service` taken by a request to `path`, held for the instance's 3 s.
+    let hold = |service: &'static str, path: &'static str| {
+        let (proxy, held) = (proxy.clone(), send(path));
+        async move {
+            eventually(Duration::from_secs(5), "the first request in flight", || async {
+                (in_flight(&proxy, service).await == [1]).then_some(())
+            })
+            .await;
+            held
+        }
+    };
+    // A request to `path` answered 503 without waiting the proxy's 10 s queue.
+    let refused_at_once = |path: &'static str| {
+        let proxy = proxy.clone();
+        async move {
+            let started = Instant::now();
+            let (status, body) = proxy.get(path).await;
+            assert_eq!(status, 503, "{path}: {body}");
+            let waited = started.elapsed();
+            assert!(waited < Duration::from_secs(5), "{path}: not queued, {waited:?}");
+        }
+    };
 
     // timeoutQueue=0: no queue for this service, though the proxy's is 10 s.
-    let held = send("/a/held");
-    eventually(Duration::from_secs(5), "the first request in flight", || async {
-        (in_flight(&proxy, "own-noqueue").await == [1]).then_some(())
-    })
-    .await;
-    let started = Instant::now();
-    let (status, body) = proxy.get("/a/refused").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered at once, not after the 10 s queue"
-    );
+    let held = hold("own-noqueue", "/a/held").await;
+    refused_at_once("/a/refused").await;
     assert_eq!(held.await.expect("no panic"), 200);
 
     // maxQueue=1: one waits; the next is refused at once; the one waiting is served.
-    let held = send("/b/held");
-    eventually(Duration::from_secs(5), "the first request in flight", || async {
-        (in_flight(&proxy, "own-shortqueue").await == [1]).then_some(())
-    })
-    .await;
+    let held = hold("own-shortqueue", "/b/held").await;
     let waiting = send("/b/waiting");
     let queued = r#"dfp_queued_requests{service="own-shortqueue"}"#;
     eventually(Duration::from_secs(5), "one request queued", || async {
         (sample(&proxy.metrics().await, queued) == Some(1)).then_some(())
     })
     .await;
-    let started = Instant::now();
-    let (status, body) = proxy.get("/b/one-too-many").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "refused at once, not after the 10 s queue"
-    );
+    refused_at_once("/b/one-too-many").await;
     assert_eq!(held.await.expect("no panic"), 200);
     assert_eq!(waiting.await.expect("no panic"), 200, "the queued one was served");
     assert_eq!(slow.hits(), 3, "the two refused never reached the instance");
