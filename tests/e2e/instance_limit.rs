@@ -310,15 +310,14 @@ async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
         let proxy = proxy.clone();
         tokio::spawn(async move { proxy.get(path).await.0 })
     };
-    // The one place of `service` taken by a request to `path`, held for the instance's 3 s.
-    let hold = |service: &'static str, path: &'static str| {
-        let (proxy, held) = (proxy.clone(), send(path));
+    // Until the one place of `service` is taken (by a request the instance holds for 3 s).
+    let taken = |service: &'static str| {
+        let proxy = proxy.clone();
         async move {
             eventually(Duration::from_secs(5), "the first request in flight", || async {
                 (in_flight(&proxy, service).await == [1]).then_some(())
             })
             .await;
-            held
         }
     };
     // A request to `path` answered 503 without waiting the proxy's 10 s queue.
@@ -334,12 +333,14 @@ async fn a_service_s_own_queue_time_and_length_win_over_the_proxy_s() {
     };
 
     // timeoutQueue=0: no queue for this service, though the proxy's is 10 s.
-    let held = hold("own-noqueue", "/a/held").await;
+    let held = send("/a/held");
+    taken("own-noqueue").await;
     refused_at_once("/a/refused").await;
     assert_eq!(held.await.expect("no panic"), 200);
 
     // maxQueue=1: one waits; the next is refused at once; the one waiting is served.
-    let held = hold("own-shortqueue", "/b/held").await;
+    let held = send("/b/held");
+    taken("own-shortqueue").await;
     let waiting = send("/b/waiting");
     let queued = r#"dfp_queued_requests{service="own-shortqueue"}"#;
     eventually(Duration::from_secs(5), "one request queued", || async {
