@@ -163,6 +163,18 @@ over_plain_tls_and_h2!(
     a_request_queued_behind_a_full_instance_is_served_when_its_place_is_given_back
 );
 
+/// Connects to the proxy's TCP `port`, sends a few bytes and waits for the close: asserts that
+/// nothing came back, and returns how long the close took.
+async fn closed_without_an_echo(port: u16) -> Duration {
+    let started = Instant::now();
+    let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
+    let _ = refused.write_all(b"hi").await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, nothing echoed: {rest:?}");
+    started.elapsed()
+}
+
 #[tokio::test]
 async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed() {
     let consul = Consul::start().await;
@@ -184,13 +196,8 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
 
     // The one instance is full for longer than the queue's wait (`--queue-timeout 1s`): the
     // next connection is closed without reaching it, once the wait is over.
-    let started = Instant::now();
-    let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
-    let _ = refused.write_all(b"hi").await;
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, nothing echoed: {rest:?}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "after the queue's wait");
+    let waited = closed_without_an_echo(port).await;
+    assert!(waited >= Duration::from_millis(900), "after the queue's wait: {waited:?}");
     assert_eq!(echo.accepted(), 1, "the instance saw one connection");
 
     // A connection that arrives while the place is taken waits for it: closing the first
@@ -229,16 +236,8 @@ async fn a_tcp_service_s_connection_past_the_cap_waits_for_a_place_or_is_closed(
     let mut answer = [0_u8; 4];
     held.read_exact(&mut answer).await.expect("echoed");
     let accepted = echo.accepted();
-    let started = Instant::now();
-    let mut refused = TcpStream::connect(("127.0.0.1", port)).await.expect("the port accepts");
-    let _ = refused.write_all(b"hi").await;
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut rest)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed, nothing echoed: {rest:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "closed at once, not after the 1 s queue"
-    );
+    let waited = closed_without_an_echo(port).await;
+    assert!(waited < Duration::from_millis(900), "closed at once, not after the 1 s queue");
     assert_eq!(echo.accepted(), accepted, "the instance never saw it");
 }
 
