@@ -43,6 +43,8 @@
 //! saying what to send, before anything else is looked at. Without credentials every call is
 //! open, as in Docker Flow Proxy.
 
+#![forbid(unsafe_code)]
+
 mod acme;
 mod api;
 mod auth;

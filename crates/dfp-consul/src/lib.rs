@@ -11,6 +11,8 @@
 //! It must not know about routes, tables or the proxy: callers decide what an instance list
 //! means. It never retries forever: every call is bounded by the client's timeout per agent.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod model;
 

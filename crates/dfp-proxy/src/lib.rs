@@ -11,6 +11,8 @@
 //! It must not know about Consul, the admin API or how tables are built, and it never waits on
 //! them: a reconfigure in progress cannot slow a request down.
 
+#![forbid(unsafe_code)]
+
 mod chunked;
 mod client_hello;
 mod compress;

@@ -18,6 +18,8 @@
 //! It must not do IO: no sockets, no tokio, no hyper, no serde. Nothing here can fail at
 //! request time; a lookup either finds a backend or it does not.
 
+#![forbid(unsafe_code)]
+
 mod access;
 mod backend;
 mod compression;

@@ -14,6 +14,8 @@
 //! It must not do network IO, know where certificates are kept (Consul KV, files: that is the
 //! admin crate's business) or know about HTTP.
 
+#![forbid(unsafe_code)]
+
 mod client_ca;
 mod der;
 mod store;

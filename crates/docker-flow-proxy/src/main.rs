@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod memory;
 mod render;
 mod server;
 mod state_file;

@@ -27,6 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::cli::{ServerArgs, TlsListen};
+use crate::memory::Collect;
 
 pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Credentials first: a mistake in them stops the start before any port is bound.
@@ -273,7 +274,10 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                             tcp_host.run_thread(table, config, certs, stats, tcp_stop).await;
                         })
                     };
+                    let giving_back =
+                        tokio::spawn(crate::memory::give_back_freed_memory(Collect::Due));
                     let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;
+                    giving_back.abort();
                     tcp.await.map_err(std::io::Error::other)?;
                     if let Some(https) = https {
                         https.await.map_err(std::io::Error::other)??;
@@ -319,6 +323,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => None,
     };
     controller.set_ready(true);
+    control_plane.spawn(crate::memory::give_back_freed_memory(Collect::Full));
     let result = control_plane.block_on(async move {
         tracing::info!(
             proxy = %proxy_addr,
