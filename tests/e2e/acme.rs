@@ -2,8 +2,8 @@
 //! challenges on the proxy's plain listener, issuing short-lived certificates so renewal
 //! happens within a test. What a user would notice: a `letsEncrypt=true` service is served
 //! over HTTPS with a certificate a client trusting the CA accepts, it is renewed before it
-//! expires, replicas sharing a store obtain it once and all serve it, and a CA outage leaves
-//! the certificate served.
+//! expires, replicas sharing a store obtain it once and all serve it, a CA outage leaves
+//! the certificate served, and the dashboard, in a real browser, shows each name's state.
 
 use std::time::Duration;
 
@@ -159,6 +159,49 @@ async fn a_lets_encrypt_service_is_certified_served_and_renewed() {
     for shown in [config, certs.to_string(), proxy.log()] {
         assert!(!shown.contains("PRIVATE KEY") && !shown.contains("key_pkcs8"), "a key was shown");
     }
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_certified_and_the_skipped_names_in_a_browser() {
+    let plain_port = free_port();
+    let pebble = Pebble::start(plain_port, Duration::from_secs(3600)).await;
+    let listen = [format!("--listen=127.0.0.1:{plain_port}")];
+    let (proxy, _upstream, root) = certified(&pebble, &listen, "shop.test,*.shop.test", "").await;
+    served(&root, &proxy, "shop.test", Duration::from_secs(30)).await;
+    let entry = acme_entry(&proxy, "shop.test").await.expect("shop.test is managed");
+    let (_, certs) = proxy.admin("/v1/docker-flow-proxy/certs").await;
+    let directory = certs["Acme"]["Directory"].as_str().expect("the CA's directory").to_owned();
+    let not_after = entry["NotAfter"].as_str().expect("a certificate's end").to_owned();
+
+    let page = crate::dashboard::dom(&proxy.admin_url("/dashboard")).await;
+    let section = page
+        .split("id=\"acme-section\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the page has its ACME section:\n{page}"));
+    let tag_end = section.find('>').expect("the section's tag ends");
+    assert!(!section[..tag_end].contains("hidden"), "the ACME section is shown:\n{page}");
+    assert!(
+        section.contains(&format!("CA: {directory} (challenge http-01)")),
+        "the CA and the challenge are named:\n{section}"
+    );
+    // One row per name, in the columns the API gives: name, service, state, dates, result.
+    let row = |name: &str| {
+        let start = section
+            .find(&format!("<th scope=\"row\">{name}</th>"))
+            .unwrap_or_else(|| panic!("a row for {name}:\n{section}"));
+        let end = section[start..].find("</tr>").expect("the row ends") + start;
+        section[start..end].to_owned()
+    };
+    let certified = row("shop.test");
+    for shown in ["<td>127.0.0.1</td>", ">valid</td>", &format!("<td>{not_after}</td>")] {
+        assert!(certified.contains(shown), "{shown} in the certified name's row: {certified}");
+    }
+    let skipped = row("*.shop.test");
+    assert!(
+        skipped.contains(">skipped</td>") && skipped.contains("DNS-01"),
+        "the wildcard is shown skipped, and why: {skipped}"
+    );
+    crate::dashboard::screenshot(&proxy.admin_url("/dashboard"), "acme.png", 1280, 900).await;
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ async fn run(mut command: Command) -> String {
 }
 
 /// The page's DOM once its script has read the admin API a few times.
-async fn dom(url: &str) -> String {
+pub(crate) async fn dom(url: &str) -> String {
     let profile = tempfile_dir("dom");
     let mut command = chromium(&profile, 5_000);
     command.arg("--dump-dom").arg(url);
@@ -65,7 +65,7 @@ async fn dom(url: &str) -> String {
 }
 
 /// A screenshot of the page at `width`×`height`, kept as a test artifact.
-async fn screenshot(url: &str, name: &str, width: u32, height: u32) -> PathBuf {
+pub(crate) async fn screenshot(url: &str, name: &str, width: u32, height: u32) -> PathBuf {
     let path = artifacts().join(name);
     let profile = tempfile_dir("shot");
     let mut command = chromium(&profile, 5_000);
