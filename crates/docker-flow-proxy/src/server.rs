@@ -27,7 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::cli::{ServerArgs, TlsListen};
-use crate::memory::Collect;
+use crate::memory::Collector;
 
 pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Credentials first: a mistake in them stops the start before any port is bound.
@@ -275,7 +275,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                         })
                     };
                     let giving_back =
-                        tokio::spawn(crate::memory::give_back_freed_memory(Collect::Due));
+                        tokio::spawn(crate::memory::give_back_freed_memory(Collector::Worker));
                     let served = dfp_proxy::serve(listener, table, config, stats, plain_stop).await;
                     giving_back.abort();
                     tcp.await.map_err(std::io::Error::other)?;
@@ -323,7 +323,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => None,
     };
     controller.set_ready(true);
-    control_plane.spawn(crate::memory::give_back_freed_memory(Collect::Full));
+    control_plane.spawn(crate::memory::give_back_freed_memory(Collector::Control(table.clone())));
     let result = control_plane.block_on(async move {
         tracing::info!(
             proxy = %proxy_addr,
