@@ -31,8 +31,8 @@ mod table;
 
 pub use access::{canonical, client_address, MethodList, SourceList};
 pub use backend::{
-    health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth, InstanceSlot, Upstream,
-    EJECT_FIRST_MS, EJECT_MAX_MS, LATENCY_BUCKETS_MS,
+    count_answers_on_shard, health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth,
+    InstanceSlot, Upstream, ANSWER_SHARDS, EJECT_FIRST_MS, EJECT_MAX_MS, LATENCY_BUCKETS_MS,
 };
 pub use compression::{Compression, CompressionAlgo};
 pub use condition::{

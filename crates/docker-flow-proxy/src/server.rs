@@ -252,6 +252,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (tcp_host, tcp_stop) = (tcp_host.clone(), stopped(stop_rx.clone()));
         let handle =
             thread::Builder::new().name(format!("dfp-proxy-{worker}")).spawn(move || {
+                // Answers this thread counts go to its own shard of each service's counters.
+                dfp_routing::count_answers_on_shard(worker);
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(plain)?;
                     let https = match tls {

@@ -119,11 +119,11 @@ impl StatsView {
         let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         let accepted = read(&stats.tcp_accepted);
         StatsView {
-            responses: std::array::from_fn(|i| read(&stats.responses[i])),
+            responses: stats.responses(),
             upstream_errors: read(&stats.upstream_errors),
             retries: read(&stats.retries),
             ejections: read(&stats.ejections),
-            latency_buckets: stats.latency_buckets.iter().map(read).collect(),
+            latency_buckets: stats.latency_buckets().to_vec(),
             open_connections: (accepted > 0).then(|| read(&stats.tcp_open)),
             accepted_connections: (accepted > 0).then_some(accepted),
         }

@@ -123,12 +123,9 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
          # TYPE dfp_requests_total counter"
     );
     for (name, stats) in &services {
-        for (class, count) in CLASSES.iter().zip(&stats.responses) {
-            let _ = writeln!(
-                out,
-                "dfp_requests_total{{service=\"{name}\",class=\"{class}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
+        for (class, count) in CLASSES.iter().zip(stats.responses()) {
+            let _ =
+                writeln!(out, "dfp_requests_total{{service=\"{name}\",class=\"{class}\"}} {count}");
         }
     }
     let counters: [Series; 3] = [
@@ -158,14 +155,14 @@ fn service_metrics(table: &dfp_routing::RouteTable, out: &mut String) {
     );
     for (name, stats) in &services {
         let mut cumulative = 0;
-        for (i, bucket) in stats.latency_buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
+        for (i, bucket) in stats.latency_buckets().into_iter().enumerate() {
+            cumulative += bucket;
             let le = LATENCY_BUCKETS_MS
                 .get(i)
                 .map_or_else(|| "+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1000.0));
             let _ = writeln!(out, "dfp_request_duration_seconds_bucket{{service=\"{name}\",le=\"{le}\"}} {cumulative}");
         }
-        let sum = stats.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = stats.latency_sum_us() as f64 / 1e6;
         let _ = writeln!(out, "dfp_request_duration_seconds_sum{{service=\"{name}\"}} {sum}");
         let _ =
             writeln!(out, "dfp_request_duration_seconds_count{{service=\"{name}\"}} {cumulative}");
