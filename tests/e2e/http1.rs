@@ -656,6 +656,47 @@ async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout(
     assert_eq!(upstream.accepted(), 2);
 }
 
+/// The engine keeps the service a connection's last request went to, for the next one: a
+/// reconfigure or a remove in between must still be what that next request meets.
+async fn a_keep_alive_connection_meets_each_reconfigure_of_its_service(transport: Transport) {
+    let upstream = RawUpstream::start(|_, head| Reply::ok(target(head))).await;
+    let proxy = proxy_to(transport, &upstream, "/", &[]).await;
+    let mut client = transport.client(&proxy).await;
+    let answer = client.get("/before", "").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "/before"), "{answer:?}");
+
+    // The same service, now with a header for its instances.
+    let (status, answer) = proxy
+        .admin(&format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.1&servicePath=/&port={}\
+             &setReqHeader=X-Tier%20gold",
+            upstream.port()
+        ))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let answer = client.get("/after", "").await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "/after"), "{answer:?}");
+    let received = upstream.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].connection, received[1].connection, "one upstream connection");
+    assert!(received[0].header_values("x-tier").is_empty(), "{}", received[0].head);
+    assert_eq!(received[1].header_values("x-tier"), ["gold"], "{}", received[1].head);
+
+    // Removed: the same client connection gets the 404 of a path no service owns.
+    let (status, answer) = proxy.admin("/v1/docker-flow-proxy/remove?serviceName=127.0.0.1").await;
+    assert_eq!(status, 200, "{answer}");
+    let answer = client.get("/gone", "").await;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    assert_eq!(upstream.received().len(), 2, "nothing more reached the instance");
+
+    // Both answers the service gave are counted once.
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "dfp_requests_total{service=\"127.0.0.1\",class=\"2xx\"} 2"),
+        "{metrics}"
+    );
+}
+
 over_plain_and_tls!(
     chunked_answers_are_relayed_byte_exact_and_both_connections_kept,
     close_delimited_answers_arrive_whole_then_the_client_connection_closes,
@@ -672,4 +713,5 @@ over_plain_and_tls!(
     an_answer_in_flight_at_shutdown_says_connection_close,
     a_body_that_pauses_longer_than_the_server_timeout_is_not_cut,
     idle_upstream_connections_are_closed_after_the_upstream_idle_timeout,
+    a_keep_alive_connection_meets_each_reconfigure_of_its_service,
 );

@@ -102,12 +102,14 @@ pub(crate) async fn serve<S>(
     };
     let mut stopping = pin!(stopping);
     let mut scanned = 0;
+    // The service the last request was routed to, kept for the next (see `rules::route`).
+    let mut routed = None;
     loop {
         skip_empty_lines(&mut conn.buf);
         if let Some(head_end) = find_head_end(&conn.buf, &mut scanned) {
             scanned = 0;
             state.request_started();
-            let step = exchange(io, &mut conn, head_end, forwarder, state).await;
+            let step = exchange(io, &mut conn, head_end, forwarder, state, &mut routed).await;
             state.request_finished();
             if conn.buf.capacity() > KEPT_READ_BUFFER && conn.buf.is_empty() {
                 conn.buf = BytesMut::with_capacity(4096);
@@ -267,13 +269,15 @@ struct Plan<'b> {
     send_proxy: Option<dfp_routing::ProxyProtocol>,
 }
 
-/// Serves one request whose head ends at `head_end` in the read buffer.
+/// Serves one request whose head ends at `head_end` in the read buffer. `route` keeps the
+/// service it is routed to alive for the exchange, and for the connection's next request.
 async fn exchange<S>(
     io: &mut TimedIo<S>,
     conn: &mut Conn,
     head_end: usize,
     forwarder: &Forwarder,
     state: &ConnState,
+    route: &mut Option<Arc<Backend>>,
 ) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -281,9 +285,8 @@ where
     let started = std::time::Instant::now();
     conn.answered_at = None;
     let mut upstream_head = Scratch::take();
-    let mut route = None;
     let (head_len, prepared) =
-        prepare(&conn.buf[..head_end], conn, forwarder, &mut upstream_head, &mut route);
+        prepare(&conn.buf[..head_end], conn, forwarder, &mut upstream_head, route);
     let head = conn.buf.split_to(head_len);
     let (step, status, upstream, backend) = match prepared {
         Err((err, backend, body)) => {

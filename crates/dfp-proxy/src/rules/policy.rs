@@ -524,7 +524,8 @@ pub(crate) type Unrouted<'b> = (ProxyError, Option<&'b Arc<Backend>>);
 
 /// Normalises the target's path ([`path::normalize`]), looks the host and path up in the live
 /// table (the guard is dropped before this returns; `slot` keeps the backend alive for as long
-/// as the answer borrows it), and lets the service's policy [`admit`] the request. No route:
+/// as the answer borrows it, and may be kept from one request to the next: a backend it
+/// holds already is not cloned again), and lets the service's policy [`admit`] the request. No route:
 /// 404; the policy's own answer (redirect, 401); no instance: 503. While an ACME challenge
 /// is being answered, its path gets the answer (200) before any route is looked up.
 pub(crate) fn route<'t, 'b>(
@@ -553,7 +554,13 @@ pub(crate) fn route<'t, 'b>(
         let Some(found) = table.lookup_request(host, &path, request.fields.0) else {
             return Err((ProxyError::NoRoute, None));
         };
-        slot.insert(found.backend.clone())
+        // The backend the slot already keeps (the connection's last request went to the
+        // same service in the same table): kept, so that a keep-alive connection's requests
+        // write nothing to the count every thread's requests to the service share.
+        if !slot.as_ref().is_some_and(|kept| Arc::ptr_eq(kept, found.backend)) {
+            *slot = None;
+        }
+        slot.get_or_insert_with(|| found.backend.clone())
     };
     let admission = Admission {
         https: request.https,
