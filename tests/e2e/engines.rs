@@ -298,6 +298,13 @@ async fn every_engine_gives_the_same_answers() {
     assert_eq!(fields["x-forwarded-host"], ["shop.example"]);
     let refused = &reference[INPUTS.len() - 2];
     assert_eq!(refused.client.0, 401);
+
+    // Each engine counted both /auth answers under their service, the policy's 401 too.
+    let metrics = proxy.metrics().await;
+    for (class, count) in [("2xx", 3), ("4xx", 3)] {
+        let sample = format!("dfp_requests_total{{service=\"127.1\",class=\"{class}\"}} {count}");
+        assert!(metrics.lines().any(|l| l == sample), "{sample} in:\n{metrics}");
+    }
 }
 
 /// An HTTP/2 request body of unknown length (no `content-length`, DATA frames as they come)

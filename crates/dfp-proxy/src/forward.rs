@@ -127,7 +127,8 @@ impl Forwarder {
         client: &Client,
         routed: &mut Routed,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut slot = None;
+        // The routed service is kept in `routed` itself, for the record: one reference taken.
+        let Routed { backend: slot, upstream: routed_upstream } = routed;
         let has_body = !request.body().is_end_stream();
         let Prepared {
             backend,
@@ -140,7 +141,7 @@ impl Forwarder {
             sticky,
             compression,
             hello,
-        } = self.prepare(&request, has_body, client, &mut slot, routed)?;
+        } = self.prepare(&request, has_body, client, slot)?;
         let body = request.body_mut();
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
@@ -152,7 +153,7 @@ impl Forwarder {
                     Err(rules::NoChoice::Full) => return Err(ProxyError::InstancesFull),
                 };
             let addr = upstream.addr();
-            routed.upstream = Some(addr);
+            *routed_upstream = Some(addr);
             let attempt = Attempt {
                 connector: &self.connector,
                 addr,
@@ -197,7 +198,6 @@ impl Forwarder {
         has_body: bool,
         client: &Client,
         slot: &'b mut Option<Arc<Backend>>,
-        routed: &mut Routed,
     ) -> Result<Prepared<'b>, ProxyError> {
         let pairs: Vec<(&str, &[u8])> =
             request.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
@@ -224,15 +224,10 @@ impl Forwarder {
             accept_encoding: facts.accept_encoding,
             defaults: (self.server_timeout, self.tunnel_timeout),
         };
-        let routing = rules::route(&self.table, slot, host, &target, routed_request);
-        let Routing { path: routed_path, backend, admitted, first } = match routing {
-            Ok(routing) => routing,
-            Err((err, backend)) => {
-                routed.backend = backend.cloned();
-                return Err(err);
-            }
-        };
-        routed.backend = Some(backend.clone());
+        // Refused after routing, the service stays in `slot` and is counted with the answer.
+        let Routing { path: routed_path, backend, admitted, first } =
+            rules::route(&self.table, slot, host, &target, routed_request)
+                .map_err(|(err, _)| err)?;
 
         // The instance's head. An HTTP/2 body without a length goes on chunked.
         let chunked = has_body && !matches!(facts.body(), RequestBody::Length(_));
