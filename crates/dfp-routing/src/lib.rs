@@ -27,12 +27,13 @@ mod condition;
 mod policy;
 mod prefix;
 mod queue;
+mod stats;
 mod table;
 
 pub use access::{canonical, client_address, MethodList, SourceList};
 pub use backend::{
-    count_answers_on_shard, health_clock_ms, sticky_token, Backend, BackendStats, InstanceHealth,
-    InstanceSlot, Upstream, ANSWER_SHARDS, EJECT_FIRST_MS, EJECT_MAX_MS, LATENCY_BUCKETS_MS,
+    health_clock_ms, sticky_token, Backend, InstanceHealth, InstanceSlot, Upstream, EJECT_FIRST_MS,
+    EJECT_MAX_MS,
 };
 pub use compression::{Compression, CompressionAlgo};
 pub use condition::{
@@ -45,6 +46,7 @@ pub use policy::{
 };
 pub use prefix::{PathPrefix, PrefixError};
 pub use queue::Ticket;
+pub use stats::{count_answers_on_shard, BackendStats, ANSWER_SHARDS, LATENCY_BUCKETS_MS};
 pub use table::{
     service_key, BuildError, RouteMatch, RouteTable, RouteTableBuilder, ServiceRoutes, ServiceSpec,
     StreamTls, TableEditor, TableHandle,

@@ -19,9 +19,10 @@ use super::{
     service_key, BuildError, Candidate, CandidateMeta, Node, PathIndex, RouteTable, RouteTest,
     ServiceSlot, ServiceSpec, StreamTls,
 };
-use crate::backend::{BackendStats, InstanceHealth, Upstream};
+use crate::backend::{InstanceHealth, Upstream};
 use crate::condition::PathType;
 use crate::policy::Domain;
+use crate::stats::BackendStats;
 use crate::{Backend, PathPrefix};
 
 /// Changes a copy of a table a service at a time; nothing is visible until the result is

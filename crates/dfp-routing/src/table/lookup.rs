@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{service_key, Node, PathIndex, RouteMatch, RouteTable, ServiceRoutes, StreamTls};
-use crate::backend::BackendStats;
 use crate::condition::{NoFields, RequestFields};
+use crate::stats::BackendStats;
 use crate::Backend;
 
 impl RouteTable {

@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backend::BackendStats;
 use crate::condition::{PathPattern, RequestFields, RouteConditions};
 use crate::policy::{Domain, ServicePolicy};
+use crate::stats::BackendStats;
 use crate::{Backend, PathPrefix};
 
 mod build;
