@@ -1,9 +1,8 @@
 //! Per-service counters, as `/metrics` and the live view read them.
 //!
-//! Why a module of their own: most are written on every answer, by every data-plane thread,
-//! so how they are laid out in memory decides whether threads serving the same service write
-//! the same cache line. The answers' counters are sharded per thread here; the rest, counted
-//! only when something goes wrong or a TCP connection opens, are one atomic each.
+//! A module of their own because some are written on every answer by every data-plane
+//! thread: their layout in memory decides whether threads serving the same service write the
+//! same cache line ([`BackendStats`] says how it is kept apart).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

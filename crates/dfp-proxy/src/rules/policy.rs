@@ -525,9 +525,9 @@ pub(crate) type Unrouted<'b> = (ProxyError, Option<&'b Arc<Backend>>);
 /// Normalises the target's path ([`path::normalize`]), looks the host and path up in the live
 /// table (the guard is dropped before this returns; `slot` keeps the backend alive for as long
 /// as the answer borrows it, and may be kept from one request to the next: a backend it
-/// holds already is not cloned again), and lets the service's policy [`admit`] the request. No route:
-/// 404; the policy's own answer (redirect, 401); no instance: 503. While an ACME challenge
-/// is being answered, its path gets the answer (200) before any route is looked up.
+/// holds already is not cloned again), and lets the service's policy [`admit`] the request.
+/// No route: 404; the policy's own answer (redirect, 401); no instance: 503. While an ACME
+/// challenge is being answered, its path gets the answer (200) before any route is looked up.
 pub(crate) fn route<'t, 'b>(
     table: &TableHandle,
     slot: &'b mut Option<Arc<Backend>>,
