@@ -143,8 +143,10 @@ fn key(name: &str) -> String {
 /// after the table built from the new state has been published.
 #[derive(Debug, Default)]
 struct State {
-    /// By [`key`]: `Books-ms` and `books-ms` are one service.
-    services: BTreeMap<String, ServiceEntry>,
+    /// By [`key`]: `Books-ms` and `books-ms` are one service. Boxed: an entry is ~1 kB and a
+    /// B-tree node has room for 11 whether it holds them or not, so inline entries left about
+    /// 0.8 kB of empty slots per service (massif, 1,000 services restored).
+    services: BTreeMap<String, Box<ServiceEntry>>,
     /// Store keys (by service key) that name a routed service in another case, left over
     /// from versions that told them apart: ignored, and deleted with the service.
     shadowed: BTreeMap<String, Vec<String>>,

@@ -383,7 +383,7 @@ impl Inner {
         key: &str,
         request: ReconfigureRequest,
         instances: Vec<SocketAddr>,
-    ) -> ServiceEntry {
+    ) -> Box<ServiceEntry> {
         let previous = state.services.remove(key);
         let (generation, follower) = match previous {
             Some(old)
@@ -398,7 +398,7 @@ impl Inner {
                 (generation, self.follower(&request, generation))
             }
         };
-        ServiceEntry { request, instances, generation, updated: 0, _follower: follower }
+        Box::new(ServiceEntry { request, instances, generation, updated: 0, _follower: follower })
     }
 
     fn follower(

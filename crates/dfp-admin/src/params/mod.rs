@@ -330,6 +330,9 @@ impl ReconfigureRequest {
                 d
             })
             .collect();
+        // The collect reuses the list the destinations came in, first one included: without
+        // this, a service of one destination kept an empty list of room for one (~0.9 kB).
+        first.more_destinations.shrink_to_fit();
         first.ignored = ignored;
         first.params = stored;
         Ok(first)

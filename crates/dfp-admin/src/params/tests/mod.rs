@@ -512,6 +512,17 @@ fn bad_indexed_destinations_are_400s_that_name_the_destination() {
 }
 
 #[test]
+fn a_service_of_one_destination_keeps_no_room_for_more() {
+    // Every routed service keeps its call: an empty list with room for one destination
+    // was ~0.9 kB per service, a third of what 1,000 idle routes cost the control plane.
+    let r = parse(&books(&[])).expect("valid");
+    assert_eq!(r.more_destinations.capacity(), 0);
+    let r = parse(&books(&[("servicePath.1", "/c"), ("servicePath.2", "/d")])).expect("valid");
+    assert_eq!(r.more_destinations.len(), 2);
+    assert_eq!(r.more_destinations.capacity(), 2);
+}
+
+#[test]
 fn a_destinations_own_authentication_replaces_the_services() {
     let r = parse(&[
         ("serviceName", "books"),
