@@ -105,7 +105,7 @@ pub struct ConsulClient {
 }
 
 /// Idle connections kept open to each agent for the next calls.
-const IDLE_CONNECTIONS_KEPT: usize = 8;
+const IDLE_CONNECTIONS_KEPT: usize = 16;
 
 impl ConsulClient {
     /// A client for `addresses` (one URL or a comma-separated list; `host:port` means
@@ -121,7 +121,9 @@ impl ConsulClient {
             .pool_idle_timeout(Duration::from_secs(30))
             // A restore looks services up 32 at a time; each connection it leaves idle holds
             // ~40 kB of buffers (massif), so 32 of them kept an idle proxy 1.2 MB larger for
-            // the 30 s above. Eight is what the blocking watches and a burst of calls reuse.
+            // the 30 s above. Keeping 8 made a burst of 16 calls (Docker Flow Swarm
+            // Listener's start, benches/reconfigure-rate.sh) open connections again: ~1 ms
+            // more per call. 16 serve such a burst and keep half of that memory.
             .pool_max_idle_per_host(IDLE_CONNECTIONS_KEPT)
             .no_proxy()
             .build()
