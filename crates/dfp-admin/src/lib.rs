@@ -84,7 +84,7 @@ pub use controller::{
 };
 pub use discovery::Discovery;
 pub use error::AdminError;
-pub use params::ReconfigureRequest;
+pub use params::{CallParams, ReconfigureRequest};
 pub use replicas::{start_presence, Presence, Replica};
 pub use store::{Params, RouteStore, StoreError};
 pub use tcp_ports::{ReservedPorts, TcpPorts};

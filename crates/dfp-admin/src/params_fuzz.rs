@@ -124,7 +124,7 @@ fn summary(r: &ReconfigureRequest) -> Read {
         excluded: strings(&r.excluded),
         default_backend: r.default_backend,
         ignored: r.ignored.iter().cloned().collect(),
-        params: r.params.clone(),
+        params: r.params.to_map(),
         policy: format!("{:?}", r.policy),
         destinations: r.more_destinations.iter().map(|d| format!("{d:?}")).collect(),
     }

@@ -511,7 +511,7 @@ fn report(
 }
 
 /// A service's parameters as the store keeps them: one JSON object of strings.
-fn stored_form(params: &crate::store::Params) -> Result<Vec<u8>, AdminError> {
+fn stored_form(params: &crate::params::CallParams) -> Result<Vec<u8>, AdminError> {
     serde_json::to_vec(params).map_err(|e| AdminError::Internal(e.to_string()))
 }
 

@@ -11,6 +11,7 @@ use dfp_routing::{BuildError, TableEditor};
 
 use super::{key, Inner};
 use crate::discovery::{Discovery, Strictness};
+use crate::params::CallParams;
 use crate::store::Params;
 use crate::ReconfigureRequest;
 
@@ -295,10 +296,10 @@ impl Inner {
 
     /// Whether stored parameters replay the call that `current` holds: equal, but for the
     /// `port` older versions stored with Consul (which [`Inner::fit_to_mode`] drops).
-    fn same_call(&self, current: &Params, stored: &Params) -> bool {
+    fn same_call(&self, current: &CallParams, stored: &Params) -> bool {
         match self.discovery {
             Discovery::Consul(_) => current.iter().eq(stored.iter().filter(|(k, _)| *k != "port")),
-            Discovery::Dns => current == stored,
+            Discovery::Dns => current.iter().eq(stored.iter()),
         }
     }
 }

@@ -95,7 +95,7 @@ async fn a_store_naming_one_service_in_two_cases_serves_it_once() {
     let c = controller();
     let mut desired = BTreeMap::new();
     for (name, path) in [("LocalHost", "/a"), ("localhost", "/b")] {
-        desired.insert(name.to_owned(), request(name, &[path], 80).params);
+        desired.insert(name.to_owned(), request(name, &[path], 80).params.to_map());
     }
     c.sync_from_store(desired).await;
     let live = c.table().snapshot();
@@ -127,7 +127,7 @@ async fn store_sync_adds_updates_removes_in_one_swap_and_skips_conflicts() {
     c.reconfigure(request("127.0.0.1", &["/a"], 1)).await.expect("valid");
     let mut desired = BTreeMap::new();
     for (name, path) in [("127.0.0.2", "/b"), ("127.0.0.3", "/c"), ("127.0.0.4", "/b")] {
-        desired.insert(name.to_owned(), request(name, &[path], 80).params);
+        desired.insert(name.to_owned(), request(name, &[path], 80).params.to_map());
     }
     c.sync_from_store(desired).await;
     let live = c.table().load();

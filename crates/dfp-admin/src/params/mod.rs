@@ -8,9 +8,12 @@
 //! tests. `params_fuzz` (a sibling module) checks the whole reading against a model.
 
 mod policy;
+mod stored;
 mod tcp;
 #[cfg(test)]
 mod tests;
+
+pub use self::stored::CallParams;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -83,7 +86,7 @@ pub struct ReconfigureRequest {
     /// Every parameter of the call (the supported ones normalised), as stored in Consul KV or
     /// the state file, so a restore or another replica replays exactly this call. Empty in
     /// [`ReconfigureRequest::more_destinations`]: the first destination holds the call.
-    pub params: BTreeMap<String, String>,
+    pub params: CallParams,
     /// Which destination this is: 0 for the unindexed parameters, N for those ending in `.N`
     /// (Docker Flow Proxy's indexed `servicePath.N`, `port.N`...).
     pub index: u8,
@@ -334,7 +337,7 @@ impl ReconfigureRequest {
         // this, a service of one destination kept an empty list of room for one (~0.9 kB).
         first.more_destinations.shrink_to_fit();
         first.ignored = ignored;
-        first.params = stored;
+        first.params = stored.into();
         Ok(first)
     }
 
@@ -511,7 +514,7 @@ impl ReconfigureRequest {
             users_entries,
             lets_encrypt,
             ignored: Vec::new(),
-            params: BTreeMap::new(),
+            params: CallParams::default(),
             index: 0,
             more_destinations: Vec::new(),
         })
