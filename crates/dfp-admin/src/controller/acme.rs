@@ -26,7 +26,7 @@ impl Controller {
         let state = self.inner.state.lock().await;
         let mut wanted = WantedNames::default();
         for entry in state.services.values() {
-            let request = &entry.request;
+            let request = &*entry.request;
             for destination in std::iter::once(request).chain(&request.more_destinations) {
                 if !(destination.lets_encrypt || all) || destination.tcp_port.is_some() {
                     continue;

@@ -124,7 +124,9 @@ impl Default for FollowConfig {
 /// A configured service: its call, the instances last found, and the task following them.
 #[derive(Debug)]
 struct ServiceEntry {
-    request: ReconfigureRequest,
+    /// Boxed (~0.9 kB) so that a restore's lists of services being routed hold pointers,
+    /// not copies: at 10,000 routes those lists held three copies of every call at once.
+    request: Box<ReconfigureRequest>,
     instances: Vec<SocketAddr>,
     generation: u64,
     /// [`Inner::instance_seq`] when its follower last changed `instances` (0: never): a
@@ -143,9 +145,10 @@ fn key(name: &str) -> String {
 /// after the table built from the new state has been published.
 #[derive(Debug, Default)]
 struct State {
-    /// By [`key`]: `Books-ms` and `books-ms` are one service. Boxed: an entry is ~1 kB and a
-    /// B-tree node has room for 11 whether it holds them or not, so inline entries left about
-    /// 0.8 kB of empty slots per service (massif, 1,000 services restored).
+    /// By [`key`]: `Books-ms` and `books-ms` are one service. Boxed, as is each entry's
+    /// call: a B-tree node has room for 11 entries whether it holds them or not, so entries
+    /// inline (then ~1 kB each) left about 0.8 kB of empty slots per service (massif, 1,000
+    /// services restored).
     services: BTreeMap<String, Box<ServiceEntry>>,
     /// Store keys (by service key) that name a routed service in another case, left over
     /// from versions that told them apart: ignored, and deleted with the service.

@@ -209,7 +209,7 @@ impl Inner {
             let old_port = state.services.get(&key).and_then(|e| e.request.tcp_port);
             self.settle_tcp(old_port, request.tcp_port);
             state.dirty.remove(&key);
-            let entry = self.entry(state, &key, request.clone(), found.instances.clone());
+            let entry = self.entry(state, &key, Box::new(request.clone()), found.instances.clone());
             state.services.insert(key, entry);
             let _ = reply.send(Ok(report(request, found, mode_warning, version)));
         }
@@ -381,7 +381,7 @@ impl Inner {
         self: &Arc<Self>,
         state: &mut State,
         key: &str,
-        request: ReconfigureRequest,
+        request: Box<ReconfigureRequest>,
         instances: Vec<SocketAddr>,
     ) -> Box<ServiceEntry> {
         let previous = state.services.remove(key);
