@@ -18,7 +18,8 @@
 # Run:     benches/syscalls.sh --bin target/release/docker-flow-proxy --load-bin target/release/dfp-load
 # Options: --messages N (default 400000)  --connections N (default 100000)  --rounds N (default 3)
 #          --help
-# Needs:   Linux, root (perf reads tracepoints), perf, haproxy, nstat (iproute2), curl.
+# Needs:   Linux, root (perf reads tracepoints); installs perf, haproxy, nstat (iproute2) and
+#          curl with apt-get when missing.
 # Output:  progress on stderr; a markdown report on stdout and in target/syscalls/<timestamp>/.
 # Every process it starts is stopped when it ends, also on errors and Ctrl-C.
 
@@ -54,16 +55,13 @@ done
 for n in "$MESSAGES" "$CONNECTIONS" "$ROUNDS"; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || die "--messages, --connections and --rounds take whole numbers above 0, not $n"
 done
-for tool in perf haproxy nstat curl taskset; do
-  command -v "$tool" >/dev/null || die "$tool is needed (apt-get install linux-perf haproxy iproute2 curl util-linux)"
-done
-perf stat -e 'syscalls:sys_enter_sendto' true >/dev/null 2>&1 ||
-  die "perf cannot read the syscalls tracepoints here (run as root)"
-
 RUN="$REPO/target/syscalls/$(date -u +%Y%m%d-%H%M%S)"
 LOGS="$RUN/logs"
 mkdir -p "$LOGS"
 set_traps
+require_tools perf:linux-perf haproxy nstat:iproute2 curl taskset:util-linux
+perf stat -e 'syscalls:sys_enter_sendto' true >/dev/null 2>&1 ||
+  die "perf cannot read the syscalls tracepoints here (run as root)"
 CLK_TCK=$(getconf CLK_TCK)
 readonly RUN LOGS CLK_TCK
 

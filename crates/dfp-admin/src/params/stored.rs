@@ -66,10 +66,9 @@ impl CallParams {
 
 impl From<BTreeMap<String, String>> for CallParams {
     fn from(map: BTreeMap<String, String>) -> Self {
-        // A map's pairs come out in name order, each name once.
-        let mut pairs: Vec<(String, String)> = map.into_iter().collect();
-        pairs.shrink_to_fit();
-        CallParams(pairs)
+        // A map's pairs come out in name order, each name once, and exactly as many as it
+        // says: the list is made to size.
+        CallParams(map.into_iter().collect())
     }
 }
 
