@@ -12,12 +12,15 @@
 #   - a timed run of --messages (--connections): the worker thread's user and system time
 #     (/proc/PID/task/TID/stat) and the host's TCP segments sent (nstat; all of it loopback);
 #   - a counted run of the same size: the thread's system calls by name (perf stat on the
-#     syscalls:sys_enter_* tracepoints; a run of its own, so their cost is not in the times).
+#     syscalls:sys_enter_* tracepoints; a run of its own, so their cost is not in the times);
+#   - with --profile, a third run of the same size under `perf record` (kernel and user
+#     stacks, 999 samples a second): the share of the thread's samples in user space and
+#     under each system call, turned into µs per message (connection) with the timed run's CPU.
 # Ours and HAProxy alternate within each round; medians over the rounds are reported.
 #
 # Run:     benches/syscalls.sh --bin target/release/docker-flow-proxy --load-bin target/release/dfp-load
 # Options: --messages N (default 400000)  --connections N (default 100000)  --rounds N (default 3)
-#          --help
+#          --profile (also where the kernel time goes, system call by system call)  --help
 # Needs:   Linux, root (perf reads tracepoints); installs perf, haproxy, nstat (iproute2) and
 #          curl with apt-get when missing.
 # Output:  progress on stderr; a markdown report on stdout and in target/syscalls/<timestamp>/.
@@ -36,6 +39,7 @@ readonly PROXY_CORE=0 LOAD_CORE=1 WARM_UP=2000
 MESSAGES=400000
 CONNECTIONS=100000
 ROUNDS=3
+PROFILE=0
 BIN=""
 LOAD_BIN=""
 
@@ -46,6 +50,7 @@ while (($#)); do
     --messages) MESSAGES=${2:?--messages needs a number}; shift 2 ;;
     --connections) CONNECTIONS=${2:?--connections needs a number}; shift 2 ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
+    --profile) PROFILE=1; shift ;;
     --help | -h) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -160,6 +165,10 @@ measure() {
   # perf counts the worker thread for as long as the load it runs takes.
   load_run "$load" "$count" perf stat -t "$WORKER" -x, -e 'syscalls:sys_enter_*' \
     -o "$RUN/perf-$target-$load-$round.csv" --
+  if ((PROFILE)); then
+    load_run "$load" "$count" perf record -q -F 999 -g -t "$WORKER" \
+      -o "$RUN/profile-$target-$load-$round.data" --
+  fi
   stop_tree "$PROXY_PID"
   local calls
   calls=$(awk -F, -v n="$count" '$1 ~ /^[0-9]+$/ && $1 > 0 {
@@ -172,9 +181,32 @@ measure() {
     'BEGIN { printf "%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%s\n", t, l, r, d * 1e6 / hz / n, u * 1e6 / hz / n, s / n, c }' \
     >>"$RUN/rows.tsv"
   log "$target $load round $round: $(tail -1 "$RUN/rows.tsv" | cut -f4-)"
+  if ((PROFILE)); then profile_row "$target" "$load" "$round"; fi
+}
+
+# profile_row TARGET LOAD ROUND: one row of $RUN/profile.tsv from the round's perf record:
+# target load round, then µs per message (connection) in user space, under each system call
+# (name=µs) and elsewhere in the kernel (interrupts, the scheduler outside a call), each share
+# of the samples times the timed run's CPU (rows.tsv, column 4).
+profile_row() {
+  local target=$1 load=$2 round=$3 data cpu user calls
+  data="$RUN/profile-$target-$load-$round.data"
+  cpu=$(tail -1 "$RUN/rows.tsv" | cut -f4)
+  user=$(perf report -i "$data" --no-children --sort dso --stdio 2>/dev/null |
+    awk '$1 ~ /%$/ && $2 != "[kernel.kallsyms]" { sub(/%/, "", $1); s += $1 } END { printf "%.2f", s }')
+  # With --children, a call's line counts every sample under it (its first column).
+  calls=$(perf report -i "$data" --children --sort sym -g none --stdio 2>/dev/null |
+    awk -v cpu="$cpu" -v user="$user" '$1 ~ /%$/ && $4 ~ /^__x64_sys_/ {
+        sub(/%/, "", $1); name = $4; sub(/^__x64_sys_/, "", name); share[name] = $1; in_calls += $1 }
+      END { printf "%.2f", cpu * user / 100
+        for (c in share) if (cpu * share[c] / 100 >= 0.05) printf " %s=%.2f", c, cpu * share[c] / 100
+        printf " other-kernel=%.2f", cpu * (100 - user - in_calls) / 100 }')
+  printf '%s\t%s\t%s\t%s\n' "$target" "$load" "$round" "$calls" >>"$RUN/profile.tsv"
+  log "$target $load round $round, µs by where: user $calls"
 }
 
 : >"$RUN/rows.tsv"
+: >"$RUN/profile.tsv"
 for ((round = 1; round <= ROUNDS; round++)); do
   for load in websocket tcp-connect; do
     count=$MESSAGES
@@ -213,5 +245,28 @@ done
         printf "- %s: CPU **%s**; user %s; system %s; system calls %s\n", l, out[1], out[2], out[3], out[4] }' \
       "$RUN/rows.tsv"
   done
+  if ((PROFILE)); then
+    echo
+    echo "Where the CPU goes (perf record of the worker thread; each share of its samples times the"
+    echo "timed run's CPU), µs per message or connection, median over the rounds:"
+    echo
+    echo "| load | proxy | user space | under each system call (≥ 0.05 µs) | elsewhere in the kernel |"
+    echo "|---|---|---:|---|---:|"
+    awk -F'\t' '
+      function median(list,   a, n, i, j, t) { n = split(list, a, " ")
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+      { key = $2 "\t" $1; keys[key] = 1; n = split($4, f, " "); v[key, "user"] = v[key, "user"] " " f[1]
+        for (i = 2; i <= n; i++) { split(f[i], kv, "="); if (kv[1] != "other-kernel") names[key, kv[1]] = 1
+          v[key, kv[1]] = v[key, kv[1]] " " kv[2] } }
+      END { for (key in keys) { split(key, k, "\t"); n = 0
+          # The calls, largest first.
+          for (nk in names) { split(nk, p, SUBSEP); if (p[1] != key) continue
+            m = median(v[key, p[2]]); for (i = ++n; i > 1 && us[i - 1] < m; i--) { us[i] = us[i - 1]; nm[i] = nm[i - 1] }
+            us[i] = m; nm[i] = p[2] }
+          calls = ""; for (i = 1; i <= n; i++) calls = calls sprintf("%s%s %.2f", i > 1 ? ", " : "", nm[i], us[i])
+          printf "| %s | %s | %.2f | %s | %.2f |\n", k[1], k[2], median(v[key, "user"]), calls, median(v[key, "other-kernel"]) } }' \
+      "$RUN/profile.tsv" | sort
+  fi
 } | tee "$RUN/report.md"
 log "report: $RUN/report.md"
