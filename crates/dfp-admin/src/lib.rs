@@ -75,7 +75,7 @@ pub(crate) fn unix_now() -> i64 {
 pub use acme::{
     AcmeConfig, AcmeError, AcmeManager, ChallengeKind, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };
-pub use api::{handle, serve};
+pub use api::{handle, serve, AdminBody, MetricsBody};
 pub use auth::{secret_from_file, AdminAuth, CredentialError, Credentials};
 pub use certs::CertAdmin;
 pub use controller::{

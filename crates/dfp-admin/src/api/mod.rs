@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dfp_routing::StreamTls;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,9 +35,14 @@ mod metrics;
 mod views;
 
 use metrics::metrics;
+pub use metrics::MetricsBody;
 use views::{config, dfp_services, routes};
 
 pub(crate) const PREFIX: &str = "/v1/docker-flow-proxy/";
+
+/// An admin answer's body: whole for every call but `/metrics`, whose text grows with the
+/// routes and is sent as it is rendered (see `metrics.rs`).
+pub type AdminBody = Either<Full<Bytes>, MetricsBody>;
 
 /// Serves the admin API on `listener` until `shutdown` completes. Without `certs` the
 /// certificate endpoints answer 404. Every call is checked against `auth` first.
@@ -94,7 +99,7 @@ pub async fn handle(
     certs: Option<&CertAdmin>,
     auth: &AdminAuth,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<AdminBody> {
     let (parts, body) = request.into_parts();
     if let Err(err) = auth.check(&parts.method, parts.uri.path(), &parts.headers) {
         let mut response = failure(&err);
@@ -117,7 +122,7 @@ async fn route(
     path: &str,
     pairs: &[(&str, &str)],
     body: Incoming,
-) -> Result<Response<Full<Bytes>>, AdminError> {
+) -> Result<Response<AdminBody>, AdminError> {
     let endpoint = path.strip_prefix(PREFIX).map(|e| e.trim_end_matches('/'));
     match (endpoint, path) {
         (Some("reconfigure"), _) => {
@@ -200,11 +205,11 @@ async fn route(
         }
         (_, "/dashboard" | "/dashboard/") => {
             allow(method, path, &[Method::GET], "GET")?;
-            Ok(live::page())
+            Ok(live::page().map(Either::Left))
         }
         (_, "/metrics") => {
             allow(method, path, &[Method::GET], "GET")?;
-            Ok(metrics(controller))
+            Ok(metrics(controller).map(Either::Right))
         }
         _ => Err(AdminError::NoSuchEndpoint(path.to_owned())),
     }
@@ -227,16 +232,16 @@ fn allow(
     }
 }
 
-fn failure(err: &AdminError) -> Response<Full<Bytes>> {
+fn failure(err: &AdminError) -> Response<AdminBody> {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     tracing::warn!(status = status.as_u16(), error = %err, "admin call failed");
     json(status, &Answer { status: "NOK", message: err.to_string() })
 }
 
-fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: &impl Serialize) -> Response<AdminBody> {
     let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{\"Status\":\"NOK\"}".to_vec());
     bytes.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(bytes))));
     *response.status_mut() = status;
     response
         .headers_mut()
