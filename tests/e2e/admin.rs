@@ -222,6 +222,42 @@ async fn metrics_report_the_table() {
     assert!(text.contains("dfp_admin_calls_total{call=\"reconfigure\",result=\"ok\"} 1"), "{text}");
 }
 
+/// `/metrics` larger than one chunk (64 KiB: ~50 services) arrives whole over HTTP, chunked,
+/// every service's series in it, and so does the scrape after it.
+#[tokio::test]
+async fn metrics_of_many_services_arrive_whole_in_chunks() {
+    let proxy = Proxy::start(None, &[]).await;
+    let services = 120;
+    for i in 0..services {
+        let call = format!(
+            "/v1/docker-flow-proxy/reconfigure?serviceName=127.0.0.{}&servicePath=/svc-{i}&port=9",
+            i + 1
+        );
+        let (status, answer) = proxy.admin(&call).await;
+        assert_eq!(status, 200, "{call}: {answer}");
+    }
+    let client = crate::support::http_client();
+    for scrape in 1..=2 {
+        let response =
+            client.get(proxy.admin_url("/metrics")).send().await.expect("metrics answer");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers().get("transfer-encoding").and_then(|v| v.to_str().ok()),
+            Some("chunked"),
+            "scrape {scrape}"
+        );
+        let text = response.text().await.expect("body");
+        assert!(text.len() > 64 * 1024, "scrape {scrape}: {} bytes", text.len());
+        assert!(text.contains(&format!("\ndfp_services {services}\n")), "scrape {scrape}");
+        for i in 0..services {
+            let series =
+                format!("dfp_request_duration_seconds_count{{service=\"127.0.0.{}\"}} 0", i + 1);
+            assert!(text.contains(&series), "scrape {scrape}: {series} missing");
+        }
+        assert!(text.ends_with('\n'), "scrape {scrape}: the text ends mid-line");
+    }
+}
+
 /// Scripts written for Docker Flow Proxy call `reload` and read `config?type=json`.
 #[tokio::test]
 async fn reload_and_config_type_json_answer_as_docker_flow_proxy() {
