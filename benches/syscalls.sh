@@ -205,6 +205,14 @@ profile_row() {
   log "$target $load round $round, µs by where: user $calls"
 }
 
+# The report's awk programs share these: sorted(a, n) sorts a[1..n] as numbers, middle(a, n)
+# is the median of a sorted a[1..n], median(list) that of a space-separated list.
+readonly AWK_MEDIANS='
+  function sorted(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t } }
+  function middle(a, n) { return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  function median(list,   a, n) { n = split(list, a, " "); sorted(a, n); return middle(a, n) }
+'
+
 : >"$RUN/rows.tsv"
 : >"$RUN/profile.tsv"
 for ((round = 1; round <= ROUNDS; round++)); do
@@ -232,9 +240,8 @@ done
   echo "Ours ÷ HAProxy, paired by round: median (min–max)"
   echo
   for load in websocket tcp-connect; do
-    awk -F'\t' -v l="$load" '
-      function sorted(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t } }
-      function summary(a, n) { sorted(a, n); return sprintf("%.3f (%.3f–%.3f)", n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2, a[1], a[n]) }
+    awk -F'\t' -v l="$load" "$AWK_MEDIANS"'
+      function summary(a, n) { sorted(a, n); return sprintf("%.3f (%.3f–%.3f)", middle(a, n), a[1], a[n]) }
       $2 == l { split($7, c, " "); v[$1, $3, "cpu"] = $4; v[$1, $3, "user"] = $5; v[$1, $3, "sys"] = $4 - $5; v[$1, $3, "calls"] = c[1]; if ($3 > rounds) rounds = $3 }
       END {
         split("cpu user sys calls", what, " ")
@@ -252,10 +259,7 @@ done
     echo
     echo "| load | proxy | user space | under each system call (≥ 0.05 µs) | elsewhere in the kernel |"
     echo "|---|---|---:|---|---:|"
-    awk -F'\t' '
-      function median(list,   a, n, i, j, t) { n = split(list, a, " ")
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+    awk -F'\t' "$AWK_MEDIANS"'
       { key = $2 "\t" $1; keys[key] = 1; n = split($4, f, " "); v[key, "user"] = v[key, "user"] " " f[1]
         for (i = 2; i <= n; i++) { split(f[i], kv, "="); if (kv[1] != "other-kernel") names[key, kv[1]] = 1
           v[key, kv[1]] = v[key, kv[1]] " " kv[2] } }
