@@ -258,6 +258,64 @@ async fn websocket_upgrades_tunnel_both_ways() {
     }
 }
 
+/// Opens a WebSocket through the proxy and returns the socket once the `101` is read.
+async fn upgraded(proxy: &Proxy, path: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connects");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut head = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.expect("reads"), 1, "closed early: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream
+}
+
+/// The plain tunnel's life as a client sees it: the service's `timeoutTunnel` closes a quiet
+/// tunnel (and only a quiet one), and a client that ends its side still gets the instance's
+/// last bytes before the end.
+#[tokio::test]
+async fn websocket_tunnels_keep_their_timeout_and_pass_half_closes_on() {
+    let echo = EchoUpgrade::start().await;
+    let proxy = Proxy::start(None, &[]).await;
+    let reconfigure = format!("{}&timeoutTunnel=1", reconfigure_standalone("/ws", echo.port));
+    assert_eq!(proxy.admin(&reconfigure).await.0, 200);
+
+    // Busy for twice the timeout: stays open.
+    let mut busy = upgraded(&proxy, "/ws/busy").await;
+    let mut buf = [0_u8; 4];
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        busy.write_all(b"ping").await.expect("sent");
+        busy.read_exact(&mut buf).await.expect("a busy tunnel stays open");
+        assert_eq!(&buf, b"ping");
+    }
+    // Then quiet: closed after about a second.
+    let quiet = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), busy.read(&mut buf))
+        .await
+        .expect("the quiet tunnel is closed within 10 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, not {read:?}");
+    let waited = quiet.elapsed();
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before timeoutTunnel");
+
+    // The client ends its side after a last message: the echo of it still arrives, then the end.
+    let mut ending = upgraded(&proxy, "/ws/ending").await;
+    ending.write_all(b"last words").await.expect("sent");
+    ending.shutdown().await.expect("the client ends its side");
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), ending.read_to_end(&mut back))
+        .await
+        .expect("the end arrives")
+        .expect("read");
+    assert_eq!(back, b"last words");
+}
+
 #[tokio::test]
 async fn big_bodies_stream_with_flat_memory_and_trailers_survive() {
     let upstream = Upstream::start("files").await;

@@ -311,6 +311,83 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     }
 }
 
+/// A client connection's transport as the HTTP/1 engine sees it: its bytes, and, when it is a
+/// plain socket, the socket itself, which an upgraded connection's tunnel takes over to serve
+/// it off the runtime ([`crate::tunnel::plain`]).
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+    /// Takes the plain socket out, leaving a stream whose reads and writes fail; `None` over
+    /// TLS, whose bytes need the session.
+    fn take_socket(&mut self) -> Option<TcpStream>;
+}
+
+/// The plain listener's client socket, which a tunnel can take out of it.
+#[derive(Debug)]
+pub(crate) struct PlainClient(Option<TcpStream>);
+
+impl PlainClient {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        PlainClient(Some(stream))
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.0.as_mut().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotConnected, "the socket was handed to a tunnel")
+        })
+    }
+}
+
+impl ClientStream for PlainClient {
+    fn take_socket(&mut self) -> Option<TcpStream> {
+        self.0.take()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientStream for tokio_rustls::server::TlsStream<S> {
+    fn take_socket(&mut self) -> Option<TcpStream> {
+        None
+    }
+}
+
+impl AsyncRead for PlainClient {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stream()?).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainClient {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().stream()?).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().stream()?).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stream()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().stream()?).poll_shutdown(cx)
+    }
+}
+
 /// A response body that drops `guard` once it has been sent (its end polled) or dropped, so
 /// what must happen at the end of a response happens exactly once: the plain listener's
 /// [`RequestDone`] starts the idle deadline from there, the TLS listener's in-flight count

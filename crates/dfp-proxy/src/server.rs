@@ -12,7 +12,7 @@ use dfp_routing::TableHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::conn::{ConnState, TimedIo};
+use crate::conn::{ConnState, PlainClient, TimedIo};
 use crate::forward::Forwarder;
 use crate::h1;
 use crate::proxy_protocol;
@@ -162,7 +162,7 @@ pub async fn serve(
         move |stream, endpoints, stop| {
             let state = Arc::new(ConnState::default());
             let mut io = TimedIo::new(
-                stream,
+                PlainClient::new(stream),
                 state.clone(),
                 config.header_read_timeout,
                 config.idle_timeout,

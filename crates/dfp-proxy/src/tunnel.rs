@@ -14,6 +14,8 @@
 //! idle timer each time) was a third of the user-space instructions of a WebSocket message
 //! (BENCHMARKS.md, "WebSocket: the tunnel as one poll").
 
+pub(crate) mod plain;
+
 use std::future::{poll_fn, Future as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use bytes::Buf as _;
 use dfp_routing::{CompressionAlgo, HeaderEdits};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::chunked::{ChunkedScanner, Scan};
 use crate::compress::Encoder;
-use crate::conn::{ConnState, TimedIo};
+use crate::conn::{ClientStream, ConnState, TimedIo};
 use crate::forward::Forwarder;
 use crate::rules::{
     self, Failure, Framing, ResponseFacts, EXPECT_WAIT, MAX_HEADERS, MAX_HEAD_BYTES,
@@ -64,7 +64,7 @@ impl Attempt<'_> {
         body: &mut BodyProgress,
     ) -> Result<Relayed, Failure>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: ClientStream,
     {
         let plan = self.plan;
         let connector = &self.forwarder.connector;
@@ -196,7 +196,7 @@ impl Attempt<'_> {
         body: &mut BodyProgress,
     ) -> Result<bool, Failure>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: ClientStream,
     {
         let client_timeout = self.forwarder.client_timeout;
         loop {
@@ -298,7 +298,7 @@ impl Attempt<'_> {
         conn: &mut Conn,
     ) -> Result<bool, Failure>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: ClientStream,
     {
         let status = head.status;
         let mut reusable = head.keep_alive;
@@ -381,7 +381,7 @@ impl Attempt<'_> {
         status: u16,
     ) -> Result<Relayed, Failure>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: ClientStream,
     {
         let gone = |_| Failure::Broken(status);
         self.state.upgraded();
@@ -394,7 +394,12 @@ impl Attempt<'_> {
             upstream.write_all(&conn.buf).await.map_err(gone)?;
             conn.buf.clear();
         }
-        crate::tunnel::splice(io.upgraded_stream(), upstream, self.plan.tunnel_timeout).await;
+        let idle = self.plan.tunnel_timeout;
+        // A plain client's socket goes to the tunnel loop; a TLS one stays on the runtime.
+        match io.upgraded_stream().take_socket() {
+            Some(client) => crate::tunnel::plain::splice(client, upstream, idle).await,
+            None => crate::tunnel::splice(io.upgraded_stream(), upstream, idle).await,
+        }
         Ok(Relayed { status, close: true, tunnelled: true })
     }
 }
@@ -414,7 +419,7 @@ struct Compressed<'a, S> {
 
 impl<S> Compressed<'_, S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ClientStream,
 {
     async fn run(
         self,

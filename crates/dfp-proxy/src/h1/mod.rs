@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::{Buf as _, BytesMut};
 use dfp_routing::{Backend, HeaderEdits};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
 
 use crate::chunked::{ChunkedScanner, Scan};
@@ -48,7 +48,7 @@ use crate::chunked::{ChunkedScanner, Scan};
 mod attempt;
 mod buffers;
 
-use crate::conn::{ConnState, TimedIo};
+use crate::conn::{ClientStream, ConnState, TimedIo};
 use crate::error::ProxyError;
 use crate::forward::Forwarder;
 use crate::rules::{
@@ -83,7 +83,7 @@ pub(crate) async fn serve<S>(
     forwarder: &Forwarder,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ClientStream,
 {
     let Endpoints { client, local } = endpoints;
     let mut conn = Conn {
@@ -155,7 +155,7 @@ pub(crate) async fn serve<S>(
 /// read the answer.
 async fn close_gently<S>(io: &mut TimedIo<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ClientStream,
 {
     if io.shutdown().await.is_err() {
         return;
@@ -178,7 +178,7 @@ where
 /// (the instance's next bytes, the client's next request). Over plain TCP the flush is free.
 async fn send<S>(io: &mut TimedIo<S>, bytes: &[u8]) -> io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ClientStream,
 {
     io.write_all(bytes).await?;
     io.flush().await
@@ -280,7 +280,7 @@ async fn exchange<S>(
     route: &mut Option<Arc<Backend>>,
 ) -> Step
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ClientStream,
 {
     let started = std::time::Instant::now();
     conn.answered_at = None;
@@ -478,7 +478,7 @@ async fn forward<S>(
     started: std::time::Instant,
 ) -> (Step, u16, Option<SocketAddr>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: ClientStream,
 {
     let backend = plan.backend;
     let mut body = BodyProgress::new(plan.body);
