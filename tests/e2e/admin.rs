@@ -60,6 +60,19 @@ async fn every_error_leaves_the_table_untouched() {
         &before,
     )
     .await;
+    // A timeout too long for the clock (it once made each request to the service fail).
+    for timeout in ["timeoutServer", "timeoutTunnel"] {
+        assert_refused(
+            &proxy,
+            &format!(
+                "{r}?serviceName=books-ms&servicePath=/api/v1/books&{timeout}=18446744073709551615"
+            ),
+            400,
+            "2147483",
+            &before,
+        )
+        .await;
+    }
     // 404: Consul has never heard of the service.
     assert_refused(
         &proxy,

@@ -368,8 +368,11 @@ fn check_destination(
             "usersSecret accepted beside users that all have their passwords"
         );
     }
-    for timeout in [policy.server_timeout, policy.tunnel_timeout].into_iter().flatten() {
+    let timeouts = [policy.server_timeout, policy.tunnel_timeout, policy.client_timeout];
+    for timeout in timeouts.into_iter().flatten() {
         prop_assert!(!timeout.is_zero());
+        // A deadline further ahead would not fit the clock.
+        prop_assert!(timeout <= dfp_routing::LONGEST_TIMEOUT, "{:?}", timeout);
     }
     // The queue's settings only beside the cap it queues behind.
     if policy.queue_timeout.is_some() || policy.max_queue.is_some() {

@@ -43,6 +43,7 @@ pub use condition::{
 pub use policy::{
     Authentication, Credential, Domain, DomainRedirect, HeaderEdits, PathRewrite, PolicyError,
     ProtoRedirect, ProxyProtocol, ServicePolicy, StickySession, UsersEntry, UsersFrom,
+    LONGEST_TIMEOUT,
 };
 pub use prefix::{PathPrefix, PrefixError};
 pub use queue::Ticket;

@@ -459,6 +459,12 @@ impl Authentication {
     }
 }
 
+/// The longest timeout the proxy takes, anywhere (a service's `timeoutServer`, `timeoutTunnel`
+/// or `timeoutClient`, a command-line timeout): HAProxy's own limit, 2^31−1 ms (~24.8 days).
+/// A deadline this far ahead always fits the clock; one of 18446744073709551615 s would not,
+/// and reckoning it would fail in the middle of a request.
+pub const LONGEST_TIMEOUT: Duration = Duration::from_millis((1 << 31) - 1);
+
 /// Per-request policy of a service. The default asks for nothing.
 #[derive(Debug, Clone, Default)]
 pub struct ServicePolicy {

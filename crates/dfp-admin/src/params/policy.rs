@@ -248,11 +248,15 @@ pub(super) fn parse_bool(value: Option<&str>, name: &'static str) -> Result<bool
     }
 }
 
-/// Docker Flow Proxy's timeouts: whole seconds (a unit suffix `s` is accepted).
+/// Docker Flow Proxy's timeouts: whole seconds (a unit suffix `s` is accepted), from 1 to
+/// [`dfp_routing::LONGEST_TIMEOUT`] (2147483, ~24.8 days, HAProxy's limit).
 pub(super) fn parse_seconds(value: &str, name: &'static str) -> Result<Duration, AdminError> {
+    const WHAT: &str = "give a whole number of seconds from 1 to 2147483 (~24.8 days)";
     match value.trim().trim_end_matches('s').parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-        _ => Err(invalid(name, value, "give a number of seconds greater than 0")),
+        Ok(n) if n > 0 && Duration::from_secs(n) <= dfp_routing::LONGEST_TIMEOUT => {
+            Ok(Duration::from_secs(n))
+        }
+        _ => Err(invalid(name, value, WHAT)),
     }
 }
 

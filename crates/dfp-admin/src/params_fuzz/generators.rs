@@ -70,7 +70,7 @@ pub(super) fn number() -> impl Strategy<Value = String> {
     prop_oneof![
         8 => "[0-9]{1,5}",
         1 => "[ ]{0,1}[+-]?[0-9]{1,22}s{0,2}[ ]{0,1}",
-        1 => prop::sample::select(vec!["0", "1", "65535", "65536", "301", "302", "308", "304", "0s", "s"])
+        1 => prop::sample::select(vec!["0", "1", "65535", "65536", "301", "302", "308", "304", "0s", "s", "2147483", "2147484"])
             .prop_map(str::to_owned),
         1 => anything(),
     ]

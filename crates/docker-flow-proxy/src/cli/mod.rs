@@ -602,6 +602,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("a timeout must be longer than zero".to_owned());
     }
+    if d > dfp_routing::LONGEST_TIMEOUT {
+        return Err(format!(
+            "{text:?} is too long: a timeout may be at most 2147483s (~24.8 days, HAProxy's limit)"
+        ));
+    }
     Ok(d)
 }
 

@@ -11,6 +11,13 @@ fn durations() {
     assert!(parse_duration("0s").is_err());
     assert!(parse_duration("5 parsecs").is_err());
     assert!(parse_duration("").is_err());
+    // Up to HAProxy's limit, 2^31-1 ms: a deadline further ahead would not fit the clock.
+    assert_eq!(parse_duration("2147483s"), Ok(Duration::from_secs(2_147_483)));
+    assert_eq!(parse_duration("2147483647ms"), Ok(Duration::from_millis(2_147_483_647)));
+    for too_long in ["2147484s", "2147483648ms", "35792m", "18446744073709551615s", "9999999999h"] {
+        let err = parse_duration(too_long).expect_err(too_long);
+        assert!(err.contains("at most 2147483s"), "{too_long}: {err}");
+    }
 }
 
 #[test]

@@ -281,6 +281,25 @@ fn send_proxy_protocol_is_a_version() {
 }
 
 #[test]
+fn timeouts_are_whole_seconds_up_to_haproxys_limit() {
+    for name in ["timeoutServer", "timeoutTunnel"] {
+        for (value, secs) in [("1", 1), (" 60s ", 60), ("2147483", 2_147_483)] {
+            let r = parse(&books(&[(name, value)])).expect("valid");
+            let got = if name == "timeoutServer" {
+                r.policy.server_timeout
+            } else {
+                r.policy.tunnel_timeout
+            };
+            assert_eq!(got, Some(std::time::Duration::from_secs(secs)), "{name}={value:?}");
+        }
+        // Past the limit, a deadline would not fit the clock: refused, not cut short.
+        for value in ["0", "-5", "2147484", "18446744073709551615", "99999999999999999999"] {
+            refused(&books(&[(name, value)]), &[name, "2147483"]);
+        }
+    }
+}
+
+#[test]
 fn instance_max_conn_is_a_count() {
     for (value, want) in
         [("1", Some(1)), (" 250 ", Some(250)), ("1000000", Some(1_000_000)), (" ", None)]
