@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # syscalls.sh: where a tunnel's CPU goes, ours beside HAProxy: per WebSocket message and per
-# short TCP connection, the proxy thread's user and system time, its system calls by name and
-# the TCP segments they cause.
+# short TCP connection, the proxy's user and system time, its system calls by name and the
+# TCP segments they cause.
 #
-# What it measures: one proxy thread pinned to core 0 (ours: --threads 1, standalone, its
-# worker thread dfp-proxy-0; HAProxy 2.6: nbthread 1), dfp-load's echo servers and clients on
-# core 1. Two loads, as in compare.sh's websocket and tcp scenarios: websocket (50
-# connections, 128-byte messages echoed one at a time per connection) and tcp-connect (20
+# What it measures: the proxy pinned to core 0 (ours: --threads 1, standalone, whose plain
+# WebSocket tunnels run on its thread dfp-tunnels-0; HAProxy 2.6: nbthread 1), dfp-load's echo
+# servers and clients on core 1. Two loads, as in compare.sh's websocket and tcp scenarios:
+# websocket (50 connections, 128-byte messages echoed one at a time per connection) and
+# tcp-connect (20
 # clients, each connection echoes 64 bytes and closes; ours a reqMode=tcp service on a
 # srcPort, HAProxy `mode tcp`). Per round, proxy and load, after a warm-up of 2,000:
-#   - a timed run of --messages (--connections): the worker thread's user and system time
-#     (/proc/PID/task/TID/stat) and the host's TCP segments sent (nstat; all of it loopback);
-#   - a counted run of the same size: the thread's system calls by name (perf stat on the
+#   - a timed run of --messages (--connections): the proxy process's user and system time, all
+#     its threads (/proc/PID/stat), and the host's TCP segments sent (nstat; all loopback);
+#   - a counted run of the same size: the process's system calls by name (perf stat on the
 #     syscalls:sys_enter_* tracepoints; a run of its own, so their cost is not in the times);
 #   - with --profile, a third run of the same size under `perf record` (kernel and user
-#     stacks, 999 samples a second): the share of the thread's samples in user space and
+#     stacks, 999 samples a second): the share of the process's samples in user space and
 #     under each system call, turned into µs per message (connection) with the timed run's CPU.
 # Ours and HAProxy alternate within each round; medians over the rounds are reported.
 #
@@ -77,8 +78,8 @@ wait_for "$LAST_PID" "the WebSocket echo server listening" 10 listening "$WS_ECH
 start_pinned tcp-echo "$LOAD_CORE" "$LOAD_BIN" tcp-echo --listen "127.0.0.1:$TCP_ECHO"
 wait_for "$LAST_PID" "the TCP echo server listening" 10 listening "$TCP_ECHO"
 
-# start_proxy TARGET LOAD: ours or HAProxy in front of LOAD's echo server; sets PROXY_PID,
-# WORKER (the thread that carries the traffic) and ADDR (where the load connects).
+# start_proxy TARGET LOAD: ours or HAProxy in front of LOAD's echo server; sets PROXY_PID (the
+# process that carries the traffic: HAProxy's worker) and ADDR (where the load connects).
 start_proxy() {
   local target=$1 load=$2 port admin
   free_port port
@@ -101,12 +102,6 @@ start_proxy() {
     curl -sf -o "$LOGS/reconfigure-$load.json" "http://127.0.0.1:$admin/v1/docker-flow-proxy/reconfigure?$query" ||
       die "ours refused the $load route (see $LOGS/reconfigure-$load.json)"
     wait_for "$PROXY_PID" "ours listening on $ADDR" 10 listening "${ADDR##*:}"
-    local task
-    WORKER=""
-    for task in /proc/"$PROXY_PID"/task/*; do
-      [[ $(cat "$task/comm" 2>/dev/null) == dfp-proxy-0 ]] && WORKER=${task##*/}
-    done
-    [[ -n $WORKER ]] || die "ours has no thread named dfp-proxy-0"
   else
     {
       printf 'global\n  nbthread 1\n  maxconn 5000\n  tune.bufsize 16384\n\n'
@@ -123,8 +118,7 @@ start_proxy() {
     PROXY_PID=$LAST_PID
     ADDR="127.0.0.1:$port"
     wait_for "$PROXY_PID" "HAProxy listening on $ADDR" 10 listening "$port"
-    WORKER=$(pgrep -P "$PROXY_PID" -x haproxy || echo "$PROXY_PID")
-    PROXY_PID=$WORKER
+    PROXY_PID=$(pgrep -P "$PROXY_PID" -x haproxy || echo "$PROXY_PID")
   fi
 }
 
@@ -147,7 +141,7 @@ load_run() {
   return 0
 }
 
-thread_ticks() { awk '{ print $14 + $15, $14 }' "/proc/$PROXY_PID/task/$WORKER/stat"; }
+process_ticks() { awk '{ print $14 + $15, $14 }' "/proc/$PROXY_PID/stat"; }
 out_segments() { nstat -az TcpOutSegs | awk '$1 == "TcpOutSegs" { print $2 }'; }
 
 # measure TARGET LOAD ROUND COUNT: one row of $RUN/rows.tsv: target load round, then per
@@ -157,16 +151,16 @@ measure() {
   start_proxy "$target" "$load"
   load_run "$load" "$WARM_UP"
   local before after seg_before seg_after
-  read -r -a before < <(thread_ticks)
+  read -r -a before < <(process_ticks)
   seg_before=$(out_segments)
   load_run "$load" "$count"
-  read -r -a after < <(thread_ticks)
+  read -r -a after < <(process_ticks)
   seg_after=$(out_segments)
-  # perf counts the worker thread for as long as the load it runs takes.
-  load_run "$load" "$count" perf stat -t "$WORKER" -x, -e 'syscalls:sys_enter_*' \
+  # perf counts the proxy's threads for as long as the load it runs takes.
+  load_run "$load" "$count" perf stat -p "$PROXY_PID" -x, -e 'syscalls:sys_enter_*' \
     -o "$RUN/perf-$target-$load-$round.csv" --
   if ((PROFILE)); then
-    load_run "$load" "$count" perf record -q -F 999 -g -t "$WORKER" \
+    load_run "$load" "$count" perf record -q -F 999 -g -p "$PROXY_PID" \
       -o "$RUN/profile-$target-$load-$round.data" --
   fi
   stop_tree "$PROXY_PID"
@@ -229,7 +223,7 @@ done
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "- $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo); kernel $(uname -r); $(haproxy -v | head -1)"
   echo "- $ROUNDS rounds; websocket: $MESSAGES messages of 128 bytes over 50 connections; tcp-connect: $CONNECTIONS connections of 64 bytes, 20 at a time"
-  echo "- per message (websocket) or per connection (tcp-connect); CPU of the proxy's worker thread; segments: every TCP segment sent on the host (the load's and the echo server's too)"
+  echo "- per message (websocket) or per connection (tcp-connect); CPU of the proxy's process, all threads; segments: every TCP segment sent on the host (the load's and the echo server's too)"
   echo
   echo "| load | proxy | round | CPU µs | of it user µs | TCP segments | system calls | by name (≥ 0.01) |"
   echo "|---|---|---:|---:|---:|---:|---:|---|"
@@ -254,7 +248,7 @@ done
   done
   if ((PROFILE)); then
     echo
-    echo "Where the CPU goes (perf record of the worker thread; each share of its samples times the"
+    echo "Where the CPU goes (perf record of the proxy's process; each share of its samples times the"
     echo "timed run's CPU), µs per message or connection, median over the rounds:"
     echo
     echo "| load | proxy | user space | under each system call (≥ 0.05 µs) | elsewhere in the kernel |"
