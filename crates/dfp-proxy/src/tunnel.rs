@@ -113,6 +113,30 @@ enum Stage {
     Done,
 }
 
+/// The rules both tunnel engines follow (this module's, on the runtime, and [`plain`]'s loop),
+/// kept here so that they cannot drift apart.
+impl Stage {
+    /// Where a direction goes once its side has ended its output (or failed reading): the other
+    /// side is told by a `shutdown` of its output while the other direction still reads
+    /// (closing it would end both halves), and always when it is not a plain socket (TLS sends
+    /// its `close_notify`); otherwise the close that ends the tunnel tells it, one system call
+    /// less per connection (HAProxy's way).
+    fn after_end(other_reading: bool, to_plain: bool) -> Stage {
+        Stage::Ending { shut: other_reading || !to_plain }
+    }
+
+    /// Whether the direction still reads its side.
+    fn reading(self) -> bool {
+        self == Stage::Copying
+    }
+
+    /// Whether a tunnel whose two directions are where `stages` says has ended (a failed write
+    /// ends it sooner).
+    fn tunnel_ended(stages: [Stage; 2]) -> bool {
+        stages == [Stage::Done, Stage::Done]
+    }
+}
+
 /// One direction of a tunnel: bytes read from one side, written to the other.
 struct Pipe<'c> {
     buf: Buffer,
@@ -233,7 +257,7 @@ impl<'c> Pipe<'c> {
                         // The end of this side's output, or an error reading it: the other
                         // side is told, then this direction is done.
                         Poll::Ready(_) => {
-                            self.stage = Stage::Ending { shut: other_reading || !self.to_plain };
+                            self.stage = Stage::after_end(other_reading, self.to_plain);
                         }
                         Poll::Pending => return Flow::Idle,
                     }
@@ -324,10 +348,10 @@ where
         let (mut moved, mut stalls) = (false, false);
         let mut step = |first_forth: bool, moved: &mut bool, stalls: &mut bool| {
             if first_forth {
-                let reading = back.stage == Stage::Copying;
+                let reading = back.stage.reading();
                 forth.poll(cx, &mut a, &mut b, reading, moved, stalls)
             } else {
-                let reading = forth.stage == Stage::Copying;
+                let reading = forth.stage.reading();
                 back.poll(cx, &mut b, &mut a, reading, moved, stalls)
             }
         };
@@ -337,7 +361,7 @@ where
             }
         }
         forth_first = !forth_first;
-        if forth.stage == Stage::Done && back.stage == Stage::Done {
+        if Stage::tunnel_ended([forth.stage, back.stage]) {
             return Poll::Ready(());
         }
         if moved {

@@ -15,7 +15,9 @@
 //! access-log line once it ends); dropping that task (the shutdown grace has passed) closes the
 //! tunnel. Everything the runtime's tunnel promises holds here too: half-closes passed on, the
 //! idle timeout checked lazily (no timer per message), a socket that is always readable not
-//! starving the others, and the side that ends last closed without a `shutdown` first.
+//! starving the others, and the side that ends last closed without a `shutdown` first. The
+//! decisions both loops make (what a side's end does, when a tunnel has ended) are
+//! [`Stage`]'s, written once in the parent module.
 //!
 //! TLS tunnels and TCP services (which count their bytes and bound their writes) stay on the
 //! runtime's tunnel ([`super::run`]).
@@ -257,7 +259,7 @@ impl Way {
                     reads += 1;
                     let mut reader = from;
                     match reader.read(&mut self.buf.bytes) {
-                        Ok(0) => self.stage = Stage::Ending { shut: other_reading },
+                        Ok(0) => self.stage = Stage::after_end(other_reading, true),
                         Ok(n) => {
                             (self.start, self.end) = (0, n);
                             // A read that did not fill the buffer emptied the socket: the next
@@ -274,7 +276,7 @@ impl Way {
                         }
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                         // An error reading ends this side's output, as its end would.
-                        Err(_) => self.stage = Stage::Ending { shut: other_reading },
+                        Err(_) => self.stage = Stage::after_end(other_reading, true),
                     }
                 }
                 Stage::Ending { shut } => {
@@ -308,7 +310,7 @@ impl Tunnel {
         let mut again = false;
         for from in [first, 1 - first] {
             let to = 1 - from;
-            let other_reading = self.ways[to].stage == Stage::Copying;
+            let other_reading = self.ways[to].stage.reading();
             let [ready_0, ready_1] = &mut self.ready;
             let (from_ready, to_ready) =
                 if from == 0 { (ready_0, ready_1) } else { (ready_1, ready_0) };
@@ -326,7 +328,7 @@ impl Tunnel {
                 Turn::Waiting => {}
             }
         }
-        let ended = self.ways.iter().all(|way| way.stage == Stage::Done);
+        let ended = Stage::tunnel_ended([self.ways[0].stage, self.ways[1].stage]);
         (ended, again && !ended)
     }
 
